@@ -1,10 +1,11 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -31,6 +32,14 @@ class DeploymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_STATE_DEACTIVATING: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_INACTIVE: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_FAILED: _ClassVar[DeploymentState]
+
+class ReplicaState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPLICA_STATE_UNSPECIFIED: _ClassVar[ReplicaState]
+    REPLICA_STATE_STARTING: _ClassVar[ReplicaState]
+    REPLICA_STATE_LOADING: _ClassVar[ReplicaState]
+    REPLICA_STATE_READY: _ClassVar[ReplicaState]
+    REPLICA_STATE_DRAINING: _ClassVar[ReplicaState]
 DEPLOYMENT_KIND_UNSPECIFIED: DeploymentKind
 DEPLOYMENT_KIND_DEVELOPMENT: DeploymentKind
 DEPLOYMENT_KIND_PUBLISHED: DeploymentKind
@@ -48,6 +57,11 @@ DEPLOYMENT_STATE_WAKING_UP: DeploymentState
 DEPLOYMENT_STATE_DEACTIVATING: DeploymentState
 DEPLOYMENT_STATE_INACTIVE: DeploymentState
 DEPLOYMENT_STATE_FAILED: DeploymentState
+REPLICA_STATE_UNSPECIFIED: ReplicaState
+REPLICA_STATE_STARTING: ReplicaState
+REPLICA_STATE_LOADING: ReplicaState
+REPLICA_STATE_READY: ReplicaState
+REPLICA_STATE_DRAINING: ReplicaState
 
 class Model(_message.Message):
     __slots__ = ("id", "name", "production_deployment_id", "development_deployment_id", "promoting_deployment_id", "create_time", "update_time", "delete_time", "deployment_count")
@@ -88,7 +102,7 @@ class AutoscalingSettings(_message.Message):
     def __init__(self, min_replica: _Optional[int] = ..., max_replica: _Optional[int] = ..., autoscaling_window: _Optional[int] = ..., scale_down_delay: _Optional[int] = ..., concurrency_target: _Optional[int] = ..., target_utilization_percentage: _Optional[int] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("id", "model_id", "name", "kind", "is_production", "active", "state", "status_message", "autoscaling_settings", "package_digest", "desired_replicas", "ready_replicas", "create_time", "update_time", "delete_time", "source_deployment_id", "revision")
+    __slots__ = ("id", "model_id", "name", "kind", "is_production", "active", "state", "status_message", "autoscaling_settings", "package_digest", "desired_replicas", "ready_replicas", "create_time", "update_time", "delete_time", "source_deployment_id", "revision", "replicas")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +120,7 @@ class Deployment(_message.Message):
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     id: str
     model_id: str
     name: str
@@ -123,7 +138,24 @@ class Deployment(_message.Message):
     delete_time: _timestamp_pb2.Timestamp
     source_deployment_id: str
     revision: int
-    def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DeploymentKind, str]] = ..., is_production: _Optional[bool] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., status_message: _Optional[str] = ..., autoscaling_settings: _Optional[_Union[AutoscalingSettings, _Mapping]] = ..., package_digest: _Optional[str] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_deployment_id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DeploymentKind, str]] = ..., is_production: _Optional[bool] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., status_message: _Optional[str] = ..., autoscaling_settings: _Optional[_Union[AutoscalingSettings, _Mapping]] = ..., package_digest: _Optional[str] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_deployment_id: _Optional[str] = ..., revision: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("id", "address", "state", "pid", "start_time", "revision")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    address: str
+    state: ReplicaState
+    pid: int
+    start_time: _timestamp_pb2.Timestamp
+    revision: int
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
     __slots__ = ("model_id", "deployment_id", "deployment_name", "replica_seconds", "replica_starts", "deployment_deleted")
