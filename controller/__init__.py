@@ -1,0 +1,1 @@
+"""Slipway controller: lifecycle state, reconcile loop, replica runtime, gRPC API."""

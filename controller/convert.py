@@ -1,0 +1,139 @@
+"""Translation between domain records and slipway.v1 protobuf messages."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from google.protobuf import timestamp_pb2
+
+from controller.domain import AUTOSCALING_FIELDS, Deployment, Kind, Model, PushTarget
+from controller.errors import InvalidArgument
+from controller.runtime import ReplicaHandle
+from controller.store import EventRow, UsageRow
+from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import resources_pb2 as r
+
+KINDS = {Kind.DEVELOPMENT: r.DEPLOYMENT_KIND_DEVELOPMENT, Kind.PUBLISHED: r.DEPLOYMENT_KIND_PUBLISHED}
+PUSH_TARGETS = {
+    ds.PUSH_TARGET_UNSPECIFIED: PushTarget.DEVELOPMENT,
+    ds.PUSH_TARGET_DEVELOPMENT: PushTarget.DEVELOPMENT,
+    ds.PUSH_TARGET_PUBLISHED: PushTarget.PUBLISHED,
+    ds.PUSH_TARGET_PRODUCTION: PushTarget.PRODUCTION,
+}
+
+
+def push_target(value: int) -> PushTarget:
+    if value not in PUSH_TARGETS:
+        raise InvalidArgument("INVALID_PUSH_TARGET", f"target {value} is not a PushTarget value")
+    return PUSH_TARGETS[value]
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def model_to_proto(model: Model) -> r.Model:
+    return r.Model(
+        id=model.id,
+        name=model.name,
+        production_deployment_id=model.production_deployment_id or "",
+        development_deployment_id=model.development_deployment_id or "",
+        promoting_deployment_id=model.promoting_deployment_id or "",
+        create_time=timestamp(model.create_time),
+        update_time=timestamp(model.update_time),
+        delete_time=timestamp(model.delete_time),
+        deployment_count=model.deployment_count,
+    )
+
+
+def replica_to_proto(handle: ReplicaHandle) -> r.Replica:
+    return r.Replica(
+        id=handle.id,
+        address=handle.address,
+        state=r.ReplicaState.Value(f"REPLICA_STATE_{handle.phase.value}"),
+        pid=handle.pid or 0,
+        start_time=timestamp(handle.start_time),
+        revision=handle.revision,
+    )
+
+
+def deployment_to_proto(deployment: Deployment, replicas: list[ReplicaHandle] = ()) -> r.Deployment:
+    return r.Deployment(
+        id=deployment.id,
+        model_id=deployment.model_id,
+        name=deployment.name,
+        kind=KINDS[deployment.kind],
+        is_production=deployment.is_production,
+        active=deployment.active,
+        state=r.DeploymentState.Value(f"DEPLOYMENT_STATE_{deployment.state.value}"),
+        status_message=deployment.status_message,
+        autoscaling_settings=r.AutoscalingSettings(**dataclasses.asdict(deployment.autoscaling)),
+        package_digest=deployment.package_digest,
+        desired_replicas=deployment.desired_replicas,
+        ready_replicas=deployment.ready_replicas,
+        create_time=timestamp(deployment.create_time),
+        update_time=timestamp(deployment.update_time),
+        delete_time=timestamp(deployment.delete_time),
+        source_deployment_id=deployment.source_deployment_id or "",
+        revision=deployment.revision,
+        replicas=[replica_to_proto(h) for h in replicas if not h.exited],
+    )
+
+
+def usage_to_proto(row: UsageRow) -> r.UsageRecord:
+    return r.UsageRecord(
+        model_id=row.model_id,
+        deployment_id=row.deployment_id,
+        deployment_name=row.deployment_name,
+        replica_seconds=row.replica_seconds,
+        replica_starts=row.replica_starts,
+        deployment_deleted=row.deployment_deleted,
+    )
+
+
+def event_to_proto(row: EventRow) -> r.Event:
+    return r.Event(
+        sequence=row.seq,
+        create_time=timestamp(row.create_time),
+        model_id=row.model_id,
+        deployment_id=row.deployment_id,
+        type=row.type,
+        message=row.message,
+    )
+
+
+def update_from_proto(request: ds.UpdateDeploymentRequest) -> tuple[str | None, dict[str, int]]:
+    """(new name or None, {autoscaling field: value}) from an UpdateDeployment request.
+
+    With an update mask, exactly the listed paths; without one, every updatable
+    field that is set (AIP-134).
+    """
+    deployment = request.deployment
+    paths = list(request.update_mask.paths)
+    if not paths:
+        if deployment.name:
+            paths.append("name")
+        if deployment.HasField("autoscaling_settings"):
+            paths.append("autoscaling_settings")
+    name: str | None = None
+    changes: dict[str, int] = {}
+    for path in paths:
+        if path == "name":
+            name = deployment.name
+        elif path == "autoscaling_settings":
+            changes.update({f: getattr(deployment.autoscaling_settings, f) for f in AUTOSCALING_FIELDS})
+        elif path.startswith("autoscaling_settings.") and path.split(".", 1)[1] in AUTOSCALING_FIELDS:
+            field = path.split(".", 1)[1]
+            changes[field] = getattr(deployment.autoscaling_settings, field)
+        else:
+            updatable = ", ".join(["name", "autoscaling_settings"] + [f"autoscaling_settings.{f}" for f in AUTOSCALING_FIELDS])
+            raise InvalidArgument(
+                "INVALID_UPDATE_MASK", f"update_mask path {path!r} is not updatable (updatable: {updatable})", path=path
+            )
+    return name, changes
+
+

@@ -1,0 +1,347 @@
+"""Lifecycle rules of DESIGN.md §2 as pure functions over plain records.
+
+Nothing here touches gRPC, SQL or processes: the lifecycle service loads records,
+asks these functions what is allowed and what follows, and stores the answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from dataclasses import dataclass, field
+
+from controller.errors import AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, NotFound
+
+DEVELOPMENT_NAME = "development"
+NAME_PATTERN = re.compile(r"^[0-9A-Za-z_.-]{1,63}$")
+
+
+class Kind(str, enum.Enum):
+    DEVELOPMENT = "development"
+    PUBLISHED = "published"
+
+
+class State(str, enum.Enum):
+    BUILDING = "BUILDING"
+    BUILD_FAILED = "BUILD_FAILED"
+    DEPLOYING = "DEPLOYING"
+    DEPLOY_FAILED = "DEPLOY_FAILED"
+    LOADING_MODEL = "LOADING_MODEL"
+    ACTIVE = "ACTIVE"
+    UPDATING = "UPDATING"
+    UNHEALTHY = "UNHEALTHY"
+    SCALED_TO_ZERO = "SCALED_TO_ZERO"
+    WAKING_UP = "WAKING_UP"
+    DEACTIVATING = "DEACTIVATING"
+    INACTIVE = "INACTIVE"
+    FAILED = "FAILED"
+
+
+class ReplicaPhase(str, enum.Enum):
+    STARTING = "STARTING"  # process spawned, not yet listening
+    LOADING = "LOADING"  # listening, model load() running
+    READY = "READY"  # health SERVING
+    DRAINING = "DRAINING"  # told to stop, finishing in-flight work
+
+
+class PushTarget(str, enum.Enum):
+    DEVELOPMENT = "development"
+    PUBLISHED = "published"
+    PRODUCTION = "production"
+
+
+@dataclass(frozen=True)
+class AutoscalingSettings:
+    min_replica: int = 0
+    max_replica: int = 1
+    autoscaling_window: int = 60
+    scale_down_delay: int = 900
+    concurrency_target: int = 1
+    target_utilization_percentage: int = 70
+
+
+AUTOSCALING_FIELDS = tuple(f.name for f in dataclasses.fields(AutoscalingSettings))
+DEVELOPMENT_AUTOSCALING = AutoscalingSettings(min_replica=0, max_replica=1)
+
+
+@dataclass(frozen=True)
+class AutoscalingLimits:
+    """Allowed ranges (inclusive) for each setting: operator configuration."""
+
+    min_replica: tuple[int, int] = (0, 64)
+    max_replica: tuple[int, int] = (1, 64)
+    autoscaling_window: tuple[int, int] = (10, 3600)
+    scale_down_delay: tuple[int, int] = (0, 3600)
+    concurrency_target: tuple[int, int] = (1, 10_000)
+    target_utilization_percentage: tuple[int, int] = (1, 100)
+    defaults: AutoscalingSettings = field(default_factory=AutoscalingSettings)
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    name: str
+    production_deployment_id: str | None
+    development_deployment_id: str | None
+    promoting_deployment_id: str | None
+    next_deployment_number: int
+    create_time: float
+    update_time: float
+    delete_time: float | None = None
+    deployment_count: int = 0
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: str
+    model_id: str
+    name: str
+    kind: Kind
+    active: bool
+    autoscaling: AutoscalingSettings
+    package_digest: str
+    revision: int
+    create_time: float
+    update_time: float
+    state: State = State.DEPLOYING
+    status_message: str = ""
+    desired_replicas: int = 0
+    ready_replicas: int = 0
+    source_deployment_id: str | None = None
+    # The revision whose model failed to load; no replica is started for it again.
+    failed_revision: int | None = None
+    delete_time: float | None = None
+    is_production: bool = False
+
+    @property
+    def is_development(self) -> bool:
+        return self.kind is Kind.DEVELOPMENT
+
+    @property
+    def deleted(self) -> bool:
+        return self.delete_time is not None
+
+    @property
+    def load_failed(self) -> bool:
+        return self.failed_revision == self.revision
+
+
+# --- validation -----------------------------------------------------------------
+
+
+def validate_deployment_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise InvalidArgument(
+            "INVALID_DEPLOYMENT_NAME",
+            f"deployment name {name!r} must match {NAME_PATTERN.pattern}",
+            name=name,
+        )
+    if name == DEVELOPMENT_NAME:
+        raise InvalidArgument(
+            "RESERVED_DEPLOYMENT_NAME",
+            f"the name {DEVELOPMENT_NAME!r} is reserved for the development deployment",
+            name=name,
+        )
+
+
+def validate_autoscaling(settings: AutoscalingSettings, limits: AutoscalingLimits) -> None:
+    for name in AUTOSCALING_FIELDS:
+        value = getattr(settings, name)
+        low, high = getattr(limits, name)
+        if not low <= value <= high:
+            raise InvalidArgument(
+                "AUTOSCALING_OUT_OF_RANGE",
+                f"autoscaling_settings.{name} = {value} is outside the allowed range [{low}, {high}]",
+                field=name,
+                value=value,
+            )
+    if settings.max_replica < settings.min_replica:
+        raise InvalidArgument(
+            "AUTOSCALING_MAX_BELOW_MIN",
+            f"autoscaling_settings.max_replica ({settings.max_replica}) is below "
+            f"min_replica ({settings.min_replica})",
+        )
+
+
+def default_deployment_name(next_number: int, taken: set[str]) -> tuple[str, int]:
+    """The first free `deployment-N` from next_number on, and the number after it."""
+    number = next_number
+    while f"deployment-{number}" in taken:
+        number += 1
+    return f"deployment-{number}", number + 1
+
+
+def require_unique_name(name: str, taken: set[str], model_id: str) -> None:
+    if name in taken:
+        raise AlreadyExists(
+            "DEPLOYMENT_NAME_TAKEN",
+            f"model {model_id} already has a deployment named {name!r}",
+            name=name,
+            model_id=model_id,
+        )
+
+
+# --- rules that refuse operations -------------------------------------------------
+
+
+def require_not_deleted(deployment: Deployment) -> None:
+    if deployment.deleted:
+        raise NotFound("DEPLOYMENT_DELETED", f"deployment {deployment.id} was deleted", deployment_id=deployment.id)
+
+
+def check_delete(deployment: Deployment) -> None:
+    require_not_deleted(deployment)
+    if deployment.is_production:
+        raise FailedPrecondition(
+            "PRODUCTION_NOT_DELETABLE",
+            f"deployment {deployment.id} is the production deployment of model {deployment.model_id}: "
+            "promote another deployment first, or delete the model",
+            deployment_id=deployment.id,
+        )
+
+
+def check_rename(deployment: Deployment) -> None:
+    require_not_deleted(deployment)
+    if deployment.is_development:
+        raise FailedPrecondition(
+            "DEVELOPMENT_NOT_RENAMABLE",
+            f"deployment {deployment.id} is the development deployment, which is always named "
+            f"{DEVELOPMENT_NAME!r}",
+            deployment_id=deployment.id,
+        )
+
+
+def check_autoscaling_change(deployment: Deployment) -> None:
+    require_not_deleted(deployment)
+    if deployment.is_development:
+        raise FailedPrecondition(
+            "DEVELOPMENT_AUTOSCALING_FIXED",
+            f"deployment {deployment.id} is the development deployment: its autoscaling is fixed "
+            "at min_replica 0, max_replica 1",
+            deployment_id=deployment.id,
+        )
+
+
+def check_activate(deployment: Deployment) -> None:
+    require_not_deleted(deployment)
+
+
+def check_deactivate(deployment: Deployment) -> None:
+    require_not_deleted(deployment)
+
+
+def check_wake(deployment: Deployment) -> None:
+    require_not_deleted(deployment)
+    if not deployment.active:
+        raise FailedPrecondition(
+            "DEPLOYMENT_INACTIVE",
+            f"deployment {deployment.id} is inactive: activate it instead of waking it",
+            deployment_id=deployment.id,
+        )
+
+
+def require_no_promotion_in_flight(model: Model) -> None:
+    if model.promoting_deployment_id:
+        raise Aborted(
+            "PROMOTION_IN_PROGRESS",
+            f"model {model.id} is already promoting deployment {model.promoting_deployment_id}; "
+            "wait for it to finish",
+            model_id=model.id,
+            deployment_id=model.promoting_deployment_id,
+        )
+
+
+class PromotionKind(str, enum.Enum):
+    # Development: a new published deployment is created, started, and switched in when ready.
+    FROM_DEVELOPMENT = "from_development"
+    # A published deployment that is serving (or scaled to zero): switch now.
+    IMMEDIATE = "immediate"
+    # A published deployment that is still starting: switch once it is ready.
+    WHEN_READY = "when_ready"
+
+
+def plan_promotion(model: Model, deployment: Deployment) -> PromotionKind:
+    require_not_deleted(deployment)
+    require_no_promotion_in_flight(model)
+    if deployment.is_production:
+        raise FailedPrecondition(
+            "ALREADY_PRODUCTION",
+            f"deployment {deployment.id} is already the production deployment of model {model.id}",
+            deployment_id=deployment.id,
+        )
+    if not deployment.active:
+        raise FailedPrecondition(
+            "DEPLOYMENT_INACTIVE",
+            f"deployment {deployment.id} is inactive: activate it and wait for it to start before "
+            "promoting it",
+            deployment_id=deployment.id,
+        )
+    if deployment.is_development:
+        return PromotionKind.FROM_DEVELOPMENT
+    if deployment.load_failed or deployment.state in (State.DEPLOY_FAILED, State.BUILD_FAILED, State.FAILED):
+        raise FailedPrecondition(
+            "DEPLOYMENT_FAILED",
+            f"deployment {deployment.id} failed to start ({deployment.status_message or deployment.state.value}) "
+            "and cannot be promoted",
+            deployment_id=deployment.id,
+        )
+    if deployment.state in (State.ACTIVE, State.SCALED_TO_ZERO, State.UPDATING):
+        return PromotionKind.IMMEDIATE
+    return PromotionKind.WHEN_READY
+
+
+def promoted_autoscaling(production: Deployment | None, limits: AutoscalingLimits) -> AutoscalingSettings:
+    """A deployment created by promoting development takes production's settings, or the defaults."""
+    return production.autoscaling if production is not None else limits.defaults
+
+
+# --- desired and observed state ---------------------------------------------------
+
+
+def desired_replicas(deployment: Deployment) -> int:
+    """How many replicas should run. The autoscaler refines this within [min, max]."""
+    if deployment.deleted or not deployment.active or deployment.load_failed:
+        return 0
+    settings = deployment.autoscaling
+    return min(max(settings.min_replica, 1), settings.max_replica)
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """What the state computation needs to know about one running replica."""
+
+    phase: ReplicaPhase
+    revision: int
+    restarts: int = 0
+
+
+def compute_state(
+    deployment: Deployment,
+    replicas: list[ReplicaView],
+    desired: int,
+    load_error: str = "",
+    unhealthy_message: str = "",
+) -> tuple[State, str]:
+    """Observed state of a deployment from its desired state and its replicas."""
+    live = [r for r in replicas if r.phase is not ReplicaPhase.DRAINING]
+    if not deployment.active:
+        if replicas:
+            return State.DEACTIVATING, "stopping replicas"
+        return State.INACTIVE, ""
+    if deployment.load_failed:
+        return State.DEPLOY_FAILED, load_error or "the model failed to load"
+    current = [r for r in live if r.revision == deployment.revision]
+    ready_current = any(r.phase is ReplicaPhase.READY for r in current)
+    ready_old = any(r.phase is ReplicaPhase.READY and r.revision != deployment.revision for r in live)
+    if desired == 0:
+        return State.SCALED_TO_ZERO, ""
+    if ready_old:
+        return State.UPDATING, "replacing replicas with the new revision"
+    if ready_current:
+        return State.ACTIVE, ""
+    if unhealthy_message:
+        return State.UNHEALTHY, unhealthy_message
+    if any(r.phase is ReplicaPhase.LOADING for r in current):
+        return State.LOADING_MODEL, "loading the model"
+    return State.DEPLOYING, "starting replicas"

@@ -1,0 +1,460 @@
+"""Lifecycle operations: load records, apply the domain rules, store desired state.
+
+Each mutation is one store transaction. A handler writes desired state and returns;
+the reconcile loop (controller/reconciler.py) owns observed state and is woken after
+each commit. An optional request_id makes a mutation idempotent: the first result
+is stored in the same transaction and returned to any retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from controller import domain
+from controller.domain import (
+    DEVELOPMENT_AUTOSCALING,
+    DEVELOPMENT_NAME,
+    AutoscalingLimits,
+    AutoscalingSettings,
+    Deployment,
+    Kind,
+    Model,
+    PromotionKind,
+    PushTarget,
+    State,
+)
+from controller.errors import InvalidArgument, NotFound
+from controller.packages import PackageStore
+from controller.store import Page, Store, WriteTx, new_id, now
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a mutation returns (and what a retried call with the same request_id gets)."""
+
+    model: Model | None = None
+    deployment: Deployment | None = None
+    # CreateDeployment: the push created the model. PromoteDeployment: production switched.
+    flag: bool = False
+
+
+def _encode_result(result: Result) -> str:
+    return json.dumps(dataclasses.asdict(result), default=lambda v: v.value)
+
+
+def _decode_result(text: str) -> Result:
+    data = json.loads(text)
+    model = Model(**data["model"]) if data["model"] else None
+    deployment = None
+    if data["deployment"]:
+        d = data["deployment"]
+        deployment = Deployment(
+            **{
+                **d,
+                "kind": Kind(d["kind"]),
+                "state": State(d["state"]),
+                "autoscaling": AutoscalingSettings(**d["autoscaling"]),
+            }
+        )
+    return Result(model=model, deployment=deployment, flag=data["flag"])
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("INVALID_PAGE_SIZE", f"page_size must not be negative (got {requested})")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Deployment:
+    if not deployment_id:
+        raise InvalidArgument("MISSING_DEPLOYMENT_ID", "deployment_id is required")
+    deployment = await reads.get_deployment(deployment_id)
+    if deployment is None:
+        raise NotFound("DEPLOYMENT_NOT_FOUND", f"deployment {deployment_id} does not exist", deployment_id=deployment_id)
+    return deployment
+
+
+async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
+    if not model_id:
+        raise InvalidArgument("MISSING_MODEL_ID", "model_id is required")
+    model = await reads.get_model(model_id)
+    if model is None:
+        raise NotFound("MODEL_NOT_FOUND", f"model {model_id} does not exist", model_id=model_id)
+    if model.delete_time is not None:
+        raise NotFound("MODEL_DELETED", f"model {model_id} was deleted", model_id=model_id)
+    return model
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        store: Store,
+        packages: PackageStore,
+        limits: AutoscalingLimits,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.packages = packages
+        self.limits = limits
+        self._on_commit = on_commit
+
+    async def _mutate(
+        self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]]
+    ) -> Result:
+        async with self.store.write() as tx:
+            if request_id:
+                prior = await tx.get_request(request_id)
+                if prior is not None:
+                    prior_method, encoded = prior
+                    if prior_method != method:
+                        raise InvalidArgument(
+                            "REQUEST_ID_REUSED",
+                            f"request_id {request_id!r} was already used for {prior_method}, not {method}",
+                        )
+                    return _decode_result(encoded)
+            result = await body(tx, now())
+            if request_id:
+                await tx.save_request(request_id, method, _encode_result(result), now())
+        self._on_commit()
+        return result
+
+    # --- reads ------------------------------------------------------------------
+
+    async def get_model(self, model_id: str) -> Model:
+        return await _require_model(self.store, model_id)
+
+    async def list_models(self, size: int, token: str) -> Page:
+        return await self.store.list_models(page_size(size), token)
+
+    async def get_deployment(self, deployment_id: str) -> Deployment:
+        deployment = await _require_deployment(self.store, deployment_id)
+        domain.require_not_deleted(deployment)
+        return deployment
+
+    async def list_deployments(self, model_id: str, show_deleted: bool, size: int, token: str) -> Page:
+        if model_id and not show_deleted:
+            model_id = (await _require_model(self.store, model_id)).id
+        return await self.store.list_deployments(model_id, show_deleted, page_size(size), token)
+
+    async def watch_initial(self, model_id: str, deployment_id: str) -> tuple[str, list[Deployment]]:
+        """The resolved model ID filter and the deployments a new watcher starts from."""
+        if deployment_id:
+            return "", [await self.get_deployment(deployment_id)]
+        if model_id:
+            model_id = (await _require_model(self.store, model_id)).id
+        deployments, token = [], ""
+        while True:
+            page = await self.store.list_deployments(model_id, False, MAX_PAGE_SIZE, token)
+            deployments.extend(page.items)
+            token = page.next_page_token
+            if not token:
+                return model_id, deployments
+
+    async def list_usage(self, model_id: str, size: int, token: str) -> Page:
+        if model_id:
+            model = await self.store.get_model(model_id)
+            if model is None:
+                raise NotFound("MODEL_NOT_FOUND", f"model {model_id} does not exist", model_id=model_id)
+            model_id = model.id
+        return await self.store.list_usage(model_id, page_size(size), token, now())
+
+    async def list_events(self, model_id: str, deployment_id: str, size: int, token: str) -> Page:
+        return await self.store.list_events(model_id, deployment_id, page_size(size), token)
+
+    # --- push -------------------------------------------------------------------
+
+    async def push(
+        self, archive: bytes, sha256: str, target: PushTarget, deployment_name: str, request_id: str
+    ) -> Result:
+        if not archive:
+            raise InvalidArgument("MALFORMED_PACKAGE", "package_archive is empty")
+        digest, config = await asyncio.to_thread(self.packages.add, archive, sha256)
+        model_name = config.model_name
+        if not model_name or not model_name.strip():
+            raise InvalidArgument("MISSING_MODEL_NAME", "config.yaml must set model_name to a non-empty string")
+        if target is PushTarget.DEVELOPMENT and deployment_name:
+            raise InvalidArgument(
+                "DEVELOPMENT_NOT_RENAMABLE",
+                f"the development deployment is always named {DEVELOPMENT_NAME!r}; "
+                "--deployment-name needs --publish or --promote",
+            )
+        if deployment_name:
+            domain.validate_deployment_name(deployment_name)
+
+        async def body(tx: WriteTx, at: float) -> Result:
+            await tx.record_package(digest, len(archive), at)
+            model = await tx.get_live_model_by_name(model_name)
+            created = model is None
+            if model is None:
+                model = await tx.insert_model(model_name, at)
+                await tx.add_event(at, model.id, "", "model.created", f"model {model_name!r} created")
+            if target is PushTarget.DEVELOPMENT:
+                deployment = await self._push_development(tx, model, digest, at)
+            else:
+                if target is PushTarget.PRODUCTION:
+                    domain.require_no_promotion_in_flight(model)
+                deployment = await self._create_published(
+                    tx, model, digest, deployment_name, at, promote=target is PushTarget.PRODUCTION
+                )
+            return Result(model=await tx.get_model(model.id), deployment=deployment, flag=created)
+
+        return await self._mutate("CreateDeployment", request_id, body)
+
+    async def _push_development(self, tx: WriteTx, model: Model, digest: str, at: float) -> Deployment:
+        if model.development_deployment_id:
+            current = await _require_deployment(tx, model.development_deployment_id)
+            await tx.update_deployment(
+                current.id,
+                package_digest=digest,
+                revision=current.revision + 1,
+                active=True,
+                failed_revision=None,
+                update_time=at,
+            )
+            await tx.add_event(
+                at, model.id, current.id, "deployment.updated",
+                f"development updated in place to revision {current.revision + 1} (package {digest[:12]})",
+            )
+            return await _require_deployment(tx, current.id)
+        deployment = Deployment(
+            id=new_id("d"),
+            model_id=model.id,
+            name=DEVELOPMENT_NAME,
+            kind=Kind.DEVELOPMENT,
+            active=True,
+            autoscaling=DEVELOPMENT_AUTOSCALING,
+            package_digest=digest,
+            revision=1,
+            create_time=at,
+            update_time=at,
+        )
+        await tx.insert_deployment(deployment)
+        await tx.update_model(model.id, at, development_deployment_id=deployment.id)
+        await tx.add_event(at, model.id, deployment.id, "deployment.created", "development deployment created")
+        return await _require_deployment(tx, deployment.id)
+
+    async def _create_published(
+        self,
+        tx: WriteTx,
+        model: Model,
+        digest: str,
+        name: str,
+        at: float,
+        promote: bool,
+        source: Deployment | None = None,
+    ) -> Deployment:
+        taken = await tx.deployment_names(model.id)
+        next_number = model.next_deployment_number
+        if name:
+            domain.require_unique_name(name, taken, model.id)
+        else:
+            name, next_number = domain.default_deployment_name(next_number, taken)
+        production = (
+            await tx.get_deployment(model.production_deployment_id) if model.production_deployment_id else None
+        )
+        autoscaling = domain.promoted_autoscaling(production, self.limits) if promote else self.limits.defaults
+        deployment = Deployment(
+            id=new_id("d"),
+            model_id=model.id,
+            name=name,
+            kind=Kind.PUBLISHED,
+            active=True,
+            autoscaling=autoscaling,
+            package_digest=digest,
+            revision=1,
+            create_time=at,
+            update_time=at,
+            source_deployment_id=source.id if source else None,
+        )
+        await tx.insert_deployment(deployment)
+        values: dict = {"next_deployment_number": next_number}
+        if promote:
+            values["promoting_deployment_id"] = deployment.id
+        await tx.update_model(model.id, at, **values)
+        origin = f" from development {source.id}" if source else ""
+        await tx.add_event(at, model.id, deployment.id, "deployment.created", f"published deployment {name!r} created{origin}")
+        if promote:
+            await tx.add_event(
+                at, model.id, deployment.id, "model.promotion_started",
+                f"{name!r} becomes production once it is ready",
+            )
+        return await _require_deployment(tx, deployment.id)
+
+    # --- deployment verbs -------------------------------------------------------
+
+    async def promote(self, deployment_id: str, request_id: str) -> Result:
+        async def body(tx: WriteTx, at: float) -> Result:
+            deployment = await _require_deployment(tx, deployment_id)
+            model = await _require_model(tx, deployment.model_id)
+            plan = domain.plan_promotion(model, deployment)
+            if plan is PromotionKind.FROM_DEVELOPMENT:
+                created = await self._create_published(
+                    tx, model, deployment.package_digest, "", at, promote=True, source=deployment
+                )
+                return Result(deployment=created, flag=False)
+            if plan is PromotionKind.IMMEDIATE:
+                await self._switch_production(tx, model, deployment, at)
+                return Result(deployment=await _require_deployment(tx, deployment.id), flag=True)
+            await tx.update_model(model.id, at, promoting_deployment_id=deployment.id)
+            await tx.add_event(
+                at, model.id, deployment.id, "model.promotion_started",
+                f"{deployment.name!r} becomes production once it is ready",
+            )
+            return Result(deployment=await _require_deployment(tx, deployment.id), flag=False)
+
+        return await self._mutate("PromoteDeployment", request_id, body)
+
+    async def _switch_production(self, tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
+        await tx.update_model(model.id, at, production_deployment_id=deployment.id, promoting_deployment_id=None)
+        former = f" (replacing {model.production_deployment_id})" if model.production_deployment_id else ""
+        await tx.add_event(
+            at, model.id, deployment.id, "model.production_changed",
+            f"{deployment.name!r} ({deployment.id}) is now production{former}",
+        )
+
+    async def record_observed(
+        self, seen: Deployment, state: State, message: str, desired: int, ready: int
+    ) -> None:
+        """Store the reconciler's view of a deployment and finish a promotion waiting on it.
+
+        `seen` is the record the view was computed from; if the desired state has
+        changed since, nothing is written and the next reconcile pass recomputes.
+        """
+        async with self.store.write() as tx:
+            current = await tx.get_deployment(seen.id)
+            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
+                seen.active, seen.revision, seen.delete_time, seen.failed_revision
+            ):
+                return
+            at = now()
+            await tx.update_deployment(
+                seen.id, state=state, status_message=message, desired_replicas=desired, ready_replicas=ready
+            )
+            if state is not current.state:
+                detail = f": {message}" if message else ""
+                await tx.add_event(
+                    at, seen.model_id, seen.id, "deployment.state_changed", f"{current.state.value} -> {state.value}{detail}"
+                )
+            model = await tx.get_model(seen.model_id)
+            if model is not None and model.promoting_deployment_id == seen.id:
+                if state in (State.ACTIVE, State.SCALED_TO_ZERO):
+                    await self._switch_production(tx, model, current, at)
+                elif state in (State.DEPLOY_FAILED, State.BUILD_FAILED, State.FAILED):
+                    await tx.update_model(model.id, at, promoting_deployment_id=None)
+                    await tx.add_event(
+                        at, model.id, seen.id, "model.promotion_failed",
+                        f"{current.name!r} did not become ready ({message}); production unchanged",
+                    )
+        self._on_commit()
+
+    async def record_load_failure(self, seen: Deployment, error: str) -> None:
+        """The model of `seen.revision` failed to load: no replica is started for it again."""
+        async with self.store.write() as tx:
+            current = await tx.get_deployment(seen.id)
+            if current is None or current.revision != seen.revision:
+                return
+            await tx.update_deployment(seen.id, failed_revision=seen.revision, status_message=error)
+            await tx.add_event(now(), seen.model_id, seen.id, "deployment.load_failed", error)
+        self._on_commit()
+
+    async def _cancel_promotion_of(self, tx: WriteTx, deployment: Deployment, at: float, why: str) -> None:
+        model = await tx.get_model(deployment.model_id)
+        if model is not None and model.promoting_deployment_id == deployment.id:
+            await tx.update_model(model.id, at, promoting_deployment_id=None)
+            await tx.add_event(at, model.id, deployment.id, "model.promotion_cancelled", f"promotion cancelled: {why}")
+
+    async def activate(self, deployment_id: str, request_id: str) -> Result:
+        async def body(tx: WriteTx, at: float) -> Result:
+            deployment = await _require_deployment(tx, deployment_id)
+            domain.check_activate(deployment)
+            if not deployment.active or deployment.load_failed:
+                await tx.update_deployment(deployment.id, active=True, failed_revision=None, update_time=at)
+                await tx.add_event(at, deployment.model_id, deployment.id, "deployment.activated", "activated")
+            return Result(deployment=await _require_deployment(tx, deployment.id))
+
+        return await self._mutate("ActivateDeployment", request_id, body)
+
+    async def deactivate(self, deployment_id: str, request_id: str) -> Result:
+        async def body(tx: WriteTx, at: float) -> Result:
+            deployment = await _require_deployment(tx, deployment_id)
+            domain.check_deactivate(deployment)
+            if deployment.active:
+                await tx.update_deployment(deployment.id, active=False, update_time=at)
+                await self._cancel_promotion_of(tx, deployment, at, "the deployment was deactivated")
+                await tx.add_event(at, deployment.model_id, deployment.id, "deployment.deactivated", "deactivated")
+            return Result(deployment=await _require_deployment(tx, deployment.id))
+
+        return await self._mutate("DeactivateDeployment", request_id, body)
+
+    async def wake(self, deployment_id: str, request_id: str) -> Result:
+        async def body(tx: WriteTx, at: float) -> Result:
+            deployment = await _require_deployment(tx, deployment_id)
+            domain.check_wake(deployment)
+            await tx.add_event(at, deployment.model_id, deployment.id, "deployment.wake_requested", "wake requested")
+            return Result(deployment=deployment)
+
+        return await self._mutate("WakeDeployment", request_id, body)
+
+    async def delete_deployment(self, deployment_id: str, request_id: str) -> Result:
+        async def body(tx: WriteTx, at: float) -> Result:
+            deployment = await _require_deployment(tx, deployment_id)
+            domain.check_delete(deployment)
+            await tx.update_deployment(deployment.id, delete_time=at, update_time=at)
+            await self._cancel_promotion_of(tx, deployment, at, "the deployment was deleted")
+            if deployment.is_development:
+                await tx.update_model(deployment.model_id, at, development_deployment_id=None)
+            await tx.add_event(at, deployment.model_id, deployment.id, "deployment.deleted", f"{deployment.name!r} deleted")
+            return Result(deployment=await _require_deployment(tx, deployment.id))
+
+        return await self._mutate("DeleteDeployment", request_id, body)
+
+    async def update_deployment(
+        self,
+        deployment_id: str,
+        name: str | None,
+        autoscaling_changes: dict[str, int],
+        request_id: str,
+    ) -> Result:
+        if name is None and not autoscaling_changes:
+            raise InvalidArgument("EMPTY_UPDATE", "nothing to update: set name and/or autoscaling_settings")
+
+        async def body(tx: WriteTx, at: float) -> Result:
+            deployment = await _require_deployment(tx, deployment_id)
+            values: dict = {}
+            if name is not None:
+                domain.check_rename(deployment)
+                domain.validate_deployment_name(name)
+                if name != deployment.name:
+                    taken = await tx.deployment_names(deployment.model_id)
+                    domain.require_unique_name(name, taken, deployment.model_id)
+                    values["name"] = name
+            if autoscaling_changes:
+                domain.check_autoscaling_change(deployment)
+                settings = replace(deployment.autoscaling, **autoscaling_changes)
+                domain.validate_autoscaling(settings, self.limits)
+                values["autoscaling"] = settings
+            if values:
+                await tx.update_deployment(deployment.id, update_time=at, **values)
+                changes = ", ".join(sorted(values))
+                await tx.add_event(at, deployment.model_id, deployment.id, "deployment.updated", f"updated {changes}")
+            return Result(deployment=await _require_deployment(tx, deployment.id))
+
+        return await self._mutate("UpdateDeployment", request_id, body)
+
+    async def delete_model(self, model_id: str, request_id: str) -> Result:
+        async def body(tx: WriteTx, at: float) -> Result:
+            model = await _require_model(tx, model_id)
+            for deployment in await tx.model_deployments(model.id):
+                await tx.update_deployment(deployment.id, delete_time=at, update_time=at)
+            await tx.update_model(model.id, at, delete_time=at, promoting_deployment_id=None)
+            await tx.add_event(at, model.id, "", "model.deleted", f"model {model.name!r} and all its deployments deleted")
+            return Result(model=await tx.get_model(model.id))
+
+        return await self._mutate("DeleteModel", request_id, body)

@@ -1,0 +1,219 @@
+"""Level-based reconcile loop: drives observed state toward desired state.
+
+Each pass reads the deployments that should run (or still have replicas), compares
+the desired replica count with the replicas the runtime reports, starts or stops
+replicas, and records the computed state. It is woken by every committed change and
+every replica event, and also runs on a timer, so a missed wake-up only delays it.
+After a restart it adopts the replicas a previous controller left running and stops
+any replica process that nothing owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from controller import domain
+from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
+from controller.lifecycle import Lifecycle
+from controller.packages import PackageStore
+from controller.runtime import LocalProcessRuntime, ReplicaHandle
+from controller.store import ReplicaRow, Store, new_id
+
+log = logging.getLogger("slipway.reconciler")
+
+
+@dataclass
+class ReconcilerSettings:
+    interval_seconds: float = 1.0
+    load_timeout_seconds: float = 600.0
+    crash_backoff_seconds: float = 0.5
+    crash_backoff_max_seconds: float = 30.0
+
+
+@dataclass
+class CrashRecord:
+    count: int = 0
+    retry_at: float = 0.0
+    message: str = ""
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        lifecycle: Lifecycle,
+        packages: PackageStore,
+        runtime_factory,
+        settings: ReconcilerSettings,
+    ) -> None:
+        self.store = store
+        self.lifecycle = lifecycle
+        self.packages = packages
+        self.settings = settings
+        self.runtime: LocalProcessRuntime = runtime_factory(self._on_replica_change)
+        self.replicas: dict[str, ReplicaHandle] = {}
+        self._crashes: dict[str, CrashRecord] = defaultdict(CrashRecord)
+        self._wake = asyncio.Event()
+        self._stopping: set[asyncio.Task] = set()
+        self._replica_writes: set[str] = set()
+        # deployment ID -> (revision, error) of a replica whose model failed to load
+        self._load_errors: dict[str, tuple[int, str]] = {}
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def _on_replica_change(self, handle: ReplicaHandle) -> None:
+        self._wake.set()
+
+    def replicas_of(self, deployment_id: str) -> list[ReplicaHandle]:
+        return [h for h in self.replicas.values() if h.deployment_id == deployment_id]
+
+    # --- loop -------------------------------------------------------------------
+
+    async def run(self, adopt: bool = True) -> None:
+        if adopt:
+            await self.adopt_existing()
+        while True:
+            try:
+                await self.reconcile_once()
+            except Exception:  # a failing pass must not stop the loop; the next one retries
+                log.exception("reconcile pass failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.interval_seconds)
+            self._wake.clear()
+
+    async def adopt_existing(self) -> None:
+        for row in await self.store.running_replicas():
+            handle = None
+            if row.pid:
+                handle = self.runtime.adopt(row.id, row.deployment_id, row.revision, row.pid, row.start_time)
+            if handle is None:
+                async with self.store.write() as tx:
+                    await tx.update_replica(row.id, stop_time=time.time())
+                continue
+            log.info("adopted replica %s (pid %s) of deployment %s", row.id, row.pid, row.deployment_id)
+            self.replicas[row.id] = handle
+        known = {h.pid for h in self.replicas.values() if h.pid}
+        for pid in self.runtime.orphan_pids(known):
+            log.warning("stopping orphaned replica process %s", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def reconcile_once(self) -> None:
+        await self._record_exits()
+        deployments = await self.store.deployments_to_reconcile()
+        wanted = {d.id for d in deployments}
+        for deployment in deployments:
+            await self._reconcile(deployment)
+        for handle in list(self.replicas.values()):
+            if handle.deployment_id not in wanted:
+                self._stop(handle)
+
+    async def shutdown(self) -> None:
+        """Drain and stop every replica (the platform is going down)."""
+        for handle in list(self.replicas.values()):
+            self._stop(handle)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+        await self._record_exits()
+
+    # --- one deployment ---------------------------------------------------------
+
+    async def _reconcile(self, deployment: Deployment) -> None:
+        handles = self.replicas_of(deployment.id)
+        crash = self._crashes[deployment.id]
+        for handle in handles:
+            loading = handle.phase in (ReplicaPhase.STARTING, ReplicaPhase.LOADING)
+            if loading and time.time() - handle.start_time > self.settings.load_timeout_seconds:
+                handle.load_error = f"the model did not load within {self.settings.load_timeout_seconds:.0f} s"
+                self._stop(handle)
+        failure = self._load_errors.pop(deployment.id, None)
+        if failure and failure[0] == deployment.revision and not deployment.load_failed:
+            await self.lifecycle.record_load_failure(deployment, failure[1])
+            deployment = await self.store.get_deployment(deployment.id) or deployment
+
+        desired = domain.desired_replicas(deployment)
+        live = [h for h in handles if h.phase is not ReplicaPhase.DRAINING and not h.exited]
+        current = [h for h in live if h.revision == deployment.revision]
+        outdated = [h for h in live if h.revision != deployment.revision]
+        if outdated and (deployment.is_development or any(h.phase is ReplicaPhase.READY for h in current)):
+            # Development updates in place; published ones keep serving until the new revision is ready.
+            for handle in outdated:
+                self._stop(handle)
+        if len(current) < desired and time.time() >= crash.retry_at:
+            for _ in range(desired - len(current)):
+                await self._start(deployment)
+        elif len(current) > desired:
+            surplus = sorted(current, key=lambda h: h.phase is ReplicaPhase.READY)[: len(current) - desired]
+            for handle in surplus:
+                self._stop(handle)
+        if any(h.phase is ReplicaPhase.READY for h in current):
+            crash.count, crash.message = 0, ""
+
+        views = [ReplicaView(h.phase, h.revision) for h in self.replicas_of(deployment.id) if not h.exited]
+        state, message = domain.compute_state(
+            deployment, views, desired, load_error=deployment.status_message, unhealthy_message=crash.message
+        )
+        ready = sum(1 for v in views if v.phase is ReplicaPhase.READY)
+        if (state, message, desired, ready) != (
+            deployment.state, deployment.status_message, deployment.desired_replicas, deployment.ready_replicas
+        ):
+            await self.lifecycle.record_observed(deployment, state, message, desired, ready)
+
+    async def _start(self, deployment: Deployment) -> None:
+        replica_id = new_id("r")
+        environment = {"SLIPWAY_ENVIRONMENT": "development" if deployment.is_development else "published"}
+        handle = await self.runtime.start(
+            replica_id, deployment.id, deployment.revision, self.packages.directory(deployment.package_digest), environment
+        )
+        self.replicas[replica_id] = handle
+        async with self.store.write() as tx:
+            await tx.insert_replica(
+                ReplicaRow(replica_id, deployment.id, deployment.revision, handle.pid, None, handle.start_time, None, None)
+            )
+        log.info("started replica %s (pid %s) for deployment %s", replica_id, handle.pid, deployment.id)
+
+    def _stop(self, handle: ReplicaHandle) -> None:
+        if handle.phase is ReplicaPhase.DRAINING or handle.exited:
+            return
+        task = asyncio.create_task(self.runtime.stop(handle))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _record_exits(self) -> None:
+        """Persist port/ready/stop times; forget replicas that exited; note crashes and load failures."""
+        for handle in list(self.replicas.values()):
+            if handle.exited:
+                del self.replicas[handle.id]
+                if handle.load_error:
+                    self._load_errors[handle.deployment_id] = (handle.revision, handle.load_error)
+                elif handle.phase is not ReplicaPhase.DRAINING and handle.ready_time is None:
+                    tail = handle.log_tail()
+                    error = f"replica exited with code {handle.exit_code} before the model loaded"
+                    self._load_errors[handle.deployment_id] = (handle.revision, error + (f"; log:\n{tail}" if tail else ""))
+                elif handle.phase is not ReplicaPhase.DRAINING:
+                    self._note_crash(handle)
+                async with self.store.write() as tx:
+                    await tx.update_replica(handle.id, stop_time=time.time(), port=handle.port)
+            elif handle.phase is ReplicaPhase.READY and handle.id not in self._replica_writes:
+                self._replica_writes.add(handle.id)
+                async with self.store.write() as tx:
+                    await tx.update_replica(handle.id, port=handle.port, ready_time=handle.ready_time)
+
+    def _note_crash(self, handle: ReplicaHandle) -> None:
+        crash = self._crashes[handle.deployment_id]
+        crash.count += 1
+        delay = min(self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds)
+        crash.retry_at = time.time() + delay
+        crash.message = (
+            f"replica {handle.id} exited unexpectedly (exit code {handle.exit_code}); "
+            f"restarting (crash {crash.count})"
+        )
+        log.warning(crash.message)

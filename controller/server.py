@@ -1,0 +1,125 @@
+"""Controller process: wires store, lifecycle, runtime and reconciler behind grpc.aio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pathlib
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controller.domain import AutoscalingLimits
+from controller.lifecycle import Lifecycle
+from controller.packages import PackageStore
+from controller.reconciler import Reconciler, ReconcilerSettings
+from controller.runtime import LocalProcessRuntime
+from controller.servicers import DeploymentServicer, ModelServicer
+from controller.store import Store
+from slipway.v1 import deployment_service_pb2, deployment_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+
+log = logging.getLogger("slipway.controller")
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+SERVICE_NAMES = (
+    deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+
+
+@dataclass
+class ControllerSettings:
+    data_dir: pathlib.Path = pathlib.Path(".slipway")
+    host: str = "127.0.0.1"
+    port: int = 7100
+    drain_seconds: float = 30.0
+    shutdown_grace_seconds: float = 10.0
+    autoscaling_limits: AutoscalingLimits = field(default_factory=AutoscalingLimits)
+    reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+
+    def __post_init__(self) -> None:
+        self.data_dir = pathlib.Path(self.data_dir)
+
+
+class Controller:
+    """A running controller. `await Controller.start(settings)`, then `await stop()`."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.port = 0
+        self.store: Store
+        self.reconciler: Reconciler
+        self._server: grpc.aio.Server
+        self._health = health.aio.HealthServicer()
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    @classmethod
+    async def start(cls, settings: ControllerSettings) -> Controller:
+        self = cls(settings)
+        data_dir = settings.data_dir
+        self.store = await Store.open(data_dir / "controller.db")
+        packages = PackageStore(data_dir / "packages")
+        lifecycle = Lifecycle(self.store, packages, settings.autoscaling_limits, on_commit=lambda: self.reconciler.poke())
+        self.reconciler = Reconciler(
+            self.store,
+            lifecycle,
+            packages,
+            lambda on_change: LocalProcessRuntime(data_dir, on_change, drain_seconds=settings.drain_seconds),
+            settings.reconciler,
+        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self._server = grpc.aio.server(options=options)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(lifecycle), self._server)
+        deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
+            DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        await self.reconciler.adopt_existing()
+        self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
+        await self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("controller listening", extra={"fields": {"address": self.address, "data_dir": str(data_dir)}})
+        return self
+
+    async def stop(self) -> None:
+        """Graceful: stop taking RPCs, finish in-flight ones, drain and stop replicas."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.shutdown_grace_seconds)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        await self.reconciler.shutdown()
+        await self.store.close()
+        log.info("controller stopped")
+
+
+async def wait_for_termination_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_controller(settings: ControllerSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    controller = await Controller.start(settings)
+    try:
+        await wait_for_termination_signal()
+    finally:
+        await controller.stop()

@@ -1,0 +1,135 @@
+"""Thin gRPC servicers: protobuf in, one lifecycle call, protobuf out.
+
+Domain errors become statuses in controller/status.py (applied by the class
+decorator); nothing here decides a rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from controller import convert
+from controller.domain import Deployment
+from controller.lifecycle import Lifecycle
+from controller.runtime import ReplicaHandle
+from controller.status import map_domain_errors
+from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import model_service_pb2 as ms
+from slipway.v1 import model_service_pb2_grpc as ms_grpc
+
+
+@map_domain_errors
+class ModelServicer(ms_grpc.ModelServiceServicer):
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+
+    async def GetModel(self, request, context):
+        return ms.GetModelResponse(model=convert.model_to_proto(await self.lifecycle.get_model(request.model_id)))
+
+    async def ListModels(self, request, context):
+        page = await self.lifecycle.list_models(request.page_size, request.page_token)
+        return ms.ListModelsResponse(
+            models=[convert.model_to_proto(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def DeleteModel(self, request, context):
+        result = await self.lifecycle.delete_model(request.model_id, request.request_id)
+        return ms.DeleteModelResponse(model=convert.model_to_proto(result.model))
+
+
+@map_domain_errors
+class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
+    def __init__(self, lifecycle: Lifecycle, replicas_of: Callable[[str], list[ReplicaHandle]]) -> None:
+        self.lifecycle = lifecycle
+        self.replicas_of = replicas_of
+
+    def _proto(self, deployment: Deployment):
+        return convert.deployment_to_proto(deployment, self.replicas_of(deployment.id))
+
+    async def CreateDeployment(self, request, context):
+        result = await self.lifecycle.push(
+            request.package_archive,
+            request.package_sha256,
+            convert.push_target(request.target),
+            request.deployment_name,
+            request.request_id,
+        )
+        return ds.CreateDeploymentResponse(
+            model=convert.model_to_proto(result.model),
+            deployment=self._proto(result.deployment),
+            model_created=result.flag,
+        )
+
+    async def GetDeployment(self, request, context):
+        return ds.GetDeploymentResponse(deployment=self._proto(await self.lifecycle.get_deployment(request.deployment_id)))
+
+    async def ListDeployments(self, request, context):
+        page = await self.lifecycle.list_deployments(
+            request.model_id, request.show_deleted, request.page_size, request.page_token
+        )
+        return ds.ListDeploymentsResponse(
+            deployments=[self._proto(d) for d in page.items], next_page_token=page.next_page_token
+        )
+
+    async def UpdateDeployment(self, request, context):
+        name, autoscaling = convert.update_from_proto(request)
+        result = await self.lifecycle.update_deployment(request.deployment.id, name, autoscaling, request.request_id)
+        return ds.UpdateDeploymentResponse(deployment=self._proto(result.deployment))
+
+    async def DeleteDeployment(self, request, context):
+        result = await self.lifecycle.delete_deployment(request.deployment_id, request.request_id)
+        return ds.DeleteDeploymentResponse(deployment=self._proto(result.deployment))
+
+    async def ActivateDeployment(self, request, context):
+        result = await self.lifecycle.activate(request.deployment_id, request.request_id)
+        return ds.ActivateDeploymentResponse(deployment=self._proto(result.deployment))
+
+    async def DeactivateDeployment(self, request, context):
+        result = await self.lifecycle.deactivate(request.deployment_id, request.request_id)
+        return ds.DeactivateDeploymentResponse(deployment=self._proto(result.deployment))
+
+    async def PromoteDeployment(self, request, context):
+        result = await self.lifecycle.promote(request.deployment_id, request.request_id)
+        return ds.PromoteDeploymentResponse(deployment=self._proto(result.deployment), completed=result.flag)
+
+    async def WakeDeployment(self, request, context):
+        result = await self.lifecycle.wake(request.deployment_id, request.request_id)
+        return ds.WakeDeploymentResponse(deployment=self._proto(result.deployment))
+
+    async def ListUsageRecords(self, request, context):
+        page = await self.lifecycle.list_usage(request.model_id, request.page_size, request.page_token)
+        return ds.ListUsageRecordsResponse(
+            usage_records=[convert.usage_to_proto(u) for u in page.items], next_page_token=page.next_page_token
+        )
+
+    async def ListEvents(self, request, context):
+        page = await self.lifecycle.list_events(
+            request.model_id, request.deployment_id, request.page_size, request.page_token
+        )
+        return ds.ListEventsResponse(
+            events=[convert.event_to_proto(e) for e in page.items], next_page_token=page.next_page_token
+        )
+
+    async def WatchDeployments(self, request, context):
+        changed: asyncio.Queue[set[str]] = asyncio.Queue()
+        store = self.lifecycle.store
+        store.add_listener(changed.put_nowait)
+        try:
+            model_id, initial = await self.lifecycle.watch_initial(request.model_id, request.deployment_id)
+            for deployment in initial:
+                yield ds.WatchDeploymentsResponse(deployment=self._proto(deployment), initial=True)
+            while True:
+                ids = await changed.get()
+                while not changed.empty():
+                    ids |= changed.get_nowait()
+                for deployment_id in sorted(ids):
+                    deployment = await store.get_deployment(deployment_id)
+                    if deployment is None or request.deployment_id not in ("", deployment.id):
+                        continue
+                    if model_id and deployment.model_id != model_id:
+                        continue
+                    yield ds.WatchDeploymentsResponse(deployment=self._proto(deployment))
+        finally:
+            store.remove_listener(changed.put_nowait)

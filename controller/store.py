@@ -1,0 +1,509 @@
+"""All of the controller's SQL lives here.
+
+SQLite in WAL mode with two connections: one writer (every mutation runs in an
+explicit BEGIN IMMEDIATE transaction, serialised by a lock) and one reader, so reads
+never see a transaction that has not committed. The schema is migrated on
+`PRAGMA user_version`. Rows are never removed: deleted models and deployments keep
+their rows (with delete_time set), so IDs are never reused and usage survives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import pathlib
+import secrets
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiosqlite
+
+from controller.domain import AutoscalingSettings, Deployment, Kind, Model, State
+from controller.errors import InvalidArgument
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE models (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        production_deployment_id TEXT,
+        development_deployment_id TEXT,
+        promoting_deployment_id TEXT,
+        next_deployment_number INTEGER NOT NULL DEFAULT 1,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL,
+        delete_time REAL
+    );
+    CREATE UNIQUE INDEX models_live_name ON models(name) WHERE delete_time IS NULL;
+
+    CREATE TABLE deployments (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        model_id TEXT NOT NULL REFERENCES models(id),
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        autoscaling TEXT NOT NULL,
+        package_digest TEXT NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 1,
+        state TEXT NOT NULL,
+        status_message TEXT NOT NULL DEFAULT '',
+        desired_replicas INTEGER NOT NULL DEFAULT 0,
+        ready_replicas INTEGER NOT NULL DEFAULT 0,
+        source_deployment_id TEXT,
+        failed_revision INTEGER,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL,
+        delete_time REAL
+    );
+    CREATE UNIQUE INDEX deployments_live_name ON deployments(model_id, name) WHERE delete_time IS NULL;
+    CREATE INDEX deployments_by_model ON deployments(model_id, pk);
+
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        deployment_id TEXT NOT NULL REFERENCES deployments(id),
+        revision INTEGER NOT NULL,
+        pid INTEGER,
+        port INTEGER,
+        start_time REAL NOT NULL,
+        ready_time REAL,
+        stop_time REAL
+    );
+    CREATE INDEX replicas_by_deployment ON replicas(deployment_id);
+    CREATE INDEX replicas_running ON replicas(stop_time) WHERE stop_time IS NULL;
+
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        create_time REAL NOT NULL,
+        model_id TEXT NOT NULL,
+        deployment_id TEXT NOT NULL DEFAULT '',
+        type TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_by_model ON events(model_id, seq);
+    CREATE INDEX events_by_deployment ON events(deployment_id, seq);
+
+    CREATE TABLE requests (
+        request_id TEXT PRIMARY KEY,
+        method TEXT NOT NULL,
+        result TEXT NOT NULL,
+        create_time REAL NOT NULL
+    );
+
+    CREATE TABLE packages (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        create_time REAL NOT NULL
+    );
+    """,
+]
+
+DEPLOYMENT_COLUMNS = """
+    d.pk, d.id, d.model_id, d.name, d.kind, d.active, d.autoscaling, d.package_digest, d.revision,
+    d.state, d.status_message, d.desired_replicas, d.ready_replicas, d.source_deployment_id,
+    d.failed_revision, d.create_time, d.update_time, d.delete_time,
+    (m.production_deployment_id IS NOT NULL AND m.production_deployment_id = d.id) AS is_production
+"""
+DEPLOYMENT_SELECT = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m ON m.id = d.model_id"
+MODEL_SELECT = """
+    SELECT m.pk, m.id, m.name, m.production_deployment_id, m.development_deployment_id,
+           m.promoting_deployment_id, m.next_deployment_number, m.create_time, m.update_time,
+           m.delete_time,
+           (SELECT COUNT(*) FROM deployments d WHERE d.model_id = m.id AND d.delete_time IS NULL)
+    FROM models m
+"""
+
+
+def new_id(prefix: str) -> str:
+    """Opaque ID: a prefix and 60 random bits in lowercase base32."""
+    return prefix + base64.b32encode(secrets.token_bytes(10)).decode().lower()[:12]
+
+
+def encode_page_token(after_pk: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after_pk}).encode()).decode()
+
+
+def decode_page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
+        if isinstance(after, int) and after >= 0:
+            return after
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        pass
+    raise InvalidArgument("INVALID_PAGE_TOKEN", f"page_token {token!r} is not one this server issued")
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class ReplicaRow:
+    id: str
+    deployment_id: str
+    revision: int
+    pid: int | None
+    port: int | None
+    start_time: float
+    ready_time: float | None
+    stop_time: float | None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    model_id: str
+    deployment_id: str
+    deployment_name: str
+    replica_seconds: float
+    replica_starts: int
+    deployment_deleted: bool
+
+
+@dataclass(frozen=True)
+class EventRow:
+    seq: int
+    create_time: float
+    model_id: str
+    deployment_id: str
+    type: str
+    message: str
+
+
+def _model(row: sqlite3.Row | tuple) -> Model:
+    return Model(
+        id=row[1],
+        name=row[2],
+        production_deployment_id=row[3],
+        development_deployment_id=row[4],
+        promoting_deployment_id=row[5],
+        next_deployment_number=row[6],
+        create_time=row[7],
+        update_time=row[8],
+        delete_time=row[9],
+        deployment_count=row[10],
+    )
+
+
+def _deployment(row: sqlite3.Row | tuple) -> Deployment:
+    return Deployment(
+        id=row[1],
+        model_id=row[2],
+        name=row[3],
+        kind=Kind(row[4]),
+        active=bool(row[5]),
+        autoscaling=AutoscalingSettings(**json.loads(row[6])),
+        package_digest=row[7],
+        revision=row[8],
+        state=State(row[9]),
+        status_message=row[10],
+        desired_replicas=row[11],
+        ready_replicas=row[12],
+        source_deployment_id=row[13],
+        failed_revision=row[14],
+        create_time=row[15],
+        update_time=row[16],
+        delete_time=row[17],
+        is_production=bool(row[18]),
+    )
+
+
+def _deployment_values(deployment: Deployment) -> dict[str, Any]:
+    values = asdict(deployment)
+    values.pop("is_production")
+    values["autoscaling"] = json.dumps(values["autoscaling"], sort_keys=True)
+    values["kind"] = deployment.kind.value
+    values["state"] = deployment.state.value
+    values["active"] = int(deployment.active)
+    return values
+
+
+def _page(rows: list[tuple], limit: int, convert: Callable[[tuple], Any]) -> Page:
+    items = [convert(r) for r in rows[:limit]]
+    token = encode_page_token(rows[limit - 1][0]) if len(rows) > limit else ""
+    return Page(items, token)
+
+
+class Reads:
+    """Queries shared by the reader connection and write transactions."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        async with self._conn.execute(sql, tuple(params)) as cur:
+            return list(await cur.fetchall())
+
+    async def get_model(self, id_or_name: str) -> Model | None:
+        """By ID (deleted ones too), else by the name of a model that is not deleted."""
+        row = await self._one(f"{MODEL_SELECT} WHERE m.id = ?", (id_or_name,))
+        if row is None:
+            row = await self._one(f"{MODEL_SELECT} WHERE m.name = ? AND m.delete_time IS NULL", (id_or_name,))
+        return _model(row) if row else None
+
+    async def get_live_model_by_name(self, name: str) -> Model | None:
+        row = await self._one(f"{MODEL_SELECT} WHERE m.name = ? AND m.delete_time IS NULL", (name,))
+        return _model(row) if row else None
+
+    async def get_deployment(self, deployment_id: str) -> Deployment | None:
+        row = await self._one(f"{DEPLOYMENT_SELECT} WHERE d.id = ?", (deployment_id,))
+        return _deployment(row) if row else None
+
+    async def deployment_names(self, model_id: str) -> set[str]:
+        rows = await self._all(
+            "SELECT name FROM deployments WHERE model_id = ? AND delete_time IS NULL", (model_id,)
+        )
+        return {r[0] for r in rows}
+
+    async def model_deployments(self, model_id: str) -> list[Deployment]:
+        rows = await self._all(
+            f"{DEPLOYMENT_SELECT} WHERE d.model_id = ? AND d.delete_time IS NULL ORDER BY d.pk", (model_id,)
+        )
+        return [_deployment(r) for r in rows]
+
+
+class Store(Reads):
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        super().__init__(reader)
+        self._writer = writer
+        self._write_lock = asyncio.Lock()
+        self._listeners: list[Callable[[set[str]], None]] = []
+
+    @classmethod
+    async def open(cls, path: pathlib.Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        await _migrate(writer)
+        reader = await _connect(path)
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._conn.close()
+        await self._writer.close()
+
+    def add_listener(self, listener: Callable[[set[str]], None]) -> None:
+        """Called after each commit with the IDs of the deployments it changed."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[set[str]], None]) -> None:
+        self._listeners.remove(listener)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[WriteTx]:
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            tx = WriteTx(self._writer)
+            try:
+                yield tx
+            except BaseException:
+                await self._writer.rollback()
+                raise
+            await self._writer.commit()
+        if tx.touched:
+            for listener in list(self._listeners):
+                listener(tx.touched)
+
+    # --- listings -------------------------------------------------------------
+
+    async def list_models(self, page_size: int, page_token: str) -> Page:
+        after = decode_page_token(page_token)
+        rows = await self._all(
+            f"{MODEL_SELECT} WHERE m.delete_time IS NULL AND m.pk > ? ORDER BY m.pk LIMIT ?",
+            (after, page_size + 1),
+        )
+        return _page(rows, page_size, _model)
+
+    async def list_deployments(self, model_id: str, show_deleted: bool, page_size: int, page_token: str) -> Page:
+        after = decode_page_token(page_token)
+        where = ["d.pk > ?"]
+        params: list[Any] = [after]
+        if model_id:
+            where.append("d.model_id = ?")
+            params.append(model_id)
+        if not show_deleted:
+            where.append("d.delete_time IS NULL")
+        sql = f"{DEPLOYMENT_SELECT} WHERE {' AND '.join(where)} ORDER BY d.pk LIMIT ?"
+        rows = await self._all(sql, (*params, page_size + 1))
+        return _page(rows, page_size, _deployment)
+
+    async def deployments_to_reconcile(self) -> list[Deployment]:
+        """Deployments that should run, or still have replicas that must be stopped."""
+        rows = await self._all(
+            f"""{DEPLOYMENT_SELECT}
+            WHERE (d.delete_time IS NULL AND d.active = 1)
+               OR d.state NOT IN ('INACTIVE', 'DEPLOY_FAILED')
+               OR d.id IN (SELECT deployment_id FROM replicas WHERE stop_time IS NULL)
+            ORDER BY d.pk"""
+        )
+        return [_deployment(r) for r in rows]
+
+    async def running_replicas(self) -> list[ReplicaRow]:
+        rows = await self._all(
+            "SELECT id, deployment_id, revision, pid, port, start_time, ready_time, stop_time "
+            "FROM replicas WHERE stop_time IS NULL"
+        )
+        return [ReplicaRow(*r) for r in rows]
+
+    async def list_usage(self, model_id: str, page_size: int, page_token: str, now: float) -> Page:
+        after = decode_page_token(page_token)
+        where = "d.pk > ?" + (" AND d.model_id = ?" if model_id else "")
+        params: list[Any] = [now, after] + ([model_id] if model_id else [])
+        rows = await self._all(
+            f"""SELECT d.pk, d.model_id, d.id, d.name,
+                       COALESCE(SUM(COALESCE(r.stop_time, ?) - r.start_time), 0.0),
+                       COUNT(r.id), d.delete_time IS NOT NULL
+                FROM deployments d LEFT JOIN replicas r ON r.deployment_id = d.id
+                WHERE {where} GROUP BY d.pk ORDER BY d.pk LIMIT ?""",
+            (*params, page_size + 1),
+        )
+        return _page(rows, page_size, lambda r: UsageRow(r[1], r[2], r[3], float(r[4]), r[5], bool(r[6])))
+
+    async def list_events(self, model_id: str, deployment_id: str, page_size: int, page_token: str) -> Page:
+        after = decode_page_token(page_token)
+        where = ["seq > ?"]
+        params: list[Any] = [after]
+        if model_id:
+            where.append("model_id = ?")
+            params.append(model_id)
+        if deployment_id:
+            where.append("deployment_id = ?")
+            params.append(deployment_id)
+        rows = await self._all(
+            f"SELECT seq, create_time, model_id, deployment_id, type, message FROM events "
+            f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            (*params, page_size + 1),
+        )
+        return _page(rows, page_size, lambda r: EventRow(*r))
+
+
+class WriteTx(Reads):
+    """One BEGIN IMMEDIATE transaction on the writer connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        super().__init__(conn)
+        self.touched: set[str] = set()
+
+    async def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
+        await self._conn.execute(sql, tuple(params))
+
+    async def insert_model(self, name: str, now: float) -> Model:
+        model_id = new_id("m")
+        await self._exec(
+            "INSERT INTO models (id, name, create_time, update_time) VALUES (?, ?, ?, ?)",
+            (model_id, name, now, now),
+        )
+        model = await self.get_model(model_id)
+        assert model is not None
+        return model
+
+    async def update_model(self, model_id: str, now: float, **values: Any) -> None:
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        await self._exec(
+            f"UPDATE models SET {assignments}, update_time = ? WHERE id = ?", (*values.values(), now, model_id)
+        )
+        rows = await self._all("SELECT id FROM deployments WHERE model_id = ?", (model_id,))
+        # Production-ness is shown on deployments, so their watchers hear of model changes.
+        self.touched.update(r[0] for r in rows)
+
+    async def insert_deployment(self, deployment: Deployment) -> None:
+        values = _deployment_values(deployment)
+        columns = ", ".join(values)
+        placeholders = ", ".join("?" for _ in values)
+        await self._exec(f"INSERT INTO deployments ({columns}) VALUES ({placeholders})", values.values())
+        self.touched.add(deployment.id)
+
+    async def update_deployment(self, deployment_id: str, **values: Any) -> None:
+        if "autoscaling" in values:
+            values["autoscaling"] = json.dumps(asdict(values["autoscaling"]), sort_keys=True)
+        for key, enum_value in (("kind", Kind), ("state", State)):
+            if isinstance(values.get(key), enum_value):
+                values[key] = values[key].value
+        if "active" in values:
+            values["active"] = int(values["active"])
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        await self._exec(f"UPDATE deployments SET {assignments} WHERE id = ?", (*values.values(), deployment_id))
+        self.touched.add(deployment_id)
+
+    async def add_event(self, now: float, model_id: str, deployment_id: str, type_: str, message: str) -> None:
+        await self._exec(
+            "INSERT INTO events (create_time, model_id, deployment_id, type, message) VALUES (?, ?, ?, ?, ?)",
+            (now, model_id, deployment_id, type_, message),
+        )
+
+    async def get_request(self, request_id: str) -> tuple[str, str] | None:
+        row = await self._one("SELECT method, result FROM requests WHERE request_id = ?", (request_id,))
+        return (row[0], row[1]) if row else None
+
+    async def save_request(self, request_id: str, method: str, result: str, now: float) -> None:
+        await self._exec(
+            "INSERT INTO requests (request_id, method, result, create_time) VALUES (?, ?, ?, ?)",
+            (request_id, method, result, now),
+        )
+
+    async def record_package(self, digest: str, size: int, now: float) -> None:
+        await self._exec(
+            "INSERT OR IGNORE INTO packages (digest, size, create_time) VALUES (?, ?, ?)", (digest, size, now)
+        )
+
+    async def insert_replica(self, row: ReplicaRow) -> None:
+        await self._exec(
+            "INSERT INTO replicas (id, deployment_id, revision, pid, port, start_time, ready_time, stop_time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.id, row.deployment_id, row.revision, row.pid, row.port, row.start_time, row.ready_time, row.stop_time),
+        )
+
+    async def update_replica(self, replica_id: str, **values: Any) -> None:
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        await self._exec(f"UPDATE replicas SET {assignments} WHERE id = ?", (*values.values(), replica_id))
+
+
+async def _connect(path: pathlib.Path) -> aiosqlite.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in Store.write).
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute("PRAGMA synchronous = NORMAL")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = row[0] if row else 0
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this controller knows ({len(MIGRATIONS)})"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            await conn.rollback()
+            raise
+        await conn.commit()
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = ["Store", "WriteTx", "Page", "ReplicaRow", "UsageRow", "EventRow", "new_id", "now"]

@@ -1,0 +1,169 @@
+"""Shared fixtures: a real controller on port 0 with a temporary data directory, real
+replica subprocesses, and helpers that write model packages and poll with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from controller.reconciler import ReconcilerSettings
+from controller.server import Controller, ControllerSettings
+from slipway.packaging import archive_package
+from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import model_service_pb2 as ms
+from slipway.v1 import model_service_pb2_grpc as ms_grpc
+from slipway.v1 import replica_service_pb2 as rs
+from slipway.v1 import replica_service_pb2_grpc as rs_grpc
+from slipway.v1 import resources_pb2 as r
+
+T = TypeVar("T")
+
+ECHO_MODEL = """
+class Model:
+    def __init__(self, **kwargs):
+        self.tag = {tag!r}
+
+    def load(self):
+        pass
+
+    def predict(self, model_input):
+        return {{"tag": self.tag, "input": model_input}}
+"""
+
+FAILING_MODEL = """
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    def load(self):
+        raise RuntimeError("weights are missing: {reason}")
+
+    def predict(self, model_input):
+        return None
+"""
+
+
+def write_package(root: pathlib.Path, model_name: str, source: str, extra_config: str = "") -> pathlib.Path:
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(f"model_name: {model_name}\n{extra_config}")
+    (root / "model" / "model.py").write_text(textwrap.dedent(source))
+    return root
+
+
+async def wait_until(check: Callable[[], Awaitable[T]], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll `check` until it returns a truthy value; fail with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status on {error}"
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            assert info.domain == "slipway.dev"
+            return info.reason
+    raise AssertionError(f"no ErrorInfo in {error}")
+
+
+@dataclass
+class Api:
+    """Stubs over one channel, plus helpers used across tests."""
+
+    channel: grpc.aio.Channel
+    deployments: ds_grpc.DeploymentServiceStub
+    models: ms_grpc.ModelServiceStub
+    tmp: pathlib.Path
+    _counter: int = 0
+
+    def package(self, model_name: str, tag: str = "v1", source: str | None = None, extra_config: str = "") -> pathlib.Path:
+        self._counter += 1
+        return write_package(
+            self.tmp / f"pkg{self._counter}", model_name, source or ECHO_MODEL.format(tag=tag), extra_config
+        )
+
+    async def push(self, directory: pathlib.Path, target=ds.PUSH_TARGET_DEVELOPMENT, name: str = "", request_id: str = ""):
+        archive, digest = archive_package(directory)
+        return await self.deployments.CreateDeployment(
+            ds.CreateDeploymentRequest(
+                package_archive=archive, package_sha256=digest, target=target, deployment_name=name, request_id=request_id
+            )
+        )
+
+    async def get(self, deployment_id: str) -> r.Deployment:
+        return (await self.deployments.GetDeployment(ds.GetDeploymentRequest(deployment_id=deployment_id))).deployment
+
+    async def model(self, model_id: str) -> r.Model:
+        return (await self.models.GetModel(ms.GetModelRequest(model_id=model_id))).model
+
+    async def wait_state(self, deployment_id: str, state: int, timeout: float = 30.0) -> r.Deployment:
+        async def check():
+            d = await self.get(deployment_id)
+            return d if d.state == state else None
+
+        try:
+            return await wait_until(check, timeout, f"{deployment_id} to be {r.DeploymentState.Name(state)}")
+        except AssertionError:
+            d = await self.get(deployment_id)
+            raise AssertionError(
+                f"{deployment_id} is {r.DeploymentState.Name(d.state)} ({d.status_message!r}), "
+                f"expected {r.DeploymentState.Name(state)}"
+            ) from None
+
+    async def wait_production(self, model_id: str, deployment_id: str, timeout: float = 30.0) -> r.Model:
+        async def check():
+            m = await self.model(model_id)
+            return m if m.production_deployment_id == deployment_id else None
+
+        return await wait_until(check, timeout, f"{deployment_id} to become production of {model_id}")
+
+    async def predict(self, deployment: r.Deployment, payload: bytes = b'"hi"') -> bytes:
+        ready = [rep for rep in deployment.replicas if rep.state == r.REPLICA_STATE_READY]
+        assert ready, f"no ready replica in {deployment}"
+        async with grpc.aio.insecure_channel(ready[0].address) as channel:
+            response = await rs_grpc.ReplicaServiceStub(channel).Predict(
+                rs.PredictRequest(payload=payload, content_type="application/json"), timeout=10
+            )
+        return response.payload
+
+
+def controller_settings(data_dir: pathlib.Path, **overrides) -> ControllerSettings:
+    return ControllerSettings(
+        data_dir=data_dir,
+        port=0,
+        drain_seconds=5,
+        shutdown_grace_seconds=2,
+        reconciler=ReconcilerSettings(interval_seconds=0.2, crash_backoff_seconds=0.1),
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def controller(tmp_path):
+    running = await Controller.start(controller_settings(tmp_path / "data"))
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def api(controller, tmp_path):
+    async with grpc.aio.insecure_channel(controller.address) as channel:
+        yield Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
