@@ -306,14 +306,16 @@ class Store(Reads):
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[WriteTx]:
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             tx = WriteTx(self._writer)
             try:
+                # The connection's thread runs statements in order, so even if this task is
+                # cancelled mid-way the ROLLBACK below lands after whatever was queued.
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield tx
+                await self._writer.commit()
             except BaseException:
-                await self._writer.rollback()
+                await asyncio.shield(self._writer.rollback())
                 raise
-            await self._writer.commit()
         if tx.touched:
             for listener in list(self._listeners):
                 listener(tx.touched)
