@@ -292,6 +292,7 @@ class Lifecycle:
     async def promote(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
             deployment = await _require_deployment(tx, deployment_id)
+            domain.require_not_deleted(deployment)
             model = await _require_model(tx, deployment.model_id)
             plan = domain.plan_promotion(model, deployment)
             if plan is PromotionKind.FROM_DEVELOPMENT:

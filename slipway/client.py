@@ -1,0 +1,472 @@
+"""A small synchronous client SDK for the Slipway controller API.
+
+    from slipway.client import SlipwayClient
+
+    with SlipwayClient() as client:            # SLIPWAY_CONTROLLER or 127.0.0.1:7100
+        pushed = client.push("my-model/", target="published")
+        client.wait_until_serving(pushed.deployment.id)
+        for deployment in client.list_deployments(model_id=pushed.model.id):
+            print(deployment.name, deployment.state)
+
+Every method raises `grpc.RpcError` on a refusal; `format_rpc_error` turns one into
+a readable line ("FAILED_PRECONDITION (PRODUCTION_NOT_DELETABLE): ...") and
+`error_reason` gives the machine-readable reason.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import field_mask_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from slipway.packaging import archive_package
+from slipway.v1 import (
+    deployment_service_pb2 as ds,
+    deployment_service_pb2_grpc,
+    model_service_pb2 as ms,
+    model_service_pb2_grpc,
+    replica_service_pb2 as rs,
+    replica_service_pb2_grpc,
+    resources_pb2 as res,
+)
+
+DEFAULT_CONTROLLER = "127.0.0.1:7100"
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+JSON = "application/json"
+
+State = res.DeploymentState
+SUCCESS_STATES = frozenset({State.DEPLOYMENT_STATE_ACTIVE})
+FAILURE_STATES = frozenset(
+    {
+        State.DEPLOYMENT_STATE_BUILD_FAILED,
+        State.DEPLOYMENT_STATE_DEPLOY_FAILED,
+        State.DEPLOYMENT_STATE_FAILED,
+    }
+)
+PUSH_TARGETS = {
+    "development": ds.PUSH_TARGET_DEVELOPMENT,
+    "published": ds.PUSH_TARGET_PUBLISHED,
+    "production": ds.PUSH_TARGET_PRODUCTION,
+}
+AUTOSCALING_FIELDS = tuple(res.AutoscalingSettings.DESCRIPTOR.fields_by_name)
+
+
+def default_controller_address() -> str:
+    return os.environ.get("SLIPWAY_CONTROLLER") or DEFAULT_CONTROLLER
+
+
+# --- errors ---------------------------------------------------------------------
+
+
+class SlipwayError(Exception):
+    """A client-side failure that is not a gRPC status (timeout, failed deployment)."""
+
+
+class DeploymentFailed(SlipwayError):
+    def __init__(self, deployment: res.Deployment, message: str):
+        super().__init__(message)
+        self.deployment = deployment
+
+
+def _error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    try:
+        status = rpc_status.from_call(err)
+    except (ValueError, AttributeError):  # details disagree with the code, or not a call
+        return None
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def error_reason(err: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a Slipway refusal (for example PRODUCTION_NOT_DELETABLE), or ""."""
+    info = _error_info(err)
+    return info.reason if info else ""
+
+
+def format_rpc_error(err: grpc.RpcError) -> str:
+    """One readable line: "CODE (REASON): message", or "CODE: message" without a reason."""
+    code = err.code() if hasattr(err, "code") else None
+    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    message = (err.details() if hasattr(err, "details") else "") or str(err)
+    reason = error_reason(err)
+    head = f"{name} ({reason})" if reason else name
+    return f"{head}: {' '.join(message.split())}"
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def state_name(state: int) -> str:
+    """`ACTIVE` for DEPLOYMENT_STATE_ACTIVE."""
+    return res.DeploymentState.Name(state).removeprefix("DEPLOYMENT_STATE_")
+
+
+def ready_replicas(deployment: res.Deployment) -> list[res.Replica]:
+    return [
+        replica
+        for replica in deployment.replicas
+        if replica.state == res.REPLICA_STATE_READY and replica.address
+    ]
+
+
+def is_serving(deployment: res.Deployment) -> bool:
+    """ACTIVE, and (when the controller lists replicas) a ready replica runs the
+    deployment's current revision, so a state left over from an older revision of a
+    development deployment does not count."""
+    if deployment.state not in SUCCESS_STATES:
+        return False
+    if not deployment.replicas:
+        return True
+    return any(r.revision in (0, deployment.revision) for r in ready_replicas(deployment))
+
+
+def _payload_bytes(payload: bytes | str) -> bytes:
+    return payload.encode("utf-8") if isinstance(payload, str) else payload
+
+
+# --- the client --------------------------------------------------------------------
+
+
+class SlipwayClient:
+    """Synchronous client of the controller's ModelService and DeploymentService.
+
+    `timeout` is the deadline of each unary call in seconds (pushes get
+    `push_timeout`). Mutations take an optional `request_id` (idempotency key: a
+    retried call with the same key is applied once).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float = 30.0,
+        push_timeout: float = 600.0,
+        channel: grpc.Channel | None = None,
+    ):
+        self.address = address or default_controller_address()
+        self.timeout = timeout
+        self.push_timeout = push_timeout
+        self._channel = channel or grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SlipwayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_until_reachable(self, timeout: float = 10.0) -> None:
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SlipwayError(f"controller at {self.address} is not reachable") from None
+
+    def _paginate(self, method: Callable, request: Any, field: str) -> Iterator[Any]:
+        seen: set[str] = set()
+        while True:
+            response = method(request, timeout=self.timeout)
+            yield from getattr(response, field)
+            token = response.next_page_token
+            if not token or token in seen:
+                return
+            seen.add(token)
+            request.page_token = token
+
+    # models
+
+    def get_model(self, model_id: str) -> res.Model:
+        """By model ID or model name."""
+        return self.models.GetModel(ms.GetModelRequest(model_id=model_id), timeout=self.timeout).model
+
+    def iter_models(self, page_size: int = 0) -> Iterator[res.Model]:
+        return self._paginate(self.models.ListModels, ms.ListModelsRequest(page_size=page_size), "models")
+
+    def list_models(self) -> list[res.Model]:
+        return list(self.iter_models())
+
+    def delete_model(self, model_id: str, request_id: str = "") -> res.Model:
+        request = ms.DeleteModelRequest(model_id=model_id, request_id=request_id)
+        return self.models.DeleteModel(request, timeout=self.timeout).model
+
+    # deployments
+
+    def push(
+        self,
+        directory: Path | str,
+        target: str | int = "development",
+        deployment_name: str = "",
+        request_id: str = "",
+    ) -> ds.CreateDeploymentResponse:
+        """Archive `directory` and create (or, for development, update) a deployment.
+
+        `target` is "development", "published", "production" or a PushTarget value.
+        """
+        archive, digest = archive_package(directory)
+        request = ds.CreateDeploymentRequest(
+            package_archive=archive,
+            package_sha256=digest,
+            target=PUSH_TARGETS[target] if isinstance(target, str) else target,
+            deployment_name=deployment_name,
+            request_id=request_id,
+        )
+        return self.deployments.CreateDeployment(request, timeout=self.push_timeout)
+
+    def get_deployment(self, deployment_id: str) -> res.Deployment:
+        request = ds.GetDeploymentRequest(deployment_id=deployment_id)
+        return self.deployments.GetDeployment(request, timeout=self.timeout).deployment
+
+    def iter_deployments(
+        self, model_id: str = "", show_deleted: bool = False, page_size: int = 0
+    ) -> Iterator[res.Deployment]:
+        request = ds.ListDeploymentsRequest(
+            model_id=model_id, show_deleted=show_deleted, page_size=page_size
+        )
+        return self._paginate(self.deployments.ListDeployments, request, "deployments")
+
+    def list_deployments(self, model_id: str = "", show_deleted: bool = False) -> list[res.Deployment]:
+        return list(self.iter_deployments(model_id, show_deleted))
+
+    def update_deployment(
+        self, deployment: res.Deployment, paths: list[str], request_id: str = ""
+    ) -> res.Deployment:
+        request = ds.UpdateDeploymentRequest(
+            deployment=deployment,
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+            request_id=request_id,
+        )
+        return self.deployments.UpdateDeployment(request, timeout=self.timeout).deployment
+
+    def rename_deployment(self, deployment_id: str, name: str, request_id: str = "") -> res.Deployment:
+        return self.update_deployment(res.Deployment(id=deployment_id, name=name), ["name"], request_id)
+
+    def update_autoscaling(
+        self, deployment_id: str, request_id: str = "", **settings: int
+    ) -> res.Deployment:
+        """Change only the given settings, e.g. `update_autoscaling(id, max_replica=3)`."""
+        unknown = set(settings) - set(AUTOSCALING_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown autoscaling settings: {', '.join(sorted(unknown))}")
+        deployment = res.Deployment(
+            id=deployment_id, autoscaling_settings=res.AutoscalingSettings(**settings)
+        )
+        paths = [f"autoscaling_settings.{name}" for name in settings]
+        return self.update_deployment(deployment, paths, request_id)
+
+    def _deployment_call(self, method: Callable, request_type: type, deployment_id: str, request_id: str):
+        request = request_type(deployment_id=deployment_id, request_id=request_id)
+        return method(request, timeout=self.timeout)
+
+    def delete_deployment(self, deployment_id: str, request_id: str = "") -> res.Deployment:
+        return self._deployment_call(
+            self.deployments.DeleteDeployment, ds.DeleteDeploymentRequest, deployment_id, request_id
+        ).deployment
+
+    def activate_deployment(self, deployment_id: str, request_id: str = "") -> res.Deployment:
+        return self._deployment_call(
+            self.deployments.ActivateDeployment, ds.ActivateDeploymentRequest, deployment_id, request_id
+        ).deployment
+
+    def deactivate_deployment(self, deployment_id: str, request_id: str = "") -> res.Deployment:
+        return self._deployment_call(
+            self.deployments.DeactivateDeployment, ds.DeactivateDeploymentRequest, deployment_id, request_id
+        ).deployment
+
+    def promote_deployment(self, deployment_id: str, request_id: str = "") -> ds.PromoteDeploymentResponse:
+        """The response's deployment is the one that becomes production (a new one when
+        promoting development); `completed` tells whether production already switched."""
+        return self._deployment_call(
+            self.deployments.PromoteDeployment, ds.PromoteDeploymentRequest, deployment_id, request_id
+        )
+
+    def wake_deployment(self, deployment_id: str, request_id: str = "") -> res.Deployment:
+        return self._deployment_call(
+            self.deployments.WakeDeployment, ds.WakeDeploymentRequest, deployment_id, request_id
+        ).deployment
+
+    def watch_deployments(
+        self, model_id: str = "", deployment_id: str = "", timeout: float | None = None
+    ) -> Iterator[ds.WatchDeploymentsResponse]:
+        """The current state of matching deployments, then every change. The returned
+        call can be cancelled with `.cancel()`; `timeout` ends it with DEADLINE_EXCEEDED."""
+        request = ds.WatchDeploymentsRequest(model_id=model_id, deployment_id=deployment_id)
+        return self.deployments.WatchDeployments(request, timeout=timeout)
+
+    def iter_usage(self, model_id: str = "", page_size: int = 0) -> Iterator[res.UsageRecord]:
+        request = ds.ListUsageRecordsRequest(model_id=model_id, page_size=page_size)
+        return self._paginate(self.deployments.ListUsageRecords, request, "usage_records")
+
+    def list_usage(self, model_id: str = "") -> list[res.UsageRecord]:
+        return list(self.iter_usage(model_id))
+
+    def iter_events(self, model_id: str = "", deployment_id: str = "", page_size: int = 0) -> Iterator[res.Event]:
+        request = ds.ListEventsRequest(model_id=model_id, deployment_id=deployment_id, page_size=page_size)
+        return self._paginate(self.deployments.ListEvents, request, "events")
+
+    def list_events(self, model_id: str = "", deployment_id: str = "", limit: int | None = None) -> list[res.Event]:
+        """Events in sequence order; with `limit`, only the most recent `limit`."""
+        events = sorted(self.iter_events(model_id, deployment_id), key=lambda e: e.sequence)
+        return events[-limit:] if limit else events
+
+    # waiting
+
+    def wait_until_serving(
+        self,
+        deployment_id: str,
+        timeout: float = 300.0,
+        on_update: Callable[[res.Deployment], None] | None = None,
+    ) -> res.Deployment:
+        """Follow WatchDeployments until the deployment serves (see `is_serving`).
+
+        Calls `on_update` with every deployment message. Raises DeploymentFailed when
+        it reaches BUILD_FAILED, DEPLOY_FAILED or FAILED or is deleted, and
+        SlipwayError on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SlipwayError(f"timed out after {timeout:g}s waiting for deployment {deployment_id}")
+            call = self.watch_deployments(deployment_id=deployment_id, timeout=remaining)
+            try:
+                for message in call:
+                    deployment = message.deployment
+                    if deployment.id != deployment_id:
+                        continue
+                    if on_update:
+                        on_update(deployment)
+                    if deployment.HasField("delete_time"):
+                        raise DeploymentFailed(deployment, f"deployment {deployment_id} was deleted")
+                    if deployment.state in FAILURE_STATES:
+                        raise DeploymentFailed(
+                            deployment,
+                            f"deployment {deployment_id} is {state_name(deployment.state)}: "
+                            f"{deployment.status_message or 'no details'}",
+                        )
+                    if is_serving(deployment):
+                        return deployment
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+            finally:
+                call.cancel()
+            # The stream ended (deadline, or the server closed it): re-check and resubscribe.
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def wait_until_production(
+        self, model_id: str, deployment_id: str, timeout: float = 300.0, poll_interval: float = 0.25
+    ) -> res.Model:
+        """Poll the model until `deployment_id` is its production deployment. Raises
+        DeploymentFailed when the promotion was abandoned, SlipwayError on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            model = self.get_model(model_id)
+            if model.production_deployment_id == deployment_id:
+                return model
+            if model.promoting_deployment_id != deployment_id:
+                deployment = self.get_deployment(deployment_id)
+                detail = deployment.status_message or state_name(deployment.state)
+                raise DeploymentFailed(
+                    deployment, f"promotion of deployment {deployment_id} did not complete: {detail}"
+                )
+            if time.monotonic() >= deadline:
+                raise SlipwayError(f"timed out after {timeout:g}s waiting for {deployment_id} to become production")
+            time.sleep(poll_interval)
+
+    # calling a model (direct to a replica until the gateway exists)
+
+    def resolve_target(self, target: str, deployment_id: str = "") -> res.Deployment:
+        """The deployment a predict goes to.
+
+        `target` is a model ID or name (→ its production deployment) or a deployment ID.
+        With `deployment_id` the call goes to that deployment of the model; the
+        `development` alias names the model's development deployment.
+        """
+        model = None
+        try:
+            model = self.get_model(target)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or deployment_id:
+                raise
+        if model is None:
+            return self.get_deployment(target)
+        if deployment_id == "development":
+            if not model.development_deployment_id:
+                raise SlipwayError(f"model {model.name} ({model.id}) has no development deployment")
+            deployment_id = model.development_deployment_id
+        if not deployment_id:
+            if not model.production_deployment_id:
+                raise SlipwayError(
+                    f"model {model.name} ({model.id}) has no production deployment; "
+                    "use --deployment ID or --deployment development"
+                )
+            deployment_id = model.production_deployment_id
+        deployment = self.get_deployment(deployment_id)
+        if deployment.model_id != model.id:
+            raise SlipwayError(f"deployment {deployment_id} does not belong to model {model.name} ({model.id})")
+        return deployment
+
+    def ready_replica_address(self, deployment: res.Deployment, timeout: float = 300.0) -> str:
+        """The address of a ready replica; wakes a scaled-to-zero deployment first."""
+        replicas = ready_replicas(deployment)
+        if not replicas and deployment.state in (
+            State.DEPLOYMENT_STATE_SCALED_TO_ZERO,
+            State.DEPLOYMENT_STATE_WAKING_UP,
+        ):
+            self.wake_deployment(deployment.id)
+            deployment = self.wait_until_serving(deployment.id, timeout=timeout)
+            replicas = ready_replicas(deployment)
+        if not replicas:
+            raise SlipwayError(
+                f"deployment {deployment.name} ({deployment.id}) is {state_name(deployment.state)} "
+                "and has no ready replica"
+            )
+        return random.choice(replicas).address
+
+    def predict(
+        self, target: str, payload: bytes | str, deployment_id: str = "", timeout: float | None = None
+    ) -> bytes:
+        address = self.ready_replica_address(self.resolve_target(target, deployment_id), timeout or 300.0)
+        return predict_direct(address, payload, timeout=timeout)
+
+    def predict_stream(
+        self, target: str, payload: bytes | str, deployment_id: str = "", timeout: float | None = None
+    ) -> Iterator[bytes]:
+        address = self.ready_replica_address(self.resolve_target(target, deployment_id), timeout or 300.0)
+        return predict_stream_direct(address, payload, timeout=timeout)
+
+
+def predict_direct(address: str, payload_json: bytes | str, timeout: float | None = None) -> bytes:
+    """Call ReplicaService.Predict on the replica at `address`; returns the payload."""
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = replica_service_pb2_grpc.ReplicaServiceStub(channel)
+        request = rs.PredictRequest(payload=_payload_bytes(payload_json), content_type=JSON)
+        return stub.Predict(request, timeout=timeout).payload
+
+
+def predict_stream_direct(address: str, payload_json: bytes | str, timeout: float | None = None) -> Iterator[bytes]:
+    """Call ReplicaService.PredictStream on the replica at `address`; yields the chunks."""
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = replica_service_pb2_grpc.ReplicaServiceStub(channel)
+        request = rs.PredictStreamRequest(payload=_payload_bytes(payload_json), content_type=JSON)
+        for response in stub.PredictStream(request, timeout=timeout):
+            yield response.chunk

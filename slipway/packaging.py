@@ -1,0 +1,143 @@
+"""Model package archives: a deterministic gzip tar of a package directory.
+
+The same directory content always gives the same bytes (and so the same sha256),
+whatever the file times, owners or the order the file system lists entries in:
+entries are sorted, times are 0, owners are 0 with no names, modes are normalised
+(0644, or 0755 for directories and executables) and the gzip header has no time
+or file name. Paths in the archive are relative to the package root
+(`config.yaml`, `model/model.py`, ...).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import yaml
+
+CONFIG_FILE = "config.yaml"
+# Read in this order; patterns of every file present are combined.
+IGNORE_FILES = (".slipwayignore", ".trussignore", ".truss_ignore")
+ALWAYS_IGNORED = ("__pycache__/", ".git/", "*.pyc")
+
+
+class PackageError(Exception):
+    """The directory is not a model package (or cannot be read)."""
+
+
+def _package_dir(directory: Path | str) -> Path:
+    path = Path(directory)
+    if not path.is_dir():
+        raise PackageError(f"{path}: not a directory")
+    if not (path / CONFIG_FILE).is_file():
+        raise PackageError(f"{path}: no {CONFIG_FILE} (not a model package directory)")
+    return path
+
+
+def load_ignore_patterns(directory: Path | str) -> list[str]:
+    """The built-in patterns plus those of the package's ignore files.
+
+    One fnmatch pattern a line; blank lines and `#` comments are skipped. A
+    pattern ending in `/` matches directories only; a pattern with a `/` inside
+    matches the path from the package root, otherwise the entry's name at any depth.
+    """
+    patterns = list(ALWAYS_IGNORED)
+    for name in IGNORE_FILES:
+        path = Path(directory) / name
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    patterns.append(line)
+    return patterns
+
+
+def is_ignored(relpath: str, is_dir: bool, patterns: list[str]) -> bool:
+    """Whether the entry at `relpath` (posix, relative to the root) is skipped."""
+    name = relpath.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if pattern.endswith("/"):
+            if not is_dir:
+                continue
+            pattern = pattern.rstrip("/")
+        anchored = "/" in pattern
+        pattern = pattern.lstrip("/")
+        if fnmatch.fnmatchcase(relpath if anchored else name, pattern):
+            return True
+    return False
+
+
+def package_entries(directory: Path | str) -> list[tuple[str, Path]]:
+    """Sorted (archive path, file system path) of the entries to archive.
+
+    Ignored directories are not descended into. Symbolic links to files are
+    archived as the file they point at; links to directories are not followed.
+    """
+    root = _package_dir(directory)
+    patterns = load_ignore_patterns(root)
+    entries: list[tuple[str, Path]] = []
+    for current, dirnames, filenames in os.walk(root):
+        base = Path(current).relative_to(root).as_posix()
+        prefix = "" if base == "." else base + "/"
+        kept = []
+        for name in dirnames:
+            rel = prefix + name
+            if os.path.islink(os.path.join(current, name)) or is_ignored(rel, True, patterns):
+                continue
+            kept.append(name)
+            entries.append((rel, Path(current, name)))
+        dirnames[:] = kept
+        for name in filenames:
+            rel = prefix + name
+            path = Path(current, name)
+            if path.is_file() and not is_ignored(rel, False, patterns):
+                entries.append((rel, path))
+    entries.sort(key=lambda entry: entry[0])
+    return entries
+
+
+def _tar_info(arcname: str, path: Path) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(arcname)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if path.is_dir():
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+    else:
+        info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+    return info
+
+
+def archive_package(directory: Path | str) -> tuple[bytes, str]:
+    """Archive a package directory; returns (gzip tar bytes, hex sha256 of them)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", fileobj=buffer, mode="wb", mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for arcname, path in package_entries(directory):
+                info = _tar_info(arcname, path)
+                if info.isdir():
+                    tar.addfile(info)
+                    continue
+                data = path.read_bytes()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def read_model_name(directory: Path | str) -> str:
+    """The package's `model_name` from config.yaml ("" when it has none)."""
+    config_path = _package_dir(directory) / CONFIG_FILE
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise PackageError(f"{config_path}: invalid YAML: {exc}") from exc
+    if not isinstance(config, dict):
+        raise PackageError(f"{config_path}: expected a mapping at the top level")
+    return str(config.get("model_name") or "")
