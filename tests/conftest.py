@@ -4,6 +4,7 @@ replica subprocesses, and helpers that write model packages and poll with timeou
 from __future__ import annotations
 
 import asyncio
+import inspect
 import pathlib
 import textwrap
 import time
@@ -61,12 +62,14 @@ def write_package(root: pathlib.Path, model_name: str, source: str, extra_config
     return root
 
 
-async def wait_until(check: Callable[[], Awaitable[T]], timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll `check` until it returns a truthy value; fail with the last value after `timeout`."""
+async def wait_until(check: Callable[[], Awaitable[T] | T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll `check` (sync or async) until it returns a truthy value; fail after `timeout`."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while time.monotonic() < deadline:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(0.02)

@@ -136,14 +136,10 @@ async def test_development_is_not_reachable_by_model_id_and_can_be_deleted(api: 
     await api.deployments.DeleteDeployment(ds.DeleteDeploymentRequest(deployment_id=deployment.id))
     await refused(api.get(deployment.id), grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
     assert (await api.model("m")).development_deployment_id == ""
-    await wait_until(lambda: _async(not pid_alive(pid)), what="replica process to stop")
+    await wait_until(lambda: not pid_alive(pid), what="replica process to stop")
     # Pushing again creates a new development deployment with a new ID.
     again = await api.push(api.package("m"))
     assert again.deployment.id != deployment.id and again.deployment.name == "development"
-
-
-async def _async(value):
-    return value
 
 
 # --- promotion -----------------------------------------------------------------------
@@ -366,7 +362,7 @@ async def test_deleted_deployment_disappears_but_usage_remains(api: Api):
     with_deleted = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True))
     assert [d.id for d in with_deleted.deployments] == [pushed.deployment.id]
     assert with_deleted.deployments[0].HasField("delete_time")
-    await wait_until(lambda: _async(not pid_alive(pid)), what="replica to stop")
+    await wait_until(lambda: not pid_alive(pid), what="replica to stop")
 
     async def usage():
         records = (await api.deployments.ListUsageRecords(ds.ListUsageRecordsRequest(model_id=pushed.model.id))).usage_records
@@ -397,7 +393,7 @@ async def test_deleting_a_model_deletes_all_its_deployments(api: Api):
     for deployment in running:
         await refused(api.get(deployment.id), grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
         for replica in deployment.replicas:
-            await wait_until(lambda: _async(not pid_alive(replica.pid)), what="replica to stop")
+            await wait_until(lambda: not pid_alive(replica.pid), what="replica to stop")
     assert (await api.models.ListModels(ms.ListModelsRequest())).models == []
     again = await api.push(api.package("m"))
     assert again.model_created and again.model.id != prod.model.id

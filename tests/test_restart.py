@@ -1,0 +1,133 @@
+"""The controller as a real process: SIGKILL it and restart it; nothing accepted is
+lost, running replicas are adopted, and no replica process is left orphaned."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from conftest import Api, wait_until
+from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import model_service_pb2_grpc as ms_grpc
+from slipway.v1 import resources_pb2 as r
+from test_lifecycle import pid_alive
+
+ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replica_pids(data_dir: pathlib.Path) -> set[int]:
+    """Live replica processes that belong to this data directory."""
+    marker = str(data_dir / "run")
+    pids = set()
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "replica" in args and marker in args and pid_alive(int(entry.name)):
+                pids.add(int(entry.name))
+    return pids
+
+
+class ControllerProcess:
+    def __init__(self, data_dir: pathlib.Path, port: int) -> None:
+        self.address = f"127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "slipway", "controller", "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(data_dir.parent / f"controller-{port}.log", "ab"),
+        )
+
+    async def ready(self) -> None:
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            await channel.channel_ready()
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    path = tmp_path / "data"
+    path.mkdir()
+    yield path
+    for pid in replica_pids(path):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir, tmp_path):
+    port = free_port()
+    first = ControllerProcess(data_dir, port)
+    try:
+        await first.ready()
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            kept = await api.push(api.package("kept"), target=ds.PUSH_TARGET_PRODUCTION)
+            kept_running = await api.wait_state(kept.deployment.id, ACTIVE)
+            stopped = await api.push(api.package("stopped"), target=ds.PUSH_TARGET_PUBLISHED)
+            stopped_running = await api.wait_state(stopped.deployment.id, ACTIVE)
+            # Accepted just before the crash: the restarted controller must carry them out.
+            await api.deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=stopped.deployment.id))
+            late = await api.push(api.package("late"), target=ds.PUSH_TARGET_PUBLISHED)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(10)
+    finally:
+        first.process.kill()
+
+    second = ControllerProcess(data_dir, port)
+    try:
+        await second.ready()
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            assert (await api.model("kept")).production_deployment_id == kept.deployment.id
+            adopted = await api.wait_state(kept.deployment.id, ACTIVE)
+            assert [rep.pid for rep in adopted.replicas] == [rep.pid for rep in kept_running.replicas], "not adopted"
+            assert (await api.predict(adopted)).startswith(b"{")
+
+            await api.wait_state(stopped.deployment.id, r.DEPLOYMENT_STATE_INACTIVE)
+            assert not pid_alive(stopped_running.replicas[0].pid)
+            late_running = await api.wait_state(late.deployment.id, ACTIVE)
+
+            expected = {rep.pid for d in (adopted, late_running) for rep in d.replicas}
+            assert replica_pids(data_dir) == expected
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(30) == 0
+        assert replica_pids(data_dir) == set(), "graceful shutdown left replicas running"
+    finally:
+        second.process.kill()
+
+
+async def test_stray_replica_processes_are_stopped_on_start(data_dir, tmp_path):
+    """A replica process of this data directory that no record owns is cleaned up."""
+    from conftest import write_package
+
+    package = write_package(tmp_path / "stray", "stray", "class Model:\n    def predict(self, x):\n        return x\n")
+    (data_dir / "run").mkdir()
+    stray = subprocess.Popen(
+        [sys.executable, "-m", "replica", "--package", str(package), "--state-file", str(data_dir / "run" / "r_stray.json"),
+         "--replica-id", "r_stray"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_until(lambda: (data_dir / "run" / "r_stray.json").exists(), what="stray replica to start")
+        controller = ControllerProcess(data_dir, free_port())
+        try:
+            await controller.ready()
+            assert stray.wait(10) is not None
+            assert replica_pids(data_dir) == set()
+        finally:
+            controller.process.kill()
+    finally:
+        stray.kill()
