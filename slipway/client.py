@@ -456,17 +456,17 @@ class SlipwayClient:
 
 
 def predict_direct(address: str, payload_json: bytes | str, timeout: float | None = None) -> bytes:
-    """Call ReplicaService.Predict on the replica at `address`; returns the payload."""
+    """Call ReplicaService.Invoke on the replica at `address`; returns the payload."""
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = replica_service_pb2_grpc.ReplicaServiceStub(channel)
-        request = rs.PredictRequest(payload=_payload_bytes(payload_json), content_type=JSON)
-        return stub.Predict(request, timeout=timeout).payload
+        request = rs.InvokeRequest(payload=_payload_bytes(payload_json), content_type=JSON)
+        return stub.Invoke(request, timeout=timeout).payload
 
 
 def predict_stream_direct(address: str, payload_json: bytes | str, timeout: float | None = None) -> Iterator[bytes]:
-    """Call ReplicaService.PredictStream on the replica at `address`; yields the chunks."""
+    """Call ReplicaService.InvokeStream on the replica at `address`; yields the chunks."""
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = replica_service_pb2_grpc.ReplicaServiceStub(channel)
-        request = rs.PredictStreamRequest(payload=_payload_bytes(payload_json), content_type=JSON)
-        for response in stub.PredictStream(request, timeout=timeout):
+        request = rs.InvokeStreamRequest(payload=_payload_bytes(payload_json), content_type=JSON)
+        for response in stub.InvokeStream(request, timeout=timeout):
             yield response.chunk

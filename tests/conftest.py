@@ -142,8 +142,8 @@ class Api:
         ready = [rep for rep in deployment.replicas if rep.state == r.REPLICA_STATE_READY]
         assert ready, f"no ready replica in {deployment}"
         async with grpc.aio.insecure_channel(ready[0].address) as channel:
-            response = await rs_grpc.ReplicaServiceStub(channel).Predict(
-                rs.PredictRequest(payload=payload, content_type="application/json"), timeout=10
+            response = await rs_grpc.ReplicaServiceStub(channel).Invoke(
+                rs.InvokeRequest(payload=payload, content_type="application/json"), timeout=10
             )
         return response.payload
 

@@ -304,12 +304,12 @@ class FakeApi(model_service_pb2_grpc.ModelServiceServicer, deployment_service_pb
 
 
 class EchoReplica(replica_service_pb2_grpc.ReplicaServiceServicer):
-    def Predict(self, request, context):
-        return rs.PredictResponse(payload=b'{"echo": ' + request.payload + b"}", content_type=request.content_type)
+    def Invoke(self, request, context):
+        return rs.InvokeResponse(payload=b'{"echo": ' + request.payload + b"}", content_type=request.content_type)
 
-    def PredictStream(self, request, context):
+    def InvokeStream(self, request, context):
         for word in json.loads(request.payload)["text"].split():
-            yield rs.PredictStreamResponse(chunk=word.encode() + b" ")
+            yield rs.InvokeStreamResponse(chunk=word.encode() + b" ")
 
 
 @pytest.fixture

@@ -1,0 +1,5 @@
+import sys
+
+from replica.main import main
+
+sys.exit(main())

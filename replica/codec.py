@@ -1,0 +1,82 @@
+"""Turning request payloads into model input and model output into response bytes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+TEXT = "text/plain"
+NDJSON = "application/x-ndjson"
+
+
+class PayloadError(ValueError):
+    """The request payload cannot be decoded; the client's fault."""
+
+
+class ResultEncodingError(TypeError):
+    """The model's output cannot be encoded; the model's fault."""
+
+
+def is_json(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type in ("", JSON)
+
+
+def decode_payload(payload: bytes, content_type: str) -> Any:
+    """JSON (or no content type) is parsed; any other content type passes raw bytes."""
+    if not is_json(content_type):
+        return payload
+    try:
+        return json.loads(payload)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise PayloadError(f"request body is not valid JSON: {exc}") from None
+
+
+def encode_result(result: Any) -> tuple[bytes, str]:
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return bytes(result), OCTET_STREAM
+    return _dumps(result), JSON
+
+
+def encode_chunk(chunk: Any) -> tuple[bytes, str]:
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8"), TEXT
+    if isinstance(chunk, (bytes, bytearray, memoryview)):
+        return bytes(chunk), OCTET_STREAM
+    return _dumps(chunk) + b"\n", JSON
+
+
+def join_chunks(encoded: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
+    """One payload for a unary call whose model streamed."""
+    parts, content_types = [], set()
+    for data, content_type in encoded:
+        parts.append(data)
+        content_types.add(content_type)
+    if content_types == {TEXT}:
+        content_type = TEXT
+    elif content_types == {JSON}:
+        content_type = NDJSON  # one JSON document per line
+    else:
+        content_type = OCTET_STREAM
+    return b"".join(parts), content_type
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, default=_to_json, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ResultEncodingError(f"model output is not JSON-serialisable: {exc}") from None
+
+
+def _to_json(value: Any) -> Any:
+    """Common model output types that json does not know: numpy arrays, pydantic models."""
+    for method in ("tolist", "model_dump"):
+        convert = getattr(value, method, None)
+        if callable(convert):
+            return convert()
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

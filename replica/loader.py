@@ -1,0 +1,91 @@
+"""Importing, constructing and loading the user's model class."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import inspect
+import os
+import sys
+import uuid
+from typing import Any
+
+from replica.package import PackageConfig, resolve_secrets
+from replica.threads import ModelThreads
+
+ENVIRONMENT_ENV_VAR = "SLIPWAY_ENVIRONMENT"
+
+
+def prepare_process(config: PackageConfig) -> None:
+    """Environment variables and import paths; must happen before the model is imported."""
+    os.environ.update(config.environment_variables)
+    paths = [config.model_dir, *config.external_package_dirs]
+    if config.bundled_packages_dir.is_dir():
+        paths.append(config.bundled_packages_dir)
+    for path in reversed(paths):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+
+
+def import_model_class(config: PackageConfig) -> type:
+    model_file = config.model_file
+    if not model_file.is_file():
+        raise ValueError(f"model file {model_file} does not exist")
+    # A unique synthetic parent package makes relative imports (`from .helpers import x`)
+    # work without the model module colliding with anything already in sys.modules.
+    package_name = f"_slipway_model_{uuid.uuid4().hex[:12]}"
+    package_spec = importlib.machinery.ModuleSpec(package_name, None, is_package=True)
+    package_spec.submodule_search_locations = [str(model_file.parent)]
+    sys.modules[package_name] = importlib.util.module_from_spec(package_spec)
+
+    module_name = f"{package_name}.{model_file.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, model_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+
+    model_class = getattr(module, config.model_class_name, None)
+    if not isinstance(model_class, type):
+        raise ValueError(f"model file {model_file} does not define class {config.model_class_name}")
+    return model_class
+
+
+def model_kwargs(config: PackageConfig) -> dict[str, Any]:
+    return {
+        "config": config.raw_dict(),
+        "data_dir": config.data_dir,
+        "secrets": resolve_secrets(config, os.environ),
+        "environment": {"name": os.environ.get(ENVIRONMENT_ENV_VAR, "development")},
+    }
+
+
+def construct(model_class: type, kwargs: dict[str, Any]) -> Any:
+    """Pass only the keyword arguments __init__ accepts (all of them if it takes **kwargs)."""
+    try:
+        parameters = inspect.signature(model_class).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature
+        return model_class()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return model_class(**kwargs)
+    accepted = {
+        p.name
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return model_class(**{name: value for name, value in kwargs.items() if name in accepted})
+
+
+async def load_model(config: PackageConfig, threads: ModelThreads) -> Any:
+    """Import, construct and load() the model; import and load may be slow, so both run in a thread."""
+    model_class = await threads.run(import_model_class, config)
+    kwargs = model_kwargs(config)
+    model = await threads.run(construct, model_class, kwargs)
+    load = getattr(model, "load", None)
+    if load is not None:
+        if inspect.iscoroutinefunction(load):
+            await load()
+        else:
+            result = await threads.run(load)
+            if inspect.isawaitable(result):
+                await result
+    return model

@@ -1,0 +1,59 @@
+"""Command line: python -m replica --package DIR --state-file PATH [options].
+
+Contract with the process that spawns a replica:
+- Right after binding, before the model loads, PATH holds
+  {"pid", "port", "replica_id", "phase": "loading"}; then "ready" once the model
+  is loaded (and health is SERVING), or "failed" with "error" ("<Type>: <message>")
+  and "traceback", after which the process exits with code 3. A malformed package or
+  a port that cannot be bound is also "failed" (with "port": null) and code 3.
+- SIGTERM/SIGINT drain: health NOT_SERVING, new predicts UNAVAILABLE, in-flight
+  ones get up to --drain-seconds, then exit 0.
+- Logs: one JSON object per line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pathlib
+import sys
+
+from replica.log import Logger
+from replica.server import Options, Replica
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m replica", description="Serve one model package over gRPC.")
+    parser.add_argument("--package", required=True, type=pathlib.Path, help="model package directory (Truss layout)")
+    parser.add_argument("--state-file", required=True, type=pathlib.Path, help="JSON file reporting pid, port and phase")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--replica-id", default=None)
+    parser.add_argument("--drain-seconds", type=float, default=30.0, help="longest wait for in-flight calls on shutdown")
+    args = parser.parse_args(argv)
+    return Options(
+        package=args.package,
+        state_file=args.state_file,
+        host=args.host,
+        port=args.port,
+        replica_id=args.replica_id,
+        drain_seconds=args.drain_seconds,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    log = Logger(options.replica_id)
+    replica = Replica(options, log)
+    code = asyncio.run(replica.run())
+    if replica.threads is not None:
+        if replica.threads.busy:
+            # Model code still running in a thread (a stuck load or predict) would keep
+            # the interpreter from exiting: leave without waiting for it.
+            log.warning("exiting_with_model_code_running", threads=replica.threads.busy)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        replica.threads.shutdown()
+    return code

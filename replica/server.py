@@ -1,0 +1,172 @@
+"""The replica's lifecycle: bind, report, load the model, serve, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+import signal
+import time
+import traceback
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from replica.loader import load_model, prepare_process
+from replica.log import Logger
+from replica.package import PackageConfig, load_package_config
+from replica.predictor import Predictor
+from replica.servicer import ReplicaServicer
+from replica.state_file import FAILED, LOADING, READY, StateFile
+from replica.threads import ModelThreads
+from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
+
+SERVICE_NAME = replica_service_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
+EXIT_OK = 0
+EXIT_MODEL_FAILED = 3
+# Threads beyond predict_concurrency, for load() and for generator cleanup.
+SPARE_THREADS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    package: pathlib.Path
+    state_file: pathlib.Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    replica_id: str | None = None
+    drain_seconds: float = 30.0
+
+
+class Replica:
+    def __init__(self, options: Options, log: Logger) -> None:
+        self._options = options
+        self._log = log
+        self._state = StateFile(options.state_file, options.replica_id)
+        self._stop = asyncio.Event()
+        self.threads: ModelThreads | None = None
+
+    async def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; the exit code for the process."""
+        try:
+            config = load_package_config(self._options.package)
+        except ValueError as exc:
+            return self._fail("package_invalid", exc)
+        prepare_process(config)
+        self.threads = ModelThreads(config.predict_concurrency + SPARE_THREADS)
+
+        server, servicer, health_servicer = await self._build_server()
+        try:
+            self._state.port = server.add_insecure_port(f"{self._options.host}:{self._options.port}")
+        except RuntimeError as exc:
+            return self._fail("bind_failed", exc)
+        await server.start()
+        self._state.write(LOADING)
+        self._log.info("listening", host=self._options.host, port=self._state.port, model_name=config.model_name)
+        self._install_signal_handlers()
+
+        predictor = await self._load(config)
+        if predictor is None:
+            if self._stop.is_set():
+                await self._drain(server, servicer, health_servicer)
+                return EXIT_OK
+            await _stop_server(server)
+            return EXIT_MODEL_FAILED
+
+        servicer.attach(predictor)
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._state.write(READY)
+        self._log.info("ready")
+
+        await self._stop.wait()
+        await self._drain(server, servicer, health_servicer)
+        return EXIT_OK
+
+    async def _build_server(self) -> tuple[grpc.aio.Server, ReplicaServicer, health.aio.HealthServicer]:
+        # Without this, grpc sets SO_REUSEPORT and a second process could silently
+        # share a fixed --port with this one.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        servicer = ReplicaServicer(self._log)
+        replica_service_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        for service in ("", SERVICE_NAME):  # "" starts out SERVING otherwise
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server, servicer, health_servicer
+
+    async def _load(self, config: PackageConfig) -> Predictor | None:
+        """The ready predictor; None if loading failed or a stop signal came first."""
+        self._log.info("model_loading", model_file=str(config.model_file))
+        started = time.monotonic()
+        loading = asyncio.create_task(self._load_predictor(config))
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait((loading, stopping), return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not loading.done():
+            # The load runs in a thread and cannot be interrupted; main() exits without it.
+            loading.cancel()
+            self._log.info("stopped_while_loading")
+            return None
+        try:
+            predictor = loading.result()
+        except (Exception, SystemExit) as exc:  # a model module may call sys.exit()
+            self._fail("model_load_failed", exc)
+            return None
+        self._log.info("model_loaded", seconds=round(time.monotonic() - started, 3))
+        return predictor
+
+    async def _load_predictor(self, config: PackageConfig) -> Predictor:
+        model = await load_model(config, self.threads)
+        return Predictor(model, config.predict_concurrency, self.threads)
+
+    async def _drain(
+        self,
+        server: grpc.aio.Server,
+        servicer: ReplicaServicer,
+        health_servicer: health.aio.HealthServicer,
+    ) -> None:
+        drain_seconds = self._options.drain_seconds
+        self._log.info("draining", drain_seconds=drain_seconds)
+        await health_servicer.enter_graceful_shutdown()
+        # New predict calls are refused with UNAVAILABLE (retriable elsewhere) rather
+        # than left to the server's shutdown, which may answer a call racing it with
+        # CANCELLED. Health checks keep answering NOT_SERVING meanwhile.
+        servicer.refuse_new_calls()
+        drained = await servicer.wait_idle(drain_seconds)
+        # Cancels whatever is left: health Watch streams, and predicts past the deadline.
+        await _stop_server(server)
+        self._log.info("stopped", drained=drained)
+
+    def _fail(self, event: str, exc: BaseException) -> int:
+        error = f"{type(exc).__name__}: {exc}"
+        trace = "".join(traceback.format_exception(exc))
+        self._state.write(FAILED, error=error, traceback=trace)
+        self._log.error(event, error=error, traceback=trace)
+        return EXIT_MODEL_FAILED
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if not self._stop.is_set():
+            self._log.info("signal_received", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+
+async def _stop_server(server: grpc.aio.Server) -> None:
+    """Stop at once, cancelling RPCs still running, and let their tasks end.
+
+    Without the wait, asyncio.run would cancel those tasks again on exit, and grpc
+    prints a bare traceback to stderr for each RPC task cancelled that way.
+    """
+    await server.stop(None)
+    pending = asyncio.all_tasks() - {asyncio.current_task()}
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
