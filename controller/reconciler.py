@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from controller import domain
@@ -52,12 +53,17 @@ class Reconciler:
         packages: PackageStore,
         runtime_factory,
         settings: ReconcilerSettings,
+        on_replicas_changed: Callable[[], None] = lambda: None,
+        before_stop: Callable[[ReplicaHandle], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
         self.packages = packages
         self.settings = settings
         self.runtime: LocalProcessRuntime = runtime_factory(self._on_replica_change)
+        self._on_replicas_changed = on_replicas_changed
+        # Awaited between taking a replica out of the route table and signalling it to drain.
+        self.before_stop = before_stop
         self.replicas: dict[str, ReplicaHandle] = {}
         self._crashes: dict[str, CrashRecord] = defaultdict(CrashRecord)
         self._wake = asyncio.Event()
@@ -71,6 +77,7 @@ class Reconciler:
 
     def _on_replica_change(self, handle: ReplicaHandle) -> None:
         self._wake.set()
+        self._on_replicas_changed()
 
     def replicas_of(self, deployment_id: str) -> list[ReplicaHandle]:
         return [h for h in self.replicas.values() if h.deployment_id == deployment_id]
@@ -181,11 +188,19 @@ class Reconciler:
         log.info("started replica %s (pid %s) for deployment %s", replica_id, handle.pid, deployment.id)
 
     def _stop(self, handle: ReplicaHandle) -> None:
+        """Out of the route table first, then drained, then stopped."""
         if handle.phase is ReplicaPhase.DRAINING or handle.exited:
             return
-        task = asyncio.create_task(self.runtime.stop(handle))
+        handle.phase = ReplicaPhase.DRAINING
+        self._on_replica_change(handle)
+        task = asyncio.create_task(self._drain_and_stop(handle))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
+
+    async def _drain_and_stop(self, handle: ReplicaHandle) -> None:
+        if self.before_stop is not None:
+            await self.before_stop(handle)
+        await self.runtime.stop(handle)
 
     async def _record_exits(self) -> None:
         """Persist port/ready/stop times; forget replicas that exited; note crashes and load failures."""

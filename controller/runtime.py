@@ -134,9 +134,7 @@ class LocalProcessRuntime:
         return found
 
     async def stop(self, handle: ReplicaHandle) -> None:
-        """Drain then stop: SIGTERM, wait for in-flight work, SIGKILL if it overstays."""
-        handle.phase = ReplicaPhase.DRAINING
-        self._on_change(handle)
+        """SIGTERM (the replica finishes in-flight work), then SIGKILL if it overstays."""
         if handle.exited or handle.pid is None:
             return
         with contextlib.suppress(ProcessLookupError):

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import pathlib
-import signal
 from dataclasses import dataclass, field
 
 import grpc
@@ -18,9 +17,18 @@ from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.runtime import LocalProcessRuntime
-from controller.servicers import DeploymentServicer, ModelServicer
+from controller.routes import LoadTracker, RouteBroadcaster
+from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
-from slipway.v1 import deployment_service_pb2, deployment_service_pb2_grpc, model_service_pb2, model_service_pb2_grpc
+from slipway.process import wait_for_termination_signal
+from slipway.v1 import (
+    deployment_service_pb2,
+    deployment_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    route_service_pb2,
+    route_service_pb2_grpc,
+)
 
 log = logging.getLogger("slipway.controller")
 
@@ -28,6 +36,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
 )
 
 
@@ -38,6 +47,8 @@ class ControllerSettings:
     port: int = 7100
     drain_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
+    # Pause between a replica leaving the published route table and being told to drain.
+    route_propagation_seconds: float = 0.05
     autoscaling_limits: AutoscalingLimits = field(default_factory=AutoscalingLimits)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
 
@@ -68,12 +79,17 @@ class Controller:
         self.store = await Store.open(data_dir / "controller.db")
         packages = PackageStore(data_dir / "packages")
         lifecycle = Lifecycle(self.store, packages, settings.autoscaling_limits, on_commit=lambda: self.reconciler.poke())
+        self.routes = RouteBroadcaster(self.store, lambda: list(self.reconciler.replicas.values()))
+        self.load = LoadTracker()
+        self.store.add_listener(self.routes.mark_dirty)
         self.reconciler = Reconciler(
             self.store,
             lifecycle,
             packages,
             lambda on_change: LocalProcessRuntime(data_dir, on_change, drain_seconds=settings.drain_seconds),
             settings.reconciler,
+            on_replicas_changed=self.routes.mark_dirty,
+            before_stop=self._unroute,
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -84,16 +100,26 @@ class Controller:
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
+        route_service_pb2_grpc.add_RouteServiceServicer_to_server(RouteServicer(self.routes, self.load), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
         await self.reconciler.adopt_existing()
+        self.routes.start()
         self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("controller listening", extra={"fields": {"address": self.address, "data_dir": str(data_dir)}})
         return self
+
+    async def _unroute(self, handle) -> None:
+        """Before a replica drains: wait until the published route table no longer lists it,
+        then give gateways a moment to receive it (a request that still races in is refused
+        by the draining replica and retried elsewhere by the gateway)."""
+        gone = lambda table: all(e.replica_id != handle.id for d in table.deployments for e in d.endpoints)
+        await self.routes.wait_published(gone, timeout=2.0)
+        await asyncio.sleep(self.settings.route_propagation_seconds)
 
     async def stop(self) -> None:
         """Graceful: stop taking RPCs, finish in-flight ones, drain and stop replicas."""
@@ -104,16 +130,9 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         await self.reconciler.shutdown()
+        await self.routes.stop()
         await self.store.close()
         log.info("controller stopped")
-
-
-async def wait_for_termination_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def run_controller(settings: ControllerSettings) -> None:

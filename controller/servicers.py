@@ -12,12 +12,15 @@ from collections.abc import Callable
 from controller import convert
 from controller.domain import Deployment
 from controller.lifecycle import Lifecycle
+from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import ReplicaHandle
 from controller.status import map_domain_errors
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
+from slipway.v1 import route_service_pb2 as rt
+from slipway.v1 import route_service_pb2_grpc as rt_grpc
 
 
 @map_domain_errors
@@ -133,3 +136,18 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
                     yield ds.WatchDeploymentsResponse(deployment=self._proto(deployment))
         finally:
             store.remove_listener(changed.put_nowait)
+
+
+@map_domain_errors
+class RouteServicer(rt_grpc.RouteServiceServicer):
+    def __init__(self, routes: RouteBroadcaster, load: LoadTracker) -> None:
+        self.routes = routes
+        self.load = load
+
+    async def WatchRoutes(self, request, context):
+        async for table in self.routes.subscribe():
+            yield rt.WatchRoutesResponse(table=table)
+
+    async def ReportLoad(self, request, context):
+        self.load.record(request)
+        return rt.ReportLoadResponse()

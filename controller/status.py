@@ -9,31 +9,23 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from controller.errors import AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, NotFound, SlipwayError
+from slipway.status import rich_status
 
-ERROR_DOMAIN = "slipway.dev"
-log = logging.getLogger("slipway.api")
-
-CODES: dict[type[SlipwayError], int] = {
-    NotFound: code_pb2.NOT_FOUND,
-    InvalidArgument: code_pb2.INVALID_ARGUMENT,
-    FailedPrecondition: code_pb2.FAILED_PRECONDITION,
-    AlreadyExists: code_pb2.ALREADY_EXISTS,
-    Aborted: code_pb2.ABORTED,
+CODES: dict[type[SlipwayError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    Aborted: grpc.StatusCode.ABORTED,
 }
 
 
-def to_status(error: SlipwayError) -> status_pb2.Status:
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata))
-    return status_pb2.Status(code=CODES[type(error)], message=error.message, details=[detail])
+def to_status(error: SlipwayError) -> grpc.Status:
+    return rich_status(CODES[type(error)], error.reason, error.message, error.metadata)
 
 
 def grpc_errors(method):
@@ -46,7 +38,7 @@ def grpc_errors(method):
                 async for item in method(self, request, context):
                     yield item
             except SlipwayError as error:
-                await context.abort_with_status(rpc_status.to_status(to_status(error)))
+                await context.abort_with_status(to_status(error))
 
         return stream
 
@@ -55,7 +47,7 @@ def grpc_errors(method):
         try:
             return await method(self, request, context)
         except SlipwayError as error:
-            await context.abort_with_status(rpc_status.to_status(to_status(error)))
+            await context.abort_with_status(to_status(error))
 
     return unary
 

@@ -150,6 +150,14 @@ class Page:
 
 
 @dataclass(frozen=True)
+class RouteSnapshot:
+    models: list[Model]
+    deployments: list[Deployment]
+    deleted_model_ids: list[str]
+    deleted_deployment_ids: list[str]
+
+
+@dataclass(frozen=True)
 class ReplicaRow:
     id: str
     deployment_id: str
@@ -353,6 +361,18 @@ class Store(Reads):
             ORDER BY d.pk"""
         )
         return [_deployment(r) for r in rows]
+
+    async def route_snapshot(self) -> RouteSnapshot:
+        models = await self._all(f"{MODEL_SELECT} WHERE m.delete_time IS NULL ORDER BY m.pk")
+        deployments = await self._all(f"{DEPLOYMENT_SELECT} WHERE d.delete_time IS NULL ORDER BY d.pk")
+        deleted_models = await self._all("SELECT id FROM models WHERE delete_time IS NOT NULL")
+        deleted_deployments = await self._all("SELECT id FROM deployments WHERE delete_time IS NOT NULL")
+        return RouteSnapshot(
+            [_model(m) for m in models],
+            [_deployment(d) for d in deployments],
+            [m[0] for m in deleted_models],
+            [d[0] for d in deleted_deployments],
+        )
 
     async def running_replicas(self) -> list[ReplicaRow]:
         rows = await self._all(

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n slipway/v1/replica_service.proto\x12\nslipway.v1\"7\n\x0ePredictRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"8\n\x0fPredictResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"=\n\x14PredictStreamRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"<\n\x15PredictStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t2\xac\x01\n\x0eReplicaService\x12\x42\n\x07Predict\x12\x1a.slipway.v1.PredictRequest\x1a\x1b.slipway.v1.PredictResponse\x12V\n\rPredictStream\x12 .slipway.v1.PredictStreamRequest\x1a!.slipway.v1.PredictStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n slipway/v1/replica_service.proto\x12\nslipway.v1\"6\n\rInvokeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"7\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"<\n\x13InvokeStreamRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\";\n\x14InvokeStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t2\xa6\x01\n\x0eReplicaService\x12?\n\x06Invoke\x12\x19.slipway.v1.InvokeRequest\x1a\x1a.slipway.v1.InvokeResponse\x12S\n\x0cInvokeStream\x12\x1f.slipway.v1.InvokeStreamRequest\x1a .slipway.v1.InvokeStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slipway.v1.replica_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREDICTREQUEST']._serialized_start=48
-  _globals['_PREDICTREQUEST']._serialized_end=103
-  _globals['_PREDICTRESPONSE']._serialized_start=105
-  _globals['_PREDICTRESPONSE']._serialized_end=161
-  _globals['_PREDICTSTREAMREQUEST']._serialized_start=163
-  _globals['_PREDICTSTREAMREQUEST']._serialized_end=224
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=226
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=286
-  _globals['_REPLICASERVICE']._serialized_start=289
-  _globals['_REPLICASERVICE']._serialized_end=461
+  _globals['_INVOKEREQUEST']._serialized_start=48
+  _globals['_INVOKEREQUEST']._serialized_end=102
+  _globals['_INVOKERESPONSE']._serialized_start=104
+  _globals['_INVOKERESPONSE']._serialized_end=159
+  _globals['_INVOKESTREAMREQUEST']._serialized_start=161
+  _globals['_INVOKESTREAMREQUEST']._serialized_end=221
+  _globals['_INVOKESTREAMRESPONSE']._serialized_start=223
+  _globals['_INVOKESTREAMRESPONSE']._serialized_end=282
+  _globals['_REPLICASERVICE']._serialized_start=285
+  _globals['_REPLICASERVICE']._serialized_end=451
 # @@protoc_insertion_point(module_scope)

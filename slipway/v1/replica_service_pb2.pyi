@@ -4,7 +4,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class PredictRequest(_message.Message):
+class InvokeRequest(_message.Message):
     __slots__ = ("payload", "content_type")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -12,7 +12,7 @@ class PredictRequest(_message.Message):
     content_type: str
     def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
-class PredictResponse(_message.Message):
+class InvokeResponse(_message.Message):
     __slots__ = ("payload", "content_type")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -20,7 +20,7 @@ class PredictResponse(_message.Message):
     content_type: str
     def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
-class PredictStreamRequest(_message.Message):
+class InvokeStreamRequest(_message.Message):
     __slots__ = ("payload", "content_type")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -28,7 +28,7 @@ class PredictStreamRequest(_message.Message):
     content_type: str
     def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
-class PredictStreamResponse(_message.Message):
+class InvokeStreamResponse(_message.Message):
     __slots__ = ("chunk", "content_type")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]

@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class ReplicaServiceStub:
     """Served by each replica process (the model server). Internal: the controller
-    probes it and the gateway forwards to it. Health is reported through the
-    standard grpc.health.v1 service: SERVING only once the model's load() succeeded.
+    probes it and gateways forward to it. Health is reported through the standard
+    grpc.health.v1 service: SERVING only once the model's load() has succeeded.
     """
 
     def __init__(self, channel):
@@ -37,31 +37,31 @@ class ReplicaServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Predict = channel.unary_unary(
-                '/slipway.v1.ReplicaService/Predict',
-                request_serializer=slipway_dot_v1_dot_replica__service__pb2.PredictRequest.SerializeToString,
-                response_deserializer=slipway_dot_v1_dot_replica__service__pb2.PredictResponse.FromString,
+        self.Invoke = channel.unary_unary(
+                '/slipway.v1.ReplicaService/Invoke',
+                request_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeResponse.FromString,
                 _registered_method=True)
-        self.PredictStream = channel.unary_stream(
-                '/slipway.v1.ReplicaService/PredictStream',
-                request_serializer=slipway_dot_v1_dot_replica__service__pb2.PredictStreamRequest.SerializeToString,
-                response_deserializer=slipway_dot_v1_dot_replica__service__pb2.PredictStreamResponse.FromString,
+        self.InvokeStream = channel.unary_stream(
+                '/slipway.v1.ReplicaService/InvokeStream',
+                request_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamResponse.FromString,
                 _registered_method=True)
 
 
 class ReplicaServiceServicer:
     """Served by each replica process (the model server). Internal: the controller
-    probes it and the gateway forwards to it. Health is reported through the
-    standard grpc.health.v1 service: SERVING only once the model's load() succeeded.
+    probes it and gateways forward to it. Health is reported through the standard
+    grpc.health.v1 service: SERVING only once the model's load() has succeeded.
     """
 
-    def Predict(self, request, context):
+    def Invoke(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PredictStream(self, request, context):
+    def InvokeStream(self, request, context):
         """For models whose predict yields: one message per chunk.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -71,15 +71,15 @@ class ReplicaServiceServicer:
 
 def add_ReplicaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Predict': grpc.unary_unary_rpc_method_handler(
-                    servicer.Predict,
-                    request_deserializer=slipway_dot_v1_dot_replica__service__pb2.PredictRequest.FromString,
-                    response_serializer=slipway_dot_v1_dot_replica__service__pb2.PredictResponse.SerializeToString,
+            'Invoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invoke,
+                    request_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeResponse.SerializeToString,
             ),
-            'PredictStream': grpc.unary_stream_rpc_method_handler(
-                    servicer.PredictStream,
-                    request_deserializer=slipway_dot_v1_dot_replica__service__pb2.PredictStreamRequest.FromString,
-                    response_serializer=slipway_dot_v1_dot_replica__service__pb2.PredictStreamResponse.SerializeToString,
+            'InvokeStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,12 +91,12 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ReplicaService:
     """Served by each replica process (the model server). Internal: the controller
-    probes it and the gateway forwards to it. Health is reported through the
-    standard grpc.health.v1 service: SERVING only once the model's load() succeeded.
+    probes it and gateways forward to it. Health is reported through the standard
+    grpc.health.v1 service: SERVING only once the model's load() has succeeded.
     """
 
     @staticmethod
-    def Predict(request,
+    def Invoke(request,
             target,
             options=(),
             channel_credentials=None,
@@ -109,9 +109,9 @@ class ReplicaService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/slipway.v1.ReplicaService/Predict',
-            slipway_dot_v1_dot_replica__service__pb2.PredictRequest.SerializeToString,
-            slipway_dot_v1_dot_replica__service__pb2.PredictResponse.FromString,
+            '/slipway.v1.ReplicaService/Invoke',
+            slipway_dot_v1_dot_replica__service__pb2.InvokeRequest.SerializeToString,
+            slipway_dot_v1_dot_replica__service__pb2.InvokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -123,7 +123,7 @@ class ReplicaService:
             _registered_method=True)
 
     @staticmethod
-    def PredictStream(request,
+    def InvokeStream(request,
             target,
             options=(),
             channel_credentials=None,
@@ -136,9 +136,9 @@ class ReplicaService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/slipway.v1.ReplicaService/PredictStream',
-            slipway_dot_v1_dot_replica__service__pb2.PredictStreamRequest.SerializeToString,
-            slipway_dot_v1_dot_replica__service__pb2.PredictStreamResponse.FromString,
+            '/slipway.v1.ReplicaService/InvokeStream',
+            slipway_dot_v1_dot_replica__service__pb2.InvokeStreamRequest.SerializeToString,
+            slipway_dot_v1_dot_replica__service__pb2.InvokeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

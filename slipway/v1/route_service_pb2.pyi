@@ -1,0 +1,94 @@
+from slipway.v1 import resources_pb2 as _resources_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WatchRoutesRequest(_message.Message):
+    __slots__ = ("gateway_id",)
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
+
+class WatchRoutesResponse(_message.Message):
+    __slots__ = ("table",)
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    table: RouteTable
+    def __init__(self, table: _Optional[_Union[RouteTable, _Mapping]] = ...) -> None: ...
+
+class RouteTable(_message.Message):
+    __slots__ = ("version", "models", "deployments", "deleted_model_ids", "deleted_deployment_ids")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_DEPLOYMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    models: _containers.RepeatedCompositeFieldContainer[ModelRoute]
+    deployments: _containers.RepeatedCompositeFieldContainer[DeploymentRoute]
+    deleted_model_ids: _containers.RepeatedScalarFieldContainer[str]
+    deleted_deployment_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., deployments: _Optional[_Iterable[_Union[DeploymentRoute, _Mapping]]] = ..., deleted_model_ids: _Optional[_Iterable[str]] = ..., deleted_deployment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModelRoute(_message.Message):
+    __slots__ = ("model_id", "model_name", "production_deployment_id", "development_deployment_id")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTION_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVELOPMENT_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_name: str
+    production_deployment_id: str
+    development_deployment_id: str
+    def __init__(self, model_id: _Optional[str] = ..., model_name: _Optional[str] = ..., production_deployment_id: _Optional[str] = ..., development_deployment_id: _Optional[str] = ...) -> None: ...
+
+class DeploymentRoute(_message.Message):
+    __slots__ = ("deployment_id", "model_id", "name", "active", "state", "endpoints")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    model_id: str
+    name: str
+    active: bool
+    state: _resources_pb2.DeploymentState
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, deployment_id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[_resources_pb2.DeploymentState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("replica_id", "address")
+    REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    replica_id: str
+    address: str
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class ReportLoadRequest(_message.Message):
+    __slots__ = ("gateway_id", "loads")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    LOADS_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    loads: _containers.RepeatedCompositeFieldContainer[DeploymentLoad]
+    def __init__(self, gateway_id: _Optional[str] = ..., loads: _Optional[_Iterable[_Union[DeploymentLoad, _Mapping]]] = ...) -> None: ...
+
+class DeploymentLoad(_message.Message):
+    __slots__ = ("deployment_id", "in_flight", "requests_total", "queued")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    in_flight: int
+    requests_total: int
+    queued: int
+    def __init__(self, deployment_id: _Optional[str] = ..., in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+
+class ReportLoadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
