@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from controller import domain
-from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
+from controller.domain import Deployment, ReplicaPhase, ReplicaView
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
 from controller.runtime import LocalProcessRuntime, ReplicaHandle
@@ -53,7 +53,7 @@ class Reconciler:
         packages: PackageStore,
         runtime_factory,
         settings: ReconcilerSettings,
-        on_replicas_changed: Callable[[], None] = lambda: None,
+        on_replica_change: Callable[[ReplicaHandle], None] = lambda handle: None,
         before_stop: Callable[[ReplicaHandle], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
@@ -61,7 +61,7 @@ class Reconciler:
         self.packages = packages
         self.settings = settings
         self.runtime: LocalProcessRuntime = runtime_factory(self._on_replica_change)
-        self._on_replicas_changed = on_replicas_changed
+        self._on_replica_change_hook = on_replica_change
         # Awaited between taking a replica out of the route table and signalling it to drain.
         self.before_stop = before_stop
         self.replicas: dict[str, ReplicaHandle] = {}
@@ -77,7 +77,7 @@ class Reconciler:
 
     def _on_replica_change(self, handle: ReplicaHandle) -> None:
         self._wake.set()
-        self._on_replicas_changed()
+        self._on_replica_change_hook(handle)
 
     def replicas_of(self, deployment_id: str) -> list[ReplicaHandle]:
         return [h for h in self.replicas.values() if h.deployment_id == deployment_id]

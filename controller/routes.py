@@ -1,42 +1,66 @@
 """The route table that gateways follow, and the load they report back.
 
-The table is rebuilt from the store (models, deployments, deleted IDs) and the
-runtime's ready replicas whenever either changes; changes that arrive together are
-coalesced into one version. Each subscriber gets the newest table: a slow gateway
-skips intermediate versions instead of queueing them.
+The controller keeps the table in memory and updates it incrementally: a store
+commit names the deployments and models it touched, a replica event names its
+deployment, and only those rows are re-read. Changes that arrive together are
+coalesced into one version. A new subscriber gets the whole table (reset), then
+one delta per version; a subscriber that falls too far behind gets a new reset.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from controller.domain import ReplicaPhase
+from controller.domain import Deployment, Model, ReplicaPhase
 from controller.runtime import ReplicaHandle
-from controller.store import Store
+from controller.store import Change, Store
 from slipway.v1 import resources_pb2 as r
 from slipway.v1 import route_service_pb2 as rt
 
 log = logging.getLogger("slipway.routes")
 
 COALESCE_SECONDS = 0.002
+DELTA_HISTORY = 256
+
+
+def _model_route(model: Model) -> rt.ModelRoute:
+    return rt.ModelRoute(
+        model_id=model.id,
+        model_name=model.name,
+        production_deployment_id=model.production_deployment_id or "",
+        development_deployment_id=model.development_deployment_id or "",
+    )
 
 
 class RouteBroadcaster:
-    def __init__(self, store: Store, replicas: Callable[[], list[ReplicaHandle]]) -> None:
+    def __init__(self, store: Store, replicas_of: Callable[[str], list[ReplicaHandle]]) -> None:
         self._store = store
-        self._replicas = replicas
+        self._replicas_of = replicas_of
+        self.version = 0
+        self.models: dict[str, rt.ModelRoute] = {}
+        self.deployments: dict[str, rt.DeploymentRoute] = {}
+        self.deleted_models: set[str] = set()
+        self.deleted_deployments: set[str] = set()
+        self._history: collections.deque[rt.WatchRoutesResponse] = collections.deque(maxlen=DELTA_HISTORY)
+        self._dirty_models: set[str] = set()
+        self._dirty_deployments: set[str] = set()
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
-        self.table = rt.RouteTable(version=0)
         self._task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self.mark_dirty()
+    async def start(self) -> None:
+        snapshot = await self._store.route_snapshot()
+        self.models = {m.id: _model_route(m) for m in snapshot.models}
+        self.deployments = {d.id: self._deployment_route(d) for d in snapshot.deployments}
+        self.deleted_models = set(snapshot.deleted_model_ids)
+        self.deleted_deployments = set(snapshot.deleted_deployment_ids)
+        self.version = 1
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -45,76 +69,109 @@ class RouteBroadcaster:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def mark_dirty(self, *_: object) -> None:
+    def on_store_change(self, change: Change) -> None:
+        self._dirty_deployments |= change.deployments
+        self._dirty_models |= change.models
         self._dirty.set()
+
+    def on_replica_change(self, handle: ReplicaHandle) -> None:
+        self._dirty_deployments.add(handle.deployment_id)
+        self._dirty.set()
+
+    def _deployment_route(self, deployment: Deployment) -> rt.DeploymentRoute:
+        return rt.DeploymentRoute(
+            deployment_id=deployment.id,
+            model_id=deployment.model_id,
+            name=deployment.name,
+            active=deployment.active,
+            state=r.DeploymentState.Value(f"DEPLOYMENT_STATE_{deployment.state.value}"),
+            endpoints=[
+                rt.Endpoint(replica_id=h.id, address=h.address)
+                for h in self._replicas_of(deployment.id)
+                if h.phase is ReplicaPhase.READY and not h.exited
+            ],
+        )
 
     async def _run(self) -> None:
         while True:
             await self._dirty.wait()
             await asyncio.sleep(COALESCE_SECONDS)
             self._dirty.clear()
+            deployment_ids, self._dirty_deployments = self._dirty_deployments, set()
+            model_ids, self._dirty_models = self._dirty_models, set()
             try:
-                table = await self._build(self.table.version + 1)
+                delta = await self._apply(deployment_ids, model_ids)
             except Exception:
-                log.exception("could not build the route table; retrying")
+                log.exception("could not update the route table; retrying")
+                self._dirty_deployments |= deployment_ids
+                self._dirty_models |= model_ids
                 self._dirty.set()
                 await asyncio.sleep(0.5)
                 continue
             async with self._published:
-                self.table = table
+                self.version += 1
+                delta.version = self.version
+                self._history.append(delta)
                 self._published.notify_all()
 
-    async def _build(self, version: int) -> rt.RouteTable:
-        snapshot = await self._store.route_snapshot()
-        endpoints: dict[str, list[rt.Endpoint]] = {}
-        for handle in self._replicas():
-            if handle.phase is ReplicaPhase.READY and not handle.exited:
-                endpoints.setdefault(handle.deployment_id, []).append(
-                    rt.Endpoint(replica_id=handle.id, address=handle.address)
-                )
-        return rt.RouteTable(
-            version=version,
-            models=[
-                rt.ModelRoute(
-                    model_id=m.id,
-                    model_name=m.name,
-                    production_deployment_id=m.production_deployment_id or "",
-                    development_deployment_id=m.development_deployment_id or "",
-                )
-                for m in snapshot.models
-            ],
-            deployments=[
-                rt.DeploymentRoute(
-                    deployment_id=d.id,
-                    model_id=d.model_id,
-                    name=d.name,
-                    active=d.active,
-                    state=r.DeploymentState.Value(f"DEPLOYMENT_STATE_{d.state.value}"),
-                    endpoints=endpoints.get(d.id, []),
-                )
-                for d in snapshot.deployments
-            ],
-            deleted_model_ids=snapshot.deleted_model_ids,
-            deleted_deployment_ids=snapshot.deleted_deployment_ids,
+    async def _apply(self, deployment_ids: set[str], model_ids: set[str]) -> rt.WatchRoutesResponse:
+        delta = rt.WatchRoutesResponse()
+        for model in await self._store.models_by_id(model_ids):
+            if model.delete_time is not None:
+                self.models.pop(model.id, None)
+                self.deleted_models.add(model.id)
+                delta.deleted_model_ids.append(model.id)
+            else:
+                route = self.models[model.id] = _model_route(model)
+                delta.models.append(route)
+        for deployment in await self._store.deployments_by_id(deployment_ids):
+            if deployment.deleted:
+                self.deployments.pop(deployment.id, None)
+                self.deleted_deployments.add(deployment.id)
+                delta.deleted_deployment_ids.append(deployment.id)
+            else:
+                route = self.deployments[deployment.id] = self._deployment_route(deployment)
+                delta.deployments.append(route)
+        return delta
+
+    def snapshot(self) -> rt.WatchRoutesResponse:
+        return rt.WatchRoutesResponse(
+            version=self.version,
+            reset=True,
+            models=list(self.models.values()),
+            deployments=list(self.deployments.values()),
+            deleted_model_ids=sorted(self.deleted_models),
+            deleted_deployment_ids=sorted(self.deleted_deployments),
         )
 
-    async def wait_published(self, predicate: Callable[[rt.RouteTable], bool], timeout: float) -> bool:
-        """Wait until a published table satisfies `predicate` (e.g. a replica left it)."""
+    def routed(self, replica_id: str, deployment_id: str) -> bool:
+        route = self.deployments.get(deployment_id)
+        return route is not None and any(e.replica_id == replica_id for e in route.endpoints)
+
+    async def wait_unrouted(self, replica_id: str, deployment_id: str, timeout: float) -> bool:
+        """Wait until a published version no longer routes to the replica."""
         async with self._published:
             try:
-                await asyncio.wait_for(self._published.wait_for(lambda: predicate(self.table)), timeout)
+                await asyncio.wait_for(
+                    self._published.wait_for(lambda: not self.routed(replica_id, deployment_id)), timeout
+                )
             except asyncio.TimeoutError:
                 return False
         return True
 
-    async def subscribe(self) -> AsyncIterator[rt.RouteTable]:
-        sent = -1
+    async def subscribe(self) -> AsyncIterator[rt.WatchRoutesResponse]:
+        sent = 0
         while True:
             async with self._published:
-                await self._published.wait_for(lambda: self.table.version > sent and self.table.version > 0)
-                table = self.table
-            sent = table.version
-            yield table
+                await self._published.wait_for(lambda: self.version > sent)
+                oldest = self._history[0].version if self._history else self.version + 1
+                if sent == 0 or sent + 1 < oldest:
+                    messages = [self.snapshot()]
+                else:
+                    messages = [d for d in self._history if d.version > sent]
+                sent = messages[-1].version
+            for message in messages:
+                yield message
 
 
 @dataclass

@@ -79,16 +79,16 @@ class Controller:
         self.store = await Store.open(data_dir / "controller.db")
         packages = PackageStore(data_dir / "packages")
         lifecycle = Lifecycle(self.store, packages, settings.autoscaling_limits, on_commit=lambda: self.reconciler.poke())
-        self.routes = RouteBroadcaster(self.store, lambda: list(self.reconciler.replicas.values()))
+        self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker()
-        self.store.add_listener(self.routes.mark_dirty)
+        self.store.add_listener(self.routes.on_store_change)
         self.reconciler = Reconciler(
             self.store,
             lifecycle,
             packages,
             lambda on_change: LocalProcessRuntime(data_dir, on_change, drain_seconds=settings.drain_seconds),
             settings.reconciler,
-            on_replicas_changed=self.routes.mark_dirty,
+            on_replica_change=self.routes.on_replica_change,
             before_stop=self._unroute,
         )
         options = [
@@ -105,7 +105,7 @@ class Controller:
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
         await self.reconciler.adopt_existing()
-        self.routes.start()
+        await self.routes.start()
         self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
@@ -117,8 +117,7 @@ class Controller:
         """Before a replica drains: wait until the published route table no longer lists it,
         then give gateways a moment to receive it (a request that still races in is refused
         by the draining replica and retried elsewhere by the gateway)."""
-        gone = lambda table: all(e.replica_id != handle.id for d in table.deployments for e in d.endpoints)
-        await self.routes.wait_published(gone, timeout=2.0)
+        await self.routes.wait_unrouted(handle.id, handle.deployment_id, timeout=2.0)
         await asyncio.sleep(self.settings.route_propagation_seconds)
 
     async def stop(self) -> None:

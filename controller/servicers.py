@@ -118,7 +118,8 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
     async def WatchDeployments(self, request, context):
         changed: asyncio.Queue[set[str]] = asyncio.Queue()
         store = self.lifecycle.store
-        store.add_listener(changed.put_nowait)
+        listener = lambda change: changed.put_nowait(set(change.deployments))  # noqa: E731
+        store.add_listener(listener)
         try:
             model_id, initial = await self.lifecycle.watch_initial(request.model_id, request.deployment_id)
             for deployment in initial:
@@ -135,7 +136,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
                         continue
                     yield ds.WatchDeploymentsResponse(deployment=self._proto(deployment))
         finally:
-            store.remove_listener(changed.put_nowait)
+            store.remove_listener(listener)
 
 
 @map_domain_errors
@@ -145,8 +146,8 @@ class RouteServicer(rt_grpc.RouteServiceServicer):
         self.load = load
 
     async def WatchRoutes(self, request, context):
-        async for table in self.routes.subscribe():
-            yield rt.WatchRoutesResponse(table=table)
+        async for message in self.routes.subscribe():
+            yield message
 
     async def ReportLoad(self, request, context):
         self.load.record(request)

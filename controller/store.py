@@ -150,6 +150,14 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Change:
+    """What one committed transaction touched."""
+
+    deployments: set[str]
+    models: set[str]
+
+
+@dataclass(frozen=True)
 class RouteSnapshot:
     models: list[Model]
     deployments: list[Deployment]
@@ -290,7 +298,7 @@ class Store(Reads):
         super().__init__(reader)
         self._writer = writer
         self._write_lock = asyncio.Lock()
-        self._listeners: list[Callable[[set[str]], None]] = []
+        self._listeners: list[Callable[[Change], None]] = []
 
     @classmethod
     async def open(cls, path: pathlib.Path) -> Store:
@@ -304,11 +312,11 @@ class Store(Reads):
         await self._conn.close()
         await self._writer.close()
 
-    def add_listener(self, listener: Callable[[set[str]], None]) -> None:
-        """Called after each commit with the IDs of the deployments it changed."""
+    def add_listener(self, listener: Callable[[Change], None]) -> None:
+        """Called after each commit with the IDs of the deployments and models it changed."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[[set[str]], None]) -> None:
+    def remove_listener(self, listener: Callable[[Change], None]) -> None:
         self._listeners.remove(listener)
 
     @contextlib.asynccontextmanager
@@ -324,9 +332,10 @@ class Store(Reads):
             except BaseException:
                 await asyncio.shield(self._writer.rollback())
                 raise
-        if tx.touched:
+        if tx.touched or tx.touched_models:
+            change = Change(tx.touched, tx.touched_models)
             for listener in list(self._listeners):
-                listener(tx.touched)
+                listener(change)
 
     # --- listings -------------------------------------------------------------
 
@@ -374,6 +383,20 @@ class Store(Reads):
             [d[0] for d in deleted_deployments],
         )
 
+    async def _by_ids(self, select: str, column: str, ids: Iterable[str], convert: Callable[[tuple], Any]) -> list:
+        ids, found = list(ids), []
+        for start in range(0, len(ids), 500):  # stay well under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found += [convert(row) for row in await self._all(f"{select} WHERE {column} IN ({marks})", chunk)]
+        return found
+
+    async def models_by_id(self, ids: Iterable[str]) -> list[Model]:
+        return await self._by_ids(MODEL_SELECT, "m.id", ids, _model)
+
+    async def deployments_by_id(self, ids: Iterable[str]) -> list[Deployment]:
+        return await self._by_ids(DEPLOYMENT_SELECT, "d.id", ids, _deployment)
+
     async def running_replicas(self) -> list[ReplicaRow]:
         rows = await self._all(
             "SELECT id, deployment_id, revision, pid, port, start_time, ready_time, stop_time "
@@ -419,6 +442,7 @@ class WriteTx(Reads):
     def __init__(self, conn: aiosqlite.Connection) -> None:
         super().__init__(conn)
         self.touched: set[str] = set()
+        self.touched_models: set[str] = set()
 
     async def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
         await self._conn.execute(sql, tuple(params))
@@ -429,6 +453,7 @@ class WriteTx(Reads):
             "INSERT INTO models (id, name, create_time, update_time) VALUES (?, ?, ?, ?)",
             (model_id, name, now, now),
         )
+        self.touched_models.add(model_id)
         model = await self.get_model(model_id)
         assert model is not None
         return model
@@ -438,6 +463,7 @@ class WriteTx(Reads):
         await self._exec(
             f"UPDATE models SET {assignments}, update_time = ? WHERE id = ?", (*values.values(), now, model_id)
         )
+        self.touched_models.add(model_id)
         rows = await self._all("SELECT id FROM deployments WHERE model_id = ?", (model_id,))
         # Production-ness is shown on deployments, so their watchers hear of model changes.
         self.touched.update(r[0] for r in rows)
@@ -528,4 +554,4 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ["Store", "WriteTx", "Page", "ReplicaRow", "UsageRow", "EventRow", "new_id", "now"]
+__all__ = ["Change", "Store", "WriteTx", "Page", "ReplicaRow", "UsageRow", "EventRow", "new_id", "now"]

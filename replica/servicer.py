@@ -67,7 +67,9 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                             await context.write(pb.InvokeStreamResponse(chunk=data, content_type=content_type))
                     else:
                         data, content_type = codec.encode_result(result)
-                        await context.write(pb.InvokeStreamResponse(chunk=data, content_type=content_type))
+                        await context.write(
+                            pb.InvokeStreamResponse(chunk=data, content_type=content_type, complete=True)
+                        )
             except (ModelError, codec.ResultEncodingError) as exc:
                 await self._abort_model_failure(context, exc)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +24,8 @@ from google.protobuf.message import Message
 
 from slipway.client import (
     DEFAULT_CONTROLLER,
+    DEFAULT_GATEWAY,
+    InferenceClient,
     DeploymentFailed,
     SlipwayClient,
     SlipwayError,
@@ -341,7 +342,16 @@ def push_package(
     metavar="HOST:PORT",
     help="Address of the controller's gRPC API.",
 )
-def cli(controller: str) -> None:
+@click.option(
+    "--gateway",
+    envvar="SLIPWAY_GATEWAY",
+    default=DEFAULT_GATEWAY,
+    show_default=True,
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Address of a gateway's gRPC API (for predict).",
+)
+def cli(controller: str, gateway: str) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
 
 
@@ -373,19 +383,39 @@ def server_options(command: Callable) -> Callable:
     return command
 
 
-def load_controller(host: str, port: int, data_dir: Path, log_level: str) -> tuple[Any, Callable]:
-    """Configure structured logs and import the controller (lazily: the CLI works without it)."""
-    try:
-        from slipway.logs import configure
+def configure_logs(log_level: str) -> None:
+    from slipway.logs import configure
 
-        configure(log_level.upper())
-    except ImportError:
-        logging.basicConfig(level=log_level.upper())
-    try:
-        from controller.server import ControllerSettings, run_controller
-    except ImportError as exc:
-        raise click.ClickException(f"the controller is not available: {exc}") from None
-    return ControllerSettings(data_dir=data_dir, host=host, port=port), run_controller
+    configure(log_level.upper())
+
+
+def controller_settings(host: str, port: int, data_dir: Path) -> Any:
+    from controller.server import ControllerSettings
+
+    return ControllerSettings(data_dir=data_dir, host=host, port=port)
+
+
+def gateway_settings(host: str, grpc_port: int, http_port: int, controller: str, replica_wait: float) -> Any:
+    from gateway.server import GatewaySettings
+
+    return GatewaySettings(
+        controller_address=controller, host=host, grpc_port=grpc_port, http_port=http_port,
+        replica_wait_seconds=replica_wait,
+    )
+
+
+def gateway_options(command: Callable) -> Callable:
+    options = [
+        click.option("--gateway-port", envvar="SLIPWAY_GATEWAY_PORT", type=int, default=7200, show_default=True,
+                     show_envvar=True, help="gRPC port of the gateway's InferenceService."),
+        click.option("--http-port", envvar="SLIPWAY_HTTP_PORT", type=int, default=7280, show_default=True,
+                     show_envvar=True, help="HTTP port of the gateway."),
+        click.option("--replica-wait", envvar="SLIPWAY_REPLICA_WAIT", type=float, default=60.0, show_default=True,
+                     show_envvar=True, help="Seconds a request waits for a ready replica before 503."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def run_until_stopped(coroutine: Any) -> None:
@@ -395,30 +425,29 @@ def run_until_stopped(coroutine: Any) -> None:
         click.echo("Stopped.", err=True)
 
 
-def local_address(host: str, port: int) -> str:
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 @cli.command()
 @server_options
 def controller(host: str, port: int, data_dir: Path, log_level: str) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
-    settings, run_controller = load_controller(host, port, data_dir, log_level)
-    run_until_stopped(run_controller(settings))
+    from controller.server import run_controller
+
+    configure_logs(log_level)
+    run_until_stopped(run_controller(controller_settings(host, port, data_dir)))
 
 
-async def wait_reachable(address: str, server: asyncio.Task, timeout: float = 30.0) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        ready = asyncio.ensure_future(channel.channel_ready())
-        done, _ = await asyncio.wait({ready, server}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if server in done:
-            server.result()
-            raise click.ClickException("the controller stopped while starting")
-        if ready not in done:
-            raise click.ClickException(f"the controller is not reachable at {address} after {timeout:g}s")
+@cli.command()
+@click.option("--host", envvar="SLIPWAY_HOST", default="127.0.0.1", show_default=True, show_envvar=True)
+@gateway_options
+@click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="INFO", show_default=True, show_envvar=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.pass_context
+def gateway(ctx: click.Context, host: str, gateway_port: int, http_port: int, replica_wait: float, log_level: str) -> None:
+    """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
+    from gateway.server import run_gateway
+
+    configure_logs(log_level)
+    controller_address = ctx.find_root().params["controller"]
+    run_until_stopped(run_gateway(gateway_settings(host, gateway_port, http_port, controller_address, replica_wait)))
 
 
 def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
@@ -430,38 +459,63 @@ def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
     return ""
 
 
-async def run_platform(run_controller: Callable, settings: Any, example: Path | None, timeout: float) -> None:
-    address = local_address(settings.host, settings.port)
-    server = asyncio.create_task(run_controller(settings), name="controller")
-    await wait_reachable(address, server)
-    click.echo(f"Slipway controller listening on {address} (state in {settings.data_dir})")
-    click.echo(f"  export SLIPWAY_CONTROLLER={address}")
-    if example is not None:
-        client = SlipwayClient(address)
-        pushing = asyncio.ensure_future(asyncio.to_thread(push_example, client, example, timeout))
-        try:
-            done, _ = await asyncio.wait({pushing, server}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            client.close()  # cancels the push if the controller stopped first
-        if pushing in done and pushing.result():
-            click.echo(f"Error: pushing {example} failed: {pushing.result()}", err=True)
-    if not server.done():
+async def run_platform(controller_config: Any, gateway_config: Any, example: Path | None, timeout: float) -> None:
+    from controller.server import Controller
+    from gateway.server import Gateway
+    from slipway.process import wait_for_termination_signal
+
+    controller_process = await Controller.start(controller_config)
+    gateway_config.controller_address = controller_process.address
+    gateway_process = await Gateway.start(gateway_config)
+    http = f"http://{gateway_config.host}:{gateway_process.http_port}"
+    try:
+        click.echo(f"Slipway controller listening on {controller_process.address} (state in {controller_config.data_dir})")
+        click.echo(f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)")
+        click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
+        click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
+        if example is not None:
+            client = SlipwayClient(controller_process.address)
+            try:
+                error = await asyncio.to_thread(push_example, client, example, timeout)
+                if error:
+                    click.echo(f"Error: pushing {example} failed: {error}", err=True)
+                else:
+                    model = await asyncio.to_thread(client.get_model, read_model_name(example))
+                    click.echo(
+                        f"Or over HTTP:  curl -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
+                    )
+            finally:
+                client.close()
         click.echo("Serving; press Ctrl-C to stop.")
-    await server
+        await wait_for_termination_signal()
+    finally:
+        await gateway_process.stop()
+        await controller_process.stop()
 
 
 @cli.command()
 @server_options
+@gateway_options
 @click.option(
     "--example",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A package directory to push as a development deployment once the platform is up.",
 )
 @timeout_option
-def up(host: str, port: int, data_dir: Path, log_level: str, example: Path | None, timeout: float) -> None:
-    """Run the whole platform in the foreground until Ctrl-C / SIGTERM."""
-    settings, run_controller = load_controller(host, port, data_dir, log_level)
-    run_until_stopped(run_platform(run_controller, settings, example, timeout))
+def up(
+    host: str, port: int, data_dir: Path, log_level: str, gateway_port: int, http_port: int, replica_wait: float,
+    example: Path | None, timeout: float,
+) -> None:
+    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
+    configure_logs(log_level)
+    run_until_stopped(
+        run_platform(
+            controller_settings(host, port, data_dir),
+            gateway_settings(host, gateway_port, http_port, "", replica_wait),
+            example,
+            timeout,
+        )
+    )
 
 
 @cli.command()
@@ -662,7 +716,7 @@ def events(model: str, deployment_id: str, limit: int | None, output: str) -> No
 @click.option("--stream", is_flag=True, help="Print the chunks of a streaming model as they come.")
 @timeout_option
 def predict(target: str, payload: str | None, deployment_id: str, stream: bool, timeout: float) -> None:
-    """Call a model (its production deployment) or a deployment with a JSON payload.
+    """Call a model (its production deployment) or a deployment through the gateway.
 
     JSON defaults to standard input.
     """
@@ -672,18 +726,21 @@ def predict(target: str, payload: str | None, deployment_id: str, stream: bool, 
         json.loads(payload)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
-    client = connect()
-    if not stream:
-        click.echo(client.predict(target, payload, deployment_id, timeout).decode("utf-8", "replace"))
-        return
-    sys.stdout.flush()
-    out = sys.stdout.buffer
-    chunk = b"\n"
-    for chunk in client.predict_stream(target, payload, deployment_id, timeout):
-        out.write(chunk)
-        out.flush()
-    if not chunk.endswith(b"\n"):
-        out.write(b"\n")
+    client = InferenceClient(click.get_current_context().find_root().params["gateway"])
+    try:
+        if not stream:
+            click.echo(client.predict(target, payload, deployment_id, timeout).decode("utf-8", "replace"))
+            return
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+        chunk = b"\n"
+        for chunk in client.predict_stream(target, payload, deployment_id, timeout):
+            out.write(chunk)
+            out.flush()
+        if not chunk.endswith(b"\n"):
+            out.write(b"\n")
+    finally:
+        client.close()
 
 
 def main() -> None:

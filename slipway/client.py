@@ -16,7 +16,6 @@ a readable line ("FAILED_PRECONDITION (PRODUCTION_NOT_DELETABLE): ...") and
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,12 +32,13 @@ from slipway.v1 import (
     deployment_service_pb2_grpc,
     model_service_pb2 as ms,
     model_service_pb2_grpc,
-    replica_service_pb2 as rs,
-    replica_service_pb2_grpc,
+    inference_service_pb2 as inf,
+    inference_service_pb2_grpc as inf_grpc,
     resources_pb2 as res,
 )
 
 DEFAULT_CONTROLLER = "127.0.0.1:7100"
+DEFAULT_GATEWAY = "127.0.0.1:7200"
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -394,79 +394,62 @@ class SlipwayClient:
 
     # calling a model (direct to a replica until the gateway exists)
 
-    def resolve_target(self, target: str, deployment_id: str = "") -> res.Deployment:
-        """The deployment a predict goes to.
 
-        `target` is a model ID or name (→ its production deployment) or a deployment ID.
-        With `deployment_id` the call goes to that deployment of the model; the
-        `development` alias names the model's development deployment.
-        """
-        model = None
+def default_gateway_address() -> str:
+    return os.environ.get("SLIPWAY_GATEWAY") or DEFAULT_GATEWAY
+
+
+def inference_target(target: str, deployment: str = "") -> inf.Target:
+    """`target` is a model ID or name (production), or a deployment ID on its own.
+
+    `deployment` picks a deployment of the model: an ID, or `development`.
+    """
+    if deployment == "development":
+        return inf.Target(model_id=target, environment=inf.ENVIRONMENT_DEVELOPMENT)
+    if deployment:
+        return inf.Target(model_id=target, deployment_id=deployment)
+    return inf.Target(model_id=target)
+
+
+class InferenceClient:
+    """Calls models through a gateway's InferenceService."""
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address or default_gateway_address()
+        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._stub = inf_grpc.InferenceServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _with_fallback(self, call: Callable[[inf.Target], Any], target: str, deployment: str) -> Any:
+        """A bare target that is not a model is tried as a deployment ID."""
         try:
-            model = self.get_model(target)
+            return call(inference_target(target, deployment))
         except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND or deployment_id:
+            if deployment or error_reason(err) != "MODEL_NOT_FOUND":
                 raise
-        if model is None:
-            return self.get_deployment(target)
-        if deployment_id == "development":
-            if not model.development_deployment_id:
-                raise SlipwayError(f"model {model.name} ({model.id}) has no development deployment")
-            deployment_id = model.development_deployment_id
-        if not deployment_id:
-            if not model.production_deployment_id:
-                raise SlipwayError(
-                    f"model {model.name} ({model.id}) has no production deployment; "
-                    "use --deployment ID or --deployment development"
-                )
-            deployment_id = model.production_deployment_id
-        deployment = self.get_deployment(deployment_id)
-        if deployment.model_id != model.id:
-            raise SlipwayError(f"deployment {deployment_id} does not belong to model {model.name} ({model.id})")
-        return deployment
+            return call(inf.Target(deployment_id=target))
 
-    def ready_replica_address(self, deployment: res.Deployment, timeout: float = 300.0) -> str:
-        """The address of a ready replica; wakes a scaled-to-zero deployment first."""
-        replicas = ready_replicas(deployment)
-        if not replicas and deployment.state in (
-            State.DEPLOYMENT_STATE_SCALED_TO_ZERO,
-            State.DEPLOYMENT_STATE_WAKING_UP,
-        ):
-            self.wake_deployment(deployment.id)
-            deployment = self.wait_until_serving(deployment.id, timeout=timeout)
-            replicas = ready_replicas(deployment)
-        if not replicas:
-            raise SlipwayError(
-                f"deployment {deployment.name} ({deployment.id}) is {state_name(deployment.state)} "
-                "and has no ready replica"
-            )
-        return random.choice(replicas).address
+    def predict(self, target: str, payload: bytes | str, deployment: str = "", timeout: float | None = None) -> bytes:
+        def call(t: inf.Target) -> bytes:
+            request = inf.PredictRequest(target=t, payload=_payload_bytes(payload), content_type=JSON)
+            return self._stub.Predict(request, timeout=timeout).payload
 
-    def predict(
-        self, target: str, payload: bytes | str, deployment_id: str = "", timeout: float | None = None
-    ) -> bytes:
-        address = self.ready_replica_address(self.resolve_target(target, deployment_id), timeout or 300.0)
-        return predict_direct(address, payload, timeout=timeout)
+        return self._with_fallback(call, target, deployment)
 
     def predict_stream(
-        self, target: str, payload: bytes | str, deployment_id: str = "", timeout: float | None = None
+        self, target: str, payload: bytes | str, deployment: str = "", timeout: float | None = None
     ) -> Iterator[bytes]:
-        address = self.ready_replica_address(self.resolve_target(target, deployment_id), timeout or 300.0)
-        return predict_stream_direct(address, payload, timeout=timeout)
+        def call(t: inf.Target) -> list[bytes] | Iterator[bytes]:
+            request = inf.PredictStreamRequest(target=t, payload=_payload_bytes(payload), content_type=JSON)
+            responses = self._stub.PredictStream(request, timeout=timeout)
+            first = next(responses, None)  # surfaces a routing error here, where the fallback can see it
+            return iter(()) if first is None else _chain(first.chunk, (r.chunk for r in responses))
+
+        return self._with_fallback(call, target, deployment)
 
 
-def predict_direct(address: str, payload_json: bytes | str, timeout: float | None = None) -> bytes:
-    """Call ReplicaService.Invoke on the replica at `address`; returns the payload."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = replica_service_pb2_grpc.ReplicaServiceStub(channel)
-        request = rs.InvokeRequest(payload=_payload_bytes(payload_json), content_type=JSON)
-        return stub.Invoke(request, timeout=timeout).payload
-
-
-def predict_stream_direct(address: str, payload_json: bytes | str, timeout: float | None = None) -> Iterator[bytes]:
-    """Call ReplicaService.InvokeStream on the replica at `address`; yields the chunks."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = replica_service_pb2_grpc.ReplicaServiceStub(channel)
-        request = rs.InvokeStreamRequest(payload=_payload_bytes(payload_json), content_type=JSON)
-        for response in stub.InvokeStream(request, timeout=timeout):
-            yield response.chunk
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest

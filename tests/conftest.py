@@ -170,3 +170,18 @@ async def controller(tmp_path):
 async def api(controller, tmp_path):
     async with grpc.aio.insecure_channel(controller.address) as channel:
         yield Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+
+
+@pytest.fixture
+async def gateway(controller):
+    from gateway.server import Gateway, GatewaySettings
+
+    running = await Gateway.start(
+        GatewaySettings(
+            controller_address=controller.address, grpc_port=0, http_port=0, replica_wait_seconds=10,
+            load_report_seconds=0.2, shutdown_grace_seconds=2,
+        )
+    )
+    await asyncio.wait_for(running.follower.synced.wait(), 10)
+    yield running
+    await running.stop()

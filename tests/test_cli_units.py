@@ -8,18 +8,12 @@ how it reports answers and refusals.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
 import shutil
-import socket
-import sys
 import tarfile
-import threading
-import types
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -411,99 +405,5 @@ def test_push_reports_a_failed_deployment(runner: CliRunner, fake: FakeApi, tmp_
     assert create.target == ds.PUSH_TARGET_PUBLISHED
 
 
-def test_predict_resolves_production_and_calls_a_ready_replica(runner: CliRunner, fake: FakeApi) -> None:
-    fake.replica_address = fake.address
-    result = run(runner, fake, "predict", "echo", '{"text": "hi"}')
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout) == {"echo": {"text": "hi"}}
-
-    streamed = run(runner, fake, "predict", "echo", "--stream", input='{"text": "a b c"}')
-    assert streamed.exit_code == 0, streamed.stderr
-    assert streamed.stdout == "a b c \n"
-
-
-def test_predict_without_a_ready_replica_says_so(runner: CliRunner, fake: FakeApi) -> None:
-    result = run(runner, fake, "predict", "echo", "{}")
-    assert result.exit_code == 1
-    assert "has no ready replica" in result.stderr
-
-
 def test_python_dash_m_entry_point_exists() -> None:
     assert Path(slipway_cli.__file__).with_name("__main__.py").read_text().strip().endswith("main()")
-
-
-# --- controller / up with a stand-in controller module -------------------------------------
-
-
-@pytest.fixture
-def fake_controller(monkeypatch: pytest.MonkeyPatch, fake: FakeApi) -> types.SimpleNamespace:
-    """Installs stand-ins for `controller.server` and `slipway.logs`. Its run_controller
-    serves the fake API on the settings' port until `stop` is set."""
-    state = types.SimpleNamespace(settings=None, log_level=None, stop=threading.Event())
-
-    @dataclass
-    class ControllerSettings:
-        data_dir: Path
-        host: str
-        port: int
-
-    async def run_controller(settings: ControllerSettings) -> None:
-        state.settings = settings
-        if settings.port == 0:
-            return
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(fake, server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(fake, server)
-        server.add_insecure_port(f"{settings.host}:{settings.port}")
-        server.start()
-        try:
-            await asyncio.to_thread(state.stop.wait, 30)
-        finally:
-            server.stop(None)
-
-    server_module = types.ModuleType("controller.server")
-    server_module.ControllerSettings, server_module.run_controller = ControllerSettings, run_controller
-    logs_module = types.ModuleType("slipway.logs")
-    logs_module.configure = lambda level: setattr(state, "log_level", level)
-    monkeypatch.setitem(sys.modules, "controller", types.ModuleType("controller"))
-    monkeypatch.setitem(sys.modules, "controller.server", server_module)
-    monkeypatch.setitem(sys.modules, "slipway.logs", logs_module)
-    return state
-
-
-def test_controller_command_takes_settings_from_the_environment(
-    runner: CliRunner, fake_controller: types.SimpleNamespace, tmp_path: Path
-) -> None:
-    env = {"SLIPWAY_DATA_DIR": str(tmp_path / "state"), "SLIPWAY_CONTROLLER_PORT": "0", "SLIPWAY_LOG_LEVEL": "debug"}
-    result = runner.invoke(cli, ["controller", "--host", "0.0.0.0"], env=env)
-    assert result.exit_code == 0, result.stderr
-    settings = fake_controller.settings
-    assert (settings.data_dir, settings.host, settings.port) == (tmp_path / "state", "0.0.0.0", 0)
-    assert fake_controller.log_level == "DEBUG"
-
-
-def test_up_starts_the_controller_and_pushes_the_example(
-    runner: CliRunner, fake: FakeApi, fake_controller: types.SimpleNamespace,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    fake.watch_states = [(res.DEPLOYMENT_STATE_ACTIVE, "")]
-    pushed = slipway_cli.push_example
-
-    def push_then_stop(*args: object) -> str:
-        try:
-            return pushed(*args)
-        finally:
-            fake_controller.stop.set()
-
-    monkeypatch.setattr(slipway_cli, "push_example", push_then_stop)
-    with socket.socket() as probe:  # a free port
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    package = make_package(tmp_path / "p")
-    result = runner.invoke(cli, ["up", "--port", str(port), "--data-dir", str(tmp_path), "--example", str(package)])
-    assert result.exit_code == 0, result.stderr
-    assert f"listening on 127.0.0.1:{port}" in result.stdout
-    assert "Deployment development is ACTIVE." in result.stdout
-    assert "slipway predict echo --deployment development" in result.stdout
-    (create,) = [r for r in fake.requests if isinstance(r, ds.CreateDeploymentRequest)]
-    assert create.target == ds.PUSH_TARGET_DEVELOPMENT

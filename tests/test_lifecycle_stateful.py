@@ -5,9 +5,7 @@ invariants after every step."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import pathlib
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field

@@ -1,7 +1,6 @@
 import json
 
 from conftest import Api
-from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import resources_pb2 as r
 
 

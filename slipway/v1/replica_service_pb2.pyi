@@ -29,9 +29,11 @@ class InvokeStreamRequest(_message.Message):
     def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class InvokeStreamResponse(_message.Message):
-    __slots__ = ("chunk", "content_type")
+    __slots__ = ("chunk", "content_type", "complete")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
     chunk: bytes
     content_type: str
-    def __init__(self, chunk: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    complete: bool
+    def __init__(self, chunk: _Optional[bytes] = ..., content_type: _Optional[str] = ..., complete: _Optional[bool] = ...) -> None: ...

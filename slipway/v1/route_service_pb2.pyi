@@ -14,24 +14,20 @@ class WatchRoutesRequest(_message.Message):
     def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
 
 class WatchRoutesResponse(_message.Message):
-    __slots__ = ("table",)
-    TABLE_FIELD_NUMBER: _ClassVar[int]
-    table: RouteTable
-    def __init__(self, table: _Optional[_Union[RouteTable, _Mapping]] = ...) -> None: ...
-
-class RouteTable(_message.Message):
-    __slots__ = ("version", "models", "deployments", "deleted_model_ids", "deleted_deployment_ids")
+    __slots__ = ("version", "reset", "models", "deployments", "deleted_model_ids", "deleted_deployment_ids")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
     DELETED_MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     DELETED_DEPLOYMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     version: int
+    reset: bool
     models: _containers.RepeatedCompositeFieldContainer[ModelRoute]
     deployments: _containers.RepeatedCompositeFieldContainer[DeploymentRoute]
     deleted_model_ids: _containers.RepeatedScalarFieldContainer[str]
     deleted_deployment_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., deployments: _Optional[_Iterable[_Union[DeploymentRoute, _Mapping]]] = ..., deleted_model_ids: _Optional[_Iterable[str]] = ..., deleted_deployment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., reset: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., deployments: _Optional[_Iterable[_Union[DeploymentRoute, _Mapping]]] = ..., deleted_model_ids: _Optional[_Iterable[str]] = ..., deleted_deployment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
     __slots__ = ("model_id", "model_name", "production_deployment_id", "development_deployment_id")

@@ -54,8 +54,8 @@ class RouteServiceServicer:
     """
 
     def WatchRoutes(self, request, context):
-        """Streams the whole route table: once on subscription, then each time it
-        changes (changes close together are coalesced into one version).
+        """Streams the route table: the whole table first (reset), then one message per
+        change with only what changed. A gateway that falls behind gets a new reset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,1 @@
+"""Slipway gateway: resolves model-ID and deployment-ID routes and forwards requests to replicas."""

@@ -1,0 +1,63 @@
+"""Follows the controller's route stream; keeps serving the last table while the
+controller is away and resynchronises (a full table) when it returns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from gateway.routing import RouteIndex
+from slipway.v1 import route_service_pb2 as rt
+from slipway.v1 import route_service_pb2_grpc as rt_grpc
+
+log = logging.getLogger("slipway.gateway.routes")
+
+
+class RouteFollower:
+    def __init__(self, controller_address: str, gateway_id: str, retry_seconds: float = 0.5) -> None:
+        self.controller_address = controller_address
+        self.gateway_id = gateway_id
+        self.retry_seconds = retry_seconds
+        self.index = RouteIndex()
+        self.synced = asyncio.Event()
+        self._updated = asyncio.Event()
+        self.connected = False
+
+    async def changed(self, timeout: float) -> bool:
+        """Wait for the next table (True) or until `timeout` passes (False)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._updated.wait()), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _apply(self, message: rt.WatchRoutesResponse) -> None:
+        self.index.apply(message)
+        self.synced.set()
+        updated, self._updated = self._updated, asyncio.Event()
+        updated.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.controller_address) as channel:
+                    stream = rt_grpc.RouteServiceStub(channel).WatchRoutes(
+                        rt.WatchRoutesRequest(gateway_id=self.gateway_id)
+                    )
+                    async for message in stream:
+                        if not self.connected:
+                            if not message.reset:
+                                break  # a stream always starts with the whole table; resubscribe
+                            self.connected = True
+                            log.info("following routes", extra={"fields": {"controller": self.controller_address}})
+                        self._apply(message)
+            except grpc.aio.AioRpcError as error:
+                if self.connected:
+                    log.warning(
+                        "route stream lost; serving the last table",
+                        extra={"fields": {"code": error.code().name, "version": self.index.version}},
+                    )
+            self.connected = False
+            await asyncio.sleep(self.retry_seconds)

@@ -1,0 +1,95 @@
+"""Route resolution over the controller's route table (pure: no I/O).
+
+model ID (or name) → the model's production deployment; model + `development` →
+its development deployment; deployment ID → that deployment. Every miss says which
+kind of miss it is: unknown, deleted, deactivated, or no such environment.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from gateway.errors import GatewayError, not_found
+from slipway.v1 import route_service_pb2 as rt
+
+PRODUCTION = "production"
+DEVELOPMENT = "development"
+
+
+class RouteIndex:
+    """The gateway's copy of the route table, built from a reset and kept current by deltas."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.models: dict[str, rt.ModelRoute] = {}
+        self.models_by_name: dict[str, rt.ModelRoute] = {}
+        self.deployments: dict[str, rt.DeploymentRoute] = {}
+        self.deleted_models: set[str] = set()
+        self.deleted_deployments: set[str] = set()
+
+    def apply(self, message: rt.WatchRoutesResponse) -> None:
+        if message.reset:
+            self.__init__()
+        for model in message.models:
+            previous = self.models.get(model.model_id)
+            if previous is not None and self.models_by_name.get(previous.model_name) is previous:
+                del self.models_by_name[previous.model_name]
+            self.models[model.model_id] = self.models_by_name[model.model_name] = model
+        for model_id in message.deleted_model_ids:
+            previous = self.models.pop(model_id, None)
+            if previous is not None and self.models_by_name.get(previous.model_name) is previous:
+                del self.models_by_name[previous.model_name]
+            self.deleted_models.add(model_id)
+        for deployment in message.deployments:
+            self.deployments[deployment.deployment_id] = deployment
+        for deployment_id in message.deleted_deployment_ids:
+            self.deployments.pop(deployment_id, None)
+            self.deleted_deployments.add(deployment_id)
+        self.version = message.version
+
+    def model(self, model_ref: str) -> rt.ModelRoute:
+        model = self.models.get(model_ref) or self.models_by_name.get(model_ref)
+        if model is not None:
+            return model
+        if model_ref in self.deleted_models:
+            raise not_found("MODEL_DELETED", f"model {model_ref} was deleted")
+        raise not_found("MODEL_NOT_FOUND", f"no model {model_ref!r}")
+
+    def resolve(self, model_ref: str, deployment_id: str = "", environment: str = PRODUCTION) -> rt.DeploymentRoute:
+        if deployment_id:
+            deployment = self._deployment(deployment_id)
+            if model_ref:
+                model = self.model(model_ref)
+                if deployment.model_id != model.model_id:
+                    raise not_found(
+                        "DEPLOYMENT_NOT_IN_MODEL", f"deployment {deployment_id} does not belong to model {model_ref}"
+                    )
+            return self._require_active(deployment, f"deployment {deployment_id}")
+        if not model_ref:
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT, "MISSING_TARGET", "a model ID or a deployment ID is required"
+            )
+        model = self.model(model_ref)
+        if environment == DEVELOPMENT:
+            if not model.development_deployment_id:
+                raise not_found("NO_DEVELOPMENT_DEPLOYMENT", f"model {model_ref} has no development deployment")
+            target = model.development_deployment_id
+        else:
+            if not model.production_deployment_id:
+                raise not_found("NO_PRODUCTION_DEPLOYMENT", f"model {model_ref} has no production deployment")
+            target = model.production_deployment_id
+        return self._require_active(self._deployment(target), f"the {environment} deployment {target} of model {model_ref}")
+
+    def _deployment(self, deployment_id: str) -> rt.DeploymentRoute:
+        deployment = self.deployments.get(deployment_id)
+        if deployment is not None:
+            return deployment
+        if deployment_id in self.deleted_deployments:
+            raise not_found("DEPLOYMENT_DELETED", f"deployment {deployment_id} was deleted")
+        raise not_found("DEPLOYMENT_NOT_FOUND", f"no deployment {deployment_id!r}")
+
+    @staticmethod
+    def _require_active(deployment: rt.DeploymentRoute, described: str) -> rt.DeploymentRoute:
+        if not deployment.active:
+            raise not_found("DEPLOYMENT_INACTIVE", f"{described} is deactivated")
+        return deployment

@@ -1,0 +1,134 @@
+"""Gateway process: route follower, forwarder, gRPC InferenceService and HTTP front."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway import grpc_api
+from gateway.errors import GatewayError
+from gateway.follower import RouteFollower
+from gateway.forwarder import MAX_MESSAGE_BYTES, Forwarder
+from gateway.http_api import build_app
+from slipway.process import wait_for_termination_signal
+from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import resources_pb2
+from slipway.v1 import route_service_pb2 as rt
+from slipway.v1 import route_service_pb2_grpc as rt_grpc
+
+log = logging.getLogger("slipway.gateway")
+
+
+@dataclass
+class GatewaySettings:
+    controller_address: str = "127.0.0.1:7100"
+    host: str = "127.0.0.1"
+    grpc_port: int = 7200
+    http_port: int = 7280
+    gateway_id: str = field(default_factory=lambda: f"gw-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    # Longest a request waits for a ready replica (a deployment starting or waking).
+    replica_wait_seconds: float = 60.0
+    # Deadline for a forwarded request when the caller sets none (or a longer one).
+    request_timeout_seconds: float = 600.0
+    load_report_seconds: float = 1.0
+    shutdown_grace_seconds: float = 10.0
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.follower = RouteFollower(settings.controller_address, settings.gateway_id)
+        self.forwarder = Forwarder(self.follower, settings.replica_wait_seconds)
+        self.grpc_port = 0
+        self.http_port = 0
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task] = []
+        self._controller = grpc.aio.insecure_channel(settings.controller_address)
+
+    def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
+        if not self.follower.synced.is_set():
+            raise GatewayError(
+                grpc.StatusCode.UNAVAILABLE,
+                "ROUTES_UNAVAILABLE",
+                f"the gateway has no route table yet (controller {self.settings.controller_address} unreachable)",
+            )
+        return self.follower.index.resolve(model_ref, deployment_id, environment)
+
+    async def wake(self, deployment_id: str) -> dict:
+        try:
+            response = await ds_grpc.DeploymentServiceStub(self._controller).WakeDeployment(
+                ds.WakeDeploymentRequest(deployment_id=deployment_id), timeout=10
+            )
+        except grpc.aio.AioRpcError as error:
+            raise GatewayError(error.code(), "WAKE_FAILED", error.details() or error.code().name) from None
+        return {"deployment_id": deployment_id, "state": resources_pb2.DeploymentState.Name(response.deployment.state)}
+
+    @classmethod
+    async def start(cls, settings: GatewaySettings) -> Gateway:
+        self = cls(settings)
+        self._tasks.append(asyncio.create_task(self.follower.run()))
+        self._tasks.append(asyncio.create_task(self._report_load()))
+
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        self._grpc = grpc.aio.server(options=options)
+        api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
+        self._grpc.add_generic_rpc_handlers((api.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection((grpc_api.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        await self._grpc.start()
+
+        app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds)
+        self._http = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+        await self._http.setup()
+        site = web.TCPSite(self._http, settings.host, settings.http_port)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "gateway listening",
+            extra={"fields": {"grpc": f"{settings.host}:{self.grpc_port}", "http": f"{settings.host}:{self.http_port}",
+                              "controller": settings.controller_address}},
+        )
+        return self
+
+    async def _report_load(self) -> None:
+        stub = rt_grpc.RouteServiceStub(self._controller)
+        while True:
+            await asyncio.sleep(self.settings.load_report_seconds)
+            self.forwarder.prune()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.ReportLoad(
+                    rt.ReportLoadRequest(gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report()),
+                    timeout=self.settings.load_report_seconds,
+                )
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, let in-flight requests finish, then close."""
+        await self._health.enter_graceful_shutdown()
+        await asyncio.gather(self._grpc.stop(self.settings.shutdown_grace_seconds), self._http.cleanup())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.forwarder.close()
+        await self._controller.close()
+        log.info("gateway stopped")
+
+
+async def run_gateway(settings: GatewaySettings) -> None:
+    gateway = await Gateway.start(settings)
+    try:
+        await wait_for_termination_signal()
+    finally:
+        await gateway.stop()

@@ -1,0 +1,57 @@
+"""The README's run command, end to end: `slipway up --example examples/echo` as a real
+process, called over HTTP and through the CLI, then stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import urllib.request
+
+from test_restart import free_port, replica_pids
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def slipway(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slipway", *args], capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def test_up_runs_the_platform_with_the_example_deployed(tmp_path):
+    ports = [free_port() for _ in range(3)]
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slipway", "up", "--example", str(ROOT / "examples" / "echo"), "--data-dir", str(data_dir),
+         "--port", str(ports[0]), "--gateway-port", str(ports[1]), "--http-port", str(ports[2])],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Serving"):
+                break
+        output = "".join(lines)
+        assert "Deployment development is ACTIVE." in output, output
+        curl = next(line for line in lines if "curl -X POST" in line)
+        url = curl.split("curl -X POST ")[1].split(" -d ")[0]
+        request = urllib.request.Request(url, data=b'{"text": "hi"}', headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read()) == {"echo": {"text": "hi"}}
+
+        env_args = ["--controller", f"127.0.0.1:{ports[0]}", "--gateway", f"127.0.0.1:{ports[1]}"]
+        called = slipway(*env_args, "predict", "echo", "--deployment", "development", '{"n": 1}')
+        assert called.returncode == 0, called.stderr
+        assert json.loads(called.stdout) == {"echo": {"n": 1}}
+        listed = slipway(*env_args, "deployments", "list", "--output", "json")
+        assert [d["name"] for d in json.loads(listed.stdout)] == ["development"]
+        refused = slipway(*env_args, "predict", "echo", "{}")
+        assert refused.returncode == 1 and "NO_PRODUCTION_DEPLOYMENT" in refused.stderr
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert replica_pids(data_dir) == set()
+    finally:
+        process.kill()
