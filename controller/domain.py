@@ -299,12 +299,16 @@ def promoted_autoscaling(production: Deployment | None, limits: AutoscalingLimit
 # --- desired and observed state ---------------------------------------------------
 
 
-def desired_replicas(deployment: Deployment) -> int:
-    """How many replicas should run. The autoscaler refines this within [min, max]."""
-    if deployment.deleted or not deployment.active or deployment.load_failed:
+def should_run(deployment: Deployment) -> bool:
+    return not (deployment.deleted or not deployment.active or deployment.load_failed)
+
+
+def desired_replicas(deployment: Deployment, autoscaler_target: int) -> int:
+    """Replicas that should run: the autoscaler's target within [min, max], or 0 when stopped."""
+    if not should_run(deployment):
         return 0
     settings = deployment.autoscaling
-    return min(max(settings.min_replica, 1), settings.max_replica)
+    return min(max(autoscaler_target, settings.min_replica), settings.max_replica)
 
 
 @dataclass(frozen=True)
@@ -322,8 +326,12 @@ def compute_state(
     desired: int,
     load_error: str = "",
     unhealthy_message: str = "",
+    waking: bool = False,
 ) -> tuple[State, str]:
-    """Observed state of a deployment from its desired state and its replicas."""
+    """Observed state of a deployment from its desired state and its replicas.
+
+    `waking`: the deployment was scaled to zero and is coming back.
+    """
     live = [r for r in replicas if r.phase is not ReplicaPhase.DRAINING]
     if not deployment.active:
         if replicas:
@@ -344,4 +352,68 @@ def compute_state(
         return State.UNHEALTHY, unhealthy_message
     if any(r.phase is ReplicaPhase.LOADING for r in current):
         return State.LOADING_MODEL, "loading the model"
+    if waking:
+        return State.WAKING_UP, "starting a replica"
     return State.DEPLOYING, "starting replicas"
+
+
+# --- live reload (development only) -----------------------------------------------
+
+# config.yaml keys the loaded model depends on: changing one needs a fresh process.
+RESTART_CONFIG_KEYS = (
+    "requirements",
+    "environment_variables",
+    "secrets",
+    "model_class_name",
+    "model_class_filename",
+    "model_module_dir",
+    "external_package_dirs",
+    "bundled_packages_dir",
+    "runtime",
+)
+
+
+class PatchApply(str, enum.Enum):
+    IN_PLACE = "in_place"  # the running replicas reload the model code
+    RESTART = "restart"  # a new revision: the replicas restart with the new package
+
+
+def check_patch(deployment: Deployment) -> None:
+    """Live reload patches only the development deployment."""
+    require_not_deleted(deployment)
+    if not deployment.is_development:
+        raise FailedPrecondition(
+            "LIVE_RELOAD_DEVELOPMENT_ONLY",
+            f"deployment {deployment.id} is {'the production' if deployment.is_production else 'a published'} "
+            "deployment: only the development deployment can be live-reloaded",
+            deployment_id=deployment.id,
+        )
+
+
+def check_patch_base(deployment: Deployment, base_package_digest: str) -> None:
+    """Check-and-set: a patch applies only to the package it was computed against."""
+    if base_package_digest != deployment.package_digest:
+        raise Aborted(
+            "STALE_PACKAGE_BASE",
+            f"the patch was computed against package {base_package_digest[:12] or '(none)'}, but deployment "
+            f"{deployment.id} now runs package {deployment.package_digest[:12]}: resync and patch again",
+            deployment_id=deployment.id,
+            package_digest=deployment.package_digest,
+        )
+
+
+def plan_patch(deployment: Deployment, old_config: dict, new_config: dict) -> PatchApply:
+    """In place, unless the patch changes what the loaded model depends on, or the
+    current revision failed to load (then no replica runs to reload)."""
+    if old_config.get("model_name") != new_config.get("model_name"):
+        raise FailedPrecondition(
+            "MODEL_NAME_CHANGED",
+            f"the patch changes model_name from {old_config.get('model_name')!r} to "
+            f"{new_config.get('model_name')!r}: push the package to deploy it as that model",
+            deployment_id=deployment.id,
+        )
+    if deployment.load_failed:
+        return PatchApply.RESTART
+    if any(old_config.get(key) != new_config.get(key) for key in RESTART_CONFIG_KEYS):
+        return PatchApply.RESTART
+    return PatchApply.IN_PLACE

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 from controller import domain
@@ -28,8 +28,9 @@ from controller.domain import (
     State,
 )
 from controller.errors import InvalidArgument, NotFound
-from controller.packages import PackageStore
+from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
+from replica.package import load_package_config
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -42,6 +43,7 @@ class Result:
     model: Model | None = None
     deployment: Deployment | None = None
     # CreateDeployment: the push created the model. PromoteDeployment: production switched.
+    # PatchDeployment: the patch bumped the revision (the replicas restart).
     flag: bool = False
 
 
@@ -99,11 +101,13 @@ class Lifecycle:
         packages: PackageStore,
         limits: AutoscalingLimits,
         on_commit: Callable[[], None] = lambda: None,
+        on_wake: Callable[[str], None] = lambda deployment_id: None,
     ) -> None:
         self.store = store
         self.packages = packages
         self.limits = limits
         self._on_commit = on_commit
+        self._on_wake = on_wake
 
     async def _mutate(
         self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]]
@@ -239,6 +243,43 @@ class Lifecycle:
         await tx.update_model(model.id, at, development_deployment_id=deployment.id)
         await tx.add_event(at, model.id, deployment.id, "deployment.created", "development deployment created")
         return await _require_deployment(tx, deployment.id)
+
+    async def patch_development(
+        self, deployment_id: str, base_digest: str, patches: Sequence[FilePatch], request_id: str
+    ) -> Result:
+        """Live reload: make `base_digest` + `patches` the development deployment's package.
+
+        Check-and-set on the base. The revision is bumped (flag) only when the patch
+        changes what the loaded model depends on; otherwise the running replicas are
+        reloaded in place by the caller.
+        """
+        seen = await self.get_deployment(deployment_id)
+        domain.check_patch(seen)
+        derived = None
+        if seen.package_digest == base_digest:  # otherwise refused below (or answered from request_id)
+            derived = await asyncio.to_thread(self.packages.derive, base_digest, patches)
+            base_config = await asyncio.to_thread(load_package_config, self.packages.directory(base_digest))
+
+        async def body(tx: WriteTx, at: float) -> Result:
+            current = await _require_deployment(tx, deployment_id)
+            domain.check_patch(current)
+            domain.check_patch_base(current if derived else seen, base_digest)
+            digest, config, size = derived
+            plan = domain.plan_patch(current, base_config.raw_dict(), config.raw_dict())
+            restart = plan is domain.PatchApply.RESTART
+            values: dict = {"package_digest": digest, "update_time": at}
+            if restart:
+                values.update(revision=current.revision + 1, failed_revision=None)
+            await tx.record_package(digest, size, at)
+            await tx.update_deployment(current.id, **values)
+            how = f"restarting at revision {current.revision + 1}" if restart else "reloading in place"
+            await tx.add_event(
+                at, current.model_id, current.id, "deployment.patched",
+                f"live reload of {len(patches)} file(s) to package {digest[:12]}, {how}",
+            )
+            return Result(deployment=await _require_deployment(tx, current.id), flag=restart)
+
+        return await self._mutate("PatchDeployment", request_id, body)
 
     async def _create_published(
         self,
@@ -398,10 +439,13 @@ class Lifecycle:
         async def body(tx: WriteTx, at: float) -> Result:
             deployment = await _require_deployment(tx, deployment_id)
             domain.check_wake(deployment)
-            await tx.add_event(at, deployment.model_id, deployment.id, "deployment.wake_requested", "wake requested")
+            if deployment.state is State.SCALED_TO_ZERO:
+                await tx.add_event(at, deployment.model_id, deployment.id, "deployment.wake_requested", "wake requested")
             return Result(deployment=deployment)
 
-        return await self._mutate("WakeDeployment", request_id, body)
+        result = await self._mutate("WakeDeployment", request_id, body)
+        self._on_wake(deployment_id)
+        return result
 
     async def delete_deployment(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:

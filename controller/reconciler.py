@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from controller import domain
-from controller.domain import Deployment, ReplicaPhase, ReplicaView
+from controller.autoscaler import Autoscaler
+from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
+from controller.routes import LoadTracker
 from controller.runtime import LocalProcessRuntime, ReplicaHandle
 from controller.store import ReplicaRow, Store, new_id
 
@@ -53,6 +55,8 @@ class Reconciler:
         packages: PackageStore,
         runtime_factory,
         settings: ReconcilerSettings,
+        autoscaler: Autoscaler,
+        load: LoadTracker,
         on_replica_change: Callable[[ReplicaHandle], None] = lambda handle: None,
         before_stop: Callable[[ReplicaHandle], Awaitable[object]] | None = None,
     ) -> None:
@@ -60,6 +64,8 @@ class Reconciler:
         self.lifecycle = lifecycle
         self.packages = packages
         self.settings = settings
+        self.autoscaler = autoscaler
+        self.load = load
         self.runtime: LocalProcessRuntime = runtime_factory(self._on_replica_change)
         self._on_replica_change_hook = on_replica_change
         # Awaited between taking a replica out of the route table and signalling it to drain.
@@ -146,7 +152,7 @@ class Reconciler:
             await self.lifecycle.record_load_failure(deployment, failure[1])
             deployment = await self.store.get_deployment(deployment.id) or deployment
 
-        desired = domain.desired_replicas(deployment)
+        desired = self._desired(deployment)
         live = [h for h in handles if h.phase is not ReplicaPhase.DRAINING and not h.exited]
         current = [h for h in live if h.revision == deployment.revision]
         outdated = [h for h in live if h.revision != deployment.revision]
@@ -166,13 +172,28 @@ class Reconciler:
 
         views = [ReplicaView(h.phase, h.revision) for h in self.replicas_of(deployment.id) if not h.exited]
         state, message = domain.compute_state(
-            deployment, views, desired, load_error=deployment.status_message, unhealthy_message=crash.message
+            deployment,
+            views,
+            desired,
+            load_error=deployment.status_message,
+            unhealthy_message=crash.message,
+            waking=deployment.state in (State.SCALED_TO_ZERO, State.WAKING_UP),
         )
         ready = sum(1 for v in views if v.phase is ReplicaPhase.READY)
         if (state, message, desired, ready) != (
             deployment.state, deployment.status_message, deployment.desired_replicas, deployment.ready_replicas
         ):
             await self.lifecycle.record_observed(deployment, state, message, desired, ready)
+
+    def _desired(self, deployment: Deployment) -> int:
+        if not domain.should_run(deployment):
+            self.autoscaler.forget(deployment.id)
+            return 0
+        concurrency, requests_total = self.load.observe(deployment.id)
+        target = self.autoscaler.target(
+            deployment.id, deployment.autoscaling, concurrency, requests_total, time.monotonic()
+        )
+        return domain.desired_replicas(deployment, target)
 
     async def _start(self, deployment: Deployment) -> None:
         replica_id = new_id("r")
@@ -216,7 +237,7 @@ class Reconciler:
                 elif handle.phase is not ReplicaPhase.DRAINING:
                     self._note_crash(handle)
                 async with self.store.write() as tx:
-                    await tx.update_replica(handle.id, stop_time=time.time(), port=handle.port)
+                    await tx.update_replica(handle.id, stop_time=handle.exit_time or time.time(), port=handle.port)
             elif handle.phase is ReplicaPhase.READY and handle.id not in self._replica_writes:
                 self._replica_writes.add(handle.id)
                 async with self.store.write() as tx:

@@ -179,28 +179,30 @@ class GatewayLoad:
     in_flight: int
     queued: int
     requests_total: int
+    average_concurrency: float
     reported_at: float
 
 
 class LoadTracker:
     """Latest load report per gateway and deployment. Reports older than `ttl` are ignored."""
 
-    def __init__(self, ttl_seconds: float = 10.0) -> None:
+    def __init__(self, ttl_seconds: float = 10.0, on_report: Callable[[], None] = lambda: None) -> None:
         self._ttl = ttl_seconds
+        self._on_report = on_report
         self._reports: dict[tuple[str, str], GatewayLoad] = {}
 
     def record(self, request: rt.ReportLoadRequest) -> None:
         now = time.monotonic()
         for load in request.loads:
             self._reports[(request.gateway_id, load.deployment_id)] = GatewayLoad(
-                load.in_flight, load.queued, load.requests_total, now
+                load.in_flight, load.queued, load.requests_total, load.average_concurrency, now
             )
+        self._on_report()
 
-    def in_flight(self, deployment_id: str) -> int:
-        """Requests in flight or queued for a deployment, summed over live gateways."""
+    def observe(self, deployment_id: str) -> tuple[float, int]:
+        """(average concurrency, requests so far) for a deployment, summed over live gateways."""
         cutoff = time.monotonic() - self._ttl
-        return sum(
-            load.in_flight + load.queued
-            for (_, d), load in self._reports.items()
-            if d == deployment_id and load.reported_at >= cutoff
-        )
+        live = [
+            load for (_, d), load in self._reports.items() if d == deployment_id and load.reported_at >= cutoff
+        ]
+        return sum(load.average_concurrency for load in live), sum(load.requests_total for load in live)

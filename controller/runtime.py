@@ -48,6 +48,7 @@ class ReplicaHandle:
     load_error: str = ""
     log_path: pathlib.Path | None = None
     ready_time: float | None = None
+    exit_time: float | None = None
     adopted: bool = False
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
 
@@ -171,6 +172,7 @@ class LocalProcessRuntime:
 
     async def _watch_exit(self, handle: ReplicaHandle, exited) -> None:
         handle.exit_code = await exited
+        handle.exit_time = time.time()
         state = _read_state(self.state_file(handle.id))
         if state.get("phase") == "failed" and not handle.load_error:
             handle.load_error = state.get("error") or "the model failed to load"

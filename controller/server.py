@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import pathlib
+import time
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.domain import AutoscalingLimits
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
@@ -51,6 +53,7 @@ class ControllerSettings:
     route_propagation_seconds: float = 0.05
     autoscaling_limits: AutoscalingLimits = field(default_factory=AutoscalingLimits)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -78,9 +81,16 @@ class Controller:
         data_dir = settings.data_dir
         self.store = await Store.open(data_dir / "controller.db")
         packages = PackageStore(data_dir / "packages")
-        lifecycle = Lifecycle(self.store, packages, settings.autoscaling_limits, on_commit=lambda: self.reconciler.poke())
+        self.autoscaler = Autoscaler(settings.autoscaler)
+        lifecycle = Lifecycle(
+            self.store,
+            packages,
+            settings.autoscaling_limits,
+            on_commit=lambda: self.reconciler.poke(),
+            on_wake=self._wake,
+        )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
-        self.load = LoadTracker()
+        self.load = LoadTracker(on_report=lambda: self.reconciler.poke())
         self.store.add_listener(self.routes.on_store_change)
         self.reconciler = Reconciler(
             self.store,
@@ -88,6 +98,8 @@ class Controller:
             packages,
             lambda on_change: LocalProcessRuntime(data_dir, on_change, drain_seconds=settings.drain_seconds),
             settings.reconciler,
+            self.autoscaler,
+            self.load,
             on_replica_change=self.routes.on_replica_change,
             before_stop=self._unroute,
         )
@@ -112,6 +124,10 @@ class Controller:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("controller listening", extra={"fields": {"address": self.address, "data_dir": str(data_dir)}})
         return self
+
+    def _wake(self, deployment_id: str) -> None:
+        self.autoscaler.wake(deployment_id, time.monotonic())
+        self.reconciler.poke()
 
     async def _unroute(self, handle) -> None:
         """Before a replica drains: wait until the published route table no longer lists it,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -42,14 +42,50 @@ class ReplicaChannel:
         self.in_flight = 0
 
 
+class LoadMeter:
+    """One deployment's in-flight and queued requests, and their time-weighted average."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.queued = 0
+        self.requests_total = 0
+        self._area = 0.0
+        self._since = self._last = time.monotonic()
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        self._area += (self.in_flight + self.queued) * (now - self._last)
+        self._last = now
+
+    def change(self, in_flight: int = 0, queued: int = 0) -> None:
+        self._advance()
+        self.in_flight += in_flight
+        self.queued += queued
+
+    def take_average(self) -> float:
+        """Average concurrency since the previous call."""
+        self._advance()
+        elapsed = self._last - self._since
+        average = self._area / elapsed if elapsed > 0 else float(self.in_flight + self.queued)
+        self._area, self._since = 0.0, self._last
+        return average
+
+
 class Forwarder:
-    def __init__(self, follower: RouteFollower, replica_wait_seconds: float) -> None:
+    def __init__(
+        self,
+        follower: RouteFollower,
+        replica_wait_seconds: float,
+        max_queued: int,
+        on_waiting: Callable[[rt.DeploymentRoute], None] = lambda deployment: None,
+    ) -> None:
         self.follower = follower
         self.replica_wait_seconds = replica_wait_seconds
+        self.max_queued = max_queued
+        # Called when a request finds no ready replica (the gateway asks the controller to wake it).
+        self.on_waiting = on_waiting
         self._channels: dict[str, ReplicaChannel] = {}
-        self.in_flight: Counter[str] = Counter()
-        self.queued: Counter[str] = Counter()
-        self.requests_total: Counter[str] = Counter()
+        self.loads: defaultdict[str, LoadMeter] = defaultdict(LoadMeter)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -85,7 +121,7 @@ class Forwarder:
         """Resolve the target and pick a replica, waiting (bounded) for one to be ready."""
         wait_until = min(deadline, time.monotonic() + self.replica_wait_seconds)
         deployment = resolve()
-        queued_for = None
+        queued: LoadMeter | None = None
         try:
             while True:
                 channel = self._choose(deployment.endpoints, excluded)
@@ -100,14 +136,23 @@ class Forwarder:
                         f"deployment {deployment.deployment_id} has no ready replica "
                         f"(state {_state_name(deployment.state)}) after waiting {self.replica_wait_seconds:g}s",
                     )
-                if queued_for is None:
-                    queued_for = deployment.deployment_id
-                    self.queued[queued_for] += 1
+                if queued is None:
+                    queued = self.loads[deployment.deployment_id]
+                    if queued.queued >= self.max_queued:
+                        queued = None
+                        raise GatewayError(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            "WAKE_QUEUE_FULL",
+                            f"{self.max_queued} requests are already waiting for deployment "
+                            f"{deployment.deployment_id} to have a ready replica",
+                        )
+                    queued.change(queued=1)
+                self.on_waiting(deployment)
                 await self.follower.changed(remaining)
                 deployment = resolve()
         finally:
-            if queued_for is not None:
-                self.queued[queued_for] -= 1
+            if queued is not None:
+                queued.change(queued=-1)
 
     async def unary(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeRequest, timeout: float
@@ -117,10 +162,10 @@ class Forwarder:
         excluded: set[str] = set()
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded)
-            deployment_id = deployment.deployment_id
-            self.requests_total[deployment_id] += 1 if not excluded else 0
+            load = self.loads[deployment.deployment_id]
+            load.requests_total += 0 if excluded else 1
             channel.in_flight += 1
-            self.in_flight[deployment_id] += 1
+            load.change(in_flight=1)
             try:
                 return deployment, await channel.invoke(request, timeout=max(deadline - time.monotonic(), 0.001))
             except grpc.aio.AioRpcError as error:
@@ -130,7 +175,7 @@ class Forwarder:
                 raise from_replica(error) from None
             finally:
                 channel.in_flight -= 1
-                self.in_flight[deployment_id] -= 1
+                load.change(in_flight=-1)
 
     async def stream(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeStreamRequest, timeout: float
@@ -143,10 +188,10 @@ class Forwarder:
         excluded: set[str] = set()
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded)
-            deployment_id = deployment.deployment_id
-            self.requests_total[deployment_id] += 1 if not excluded else 0
+            load = self.loads[deployment.deployment_id]
+            load.requests_total += 0 if excluded else 1
             channel.in_flight += 1
-            self.in_flight[deployment_id] += 1
+            load.change(in_flight=1)
             started = False
             try:
                 call = channel.invoke_stream(request, timeout=max(deadline - time.monotonic(), 0.001))
@@ -161,15 +206,18 @@ class Forwarder:
                 raise from_replica(error) from None
             finally:
                 channel.in_flight -= 1
-                self.in_flight[deployment_id] -= 1
+                load.change(in_flight=-1)
 
     def load_report(self) -> list[rt.DeploymentLoad]:
-        ids = set(self.in_flight) | set(self.queued) | set(self.requests_total)
         return [
             rt.DeploymentLoad(
-                deployment_id=d, in_flight=self.in_flight[d], queued=self.queued[d], requests_total=self.requests_total[d]
+                deployment_id=deployment_id,
+                in_flight=load.in_flight,
+                queued=load.queued,
+                requests_total=load.requests_total,
+                average_concurrency=load.take_average(),
             )
-            for d in sorted(ids)
+            for deployment_id, load in self.loads.items()
         ]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ class GatewaySettings:
     gateway_id: str = field(default_factory=lambda: f"gw-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     # Longest a request waits for a ready replica (a deployment starting or waking).
     replica_wait_seconds: float = 60.0
+    # Most requests that may wait for one deployment to have a ready replica; more get 429.
+    max_queued_per_deployment: int = 100
     # Deadline for a forwarded request when the caller sets none (or a longer one).
     request_timeout_seconds: float = 600.0
     load_report_seconds: float = 1.0
@@ -48,7 +51,10 @@ class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.follower = RouteFollower(settings.controller_address, settings.gateway_id)
-        self.forwarder = Forwarder(self.follower, settings.replica_wait_seconds)
+        self.forwarder = Forwarder(
+            self.follower, settings.replica_wait_seconds, settings.max_queued_per_deployment, self._wake_for_request
+        )
+        self._wakes_sent: dict[str, float] = {}
         self.grpc_port = 0
         self.http_port = 0
         self._health = health.aio.HealthServicer()
@@ -72,6 +78,16 @@ class Gateway:
         except grpc.aio.AioRpcError as error:
             raise GatewayError(error.code(), "WAKE_FAILED", error.details() or error.code().name) from None
         return {"deployment_id": deployment_id, "state": resources_pb2.DeploymentState.Name(response.deployment.state)}
+
+    def _wake_for_request(self, deployment: rt.DeploymentRoute) -> None:
+        """A request is waiting for a deployment with no ready replica: ask the controller to
+        wake it now rather than at the next load report (at most once a second)."""
+        now = time.monotonic()
+        if now - self._wakes_sent.get(deployment.deployment_id, -1.0) < 1.0:
+            return
+        self._wakes_sent[deployment.deployment_id] = now
+        task = asyncio.get_running_loop().create_task(self.wake(deployment.deployment_id))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:

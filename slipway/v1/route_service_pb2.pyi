@@ -74,16 +74,18 @@ class ReportLoadRequest(_message.Message):
     def __init__(self, gateway_id: _Optional[str] = ..., loads: _Optional[_Iterable[_Union[DeploymentLoad, _Mapping]]] = ...) -> None: ...
 
 class DeploymentLoad(_message.Message):
-    __slots__ = ("deployment_id", "in_flight", "requests_total", "queued")
+    __slots__ = ("deployment_id", "in_flight", "requests_total", "queued", "average_concurrency")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     in_flight: int
     requests_total: int
     queued: int
-    def __init__(self, deployment_id: _Optional[str] = ..., in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+    average_concurrency: float
+    def __init__(self, deployment_id: _Optional[str] = ..., in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., queued: _Optional[int] = ..., average_concurrency: _Optional[float] = ...) -> None: ...
 
 class ReportLoadResponse(_message.Message):
     __slots__ = ()

@@ -1,0 +1,115 @@
+"""Replica targets from the load gateways report (DESIGN.md §2 autoscaling).
+
+desired = ceil(average concurrency over the window ÷ (concurrency_target ×
+utilization)), clamped to [min_replica, max_replica]. Scale-up is prompt: a short
+panic window (a tenth of the window, as Knative does) catches a burst that the
+stable window would average away (once it asks for twice the current target, it
+drives scale-up for one window). Scale-down happens only after the stable desire
+has stayed below the target for `scale_down_delay`, and then removes half the
+excess; each further halving waits another delay. Reaching zero also needs no
+traffic for the delay. Decisions move a remembered target, so noise around a
+boundary does not flap replicas.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+
+from controller.domain import AutoscalingSettings
+
+
+@dataclass(frozen=True)
+class AutoscalerConfig:
+    """Operator configuration."""
+
+    # Multiplies every autoscaling duration (window, scale-down delay): tests use 0.01.
+    time_scale: float = 1.0
+    panic_window_fraction: float = 0.1
+    panic_threshold: float = 2.0
+    # Replicas a deployment gets when it is (re)activated, before any load is seen.
+    initial_replicas: int = 1
+
+
+@dataclass
+class ScalerState:
+    target: int
+    samples: collections.deque = field(default_factory=collections.deque)  # (time, concurrency)
+    last_activity: float = 0.0
+    requests_seen: int = 0
+    below_since: float | None = None
+    panic_until: float = 0.0
+
+
+def _average(samples, since: float) -> float:
+    values = [c for t, c in samples if t >= since]
+    return sum(values) / len(values) if values else 0.0
+
+
+def replicas_for(concurrency: float, settings: AutoscalingSettings) -> int:
+    per_replica = settings.concurrency_target * settings.target_utilization_percentage / 100
+    return math.ceil(round(concurrency / per_replica, 6))
+
+
+def next_target(
+    state: ScalerState, settings: AutoscalingSettings, config: AutoscalerConfig, now: float
+) -> int:
+    """Move `state.target` one decision further and return it (pure apart from `state`)."""
+    window = settings.autoscaling_window * config.time_scale
+    delay = settings.scale_down_delay * config.time_scale
+    while state.samples and state.samples[0][0] < now - window:
+        state.samples.popleft()
+    stable = replicas_for(_average(state.samples, now - window), settings)
+    panic = replicas_for(_average(state.samples, now - window * config.panic_window_fraction), settings)
+    floor, ceiling = settings.min_replica, settings.max_replica
+    # As Knative: a burst (the short window asking for twice the target) starts a panic period of
+    # one window during which the short window drives scale-up.
+    if panic >= config.panic_threshold * max(state.target, 1):
+        state.panic_until = now + window
+    wanted = min(max(stable, panic if now < state.panic_until else 0, floor), ceiling)
+    if wanted > state.target:
+        state.target, state.below_since = wanted, None
+        return state.target
+    desired_down = min(max(stable, floor), ceiling)
+    if desired_down >= state.target:
+        state.below_since = None
+        return state.target
+    if state.below_since is None:
+        state.below_since = now
+    idle_long_enough = desired_down > 0 or now - state.last_activity >= delay
+    if now - state.below_since >= delay and idle_long_enough:
+        state.target -= math.ceil((state.target - desired_down) / 2)
+        state.below_since = now
+    return state.target
+
+
+class Autoscaler:
+    def __init__(self, config: AutoscalerConfig) -> None:
+        self.config = config
+        self._states: dict[str, ScalerState] = {}
+
+    def forget(self, deployment_id: str) -> None:
+        self._states.pop(deployment_id, None)
+
+    def wake(self, deployment_id: str, now: float) -> None:
+        state = self._states.get(deployment_id)
+        if state is None:
+            return  # a deployment with no scaler state starts at the initial target anyway
+        state.target = max(state.target, 1)
+        state.last_activity, state.below_since = now, None
+
+    def target(
+        self, deployment_id: str, settings: AutoscalingSettings, concurrency: float, requests_total: int, now: float
+    ) -> int:
+        state = self._states.get(deployment_id)
+        if state is None:
+            state = self._states[deployment_id] = ScalerState(
+                target=min(max(self.config.initial_replicas, settings.min_replica), settings.max_replica),
+                last_activity=now,
+                requests_seen=requests_total,
+            )
+        state.samples.append((now, concurrency))
+        if concurrency > 0 or requests_total != state.requests_seen:
+            state.last_activity, state.requests_seen = now, requests_total
+        return next_target(state, settings, self.config, now)

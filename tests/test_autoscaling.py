@@ -1,0 +1,248 @@
+"""Autoscaling, scale to zero and wake, and zero-downtime changes with real
+processes and short windows (operator time scale 0.01: a 60 s window is 0.6 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+
+from conftest import Api, controller_settings, wait_until
+from controller.autoscaler import AutoscalerConfig
+from controller.server import Controller
+from gateway.server import Gateway, GatewaySettings
+from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import inference_service_pb2 as inf
+from slipway.v1 import inference_service_pb2_grpc as inf_grpc
+from slipway.v1 import model_service_pb2_grpc as ms_grpc
+from slipway.v1 import resources_pb2 as r
+
+SLOW_MODEL = """
+import pathlib, time
+
+class Model:
+    def __init__(self, **kwargs):
+        self.gate = pathlib.Path({gate!r})
+
+    def load(self):
+        while not self.gate.exists():
+            time.sleep(0.01)
+
+    def predict(self, model_input):
+        time.sleep({seconds})
+        return {{"tag": {tag!r}, "pid": __import__("os").getpid()}}
+"""
+CONFIG = "runtime:\n  predict_concurrency: 32\n"
+
+
+class Platform:
+    def __init__(self, api: Api, gateway: Gateway, stub: inf_grpc.InferenceServiceStub, tmp) -> None:
+        self.api, self.gateway, self.stub, self.tmp = api, gateway, stub, tmp
+        self.gate = tmp / "gate"
+        self.gate.touch()
+
+    def package(self, name: str, tag: str = "v1", seconds: float = 0.05):
+        return self.api.package(name, source=SLOW_MODEL.format(gate=str(self.gate), seconds=seconds, tag=tag), extra_config=CONFIG)
+
+    async def call(self, **target) -> dict:
+        response = await self.stub.Predict(inf.PredictRequest(target=inf.Target(**target), payload=b"{}"), timeout=30)
+        return json.loads(response.payload)
+
+    async def autoscale(self, deployment_id: str, **settings) -> None:
+        deployment = r.Deployment(id=deployment_id)
+        for key, value in settings.items():
+            setattr(deployment.autoscaling_settings, key, value)
+        paths = [f"autoscaling_settings.{k}" for k in settings]
+        await self.api.deployments.UpdateDeployment(
+            ds.UpdateDeploymentRequest(deployment=deployment, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        )
+
+
+@pytest.fixture
+async def platform(tmp_path):
+    controller = await Controller.start(
+        controller_settings(tmp_path / "data", autoscaler=AutoscalerConfig(time_scale=0.01))
+    )
+    gateway = await Gateway.start(GatewaySettings(
+        controller_address=controller.address, grpc_port=0, http_port=0, replica_wait_seconds=20,
+        load_report_seconds=0.05, max_queued_per_deployment=2,
+    ))
+    async with grpc.aio.insecure_channel(controller.address) as channel, \
+            grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw:
+        api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+        yield Platform(api, gateway, inf_grpc.InferenceServiceStub(gw), tmp_path)
+    await gateway.stop()
+    await controller.stop()
+
+
+async def load(platform: Platform, stop: asyncio.Event, workers: int, results: list, failures: list, **target):
+    async def worker():
+        while not stop.is_set():
+            try:
+                results.append(await platform.call(**target))
+            except grpc.aio.AioRpcError as error:
+                failures.append(error)
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+async def test_load_scales_up_to_the_computed_count_then_down_in_halving_steps_to_zero(platform: Platform):
+    pushed = await platform.api.push(platform.package("m", seconds=0.1), target=ds.PUSH_TARGET_PUBLISHED)
+    did = pushed.deployment.id
+    await platform.autoscale(did, max_replica=8, concurrency_target=1, target_utilization_percentage=100,
+                             autoscaling_window=10, scale_down_delay=100)
+    desired_seen = []
+    watch = platform.api.deployments.WatchDeployments(ds.WatchDeploymentsRequest(deployment_id=did))
+
+    async def record():
+        async for message in watch:
+            desired_seen.append(message.deployment.desired_replicas)
+
+    recorder = asyncio.create_task(record())
+    await platform.api.wait_state(did, r.DEPLOYMENT_STATE_ACTIVE)
+    await wait_until(lambda: platform.gateway.follower.index.deployments[did].endpoints, what="routable")
+    stop, results, failures = asyncio.Event(), [], []
+    traffic = asyncio.create_task(load(platform, stop, 3, results, failures, deployment_id=did))
+
+    async def replicas_ready(n):
+        d = await platform.api.get(did)
+        return d.ready_replicas == n and d.desired_replicas == n
+
+    await wait_until(lambda: replicas_ready(3), what="3 ready replicas for 3 concurrent callers")
+    stop.set()
+    await traffic
+    await platform.api.wait_state(did, r.DEPLOYMENT_STATE_SCALED_TO_ZERO, timeout=30)
+    watch.cancel()
+    recorder.cancel()
+    assert failures == []
+    assert max(desired_seen) == 3
+    after_peak = desired_seen[desired_seen.index(3):]
+    steps = [v for i, v in enumerate(after_peak) if i == 0 or v != after_peak[i - 1]]
+    assert steps == [3, 1, 0], steps  # 3 -> 3-ceil(3/2)=1 -> 0: halving, not all at once
+
+
+async def test_max_replica_caps_and_development_never_exceeds_one(platform: Platform):
+    published = await platform.api.push(platform.package("m", seconds=0.1), target=ds.PUSH_TARGET_PUBLISHED)
+    dev = await platform.api.push(platform.package("m", seconds=0.1))
+    await platform.autoscale(published.deployment.id, max_replica=2, autoscaling_window=10)
+    for pushed in (published, dev):
+        did = pushed.deployment.id
+        await platform.api.wait_state(did, r.DEPLOYMENT_STATE_ACTIVE)
+        await wait_until(lambda: platform.gateway.follower.index.deployments[did].endpoints, what="routable")
+    stop, results, failures = asyncio.Event(), [], []
+    traffic = [
+        asyncio.create_task(load(platform, stop, 4, results, failures, deployment_id=published.deployment.id)),
+        asyncio.create_task(load(platform, stop, 4, results, failures, model_id="m", environment=inf.ENVIRONMENT_DEVELOPMENT)),
+    ]
+    async def capped():
+        p = await platform.api.get(published.deployment.id)
+        d = await platform.api.get(dev.deployment.id)
+        assert p.desired_replicas <= 2 and d.desired_replicas <= 1 and len(d.replicas) <= 1
+        return p.ready_replicas == 2 and len(results) > 100
+
+    await wait_until(capped, what="published at its max under load")
+    stop.set()
+    await asyncio.gather(*traffic)
+    assert failures == []
+
+
+async def test_a_request_wakes_a_scaled_to_zero_deployment_and_a_full_queue_gets_429(platform: Platform):
+    pushed = await platform.api.push(platform.package("m"), target=ds.PUSH_TARGET_PRODUCTION)
+    did = pushed.deployment.id
+    await platform.api.wait_production(pushed.model.id, did)
+    await platform.autoscale(did, autoscaling_window=10, scale_down_delay=50)
+    await platform.api.wait_state(did, r.DEPLOYMENT_STATE_SCALED_TO_ZERO, timeout=30)
+
+    states = []
+    watch = platform.api.deployments.WatchDeployments(ds.WatchDeploymentsRequest(deployment_id=did))
+
+    async def record():
+        async for message in watch:
+            states.append(message.deployment.state)
+
+    recorder = asyncio.create_task(record())
+    platform.gate.unlink()  # the model's load() now waits: requests queue in the gateway
+    waiting = [asyncio.create_task(platform.call(model_id="m")) for _ in range(2)]
+    await wait_until(lambda: platform.gateway.forwarder.loads[did].queued == 2, what="two queued requests")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await platform.call(model_id="m")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    async with _http(platform) as post:
+        status, body = await post(f"/model/{pushed.model.id}/production/predict")
+        assert status == 429 and body["error"]["reason"] == "WAKE_QUEUE_FULL"
+
+    platform.gate.touch()
+    answers = await asyncio.gather(*waiting)
+    assert all(a["tag"] == "v1" for a in answers)
+    watch.cancel()
+    recorder.cancel()
+    woke = [s for s in states if s != r.DEPLOYMENT_STATE_SCALED_TO_ZERO]
+    assert woke[:3] == [r.DEPLOYMENT_STATE_WAKING_UP, r.DEPLOYMENT_STATE_LOADING_MODEL, r.DEPLOYMENT_STATE_ACTIVE], \
+        [r.DeploymentState.Name(s) for s in states]
+
+
+def _http(platform: Platform):
+    import contextlib
+
+    import aiohttp
+
+    @contextlib.asynccontextmanager
+    async def session():
+        async with aiohttp.ClientSession() as client:
+            async def post(path):
+                async with client.post(f"http://127.0.0.1:{platform.gateway.http_port}{path}", json={}) as response:
+                    return response.status, await response.json()
+
+            yield post
+
+    return session()
+
+
+async def test_faults_and_changes_under_steady_load_fail_no_request(platform: Platform):
+    prod = await platform.api.push(platform.package("m", tag="one"), target=ds.PUSH_TARGET_PRODUCTION)
+    await platform.api.wait_production(prod.model.id, prod.deployment.id)
+    sleepy = await platform.api.push(platform.package("sleepy"), target=ds.PUSH_TARGET_PRODUCTION)
+    await platform.api.wait_production(sleepy.model.id, sleepy.deployment.id)
+    await platform.autoscale(sleepy.deployment.id, autoscaling_window=10, scale_down_delay=30)
+    dev = await platform.api.push(platform.package("m", tag="two"))
+    await platform.api.wait_state(dev.deployment.id, r.DEPLOYMENT_STATE_ACTIVE)
+
+    stop, results, failures = asyncio.Event(), [], []
+    traffic = asyncio.create_task(load(platform, stop, 3, results, failures, model_id="m"))
+    await wait_until(lambda: len(results) > 10, what="traffic")
+
+    # 1. promotion
+    promoted = await platform.api.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=dev.deployment.id))
+    new_id = promoted.deployment.id
+    await platform.api.wait_production(prod.model.id, new_id)
+    await wait_until(lambda: results[-1]["tag"] == "two", what="traffic on the new production")
+    # 2. scale up, 3. kill a replica, 4. scale down
+    await platform.autoscale(new_id, min_replica=3, max_replica=3, autoscaling_window=10, scale_down_delay=20)
+    deployment = await wait_until(lambda: _ready(platform, new_id, 3), what="3 replicas")
+    os.kill(deployment.replicas[0].pid, signal.SIGKILL)
+    await wait_until(lambda: _ready(platform, new_id, 3, avoid=deployment.replicas[0].pid), what="replacement")
+    await platform.autoscale(new_id, min_replica=1, max_replica=1)  # the load alone would keep 3
+    await wait_until(lambda: _ready(platform, new_id, 1), what="scale down to 1")
+    # 5. a deployment that scaled to zero comes back for a request
+    await platform.api.wait_state(sleepy.deployment.id, r.DEPLOYMENT_STATE_SCALED_TO_ZERO, timeout=30)
+    assert (await platform.call(model_id="sleepy"))["tag"] == "v1"
+    count = len(results)
+    await wait_until(lambda: len(results) > count + 10, what="more traffic")
+    stop.set()
+    await traffic
+    assert failures == [], failures[:3]
+    assert len(results) > 100
+
+
+async def _ready(platform: Platform, deployment_id: str, count: int, avoid: int = 0):
+    d = await platform.api.get(deployment_id)
+    ready = [rep for rep in d.replicas if rep.state == r.REPLICA_STATE_READY]
+    if len(ready) == count == len(d.replicas) and all(rep.pid != avoid for rep in ready):
+        return d
+    return None
