@@ -37,3 +37,16 @@ run: setup
 
 clean:
 	rm -rf $(VENV) node_modules .slipway
+
+# Benchmarks print figures, never assert on timing (bench/README.md). The gateway
+# benchmark drives load with h2load (package nghttp2-client), installed when missing.
+.PHONY: bench bench-deps
+
+bench-deps:
+	@command -v h2load >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y nghttp2-client; }
+
+bench: setup bench-deps
+	$(PY) bench/lifecycle.py
+	$(PY) bench/gateway.py

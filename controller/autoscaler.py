@@ -30,6 +30,9 @@ class AutoscalerConfig:
     panic_threshold: float = 2.0
     # Replicas a deployment gets when it is (re)activated, before any load is seen.
     initial_replicas: int = 1
+    # A woken deployment keeps at least one replica this long (real seconds), so the requests
+    # that woke it are served before gateway load reports could show them.
+    wake_hold_seconds: float = 10.0
 
 
 @dataclass
@@ -40,6 +43,7 @@ class ScalerState:
     requests_seen: int = 0
     below_since: float | None = None
     panic_until: float = 0.0
+    hold_until: float = 0.0
 
 
 def _average(samples, since: float) -> float:
@@ -63,6 +67,8 @@ def next_target(
     stable = replicas_for(_average(state.samples, now - window), settings)
     panic = replicas_for(_average(state.samples, now - window * config.panic_window_fraction), settings)
     floor, ceiling = settings.min_replica, settings.max_replica
+    if now < state.hold_until:
+        floor = max(floor, 1)
     # As Knative: a burst (the short window asking for twice the target) starts a panic period of
     # one window during which the short window drives scale-up.
     if panic >= config.panic_threshold * max(state.target, 1):
@@ -95,9 +101,10 @@ class Autoscaler:
     def wake(self, deployment_id: str, now: float) -> None:
         state = self._states.get(deployment_id)
         if state is None:
-            return  # a deployment with no scaler state starts at the initial target anyway
+            state = self._states[deployment_id] = ScalerState(target=1)
         state.target = max(state.target, 1)
         state.last_activity, state.below_since = now, None
+        state.hold_until = now + self.config.wake_hold_seconds
 
     def target(
         self, deployment_id: str, settings: AutoscalingSettings, concurrency: float, requests_total: int, now: float

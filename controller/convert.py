@@ -8,6 +8,8 @@ from google.protobuf import timestamp_pb2
 
 from controller.domain import AUTOSCALING_FIELDS, Deployment, Kind, Model, PushTarget
 from controller.errors import InvalidArgument
+from controller.live_reload import PatchOutcome, PatchResult
+from controller.packages import FilePatch
 from controller.runtime import ReplicaHandle
 from controller.store import EventRow, UsageRow
 from slipway.v1 import deployment_service_pb2 as ds
@@ -137,3 +139,25 @@ def update_from_proto(request: ds.UpdateDeploymentRequest) -> tuple[str | None, 
     return name, changes
 
 
+
+
+PATCH_RESULTS = {
+    PatchResult.APPLIED_IN_PLACE: ds.PATCH_RESULT_APPLIED_IN_PLACE,
+    PatchResult.RESTARTED: ds.PATCH_RESULT_RESTARTED,
+    PatchResult.FAILED: ds.PATCH_RESULT_FAILED,
+}
+
+
+def patches_from_proto(patches) -> list[FilePatch]:
+    return [FilePatch(path=p.path, content=p.content, delete=p.delete) for p in patches]
+
+
+def patch_response(outcome: PatchOutcome, deployment: r.Deployment) -> ds.PatchDeploymentResponse:
+    return ds.PatchDeploymentResponse(
+        deployment=deployment,
+        package_digest=outcome.deployment.package_digest,
+        result=PATCH_RESULTS[outcome.result],
+        error=outcome.error,
+        traceback=outcome.traceback,
+        apply_seconds=outcome.apply_seconds,
+    )

@@ -327,10 +327,16 @@ def compute_state(
     load_error: str = "",
     unhealthy_message: str = "",
     waking: bool = False,
+    building: str = "",
+    build_failed: bool = False,
 ) -> tuple[State, str]:
     """Observed state of a deployment from its desired state and its replicas.
 
     `waking`: the deployment was scaled to zero and is coming back.
+    `building`: what is being built while the deployment's environment is not ready
+    (no replica of its revision can start before it is).
+    `build_failed`: the failed revision failed to build (not to load); the message is
+    the installer's output, passed as `load_error`.
     """
     live = [r for r in replicas if r.phase is not ReplicaPhase.DRAINING]
     if not deployment.active:
@@ -338,7 +344,11 @@ def compute_state(
             return State.DEACTIVATING, "stopping replicas"
         return State.INACTIVE, ""
     if deployment.load_failed:
+        if build_failed:
+            return State.BUILD_FAILED, load_error or "the environment failed to build"
         return State.DEPLOY_FAILED, load_error or "the model failed to load"
+    if building:
+        return State.BUILDING, building
     current = [r for r in live if r.revision == deployment.revision]
     ready_current = any(r.phase is ReplicaPhase.READY for r in current)
     ready_old = any(r.phase is ReplicaPhase.READY and r.revision != deployment.revision for r in live)
@@ -362,6 +372,7 @@ def compute_state(
 # config.yaml keys the loaded model depends on: changing one needs a fresh process.
 RESTART_CONFIG_KEYS = (
     "requirements",
+    "requirements_file",
     "environment_variables",
     "secrets",
     "model_class_name",

@@ -14,7 +14,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
-from controller import domain
+from controller import compat, domain
 from controller.domain import (
     DEVELOPMENT_AUTOSCALING,
     DEVELOPMENT_NAME,
@@ -45,6 +45,8 @@ class Result:
     # CreateDeployment: the push created the model. PromoteDeployment: production switched.
     # PatchDeployment: the patch bumped the revision (the replicas restart).
     flag: bool = False
+    # CreateDeployment: config.yaml keys that are not honoured (see controller/compat.py).
+    warnings: tuple[str, ...] = ()
 
 
 def _encode_result(result: Result) -> str:
@@ -65,7 +67,7 @@ def _decode_result(text: str) -> Result:
                 "autoscaling": AutoscalingSettings(**d["autoscaling"]),
             }
         )
-    return Result(model=model, deployment=deployment, flag=data["flag"])
+    return Result(model=model, deployment=deployment, flag=data["flag"], warnings=tuple(data.get("warnings") or ()))
 
 
 def page_size(requested: int) -> int:
@@ -92,6 +94,14 @@ async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
     if model.delete_time is not None:
         raise NotFound("MODEL_DELETED", f"model {model_id} was deleted", model_id=model_id)
     return model
+
+
+def _new_revision(current: Deployment) -> dict:
+    """Fields that start the next revision of a deployment updated in place."""
+    values: dict = {"revision": current.revision + 1, "failed_revision": None}
+    if current.load_failed:  # the failure was the old revision's: don't show it as the new one's
+        values.update(state=State.DEPLOYING, status_message="")
+    return values
 
 
 class Lifecycle:
@@ -180,6 +190,7 @@ class Lifecycle:
         if not archive:
             raise InvalidArgument("MALFORMED_PACKAGE", "package_archive is empty")
         digest, config = await asyncio.to_thread(self.packages.add, archive, sha256)
+        warnings = tuple(await asyncio.to_thread(compat.check_package, config))
         model_name = config.model_name
         if not model_name or not model_name.strip():
             raise InvalidArgument("MISSING_MODEL_NAME", "config.yaml must set model_name to a non-empty string")
@@ -207,7 +218,9 @@ class Lifecycle:
                 deployment = await self._create_published(
                     tx, model, digest, deployment_name, at, promote=target is PushTarget.PRODUCTION
                 )
-            return Result(model=await tx.get_model(model.id), deployment=deployment, flag=created)
+            for warning in warnings:
+                await tx.add_event(at, model.id, deployment.id, "deployment.config_warning", warning)
+            return Result(model=await tx.get_model(model.id), deployment=deployment, flag=created, warnings=warnings)
 
         return await self._mutate("CreateDeployment", request_id, body)
 
@@ -215,12 +228,7 @@ class Lifecycle:
         if model.development_deployment_id:
             current = await _require_deployment(tx, model.development_deployment_id)
             await tx.update_deployment(
-                current.id,
-                package_digest=digest,
-                revision=current.revision + 1,
-                active=True,
-                failed_revision=None,
-                update_time=at,
+                current.id, package_digest=digest, active=True, update_time=at, **_new_revision(current)
             )
             await tx.add_event(
                 at, model.id, current.id, "deployment.updated",
@@ -269,7 +277,7 @@ class Lifecycle:
             restart = plan is domain.PatchApply.RESTART
             values: dict = {"package_digest": digest, "update_time": at}
             if restart:
-                values.update(revision=current.revision + 1, failed_revision=None)
+                values.update(_new_revision(current))
             await tx.record_package(digest, size, at)
             await tx.update_deployment(current.id, **values)
             how = f"restarting at revision {current.revision + 1}" if restart else "reloading in place"
@@ -405,6 +413,41 @@ class Lifecycle:
             await tx.update_deployment(seen.id, failed_revision=seen.revision, status_message=error)
             await tx.add_event(now(), seen.model_id, seen.id, "deployment.load_failed", error)
         self._on_commit()
+
+    async def record_build_failure(self, seen: Deployment, error: str) -> None:
+        """The environment of `seen.revision` failed to build: BUILD_FAILED, and no build or
+        replica is tried again for this revision until it is activated or pushed again
+        (like a load failure, through failed_revision; the state tells the two apart)."""
+        async with self.store.write() as tx:
+            current = await tx.get_deployment(seen.id)
+            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
+                seen.active, seen.revision, seen.delete_time, seen.failed_revision
+            ):
+                return
+            at = now()
+            await tx.update_deployment(
+                seen.id, failed_revision=seen.revision, state=State.BUILD_FAILED, status_message=error,
+                desired_replicas=0, ready_replicas=0,
+            )
+            await tx.add_event(at, seen.model_id, seen.id, "deployment.build_failed", error)
+            if current.state is not State.BUILD_FAILED:
+                await tx.add_event(
+                    at, seen.model_id, seen.id, "deployment.state_changed",
+                    f"{current.state.value} -> {State.BUILD_FAILED.value}: {error.splitlines()[0] if error else ''}",
+                )
+            model = await tx.get_model(seen.model_id)
+            if model is not None and model.promoting_deployment_id == seen.id:
+                await tx.update_model(model.id, at, promoting_deployment_id=None)
+                await tx.add_event(
+                    at, model.id, seen.id, "model.promotion_failed",
+                    f"{current.name!r} did not become ready (its environment failed to build); production unchanged",
+                )
+        self._on_commit()
+
+    async def record_event(self, model_id: str, deployment_id: str, type_: str, message: str) -> None:
+        """An informative entry in the event log (for example a build's progress)."""
+        async with self.store.write() as tx:
+            await tx.add_event(now(), model_id, deployment_id, type_, message)
 
     async def _cancel_promotion_of(self, tx: WriteTx, deployment: Deployment, at: float, why: str) -> None:
         model = await tx.get_model(deployment.model_id)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from controller import domain
 from controller.autoscaler import Autoscaler
+from controller.builds import BuildManager, EnvironmentStatus
 from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
@@ -59,6 +60,7 @@ class Reconciler:
         load: LoadTracker,
         on_replica_change: Callable[[ReplicaHandle], None] = lambda handle: None,
         before_stop: Callable[[ReplicaHandle], Awaitable[object]] | None = None,
+        builds: BuildManager | None = None,
     ) -> None:
         self.store = store
         self.lifecycle = lifecycle
@@ -77,6 +79,8 @@ class Reconciler:
         self._replica_writes: set[str] = set()
         # deployment ID -> (revision, error) of a replica whose model failed to load
         self._load_errors: dict[str, tuple[int, str]] = {}
+        # Builds the Python environments of packages with requirements (None: never build).
+        self.builds = builds
 
     def poke(self) -> None:
         self._wake.set()
@@ -131,6 +135,8 @@ class Reconciler:
 
     async def shutdown(self) -> None:
         """Drain and stop every replica (the platform is going down)."""
+        if self.builds is not None:
+            await self.builds.close()
         for handle in list(self.replicas.values()):
             self._stop(handle)
         if self._stopping:
@@ -151,6 +157,7 @@ class Reconciler:
         if failure and failure[0] == deployment.revision and not deployment.load_failed:
             await self.lifecycle.record_load_failure(deployment, failure[1])
             deployment = await self.store.get_deployment(deployment.id) or deployment
+        deployment, env = await self._environment(deployment)
 
         desired = self._desired(deployment)
         live = [h for h in handles if h.phase is not ReplicaPhase.DRAINING and not h.exited]
@@ -160,9 +167,9 @@ class Reconciler:
             # Development updates in place; published ones keep serving until the new revision is ready.
             for handle in outdated:
                 self._stop(handle)
-        if len(current) < desired and time.time() >= crash.retry_at:
+        if len(current) < desired and time.time() >= crash.retry_at and not env.building:
             for _ in range(desired - len(current)):
-                await self._start(deployment)
+                await self._start(deployment, env.python)
         elif len(current) > desired:
             surplus = sorted(current, key=lambda h: h.phase is ReplicaPhase.READY)[: len(current) - desired]
             for handle in surplus:
@@ -178,6 +185,8 @@ class Reconciler:
             load_error=deployment.status_message,
             unhealthy_message=crash.message,
             waking=deployment.state in (State.SCALED_TO_ZERO, State.WAKING_UP),
+            building=f"building the environment ({env.requirements} requirements)" if env.building else "",
+            build_failed=deployment.load_failed and deployment.state is State.BUILD_FAILED,
         )
         ready = sum(1 for v in views if v.phase is ReplicaPhase.READY)
         if (state, message, desired, ready) != (
@@ -195,11 +204,25 @@ class Reconciler:
         )
         return domain.desired_replicas(deployment, target)
 
-    async def _start(self, deployment: Deployment) -> None:
+    async def _environment(self, deployment: Deployment) -> tuple[Deployment, EnvironmentStatus]:
+        """The deployment's Python environment: ready, being built, or failed to build (then
+        recorded as BUILD_FAILED, and the returned record is no longer to run)."""
+        if self.builds is None or not domain.should_run(deployment):
+            return deployment, EnvironmentStatus()
+        env = await self.builds.status(deployment, self.packages.directory(deployment.package_digest))
+        if env.error:
+            await self.lifecycle.record_build_failure(deployment, env.error)
+            fresh = await self.store.get_deployment(deployment.id) or deployment
+            # Not recorded (the deployment changed meanwhile): start nothing, the next pass rebuilds.
+            return fresh, EnvironmentStatus(building=not fresh.load_failed)
+        return deployment, env
+
+    async def _start(self, deployment: Deployment, python: str | None = None) -> None:
         replica_id = new_id("r")
         environment = {"SLIPWAY_ENVIRONMENT": "development" if deployment.is_development else "published"}
         handle = await self.runtime.start(
-            replica_id, deployment.id, deployment.revision, self.packages.directory(deployment.package_digest), environment
+            replica_id, deployment.id, deployment.revision, self.packages.directory(deployment.package_digest), environment,
+            python=python,
         )
         self.replicas[replica_id] = handle
         async with self.store.write() as tx:
@@ -232,7 +255,8 @@ class Reconciler:
                     self._load_errors[handle.deployment_id] = (handle.revision, handle.load_error)
                 elif handle.phase is not ReplicaPhase.DRAINING and handle.ready_time is None:
                     tail = handle.log_tail()
-                    error = f"replica exited with code {handle.exit_code} before the model loaded"
+                    code = "" if handle.exit_code is None else f" with code {handle.exit_code}"
+                    error = f"replica exited{code} before the model loaded"
                     self._load_errors[handle.deployment_id] = (handle.revision, error + (f"; log:\n{tail}" if tail else ""))
                 elif handle.phase is not ReplicaPhase.DRAINING:
                     self._note_crash(handle)
@@ -248,8 +272,6 @@ class Reconciler:
         crash.count += 1
         delay = min(self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds)
         crash.retry_at = time.time() + delay
-        crash.message = (
-            f"replica {handle.id} exited unexpectedly (exit code {handle.exit_code}); "
-            f"restarting (crash {crash.count})"
-        )
+        code = "" if handle.exit_code is None else f" (exit code {handle.exit_code})"
+        crash.message = f"replica {handle.id} exited unexpectedly{code}; restarting (crash {crash.count})"
         log.warning(crash.message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ log = logging.getLogger("slipway.runtime")
 POLL_SECONDS = 0.01
 ADOPTED_POLL_SECONDS = 0.2
 LOG_TAIL_BYTES = 2000
+FORKSERVER_START_SECONDS = 30.0
 
 
 @dataclass
@@ -64,6 +66,53 @@ class ReplicaHandle:
             return f.read().decode(errors="replace").strip()
 
 
+class ForkServer:
+    """A `python -m replica.forkserver` process for one interpreter (see replica/forkserver.py)."""
+
+    def __init__(self, python: str, run_dir: pathlib.Path, log_path: pathlib.Path) -> None:
+        self.python = python
+        self.socket = run_dir / f"forkserver-{hashlib.sha256(python.encode()).hexdigest()[:10]}.sock"
+        self.log_path = log_path
+        self.process: asyncio.subprocess.Process | None = None
+        self._starting = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.returncode is None else None
+
+    async def ensure_started(self) -> None:
+        async with self._starting:
+            if self.pid is not None and self.socket.exists():
+                return
+            self.socket.unlink(missing_ok=True)
+            with self.log_path.open("ab") as log_file:
+                self.process = await asyncio.create_subprocess_exec(
+                    self.python, "-m", "replica.forkserver", "--socket", str(self.socket),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                )
+            deadline = time.monotonic() + FORKSERVER_START_SECONDS
+            while not self.socket.exists():
+                if self.process.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"fork server for {self.python} did not start (see {self.log_path})")
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def spawn(self, argv: list[str], env: dict[str, str], log_path: pathlib.Path, name: str) -> int:
+        await self.ensure_started()
+        reader, writer = await asyncio.open_unix_connection(str(self.socket))
+        try:
+            request = {"argv": argv, "env": env, "log": str(log_path), "name": name}
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            return int(json.loads(await reader.readline())["pid"])
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.pid is not None:
+            self.process.terminate()
+            await self.process.wait()
+
+
 class LocalProcessRuntime:
     def __init__(
         self,
@@ -71,6 +120,7 @@ class LocalProcessRuntime:
         on_change: Callable[[ReplicaHandle], None],
         drain_seconds: float = 30.0,
         python: str = sys.executable,
+        fork: bool = True,
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
@@ -79,33 +129,78 @@ class LocalProcessRuntime:
         self._on_change = on_change
         self._drain_seconds = drain_seconds
         self._python = python
+        # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
+        self._fork = fork
+        self._fork_servers: dict[str, ForkServer] = {}
+
+    def _fork_server(self, python: str) -> ForkServer:
+        server = self._fork_servers.get(python)
+        if server is None:
+            name = f"forkserver-{len(self._fork_servers)}.log"
+            server = self._fork_servers[python] = ForkServer(python, self.run_dir, self.log_dir / name)
+        return server
+
+    async def prewarm(self) -> None:
+        """Start the fork server of the controller's interpreter ahead of the first replica."""
+        if self._fork:
+            try:
+                await self._fork_server(self._python).ensure_started()
+            except RuntimeError:
+                log.exception("fork server unavailable; replicas start as new processes")
+
+    async def close(self) -> None:
+        for server in self._fork_servers.values():
+            await server.stop()
+
+    def helper_pids(self) -> set[int]:
+        return {s.pid for s in self._fork_servers.values() if s.pid is not None}
 
     def state_file(self, replica_id: str) -> pathlib.Path:
         return self.run_dir / f"{replica_id}.json"
 
     async def start(
-        self, replica_id: str, deployment_id: str, revision: int, package_dir: pathlib.Path, environment: dict[str, str]
+        self,
+        replica_id: str,
+        deployment_id: str,
+        revision: int,
+        package_dir: pathlib.Path,
+        environment: dict[str, str],
+        python: str | None = None,
     ) -> ReplicaHandle:
+        """Start a replica. `python` is the interpreter of the deployment's built
+        environment; None means the controller's own."""
         handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=time.time())
         handle.log_path = self.log_dir / f"{replica_id}.log"
         state_file = self.state_file(replica_id)
         state_file.unlink(missing_ok=True)
-        with handle.log_path.open("ab") as log_file:
-            process = await asyncio.create_subprocess_exec(
-                self._python, "-m", "replica",
-                "--package", str(package_dir),
-                "--state-file", str(state_file),
-                "--replica-id", replica_id,
-                "--drain-seconds", str(self._drain_seconds),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                start_new_session=True,
-                env={**os.environ, **environment},
-            )
-        handle.pid = process.pid
+        argv = [
+            "--package", str(package_dir),
+            "--state-file", str(state_file),
+            "--replica-id", replica_id,
+            "--drain-seconds", str(self._drain_seconds),
+        ]
+        interpreter = python or self._python
+        exited = None
+        if self._fork:
+            try:
+                handle.pid = await self._fork_server(interpreter).spawn(argv, environment, handle.log_path, replica_id)
+                exited = _wait_for_pid_exit(handle.pid)
+            except (OSError, RuntimeError, ValueError) as error:
+                log.warning("fork server failed (%s); starting replica %s as a new process", error, replica_id)
+        if exited is None:
+            with handle.log_path.open("ab") as log_file:
+                process = await asyncio.create_subprocess_exec(
+                    interpreter, "-m", "replica", *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                    env={**os.environ, **environment},
+                )
+            handle.pid = process.pid
+            exited = process.wait()
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))
-        handle._tasks.append(asyncio.create_task(self._watch_exit(handle, process.wait())))
+        handle._tasks.append(asyncio.create_task(self._watch_exit(handle, exited)))
         return handle
 
     def adopt(self, replica_id: str, deployment_id: str, revision: int, pid: int, start_time: float) -> ReplicaHandle | None:
@@ -130,7 +225,8 @@ class LocalProcessRuntime:
             except OSError:
                 continue
             args = [a.decode(errors="replace") for a in cmdline]
-            if "replica" in args and any(a.startswith(marker) for a in args):
+            ours = "replica" in args or "replica.forkserver" in args  # forked replicas share the server's
+            if ours and any(a.startswith(marker) for a in args):
                 found.append(int(entry.name))
         return found
 
@@ -200,17 +296,36 @@ async def _health_serving(address: str) -> bool:
 
 
 def _is_our_replica(pid: int, replica_id: str) -> bool:
+    """A live process started for this replica: by its command line, or (forked) by its name."""
     try:
         cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        name = pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return False
     zombie = stat.rsplit(")", 1)[-1].split()[0] == "Z"
-    return not zombie and replica_id.encode() in cmdline
+    return not zombie and (replica_id.encode() in cmdline or name == replica_id[:15])
 
 
 async def _wait_for_pid_exit(pid: int) -> int | None:
-    """Exit watch for a process that is not our child (adopted): poll until it is gone."""
+    """Exit watch for a process that is not our child (forked by a fork server, or adopted).
+
+    A pidfd becomes readable when the process exits; where there is none, poll.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        loop = asyncio.get_running_loop()
+        gone = loop.create_future()
+        loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+        try:
+            await gone
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return None
     while True:
         try:
             stat = pathlib.Path(f"/proc/{pid}/stat").read_text()

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.autoscaler import Autoscaler, AutoscalerConfig
+from controller.builds import BuildManager
 from controller.domain import AutoscalingLimits
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
@@ -49,11 +50,16 @@ class ControllerSettings:
     port: int = 7100
     drain_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
+    # Fork replicas from a pre-imported model server (fast cold starts) rather than exec a new interpreter.
+    fork_replicas: bool = True
     # Pause between a replica leaving the published route table and being told to drain.
     route_propagation_seconds: float = 0.05
     autoscaling_limits: AutoscalingLimits = field(default_factory=AutoscalingLimits)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    # Python environments built for package requirements (default <data_dir>/builds).
+    builds_dir: pathlib.Path | None = None
+    build_timeout_seconds: float = 1800.0
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -96,12 +102,20 @@ class Controller:
             self.store,
             lifecycle,
             packages,
-            lambda on_change: LocalProcessRuntime(data_dir, on_change, drain_seconds=settings.drain_seconds),
+            lambda on_change: LocalProcessRuntime(
+                data_dir, on_change, drain_seconds=settings.drain_seconds, fork=settings.fork_replicas
+            ),
             settings.reconciler,
             self.autoscaler,
             self.load,
             on_replica_change=self.routes.on_replica_change,
             before_stop=self._unroute,
+            builds=BuildManager(
+                settings.builds_dir or data_dir / "builds",
+                on_change=lambda: self.reconciler.poke(),
+                on_event=lifecycle.record_event,
+                timeout_seconds=settings.build_timeout_seconds,
+            ),
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -117,6 +131,7 @@ class Controller:
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
         await self.reconciler.adopt_existing()
+        await self.reconciler.runtime.prewarm()
         await self.routes.start()
         self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
         await self._server.start()
@@ -145,6 +160,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         await self.reconciler.shutdown()
+        await self.reconciler.runtime.close()
         await self.routes.stop()
         await self.store.close()
         log.info("controller stopped")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from controller import convert
 from controller.domain import Deployment
 from controller.lifecycle import Lifecycle
+from controller.live_reload import LiveReloader
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import ReplicaHandle
 from controller.status import map_domain_errors
@@ -44,9 +45,15 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
 
 @map_domain_errors
 class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
-    def __init__(self, lifecycle: Lifecycle, replicas_of: Callable[[str], list[ReplicaHandle]]) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        replicas_of: Callable[[str], list[ReplicaHandle]],
+        live_reload: LiveReloader | None = None,
+    ) -> None:
         self.lifecycle = lifecycle
         self.replicas_of = replicas_of
+        self.live_reload = live_reload or LiveReloader(lifecycle, replicas_of)
 
     def _proto(self, deployment: Deployment):
         return convert.deployment_to_proto(deployment, self.replicas_of(deployment.id))
@@ -63,6 +70,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
             model=convert.model_to_proto(result.model),
             deployment=self._proto(result.deployment),
             model_created=result.flag,
+            warnings=list(result.warnings),
         )
 
     async def GetDeployment(self, request, context):
@@ -100,6 +108,15 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
     async def WakeDeployment(self, request, context):
         result = await self.lifecycle.wake(request.deployment_id, request.request_id)
         return ds.WakeDeploymentResponse(deployment=self._proto(result.deployment))
+
+    async def PatchDeployment(self, request, context):
+        outcome = await self.live_reload.patch(
+            request.deployment_id,
+            request.base_package_digest,
+            convert.patches_from_proto(request.patches),
+            request.request_id,
+        )
+        return convert.patch_response(outcome, self._proto(outcome.deployment))
 
     async def ListUsageRecords(self, request, context):
         page = await self.lifecycle.list_usage(request.model_id, request.page_size, request.page_token)

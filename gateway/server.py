@@ -29,6 +29,8 @@ from slipway.v1 import route_service_pb2_grpc as rt_grpc
 
 log = logging.getLogger("slipway.gateway")
 
+WAKE_INTERVAL_SECONDS = 0.25
+
 
 @dataclass
 class GatewaySettings:
@@ -55,6 +57,7 @@ class Gateway:
             self.follower, settings.replica_wait_seconds, settings.max_queued_per_deployment, self._wake_for_request
         )
         self._wakes_sent: dict[str, float] = {}
+        self._waking: set[str] = set()
         self.grpc_port = 0
         self.http_port = 0
         self._health = health.aio.HealthServicer()
@@ -81,13 +84,16 @@ class Gateway:
 
     def _wake_for_request(self, deployment: rt.DeploymentRoute) -> None:
         """A request is waiting for a deployment with no ready replica: ask the controller to
-        wake it now rather than at the next load report (at most once a second)."""
+        wake it now rather than at the next load report (one call in flight per deployment,
+        at most four a second)."""
         now = time.monotonic()
-        if now - self._wakes_sent.get(deployment.deployment_id, -1.0) < 1.0:
+        deployment_id = deployment.deployment_id
+        if deployment_id in self._waking or now - self._wakes_sent.get(deployment_id, -1.0) < WAKE_INTERVAL_SECONDS:
             return
-        self._wakes_sent[deployment.deployment_id] = now
-        task = asyncio.get_running_loop().create_task(self.wake(deployment.deployment_id))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._wakes_sent[deployment_id] = now
+        self._waking.add(deployment_id)
+        task = asyncio.get_running_loop().create_task(self.wake(deployment_id))
+        task.add_done_callback(lambda t: (self._waking.discard(deployment_id), t.cancelled() or t.exception()))
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:

@@ -16,15 +16,20 @@ from replica.threads import ModelThreads
 ENVIRONMENT_ENV_VAR = "SLIPWAY_ENVIRONMENT"
 
 
-def prepare_process(config: PackageConfig) -> None:
-    """Environment variables and import paths; must happen before the model is imported."""
-    os.environ.update(config.environment_variables)
+def import_paths(config: PackageConfig) -> list[str]:
+    """The sys.path entries the package's model code imports from, in priority order."""
     paths = [config.model_dir, *config.external_package_dirs]
     if config.bundled_packages_dir.is_dir():
         paths.append(config.bundled_packages_dir)
-    for path in reversed(paths):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
+    return [str(path) for path in paths]
+
+
+def prepare_process(config: PackageConfig) -> None:
+    """Environment variables and import paths; must happen before the model is imported."""
+    os.environ.update(config.environment_variables)
+    for path in reversed(import_paths(config)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
 def import_model_class(config: PackageConfig) -> type:

@@ -36,6 +36,8 @@ class PackageConfig:
     external_package_dirs: tuple[pathlib.Path, ...]
     bundled_packages_dir: pathlib.Path
     requirements: tuple[str, ...]
+    # `requirements_file`: a pip requirements file, pyproject.toml or uv.lock inside the package.
+    requirements_file: pathlib.Path | None = None
 
     @property
     def model_dir(self) -> pathlib.Path:
@@ -86,6 +88,7 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         bundled_packages_dir=package_dir
         / _relative_path(raw, package_dir, "bundled_packages_dir", "packages"),
         requirements=tuple(_str_list(raw, "requirements")),
+        requirements_file=_requirements_file(raw, package_dir),
     )
 
 
@@ -108,6 +111,43 @@ def validate_package(package_dir: pathlib.Path) -> PackageConfig:
     return config
 
 
+def read_requirements(config: PackageConfig) -> list[str]:
+    """The package's Python requirements, one pip requirement (or option) line each.
+
+    From `requirements`, or from `requirements_file`: a pip requirements file (comments,
+    blank lines and `\\` continuations handled), a pyproject.toml ([project]
+    dependencies), or a uv.lock (the dependencies of the pyproject.toml next to it,
+    as Truss reads it). Raises ValueError if the file is missing or unreadable.
+    """
+    if config.requirements_file is None:
+        return list(config.requirements)
+    path = config.requirements_file
+    shown = path.relative_to(config.package_dir)
+    if path.name == "uv.lock":
+        path = path.parent / "pyproject.toml"
+    if not path.is_file():
+        raise ValueError(f"requirements_file {shown}: {path.relative_to(config.package_dir)} is missing from the package")
+    text = path.read_text(encoding="utf-8")
+    if path.name == "pyproject.toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            raise ValueError(f"requirements_file {shown}: reading pyproject.toml needs Python 3.11 or newer") from None
+        try:
+            dependencies = tomllib.loads(text).get("project", {}).get("dependencies", [])
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"requirements_file {shown} is not valid TOML: {exc}") from None
+        if not isinstance(dependencies, list) or not all(isinstance(d, str) for d in dependencies):
+            raise ValueError(f"requirements_file {shown}: [project] dependencies must be a list of strings")
+        return [d.strip() for d in dependencies if d.strip()]
+    lines = []
+    for line in text.replace("\\\n", "").splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
 def secret_env_var(name: str) -> str:
     """The environment variable a secret is read from: SLIPWAY_SECRET_<NAME>."""
     return SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
@@ -115,6 +155,14 @@ def secret_env_var(name: str) -> str:
 
 def resolve_secrets(config: PackageConfig, environ: Mapping[str, str]) -> dict[str, str | None]:
     return {name: environ.get(secret_env_var(name)) for name in config.secret_names}
+
+
+def _requirements_file(raw: Mapping[str, Any], package_dir: pathlib.Path) -> pathlib.Path | None:
+    if raw.get("requirements_file") in (None, ""):
+        return None
+    if raw.get("requirements"):
+        raise ValueError("requirements and requirements_file are mutually exclusive: use one of them")
+    return package_dir / _relative_path(raw, package_dir, "requirements_file", "")
 
 
 def _mapping(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:

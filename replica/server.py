@@ -17,6 +17,7 @@ from replica.loader import load_model, prepare_process
 from replica.log import Logger
 from replica.package import PackageConfig, load_package_config
 from replica.predictor import Predictor
+from replica.reload import ModelReloader
 from replica.servicer import ReplicaServicer
 from replica.state_file import FAILED, LOADING, READY, StateFile
 from replica.threads import ModelThreads
@@ -75,6 +76,7 @@ class Replica:
             return EXIT_MODEL_FAILED
 
         servicer.attach(predictor)
+        servicer.enable_reload(ModelReloader(config, self.threads, servicer.attach, self._log))
         for service in ("", SERVICE_NAME):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._state.write(READY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 import traceback
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import grpc
 from replica import codec
 from replica.log import Logger
 from replica.predictor import ChunkStream, ModelError, Predictor
+from replica.reload import ModelReloader
 from slipway.v1 import replica_service_pb2 as pb
 from slipway.v1 import replica_service_pb2_grpc as pb_grpc
 
@@ -20,6 +22,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     def __init__(self, log: Logger) -> None:
         self._log = log
         self._predictor: Predictor | None = None
+        self._reloader: ModelReloader | None = None
         self._refusing = False
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -28,6 +31,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     def attach(self, predictor: Predictor) -> None:
         """Start serving predictions; until then every call is UNAVAILABLE."""
         self._predictor = predictor
+
+    def enable_reload(self, reloader: ModelReloader) -> None:
+        """Accept Reload calls (once the first model is loaded)."""
+        self._reloader = reloader
 
     def refuse_new_calls(self) -> None:
         """Drain: calls already running finish, new ones get UNAVAILABLE."""
@@ -72,6 +79,17 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                         )
             except (ModelError, codec.ResultEncodingError) as exc:
                 await self._abort_model_failure(context, exc)
+
+    async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
+        with self._tracked():
+            if self._refusing or self._reloader is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "replica is not serving a model")
+            if not request.package_dir:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "package_dir is required")
+            outcome = await self._reloader.reload(pathlib.Path(request.package_dir))
+            return pb.ReloadResponse(
+                ok=outcome.ok, error=outcome.error, traceback=outcome.traceback, seconds=outcome.seconds
+            )
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:

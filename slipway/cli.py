@@ -314,6 +314,8 @@ def push_package(
     model, deployment = pushed.model, pushed.deployment
     say(f"Model {model.name} ({model.id}){' (created)' if pushed.model_created else ''}")
     say(f"Deployment {deployment.name} ({deployment.id})")
+    for warning in pushed.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     if wait:
         if target == "production":
             model = wait_for_promotion(client, deployment, timeout)
@@ -377,6 +379,32 @@ def server_options(command: Callable) -> Callable:
             show_default=True,
             show_envvar=True,
         ),
+        click.option(
+            "--autoscaling-time-scale",
+            envvar="SLIPWAY_AUTOSCALING_TIME_SCALE",
+            type=click.FloatRange(min=0.0001),
+            default=1.0,
+            show_default=True,
+            show_envvar=True,
+            help="Multiplies every autoscaling duration (window, scale-down delay); below 1 for demos and tests.",
+        ),
+        click.option(
+            "--wake-hold-seconds",
+            envvar="SLIPWAY_WAKE_HOLD_SECONDS",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            show_envvar=True,
+            help="How long a woken deployment keeps at least one replica.",
+        ),
+        click.option(
+            "--fork-replicas/--no-fork-replicas",
+            envvar="SLIPWAY_FORK_REPLICAS",
+            default=True,
+            show_default=True,
+            show_envvar=True,
+            help="Fork replicas from a pre-imported model server (fast cold starts) instead of new interpreters.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -389,10 +417,16 @@ def configure_logs(log_level: str) -> None:
     configure(log_level.upper())
 
 
-def controller_settings(host: str, port: int, data_dir: Path) -> Any:
+def controller_settings(
+    host: str, port: int, data_dir: Path, time_scale: float, wake_hold: float, fork_replicas: bool
+) -> Any:
+    from controller.autoscaler import AutoscalerConfig
     from controller.server import ControllerSettings
 
-    return ControllerSettings(data_dir=data_dir, host=host, port=port)
+    return ControllerSettings(
+        data_dir=data_dir, host=host, port=port, autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
+        fork_replicas=fork_replicas,
+    )
 
 
 def gateway_settings(host: str, grpc_port: int, http_port: int, controller: str, replica_wait: float) -> Any:
@@ -427,12 +461,16 @@ def run_until_stopped(coroutine: Any) -> None:
 
 @cli.command()
 @server_options
-def controller(host: str, port: int, data_dir: Path, log_level: str) -> None:
+def controller(
+    host: str, port: int, data_dir: Path, log_level: str, autoscaling_time_scale: float, wake_hold_seconds: float,
+    fork_replicas: bool,
+) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
     configure_logs(log_level)
-    run_until_stopped(run_controller(controller_settings(host, port, data_dir)))
+    settings = controller_settings(host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas)
+    run_until_stopped(run_controller(settings))
 
 
 @cli.command()
@@ -503,14 +541,14 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
 )
 @timeout_option
 def up(
-    host: str, port: int, data_dir: Path, log_level: str, gateway_port: int, http_port: int, replica_wait: float,
-    example: Path | None, timeout: float,
+    host: str, port: int, data_dir: Path, log_level: str, autoscaling_time_scale: float, wake_hold_seconds: float,
+    fork_replicas: bool, gateway_port: int, http_port: int, replica_wait: float, example: Path | None, timeout: float,
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
     configure_logs(log_level)
     run_until_stopped(
         run_platform(
-            controller_settings(host, port, data_dir),
+            controller_settings(host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas),
             gateway_settings(host, gateway_port, http_port, "", replica_wait),
             example,
             timeout,
@@ -525,6 +563,7 @@ def up(
 @click.option("--deployment-name", default="", help="Name of the published deployment (default deployment-N).")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the deployment until it serves.")
 @click.option("--request-id", default="", help="Idempotency key: a retried push with the same key is applied once.")
+@click.option("--watch", "watch_changes", is_flag=True, help="Then live-reload every change (see `slipway watch`).")
 @timeout_option
 @output_option
 def push(
@@ -534,6 +573,7 @@ def push(
     deployment_name: str,
     wait: bool,
     request_id: str,
+    watch_changes: bool,
     timeout: float,
     output: str,
 ) -> None:
@@ -545,8 +585,47 @@ def push(
         raise click.UsageError("--publish and --promote are mutually exclusive")
     if deployment_name and not (publish or promote):
         raise click.UsageError("--deployment-name needs --publish or --promote (development is always 'development')")
+    if watch_changes and (publish or promote):
+        raise click.UsageError("--watch live-reloads the development deployment: it excludes --publish and --promote")
     target = "production" if promote else "published" if publish else "development"
-    push_package(connect(), directory, target, deployment_name, request_id, wait, timeout, output)
+    client = connect()
+    push_package(client, directory, target, deployment_name, request_id, wait, timeout, output)
+    if watch_changes:
+        from slipway.watch import watch_package
+
+        watch_package(client, directory, timeout)
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@timeout_option
+def watch(directory: Path, timeout: float) -> None:
+    """Live-reload the model package in DIRECTORY (default: the current directory).
+
+    Pushes it as the model's development deployment unless that already runs it,
+    then sends every change as a patch: model code is reloaded in place, config
+    changes the model depends on restart the replica. One line per change.
+    """
+    from slipway.watch import watch_package
+
+    watch_package(connect(), directory, timeout)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--directory", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to create the package (default: ./NAME).")
+def init(name: str, directory: Path | None) -> None:
+    """Create a new model package NAME (Truss layout: config.yaml, model/model.py)."""
+    from slipway.scaffold import scaffold
+
+    target = directory or Path(name)
+    try:
+        scaffold(target, name)
+    except FileExistsError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"Created model package {name!r} in {target}")
+    click.echo(f"Deploy it:  slipway push {target}")
 
 
 @cli.group()

@@ -231,6 +231,23 @@ class SlipwayClient:
         )
         return self.deployments.CreateDeployment(request, timeout=self.push_timeout)
 
+    def patch_deployment(
+        self,
+        deployment_id: str,
+        base_package_digest: str,
+        patches: list[ds.FilePatch],
+        request_id: str = "",
+    ) -> ds.PatchDeploymentResponse:
+        """Live reload: apply file changes to the development deployment's package
+        `base_package_digest` (ABORTED with STALE_PACKAGE_BASE if it is no longer current)."""
+        request = ds.PatchDeploymentRequest(
+            deployment_id=deployment_id,
+            base_package_digest=base_package_digest,
+            patches=patches,
+            request_id=request_id,
+        )
+        return self.deployments.PatchDeployment(request, timeout=self.push_timeout)
+
     def get_deployment(self, deployment_id: str) -> res.Deployment:
         request = ds.GetDeploymentRequest(deployment_id=deployment_id)
         return self.deployments.GetDeployment(request, timeout=self.timeout).deployment

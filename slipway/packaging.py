@@ -23,7 +23,10 @@ import yaml
 CONFIG_FILE = "config.yaml"
 # Read in this order; patterns of every file present are combined.
 IGNORE_FILES = (".slipwayignore", ".trussignore", ".truss_ignore")
-ALWAYS_IGNORED = ("__pycache__/", ".git/", "*.pyc")
+# Editors' swap, backup and lock files (vim, emacs, JetBrains; `4913` is vim's probe
+# file): never part of a package, so a live-reload watcher never sends them either.
+EDITOR_TEMP_FILES = ("*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "4913", "*___jb_tmp___", "*___jb_old___")
+ALWAYS_IGNORED = ("__pycache__/", ".git/", "*.pyc", *EDITOR_TEMP_FILES)
 
 
 class PackageError(Exception):
@@ -70,6 +73,13 @@ def is_ignored(relpath: str, is_dir: bool, patterns: list[str]) -> bool:
         if fnmatch.fnmatchcase(relpath if anchored else name, pattern):
             return True
     return False
+
+
+def is_ignored_path(relpath: str, is_dir: bool, patterns: list[str]) -> bool:
+    """is_ignored for an entry at any depth: also true inside an ignored directory."""
+    parts = relpath.split("/")
+    ancestors = ("/".join(parts[:i]) for i in range(1, len(parts)))
+    return any(is_ignored(a, True, patterns) for a in ancestors) or is_ignored(relpath, is_dir, patterns)
 
 
 def package_entries(directory: Path | str) -> list[tuple[str, Path]]:
@@ -128,7 +138,7 @@ def archive_package(directory: Path | str) -> tuple[bytes, str]:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     data = buffer.getvalue()
-    return data, hashlib.sha256(data).hexdigest()
+    return data, sha256_hex(data)
 
 
 def read_model_name(directory: Path | str) -> str:
@@ -141,3 +151,8 @@ def read_model_name(directory: Path | str) -> str:
     if not isinstance(config, dict):
         raise PackageError(f"{config_path}: expected a mapping at the top level")
     return str(config.get("model_name") or "")
+
+
+def sha256_hex(data: bytes) -> str:
+    """The content hash used for archives and for per-file change detection."""
+    return hashlib.sha256(data).hexdigest()

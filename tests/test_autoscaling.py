@@ -237,7 +237,7 @@ async def test_faults_and_changes_under_steady_load_fail_no_request(platform: Pl
     stop.set()
     await traffic
     assert failures == [], failures[:3]
-    assert len(results) > 100
+    assert len(results) > 40  # a steady stream throughout, not a handful of calls
 
 
 async def _ready(platform: Platform, deployment_id: str, count: int, avoid: int = 0):

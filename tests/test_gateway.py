@@ -267,6 +267,6 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
         if gateway is not None:
             await gateway.stop()
         controller.process.kill()
-        for pid in replica_pids(data_dir):
+        for pid in replica_pids(data_dir, include_fork_servers=True):
             import os
             os.kill(pid, signal.SIGKILL)

@@ -52,6 +52,6 @@ def test_up_runs_the_platform_with_the_example_deployed(tmp_path):
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
-        assert replica_pids(data_dir) == set()
+        assert replica_pids(data_dir, include_fork_servers=True) == set()
     finally:
         process.kill()

@@ -18,6 +18,7 @@ from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
+from replica.forkserver import SERVER_NAME
 from test_lifecycle import pid_alive
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
@@ -29,15 +30,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def replica_pids(data_dir: pathlib.Path) -> set[int]:
-    """Live replica processes that belong to this data directory."""
+def replica_pids(data_dir: pathlib.Path, include_fork_servers: bool = False) -> set[int]:
+    """Live replica processes (and optionally fork servers) that belong to this data directory."""
     marker = str(data_dir / "run")
     pids = set()
     for entry in pathlib.Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 args = (entry / "cmdline").read_bytes().decode(errors="replace")
+                name = (entry / "comm").read_text().strip()
             except OSError:
+                continue
+            if name == SERVER_NAME and not include_fork_servers:
                 continue
             if "replica" in args and marker in args and pid_alive(int(entry.name)):
                 pids.add(int(entry.name))
@@ -63,7 +67,7 @@ def data_dir(tmp_path):
     path = tmp_path / "data"
     path.mkdir()
     yield path
-    for pid in replica_pids(path):
+    for pid in replica_pids(path, include_fork_servers=True):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -104,7 +108,7 @@ async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir,
             assert replica_pids(data_dir) == expected
         second.process.send_signal(signal.SIGTERM)
         assert second.process.wait(30) == 0
-        assert replica_pids(data_dir) == set(), "graceful shutdown left replicas running"
+        assert replica_pids(data_dir, include_fork_servers=True) == set(), "graceful shutdown left processes running"
     finally:
         second.process.kill()
 

@@ -15,10 +15,21 @@ class PushTarget(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PUSH_TARGET_DEVELOPMENT: _ClassVar[PushTarget]
     PUSH_TARGET_PUBLISHED: _ClassVar[PushTarget]
     PUSH_TARGET_PRODUCTION: _ClassVar[PushTarget]
+
+class PatchResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PATCH_RESULT_UNSPECIFIED: _ClassVar[PatchResult]
+    PATCH_RESULT_APPLIED_IN_PLACE: _ClassVar[PatchResult]
+    PATCH_RESULT_RESTARTED: _ClassVar[PatchResult]
+    PATCH_RESULT_FAILED: _ClassVar[PatchResult]
 PUSH_TARGET_UNSPECIFIED: PushTarget
 PUSH_TARGET_DEVELOPMENT: PushTarget
 PUSH_TARGET_PUBLISHED: PushTarget
 PUSH_TARGET_PRODUCTION: PushTarget
+PATCH_RESULT_UNSPECIFIED: PatchResult
+PATCH_RESULT_APPLIED_IN_PLACE: PatchResult
+PATCH_RESULT_RESTARTED: PatchResult
+PATCH_RESULT_FAILED: PatchResult
 
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("package_archive", "package_sha256", "target", "deployment_name", "request_id")
@@ -35,14 +46,16 @@ class CreateDeploymentRequest(_message.Message):
     def __init__(self, package_archive: _Optional[bytes] = ..., package_sha256: _Optional[str] = ..., target: _Optional[_Union[PushTarget, str]] = ..., deployment_name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateDeploymentResponse(_message.Message):
-    __slots__ = ("model", "deployment", "model_created")
+    __slots__ = ("model", "deployment", "model_created", "warnings")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_CREATED_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     model: _resources_pb2.Model
     deployment: _resources_pb2.Deployment
     model_created: bool
-    def __init__(self, model: _Optional[_Union[_resources_pb2.Model, _Mapping]] = ..., deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., model_created: _Optional[bool] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[_resources_pb2.Model, _Mapping]] = ..., deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., model_created: _Optional[bool] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id",)
@@ -217,3 +230,41 @@ class ListEventsResponse(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Event]
     next_page_token: str
     def __init__(self, events: _Optional[_Iterable[_Union[_resources_pb2.Event, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class FilePatch(_message.Message):
+    __slots__ = ("path", "content", "delete")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    content: bytes
+    delete: bool
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[bytes] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class PatchDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id", "base_package_digest", "patches", "request_id")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_PACKAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PATCHES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    base_package_digest: str
+    patches: _containers.RepeatedCompositeFieldContainer[FilePatch]
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., base_package_digest: _Optional[str] = ..., patches: _Optional[_Iterable[_Union[FilePatch, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PatchDeploymentResponse(_message.Message):
+    __slots__ = ("deployment", "package_digest", "result", "error", "traceback", "apply_seconds")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    APPLY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    deployment: _resources_pb2.Deployment
+    package_digest: str
+    result: PatchResult
+    error: str
+    traceback: str
+    apply_seconds: float
+    def __init__(self, deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., package_digest: _Optional[str] = ..., result: _Optional[_Union[PatchResult, str]] = ..., error: _Optional[str] = ..., traceback: _Optional[str] = ..., apply_seconds: _Optional[float] = ...) -> None: ...

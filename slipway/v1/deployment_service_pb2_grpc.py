@@ -97,6 +97,11 @@ class DeploymentServiceStub:
                 request_serializer=slipway_dot_v1_dot_deployment__service__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_deployment__service__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.PatchDeployment = channel.unary_unary(
+                '/slipway.v1.DeploymentService/PatchDeployment',
+                request_serializer=slipway_dot_v1_dot_deployment__service__pb2.PatchDeploymentRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_deployment__service__pb2.PatchDeploymentResponse.FromString,
+                _registered_method=True)
 
 
 class DeploymentServiceServicer:
@@ -186,6 +191,17 @@ class DeploymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PatchDeployment(self, request, context):
+        """Live reload: applies file changes to the development deployment's package as a
+        new package version, and pushes it to the running replica. Refused with
+        FAILED_PRECONDITION (LIVE_RELOAD_DEVELOPMENT_ONLY) for any other deployment and
+        with ABORTED (STALE_PACKAGE_BASE) when base_package_digest is not its current
+        package.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeploymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +264,11 @@ def add_DeploymentServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=slipway_dot_v1_dot_deployment__service__pb2.ListEventsRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_deployment__service__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'PatchDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PatchDeployment,
+                    request_deserializer=slipway_dot_v1_dot_deployment__service__pb2.PatchDeploymentRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_deployment__service__pb2.PatchDeploymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +598,33 @@ class DeploymentService:
             '/slipway.v1.DeploymentService/ListEvents',
             slipway_dot_v1_dot_deployment__service__pb2.ListEventsRequest.SerializeToString,
             slipway_dot_v1_dot_deployment__service__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PatchDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.DeploymentService/PatchDeployment',
+            slipway_dot_v1_dot_deployment__service__pb2.PatchDeploymentRequest.SerializeToString,
+            slipway_dot_v1_dot_deployment__service__pb2.PatchDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,3 +37,21 @@ class InvokeStreamResponse(_message.Message):
     content_type: str
     complete: bool
     def __init__(self, chunk: _Optional[bytes] = ..., content_type: _Optional[str] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ("package_dir",)
+    PACKAGE_DIR_FIELD_NUMBER: _ClassVar[int]
+    package_dir: str
+    def __init__(self, package_dir: _Optional[str] = ...) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("ok", "error", "traceback", "seconds")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    error: str
+    traceback: str
+    seconds: float
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., traceback: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -47,6 +47,11 @@ class ReplicaServiceStub:
                 request_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamResponse.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/slipway.v1.ReplicaService/Reload',
+                request_serializer=slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServiceServicer:
@@ -68,6 +73,16 @@ class ReplicaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Live reload (development): imports the model from another package directory,
+        constructs and loads it, then swaps it in; calls in flight finish on the old
+        model. On failure the old model keeps serving. Reloading the package the
+        replica already serves returns ok at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +95,11 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
                     servicer.InvokeStream,
                     request_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeStreamResponse.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +159,33 @@ class ReplicaService:
             '/slipway.v1.ReplicaService/InvokeStream',
             slipway_dot_v1_dot_replica__service__pb2.InvokeStreamRequest.SerializeToString,
             slipway_dot_v1_dot_replica__service__pb2.InvokeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.ReplicaService/Reload',
+            slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.SerializeToString,
+            slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

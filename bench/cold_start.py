@@ -1,0 +1,177 @@
+"""Cold start and scale-up benchmark (prints figures; asserts nothing about time).
+
+1. Cold start: a request through the gateway to a production deployment that is
+   scaled to zero, until its answer; p50 and max of N, with replicas forked from the
+   pre-imported fork server (the default) and, for comparison, as new interpreters.
+2. Scale-up: with one replica serving, a step from 1 to 4 concurrent callers; time
+   until a second replica answers a request.
+
+    python bench/cold_start.py [--runs 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+import grpc  # noqa: E402
+from google.protobuf import field_mask_pb2  # noqa: E402
+
+from bench.common import ROOT, Platform, machine_info, percentile  # noqa: E402
+from slipway.packaging import archive_package  # noqa: E402
+from slipway.v1 import deployment_service_pb2 as ds  # noqa: E402
+from slipway.v1 import deployment_service_pb2_grpc as ds_grpc  # noqa: E402
+from slipway.v1 import inference_service_pb2 as inf  # noqa: E402
+from slipway.v1 import inference_service_pb2_grpc as inf_grpc  # noqa: E402
+from slipway.v1 import model_service_pb2 as ms  # noqa: E402
+from slipway.v1 import model_service_pb2_grpc as ms_grpc  # noqa: E402
+from slipway.v1 import resources_pb2 as r  # noqa: E402
+
+# Autoscaling durations are scaled by 0.01: window 10 s -> 0.1 s, so idle deployments sleep quickly.
+TIME_SCALE = "0.01"
+PID_MODEL = """
+import os, time
+
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    def predict(self, model_input):
+        time.sleep(model_input.get("sleep", 0))
+        return {"pid": os.getpid()}
+"""
+
+
+def poll(check, timeout: float = 60.0, interval: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not reached")
+
+
+class Bench:
+    def __init__(self, platform: Platform, work: pathlib.Path) -> None:
+        self.platform = platform
+        self.work = work
+        self.controller = grpc.insecure_channel(platform.controller_address)
+        self.deployments = ds_grpc.DeploymentServiceStub(self.controller)
+        self.models = ms_grpc.ModelServiceStub(self.controller)
+        self.gateway = grpc.insecure_channel(platform.gateway_address)
+        self.inference = inf_grpc.InferenceServiceStub(self.gateway)
+
+    def close(self) -> None:
+        self.controller.close()
+        self.gateway.close()
+
+    def push_production(self, name: str, **autoscaling) -> str:
+        package = self.work / name
+        shutil.copytree(ROOT / "examples" / "echo", package)
+        (package / "config.yaml").write_text(f"model_name: {name}\nruntime:\n  predict_concurrency: 8\n")
+        (package / "model" / "model.py").write_text(PID_MODEL)
+        archive, digest = archive_package(package)
+        pushed = self.deployments.CreateDeployment(ds.CreateDeploymentRequest(
+            package_archive=archive, package_sha256=digest, target=ds.PUSH_TARGET_PRODUCTION))
+        poll(lambda: self.models.GetModel(ms.GetModelRequest(model_id=name)).model.production_deployment_id
+             == pushed.deployment.id)
+        deployment = r.Deployment(id=pushed.deployment.id)
+        for key, value in autoscaling.items():
+            setattr(deployment.autoscaling_settings, key, value)
+        self.deployments.UpdateDeployment(ds.UpdateDeploymentRequest(
+            deployment=deployment,
+            update_mask=field_mask_pb2.FieldMask(paths=[f"autoscaling_settings.{k}" for k in autoscaling])))
+        return pushed.deployment.id
+
+    def state(self, deployment_id: str) -> r.Deployment:
+        return self.deployments.GetDeployment(ds.GetDeploymentRequest(deployment_id=deployment_id)).deployment
+
+    def predict(self, model: str, sleep: float = 0.0) -> dict:
+        request = inf.PredictRequest(target=inf.Target(model_id=model), payload=json.dumps({"sleep": sleep}).encode())
+        return json.loads(self.inference.Predict(request, timeout=60).payload)
+
+    def cold_starts(self, runs: int) -> list[float]:
+        name = f"cold{len(list(self.work.iterdir()))}"
+        deployment_id = self.push_production(name, autoscaling_window=10, scale_down_delay=0)
+        self.predict(name)  # the first start is not a cold start from zero
+        times = []
+        for _ in range(runs):
+            poll(lambda: (d := self.state(deployment_id)).state == r.DEPLOYMENT_STATE_SCALED_TO_ZERO and not d.replicas)
+            time.sleep(0.3)  # let the gateway's route table drop the last replica too (not measured)
+            started = time.perf_counter()
+            self.predict(name)
+            times.append(time.perf_counter() - started)
+        return times
+
+    def scale_up(self) -> float:
+        deployment_id = self.push_production("step", min_replica=1, max_replica=4, autoscaling_window=10,
+                                             concurrency_target=1, target_utilization_percentage=100)
+        first_pid = self.predict("step")["pid"]
+        stop = threading.Event()
+        seen: dict[int, float] = {}
+
+        def caller():
+            while not stop.is_set():
+                pid = self.predict("step", sleep=0.2)["pid"]
+                seen.setdefault(pid, time.perf_counter())
+
+        started = time.perf_counter()
+        callers = [threading.Thread(target=caller) for _ in range(4)]
+        for thread in callers:
+            thread.start()
+        try:
+            poll(lambda: any(pid != first_pid for pid in seen), timeout=60)
+        finally:
+            stop.set()
+            for thread in callers:
+                thread.join()
+        del deployment_id
+        return min(t for pid, t in seen.items() if pid != first_pid) - started
+
+
+def run(work: pathlib.Path, fork: bool, runs: int, scale_up: bool) -> tuple[list[float], float | None]:
+    flags = ["--autoscaling-time-scale", TIME_SCALE, "--wake-hold-seconds", "1"] + ([] if fork else ["--no-fork-replicas"])
+    platform = Platform.start(work, *flags)
+    bench = Bench(platform, work)
+    try:
+        return bench.cold_starts(runs), bench.scale_up() if scale_up else None
+    finally:
+        bench.close()
+        platform.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    print("# Cold start and scale-up\n")
+    print("\n".join(machine_info()))
+    print("- controller, gateway, replicas and this client share the machine; echo-like model, loopback only\n")
+    rows = []
+    step = None
+    for fork in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            times, measured_step = run(pathlib.Path(tmp), fork, args.runs, scale_up=fork)
+            step = measured_step if fork else step
+        ms_ = [t * 1000 for t in times]
+        label = "forked from the fork server (default)" if fork else "new interpreter (--no-fork-replicas)"
+        rows.append(f"| {label} | {len(ms_)} | {percentile(ms_, 0.5):.0f} | {max(ms_):.0f} |")
+    print("| cold start: request to a scaled-to-zero deployment, until its answer | runs | p50 ms | max ms |")
+    print("|---|---:|---:|---:|")
+    print("\n".join(rows))
+    if step is not None:
+        print(f"\nLoad step 1 -> 4 concurrent callers (1 replica serving, max 4): a new replica answered after "
+              f"{step * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

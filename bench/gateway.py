@@ -1,0 +1,520 @@
+"""Data-plane benchmark: the gateway's cost over calling a replica directly.
+
+    .venv/bin/python bench/gateway.py            # full run (~2 minutes on 2 cores)
+    .venv/bin/python bench/gateway.py --quick    # small counts, a smoke run (~20 s)
+
+Needs h2load (`make bench-deps` installs the nghttp2-client package). It starts its own
+controller and gateway on free 127.0.0.1 ports with a temporary data directory, pushes
+a copy of examples/echo with runtime.predict_concurrency 64 as production (one
+replica), and drives three paths with h2load, the load generator (not Python):
+
+1. direct to the replica: gRPC slipway.v1.ReplicaService/Invoke;
+2. through the gateway over gRPC: slipway.v1.InferenceService/Predict by model ID;
+3. through the gateway over HTTP/1.1: POST /model/{id}/production/predict (JSON).
+
+Each at concurrency 1 and 32 (one stream per connection), a warm-up then a fixed
+request count. Latency percentiles come from h2load's --log-file (per request),
+req/s from its summary. CPU per request is read from /proc/PID/stat (utime+stime) of
+the gateway and the replica around each measured run.
+
+It prints figures only; nothing here asserts on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import yaml  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from slipway.v1 import inference_service_pb2 as inf  # noqa: E402
+from slipway.v1 import replica_service_pb2 as rs  # noqa: E402
+
+PY = sys.executable
+PAYLOAD = b'{"text": "hello"}'
+EXPECTED_OUTPUT = {"echo": {"text": "hello"}}
+INVOKE = "/slipway.v1.ReplicaService/Invoke"
+PREDICT = "/slipway.v1.InferenceService/Predict"
+GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int, thread: bool = False) -> float:
+    """utime + stime of a process (all its threads), or with `thread` of its main thread
+    only (the one running the asyncio event loop), in seconds."""
+    stat = pathlib.Path(f"/proc/{pid}/task/{pid}/stat" if thread else f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields from 3 (state) on
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def system_cpu_seconds() -> dict[str, float]:
+    """Machine-wide CPU time (all cores) from the first line of /proc/stat: busy in
+    processes (user+nice+system), in interrupts (irq+softirq: loopback networking runs
+    there and is charged to no process), and stolen by the hypervisor."""
+    fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    return {"process": (user + nice + system) / CLOCK_TICKS, "irq": (irq + softirq) / CLOCK_TICKS,
+            "steal": steal / CLOCK_TICKS}
+
+
+def wait_serving(address: str, process: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with code {process.returncode} while starting")
+            with contextlib.suppress(grpc.RpcError):
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} at {address} not serving after {timeout:g}s")
+
+
+def stop(process: subprocess.Popen | None, what: str, timeout: float = 45.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        say(f"  ! {what} did not stop on SIGTERM within {timeout:g}s; killing it")
+        process.kill()
+        process.wait()
+
+
+def slipway(controller: str, *args: str, timeout: float = 120.0) -> str:
+    result = subprocess.run(
+        [PY, "-m", "slipway", "--controller", controller, *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"slipway {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result.stdout
+
+
+# --- h2load -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    path: str
+    concurrency: int
+    requests: int
+    seconds: float = 0.0
+    req_per_s: float = 0.0
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    succeeded: int = 0
+    failed: int = 0  # h2load failed + errored + timeout, plus non-2xx statuses in the log
+    non_2xx: int = 0
+    data_bytes: int = 0
+    expected_bytes: int = 0  # requests x the size of one good response body
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process -> CPU seconds
+
+    @property
+    def bad_bodies(self) -> int:
+        """Responses missing from the DATA bytes: a gRPC error is HTTP 200 with no message."""
+        if not self.expected_bytes or self.data_bytes >= self.expected_bytes:
+            return 0
+        per = self.expected_bytes / self.requests
+        return math.ceil((self.expected_bytes - self.data_bytes) / per)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def h2load(url: str, body: pathlib.Path, headers: list[str], requests: int, concurrency: int,
+           log_file: pathlib.Path | None, h1: bool) -> str:
+    command = ["h2load", "-n", str(requests), "-c", str(concurrency), "-m", "1", "-t", "1",
+               "-d", str(body), *headers]
+    if h1:
+        command.append("--h1")
+    if log_file is not None:
+        command += ["--log-file", str(log_file)]
+    command.append(url)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"h2load failed ({result.returncode}): {' '.join(command)}\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def parse_summary(output: str, run: Run) -> None:
+    finished = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", output)
+    counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", output)
+    statuses = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    traffic = re.search(r"\((\d+)\) data", output)
+    if not (finished and counts and statuses and traffic):
+        raise RuntimeError(f"cannot parse h2load output:\n{output}")
+    run.seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
+    run.req_per_s = float(finished[3])
+    run.succeeded = int(counts[1])
+    run.failed = int(counts[2]) + int(counts[3]) + int(counts[4])
+    run.non_2xx = int(statuses[2]) + int(statuses[3]) + int(statuses[4])
+    run.data_bytes = int(traffic[1])
+
+
+def parse_log(log_file: pathlib.Path, run: Run) -> None:
+    """h2load --log-file lines: start (us since epoch), status, duration (us)."""
+    durations: list[float] = []
+    non_2xx = 0
+    for line in log_file.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        status, duration_us = int(parts[1]), int(parts[2])
+        if not 200 <= status < 300:
+            non_2xx += 1
+        durations.append(duration_us / 1000)
+    durations.sort()
+    run.p50_ms = percentile(durations, 50)
+    run.p99_ms = percentile(durations, 99)
+    run.non_2xx = max(run.non_2xx, non_2xx)
+    logged = len(durations)
+    if logged < run.requests:  # requests that never completed are not in the log
+        run.failed = max(run.failed, run.requests - logged)
+
+
+# --- the benchmark ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    url: str
+    body: pathlib.Path
+    headers: list[str]
+    h1: bool
+    response_bytes: int  # one good response body as h2load counts DATA (gRPC frame or JSON body)
+
+
+def grpc_frame(message: bytes) -> bytes:
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+def sanity_checks(work: pathlib.Path, replica_address: str, gateway_grpc: str, http_base: str,
+                  model_id: str, deployment_id: str) -> list[Target]:
+    """Write the request bodies h2load sends, and send those exact bytes once with Python
+    clients that see the gRPC status (h2load only sees HTTP status codes)."""
+    invoke = rs.InvokeRequest(payload=PAYLOAD, content_type="application/json").SerializeToString()
+    predict = inf.PredictRequest(
+        target=inf.Target(model_id=model_id), payload=PAYLOAD, content_type="application/json"
+    ).SerializeToString()
+    (work / "invoke.bin").write_bytes(grpc_frame(invoke))
+    (work / "predict.bin").write_bytes(grpc_frame(predict))
+    (work / "predict.json").write_bytes(PAYLOAD)
+
+    with grpc.insecure_channel(replica_address) as channel:
+        call = channel.unary_unary(INVOKE, request_serializer=None, response_deserializer=None)
+        raw_invoke = call((work / "invoke.bin").read_bytes()[5:], timeout=10)
+    answer = rs.InvokeResponse.FromString(raw_invoke)
+    if json.loads(answer.payload) != EXPECTED_OUTPUT:
+        raise RuntimeError(f"replica answered {answer.payload!r}")
+
+    with grpc.insecure_channel(gateway_grpc) as channel:
+        call = channel.unary_unary(PREDICT, request_serializer=None, response_deserializer=None)
+        deadline = time.monotonic() + 30
+        while True:  # the gateway may not have the new production route yet
+            try:
+                raw_predict = call((work / "predict.bin").read_bytes()[5:], timeout=10)
+                break
+            except grpc.RpcError as error:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gateway Predict: {error.code().name}: {error.details()}") from None
+                time.sleep(0.2)
+    predicted = inf.PredictResponse.FromString(raw_predict)
+    if json.loads(predicted.payload) != EXPECTED_OUTPUT or predicted.deployment_id != deployment_id:
+        raise RuntimeError(f"gateway answered {predicted}")
+
+    http_url = f"{http_base}/model/{model_id}/production/predict"
+    request = urllib.request.Request(
+        http_url, data=PAYLOAD, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        http_body = response.read()
+    if json.loads(http_body) != EXPECTED_OUTPUT:
+        raise RuntimeError(f"gateway HTTP answered {http_body!r}")
+
+    say(f"  sanity: replica Invoke -> {answer.payload.decode()}; gateway Predict -> {predicted.payload.decode()} "
+        f"from {predicted.deployment_id}; HTTP -> {http_body.decode()}")
+    return [
+        Target("direct replica, gRPC Invoke", f"http://{replica_address}{INVOKE}", work / "invoke.bin",
+               GRPC_HEADERS, False, 5 + len(raw_invoke)),
+        Target("gateway, gRPC Predict", f"http://{gateway_grpc}{PREDICT}", work / "predict.bin",
+               GRPC_HEADERS, False, 5 + len(raw_predict)),
+        Target("gateway, HTTP/1.1 POST", http_url, work / "predict.json",
+               ["-H", "content-type: application/json"], True, len(http_body)),
+    ]
+
+
+def measure(target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, int],
+            work: pathlib.Path) -> Run:
+    h2load(target.url, target.body, target.headers, warmup, concurrency, None, target.h1)
+    run = Run(target.name, concurrency, requests, expected_bytes=requests * target.response_bytes)
+    log_file = work / f"h2load-{len(list(work.glob('h2load-*')))}.log"
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    loops = {name: cpu_seconds(pids[name], thread=True) for name in ("gateway", "replica")}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    system = system_cpu_seconds()
+    output = h2load(target.url, target.body, target.headers, requests, concurrency, log_file, target.h1)
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    loop_cpu = {f"{name} loop": cpu_seconds(pids[name], thread=True) - loops[name] for name in loops}
+    run.cpu["h2load"] = (after_children.ru_utime + after_children.ru_stime) - (children.ru_utime + children.ru_stime)
+    system_after = system_cpu_seconds()
+    run.cpu["other"] = max(0.0, system_after["process"] - system["process"] - sum(run.cpu.values()))
+    run.cpu["irq"] = system_after["irq"] - system["irq"]
+    run.cpu["steal"] = system_after["steal"] - system["steal"]
+    run.cpu.update(loop_cpu)
+    parse_summary(output, run)
+    parse_log(log_file, run)
+    bad = run.failed + run.non_2xx + run.bad_bodies
+    say(f"  {target.name:<28} c={concurrency:<3} n={requests:<6} {run.req_per_s:8.1f} req/s  "
+        f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  bad {bad}")
+    return run
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def machine_info() -> list[str]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0))
+    load = " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
+    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+    import aiohttp
+    import google.protobuf
+
+    return [
+        f"- nproc: {usable} (os.cpu_count {os.cpu_count()}), CPU: {cpu or 'unknown'}; "
+        f"load average before the run: {load}",
+        f"- {platform.system()} {platform.release()}; Python {platform.python_version()}; grpcio {grpc.__version__}; "
+        f"protobuf {google.protobuf.__version__}; aiohttp {aiohttp.__version__}; {h2}",
+        f"- load generator (h2load, 1 thread), gateway and replica (and the idle controller) share these "
+        f"{usable} cores: every figure includes that contention.",
+    ]
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> None:
+    say()
+    say("## Gateway data-plane benchmark (examples/echo, predict_concurrency 64, one replica)")
+    say()
+    for line in machine_info():
+        say(line)
+    say(f"- {args.warmup} warm-up requests before each measured run; h2load `-m 1` (one stream per connection); "
+        f"whole benchmark {total_seconds:.0f} s")
+    say()
+    say("| path | concurrency | requests | req/s | p50 ms | p99 ms | failed |")
+    say("|---|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        bad = run.failed + run.non_2xx
+        note = f" (+{run.bad_bodies} gRPC errors by body size)" if run.bad_bodies else ""
+        say(f"| {run.path} | {run.concurrency} | {run.requests} | {run.req_per_s:.0f} | {fmt(run.p50_ms)} | "
+            f"{fmt(run.p99_ms)} | {bad}{note} |")
+    say()
+    say("`failed` = h2load failed/errored/timed-out requests + non-2xx statuses. gRPC errors come as HTTP 200 "
+        "with a grpc-status trailer and no message, so each run's DATA bytes are also checked against "
+        "requests x the size of the good response (sent once beforehand with a Python client): "
+        + ("all runs match." if not any(r.bad_bodies for r in runs) else "MISMATCH, see the table."))
+    say()
+
+    def run_of(path_prefix: str, c: int) -> Run | None:
+        return next((r for r in runs if r.path.startswith(path_prefix) and r.concurrency == c), None)
+
+    say("Added latency of the gateway at concurrency 1 (p50, vs direct gRPC to the replica):")
+    direct = run_of("direct", 1)
+    for prefix in ("gateway, gRPC", "gateway, HTTP"):
+        through = run_of(prefix, 1)
+        if direct and through:
+            say(f"- {through.path}: +{through.p50_ms - direct.p50_ms:.3f} ms "
+                f"(p50 {through.p50_ms:.3f} vs {direct.p50_ms:.3f} ms; p99 +{through.p99_ms - direct.p99_ms:.3f} ms)")
+    say("  (the HTTP path calls the replica's InvokeStream, the gRPC paths its unary Invoke)")
+    say()
+    say("CPU per request (utime+stime from /proc/PID/stat around the measured run, all threads; "
+        f"clock tick {1000 / CLOCK_TICKS:g} ms):")
+    say()
+    say("| path | concurrency | gateway ms CPU/req | replica ms CPU/req | gateway / replica | "
+        "gateway busy (cores) | gateway loop thread (cores) | replica busy (cores) | replica loop thread (cores) | "
+        "h2load ms CPU/req | irq+softirq (cores) | other processes (cores) | steal (cores) |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        per = lambda name: run.cpu.get(name, math.nan) * 1000 / run.requests  # noqa: E731
+        busy = lambda name: run.cpu.get(name, math.nan) / run.seconds if run.seconds else math.nan  # noqa: E731
+        direct = run.path.startswith("direct")
+        gateway = math.nan if direct else per("gateway")
+        ratio = math.nan if direct or not run.cpu.get("replica") else run.cpu["gateway"] / run.cpu["replica"]
+        say(f"| {run.path} | {run.concurrency} | {fmt(gateway, 3)} | {fmt(per('replica'), 3)} | {fmt(ratio)} | "
+            f"{fmt(math.nan if direct else busy('gateway'))} | {fmt(math.nan if direct else busy('gateway loop'))} | "
+            f"{fmt(busy('replica'))} | {fmt(busy('replica loop'))} | {fmt(per('h2load'), 3)} | "
+            f"{fmt(busy('irq'))} | {fmt(busy('other'))} | {fmt(busy('steal'))} |")
+    controller = sum(r.cpu.get("controller", 0.0) for r in runs)
+    say()
+    say("`busy` = CPU seconds / wall seconds of the run, in cores; `loop thread` = the process's main thread, "
+        "which runs the asyncio event loop: all request handling in Python (the rest is grpc's poller and "
+        "event_engine threads and, in the replica, the predict thread pool).")
+    say()
+    say(f"The controller used {controller:.2f} s CPU over all measured runs (route stream, load reports, reconciler). "
+        "Machine-wide columns come from /proc/stat: `irq+softirq` is interrupt time (loopback TCP is processed "
+        "there and charged to no process), `other processes` is user+system time of every process minus gateway, "
+        "replica, controller and h2load (anything else running competes for the same cores), `steal` is time "
+        "the hypervisor gave to other guests.")
+
+
+def make_package(work: pathlib.Path, concurrency: int) -> pathlib.Path:
+    package = work / "echo"
+    shutil.copytree(REPO / "examples" / "echo", package)
+    config_file = package / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config.setdefault("runtime", {})["predict_concurrency"] = concurrency
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    return package
+
+
+def main(args: argparse.Namespace) -> int:
+    if shutil.which("h2load") is None:
+        print("h2load not found: run `make bench-deps` (apt-get install nghttp2-client)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="slipway-bench-gateway-"))
+    controller_port, grpc_port, http_port = free_port(), free_port(), free_port()
+    controller_address = f"127.0.0.1:{controller_port}"
+    controller = gateway = None
+    replica_pid = 0
+    logs: list[pathlib.Path] = []
+    ok = False
+    try:
+        say(f"work dir {work}; controller :{controller_port}, gateway gRPC :{grpc_port}, HTTP :{http_port}")
+        controller_log = open(work / "controller.log", "wb")
+        logs.append(work / "controller.log")
+        controller = subprocess.Popen(
+            [PY, "-m", "slipway", "controller", "--host", "127.0.0.1", "--port", str(controller_port),
+             "--data-dir", str(work / "data"), "--log-level", args.log_level],
+            cwd=REPO, stdout=controller_log, stderr=subprocess.STDOUT,
+        )
+        wait_serving(controller_address, controller, "controller")
+        gateway_log = open(work / "gateway.log", "wb")
+        logs.append(work / "gateway.log")
+        gateway = subprocess.Popen(
+            [PY, "-m", "slipway", "--controller", controller_address, "gateway", "--host", "127.0.0.1",
+             "--gateway-port", str(grpc_port), "--http-port", str(http_port), "--log-level", args.log_level],
+            cwd=REPO, stdout=gateway_log, stderr=subprocess.STDOUT,
+        )
+        wait_serving(f"127.0.0.1:{grpc_port}", gateway, "gateway")
+
+        package = make_package(work, args.predict_concurrency)
+        pushed = json.loads(slipway(controller_address, "push", str(package), "--promote", "--output", "json",
+                                    "--timeout", "120"))
+        model_id, deployment_id = pushed["model"]["id"], pushed["deployment"]["id"]
+        deployment = json.loads(slipway(controller_address, "deployments", "get", deployment_id, "--output", "json"))
+        replicas = [r for r in deployment.get("replicas", []) if r.get("address")]
+        if len(replicas) != 1:
+            raise RuntimeError(f"expected one replica, got {deployment.get('replicas')}")
+        replica_address, replica_pid = replicas[0]["address"], int(replicas[0]["pid"])
+        say(f"  model {model_id}, production deployment {deployment_id} ({deployment['state']}), "
+            f"replica {replica_address} pid {replica_pid}; gateway pid {gateway.pid}")
+
+        targets = sanity_checks(work, replica_address, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}",
+                                model_id, deployment_id)
+        pids = {"gateway": gateway.pid, "replica": replica_pid, "controller": controller.pid}
+        runs = []
+        for target in targets:
+            for concurrency, requests in ((1, args.c1_requests), (args.concurrency, args.cn_requests)):
+                runs.append(measure(target, concurrency, requests, args.warmup, pids, work))
+        report(runs, args, time.monotonic() - started)
+        ok = True
+        return 0
+    finally:
+        stop(gateway, "gateway")
+        stop(controller, "controller")  # it drains and stops its replicas
+        if replica_pid and pathlib.Path(f"/proc/{replica_pid}").exists():
+            with contextlib.suppress(OSError):
+                cmdline = pathlib.Path(f"/proc/{replica_pid}/cmdline").read_bytes()
+                if str(work).encode() in cmdline:  # still ours, not a reused pid
+                    say(f"  ! replica {replica_pid} outlived the controller; killing it")
+                    os.kill(replica_pid, signal.SIGKILL)
+        if not ok:
+            for log in logs:
+                with contextlib.suppress(OSError):
+                    tail = log.read_text(errors="replace").splitlines()[-15:]
+                    print(f"--- last lines of {log}:", *tail, sep="\n", file=sys.stderr)
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--c1-requests", type=int, default=3000,
+                        help="requests per run at concurrency 1 (default 3000)")
+    parser.add_argument("--cn-requests", type=int, default=20000,
+                        help="requests per run at the high concurrency (default 20000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="the high concurrency (default 32)")
+    parser.add_argument("--warmup", type=int, default=500, help="warm-up requests before each run (default 500)")
+    parser.add_argument("--predict-concurrency", type=int, default=64, help="the replica's runtime.predict_concurrency")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="controller/gateway log level (to files; default WARNING)")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, h2load logs)")
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.c1_requests, args.cn_requests, args.warmup = 300, 2000, 100
+    return args
+
+
+if __name__ == "__main__":
+    def _terminate(signum, frame):  # run the cleanup in main's finally on SIGTERM too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    sys.exit(main(parse_args()))

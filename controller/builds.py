@@ -1,0 +1,423 @@
+"""Isolated Python environments for the requirements of model packages.
+
+A package that declares requirements (`requirements`, or `requirements_file`) runs
+in its own virtual environment, created with uv from the controller's interpreter
+and holding exactly those requirements. Environments are content-addressed: the key
+is a hash of the normalised requirement lines, the interpreter and the paths the
+model server is imported from, so every package with the same requirements shares
+one environment, built once.
+
+The model server itself (`python -m replica`, with grpcio, protobuf, ...) comes from
+the controller's environment: a `.pth` file in the environment's site-packages
+appends the controller's site-packages and the Slipway source root *after* the
+environment's own, so the package's pinned versions take precedence. A build ends by
+importing the model server in the new environment, so requirements that break it
+fail the build instead of every replica.
+
+Layout under the builds directory (default `<data_dir>/builds`):
+  envs/<key>/                 a complete environment (marker file inside)
+  envs/.tmp-<key>-<pid>-<n>/  an environment being built; renamed into place when
+                              complete, so a half-built one is never used. Left-overs
+                              of a process that is gone are removed at start.
+  logs/<deployment_id>.log    what each deployment's builds did (installer output)
+
+Builds run as asyncio subprocesses, at most one per key; deployments that need an
+environment being built wait for that build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+import signal
+import site
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from replica.package import load_package_config, read_requirements
+
+log = logging.getLogger("slipway.builds")
+
+MARKER = "slipway-environment.json"
+PTH_NAME = "zzzz_slipway_runtime.pth"
+FORMAT = 1
+ERROR_TAIL_CHARS = 3000
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+
+EventSink = Callable[[str, str, str, str], Awaitable[None]]  # (model_id, deployment_id, type, message)
+
+
+class BuildError(Exception):
+    """A build failed; the message ends with the tail of the installer's output."""
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    key: str
+    requirements: tuple[str, ...]
+    # Where relative paths in requirement lines resolve (the package directory).
+    workdir: pathlib.Path
+
+
+@dataclass(frozen=True)
+class EnvironmentStatus:
+    """What the reconciler needs: the interpreter to start replicas with (None: the
+    controller's own), or that the environment is being built, or why it failed."""
+
+    python: str | None = None
+    building: bool = False
+    error: str = ""
+    requirements: int = 0
+
+
+@dataclass
+class _Build:
+    spec: EnvironmentSpec
+    task: asyncio.Task
+    # (deployment_id, revision, update_time) of every deployment waiting for this build → its model ID
+    waiters: dict[tuple, str] = field(default_factory=dict)
+
+
+def normalise_requirement(line: str) -> str:
+    """One spelling per requirement, so that `Six == 1.16` and `six==1.16` share an
+    environment: the project name canonicalised (PEP 503), no blanks in the name and
+    version part, blanks collapsed in the environment marker."""
+    line = " ".join(line.split())
+    if line.startswith("-") or _local_path(line):
+        return line
+    requirement, _, marker = line.partition(";")
+    requirement = "".join(requirement.split())
+    match = NAME.match(requirement)
+    if match:
+        requirement = re.sub(r"[-_.]+", "-", match[0]).lower() + requirement[match.end():]
+    marker = marker.strip()
+    return f"{requirement} ; {marker}" if marker else requirement
+
+
+def runtime_paths() -> list[str]:
+    """Where the model server is imported from: the controller's site-packages and the
+    directory holding the `replica` package (the source tree or an install)."""
+    import replica
+
+    paths = [*site.getsitepackages()]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        paths.append(site.getusersitepackages())
+    paths.append(str(pathlib.Path(replica.__file__).resolve().parent.parent))
+    seen: list[str] = []
+    for path in paths:
+        path = os.path.realpath(path)
+        if path not in seen and os.path.isdir(path):
+            seen.append(path)
+    return seen
+
+
+def uv_command() -> list[str]:
+    try:
+        import uv
+
+        return [uv.find_uv_bin()]
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found:
+            return [found]
+        raise BuildError("uv is not installed: install the `uv` package into the controller's environment") from None
+
+
+class BuildManager:
+    def __init__(
+        self,
+        root: pathlib.Path,
+        on_change: Callable[[], None] = lambda: None,
+        on_event: EventSink | None = None,
+        python: str = sys.executable,
+        timeout_seconds: float = 1800.0,
+    ) -> None:
+        self.root = pathlib.Path(root)
+        self.envs_dir = self.root / "envs"
+        self.logs_dir = self.root / "logs"
+        self.envs_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.python = python
+        self.timeout_seconds = timeout_seconds
+        self._on_change = on_change
+        self._on_event = on_event
+        self._paths = runtime_paths()
+        self._specs: dict[str, EnvironmentSpec | None | str] = {}
+        self._builds: dict[str, _Build] = {}
+        self._failures: dict[tuple, str] = {}
+        self._noted: set[tuple] = set()
+        self._counter = itertools.count()
+        # Number of environments installed by this manager (tests check reuse with it).
+        self.installs = 0
+        self._remove_leftovers()
+
+    # --- paths ----------------------------------------------------------------------
+
+    def env_dir(self, key: str) -> pathlib.Path:
+        return self.envs_dir / key
+
+    def env_python(self, key: str) -> pathlib.Path:
+        return self.env_dir(key) / "bin" / "python"
+
+    def log_path(self, deployment_id: str) -> pathlib.Path:
+        return self.logs_dir / f"{deployment_id}.log"
+
+    def ready(self, key: str) -> bool:
+        return (self.env_dir(key) / MARKER).is_file() and self.env_python(key).exists()
+
+    # --- specs ------------------------------------------------------------------------
+
+    def spec_for(self, package_dir: pathlib.Path, digest: str = "") -> EnvironmentSpec | None:
+        """The environment a package needs; None when it has no requirements.
+        Raises BuildError when its requirements cannot be read."""
+        try:
+            config = load_package_config(package_dir)
+            lines = read_requirements(config)
+        except ValueError as exc:
+            raise BuildError(f"cannot read the package's requirements: {exc}") from None
+        requirements = tuple(sorted({normalise_requirement(line) for line in lines}))
+        if not requirements:
+            return None
+        identity = {
+            "format": FORMAT,
+            "python": os.path.realpath(self.python),
+            "version": sys.version,
+            "runtime_paths": self._paths,
+            "requirements": requirements,
+        }
+        if any(_local_path(line) for line in requirements):
+            identity["package"] = digest or str(package_dir)  # local paths: their content is the package's
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+        return EnvironmentSpec(key, requirements, pathlib.Path(package_dir))
+
+    def _cached_spec(self, digest: str, package_dir: pathlib.Path) -> EnvironmentSpec | None:
+        """spec_for, cached by package digest (stored packages never change)."""
+        if digest not in self._specs:
+            try:
+                self._specs[digest] = self.spec_for(package_dir, digest)
+            except BuildError as exc:
+                self._specs[digest] = str(exc)
+        cached = self._specs[digest]
+        if isinstance(cached, str):
+            raise BuildError(cached)
+        return cached
+
+    # --- the reconciler's view ---------------------------------------------------------
+
+    async def status(self, deployment, package_dir: pathlib.Path) -> EnvironmentStatus:
+        """Make sure the deployment's environment exists or is being built.
+
+        A failure is reported once to each deployment that waited for the failed build
+        (then it is up to the caller to record it); a deployment asking again after
+        that (re-activated, pushed again) starts a new build.
+        """
+        waiter = (deployment.id, deployment.revision, deployment.update_time)
+        failure = self._failures.pop(waiter, None)
+        if failure is not None:
+            return EnvironmentStatus(error=failure)
+        try:
+            spec = self._cached_spec(deployment.package_digest, package_dir)
+        except BuildError as exc:
+            return EnvironmentStatus(error=f"the environment build failed: {exc}")
+        if spec is None:
+            return EnvironmentStatus()
+        count = len(spec.requirements)
+        if self.ready(spec.key):
+            if waiter not in self._noted:
+                self._noted.add(waiter)
+                if not any(waiter in build.waiters for build in self._builds.values()):
+                    self._append_log(
+                        deployment.id,
+                        f"environment {spec.key[:12]} ({count} requirements) is already built; reusing it, nothing to install",
+                    )
+                    await self._event(
+                        deployment, "deployment.environment_reused",
+                        f"environment {spec.key[:12]} ({count} requirements) is already built; nothing to install",
+                    )
+            return EnvironmentStatus(python=str(self.env_python(spec.key)), requirements=count)
+        build = self._builds.get(spec.key)
+        if build is None:
+            build = _Build(spec, asyncio.create_task(self._run(spec, deployment)))
+            self._builds[spec.key] = build
+            build.task.add_done_callback(lambda task, key=spec.key: self._finished(key, task))
+            build.waiters[waiter] = deployment.model_id
+            self._noted.add(waiter)
+            await self._event(
+                deployment, "deployment.build_started",
+                f"building environment {spec.key[:12]}: {', '.join(spec.requirements)}",
+            )
+        elif waiter not in build.waiters:
+            build.waiters[waiter] = deployment.model_id
+            self._noted.add(waiter)
+            self._append_log(deployment.id, f"waiting for environment {spec.key[:12]}, which is being built now")
+            await self._event(
+                deployment, "deployment.build_started",
+                f"waiting for environment {spec.key[:12]} ({count} requirements), which is being built now",
+            )
+        return EnvironmentStatus(building=True, requirements=count)
+
+    def _finished(self, key: str, task: asyncio.Task) -> None:
+        build = self._builds.pop(key, None)
+        if build is None or task.cancelled():
+            return
+        error = task.exception()
+        for waiter in build.waiters:
+            if error is not None:
+                self._failures[waiter] = f"the environment build failed: {error}"
+                self._append_log(waiter[0], f"build of environment {key[:12]} FAILED:\n{error}")
+            elif waiter[0] != task.get_name():
+                self._append_log(waiter[0], f"environment {key[:12]} is ready")
+        self._on_change()
+
+    async def close(self) -> None:
+        """Stop running builds (their temporary directories are removed)."""
+        tasks = [build.task for build in self._builds.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- building -------------------------------------------------------------------------
+
+    async def _run(self, spec: EnvironmentSpec, deployment) -> None:
+        asyncio.current_task().set_name(deployment.id)
+        started = time.monotonic()
+        log_path = self.log_path(deployment.id)
+        tmp = self.envs_dir / f".tmp-{spec.key}-{os.getpid()}-{next(self._counter)}"
+        waiting = self._builds.get(spec.key)
+        try:
+            with log_path.open("a", encoding="utf-8") as out:
+                out.write(
+                    f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} building environment {spec.key} "
+                    f"for revision {deployment.revision}\n"
+                    + "".join(f"    {line}\n" for line in spec.requirements)
+                )
+                out.flush()
+                uv = uv_command()
+                requirements_txt = self.envs_dir / f".tmp-{spec.key}-{os.getpid()}-requirements.txt"
+                requirements_txt.write_text("".join(f"{line}\n" for line in spec.requirements))
+                try:
+                    await self._step(out, "create the environment",
+                                     [*uv, "venv", "--relocatable", "--python", self.python, str(tmp)], self.envs_dir)
+                    python = tmp / "bin" / "python"
+                    await self._step(out, "install the requirements",
+                                     [*uv, "pip", "install", "--python", str(python), "-r", str(requirements_txt)],
+                                     spec.workdir)
+                finally:
+                    requirements_txt.unlink(missing_ok=True)
+                site_dirs = sorted(tmp.glob("lib/python*/site-packages"))
+                if not site_dirs:
+                    raise BuildError(f"the new environment has no site-packages directory ({tmp})")
+                paths = ", ".join(repr(p) for p in self._paths)
+                (site_dirs[0] / PTH_NAME).write_text(
+                    "# Slipway: the model server's own packages, after the environment's (which take precedence).\n"
+                    f"import site; [site.addsitedir(p) for p in ({paths},)]\n"
+                )
+                await self._step(out, "check that the model server runs with these requirements",
+                                 [str(python), "-c", "import replica.server"], spec.workdir)
+                seconds = time.monotonic() - started
+                (tmp / MARKER).write_text(json.dumps({
+                    "key": spec.key, "requirements": list(spec.requirements), "python": self.python,
+                    "built_at": time.time(), "build_seconds": round(seconds, 3), "deployment_id": deployment.id,
+                }, indent=2))
+                try:
+                    os.rename(tmp, self.env_dir(spec.key))
+                except OSError:
+                    if not self.ready(spec.key):  # another controller finished the same environment first
+                        raise
+                self.installs += 1
+                out.write(f"=== environment {spec.key} ready in {seconds:.1f} s\n")
+            log.info("built environment %s in %.1f s for deployment %s", spec.key[:12], seconds, deployment.id)
+            told = {deployment.id: deployment.model_id}
+            told.update({w[0]: model_id for w, model_id in (waiting.waiters.items() if waiting else ())})
+            for waiter, model_id in sorted(told.items()):
+                await self._event_for(model_id, waiter, "deployment.build_succeeded",
+                                      f"environment {spec.key[:12]} built in {seconds:.1f} s")
+        except BuildError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # anything unexpected is a failed build, reported to the user
+            log.exception("building environment %s failed", spec.key[:12])
+            raise BuildError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    async def _step(self, out, what: str, argv: list[str], cwd: pathlib.Path) -> None:
+        out.write(f"$ {' '.join(argv)}\n")
+        out.flush()
+        env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
+        env.pop("VIRTUAL_ENV", None)
+        env.pop("PYTHONPATH", None)
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), self.timeout_seconds)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise BuildError(f"could not {what}: timed out after {self.timeout_seconds:.0f} s") from None
+        text = output.decode(errors="replace")
+        out.write(text)
+        out.flush()
+        if process.returncode != 0:
+            tail = text.strip()[-ERROR_TAIL_CHARS:]
+            raise BuildError(f"could not {what} (exit code {process.returncode}):\n{tail}")
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _append_log(self, deployment_id: str, line: str) -> None:
+        with self.log_path(deployment_id).open("a", encoding="utf-8") as out:
+            out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+    async def _event(self, deployment, type_: str, message: str) -> None:
+        await self._event_for(deployment.model_id, deployment.id, type_, message)
+
+    async def _event_for(self, model_id: str, deployment_id: str, type_: str, message: str) -> None:
+        if self._on_event is None:
+            return
+        try:
+            await self._on_event(model_id, deployment_id, type_, message)
+        except Exception:  # the event log is informative; a build does not fail for it
+            log.exception("could not record event %s for %s", type_, deployment_id)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary directories of builds whose process is gone (a restart mid-build)."""
+        for entry in self.envs_dir.glob(".tmp-*"):
+            parts = entry.name.split("-")
+            pid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _local_path(line: str) -> bool:
+    target = line.split(None, 1)[-1] if line.startswith(("-e ", "--editable ")) else line
+    return target.startswith((".", "/", "file:"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,120 @@
+"""Live reload of development deployments: commit a patch, then bring the replicas to it.
+
+The patch is committed first (Lifecycle.patch_development), so the deployment's
+package_digest is always the latest code: a replica started later, after a scale to
+zero, a deactivation or a controller restart, starts from it. Then every replica
+running the deployment's revision is asked to Reload that package. Reload is
+idempotent (a replica already serving the package answers at once), so the
+controller keeps no record of which package each replica runs: syncing to the
+deployment's current package is always right, after a retry or a restart too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import pathlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from controller.domain import Deployment, ReplicaPhase
+from controller.lifecycle import Lifecycle
+from controller.packages import FilePatch
+from controller.runtime import ReplicaHandle
+from slipway.v1 import replica_service_pb2 as rs
+from slipway.v1 import replica_service_pb2_grpc as rs_grpc
+
+SETTLE_POLL_SECONDS = 0.01
+
+
+class PatchResult(str, enum.Enum):
+    APPLIED_IN_PLACE = "applied_in_place"
+    RESTARTED = "restarted"
+    FAILED = "failed"  # the replicas keep serving the previous code
+
+
+@dataclass(frozen=True)
+class PatchOutcome:
+    deployment: Deployment
+    result: PatchResult
+    apply_seconds: float
+    error: str = ""
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class ReloadFailure:
+    error: str
+    traceback: str = ""
+
+
+class LiveReloader:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        replicas_of: Callable[[str], list[ReplicaHandle]],
+        reload_timeout_seconds: float = 600.0,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.replicas_of = replicas_of
+        # A replica that is still starting may take as long as a reload to be ready.
+        self.reload_timeout_seconds = reload_timeout_seconds
+        # Patches of one deployment are committed and reloaded in order.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def patch(
+        self, deployment_id: str, base_digest: str, patches: Sequence[FilePatch], request_id: str
+    ) -> PatchOutcome:
+        started = time.monotonic()
+        async with self._locks[deployment_id]:
+            committed = await self.lifecycle.patch_development(deployment_id, base_digest, patches, request_id)
+            if committed.flag:
+                return PatchOutcome(committed.deployment, PatchResult.RESTARTED, time.monotonic() - started)
+            deployment = await self.lifecycle.get_deployment(deployment_id)
+            failure = await self.sync_replicas(deployment)
+        elapsed = time.monotonic() - started
+        if failure is not None:
+            return PatchOutcome(deployment, PatchResult.FAILED, elapsed, failure.error, failure.traceback)
+        return PatchOutcome(deployment, PatchResult.APPLIED_IN_PLACE, elapsed)
+
+    async def sync_replicas(self, deployment: Deployment) -> ReloadFailure | None:
+        """Reload the deployment's current package on its replicas; the first failure, if any."""
+        package_dir = self.lifecycle.packages.directory(deployment.package_digest)
+        replicas = await self._ready_replicas(deployment)
+        failures = await asyncio.gather(*(self._reload(handle, package_dir) for handle in replicas))
+        return next((f for f in failures if f is not None), None)
+
+    async def _ready_replicas(self, deployment: Deployment) -> list[ReplicaHandle]:
+        """Replicas of the current revision, once none of them is still starting.
+
+        A replica that was starting when the patch committed may have been given the
+        previous package; it is reloaded as soon as it is ready.
+        """
+        deadline = time.monotonic() + self.reload_timeout_seconds
+        while True:
+            live = [
+                h for h in self.replicas_of(deployment.id)
+                if h.revision == deployment.revision and not h.exited and h.phase is not ReplicaPhase.DRAINING
+            ]
+            starting = [h for h in live if h.phase in (ReplicaPhase.STARTING, ReplicaPhase.LOADING)]
+            if not starting or time.monotonic() > deadline:
+                return [h for h in live if h.phase is ReplicaPhase.READY]
+            await asyncio.sleep(SETTLE_POLL_SECONDS)
+
+    async def _reload(self, handle: ReplicaHandle, package_dir: pathlib.Path) -> ReloadFailure | None:
+        request = rs.ReloadRequest(package_dir=str(package_dir))
+        try:
+            async with grpc.aio.insecure_channel(handle.address) as channel:
+                stub = rs_grpc.ReplicaServiceStub(channel)
+                response = await stub.Reload(request, timeout=self.reload_timeout_seconds)
+        except grpc.aio.AioRpcError as err:
+            if handle.exited or handle.phase is ReplicaPhase.DRAINING:
+                return None  # it is going away; its successor starts from the new package
+            return ReloadFailure(f"replica {handle.id} did not reload: {err.code().name}: {err.details()}")
+        if response.ok:
+            return None
+        return ReloadFailure(response.error, response.traceback)
