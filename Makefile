@@ -50,3 +50,5 @@ bench-deps:
 bench: setup bench-deps
 	$(PY) bench/lifecycle.py
 	$(PY) bench/gateway.py
+	$(PY) bench/cold_start.py
+	$(PY) bench/reload.py

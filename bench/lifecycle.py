@@ -31,7 +31,6 @@ import pathlib
 import platform
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import free_port  # noqa: E402
 import grpc  # noqa: E402
 from google.protobuf import field_mask_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
@@ -192,12 +192,6 @@ async def seed(data_dir: pathlib.Path, package_dir: pathlib.Path, models: int, p
 
 
 # --- controller subprocess --------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_serving(address: str, process: subprocess.Popen, timeout: float = 60.0) -> float:

@@ -464,9 +464,10 @@ class WriteTx(Reads):
             f"UPDATE models SET {assignments}, update_time = ? WHERE id = ?", (*values.values(), now, model_id)
         )
         self.touched_models.add(model_id)
-        rows = await self._all("SELECT id FROM deployments WHERE model_id = ?", (model_id,))
-        # Production-ness is shown on deployments, so their watchers hear of model changes.
-        self.touched.update(r[0] for r in rows)
+        if "production_deployment_id" in values or "delete_time" in values:
+            # Production-ness is shown on deployments, so their watchers hear of it.
+            rows = await self._all("SELECT id FROM deployments WHERE model_id = ?", (model_id,))
+            self.touched.update(r[0] for r in rows)
 
     async def insert_deployment(self, deployment: Deployment) -> None:
         values = _deployment_values(deployment)

@@ -5,10 +5,11 @@ request (UNAVAILABLE: unreachable, or draining and refusing new calls)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 
@@ -154,6 +155,18 @@ class Forwarder:
             if queued is not None:
                 queued.change(queued=-1)
 
+    @contextlib.contextmanager
+    def _in_flight(self, deployment: rt.DeploymentRoute, channel: ReplicaChannel, retry: bool) -> Iterator[None]:
+        load = self.loads[deployment.deployment_id]
+        load.requests_total += 0 if retry else 1
+        channel.in_flight += 1
+        load.change(in_flight=1)
+        try:
+            yield
+        finally:
+            channel.in_flight -= 1
+            load.change(in_flight=-1)
+
     async def unary(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeRequest, timeout: float
     ) -> tuple[rt.DeploymentRoute, bytes]:
@@ -162,20 +175,13 @@ class Forwarder:
         excluded: set[str] = set()
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded)
-            load = self.loads[deployment.deployment_id]
-            load.requests_total += 0 if excluded else 1
-            channel.in_flight += 1
-            load.change(in_flight=1)
-            try:
-                return deployment, await channel.invoke(request, timeout=max(deadline - time.monotonic(), 0.001))
-            except grpc.aio.AioRpcError as error:
-                if error.code() is grpc.StatusCode.UNAVAILABLE:
+            with self._in_flight(deployment, channel, retry=bool(excluded)):
+                try:
+                    return deployment, await channel.invoke(request, timeout=_remaining(deadline))
+                except grpc.aio.AioRpcError as error:
+                    if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                        raise from_replica(error) from None
                     excluded.add(channel.address)
-                    continue
-                raise from_replica(error) from None
-            finally:
-                channel.in_flight -= 1
-                load.change(in_flight=-1)
 
     async def stream(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeStreamRequest, timeout: float
@@ -188,25 +194,17 @@ class Forwarder:
         excluded: set[str] = set()
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded)
-            load = self.loads[deployment.deployment_id]
-            load.requests_total += 0 if excluded else 1
-            channel.in_flight += 1
-            load.change(in_flight=1)
             started = False
-            try:
-                call = channel.invoke_stream(request, timeout=max(deadline - time.monotonic(), 0.001))
-                async for chunk in call:
-                    started = True
-                    yield chunk
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() is grpc.StatusCode.UNAVAILABLE and not started:
+            with self._in_flight(deployment, channel, retry=bool(excluded)):
+                try:
+                    async for chunk in channel.invoke_stream(request, timeout=_remaining(deadline)):
+                        started = True
+                        yield chunk
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if error.code() is not grpc.StatusCode.UNAVAILABLE or started:
+                        raise from_replica(error) from None
                     excluded.add(channel.address)
-                    continue
-                raise from_replica(error) from None
-            finally:
-                channel.in_flight -= 1
-                load.change(in_flight=-1)
 
     def load_report(self) -> list[rt.DeploymentLoad]:
         return [
@@ -219,6 +217,10 @@ class Forwarder:
             )
             for deployment_id, load in self.loads.items()
         ]
+
+
+def _remaining(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
 
 
 def _state_name(state: int) -> str:
