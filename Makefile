@@ -26,8 +26,11 @@ generate: $(STAMP)
 check-generated: $(STAMP)
 	$(PY) scripts/generate.py --check
 
+# buf breaking compares the protos with the main branch (a no-op on a clean clone of main;
+# it catches a breaking change in the working tree before it lands).
 lint: $(BUF)
 	$(BUF) lint
+	@if git rev-parse --verify -q main >/dev/null; then $(BUF) breaking --against '.git#branch=main'; fi
 
 test: setup check-generated lint
 	$(PY) -m pytest -q
