@@ -88,6 +88,10 @@ class _Build:
     waiters: dict[tuple, str] = field(default_factory=dict)
 
 
+def plural(count: int) -> str:
+    return f"{count} requirement{'' if count == 1 else 's'}"
+
+
 def normalise_requirement(line: str) -> str:
     """One spelling per requirement, so that `Six == 1.16` and `six==1.16` share an
     environment: the project name canonicalised (PEP 503), no blanks in the name and
@@ -238,11 +242,11 @@ class BuildManager:
                 if not any(waiter in build.waiters for build in self._builds.values()):
                     self._append_log(
                         deployment.id,
-                        f"environment {spec.key[:12]} ({count} requirements) is already built; reusing it, nothing to install",
+                        f"environment {spec.key[:12]} ({plural(count)}) is already built; reusing it, nothing to install",
                     )
                     await self._event(
                         deployment, "deployment.environment_reused",
-                        f"environment {spec.key[:12]} ({count} requirements) is already built; nothing to install",
+                        f"environment {spec.key[:12]} ({plural(count)}) is already built; nothing to install",
                     )
             return EnvironmentStatus(python=str(self.env_python(spec.key)), requirements=count)
         build = self._builds.get(spec.key)
@@ -262,7 +266,7 @@ class BuildManager:
             self._append_log(deployment.id, f"waiting for environment {spec.key[:12]}, which is being built now")
             await self._event(
                 deployment, "deployment.build_started",
-                f"waiting for environment {spec.key[:12]} ({count} requirements), which is being built now",
+                f"waiting for environment {spec.key[:12]} ({plural(count)}), which is being built now",
             )
         return EnvironmentStatus(building=True, requirements=count)
 
@@ -317,10 +321,9 @@ class BuildManager:
                 site_dirs = sorted(tmp.glob("lib/python*/site-packages"))
                 if not site_dirs:
                     raise BuildError(f"the new environment has no site-packages directory ({tmp})")
-                paths = ", ".join(repr(p) for p in self._paths)
                 (site_dirs[0] / PTH_NAME).write_text(
                     "# Slipway: the model server's own packages, after the environment's (which take precedence).\n"
-                    f"import site; [site.addsitedir(p) for p in ({paths},)]\n"
+                    + "".join(f"import site; site.addsitedir({path!r})\n" for path in self._paths)
                 )
                 await self._step(out, "check that the model server runs with these requirements",
                                  [str(python), "-c", "import replica.server"], spec.workdir)
@@ -375,7 +378,8 @@ class BuildManager:
         out.write(text)
         out.flush()
         if process.returncode != 0:
-            tail = text.strip()[-ERROR_TAIL_CHARS:]
+            shown = [line for line in text.strip().splitlines() if not line.startswith(("Using Python ", "Using CPython "))]
+            tail = "\n".join(shown)[-ERROR_TAIL_CHARS:]
             raise BuildError(f"could not {what} (exit code {process.returncode}):\n{tail}")
 
     # --- bookkeeping ------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from controller import domain
 from controller.autoscaler import Autoscaler
-from controller.builds import BuildManager, EnvironmentStatus
+from controller.builds import BuildManager, EnvironmentStatus, plural
 from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
@@ -185,7 +185,7 @@ class Reconciler:
             load_error=deployment.status_message,
             unhealthy_message=crash.message,
             waking=deployment.state in (State.SCALED_TO_ZERO, State.WAKING_UP),
-            building=f"building the environment ({env.requirements} requirements)" if env.building else "",
+            building=f"building the environment ({plural(env.requirements)})" if env.building else "",
             build_failed=deployment.load_failed and deployment.state is State.BUILD_FAILED,
         )
         ready = sum(1 for v in views if v.phase is ReplicaPhase.READY)
