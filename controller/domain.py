@@ -413,9 +413,16 @@ def check_patch_base(deployment: Deployment, base_package_digest: str) -> None:
         )
 
 
-def plan_patch(deployment: Deployment, old_config: dict, new_config: dict) -> PatchApply:
-    """In place, unless the patch changes what the loaded model depends on, or the
-    current revision failed to load (then no replica runs to reload)."""
+def plan_patch(
+    deployment: Deployment,
+    old_config: dict,
+    new_config: dict,
+    old_requirements: list[str],
+    new_requirements: list[str],
+) -> PatchApply:
+    """In place, unless the patch changes what the loaded model depends on (config keys, or
+    the requirements themselves, say in a requirements file: a new environment is built),
+    or the current revision failed to load (then no replica runs to reload)."""
     if old_config.get("model_name") != new_config.get("model_name"):
         raise FailedPrecondition(
             "MODEL_NAME_CHANGED",
@@ -426,5 +433,7 @@ def plan_patch(deployment: Deployment, old_config: dict, new_config: dict) -> Pa
     if deployment.load_failed:
         return PatchApply.RESTART
     if any(old_config.get(key) != new_config.get(key) for key in RESTART_CONFIG_KEYS):
+        return PatchApply.RESTART
+    if old_requirements != new_requirements:
         return PatchApply.RESTART
     return PatchApply.IN_PLACE

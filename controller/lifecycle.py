@@ -30,7 +30,7 @@ from controller.domain import (
 from controller.errors import InvalidArgument, NotFound
 from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
-from replica.package import load_package_config
+from replica.package import load_package_config, read_requirements
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -267,13 +267,17 @@ class Lifecycle:
         if seen.package_digest == base_digest:  # otherwise refused below (or answered from request_id)
             derived = await asyncio.to_thread(self.packages.derive, base_digest, patches)
             base_config = await asyncio.to_thread(load_package_config, self.packages.directory(base_digest))
+            try:
+                requirements = (read_requirements(base_config), read_requirements(derived[1]))
+            except ValueError as error:
+                raise InvalidArgument("MALFORMED_PACKAGE", f"malformed package: {error}") from error
 
         async def body(tx: WriteTx, at: float) -> Result:
             current = await _require_deployment(tx, deployment_id)
             domain.check_patch(current)
             domain.check_patch_base(current if derived else seen, base_digest)
             digest, config, size = derived
-            plan = domain.plan_patch(current, base_config.raw_dict(), config.raw_dict())
+            plan = domain.plan_patch(current, base_config.raw_dict(), config.raw_dict(), *requirements)
             restart = plan is domain.PatchApply.RESTART
             values: dict = {"package_digest": digest, "update_time": at}
             if restart:

@@ -178,6 +178,18 @@ async def test_config_change_restarts_the_replica(api: Api, dev: Development):
     assert after["model"] == "one"
 
 
+async def test_changing_only_a_requirements_file_restarts_rather_than_reloads(api: Api, dev: Development):
+    """The environment must be rebuilt, so the code cannot just be reloaded in place."""
+    config = b"model_name: live\nrequirements_file: requirements.txt\n"
+    first = await patch(api, dev.deployment.id, dev.deployment.package_digest,
+                        {"config.yaml": config, "requirements.txt": b""})
+    assert first.result == ds.PATCH_RESULT_RESTARTED  # a config key changed
+    await api.wait_state(dev.deployment.id, ACTIVE)
+    second = await patch(api, dev.deployment.id, first.package_digest, {"requirements.txt": b"# pinned\nsix\n"})
+    assert second.result == ds.PATCH_RESULT_RESTARTED
+    assert second.deployment.revision == first.deployment.revision + 1
+
+
 async def test_patch_with_a_stale_base_is_refused(api: Api, dev: Development):
     stale = dev.deployment.package_digest
     patched = await patch(api, dev.deployment.id, stale, {"model/model.py": model_source("two")})
