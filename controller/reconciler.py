@@ -76,7 +76,6 @@ class Reconciler:
         self._crashes: dict[str, CrashRecord] = defaultdict(CrashRecord)
         self._wake = asyncio.Event()
         self._stopping: set[asyncio.Task] = set()
-        self._replica_writes: set[str] = set()
         # deployment ID -> (revision, error) of a replica whose model failed to load
         self._load_errors: dict[str, tuple[int, str]] = {}
         # Builds the Python environments of packages with requirements (None: never build).
@@ -262,8 +261,8 @@ class Reconciler:
                     self._note_crash(handle)
                 async with self.store.write() as tx:
                     await tx.update_replica(handle.id, stop_time=handle.exit_time or time.time(), port=handle.port)
-            elif handle.phase is ReplicaPhase.READY and handle.id not in self._replica_writes:
-                self._replica_writes.add(handle.id)
+            elif handle.phase is ReplicaPhase.READY and not handle.ready_recorded:
+                handle.ready_recorded = True
                 async with self.store.write() as tx:
                     await tx.update_replica(handle.id, port=handle.port, ready_time=handle.ready_time)
 

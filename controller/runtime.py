@@ -50,6 +50,7 @@ class ReplicaHandle:
     load_error: str = ""
     log_path: pathlib.Path | None = None
     ready_time: float | None = None
+    ready_recorded: bool = False  # the reconciler stored port and ready_time
     exit_time: float | None = None
     adopted: bool = False
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
