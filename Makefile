@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The buf CLI (and the Node client example's packages) come from the npm registry;
+# npm itself comes from Debian's packages when the machine has none.
 $(BUF): package.json
+	@command -v npm >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y nodejs npm; }
 	npm install --no-audit --no-fund --loglevel=error
 	touch $(BUF)
 
