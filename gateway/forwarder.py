@@ -108,6 +108,8 @@ class Forwarder:
 
     def _choose(self, endpoints, excluded: set[str]) -> ReplicaChannel | None:
         """Power of two choices on in-flight counts."""
+        if len(endpoints) == 1 and not excluded:
+            return self._channel(endpoints[0].address)
         candidates = [e.address for e in endpoints if e.address not in excluded]
         if not candidates:
             return None
@@ -120,8 +122,11 @@ class Forwarder:
         self, resolve: Callable[[], rt.DeploymentRoute], deadline: float, excluded: set[str]
     ) -> tuple[rt.DeploymentRoute, ReplicaChannel]:
         """Resolve the target and pick a replica, waiting (bounded) for one to be ready."""
-        wait_until = min(deadline, time.monotonic() + self.replica_wait_seconds)
         deployment = resolve()
+        channel = self._choose(deployment.endpoints, excluded)
+        if channel is not None:
+            return deployment, channel
+        wait_until = min(deadline, time.monotonic() + self.replica_wait_seconds)
         queued: LoadMeter | None = None
         try:
             while True:
