@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import logging
 import pathlib
 import time
@@ -161,6 +163,10 @@ class Controller:
                 await self._loop_task
         await self.reconciler.shutdown()
         await self.reconciler.runtime.close()
+        # A replica whose start was interrupted by the shutdown has no handle to stop it.
+        for pid in self.reconciler.runtime.orphan_pids(known=set()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         await self.routes.stop()
         await self.store.close()
         log.info("controller stopped")
