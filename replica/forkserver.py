@@ -75,7 +75,10 @@ def serve(socket_path: str) -> None:
     while True:
         connection, _ = listener.accept()
         with connection:
-            request = json.loads(connection.makefile("rb").readline())
+            try:
+                request = json.loads(connection.makefile("rb").readline())
+            except ValueError:
+                continue  # a client that went away before asking; serve the next one
             pid = os.fork()
             if pid == 0:
                 listener.close()
