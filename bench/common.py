@@ -23,12 +23,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def machine_info() -> list[str]:
+def machine_info(versions: str = "") -> list[str]:
+    """Markdown list lines: cores and CPU, then Python, OS, grpcio and any `versions` given."""
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    extra = f"; {versions}" if versions else ""
     return [
-        f"- nproc: {os.cpu_count()}, {cpu}",
-        f"- python: {platform.python_version()} ({platform.python_implementation()}), {platform.system()} {platform.release()}",
-        f"- grpcio: {grpc.__version__}",
+        f"- nproc: {len(os.sched_getaffinity(0))} (os.cpu_count {os.cpu_count()}), {cpu}",
+        f"- python: {platform.python_version()} ({platform.python_implementation()}), "
+        f"{platform.system()} {platform.release()}; grpcio {grpc.__version__}{extra}",
     ]
 
 

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import re
 import resource
 import shutil
@@ -45,7 +44,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import free_port  # noqa: E402
+from bench.common import free_port, machine_info  # noqa: E402
 import grpc  # noqa: E402
 import yaml  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
@@ -312,26 +311,17 @@ def measure(target: Target, concurrency: int, requests: int, warmup: int, pids: 
 # --- report -----------------------------------------------------------------------------
 
 
-def machine_info() -> list[str]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0))
-    load = " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
-    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
+def gateway_machine_info() -> list[str]:
     import aiohttp
     import google.protobuf
 
+    load = " ".join(pathlib.Path("/proc/loadavg").read_text().split()[:3])
+    h2 = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip()
     return [
-        f"- nproc: {usable} (os.cpu_count {os.cpu_count()}), CPU: {cpu or 'unknown'}; "
-        f"load average before the run: {load}",
-        f"- {platform.system()} {platform.release()}; Python {platform.python_version()}; grpcio {grpc.__version__}; "
-        f"protobuf {google.protobuf.__version__}; aiohttp {aiohttp.__version__}; {h2}",
+        *machine_info(f"protobuf {google.protobuf.__version__}; aiohttp {aiohttp.__version__}; {h2}"),
+        f"- load average before the run: {load}",
         f"- load generator (h2load, 1 thread), gateway and replica (and the idle controller) share these "
-        f"{usable} cores: every figure includes that contention.",
+        f"{len(os.sched_getaffinity(0))} cores: every figure includes that contention.",
     ]
 
 
@@ -343,7 +333,7 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
     say()
     say("## Gateway data-plane benchmark (examples/echo, predict_concurrency 64, one replica)")
     say()
-    for line in machine_info():
+    for line in gateway_machine_info():
         say(line)
     say(f"- {args.warmup} warm-up requests before each measured run; h2load `-m 1` (one stream per connection); "
         f"whole benchmark {total_seconds:.0f} s")

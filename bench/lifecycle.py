@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import pathlib
-import platform
 import random
 import signal
 import sqlite3
@@ -44,7 +42,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import free_port  # noqa: E402
+from bench.common import free_port, machine_info  # noqa: E402
 import grpc  # noqa: E402
 from google.protobuf import field_mask_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
@@ -416,21 +414,6 @@ async def wait_replicas_stopped(stub: ds_grpc.DeploymentServiceStub, db: pathlib
     return float("nan")
 
 
-def machine_info() -> list[str]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [
-        f"nproc: {usable} (os.cpu_count {os.cpu_count()})" + (f", {cpu}" if cpu else ""),
-        f"python: {platform.python_version()} ({platform.python_implementation()}), {platform.system()} {platform.release()}",
-        f"grpcio: {grpc.__version__}, SQLite: {sqlite3.sqlite_version}",
-    ]
-
-
 def render(figures: list[Figure]) -> str:
     """Markdown: the throughput/latency table, then the one-shot timings."""
     timed = [f for f in figures if len(f.latencies) > 1 or f.errors]
@@ -513,8 +496,8 @@ async def main(args: argparse.Namespace) -> int:
     print()
     print("## Slipway lifecycle benchmark")
     print()
-    for line in machine_info():
-        print(f"- {line}")
+    for line in machine_info(f"SQLite {sqlite3.sqlite_version}"):
+        print(line)
     print(f"- controller: subprocess `python -m slipway controller` (log level {args.log_level}); "
           f"client: grpc.aio, one channel, in this process")
     print(f"- {total} deployments seeded directly with controller.store before the controller started "
