@@ -127,6 +127,32 @@ class Deployment:
         return self.failed_revision == self.revision
 
 
+def new_deployment(
+    deployment_id: str,
+    model_id: str,
+    name: str,
+    kind: Kind,
+    autoscaling: AutoscalingSettings,
+    package_digest: str,
+    at: float,
+    source_deployment_id: str | None = None,
+) -> Deployment:
+    """A deployment as created: active, at revision 1, not yet started."""
+    return Deployment(
+        id=deployment_id,
+        model_id=model_id,
+        name=name,
+        kind=kind,
+        active=True,
+        autoscaling=autoscaling,
+        package_digest=package_digest,
+        revision=1,
+        create_time=at,
+        update_time=at,
+        source_deployment_id=source_deployment_id,
+    )
+
+
 # --- validation -----------------------------------------------------------------
 
 

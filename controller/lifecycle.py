@@ -235,17 +235,8 @@ class Lifecycle:
                 f"development updated in place to revision {current.revision + 1} (package {digest[:12]})",
             )
             return await _require_deployment(tx, current.id)
-        deployment = Deployment(
-            id=new_id("d"),
-            model_id=model.id,
-            name=DEVELOPMENT_NAME,
-            kind=Kind.DEVELOPMENT,
-            active=True,
-            autoscaling=DEVELOPMENT_AUTOSCALING,
-            package_digest=digest,
-            revision=1,
-            create_time=at,
-            update_time=at,
+        deployment = domain.new_deployment(
+            new_id("d"), model.id, DEVELOPMENT_NAME, Kind.DEVELOPMENT, DEVELOPMENT_AUTOSCALING, digest, at
         )
         await tx.insert_deployment(deployment)
         await tx.update_model(model.id, at, development_deployment_id=deployment.id)
@@ -313,18 +304,8 @@ class Lifecycle:
             await tx.get_deployment(model.production_deployment_id) if model.production_deployment_id else None
         )
         autoscaling = domain.promoted_autoscaling(production, self.limits) if promote else self.limits.defaults
-        deployment = Deployment(
-            id=new_id("d"),
-            model_id=model.id,
-            name=name,
-            kind=Kind.PUBLISHED,
-            active=True,
-            autoscaling=autoscaling,
-            package_digest=digest,
-            revision=1,
-            create_time=at,
-            update_time=at,
-            source_deployment_id=source.id if source else None,
+        deployment = domain.new_deployment(
+            new_id("d"), model.id, name, Kind.PUBLISHED, autoscaling, digest, at, source.id if source else None
         )
         await tx.insert_deployment(deployment)
         values: dict = {"next_deployment_number": next_number}
