@@ -26,6 +26,10 @@ import traceback
 import replica.main  # noqa: F401  (the point: import everything a replica needs, once)
 
 PR_SET_NAME = 15
+# Blocked across fork(): CPython drops signals that reach a child before os.fork()
+# returns in it, so a replica stopped right after it was spawned would never exit.
+# Blocked, they stay pending until the child has its own handlers.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _set_process_name(name: str) -> None:
@@ -41,8 +45,9 @@ def _become_replica(request: dict) -> None:
     code = 1
     try:
         os.setsid()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in (signal.SIGCHLD, *STOP_SIGNALS):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending stop ends it here
         _set_process_name(request.get("name", "replica"))
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         devnull = os.open(os.devnull, os.O_RDONLY)
@@ -79,11 +84,13 @@ def serve(socket_path: str) -> None:
                 request = json.loads(connection.makefile("rb").readline())
             except ValueError:
                 continue  # a client that went away before asking; serve the next one
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             pid = os.fork()
             if pid == 0:
                 listener.close()
                 connection.close()
                 _become_replica(request)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
 

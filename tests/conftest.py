@@ -148,6 +148,30 @@ class Api:
         return response.payload
 
 
+async def stop_or_explain(stopping: Awaitable[None], what: str, timeout: float = 60.0) -> None:
+    """Await a shutdown; if it hangs, fail with what every pending task is waiting on."""
+    task = asyncio.ensure_future(stopping)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if done:
+        return task.result()
+    chains = "\n".join(f"{t.get_name()}: {' -> '.join(_await_chain(t.get_coro()))}" for t in asyncio.all_tasks())
+    task.cancel()
+    raise AssertionError(f"{what} did not stop within {timeout}s; pending tasks:\n{chains}")
+
+
+def _await_chain(awaitable) -> list[str]:
+    """Where a coroutine is suspended, through every coroutine it awaits."""
+    chain = []
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+        if frame is None:
+            chain.append(repr(awaitable)[:120])
+            break
+        chain.append(f"{frame.f_code.co_name} ({pathlib.Path(frame.f_code.co_filename).name}:{frame.f_lineno})")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+    return chain
+
+
 def controller_settings(data_dir: pathlib.Path, **overrides) -> ControllerSettings:
     return ControllerSettings(
         data_dir=data_dir,
@@ -163,7 +187,7 @@ def controller_settings(data_dir: pathlib.Path, **overrides) -> ControllerSettin
 async def controller(tmp_path):
     running = await Controller.start(controller_settings(tmp_path / "data"))
     yield running
-    await running.stop()
+    await stop_or_explain(running.stop(), "controller")
 
 
 @pytest.fixture
@@ -184,4 +208,4 @@ async def gateway(controller):
     )
     await asyncio.wait_for(running.follower.synced.wait(), 10)
     yield running
-    await running.stop()
+    await stop_or_explain(running.stop(), "gateway")
