@@ -366,8 +366,9 @@ class BuildManager:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )
         try:
-            output, _ = await asyncio.wait_for(process.communicate(), self.timeout_seconds)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            async with asyncio.timeout(self.timeout_seconds):
+                output, _ = await process.communicate()
+        except (TimeoutError, asyncio.CancelledError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()

@@ -29,6 +29,7 @@ from controller.packages import PackageStore
 from controller.routes import LoadTracker
 from controller.runtime import LocalProcessRuntime, ReplicaHandle
 from controller.store import ReplicaRow, Store, new_id
+from slipway.process import wait_event
 
 log = logging.getLogger("slipway.reconciler")
 
@@ -101,8 +102,7 @@ class Reconciler:
                 await self.reconcile_once()
             except Exception:  # a failing pass must not stop the loop; the next one retries
                 log.exception("reconcile pass failed")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.interval_seconds)
+            await wait_event(self._wake, self.settings.interval_seconds)
             self._wake.clear()
 
     async def adopt_existing(self) -> None:

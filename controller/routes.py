@@ -152,10 +152,9 @@ class RouteBroadcaster:
         """Wait until a published version no longer routes to the replica."""
         async with self._published:
             try:
-                await asyncio.wait_for(
-                    self._published.wait_for(lambda: not self.routed(replica_id, deployment_id)), timeout
-                )
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    await self._published.wait_for(lambda: not self.routed(replica_id, deployment_id))
+            except TimeoutError:
                 return False
         return True
 

@@ -239,8 +239,9 @@ class LocalProcessRuntime:
             os.kill(handle.pid, signal.SIGTERM)
         exit_task = handle._tasks[-1]
         try:
-            await asyncio.wait_for(asyncio.shield(exit_task), timeout=self._drain_seconds + 5)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self._drain_seconds + 5):
+                await asyncio.shield(exit_task)
+        except TimeoutError:
             log.warning("replica %s did not drain in time; killing it", handle.id)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(handle.pid, signal.SIGKILL)

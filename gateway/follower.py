@@ -9,6 +9,7 @@ import logging
 import grpc
 
 from gateway.routing import RouteIndex
+from slipway.process import wait_event
 from slipway.v1 import route_service_pb2 as rt
 from slipway.v1 import route_service_pb2_grpc as rt_grpc
 
@@ -27,11 +28,7 @@ class RouteFollower:
 
     async def changed(self, timeout: float) -> bool:
         """Wait for the next table (True) or until `timeout` passes (False)."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self._updated.wait()), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        return await wait_event(self._updated, timeout)
 
     def _apply(self, message: rt.WatchRoutesResponse) -> None:
         self.index.apply(message)

@@ -14,6 +14,7 @@ from replica import codec
 from replica.log import Logger
 from replica.predictor import ChunkStream, ModelError, Predictor
 from replica.reload import ModelReloader
+from slipway.process import wait_event
 from slipway.v1 import replica_service_pb2 as pb
 from slipway.v1 import replica_service_pb2_grpc as pb_grpc
 
@@ -42,11 +43,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no predict call is in flight; False if `timeout` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_event(self._idle, timeout)
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         with self._tracked():
