@@ -50,7 +50,8 @@ clean:
 # benchmark drives load with h2load (package nghttp2-client), installed when missing.
 .PHONY: bench bench-deps
 
-bench-deps:
+bench-deps: setup
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@command -v h2load >/dev/null 2>&1 || { \
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y nghttp2-client; }
@@ -60,3 +61,4 @@ bench: setup bench-deps
 	$(PY) bench/gateway.py
 	$(PY) bench/cold_start.py
 	$(PY) bench/reload.py
+	$(PY) bench/proxy_floor.py
