@@ -400,6 +400,35 @@ class BuildManager:
         except Exception:  # the event log is informative; a build does not fail for it
             log.exception("could not record event %s for %s", type_, deployment_id)
 
+    def prune(
+        self, digests: set[str], package_dir: Callable[[str], pathlib.Path], grace_seconds: float
+    ) -> list[pathlib.Path]:
+        """Take out the built environments that none of the packages `digests` runs in,
+        not being built and built more than `grace_seconds` ago. Returns them moved
+        aside, for the caller to delete off the event loop."""
+        cutoff = time.time() - grace_seconds
+        candidates = [
+            entry for entry in self.envs_dir.iterdir()
+            if not entry.name.startswith(".") and entry.name not in self._builds and entry.stat().st_mtime <= cutoff
+        ]
+        for digest in [d for d in self._specs if d not in digests]:
+            del self._specs[digest]
+        if not candidates:
+            return []
+        keep = set()
+        for digest in digests:
+            with contextlib.suppress(BuildError):
+                spec = self._cached_spec(digest, package_dir(digest))
+                if spec is not None:
+                    keep.add(spec.key)
+        doomed = []
+        for entry in candidates:
+            if entry.name not in keep:
+                trash = self.envs_dir / f".tmp-{entry.name}-pruned-{next(self._counter)}"  # removed at start if left over
+                os.rename(entry, trash)
+                doomed.append(trash)
+        return doomed
+
     def _remove_leftovers(self) -> None:
         """Temporary directories of builds whose process is gone (a restart mid-build)."""
         for entry in self.envs_dir.glob(".tmp-*"):

@@ -5,7 +5,8 @@ safety, package layout) before anything is stored, then kept as
 `<data_dir>/packages/<digest>.tar.gz` and unpacked once into `<digest>/`, so every
 deployment keeps the exact code it was created from. A live-reload patch derives a
 new package from a stored one; it is archived the way the CLI archives a directory,
-so the same files give the same digest however they arrived.
+so the same files give the same digest however they arrived. Packages no deployment
+refers to any more are pruned by the reconciler's garbage collection.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pathlib
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ from replica.package import PackageConfig, load_package_config, validate_package
 from slipway.packaging import archive_package
 
 MAX_UNPACKED_BYTES = 2 * 1024**3
+TRASH_PREFIX = ".trash-"
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,9 @@ class PackageStore:
                 f"package_sha256 {claimed_sha256} does not match the archive's sha256 {digest}",
             )
         target = self.directory(digest)
-        if not target.is_dir():
+        if target.is_dir():
+            os.utime(target)  # stored again: not garbage for another grace period (see prune)
+        else:
             self._unpack(archive, digest, target, check)
         try:
             config = check(target)
@@ -93,6 +98,27 @@ class PackageStore:
             shutil.rmtree(staging, ignore_errors=True)
         digest, config = self.add(archive, digest, check=load_package_config)
         return digest, config, len(archive)
+
+    def prune(self, keep: set[str], grace_seconds: float) -> list[pathlib.Path]:
+        """Take out of the store the packages not in `keep` (and leftover staging
+        directories) last stored more than `grace_seconds` ago: a push stores its package
+        before it commits the deployment that refers to it. Returns them moved aside,
+        for the caller to delete off the event loop."""
+        cutoff = time.time() - grace_seconds
+        doomed = []
+        for entry in self.root.iterdir():
+            if not entry.is_dir() or entry.name in keep:
+                continue
+            if entry.name.startswith(TRASH_PREFIX):  # left by an interrupted prune
+                doomed.append(entry)
+                continue
+            if entry.stat().st_mtime > cutoff:
+                continue
+            trash = self.root / f"{TRASH_PREFIX}{entry.name}"
+            os.rename(entry, trash)
+            (self.root / f"{entry.name}.tar.gz").unlink(missing_ok=True)
+            doomed.append(trash)
+        return doomed
 
     def _unpack(
         self, archive: bytes, digest: str, target: pathlib.Path, check: Callable[[pathlib.Path], PackageConfig]

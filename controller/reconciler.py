@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import time
 from collections import defaultdict
@@ -40,6 +41,10 @@ class ReconcilerSettings:
     load_timeout_seconds: float = 600.0
     crash_backoff_seconds: float = 0.5
     crash_backoff_max_seconds: float = 30.0
+    # Packages and environments nothing refers to are removed this often, once unused
+    # for the grace period (a push stores its package before committing the deployment).
+    garbage_interval_seconds: float = 600.0
+    garbage_grace_seconds: float = 3600.0
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Reconciler:
         self._load_errors: dict[str, tuple[int, str]] = {}
         # Builds the Python environments of packages with requirements (None: never build).
         self.builds = builds
+        self._next_collection = 0.0
 
     def poke(self) -> None:
         self._wake.set()
@@ -123,6 +129,12 @@ class Reconciler:
                 os.kill(pid, signal.SIGKILL)
 
     async def reconcile_once(self) -> None:
+        if time.monotonic() >= self._next_collection:
+            self._next_collection = time.monotonic() + self.settings.garbage_interval_seconds
+            try:
+                await self.collect_garbage(self.settings.garbage_grace_seconds)
+            except OSError:
+                log.exception("garbage collection failed")
         await self._record_exits()
         deployments = await self.store.deployments_to_reconcile()
         wanted = {d.id for d in deployments}
@@ -131,6 +143,20 @@ class Reconciler:
         for handle in list(self.replicas.values()):
             if handle.deployment_id not in wanted:
                 self._stop(handle)
+
+    async def collect_garbage(self, grace_seconds: float) -> int:
+        """Delete stored packages and built environments that no deployment (unless
+        deleted) and no running replica refers to; returns how many."""
+        digests = await self.store.package_digests_in_use()
+        digests |= {h.package_dir.name for h in self.replicas.values() if h.package_dir is not None}
+        doomed = self.packages.prune(digests, grace_seconds)
+        if self.builds is not None:
+            doomed += self.builds.prune(digests, self.packages.directory, grace_seconds)
+        for path in doomed:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+        if doomed:
+            log.info("removed %d unused packages and environments", len(doomed))
+        return len(doomed)
 
     async def shutdown(self) -> None:
         """Drain and stop every replica (the platform is going down)."""

@@ -53,6 +53,7 @@ class ReplicaHandle:
     ready_recorded: bool = False  # the reconciler stored port and ready_time
     exit_time: float | None = None
     adopted: bool = False
+    package_dir: pathlib.Path | None = None  # what it was started from (None: adopted)
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
 
     @property
@@ -170,7 +171,7 @@ class LocalProcessRuntime:
     ) -> ReplicaHandle:
         """Start a replica. `python` is the interpreter of the deployment's built
         environment; None means the controller's own."""
-        handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=time.time())
+        handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir)
         handle.log_path = self.log_dir / f"{replica_id}.log"
         state_file = self.state_file(replica_id)
         state_file.unlink(missing_ok=True)

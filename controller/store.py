@@ -397,6 +397,14 @@ class Store(Reads):
     async def deployments_by_id(self, ids: Iterable[str]) -> list[Deployment]:
         return await self._by_ids(DEPLOYMENT_SELECT, "d.id", ids, _deployment)
 
+    async def package_digests_in_use(self) -> set[str]:
+        """The packages of every deployment that is not deleted or still has a running replica."""
+        rows = await self._all(
+            """SELECT DISTINCT package_digest FROM deployments
+            WHERE delete_time IS NULL OR id IN (SELECT deployment_id FROM replicas WHERE stop_time IS NULL)"""
+        )
+        return {r[0] for r in rows}
+
     async def running_replicas(self) -> list[ReplicaRow]:
         rows = await self._all(
             "SELECT id, deployment_id, revision, pid, port, start_time, ready_time, stop_time "
