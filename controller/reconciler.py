@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import time
@@ -45,6 +46,7 @@ class ReconcilerSettings:
     # for the grace period (a push stores its package before committing the deployment).
     garbage_interval_seconds: float = 600.0
     garbage_grace_seconds: float = 3600.0
+    log_retention_seconds: float = 7 * 86400.0  # replica logs, once the replica has stopped
 
 
 @dataclass
@@ -146,16 +148,18 @@ class Reconciler:
 
     async def collect_garbage(self, grace_seconds: float) -> int:
         """Delete stored packages and built environments that no deployment (unless
-        deleted) and no running replica refers to; returns how many."""
+        deleted) and no running replica refers to, and the logs of replicas stopped
+        longer ago than the log retention; returns how many."""
         digests = await self.store.package_digests_in_use()
         digests |= {h.package_dir.name for h in self.replicas.values() if h.package_dir is not None}
         doomed = self.packages.prune(digests, grace_seconds)
         if self.builds is not None:
             doomed += self.builds.prune(digests, self.packages.directory, grace_seconds)
+        doomed += self.runtime.old_logs(set(self.replicas), time.time() - self.settings.log_retention_seconds)
         for path in doomed:
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            await asyncio.to_thread(_remove, path)
         if doomed:
-            log.info("removed %d unused packages and environments", len(doomed))
+            log.info("removed %d unused packages, environments and old replica logs", len(doomed))
         return len(doomed)
 
     async def shutdown(self) -> None:
@@ -300,3 +304,10 @@ class Reconciler:
         code = "" if handle.exit_code is None else f" (exit code {handle.exit_code})"
         crash.message = f"replica {handle.id} exited unexpectedly{code}; restarting (crash {crash.count})"
         log.warning(crash.message)
+
+
+def _remove(path: pathlib.Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -157,6 +157,13 @@ class LocalProcessRuntime:
     def helper_pids(self) -> set[int]:
         return {s.pid for s in self._fork_servers.values() if s.pid is not None}
 
+    def old_logs(self, live: set[str], cutoff: float) -> list[pathlib.Path]:
+        """Log files of replicas not in `live`, last written before `cutoff` (a time)."""
+        return [
+            path for path in self.log_dir.glob("*.log")
+            if path.stem not in live and not path.name.startswith("forkserver") and path.stat().st_mtime < cutoff
+        ]
+
     def state_file(self, replica_id: str) -> pathlib.Path:
         return self.run_dir / f"{replica_id}.json"
 

@@ -56,10 +56,24 @@ async def test_packages_no_deployment_or_replica_uses_are_removed(api: Api, cont
     assert first in stored  # the running development replica was started from it
     assert not [name for name in stored if name.startswith(".")], "nothing moved aside is left behind"
 
+    logs = controller.reconciler.runtime.log_dir
+    live_log = logs / f"{served_replica(await api.get(dev.deployment.id))}.log"
+    stopped_log = logs / "r-long-stopped.log"
+    stopped_log.write_text("old\n")
+    week_ago = time.time() - 8 * 86400
+    for path in (live_log, stopped_log):
+        os.utime(path, (week_ago, week_ago))
+    assert await controller.reconciler.collect_garbage(grace_seconds=0) == 1
+    assert live_log.exists() and not stopped_log.exists()
+
     served = await api.get(dev.deployment.id)
     assert json.loads(await api.predict(served))["tag"] == "v3"
     await api.deployments.ActivateDeployment(ds.ActivateDeploymentRequest(deployment_id=inactive.deployment.id))
     await api.wait_state(inactive.deployment.id, ACTIVE)
+
+
+def served_replica(deployment: r.Deployment) -> str:
+    return next(replica.id for replica in deployment.replicas if replica.state == r.REPLICA_STATE_READY)
 
 
 def test_a_package_pushed_again_is_not_collected_before_its_deployment_commits(tmp_path):
