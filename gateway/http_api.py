@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.errors import GatewayError
-from gateway.forwarder import Forwarder
+from gateway.forwarder import MAX_MESSAGE_BYTES, Forwarder
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
@@ -72,13 +72,26 @@ def build_app(
         except GatewayError as error:
             return web.json_response(error.to_json(), status=error.http_status)
 
-    async def not_found(request: web.Request) -> web.Response:
-        error = {"code": "NOT_FOUND", "reason": "NO_SUCH_ROUTE", "message": f"no route {request.method} {request.path}"}
-        return web.json_response({"error": error}, status=404)
-
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[json_http_errors])
     for verb, handler in (("predict", predict), ("wake", wake_route)):
         app.router.add_post(f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler)
         app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler)
-    app.router.add_route("*", "/{tail:.*}", not_found)
     return app
+
+
+# aiohttp's own refusals (unknown path, wrong method, body too large), in the gateway's JSON error shape.
+@web.middleware
+async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            error = ("NOT_FOUND", "NO_SUCH_ROUTE", f"no route {request.method} {request.path}")
+        elif exc.status == 405:
+            error = ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED", f"{request.path} accepts only {exc.headers['Allow']}")
+        elif exc.status == 413:
+            error = ("INVALID_ARGUMENT", "REQUEST_TOO_LARGE", f"request body is over {MAX_MESSAGE_BYTES} bytes")
+        else:
+            raise
+        body = {"error": dict(zip(("code", "reason", "message"), error))}
+        return web.json_response(body, status=exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"})

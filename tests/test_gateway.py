@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from conftest import Api, error_reason, wait_until
+from gateway.forwarder import MAX_MESSAGE_BYTES
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
@@ -155,7 +156,7 @@ async def test_unknown_deleted_and_deactivated_targets_are_distinct_404s(api: Ap
         assert error_reason(caught.value) == reason
 
 
-async def test_malformed_http_body_is_a_400_and_unknown_paths_404(api: Api, gateway, client: Client):
+async def test_malformed_http_body_is_a_400_unknown_paths_404_wrong_method_405_too_large_413(api: Api, gateway, client: Client):
     dev = await api.push(api.package("m"))
     await api.wait_state(dev.deployment.id, ACTIVE)
 
@@ -167,6 +168,11 @@ async def test_malformed_http_body_is_a_400_and_unknown_paths_404(api: Api, gate
     assert status == 400 and body["error"]["code"] == "INVALID_ARGUMENT" and "JSON" in body["error"]["message"]
     status, body = await client.post("/nowhere")
     assert status == 404 and body["error"]["reason"] == "NO_SUCH_ROUTE"
+    async with client.session.get(f"{client.http}/model/{dev.model.id}/development/predict") as response:
+        assert response.status == 405 and response.headers["Allow"] == "POST"
+        assert (await response.json())["error"]["reason"] == "METHOD_NOT_ALLOWED"
+    status, body = await client.post(f"/model/{dev.model.id}/development/predict", b" " * (MAX_MESSAGE_BYTES + 1))
+    assert status == 413 and body["error"]["reason"] == "REQUEST_TOO_LARGE"
 
 
 async def test_streaming_model_streams_over_grpc_and_http(api: Api, gateway, client: Client, tmp_path):
