@@ -83,6 +83,7 @@ def serve_h2(upstream: str, port: int) -> None:
     import h2.config
     import h2.connection
     import h2.events
+    import h2.exceptions
 
     def connection(client_side: bool) -> h2.connection.H2Connection:
         return h2.connection.H2Connection(h2.config.H2Configuration(client_side=client_side, header_encoding=None))
@@ -106,7 +107,12 @@ def serve_h2(upstream: str, port: int) -> None:
             self.transport.write(self.h2.data_to_send())
 
         def data_received(self, data: bytes) -> None:
-            for event in self.h2.receive_data(data):
+            try:
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError:  # the replica going away at the end of the run
+                self.transport.close()
+                return
+            for event in events:
                 if isinstance(event, h2.events.ResponseReceived):
                     caller, stream = self.callers[event.stream_id]
                     caller.h2.send_headers(stream, event.headers)
