@@ -44,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from replica.package import load_package_config, read_requirements
+from replica.package import load_package_config, read_requirements, without_secrets
 
 log = logging.getLogger("slipway.builds")
 
@@ -358,7 +358,7 @@ class BuildManager:
     async def _step(self, out, what: str, argv: list[str], cwd: pathlib.Path) -> None:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
-        env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
+        env = {**without_secrets(os.environ), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
         env.pop("VIRTUAL_ENV", None)
         env.pop("PYTHONPATH", None)
         process = await asyncio.create_subprocess_exec(

@@ -31,6 +31,7 @@ from controller.packages import PackageStore
 from controller.routes import LoadTracker
 from controller.runtime import LocalProcessRuntime, ReplicaHandle
 from controller.store import ReplicaRow, Store, new_id
+from replica.package import declared_secret_environ, load_package_config
 from slipway.process import wait_event
 
 log = logging.getLogger("slipway.reconciler")
@@ -248,11 +249,13 @@ class Reconciler:
 
     async def _start(self, deployment: Deployment, python: str | None = None) -> None:
         replica_id = new_id("r")
-        environment = {"SLIPWAY_ENVIRONMENT": "development" if deployment.is_development else "published"}
-        handle = await self.runtime.start(
-            replica_id, deployment.id, deployment.revision, self.packages.directory(deployment.package_digest), environment,
-            python=python,
-        )
+        package_dir = self.packages.directory(deployment.package_digest)
+        config = await asyncio.to_thread(load_package_config, package_dir)
+        environment = {
+            "SLIPWAY_ENVIRONMENT": "development" if deployment.is_development else "published",
+            **declared_secret_environ(config, os.environ),
+        }
+        handle = await self.runtime.start(replica_id, deployment.id, deployment.revision, package_dir, environment, python=python)
         self.replicas[replica_id] = handle
         async with self.store.write() as tx:
             await tx.insert_replica(

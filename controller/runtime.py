@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.domain import ReplicaPhase
+from replica.package import without_secrets
 
 log = logging.getLogger("slipway.runtime")
 
@@ -91,6 +92,7 @@ class ForkServer:
                 self.process = await asyncio.create_subprocess_exec(
                     self.python, "-m", "replica.forkserver", "--socket", str(self.socket),
                     stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                    env=without_secrets(os.environ),
                 )
             deadline = time.monotonic() + FORKSERVER_START_SECONDS
             while not self.socket.exists():
@@ -176,8 +178,9 @@ class LocalProcessRuntime:
         environment: dict[str, str],
         python: str | None = None,
     ) -> ReplicaHandle:
-        """Start a replica. `python` is the interpreter of the deployment's built
-        environment; None means the controller's own."""
+        """Start a replica. `environment` is added to the controller's own, less its
+        secrets (so it carries the secrets the replica may see). `python` is the
+        interpreter of the deployment's built environment; None means the controller's own."""
         handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir)
         handle.log_path = self.log_dir / f"{replica_id}.log"
         state_file = self.state_file(replica_id)
@@ -204,7 +207,7 @@ class LocalProcessRuntime:
                     stdout=log_file,
                     stderr=log_file,
                     start_new_session=True,
-                    env={**os.environ, **environment},
+                    env={**without_secrets(os.environ), **environment},
                 )
             handle.pid = process.pid
             exited = process.wait()

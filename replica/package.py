@@ -157,6 +157,17 @@ def resolve_secrets(config: PackageConfig, environ: Mapping[str, str]) -> dict[s
     return {name: environ.get(secret_env_var(name)) for name in config.secret_names}
 
 
+def declared_secret_environ(config: PackageConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The secret variables of `environ` that the package declares, and no other."""
+    names = (secret_env_var(name) for name in config.secret_names)
+    return {name: environ[name] for name in names if name in environ}
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` less every secret: a process gets only the secrets its package declares."""
+    return {name: value for name, value in environ.items() if not name.startswith(SECRET_ENV_PREFIX)}
+
+
 def _requirements_file(raw: Mapping[str, Any], package_dir: pathlib.Path) -> pathlib.Path | None:
     if raw.get("requirements_file") in (None, ""):
         return None

@@ -94,6 +94,8 @@ class Model:
             "steps": model_input["steps"] + ["predict"],
             "slug": slugify(model_input["text"]),
             "secret": self._secrets.get("api_key"),
+            "visible_secrets": sorted(name for name in os.environ if name.startswith("SLIPWAY_SECRET_")),
+            "other_secret_in_process": b"not-yours" in open("/proc/self/environ", "rb").read(),
             "greeting": os.environ.get("GREETING"),
             "metadata": self._config.get("model_metadata"),
         }
@@ -330,8 +332,10 @@ def test_environment_key_follows_normalised_requirements_only(tmp_path):
 
 @pytest.fixture
 def secret_env(monkeypatch):
-    """Secrets come from the controller's environment (set before it starts)."""
+    """Secrets come from the controller's environment (set before it starts); a replica
+    sees only those its package declares."""
     monkeypatch.setenv("SLIPWAY_SECRET_API_KEY", "s3cret")
+    monkeypatch.setenv("SLIPWAY_SECRET_OTHER_MODELS_KEY", "not-yours")
 
 
 async def test_truss_model_features_through_the_controller(secret_env, api: Api):
@@ -350,6 +354,8 @@ async def test_truss_model_features_through_the_controller(secret_env, api: Api)
         "steps": ["pre", "predict", "post"],
         "slug": "hi-there",
         "secret": "s3cret",
+        "visible_secrets": ["SLIPWAY_SECRET_API_KEY"],
+        "other_secret_in_process": False,
         "greeting": "bonjour",
         "metadata": {"owner": "tests"},
     }
