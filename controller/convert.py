@@ -145,6 +145,7 @@ PATCH_RESULTS = {
     PatchResult.APPLIED_IN_PLACE: ds.PATCH_RESULT_APPLIED_IN_PLACE,
     PatchResult.RESTARTED: ds.PATCH_RESULT_RESTARTED,
     PatchResult.FAILED: ds.PATCH_RESULT_FAILED,
+    PatchResult.STORED: ds.PATCH_RESULT_STORED,
 }
 
 
@@ -160,4 +161,5 @@ def patch_response(outcome: PatchOutcome, deployment: r.Deployment) -> ds.PatchD
         error=outcome.error,
         traceback=outcome.traceback,
         apply_seconds=outcome.apply_seconds,
+        warnings=list(outcome.warnings),
     )

@@ -255,8 +255,10 @@ class Lifecycle:
         seen = await self.get_deployment(deployment_id)
         domain.check_patch(seen)
         derived = None
+        warnings: tuple[str, ...] = ()
         if seen.package_digest == base_digest:  # otherwise refused below (or answered from request_id)
             derived = await asyncio.to_thread(self.packages.derive, base_digest, patches)
+            warnings = tuple(await asyncio.to_thread(compat.check_package, derived[1]))
             base_config = await asyncio.to_thread(load_package_config, self.packages.directory(base_digest))
             try:
                 requirements = (read_requirements(base_config), read_requirements(derived[1]))
@@ -280,7 +282,9 @@ class Lifecycle:
                 at, current.model_id, current.id, "deployment.patched",
                 f"live reload of {len(patches)} file(s) to package {digest[:12]}, {how}",
             )
-            return Result(deployment=await _require_deployment(tx, current.id), flag=restart)
+            for warning in warnings:
+                await tx.add_event(at, current.model_id, current.id, "deployment.config_warning", warning)
+            return Result(deployment=await _require_deployment(tx, current.id), flag=restart, warnings=warnings)
 
         return await self._mutate("PatchDeployment", request_id, body)
 

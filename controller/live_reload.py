@@ -35,6 +35,7 @@ class PatchResult(str, enum.Enum):
     APPLIED_IN_PLACE = "applied_in_place"
     RESTARTED = "restarted"
     FAILED = "failed"  # the replicas keep serving the previous code
+    STORED = "stored"  # no replica runs; the next one starts with the patched package
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class PatchOutcome:
     apply_seconds: float
     error: str = ""
     traceback: str = ""
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,21 +74,19 @@ class LiveReloader:
         started = time.monotonic()
         async with self._locks[deployment_id]:
             committed = await self.lifecycle.patch_development(deployment_id, base_digest, patches, request_id)
+            warnings = committed.warnings
             if committed.flag:
-                return PatchOutcome(committed.deployment, PatchResult.RESTARTED, time.monotonic() - started)
+                return PatchOutcome(committed.deployment, PatchResult.RESTARTED, time.monotonic() - started, warnings=warnings)
             deployment = await self.lifecycle.get_deployment(deployment_id)
-            failure = await self.sync_replicas(deployment)
+            replicas = await self._ready_replicas(deployment)
+            package_dir = self.lifecycle.packages.directory(deployment.package_digest)
+            failures = await asyncio.gather(*(self._reload(handle, package_dir) for handle in replicas))
         elapsed = time.monotonic() - started
+        failure = next((f for f in failures if f is not None), None)
         if failure is not None:
-            return PatchOutcome(deployment, PatchResult.FAILED, elapsed, failure.error, failure.traceback)
-        return PatchOutcome(deployment, PatchResult.APPLIED_IN_PLACE, elapsed)
-
-    async def sync_replicas(self, deployment: Deployment) -> ReloadFailure | None:
-        """Reload the deployment's current package on its replicas; the first failure, if any."""
-        package_dir = self.lifecycle.packages.directory(deployment.package_digest)
-        replicas = await self._ready_replicas(deployment)
-        failures = await asyncio.gather(*(self._reload(handle, package_dir) for handle in replicas))
-        return next((f for f in failures if f is not None), None)
+            return PatchOutcome(deployment, PatchResult.FAILED, elapsed, failure.error, failure.traceback, warnings)
+        result = PatchResult.APPLIED_IN_PLACE if replicas else PatchResult.STORED
+        return PatchOutcome(deployment, result, elapsed, warnings=warnings)
 
     async def _ready_replicas(self, deployment: Deployment) -> list[ReplicaHandle]:
         """Replicas of the current revision, once none of them is still starting.

@@ -50,6 +50,9 @@ DEBOUNCE_MS = 1600
 # The watcher yields an empty batch after this long without changes; the first one
 # means that it is running.
 IDLE_MS = 250
+# Changes the controller could not be reached for are sent again this often.
+RETRY_SECONDS = 2.0
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # Refusals that a push of the whole package resolves.
 RESYNC_REASONS = frozenset({"STALE_PACKAGE_BASE", "MODEL_NAME_CHANGED", "DEPLOYMENT_NOT_FOUND", "DEPLOYMENT_DELETED"})
 MAX_LISTED_EDITS = 3
@@ -145,6 +148,9 @@ class WatchSession:
         self.digest = ""
         self.manifest: Manifest = {}
         self._ignore_patterns = load_ignore_patterns(self.directory)
+        # Set while changes wait to be sent again (the controller was unreachable).
+        self._retry_at: float | None = None
+        self._last_failure = ""
 
     # --- starting point -------------------------------------------------------------
 
@@ -159,6 +165,11 @@ class WatchSession:
                 f"Development deployment {deployment.id} has this package already "
                 f"({state_name(deployment.state)}, revision {deployment.revision})."
             )
+            if not deployment.active:
+                click.echo(
+                    f"It is inactive: changes are stored and served once it is activated "
+                    f"(slipway deployments activate {deployment.id})."
+                )
         else:
             started = time.monotonic()
             deployment, failure = self._push()
@@ -211,7 +222,7 @@ class WatchSession:
                 running = True
                 click.echo(f"Watching {self.directory} (Ctrl-C to stop)")
                 self.sync()  # catches changes made while the watcher was starting
-            elif changes:
+            elif changes or (self._retry_at is not None and time.monotonic() >= self._retry_at):
                 self.sync()
 
     def _relevant(self, change: watchfiles.Change, path: str) -> bool:
@@ -231,11 +242,20 @@ class WatchSession:
             return
         if not patch.files:
             return
+        self._retry_at = None
         try:
             how = self._apply(patch)
         except (grpc.RpcError, SlipwayError, PackageError) as err:
-            # The base is kept: these changes are sent again with the next ones.
-            how = f"failed: {format_rpc_error(err) if isinstance(err, grpc.RpcError) else err}"
+            # The base is kept: these changes are sent again with the next ones, or
+            # before that once the controller is back.
+            if isinstance(err, grpc.RpcError) and err.code() in RETRIED_CODES:
+                self._retry_at = time.monotonic() + RETRY_SECONDS
+            failure = f"{describe(patch.edits)}: failed: {format_rpc_error(err) if isinstance(err, grpc.RpcError) else err}"
+            if failure != self._last_failure:  # a retry that fails the same way is not reported again
+                click.echo(f"{failure} ({duration(time.monotonic() - started)})")
+            self._last_failure = failure
+            return
+        self._last_failure = ""
         click.echo(f"{describe(patch.edits)}: {how} ({duration(time.monotonic() - started)})")
 
     def _apply(self, patch: Patch) -> str:
@@ -246,8 +266,12 @@ class WatchSession:
                 raise
             return self._resync()
         self.digest, self.manifest = response.package_digest, patch.manifest
+        for warning in response.warnings:
+            click.echo(f"warning: {warning}", err=True)
         if response.result == ds.PATCH_RESULT_APPLIED_IN_PLACE:
             return "applied in place"
+        if response.result == ds.PATCH_RESULT_STORED:
+            return "stored; no replica is running, the next one starts with it"
         if response.result == ds.PATCH_RESULT_RESTARTED:
             failure = self._wait_until_serving(self.deployment_id)[1]
             return f"restarted, {failure}" if failure else "restarted"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import pathlib
 import sys
 import time
@@ -29,6 +30,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # re-import it from the new package rather than reuse the cached module.
 MODEL_SOURCE = """\
 import os
+import signal
 import helpers
 
 SUFFIX = {suffix!r}
@@ -225,10 +227,12 @@ async def test_reactivated_development_comes_back_with_the_latest_code(api: Api,
 
     await api.deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=dev.deployment.id))
     await api.wait_state(dev.deployment.id, r.DEPLOYMENT_STATE_INACTIVE)
+    stored = await patch(api, dev.deployment.id, patched.package_digest, {"model/model.py": model_source("three")})
+    assert stored.result == ds.PATCH_RESULT_STORED, "no replica runs: nothing was reloaded"
     await api.deployments.ActivateDeployment(ds.ActivateDeploymentRequest(deployment_id=dev.deployment.id))
     await api.wait_state(dev.deployment.id, ACTIVE)
 
-    after = await dev.answer(model="two")
+    after = await dev.answer(model="three")
     assert after["pid"] != before["pid"], "a new replica process, started from the patched package"
 
 
@@ -242,7 +246,15 @@ async def test_patches_are_checked_and_idempotent(api: Api, tmp_path):
         patch(api, deployment_id, base, {"config.yaml": b"model_name: [unclosed\n"}),
         grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_PACKAGE",
     )
+    await refused(
+        patch(api, deployment_id, base, {"config.yaml": b"model_name: checked\nsystem_packages: [ffmpeg]\n"}),
+        grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_PACKAGE_CONFIG",
+    )
     assert (await api.get(deployment_id)).package_digest == base
+
+    warned = await patch(api, deployment_id, base, {"config.yaml": b"model_name: checked\nshiny_new_key: 1\n"})
+    assert any("shiny_new_key" in warning for warning in warned.warnings), warned.warnings
+    base = warned.package_digest
 
     first = await patch(api, deployment_id, base, {"model/helpers.py": None, "data/notes.txt": b"n"}, request_id="p-1")
     retried = await patch(api, deployment_id, base, {"model/helpers.py": None, "data/notes.txt": b"n"}, request_id="p-1")
@@ -352,3 +364,48 @@ async def test_slipway_watch_reloads_each_edit_and_prints_a_line(api: Api, contr
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_watch_sends_changes_made_while_the_controller_was_down_once_it_is_back(tmp_path):
+    from test_restart import ControllerProcess, free_port, replica_pids
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = free_port()
+    controller = ControllerProcess(data_dir, port)
+    package = write_live_package(tmp_path / "watched", "watched")
+    process = None
+    try:
+        await controller.ready()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "slipway", "--controller", controller.address, "watch", str(package),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        output = OutputLines(process.stdout)
+        await output.wait_for("Watching")
+
+        controller.process.kill()
+        controller.process.wait(10)
+        (package / "model" / "model.py").write_bytes(model_source("two"))
+        assert "UNAVAILABLE" in await output.wait_for("model/model.py changed: failed")
+
+        controller = ControllerProcess(data_dir, port)
+        await controller.ready()
+        # No further edit: the watcher sends the pending change by itself.
+        assert "applied in place" in await output.wait_for("model/model.py changed")
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+            from slipway.v1 import model_service_pb2_grpc as ms_grpc
+
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            model = await api.model("watched")
+            deployment = await api.wait_state(model.development_deployment_id, ACTIVE)
+            assert json.loads(await api.predict(deployment))["model"] == "two"
+    finally:
+        if process is not None:
+            process.terminate()
+            await process.wait()
+        controller.process.kill()
+        for pid in replica_pids(data_dir, include_fork_servers=True):
+            os.kill(pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ class PatchResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PATCH_RESULT_APPLIED_IN_PLACE: _ClassVar[PatchResult]
     PATCH_RESULT_RESTARTED: _ClassVar[PatchResult]
     PATCH_RESULT_FAILED: _ClassVar[PatchResult]
+    PATCH_RESULT_STORED: _ClassVar[PatchResult]
 PUSH_TARGET_UNSPECIFIED: PushTarget
 PUSH_TARGET_DEVELOPMENT: PushTarget
 PUSH_TARGET_PUBLISHED: PushTarget
@@ -30,6 +31,7 @@ PATCH_RESULT_UNSPECIFIED: PatchResult
 PATCH_RESULT_APPLIED_IN_PLACE: PatchResult
 PATCH_RESULT_RESTARTED: PatchResult
 PATCH_RESULT_FAILED: PatchResult
+PATCH_RESULT_STORED: PatchResult
 
 class CreateDeploymentRequest(_message.Message):
     __slots__ = ("package_archive", "package_sha256", "target", "deployment_name", "request_id")
@@ -254,17 +256,19 @@ class PatchDeploymentRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., base_package_digest: _Optional[str] = ..., patches: _Optional[_Iterable[_Union[FilePatch, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PatchDeploymentResponse(_message.Message):
-    __slots__ = ("deployment", "package_digest", "result", "error", "traceback", "apply_seconds")
+    __slots__ = ("deployment", "package_digest", "result", "error", "traceback", "apply_seconds", "warnings")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     APPLY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     deployment: _resources_pb2.Deployment
     package_digest: str
     result: PatchResult
     error: str
     traceback: str
     apply_seconds: float
-    def __init__(self, deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., package_digest: _Optional[str] = ..., result: _Optional[_Union[PatchResult, str]] = ..., error: _Optional[str] = ..., traceback: _Optional[str] = ..., apply_seconds: _Optional[float] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., package_digest: _Optional[str] = ..., result: _Optional[_Union[PatchResult, str]] = ..., error: _Optional[str] = ..., traceback: _Optional[str] = ..., apply_seconds: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
