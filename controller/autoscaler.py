@@ -4,7 +4,7 @@ desired = ceil(average concurrency over the window ÷ (concurrency_target ×
 utilization)), clamped to [min_replica, max_replica]. Scale-up is prompt: a short
 panic window (a tenth of the window, as Knative does) catches a burst that the
 stable window would average away (once it asks for twice the current target, it
-drives scale-up for one window). Scale-down happens only after the stable desire
+drives scale-up for one window, and nothing scales down). Scale-down happens only after the stable desire
 has stayed below the target for `scale_down_delay`, and then removes half the
 excess; each further halving waits another delay. Reaching zero also needs no
 traffic for the delay. Decisions move a remembered target, so noise around a
@@ -44,6 +44,9 @@ class ScalerState:
     below_since: float | None = None
     panic_until: float = 0.0
     hold_until: float = 0.0
+    # The deployment's current revision is on its way up: never below one replica, or it
+    # would never load; the scale-down delay counts from when it is up.
+    coming_up: bool = False
 
 
 def _average(samples, since: float) -> float:
@@ -67,7 +70,7 @@ def next_target(
     stable = replicas_for(_average(state.samples, now - window), settings)
     panic = replicas_for(_average(state.samples, now - window * config.panic_window_fraction), settings)
     floor, ceiling = settings.min_replica, settings.max_replica
-    if now < state.hold_until:
+    if now < state.hold_until or state.coming_up:
         floor = max(floor, 1)
     # As Knative: a burst (the short window asking for twice the target) starts a panic period of
     # one window during which the short window drives scale-up.
@@ -78,7 +81,7 @@ def next_target(
         state.target, state.below_since = wanted, None
         return state.target
     desired_down = min(max(stable, floor), ceiling)
-    if desired_down >= state.target:
+    if desired_down >= state.target or now < state.panic_until:  # as Knative: a panic never scales down
         state.below_since = None
         return state.target
     if state.below_since is None:
@@ -107,16 +110,28 @@ class Autoscaler:
         state.hold_until = now + self.config.wake_hold_seconds
 
     def target(
-        self, deployment_id: str, settings: AutoscalingSettings, concurrency: float, requests_total: int, now: float
+        self,
+        deployment_id: str,
+        settings: AutoscalingSettings,
+        concurrency: float,
+        requests_total: int,
+        now: float,
+        resume_from: int | None = None,
+        coming_up: bool = False,
     ) -> int:
+        """The deployment's replica target. `resume_from` is the target it had before this
+        autoscaler first saw it (a controller restart must neither wake what was scaled to
+        zero nor cut what was scaled up); `coming_up` holds it at one replica or more."""
         state = self._states.get(deployment_id)
         if state is None:
+            initial = self.config.initial_replicas if resume_from is None else resume_from
             state = self._states[deployment_id] = ScalerState(
-                target=min(max(self.config.initial_replicas, settings.min_replica), settings.max_replica),
+                target=min(max(initial, settings.min_replica), settings.max_replica),
                 last_activity=now,
                 requests_seen=requests_total,
             )
         state.samples.append((now, concurrency))
-        if concurrency > 0 or requests_total != state.requests_seen:
+        if concurrency > 0 or requests_total != state.requests_seen or coming_up:
             state.last_activity, state.requests_seen = now, requests_total
+        state.coming_up = coming_up
         return next_target(state, settings, self.config, now)

@@ -329,6 +329,19 @@ def should_run(deployment: Deployment) -> bool:
     return not (deployment.deleted or not deployment.active or deployment.load_failed)
 
 
+# A deployment in one of these states has not served at its current revision yet: it is
+# never scaled below one replica (or it would never load, and a promotion waiting for it
+# could complete without it).
+COMING_UP_STATES = frozenset({State.BUILDING, State.DEPLOYING, State.LOADING_MODEL, State.WAKING_UP})
+# Settled states whose recorded desired_replicas is the autoscaler's last target.
+SCALED_STATES = frozenset({State.ACTIVE, State.UPDATING, State.UNHEALTHY, State.SCALED_TO_ZERO})
+
+
+def recorded_target(deployment: Deployment) -> int | None:
+    """The replica target last recorded for a running deployment (None when unsettled)."""
+    return deployment.desired_replicas if deployment.state in SCALED_STATES else None
+
+
 def desired_replicas(deployment: Deployment, autoscaler_target: int) -> int:
     """Replicas that should run: the autoscaler's target within [min, max], or 0 when stopped."""
     if not should_run(deployment):

@@ -230,7 +230,9 @@ class Reconciler:
             return 0
         concurrency, requests_total = self.load.observe(deployment.id)
         target = self.autoscaler.target(
-            deployment.id, deployment.autoscaling, concurrency, requests_total, time.monotonic()
+            deployment.id, deployment.autoscaling, concurrency, requests_total, time.monotonic(),
+            resume_from=domain.recorded_target(deployment),
+            coming_up=deployment.state in domain.COMING_UP_STATES,
         )
         return domain.desired_replicas(deployment, target)
 

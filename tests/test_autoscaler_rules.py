@@ -80,3 +80,32 @@ def test_time_scale_shrinks_every_duration():
         targets.append(next_target(state, SETTINGS, fast, now))
         now += 0.05
     assert targets[-1] == 0
+
+
+def test_no_scale_down_during_a_panic_even_without_a_delay():
+    state = ScalerState(target=1)
+    no_delay = AutoscalingSettings(min_replica=0, max_replica=8, autoscaling_window=60, scale_down_delay=0,
+                                   concurrency_target=1, target_utilization_percentage=100)
+    run(state, 0, 0, 50, settings=no_delay)
+    targets = run(state, 6, 50, 80, settings=no_delay)  # a steady burst: panic, then the stable window catches up
+    reached = targets.index(6)
+    assert targets[reached:] == [6] * (len(targets) - reached), targets
+
+
+def test_a_deployment_coming_up_keeps_one_replica_and_its_delay_starts_when_up():
+    from controller.autoscaler import Autoscaler
+
+    autoscaler = Autoscaler(CONFIG)
+    no_delay = AutoscalingSettings(min_replica=0, max_replica=1, autoscaling_window=60, scale_down_delay=0,
+                                   concurrency_target=1, target_utilization_percentage=100)
+    assert [autoscaler.target("d", no_delay, 0, 0, now, coming_up=True) for now in range(5)] == [1] * 5
+    assert autoscaler.target("d", no_delay, 0, 0, 5) == 0  # up (it has served), idle, no delay: to zero
+
+
+def test_a_restarted_controller_resumes_the_recorded_targets():
+    from controller.autoscaler import Autoscaler
+
+    autoscaler = Autoscaler(CONFIG)
+    assert autoscaler.target("scaled-up", SETTINGS, 0, 0, 0.0, resume_from=3) == 3  # not cut to one
+    assert autoscaler.target("asleep", SETTINGS, 0, 0, 0.0, resume_from=0) == 0  # not woken
+    assert autoscaler.target("new", SETTINGS, 0, 0, 0.0) == 1

@@ -246,3 +246,28 @@ async def _ready(platform: Platform, deployment_id: str, count: int, avoid: int 
     if len(ready) == count == len(d.replicas) and all(rep.pid != avoid for rep in ready):
         return d
     return None
+
+
+async def test_a_controller_restart_leaves_a_scaled_to_zero_deployment_asleep(tmp_path):
+    settings = controller_settings(tmp_path / "data", autoscaler=AutoscalerConfig(time_scale=0.01, wake_hold_seconds=0))
+    controller = await Controller.start(settings)
+    try:
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            pushed = await api.push(api.package("sleepy"), target=ds.PUSH_TARGET_PRODUCTION)
+            await api.wait_production(pushed.model.id, pushed.deployment.id)
+            await Platform(api, None, None, tmp_path).autoscale(pushed.deployment.id, scale_down_delay=0)
+            await api.wait_state(pushed.deployment.id, r.DEPLOYMENT_STATE_SCALED_TO_ZERO)
+            # Asleep with a delay again: a restart that woke it would keep it up for that long.
+            await Platform(api, None, None, tmp_path).autoscale(pushed.deployment.id, scale_down_delay=900)
+        await controller.stop()
+
+        controller = await Controller.start(settings)
+        for _ in range(3):  # passes of its own, with no load reported
+            await controller.reconciler.reconcile_once()
+        assert not controller.reconciler.replicas_of(pushed.deployment.id), "woken by the restart"
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            assert (await api.get(pushed.deployment.id)).state == r.DEPLOYMENT_STATE_SCALED_TO_ZERO
+    finally:
+        await controller.stop()

@@ -274,9 +274,15 @@ async def test_promoting_an_inactive_deployment_is_refused_until_it_is_activated
     assert done.completed and done.deployment.is_production
 
 
-async def test_push_promote_whose_model_fails_to_load_leaves_production_unchanged(api: Api):
+# With no scale-down delay, a deployment still loading must not be scaled to zero (and so
+# count as ready for the promotion) before it ever served.
+@pytest.mark.parametrize("scale_down_delay", [900, 0])
+async def test_push_promote_whose_model_fails_to_load_leaves_production_unchanged(api: Api, scale_down_delay: int):
     good = await api.push(api.package("m"), target=ds.PUSH_TARGET_PRODUCTION)
     await api.wait_production(good.model.id, good.deployment.id)
+    await api.deployments.UpdateDeployment(
+        update_request(good.deployment.id, "autoscaling_settings.scale_down_delay", scale_down_delay=scale_down_delay)
+    )
     bad = await api.push(
         api.package("m", source=FAILING_MODEL.format(reason="disk on fire")), target=ds.PUSH_TARGET_PRODUCTION
     )
