@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -47,6 +48,12 @@ class Result:
     flag: bool = False
     # CreateDeployment: config.yaml keys that are not honoured (see controller/compat.py).
     warnings: tuple[str, ...] = ()
+
+
+def _fingerprint(method: str, request: tuple) -> str:
+    """What identifies a request, for telling a retry from a reuse of its request_id."""
+    canonical = [sorted(part.items()) if isinstance(part, dict) else part for part in request]
+    return hashlib.sha256(repr((method, canonical)).encode()).hexdigest()
 
 
 def _encode_result(result: Result) -> str:
@@ -120,22 +127,31 @@ class Lifecycle:
         self._on_wake = on_wake
 
     async def _mutate(
-        self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]]
+        self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]], *request: object
     ) -> Result:
+        """Run `body` in one write transaction. With a request_id, a retry of the same
+        request (`method` and the arguments in `request`) returns the first result, and
+        the same request_id with another request is refused."""
+        fingerprint = _fingerprint(method, request)
         async with self.store.write() as tx:
             if request_id:
                 prior = await tx.get_request(request_id)
                 if prior is not None:
-                    prior_method, encoded = prior
+                    prior_method, prior_fingerprint, encoded = prior
                     if prior_method != method:
                         raise InvalidArgument(
                             "REQUEST_ID_REUSED",
                             f"request_id {request_id!r} was already used for {prior_method}, not {method}",
                         )
+                    if prior_fingerprint and prior_fingerprint != fingerprint:
+                        raise InvalidArgument(
+                            "REQUEST_ID_REUSED",
+                            f"request_id {request_id!r} was already used for a different {method} request",
+                        )
                     return _decode_result(encoded)
             result = await body(tx, now())
             if request_id:
-                await tx.save_request(request_id, method, _encode_result(result), now())
+                await tx.save_request(request_id, method, fingerprint, _encode_result(result), now())
         self._on_commit()
         return result
 
@@ -222,7 +238,7 @@ class Lifecycle:
                 await tx.add_event(at, model.id, deployment.id, "deployment.config_warning", warning)
             return Result(model=await tx.get_model(model.id), deployment=deployment, flag=created, warnings=warnings)
 
-        return await self._mutate("CreateDeployment", request_id, body)
+        return await self._mutate("CreateDeployment", request_id, body, digest, target, deployment_name)
 
     async def _push_development(self, tx: WriteTx, model: Model, digest: str, at: float) -> Deployment:
         if model.development_deployment_id:
@@ -286,7 +302,7 @@ class Lifecycle:
                 await tx.add_event(at, current.model_id, current.id, "deployment.config_warning", warning)
             return Result(deployment=await _require_deployment(tx, current.id), flag=restart, warnings=warnings)
 
-        return await self._mutate("PatchDeployment", request_id, body)
+        return await self._mutate("PatchDeployment", request_id, body, deployment_id, base_digest, patches)
 
     async def _create_published(
         self,
@@ -348,7 +364,7 @@ class Lifecycle:
             )
             return Result(deployment=await _require_deployment(tx, deployment.id), flag=False)
 
-        return await self._mutate("PromoteDeployment", request_id, body)
+        return await self._mutate("PromoteDeployment", request_id, body, deployment_id)
 
     async def _switch_production(self, tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
         await tx.update_model(model.id, at, production_deployment_id=deployment.id, promoting_deployment_id=None)
@@ -453,7 +469,7 @@ class Lifecycle:
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.activated", "activated")
             return Result(deployment=await _require_deployment(tx, deployment.id))
 
-        return await self._mutate("ActivateDeployment", request_id, body)
+        return await self._mutate("ActivateDeployment", request_id, body, deployment_id)
 
     async def deactivate(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
@@ -465,7 +481,7 @@ class Lifecycle:
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.deactivated", "deactivated")
             return Result(deployment=await _require_deployment(tx, deployment.id))
 
-        return await self._mutate("DeactivateDeployment", request_id, body)
+        return await self._mutate("DeactivateDeployment", request_id, body, deployment_id)
 
     async def wake(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
@@ -475,7 +491,7 @@ class Lifecycle:
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.wake_requested", "wake requested")
             return Result(deployment=deployment)
 
-        result = await self._mutate("WakeDeployment", request_id, body)
+        result = await self._mutate("WakeDeployment", request_id, body, deployment_id)
         self._on_wake(deployment_id)
         return result
 
@@ -490,7 +506,7 @@ class Lifecycle:
             await tx.add_event(at, deployment.model_id, deployment.id, "deployment.deleted", f"{deployment.name!r} deleted")
             return Result(deployment=await _require_deployment(tx, deployment.id))
 
-        return await self._mutate("DeleteDeployment", request_id, body)
+        return await self._mutate("DeleteDeployment", request_id, body, deployment_id)
 
     async def update_deployment(
         self,
@@ -505,16 +521,17 @@ class Lifecycle:
         async def body(tx: WriteTx, at: float) -> Result:
             deployment = await _require_deployment(tx, deployment_id)
             values: dict = {}
-            if name is not None:
+            # Values equal to the current ones change nothing and are accepted (a read-modify-write
+            # of the development deployment sends its name and fixed settings back).
+            if name is not None and name != deployment.name:
                 domain.check_rename(deployment)
                 domain.validate_deployment_name(name)
-                if name != deployment.name:
-                    taken = await tx.deployment_names(deployment.model_id)
-                    domain.require_unique_name(name, taken, deployment.model_id)
-                    values["name"] = name
-            if autoscaling_changes:
+                taken = await tx.deployment_names(deployment.model_id)
+                domain.require_unique_name(name, taken, deployment.model_id)
+                values["name"] = name
+            settings = replace(deployment.autoscaling, **autoscaling_changes)
+            if settings != deployment.autoscaling:
                 domain.check_autoscaling_change(deployment)
-                settings = replace(deployment.autoscaling, **autoscaling_changes)
                 domain.validate_autoscaling(settings, self.limits)
                 values["autoscaling"] = settings
             if values:
@@ -523,7 +540,7 @@ class Lifecycle:
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.updated", f"updated {changes}")
             return Result(deployment=await _require_deployment(tx, deployment.id))
 
-        return await self._mutate("UpdateDeployment", request_id, body)
+        return await self._mutate("UpdateDeployment", request_id, body, deployment_id, name, autoscaling_changes)
 
     async def delete_model(self, model_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
@@ -534,4 +551,4 @@ class Lifecycle:
             await tx.add_event(at, model.id, "", "model.deleted", f"model {model.name!r} and all its deployments deleted")
             return Result(model=await tx.get_model(model.id))
 
-        return await self._mutate("DeleteModel", request_id, body)
+        return await self._mutate("DeleteModel", request_id, body, model_id)

@@ -104,6 +104,10 @@ MIGRATIONS: list[str] = [
         create_time REAL NOT NULL
     );
     """,
+    # 2: what a request_id was used for, so reusing it for a different request is refused
+    """
+    ALTER TABLE requests ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 DEPLOYMENT_COLUMNS = """
@@ -502,14 +506,15 @@ class WriteTx(Reads):
             (now, model_id, deployment_id, type_, message),
         )
 
-    async def get_request(self, request_id: str) -> tuple[str, str] | None:
-        row = await self._one("SELECT method, result FROM requests WHERE request_id = ?", (request_id,))
-        return (row[0], row[1]) if row else None
+    async def get_request(self, request_id: str) -> tuple[str, str, str] | None:
+        """(method, fingerprint, result) of the request first made with this request_id."""
+        row = await self._one("SELECT method, fingerprint, result FROM requests WHERE request_id = ?", (request_id,))
+        return (row[0], row[1], row[2]) if row else None
 
-    async def save_request(self, request_id: str, method: str, result: str, now: float) -> None:
+    async def save_request(self, request_id: str, method: str, fingerprint: str, result: str, now: float) -> None:
         await self._exec(
-            "INSERT INTO requests (request_id, method, result, create_time) VALUES (?, ?, ?, ?)",
-            (request_id, method, result, now),
+            "INSERT INTO requests (request_id, method, fingerprint, result, create_time) VALUES (?, ?, ?, ?, ?)",
+            (request_id, method, fingerprint, result, now),
         )
 
     async def record_package(self, digest: str, size: int, now: float) -> None:

@@ -122,6 +122,12 @@ async def test_development_cannot_be_renamed_or_autoscaled(api: Api):
     assert await snapshot(api, pushed.model.id) == before
     dev = await api.get(dev_id)
     assert dev.name == "development"
+    # Read-modify-write that changes nothing is no rename and no autoscaling change.
+    unchanged = ds.UpdateDeploymentRequest(
+        deployment=dev, update_mask=field_mask_pb2.FieldMask(paths=["name", "autoscaling_settings"])
+    )
+    assert (await api.deployments.UpdateDeployment(unchanged)).deployment.name == "development"
+    assert await snapshot(api, pushed.model.id) == before
     assert (dev.autoscaling_settings.min_replica, dev.autoscaling_settings.max_replica) == (0, 1)
 
 
@@ -512,6 +518,20 @@ async def test_retried_mutations_with_a_request_id_apply_once(api: Api):
         grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED",
     )
     assert (await api.get(first.deployment.id)).active
+
+    # The same request_id for the same method but another request is a reuse, not a retry.
+    other = await api.push(directory, target=ds.PUSH_TARGET_PUBLISHED)
+    deactivate = lambda deployment_id: api.deployments.DeactivateDeployment(
+        ds.DeactivateDeploymentRequest(deployment_id=deployment_id, request_id="deactivate-1")
+    )
+    await deactivate(first.deployment.id)
+    await refused(deactivate(other.deployment.id), grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")
+    assert (await api.get(other.deployment.id)).active
+    await refused(
+        api.push(api.package("elsewhere"), target=ds.PUSH_TARGET_PUBLISHED, request_id="push-1"),
+        grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED",
+    )
+    await refused(api.model("elsewhere"), grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
 
 
 async def test_lists_are_paginated(api: Api):

@@ -227,8 +227,10 @@ def test_lifecycle_state_machine(running_controller, packages):
                         if not self.deployments[i].deleted and i != target.id}
             if target.deleted:
                 self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
-            elif target.development:
+            elif target.development and name != target.name:
                 self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "DEVELOPMENT_NOT_RENAMABLE")
+            elif name == target.name:  # no change, whatever the deployment
+                assert call().deployment.name == name
             elif name == "bad name":
                 self.expect_refusal(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DEPLOYMENT_NAME")
             elif name == "development":
