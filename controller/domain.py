@@ -378,7 +378,7 @@ def compute_state(
     the installer's output, passed as `load_error`.
     """
     live = [r for r in replicas if r.phase is not ReplicaPhase.DRAINING]
-    if not deployment.active:
+    if not deployment.active or deployment.deleted:
         if replicas:
             return State.DEACTIVATING, "stopping replicas"
         return State.INACTIVE, ""

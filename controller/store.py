@@ -369,7 +369,7 @@ class Store(Reads):
         rows = await self._all(
             f"""{DEPLOYMENT_SELECT}
             WHERE (d.delete_time IS NULL AND d.active = 1)
-               OR d.state NOT IN ('INACTIVE', 'DEPLOY_FAILED')
+               OR d.state NOT IN ('INACTIVE', 'DEPLOY_FAILED', 'BUILD_FAILED')
                OR d.id IN (SELECT deployment_id FROM replicas WHERE stop_time IS NULL)
             ORDER BY d.pk"""
         )

@@ -358,7 +358,7 @@ async def test_production_cannot_be_deleted(api: Api):
     assert (await api.get(pushed.deployment.id)).state == ACTIVE
 
 
-async def test_deleted_deployment_disappears_but_usage_remains(api: Api):
+async def test_deleted_deployment_disappears_but_usage_remains(api: Api, controller):
     pushed = await api.push(api.package("m"), target=ds.PUSH_TARGET_PUBLISHED)
     running = await active(api, pushed)
     pid = running.replicas[0].pid
@@ -375,6 +375,14 @@ async def test_deleted_deployment_disappears_but_usage_remains(api: Api):
     assert [d.id for d in with_deleted.deployments] == [pushed.deployment.id]
     assert with_deleted.deployments[0].HasField("delete_time")
     await wait_until(lambda: not pid_alive(pid), what="replica to stop")
+
+    async def settled():
+        listed = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True))
+        return listed.deployments[0].state == r.DEPLOYMENT_STATE_INACTIVE
+
+    await wait_until(settled, what="the deleted deployment to show INACTIVE")
+    # Nothing left to do for it: the reconcile loop no longer looks at it.
+    assert pushed.deployment.id not in {d.id for d in await controller.store.deployments_to_reconcile()}
 
     async def usage():
         records = (await api.deployments.ListUsageRecords(ds.ListUsageRecordsRequest(model_id=pushed.model.id))).usage_records
