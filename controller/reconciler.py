@@ -194,10 +194,13 @@ class Reconciler:
         current = [h for h in live if h.revision == deployment.revision]
         outdated = [h for h in live if h.revision != deployment.revision]
         if outdated and (deployment.is_development or any(h.phase is ReplicaPhase.READY for h in current)):
-            # Development updates in place; published ones keep serving until the new revision is ready.
+            # Development updates in place (its requests in flight may fail, as the spec allows);
+            # published ones keep serving until the new revision is ready.
             for handle in outdated:
-                self._stop(handle)
-        if len(current) < desired and time.time() >= crash.retry_at and not env.building:
+                self._stop(handle, drain=not deployment.is_development)
+        # Development runs one replica at most: the next revision starts once the last one is gone.
+        replacing = deployment.is_development and any(h.revision != deployment.revision and not h.exited for h in handles)
+        if len(current) < desired and time.time() >= crash.retry_at and not env.building and not replacing:
             for _ in range(desired - len(current)):
                 await self._start(deployment, env.python)
         elif len(current) > desired:
@@ -265,20 +268,20 @@ class Reconciler:
             )
         log.info("started replica %s (pid %s) for deployment %s", replica_id, handle.pid, deployment.id)
 
-    def _stop(self, handle: ReplicaHandle) -> None:
-        """Out of the route table first, then drained, then stopped."""
+    def _stop(self, handle: ReplicaHandle, drain: bool = True) -> None:
+        """Out of the route table first, then drained (unless not to), then stopped."""
         if handle.phase is ReplicaPhase.DRAINING or handle.exited:
             return
         handle.phase = ReplicaPhase.DRAINING
         self._on_replica_change(handle)
-        task = asyncio.create_task(self._drain_and_stop(handle))
+        task = asyncio.create_task(self._drain_and_stop(handle, drain))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
-    async def _drain_and_stop(self, handle: ReplicaHandle) -> None:
+    async def _drain_and_stop(self, handle: ReplicaHandle, drain: bool) -> None:
         if self.before_stop is not None:
             await self.before_stop(handle)
-        await self.runtime.stop(handle)
+        await self.runtime.stop(handle, drain)
 
     async def _record_exits(self) -> None:
         """Persist port/ready/stop times; forget replicas that exited; note crashes and load failures."""

@@ -242,12 +242,13 @@ class LocalProcessRuntime:
                 found.append(int(entry.name))
         return found
 
-    async def stop(self, handle: ReplicaHandle) -> None:
-        """SIGTERM (the replica finishes in-flight work), then SIGKILL if it overstays."""
+    async def stop(self, handle: ReplicaHandle, drain: bool = True) -> None:
+        """SIGTERM (the replica finishes in-flight work), then SIGKILL if it overstays;
+        without `drain`, SIGKILL at once."""
         if handle.exited or handle.pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(handle.pid, signal.SIGTERM)
+            os.kill(handle.pid, signal.SIGTERM if drain else signal.SIGKILL)
         exit_task = handle._tasks[-1]
         try:
             async with asyncio.timeout(self._drain_seconds + 5):

@@ -6,6 +6,7 @@ changed nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -100,6 +101,53 @@ async def test_development_push_updates_in_place(api: Api):
     updated = await wait_until(answers_two, what="development to run revision 2")
     assert json.loads(await api.predict(updated))["tag"] == "two"
     assert len((await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id="m"))).deployments) == 1
+
+
+BUSY_MODEL = """
+import pathlib
+
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    def predict(self, model_input):
+        pathlib.Path({entered!r}).touch()
+        while not pathlib.Path({gate!r}).exists():
+            pass
+        return "done"
+"""
+
+
+async def test_a_development_update_never_runs_two_replicas(api: Api, controller, tmp_path):
+    entered, gate = tmp_path / "entered", tmp_path / "gate"
+    first = await api.push(api.package("m", source=BUSY_MODEL.format(entered=str(entered), gate=str(gate))))
+    deployment = await active(api, first)
+    in_flight = asyncio.ensure_future(api.predict(deployment))
+    await wait_until(entered.exists, what="a request in flight on the development replica")
+
+    most = 0
+
+    def count(handle) -> None:
+        nonlocal most
+        live = [h for h in controller.reconciler.replicas_of(first.deployment.id) if not h.exited]
+        most = max(most, len(live))
+        hook(handle)
+
+    hook, controller.reconciler._on_replica_change_hook = controller.reconciler._on_replica_change_hook, count
+    try:
+        await api.push(api.package("m", tag="two"))
+
+        async def runs_two():
+            d = await api.get(first.deployment.id)
+            return d.state == ACTIVE and [rep.revision for rep in d.replicas] == [2]
+
+        await wait_until(runs_two, what="development to run revision 2")
+    finally:
+        gate.touch()
+        controller.reconciler._on_replica_change_hook = hook
+    assert most == 1, "the old revision's replica was still running when the new one started"
+    with pytest.raises(grpc.aio.AioRpcError):  # the spec lets a development update fail active requests
+        await in_flight
 
 
 async def test_development_cannot_be_renamed_or_autoscaled(api: Api):
