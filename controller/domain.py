@@ -332,7 +332,7 @@ def should_run(deployment: Deployment) -> bool:
 # A deployment in one of these states has not served at its current revision yet: it is
 # never scaled below one replica (or it would never load, and a promotion waiting for it
 # could complete without it).
-COMING_UP_STATES = frozenset({State.BUILDING, State.DEPLOYING, State.LOADING_MODEL, State.WAKING_UP})
+COMING_UP_STATES = frozenset({State.BUILDING, State.DEPLOYING, State.LOADING_MODEL, State.WAKING_UP, State.UPDATING})
 # Settled states whose recorded desired_replicas is the autoscaler's last target.
 SCALED_STATES = frozenset({State.ACTIVE, State.UPDATING, State.UNHEALTHY, State.SCALED_TO_ZERO})
 
@@ -366,12 +366,14 @@ def compute_state(
     load_error: str = "",
     unhealthy_message: str = "",
     waking: bool = False,
+    updating: bool = False,
     building: str = "",
     build_failed: bool = False,
 ) -> tuple[State, str]:
     """Observed state of a deployment from its desired state and its replicas.
 
     `waking`: the deployment was scaled to zero and is coming back.
+    `updating`: the deployment was serving when its revision was bumped.
     `building`: what is being built while the deployment's environment is not ready
     (no replica of its revision can start before it is).
     `build_failed`: the failed revision failed to build (not to load); the message is
@@ -399,7 +401,10 @@ def compute_state(
         return State.ACTIVE, ""
     if unhealthy_message:
         return State.UNHEALTHY, unhealthy_message
-    if any(r.phase is ReplicaPhase.LOADING for r in current):
+    loading = any(r.phase is ReplicaPhase.LOADING for r in current)
+    if updating:
+        return State.UPDATING, f"{'loading the model of' if loading else 'starting'} revision {deployment.revision}"
+    if loading:
         return State.LOADING_MODEL, "loading the model"
     if waking:
         return State.WAKING_UP, "starting a replica"

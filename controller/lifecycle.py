@@ -108,6 +108,8 @@ def _new_revision(current: Deployment) -> dict:
     values: dict = {"revision": current.revision + 1, "failed_revision": None}
     if current.load_failed:  # the failure was the old revision's: don't show it as the new one's
         values.update(state=State.DEPLOYING, status_message="")
+    elif current.state in (State.ACTIVE, State.UPDATING):  # not "ACTIVE" before the new revision is
+        values.update(state=State.UPDATING, status_message=f"starting revision {current.revision + 1}")
     return values
 
 
@@ -520,6 +522,7 @@ class Lifecycle:
 
         async def body(tx: WriteTx, at: float) -> Result:
             deployment = await _require_deployment(tx, deployment_id)
+            domain.require_not_deleted(deployment)
             values: dict = {}
             # Values equal to the current ones change nothing and are accepted (a read-modify-write
             # of the development deployment sends its name and fixed settings back).

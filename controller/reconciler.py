@@ -218,6 +218,7 @@ class Reconciler:
             load_error=deployment.status_message,
             unhealthy_message=crash.message,
             waking=deployment.state in (State.SCALED_TO_ZERO, State.WAKING_UP),
+            updating=deployment.state is State.UPDATING,
             building=f"building the environment ({plural(env.requirements)})" if env.building else "",
             build_failed=deployment.load_failed and deployment.state is State.BUILD_FAILED,
         )

@@ -90,6 +90,7 @@ async def test_development_push_updates_in_place(api: Api):
     second = await api.push(api.package("m", tag="two"))
     assert second.deployment.id == first.deployment.id
     assert second.deployment.revision == 2
+    assert second.deployment.state == r.DEPLOYMENT_STATE_UPDATING, "not ACTIVE before revision 2 is"
     assert not second.model_created
 
     async def answers_two():
@@ -412,6 +413,10 @@ async def test_deleted_deployment_disappears_but_usage_remains(api: Api, control
     pid = running.replicas[0].pid
     await api.deployments.DeleteDeployment(ds.DeleteDeploymentRequest(deployment_id=pushed.deployment.id))
     await refused(api.get(pushed.deployment.id), grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
+    await refused(  # even an update that would change nothing
+        api.deployments.UpdateDeployment(update_request(pushed.deployment.id, "name", name=pushed.deployment.name)),
+        grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED",
+    )
     await refused(
         api.deployments.ActivateDeployment(ds.ActivateDeploymentRequest(deployment_id=pushed.deployment.id)),
         grpc.StatusCode.NOT_FOUND,
