@@ -82,9 +82,7 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         model_class_filename=_model_class_filename(raw, package_dir),
         model_class_name=_identifier(raw, "model_class_name", "Model"),
         data_dir=package_dir / _relative_path(raw, package_dir, "data_dir", "data"),
-        external_package_dirs=tuple(
-            (package_dir / entry).resolve() for entry in _str_list(raw, "external_package_dirs")
-        ),
+        external_package_dirs=_external_package_dirs(raw, package_dir),
         bundled_packages_dir=package_dir
         / _relative_path(raw, package_dir, "bundled_packages_dir", "packages"),
         requirements=tuple(_str_list(raw, "requirements")),
@@ -219,6 +217,22 @@ def _predict_concurrency(runtime: Mapping[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"runtime.predict_concurrency must be an integer >= 1, got {value!r}")
     return value
+
+
+def bundled_external_dir(index: int) -> str:
+    """Where the `index`-th of external_package_dirs is bundled when it lies outside the
+    package (Truss's usual `../shared`): the push archives it into the package there."""
+    return f".external/{index}"
+
+
+def _external_package_dirs(raw: Mapping[str, Any], package_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
+    """The directories external_package_dirs puts on sys.path, all inside the package."""
+    root = package_dir.resolve()
+    dirs = []
+    for index, entry in enumerate(_str_list(raw, "external_package_dirs")):
+        where = (root / entry).resolve()
+        dirs.append(where if where.is_relative_to(root) else root / bundled_external_dir(index))
+    return tuple(dirs)
 
 
 def _relative_path(raw: Mapping[str, Any], package_dir: pathlib.Path, key: str, default: str) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from replica.package import bundled_external_dir
+
 CONFIG_FILE = "config.yaml"
 # Read in this order; patterns of every file present are combined.
 IGNORE_FILES = (".slipwayignore", ".trussignore", ".truss_ignore")
@@ -87,27 +89,56 @@ def package_entries(directory: Path | str) -> list[tuple[str, Path]]:
 
     Ignored directories are not descended into. Symbolic links to files are
     archived as the file they point at; links to directories are not followed.
+    Directories of `external_package_dirs` outside the package are archived into it
+    (replica.package.bundled_external_dir), as Truss copies them into its image.
     """
     root = _package_dir(directory)
     patterns = load_ignore_patterns(root)
+    entries = _walk(root, "", patterns)
+    for index, source in _outside_external_dirs(root):
+        bundled = bundled_external_dir(index)
+        entries += [(".external", source), (bundled, source), *_walk(source, bundled + "/", patterns)]
+    return sorted(dict(entries).items())  # the .external directory entry once
+
+
+def _outside_external_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(index, directory) of the config's external_package_dirs that lie outside the package."""
+    try:
+        raw = yaml.safe_load((root / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # the controller refuses the package and says why
+    entries = raw.get("external_package_dirs") if isinstance(raw, dict) else None
+    outside = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        source = (root / str(entry)).resolve()
+        if source.is_relative_to(root.resolve()):
+            continue
+        if not source.is_dir():
+            raise PackageError(f"external_package_dirs entry {entry!r} is not a directory ({source})")
+        outside.append((index, source))
+    return outside
+
+
+def _walk(root: Path, prefix: str, patterns: list[str]) -> list[tuple[str, Path]]:
+    """(archive path, file system path) of the entries below `root`, archived under `prefix`.
+    Ignore patterns match paths relative to `root`."""
     entries: list[tuple[str, Path]] = []
     for current, dirnames, filenames in os.walk(root):
         base = Path(current).relative_to(root).as_posix()
-        prefix = "" if base == "." else base + "/"
+        relative = "" if base == "." else base + "/"
         kept = []
         for name in dirnames:
-            rel = prefix + name
+            rel = relative + name
             if os.path.islink(os.path.join(current, name)) or is_ignored(rel, True, patterns):
                 continue
             kept.append(name)
-            entries.append((rel, Path(current, name)))
+            entries.append((prefix + rel, Path(current, name)))
         dirnames[:] = kept
         for name in filenames:
-            rel = prefix + name
+            rel = relative + name
             path = Path(current, name)
             if path.is_file() and not is_ignored(rel, False, patterns):
-                entries.append((rel, path))
-    entries.sort(key=lambda entry: entry[0])
+                entries.append((prefix + rel, path))
     return entries
 
 

@@ -22,12 +22,13 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from conftest import Api, controller_settings, error_reason, wait_until
+from conftest import Api, controller_settings, error_reason, wait_until, write_package
 from controller import compat
 from controller.builds import MARKER, BuildManager, normalise_requirement
 from controller.errors import InvalidArgument
 from controller.server import Controller
 from replica.package import load_package_config, read_requirements
+from slipway.packaging import PackageError, archive_package, package_entries
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
@@ -378,6 +379,28 @@ async def test_truss_model_features_through_the_controller(secret_env, api: Api)
     assert chunks == [b"uno;", b"dos;"]
 
 
+async def test_external_package_dirs_outside_the_package_are_bundled_at_push(api: Api, tmp_path):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "shared_lib.py").write_text("GREETING = 'from ../common'\n")
+    (tmp_path / "common" / "__pycache__").mkdir()
+    (tmp_path / "common" / "__pycache__" / "junk.pyc").write_bytes(b"ignored")
+    package = write_package(
+        tmp_path / "uses-common", "uses-common",
+        "from shared_lib import GREETING\n\nclass Model:\n    def predict(self, model_input):\n        return GREETING\n",
+        "external_package_dirs: [../common, /nowhere-it-is-not-a-dir]\n",
+    )
+    with pytest.raises(PackageError, match="/nowhere-it-is-not-a-dir"):
+        archive_package(package)
+    (package / "config.yaml").write_text("model_name: uses-common\nexternal_package_dirs: [../common]\n")
+    assert [name for name, _ in package_entries(package) if name.startswith(".external")] == [
+        ".external", ".external/0", ".external/0/shared_lib.py",
+    ]
+
+    pushed = await api.push(package)
+    deployment = await api.wait_state(pushed.deployment.id, ACTIVE)
+    assert await invoke(deployment, {}) == "from ../common"
+
+
 async def test_predict_concurrency_above_1_runs_calls_in_parallel(api: Api):
     source = """
     import threading
@@ -458,6 +481,12 @@ def test_compat_rules(tmp_path):
     assert len(warned) == 2 and "resources.cpu" in warned[0] and "resources.memory" in warned[1]
     assert check({**scaffold, "resources": {"cpu": "1500m", "memory": "512Mi"}}) == []
     assert "SLIPWAY_SECRET_HF_TOKEN" in check({**scaffold, "secrets": {"hf_token": "abc"}})[0]
+    [unset] = check({**scaffold, "secrets": {"hf_token": None}})
+    assert "not set on the controller (SLIPWAY_SECRET_HF_TOKEN)" in unset
+    machine = compat.Machine(python=(3, 11), cpus=2, memory_bytes=4 * 1024**3, secret_variables=frozenset({"SLIPWAY_SECRET_HF_TOKEN"}))
+    assert check({**scaffold, "secrets": {"hf_token": None}}) == []
+    [not_bundled] = check({**scaffold, "external_package_dirs": ["../common"]})
+    assert "'../common' is not in the package" in not_bundled
     with pytest.raises(InvalidArgument) as caught:
         check({**scaffold, "system_packages": ["ffmpeg"], "resources": {"accelerator": "A100:2"}})
     assert caught.value.reason == "UNSUPPORTED_PACKAGE_CONFIG"
