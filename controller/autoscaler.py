@@ -50,8 +50,19 @@ class ScalerState:
 
 
 def _average(samples, since: float) -> float:
-    values = [c for t, c in samples if t >= since]
-    return sum(values) / len(values) if values else 0.0
+    """Time-weighted average of the samples since `since`. A sample is a gateway's average
+    over the time before it, so it weighs the time since the previous sample: a burst of
+    reconcile passes does not outweigh a quiet stretch."""
+    total = span = 0.0
+    previous = since
+    for at, concurrency in samples:
+        held = at - max(previous, since)
+        previous = at
+        if held > 0:
+            total, span = total + concurrency * held, span + held
+    if span > 0:
+        return total / span
+    return samples[-1][1] if samples else 0.0
 
 
 def replicas_for(concurrency: float, settings: AutoscalingSettings) -> int:

@@ -109,3 +109,13 @@ def test_a_restarted_controller_resumes_the_recorded_targets():
     assert autoscaler.target("scaled-up", SETTINGS, 0, 0, 0.0, resume_from=3) == 3  # not cut to one
     assert autoscaler.target("asleep", SETTINGS, 0, 0, 0.0, resume_from=0) == 0  # not woken
     assert autoscaler.target("new", SETTINGS, 0, 0, 0.0) == 1
+
+
+def test_the_average_weighs_time_not_the_number_of_samples():
+    from collections import deque
+
+    from controller.autoscaler import _average
+
+    quiet = [(float(t), 0.0) for t in range(0, 60, 10)]  # one report every 10 s of a quiet minute...
+    busy = [(59 + i / 100, 4.0) for i in range(100)]  # ...then many reconcile passes in its last second
+    assert _average(deque(quiet + busy), since=0.0) < 1.0  # a plain mean of the samples says 3.6
