@@ -92,12 +92,18 @@ async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Dep
     return deployment
 
 
-async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
-    if not model_id:
-        raise InvalidArgument("MISSING_MODEL_ID", "model_id is required")
+async def _find_model(reads: WriteTx | Store, model_id: str) -> Model:
+    """A model by ID, deleted ones included, or by the name of a live one."""
     model = await reads.get_model(model_id)
     if model is None:
         raise NotFound("MODEL_NOT_FOUND", f"model {model_id} does not exist", model_id=model_id)
+    return model
+
+
+async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
+    if not model_id:
+        raise InvalidArgument("MISSING_MODEL_ID", "model_id is required")
+    model = await _find_model(reads, model_id)
     if model.delete_time is not None:
         raise NotFound("MODEL_DELETED", f"model {model_id} was deleted", model_id=model_id)
     return model
@@ -171,8 +177,10 @@ class Lifecycle:
         return deployment
 
     async def list_deployments(self, model_id: str, show_deleted: bool, size: int, token: str) -> Page:
-        if model_id and not show_deleted:
-            model_id = (await _require_model(self.store, model_id)).id
+        if model_id:
+            # With show_deleted, a deleted model's deployments too (by its ID).
+            model = await (_find_model(self.store, model_id) if show_deleted else _require_model(self.store, model_id))
+            model_id = model.id
         return await self.store.list_deployments(model_id, show_deleted, page_size(size), token)
 
     async def watch_initial(self, model_id: str, deployment_id: str) -> tuple[str, list[Deployment]]:
@@ -191,13 +199,14 @@ class Lifecycle:
 
     async def list_usage(self, model_id: str, size: int, token: str) -> Page:
         if model_id:
-            model = await self.store.get_model(model_id)
-            if model is None:
-                raise NotFound("MODEL_NOT_FOUND", f"model {model_id} does not exist", model_id=model_id)
-            model_id = model.id
+            model_id = (await _find_model(self.store, model_id)).id
         return await self.store.list_usage(model_id, page_size(size), token, now())
 
     async def list_events(self, model_id: str, deployment_id: str, size: int, token: str) -> Page:
+        if model_id:
+            model_id = (await _find_model(self.store, model_id)).id
+        if deployment_id:
+            await _require_deployment(self.store, deployment_id)
         return await self.store.list_events(model_id, deployment_id, page_size(size), token)
 
     # --- push -------------------------------------------------------------------

@@ -131,20 +131,24 @@ def new_id(prefix: str) -> str:
     return prefix + base64.b32encode(secrets.token_bytes(10)).decode().lower()[:12]
 
 
-def encode_page_token(after_pk: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": after_pk}).encode()).decode()
+def encode_page_token(after_pk: int, query: str) -> str:
+    """A page token names the listing it continues (`query`: collection and filters)."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after_pk, "query": query}).encode()).decode()
 
 
-def decode_page_token(token: str) -> int:
+def decode_page_token(token: str, query: str) -> int:
     if not token:
         return 0
     try:
-        after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
-        if isinstance(after, int) and after >= 0:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+        after = decoded["after"]
+        if isinstance(after, int) and after >= 0 and decoded["query"] == query:
             return after
     except (ValueError, KeyError, TypeError, binascii.Error):
-        pass
-    raise InvalidArgument("INVALID_PAGE_TOKEN", f"page_token {token!r} is not one this server issued")
+        raise InvalidArgument("INVALID_PAGE_TOKEN", f"page_token {token!r} is not one this server issued") from None
+    raise InvalidArgument(
+        "INVALID_PAGE_TOKEN", f"page_token {token!r} continues another listing (the filters must stay the same)"
+    )
 
 
 @dataclass(frozen=True)
@@ -249,9 +253,9 @@ def _deployment_values(deployment: Deployment) -> dict[str, Any]:
     return values
 
 
-def _page(rows: list[tuple], limit: int, convert: Callable[[tuple], Any]) -> Page:
+def _page(rows: list[tuple], limit: int, convert: Callable[[tuple], Any], query: str) -> Page:
     items = [convert(r) for r in rows[:limit]]
-    token = encode_page_token(rows[limit - 1][0]) if len(rows) > limit else ""
+    token = encode_page_token(rows[limit - 1][0], query) if len(rows) > limit else ""
     return Page(items, token)
 
 
@@ -344,15 +348,17 @@ class Store(Reads):
     # --- listings -------------------------------------------------------------
 
     async def list_models(self, page_size: int, page_token: str) -> Page:
-        after = decode_page_token(page_token)
+        query = "models"
+        after = decode_page_token(page_token, query)
         rows = await self._all(
             f"{MODEL_SELECT} WHERE m.delete_time IS NULL AND m.pk > ? ORDER BY m.pk LIMIT ?",
             (after, page_size + 1),
         )
-        return _page(rows, page_size, _model)
+        return _page(rows, page_size, _model, query)
 
     async def list_deployments(self, model_id: str, show_deleted: bool, page_size: int, page_token: str) -> Page:
-        after = decode_page_token(page_token)
+        query = json.dumps(["deployments", model_id, show_deleted])
+        after = decode_page_token(page_token, query)
         where = ["d.pk > ?"]
         params: list[Any] = [after]
         if model_id:
@@ -362,7 +368,7 @@ class Store(Reads):
             where.append("d.delete_time IS NULL")
         sql = f"{DEPLOYMENT_SELECT} WHERE {' AND '.join(where)} ORDER BY d.pk LIMIT ?"
         rows = await self._all(sql, (*params, page_size + 1))
-        return _page(rows, page_size, _deployment)
+        return _page(rows, page_size, _deployment, query)
 
     async def deployments_to_reconcile(self) -> list[Deployment]:
         """Deployments that should run, or still have replicas that must be stopped."""
@@ -417,7 +423,8 @@ class Store(Reads):
         return [ReplicaRow(*r) for r in rows]
 
     async def list_usage(self, model_id: str, page_size: int, page_token: str, now: float) -> Page:
-        after = decode_page_token(page_token)
+        query = json.dumps(["usage", model_id])
+        after = decode_page_token(page_token, query)
         where = "d.pk > ?" + (" AND d.model_id = ?" if model_id else "")
         params: list[Any] = [now, after] + ([model_id] if model_id else [])
         rows = await self._all(
@@ -428,10 +435,11 @@ class Store(Reads):
                 WHERE {where} GROUP BY d.pk ORDER BY d.pk LIMIT ?""",
             (*params, page_size + 1),
         )
-        return _page(rows, page_size, lambda r: UsageRow(r[1], r[2], r[3], float(r[4]), r[5], bool(r[6])))
+        return _page(rows, page_size, lambda r: UsageRow(r[1], r[2], r[3], float(r[4]), r[5], bool(r[6])), query)
 
     async def list_events(self, model_id: str, deployment_id: str, page_size: int, page_token: str) -> Page:
-        after = decode_page_token(page_token)
+        query = json.dumps(["events", model_id, deployment_id])
+        after = decode_page_token(page_token, query)
         where = ["seq > ?"]
         params: list[Any] = [after]
         if model_id:
@@ -445,7 +453,7 @@ class Store(Reads):
             f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             (*params, page_size + 1),
         )
-        return _page(rows, page_size, lambda r: EventRow(*r))
+        return _page(rows, page_size, lambda r: EventRow(*r), query)
 
 
 class WriteTx(Reads):

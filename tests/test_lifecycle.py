@@ -614,6 +614,27 @@ async def test_lists_are_paginated(api: Api):
         api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_token="garbage")),
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
     )
+    # A token continues the listing it came from, not one with other filters or another collection.
+    first = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_size=2))
+    for other in (
+        api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_size=2, page_token=first.next_page_token, model_id="m")),
+        api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_size=2, page_token=first.next_page_token, show_deleted=True)),
+        api.models.ListModels(ms.ListModelsRequest(page_token=first.next_page_token)),
+    ):
+        await refused(other, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+
+    # Filters name a model the same way everywhere: by ID or by the name of a live model.
+    await api.models.DeleteModel(ms.DeleteModelRequest(model_id="m"))
+    deleted = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True))
+    assert [d.id for d in deleted.deployments] == ids
+    for listing in (
+        api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id="no-such-model", show_deleted=True)),
+        api.deployments.ListEvents(ds.ListEventsRequest(model_id="no-such-model")),
+        api.deployments.ListUsageRecords(ds.ListUsageRecordsRequest(model_id="no-such-model")),
+    ):
+        await refused(listing, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
+    events = await api.deployments.ListEvents(ds.ListEventsRequest(model_id=pushed.model.id))
+    assert "model.deleted" in [e.type for e in events.events]
 
 
 async def test_watch_streams_initial_state_then_changes(api: Api):
