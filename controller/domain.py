@@ -156,6 +156,25 @@ def new_deployment(
 # --- validation -----------------------------------------------------------------
 
 
+# Model names come from config.yaml (Truss allows spaces); they also stand for the model ID
+# in URLs and CLI arguments, so no slash, no control characters, no surrounding blanks.
+MODEL_NAME_MAX_LENGTH = 128
+
+
+def validate_model_name(name: str) -> None:
+    if not name or not name.strip():
+        raise InvalidArgument("MISSING_MODEL_NAME", "config.yaml must set model_name to a non-empty string")
+    problem = (
+        f"is longer than {MODEL_NAME_MAX_LENGTH} characters" if len(name) > MODEL_NAME_MAX_LENGTH
+        else "has leading or trailing blanks" if name != name.strip()
+        else "contains '/'" if "/" in name
+        else "contains control characters" if any(ord(c) < 32 or ord(c) == 127 for c in name)
+        else ""
+    )
+    if problem:
+        raise InvalidArgument("INVALID_MODEL_NAME", f"model_name {name!r} {problem}", name=name)
+
+
 def validate_deployment_name(name: str) -> None:
     if not NAME_PATTERN.match(name):
         raise InvalidArgument(

@@ -219,8 +219,7 @@ class Lifecycle:
         digest, config = await asyncio.to_thread(self.packages.add, archive, sha256)
         warnings = tuple(await asyncio.to_thread(compat.check_package, config))
         model_name = config.model_name
-        if not model_name or not model_name.strip():
-            raise InvalidArgument("MISSING_MODEL_NAME", "config.yaml must set model_name to a non-empty string")
+        domain.validate_model_name(model_name or "")
         if target is PushTarget.DEVELOPMENT and deployment_name:
             raise InvalidArgument(
                 "DEVELOPMENT_NOT_RENAMABLE",

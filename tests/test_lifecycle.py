@@ -552,6 +552,12 @@ async def test_malformed_packages_are_refused_and_create_nothing(api: Api):
     unnamed = api.package("m")
     (unnamed / "config.yaml").write_text("environment_variables: {}\n")
     await refused(api.push(unnamed), grpc.StatusCode.INVALID_ARGUMENT, "MISSING_MODEL_NAME")
+    for bad in ("a/b", "x" * 129, " padded", "tab\there"):
+        (unnamed / "config.yaml").write_text(f"model_name: {json.dumps(bad)}\n")
+        await refused(api.push(unnamed), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_MODEL_NAME")
+    (unnamed / "config.yaml").write_text("model_name: My Model v2\n")  # Truss allows spaces
+    assert (await api.push(unnamed)).model.name == "My Model v2"
+    await api.models.DeleteModel(ms.DeleteModelRequest(model_id="My Model v2"))
     await refused(
         api.push(api.package("m"), target=ds.PUSH_TARGET_PUBLISHED, name="bad name"),
         grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DEPLOYMENT_NAME",
