@@ -271,3 +271,45 @@ async def test_a_controller_restart_leaves_a_scaled_to_zero_deployment_asleep(tm
             assert (await api.get(pushed.deployment.id)).state == r.DEPLOYMENT_STATE_SCALED_TO_ZERO
     finally:
         await controller.stop()
+
+
+async def test_wake_starts_a_deployment_ahead_of_traffic_and_a_wait_that_runs_out_is_503(platform: Platform):
+    sleepers = []
+    for _ in range(2):
+        pushed = await platform.api.push(platform.package("m"), target=ds.PUSH_TARGET_PUBLISHED)
+        await platform.autoscale(pushed.deployment.id, autoscaling_window=10, scale_down_delay=0)
+        sleepers.append(pushed.deployment.id)
+    for did in sleepers:
+        await platform.api.wait_state(did, r.DEPLOYMENT_STATE_SCALED_TO_ZERO, timeout=30)
+
+    async with _http(platform) as post:  # woken with no request sent: by the HTTP route, and by the RPC
+        status, body = await post(f"/model/{pushed.model.id}/deployment/{sleepers[0]}/wake")
+        assert status == 202, body
+    await platform.api.deployments.WakeDeployment(ds.WakeDeploymentRequest(deployment_id=sleepers[1]))
+    for did in sleepers:
+        await platform.api.wait_state(did, r.DEPLOYMENT_STATE_ACTIVE)
+
+    await platform.api.deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=sleepers[0]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await platform.api.deployments.WakeDeployment(ds.WakeDeploymentRequest(deployment_id=sleepers[0]))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    # A model that cannot load in time: the wait for a ready replica runs out.
+    platform.gate.unlink()
+    stuck = await platform.api.push(platform.package("m"), target=ds.PUSH_TARGET_PUBLISHED)
+    impatient = await Gateway.start(GatewaySettings(
+        controller_address=platform.gateway.settings.controller_address, grpc_port=0, http_port=0,
+        replica_wait_seconds=0.5,
+    ))
+    try:
+        await wait_until(lambda: stuck.deployment.id in impatient.follower.index.deployments, what="the route")
+        import aiohttp
+
+        async with aiohttp.ClientSession() as client:
+            url = f"http://127.0.0.1:{impatient.http_port}/model/{stuck.model.id}/deployment/{stuck.deployment.id}/predict"
+            async with client.post(url, json={}) as response:
+                assert response.status == 503, await response.text()
+                assert (await response.json())["error"]["reason"] == "NO_READY_REPLICA"
+    finally:
+        platform.gate.touch()
+        await impatient.stop()
