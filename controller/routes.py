@@ -5,6 +5,8 @@ commit names the deployments and models it touched, a replica event names its
 deployment, and only those rows are re-read. Changes that arrive together are
 coalesced into one version. A new subscriber gets the whole table (reset), then
 one delta per version; a subscriber that falls too far behind gets a new reset.
+Subscribers acknowledge the versions they have applied, so a replica can be
+drained once no gateway routes to it any more.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class RouteBroadcaster:
         self._dirty_deployments: set[str] = set()
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
+        # Per following gateway (its gateway_id): the newest version it has applied.
+        self._applied: dict[str, int] = {}
+        self._streams: dict[str, object] = {}  # gateway_id -> its current stream
+        self._acknowledged = asyncio.Event()  # replaced (and set) on every change of _applied
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -149,28 +155,51 @@ class RouteBroadcaster:
         return route is not None and any(e.replica_id == replica_id for e in route.endpoints)
 
     async def wait_unrouted(self, replica_id: str, deployment_id: str, timeout: float) -> bool:
-        """Wait until a published version no longer routes to the replica."""
-        async with self._published:
-            try:
-                async with asyncio.timeout(timeout):
+        """Wait until a published version no longer routes to the replica and every
+        following gateway has applied it; False if `timeout` passed first."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._published:
                     await self._published.wait_for(lambda: not self.routed(replica_id, deployment_id))
-            except TimeoutError:
-                return False
+                    version = self.version
+                while not all(applied >= version for applied in self._applied.values()):
+                    await self._acknowledged.wait()
+        except TimeoutError:
+            return False
         return True
 
-    async def subscribe(self) -> AsyncIterator[rt.WatchRoutesResponse]:
-        sent = 0
-        while True:
-            async with self._published:
-                await self._published.wait_for(lambda: self.version > sent)
-                oldest = self._history[0].version if self._history else self.version + 1
-                if sent == 0 or sent + 1 < oldest:
-                    messages = [self.snapshot()]
-                else:
-                    messages = [d for d in self._history if d.version > sent]
-                sent = messages[-1].version
-            for message in messages:
-                yield message
+    def acknowledge(self, gateway_id: str, version: int) -> None:
+        if gateway_id in self._applied:
+            self._applied[gateway_id] = max(self._applied[gateway_id], version)
+            self._acknowledgements_changed()
+
+    def _acknowledgements_changed(self) -> None:
+        changed, self._acknowledged = self._acknowledged, asyncio.Event()
+        changed.set()
+
+    async def subscribe(self, gateway_id: str) -> AsyncIterator[rt.WatchRoutesResponse]:
+        """The table, then its changes; the gateway counts as following while this runs
+        (one stream per gateway_id: a reconnecting gateway replaces its old stream)."""
+        token = object()
+        self._streams[gateway_id] = token
+        self._applied[gateway_id] = 0
+        try:
+            sent = 0
+            while True:
+                async with self._published:
+                    await self._published.wait_for(lambda: self.version > sent)
+                    oldest = self._history[0].version if self._history else self.version + 1
+                    if sent == 0 or sent + 1 < oldest:
+                        messages = [self.snapshot()]
+                    else:
+                        messages = [d for d in self._history if d.version > sent]
+                    sent = messages[-1].version
+                for message in messages:
+                    yield message
+        finally:
+            if self._streams.get(gateway_id) is token:
+                del self._streams[gateway_id], self._applied[gateway_id]
+                self._acknowledgements_changed()
 
 
 @dataclass

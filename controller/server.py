@@ -55,7 +55,8 @@ class ControllerSettings:
     # Fork replicas from a pre-imported model server (fast cold starts) rather than exec a new interpreter.
     fork_replicas: bool = True
     # Pause between a replica leaving the published route table and being told to drain.
-    route_propagation_seconds: float = 0.05
+    # How long a replica's drain waits for every gateway to stop routing to it.
+    unroute_timeout_seconds: float = 2.0
     autoscaling_limits: AutoscalingLimits = field(default_factory=AutoscalingLimits)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
@@ -147,11 +148,11 @@ class Controller:
         self.reconciler.poke()
 
     async def _unroute(self, handle) -> None:
-        """Before a replica drains: wait until the published route table no longer lists it,
-        then give gateways a moment to receive it (a request that still races in is refused
-        by the draining replica and retried elsewhere by the gateway)."""
-        await self.routes.wait_unrouted(handle.id, handle.deployment_id, timeout=2.0)
-        await asyncio.sleep(self.settings.route_propagation_seconds)
+        """Before a replica drains: wait until no following gateway routes to it (past the
+        timeout, a gateway that has not answered gets its request refused by the draining
+        replica and retries it elsewhere)."""
+        if not await self.routes.wait_unrouted(handle.id, handle.deployment_id, self.settings.unroute_timeout_seconds):
+            log.warning("replica %s drains before every gateway acknowledged its removal", handle.id)
 
     async def stop(self) -> None:
         """Graceful: stop taking RPCs, finish in-flight ones, drain and stop replicas."""

@@ -163,9 +163,13 @@ class RouteServicer(rt_grpc.RouteServiceServicer):
         self.load = load
 
     async def WatchRoutes(self, request, context):
-        async for message in self.routes.subscribe():
+        async for message in self.routes.subscribe(request.gateway_id):
             yield message
 
     async def ReportLoad(self, request, context):
         self.load.record(request)
         return rt.ReportLoadResponse()
+
+    async def AckRoutes(self, request, context):
+        self.routes.acknowledge(request.gateway_id, request.version)
+        return rt.AckRoutesResponse()

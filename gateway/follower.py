@@ -1,5 +1,7 @@
 """Follows the controller's route stream; keeps serving the last table while the
-controller is away and resynchronises (a full table) when it returns."""
+controller is away and resynchronises (a full table) when it returns. Every version
+applied is acknowledged, so the controller drains a replica only once this gateway
+no longer routes to it."""
 
 from __future__ import annotations
 
@@ -40,9 +42,8 @@ class RouteFollower:
         while True:
             try:
                 async with grpc.aio.insecure_channel(self.controller_address) as channel:
-                    stream = rt_grpc.RouteServiceStub(channel).WatchRoutes(
-                        rt.WatchRoutesRequest(gateway_id=self.gateway_id)
-                    )
+                    stub = rt_grpc.RouteServiceStub(channel)
+                    stream = stub.WatchRoutes(rt.WatchRoutesRequest(gateway_id=self.gateway_id))
                     async for message in stream:
                         if not self.connected:
                             if not message.reset:
@@ -50,6 +51,9 @@ class RouteFollower:
                             self.connected = True
                             log.info("following routes", extra={"fields": {"controller": self.controller_address}})
                         self._apply(message)
+                        await stub.AckRoutes(
+                            rt.AckRoutesRequest(gateway_id=self.gateway_id, version=message.version), timeout=5
+                        )
             except grpc.aio.AioRpcError as error:
                 if self.connected:
                     log.warning(

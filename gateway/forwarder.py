@@ -87,6 +87,8 @@ class Forwarder:
         self.on_waiting = on_waiting
         self._channels: dict[str, ReplicaChannel] = {}
         self.loads: defaultdict[str, LoadMeter] = defaultdict(LoadMeter)
+        # Requests sent again to another replica (the first refused it, or was unreachable).
+        self.retries = 0
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -187,6 +189,7 @@ class Forwarder:
                     if error.code() is not grpc.StatusCode.UNAVAILABLE:
                         raise from_replica(error) from None
                     excluded.add(channel.address)
+                    self.retries += 1
 
     async def stream(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeStreamRequest, timeout: float
@@ -210,6 +213,7 @@ class Forwarder:
                     if error.code() is not grpc.StatusCode.UNAVAILABLE or started:
                         raise from_replica(error) from None
                     excluded.add(channel.address)
+                    self.retries += 1
 
     def load_report(self) -> list[rt.DeploymentLoad]:
         return [

@@ -313,3 +313,26 @@ async def test_wake_starts_a_deployment_ahead_of_traffic_and_a_wait_that_runs_ou
     finally:
         platform.gate.touch()
         await impatient.stop()
+
+
+async def test_a_replica_is_out_of_every_gateway_before_it_drains(platform: Platform):
+    """Scale-down under load: no request reaches the replica being removed, so none is
+    refused by it and retried elsewhere (the retry is a safety net, not the mechanism)."""
+    pushed = await platform.api.push(platform.package("m", seconds=0.01), target=ds.PUSH_TARGET_PRODUCTION)
+    did = pushed.deployment.id
+    await platform.api.wait_production(pushed.model.id, did)
+    await platform.autoscale(did, min_replica=3, max_replica=3)
+    await wait_until(lambda: _ready(platform, did, 3), what="3 replicas")
+
+    stop, results, failures = asyncio.Event(), [], []
+    traffic = asyncio.create_task(load(platform, stop, 6, results, failures, model_id="m"))
+    await wait_until(lambda: len(results) > 20, what="traffic")
+    retries = platform.gateway.forwarder.retries
+    await platform.autoscale(did, min_replica=1, max_replica=1)
+    await wait_until(lambda: _ready(platform, did, 1), what="scale down to 1")
+    count = len(results)
+    await wait_until(lambda: len(results) > count + 20, what="more traffic")
+    stop.set()
+    await traffic
+    assert failures == [], failures[:3]
+    assert platform.gateway.forwarder.retries == retries, "a request reached a replica that was draining"

@@ -90,3 +90,15 @@ class DeploymentLoad(_message.Message):
 class ReportLoadResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AckRoutesRequest(_message.Message):
+    __slots__ = ("gateway_id", "version")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    version: int
+    def __init__(self, gateway_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class AckRoutesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

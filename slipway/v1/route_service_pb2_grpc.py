@@ -46,6 +46,11 @@ class RouteServiceStub:
                 request_serializer=slipway_dot_v1_dot_route__service__pb2.ReportLoadRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_route__service__pb2.ReportLoadResponse.FromString,
                 _registered_method=True)
+        self.AckRoutes = channel.unary_unary(
+                '/slipway.v1.RouteService/AckRoutes',
+                request_serializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesResponse.FromString,
+                _registered_method=True)
 
 
 class RouteServiceServicer:
@@ -69,6 +74,15 @@ class RouteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AckRoutes(self, request, context):
+        """The gateway routes by the table up to `version` of its WatchRoutes stream. A
+        replica is drained only once every following gateway has acknowledged a
+        version without it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +95,11 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     servicer.ReportLoad,
                     request_deserializer=slipway_dot_v1_dot_route__service__pb2.ReportLoadRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_route__service__pb2.ReportLoadResponse.SerializeToString,
+            ),
+            'AckRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckRoutes,
+                    request_deserializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +158,33 @@ class RouteService:
             '/slipway.v1.RouteService/ReportLoad',
             slipway_dot_v1_dot_route__service__pb2.ReportLoadRequest.SerializeToString,
             slipway_dot_v1_dot_route__service__pb2.ReportLoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.RouteService/AckRoutes',
+            slipway_dot_v1_dot_route__service__pb2.AckRoutesRequest.SerializeToString,
+            slipway_dot_v1_dot_route__service__pb2.AckRoutesResponse.FromString,
             options,
             channel_credentials,
             insecure,
