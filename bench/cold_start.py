@@ -5,6 +5,9 @@
    pre-imported fork server (the default) and, for comparison, as new interpreters.
 2. Scale-up: with one replica serving, a step from 1 to 4 concurrent callers; time
    until a second replica answers a request.
+3. Promotion reach: PromoteDeployment of an active published deployment, from its
+   answer until a request by model ID through the gateway (a separate process) is
+   answered by the new production; p50 and max of 20, both ways in turn.
 
     python bench/cold_start.py [--runs 10]
 """
@@ -74,16 +77,18 @@ class Bench:
         self.controller.close()
         self.gateway.close()
 
-    def push_production(self, name: str, **autoscaling) -> str:
+    def push_production(self, name: str, target=ds.PUSH_TARGET_PRODUCTION, **autoscaling) -> str:
         package = self.work / name
-        shutil.copytree(ROOT / "examples" / "echo", package)
-        (package / "config.yaml").write_text(f"model_name: {name}\nruntime:\n  predict_concurrency: 8\n")
-        (package / "model" / "model.py").write_text(PID_MODEL)
+        if not package.exists():
+            shutil.copytree(ROOT / "examples" / "echo", package)
+            (package / "config.yaml").write_text(f"model_name: {name}\nruntime:\n  predict_concurrency: 8\n")
+            (package / "model" / "model.py").write_text(PID_MODEL)
         archive, digest = archive_package(package)
         pushed = self.deployments.CreateDeployment(ds.CreateDeploymentRequest(
-            package_archive=archive, package_sha256=digest, target=ds.PUSH_TARGET_PRODUCTION))
-        poll(lambda: self.models.GetModel(ms.GetModelRequest(model_id=name)).model.production_deployment_id
-             == pushed.deployment.id)
+            package_archive=archive, package_sha256=digest, target=target))
+        if target == ds.PUSH_TARGET_PRODUCTION:
+            poll(lambda: self.models.GetModel(ms.GetModelRequest(model_id=name)).model.production_deployment_id
+                 == pushed.deployment.id)
         deployment = r.Deployment(id=pushed.deployment.id)
         for key, value in autoscaling.items():
             setattr(deployment.autoscaling_settings, key, value)
@@ -137,13 +142,32 @@ class Bench:
         del deployment_id
         return min(t for pid, t in seen.items() if pid != first_pid) - started
 
+    def promotion_reach(self, runs: int) -> list[float]:
+        awake = {"min_replica": 1, "max_replica": 1}
+        pair = [self.push_production("promo", **awake),
+                self.push_production("promo", target=ds.PUSH_TARGET_PUBLISHED, **awake)]
+        poll(lambda: self.state(pair[1]).state == r.DEPLOYMENT_STATE_ACTIVE)
+        times = []
+        for run_ in range(runs):
+            target = pair[(run_ + 1) % 2]
+            answer = self.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=target))
+            assert answer.completed
+            started = time.perf_counter()
+            request = inf.PredictRequest(target=inf.Target(model_id="promo"), payload=b"{}")
+            poll(lambda: self.inference.Predict(request, timeout=10).deployment_id == target, interval=0)
+            times.append(time.perf_counter() - started)
+        return times
 
-def run(work: pathlib.Path, fork: bool, runs: int, scale_up: bool) -> tuple[list[float], float | None]:
+
+def run(work: pathlib.Path, fork: bool, runs: int, extras: bool) -> tuple[list[float], float | None, list[float]]:
+    """Cold starts, and with `extras` the load step and the promotion reach."""
     flags = ["--autoscaling-time-scale", TIME_SCALE, "--wake-hold-seconds", "1"] + ([] if fork else ["--no-fork-replicas"])
     platform = Platform.start(work, *flags)
     bench = Bench(platform, work)
     try:
-        return bench.cold_starts(runs), bench.scale_up() if scale_up else None
+        if not extras:
+            return bench.cold_starts(runs), None, []
+        return bench.cold_starts(runs), bench.scale_up(), bench.promotion_reach(20)
     finally:
         bench.close()
         platform.stop()
@@ -153,15 +177,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    print("# Cold start and scale-up\n")
+    print("# Cold start, scale-up and promotion reach\n")
     print("\n".join(machine_info()))
     print("- controller, gateway, replicas and this client share the machine; echo-like model, loopback only\n")
     rows = []
-    step = None
+    step, reach = None, []
     for fork in (True, False):
         with tempfile.TemporaryDirectory() as tmp:
-            times, measured_step = run(pathlib.Path(tmp), fork, args.runs, scale_up=fork)
-            step = measured_step if fork else step
+            times, measured_step, measured_reach = run(pathlib.Path(tmp), fork, args.runs, extras=fork)
+            if fork:
+                step, reach = measured_step, measured_reach
         ms_ = [t * 1000 for t in times]
         label = "forked from the fork server (default)" if fork else "new interpreter (--no-fork-replicas)"
         rows.append(f"| {label} | {len(ms_)} | {percentile(ms_, 0.5):.0f} | {max(ms_):.0f} |")
@@ -171,6 +196,11 @@ def main() -> None:
     if step is not None:
         print(f"\nLoad step 1 -> 4 concurrent callers (1 replica serving, max 4): a new replica answered after "
               f"{step * 1000:.0f} ms")
+    if reach:
+        reach_ms = [t * 1000 for t in reach]
+        print(f"\nPromotion reach (PromoteDeployment answered -> gateway process serves the new production by model "
+              f"ID), {len(reach_ms)} promotions: p50 {percentile(reach_ms, 0.5):.1f} ms, max {max(reach_ms):.1f} ms "
+              "(includes one gateway round trip per poll)")
 
 
 if __name__ == "__main__":
