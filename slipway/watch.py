@@ -240,9 +240,9 @@ class WatchSession:
         except (PackageError, OSError) as err:
             click.echo(f"Not sending changes: {err}", err=True)
             return
+        self._retry_at = None
         if not patch.files:
             return
-        self._retry_at = None
         try:
             how = self._apply(patch)
         except (grpc.RpcError, SlipwayError, PackageError) as err:
