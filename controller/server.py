@@ -54,7 +54,6 @@ class ControllerSettings:
     shutdown_grace_seconds: float = 10.0
     # Fork replicas from a pre-imported model server (fast cold starts) rather than exec a new interpreter.
     fork_replicas: bool = True
-    # Pause between a replica leaving the published route table and being told to drain.
     # How long a replica's drain waits for every gateway to stop routing to it.
     unroute_timeout_seconds: float = 2.0
     autoscaling_limits: AutoscalingLimits = field(default_factory=AutoscalingLimits)

@@ -405,6 +405,15 @@ def server_options(command: Callable) -> Callable:
             show_envvar=True,
             help="Fork replicas from a pre-imported model server (fast cold starts) instead of new interpreters.",
         ),
+        click.option(
+            "--drain-seconds",
+            envvar="SLIPWAY_DRAIN_SECONDS",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            show_envvar=True,
+            help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -418,14 +427,14 @@ def configure_logs(log_level: str) -> None:
 
 
 def controller_settings(
-    host: str, port: int, data_dir: Path, time_scale: float, wake_hold: float, fork_replicas: bool
+    host: str, port: int, data_dir: Path, time_scale: float, wake_hold: float, fork_replicas: bool, drain_seconds: float
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.server import ControllerSettings
 
     return ControllerSettings(
         data_dir=data_dir, host=host, port=port, autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
-        fork_replicas=fork_replicas,
+        fork_replicas=fork_replicas, drain_seconds=drain_seconds,
     )
 
 
@@ -463,13 +472,15 @@ def run_until_stopped(coroutine: Any) -> None:
 @server_options
 def controller(
     host: str, port: int, data_dir: Path, log_level: str, autoscaling_time_scale: float, wake_hold_seconds: float,
-    fork_replicas: bool,
+    fork_replicas: bool, drain_seconds: float,
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
     configure_logs(log_level)
-    settings = controller_settings(host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas)
+    settings = controller_settings(
+        host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds
+    )
     run_until_stopped(run_controller(settings))
 
 
@@ -542,13 +553,16 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
 @timeout_option
 def up(
     host: str, port: int, data_dir: Path, log_level: str, autoscaling_time_scale: float, wake_hold_seconds: float,
-    fork_replicas: bool, gateway_port: int, http_port: int, replica_wait: float, example: Path | None, timeout: float,
+    fork_replicas: bool, drain_seconds: float, gateway_port: int, http_port: int, replica_wait: float,
+    example: Path | None, timeout: float,
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
     configure_logs(log_level)
     run_until_stopped(
         run_platform(
-            controller_settings(host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas),
+            controller_settings(
+                host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds
+            ),
             gateway_settings(host, gateway_port, http_port, "", replica_wait),
             example,
             timeout,
