@@ -244,19 +244,22 @@ class LocalProcessRuntime:
 
     async def stop(self, handle: ReplicaHandle, drain: bool = True) -> None:
         """SIGTERM (the replica finishes in-flight work), then SIGKILL if it overstays;
-        without `drain`, SIGKILL at once."""
+        without `drain`, SIGKILL at once. A kill takes the replica's process group (it
+        leads its own session), so processes the model started go with it."""
         if handle.exited or handle.pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(handle.pid, signal.SIGTERM if drain else signal.SIGKILL)
+        if drain:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, signal.SIGTERM)
+        else:
+            _kill_group(handle.pid)
         exit_task = handle._tasks[-1]
         try:
             async with asyncio.timeout(self._drain_seconds + 5):
                 await asyncio.shield(exit_task)
         except TimeoutError:
             log.warning("replica %s did not drain in time; killing it", handle.id)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(handle.pid, signal.SIGKILL)
+            _kill_group(handle.pid)
             await exit_task
 
     async def _watch_startup(self, handle: ReplicaHandle) -> None:
@@ -291,6 +294,16 @@ class LocalProcessRuntime:
             task.cancel()
         self.state_file(handle.id).unlink(missing_ok=True)
         self._on_change(handle)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a replica and the processes its model started (its process group; a replica
+    forked an instant ago may not lead its group yet, then the process alone)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _read_state(path: pathlib.Path) -> dict:

@@ -105,11 +105,15 @@ async def test_development_push_updates_in_place(api: Api):
 
 
 BUSY_MODEL = """
-import pathlib
+import pathlib, subprocess
 
 class Model:
     def __init__(self, **kwargs):
         pass
+
+    def load(self):  # a helper process of the model's own, as a model server may start
+        helper = subprocess.Popen(["sleep", "120"])
+        pathlib.Path({helper!r}).write_text(str(helper.pid))
 
     def predict(self, model_input):
         pathlib.Path({entered!r}).touch()
@@ -120,8 +124,8 @@ class Model:
 
 
 async def test_a_development_update_never_runs_two_replicas(api: Api, controller, tmp_path):
-    entered, gate = tmp_path / "entered", tmp_path / "gate"
-    first = await api.push(api.package("m", source=BUSY_MODEL.format(entered=str(entered), gate=str(gate))))
+    entered, gate, helper = tmp_path / "entered", tmp_path / "gate", tmp_path / "helper"
+    first = await api.push(api.package("m", source=BUSY_MODEL.format(entered=str(entered), gate=str(gate), helper=str(helper))))
     deployment = await active(api, first)
     in_flight = asyncio.ensure_future(api.predict(deployment))
     await wait_until(entered.exists, what="a request in flight on the development replica")
@@ -147,6 +151,7 @@ async def test_a_development_update_never_runs_two_replicas(api: Api, controller
         gate.touch()
         controller.reconciler._on_replica_change_hook = hook
     assert most == 1, "the old revision's replica was still running when the new one started"
+    await wait_until(lambda: not pid_alive(int(helper.read_text())), what="the model's own process to go with its replica")
     with pytest.raises(grpc.aio.AioRpcError):  # the spec lets a development update fail active requests
         await in_flight
 
