@@ -31,7 +31,7 @@ from controller.domain import (
 from controller.errors import InvalidArgument, NotFound
 from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
-from replica.package import load_package_config, read_requirements
+from replica.package import CONFIG_FILENAME, load_package_config, read_requirements
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -51,9 +51,19 @@ class Result:
 
 
 def _fingerprint(method: str, request: tuple) -> str:
-    """What identifies a request, for telling a retry from a reuse of its request_id."""
-    canonical = [sorted(part.items()) if isinstance(part, dict) else part for part in request]
-    return hashlib.sha256(repr((method, canonical)).encode()).hexdigest()
+    """What identifies a request, for telling a retry from a reuse of its request_id
+    (file contents by their hash: a patch may carry megabytes)."""
+
+    def canonical(part: object) -> object:
+        if isinstance(part, dict):
+            return sorted(part.items())
+        if isinstance(part, FilePatch):
+            return part.path, hashlib.sha256(part.content).hexdigest(), part.delete
+        if isinstance(part, (list, tuple)):
+            return [canonical(item) for item in part]
+        return part
+
+    return hashlib.sha256(repr((method, canonical(request))).encode()).hexdigest()
 
 
 def _encode_result(result: Result) -> str:
@@ -140,7 +150,7 @@ class Lifecycle:
         """Run `body` in one write transaction. With a request_id, a retry of the same
         request (`method` and the arguments in `request`) returns the first result, and
         the same request_id with another request is refused."""
-        fingerprint = _fingerprint(method, request)
+        fingerprint = _fingerprint(method, request) if request_id else ""
         async with self.store.write() as tx:
             if request_id:
                 prior = await tx.get_request(request_id)
@@ -284,7 +294,8 @@ class Lifecycle:
         warnings: tuple[str, ...] = ()
         if seen.package_digest == base_digest:  # otherwise refused below (or answered from request_id)
             derived = await asyncio.to_thread(self.packages.derive, base_digest, patches)
-            warnings = tuple(await asyncio.to_thread(compat.check_package, derived[1]))
+            if any(patch.path == CONFIG_FILENAME for patch in patches):  # else checked when it last changed
+                warnings = tuple(await asyncio.to_thread(compat.check_package, derived[1]))
             base_config = await asyncio.to_thread(load_package_config, self.packages.directory(base_digest))
             try:
                 requirements = (read_requirements(base_config), read_requirements(derived[1]))
