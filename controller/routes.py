@@ -54,10 +54,11 @@ class RouteBroadcaster:
         self._dirty_deployments: set[str] = set()
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
-        # Per following gateway (its gateway_id): the newest version it has applied.
-        self._applied: dict[str, int] = {}
-        self._streams: dict[str, object] = {}  # gateway_id -> its current stream
-        self._acknowledged = asyncio.Event()  # replaced (and set) on every change of _applied
+        # Per following gateway (gateway_id): its current stream, and the newest version it
+        # has acknowledged (None until its first acknowledgement: a stream that never
+        # acknowledges, like `grpcurl` or an older gateway, holds up no drain).
+        self._following: dict[str, tuple[object, int | None]] = {}
+        self._acknowledged = asyncio.Event()  # replaced (and set) on every change of _following
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -162,15 +163,16 @@ class RouteBroadcaster:
                 async with self._published:
                     await self._published.wait_for(lambda: not self.routed(replica_id, deployment_id))
                     version = self.version
-                while not all(applied >= version for applied in self._applied.values()):
+                while any(applied is not None and applied < version for _, applied in self._following.values()):
                     await self._acknowledged.wait()
         except TimeoutError:
             return False
         return True
 
     def acknowledge(self, gateway_id: str, version: int) -> None:
-        if gateway_id in self._applied:
-            self._applied[gateway_id] = max(self._applied[gateway_id], version)
+        if gateway_id in self._following:
+            stream, applied = self._following[gateway_id]
+            self._following[gateway_id] = stream, max(applied or 0, version)
             self._acknowledgements_changed()
 
     def _acknowledgements_changed(self) -> None:
@@ -180,9 +182,9 @@ class RouteBroadcaster:
     async def subscribe(self, gateway_id: str) -> AsyncIterator[rt.WatchRoutesResponse]:
         """The table, then its changes; the gateway counts as following while this runs
         (one stream per gateway_id: a reconnecting gateway replaces its old stream)."""
-        token = object()
-        self._streams[gateway_id] = token
-        self._applied[gateway_id] = 0
+        stream = object()
+        if gateway_id:
+            self._following[gateway_id] = stream, None
         try:
             sent = 0
             while True:
@@ -197,8 +199,8 @@ class RouteBroadcaster:
                 for message in messages:
                     yield message
         finally:
-            if self._streams.get(gateway_id) is token:
-                del self._streams[gateway_id], self._applied[gateway_id]
+            if self._following.get(gateway_id, (None,))[0] is stream:
+                del self._following[gateway_id]
                 self._acknowledgements_changed()
 
 

@@ -27,6 +27,16 @@ class RouteFollower:
         self.synced = asyncio.Event()
         self._updated = asyncio.Event()
         self.connected = False
+        self._acknowledging = True  # until a controller without AckRoutes says UNIMPLEMENTED
+
+    async def _acknowledge(self, stub: rt_grpc.RouteServiceStub, version: int) -> None:
+        try:
+            await stub.AckRoutes(rt.AckRoutesRequest(gateway_id=self.gateway_id, version=version), timeout=5)
+        except grpc.aio.AioRpcError as error:
+            if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._acknowledging = False
+            log.warning("the controller takes no route acknowledgements; following without them")
 
     async def changed(self, timeout: float) -> bool:
         """Wait for the next table (True) or until `timeout` passes (False)."""
@@ -51,9 +61,8 @@ class RouteFollower:
                             self.connected = True
                             log.info("following routes", extra={"fields": {"controller": self.controller_address}})
                         self._apply(message)
-                        await stub.AckRoutes(
-                            rt.AckRoutesRequest(gateway_id=self.gateway_id, version=message.version), timeout=5
-                        )
+                        if self._acknowledging:
+                            await self._acknowledge(stub, message.version)
             except grpc.aio.AioRpcError as error:
                 if self.connected:
                     log.warning(
