@@ -226,12 +226,13 @@ def bundled_external_dir(index: int) -> str:
 
 
 def _external_package_dirs(raw: Mapping[str, Any], package_dir: pathlib.Path) -> tuple[pathlib.Path, ...]:
-    """The directories external_package_dirs puts on sys.path, all inside the package."""
+    """The directories external_package_dirs puts on sys.path, all inside the package: the
+    bundled copy when the push made one (it decided the entry lies outside), else the entry."""
     root = package_dir.resolve()
     dirs = []
     for index, entry in enumerate(_str_list(raw, "external_package_dirs")):
-        where = (root / entry).resolve()
-        dirs.append(where if where.is_relative_to(root) else root / bundled_external_dir(index))
+        bundled, where = root / bundled_external_dir(index), (root / entry).resolve()
+        dirs.append(where if where.is_relative_to(root) and not bundled.is_dir() else bundled)
     return tuple(dirs)
 
 

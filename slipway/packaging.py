@@ -95,14 +95,15 @@ def package_entries(directory: Path | str) -> list[tuple[str, Path]]:
     root = _package_dir(directory)
     patterns = load_ignore_patterns(root)
     entries = _walk(root, "", patterns)
-    for index, source in _outside_external_dirs(root):
+    for index, source in outside_external_dirs(root):
         bundled = bundled_external_dir(index)
         entries += [(".external", source), (bundled, source), *_walk(source, bundled + "/", patterns)]
     return sorted(dict(entries).items())  # the .external directory entry once
 
 
-def _outside_external_dirs(root: Path) -> list[tuple[int, Path]]:
-    """(index, directory) of the config's external_package_dirs that lie outside the package."""
+def outside_external_dirs(root: Path) -> list[tuple[int, Path]]:
+    """(index, resolved directory) of the config's external_package_dirs that lie outside
+    the package (through a symbolic link too): those a push bundles."""
     try:
         raw = yaml.safe_load((root / CONFIG_FILE).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):

@@ -36,6 +36,7 @@ from slipway.packaging import (
     archive_package,
     is_ignored_path,
     load_ignore_patterns,
+    outside_external_dirs,
     package_entries,
     read_model_name,
     sha256_hex,
@@ -66,6 +67,7 @@ class PackageTree:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._hashes: dict[str, tuple[tuple[int, int], str]] = {}
+        self._paths: dict[str, Path] = {}  # package path -> file (bundled external ones lie elsewhere)
 
     def manifest(self) -> Manifest:
         """Hashes of every file; only files whose size or mtime changed since the last call are read."""
@@ -82,10 +84,11 @@ class PackageTree:
             except OSError:  # removed while we looked: the next burst of changes sees it gone
                 continue
             manifest[relpath] = cached[1]
+            self._paths[relpath] = path
         return manifest
 
     def read(self, relpath: str) -> bytes:
-        return (self.directory / relpath).read_bytes()
+        return self._paths.get(relpath, self.directory / relpath).read_bytes()
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class WatchSession:
         # Set while changes wait to be sent again (the controller was unreachable).
         self._retry_at: float | None = None
         self._last_failure = ""
+        self._roots = [self.directory]  # what is watched
 
     # --- starting point -------------------------------------------------------------
 
@@ -209,8 +213,9 @@ class WatchSession:
     def run(self) -> None:
         """Patch the deployment after every burst of changes until Ctrl-C."""
         running = False
+        self._roots = [self.directory, *(source for _, source in outside_external_dirs(self.directory))]
         for changes in watchfiles.watch(
-            self.directory,
+            *self._roots,
             watch_filter=self._relevant,
             debounce=DEBOUNCE_MS,
             step=STEP_MS,
@@ -226,21 +231,22 @@ class WatchSession:
                 self.sync()
 
     def _relevant(self, change: watchfiles.Change, path: str) -> bool:
-        relpath = os.path.relpath(path, self.directory).replace(os.sep, "/")
-        if relpath.startswith(".."):
-            return False
-        return not is_ignored_path(relpath, os.path.isdir(path), self._ignore_patterns)
+        for root in self._roots:  # the package, then the external directories bundled into it
+            relpath = os.path.relpath(path, root).replace(os.sep, "/")
+            if not relpath.startswith(".."):
+                return not is_ignored_path(relpath, os.path.isdir(path), self._ignore_patterns)
+        return False
 
     def sync(self) -> None:
         """Send what changed since the last accepted package, and print one line about it."""
         started = time.monotonic()
+        self._retry_at = None
         try:
             self._ignore_patterns = load_ignore_patterns(self.directory)
             patch = compute_patch(self.tree, self.manifest)
         except (PackageError, OSError) as err:
             click.echo(f"Not sending changes: {err}", err=True)
             return
-        self._retry_at = None
         if not patch.files:
             return
         try:

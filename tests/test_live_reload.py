@@ -409,3 +409,38 @@ async def test_watch_sends_changes_made_while_the_controller_was_down_once_it_is
         controller.process.kill()
         for pid in replica_pids(data_dir, include_fork_servers=True):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_watch_sends_changes_in_bundled_external_directories(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "helper.py").write_text("X = 1\n")
+    package = write_live_package(tmp_path / "pkg")
+    (package / "config.yaml").write_text("model_name: live\nexternal_package_dirs: [../shared]\n")
+    tree = PackageTree(package)
+    base = tree.manifest()
+    assert ".external/0/helper.py" in base
+
+    (tmp_path / "shared" / "helper.py").write_text("X = 2\n")
+    (tmp_path / "shared" / "more.py").write_text("Y = 1\n")
+    patch = compute_patch(tree, base)
+    assert {(f.path, f.content) for f in patch.files} == {
+        (".external/0/helper.py", b"X = 2\n"), (".external/0/more.py", b"Y = 1\n"),
+    }
+
+
+def test_an_external_directory_linked_from_inside_the_package_is_bundled_and_used(tmp_path):
+    import io
+    import tarfile
+
+    from replica.package import load_package_config
+
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "helper.py").write_text("X = 1\n")
+    package = write_live_package(tmp_path / "pkg")
+    (package / "shared").symlink_to(tmp_path / "shared")  # inside by name, outside in fact
+    (package / "config.yaml").write_text("model_name: live\nexternal_package_dirs: [shared]\n")
+    stored = tmp_path / "stored"
+    with tarfile.open(fileobj=io.BytesIO(archive_package(package)[0])) as archive:
+        archive.extractall(stored, filter="data")
+    assert load_package_config(stored).external_package_dirs == (stored.resolve() / ".external" / "0",)
+    assert (stored / ".external" / "0" / "helper.py").read_text() == "X = 1\n"
