@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pathlib
@@ -256,7 +257,7 @@ class Reconciler:
     async def _start(self, deployment: Deployment, python: str | None = None) -> None:
         replica_id = new_id("r")
         package_dir = self.packages.directory(deployment.package_digest)
-        config = await asyncio.to_thread(load_package_config, package_dir)
+        config = await asyncio.to_thread(_package_config, package_dir)
         environment = {
             "SLIPWAY_ENVIRONMENT": "development" if deployment.is_development else "published",
             **declared_secret_environ(config, os.environ),
@@ -313,6 +314,11 @@ class Reconciler:
         code = "" if handle.exit_code is None else f" (exit code {handle.exit_code})"
         crash.message = f"replica {handle.id} exited unexpectedly{code}; restarting (crash {crash.count})"
         log.warning(crash.message)
+
+
+# Stored packages never change (content-addressed): a replica start, on the cold-start path,
+# parses a package's config.yaml only the first time.
+_package_config = functools.lru_cache(maxsize=256)(load_package_config)
 
 
 def _remove(path: pathlib.Path) -> None:
