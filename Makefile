@@ -33,7 +33,9 @@ check-generated: $(STAMP)
 
 # buf breaking compares the protos with the main branch (a no-op on a clean clone of main;
 # it catches a breaking change in the working tree before it lands).
-lint: $(BUF)
+lint: $(STAMP) $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(BUF) lint
 	@if git rev-parse --verify -q main >/dev/null; then $(BUF) breaking --against '.git#branch=main'; fi
 

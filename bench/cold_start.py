@@ -84,17 +84,25 @@ class Bench:
             (package / "config.yaml").write_text(f"model_name: {name}\nruntime:\n  predict_concurrency: 8\n")
             (package / "model" / "model.py").write_text(PID_MODEL)
         archive, digest = archive_package(package)
-        pushed = self.deployments.CreateDeployment(ds.CreateDeploymentRequest(
-            package_archive=archive, package_sha256=digest, target=target))
+        pushed = self.deployments.CreateDeployment(
+            ds.CreateDeploymentRequest(package_archive=archive, package_sha256=digest, target=target)
+        )
         if target == ds.PUSH_TARGET_PRODUCTION:
-            poll(lambda: self.models.GetModel(ms.GetModelRequest(model_id=name)).model.production_deployment_id
-                 == pushed.deployment.id)
+            poll(
+                lambda: (
+                    self.models.GetModel(ms.GetModelRequest(model_id=name)).model.production_deployment_id
+                    == pushed.deployment.id
+                )
+            )
         deployment = r.Deployment(id=pushed.deployment.id)
         for key, value in autoscaling.items():
             setattr(deployment.autoscaling_settings, key, value)
-        self.deployments.UpdateDeployment(ds.UpdateDeploymentRequest(
-            deployment=deployment,
-            update_mask=field_mask_pb2.FieldMask(paths=[f"autoscaling_settings.{k}" for k in autoscaling])))
+        self.deployments.UpdateDeployment(
+            ds.UpdateDeploymentRequest(
+                deployment=deployment,
+                update_mask=field_mask_pb2.FieldMask(paths=[f"autoscaling_settings.{k}" for k in autoscaling]),
+            )
+        )
         return pushed.deployment.id
 
     def state(self, deployment_id: str) -> r.Deployment:
@@ -118,8 +126,14 @@ class Bench:
         return times
 
     def scale_up(self) -> float:
-        deployment_id = self.push_production("step", min_replica=1, max_replica=4, autoscaling_window=10,
-                                             concurrency_target=1, target_utilization_percentage=100)
+        deployment_id = self.push_production(
+            "step",
+            min_replica=1,
+            max_replica=4,
+            autoscaling_window=10,
+            concurrency_target=1,
+            target_utilization_percentage=100,
+        )
         first_pid = self.predict("step")["pid"]
         stop = threading.Event()
         seen: dict[int, float] = {}
@@ -144,8 +158,10 @@ class Bench:
 
     def promotion_reach(self, runs: int) -> list[float]:
         awake = {"min_replica": 1, "max_replica": 1}
-        pair = [self.push_production("promo", **awake),
-                self.push_production("promo", target=ds.PUSH_TARGET_PUBLISHED, **awake)]
+        pair = [
+            self.push_production("promo", **awake),
+            self.push_production("promo", target=ds.PUSH_TARGET_PUBLISHED, **awake),
+        ]
         poll(lambda: self.state(pair[1]).state == r.DEPLOYMENT_STATE_ACTIVE)
         times = []
         for run_ in range(runs):
@@ -154,14 +170,16 @@ class Bench:
             assert answer.completed
             started = time.perf_counter()
             request = inf.PredictRequest(target=inf.Target(model_id="promo"), payload=b"{}")
-            poll(lambda: self.inference.Predict(request, timeout=10).deployment_id == target, interval=0)
+            poll(lambda r=request, t=target: self.inference.Predict(r, timeout=10).deployment_id == t, interval=0)
             times.append(time.perf_counter() - started)
         return times
 
 
 def run(work: pathlib.Path, fork: bool, runs: int, extras: bool) -> tuple[list[float], float | None, list[float]]:
     """Cold starts, and with `extras` the load step and the promotion reach."""
-    flags = ["--autoscaling-time-scale", TIME_SCALE, "--wake-hold-seconds", "1"] + ([] if fork else ["--no-fork-replicas"])
+    flags = ["--autoscaling-time-scale", TIME_SCALE, "--wake-hold-seconds", "1"] + (
+        [] if fork else ["--no-fork-replicas"]
+    )
     platform = Platform.start(work, *flags)
     bench = Bench(platform, work)
     try:
@@ -194,13 +212,17 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     print("\n".join(rows))
     if step is not None:
-        print(f"\nLoad step 1 -> 4 concurrent callers (1 replica serving, max 4): a new replica answered after "
-              f"{step * 1000:.0f} ms")
+        print(
+            f"\nLoad step 1 -> 4 concurrent callers (1 replica serving, max 4): a new replica answered after "
+            f"{step * 1000:.0f} ms"
+        )
     if reach:
         reach_ms = [t * 1000 for t in reach]
-        print(f"\nPromotion reach (PromoteDeployment answered -> gateway process serves the new production by model "
-              f"ID), {len(reach_ms)} promotions: p50 {percentile(reach_ms, 0.5):.1f} ms, max {max(reach_ms):.1f} ms "
-              "(includes one gateway round trip per poll)")
+        print(
+            f"\nPromotion reach (PromoteDeployment answered -> gateway process serves the new production by model "
+            f"ID), {len(reach_ms)} promotions: p50 {percentile(reach_ms, 0.5):.1f} ms, max {max(reach_ms):.1f} ms "
+            "(includes one gateway round trip per poll)"
+        )
 
 
 if __name__ == "__main__":

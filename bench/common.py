@@ -64,15 +64,42 @@ class Platform:
         controller_address = f"127.0.0.1:{ports[0]}"
         log = open(work / "platform.log", "ab")
         controller = subprocess.Popen(
-            [sys.executable, "-m", "slipway", "controller", "--port", str(ports[0]), "--data-dir", str(work / "data"),
-             "--log-level", "WARNING", *controller_flags],
-            stdout=log, stderr=log, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "slipway",
+                "controller",
+                "--port",
+                str(ports[0]),
+                "--data-dir",
+                str(work / "data"),
+                "--log-level",
+                "WARNING",
+                *controller_flags,
+            ],
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
         )
         wait_reachable(controller_address, controller, "controller")
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "slipway", "--controller", controller_address, "gateway",
-             "--gateway-port", str(ports[1]), "--http-port", str(ports[2]), "--log-level", "WARNING"],
-            stdout=log, stderr=log, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "slipway",
+                "--controller",
+                controller_address,
+                "gateway",
+                "--gateway-port",
+                str(ports[1]),
+                "--http-port",
+                str(ports[2]),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
         )
         gateway_address = f"127.0.0.1:{ports[1]}"
         wait_reachable(gateway_address, gateway, "gateway")

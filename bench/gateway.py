@@ -44,11 +44,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import free_port, machine_info  # noqa: E402
 import grpc  # noqa: E402
 import yaml  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from bench.common import free_port, machine_info  # noqa: E402
 from slipway.v1 import inference_service_pb2 as inf  # noqa: E402
 from slipway.v1 import replica_service_pb2 as rs  # noqa: E402
 
@@ -82,8 +82,11 @@ def system_cpu_seconds() -> dict[str, float]:
     there and is charged to no process), and stolen by the hypervisor."""
     fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
-    return {"process": (user + nice + system) / CLOCK_TICKS, "irq": (irq + softirq) / CLOCK_TICKS,
-            "steal": steal / CLOCK_TICKS}
+    return {
+        "process": (user + nice + system) / CLOCK_TICKS,
+        "irq": (irq + softirq) / CLOCK_TICKS,
+        "steal": steal / CLOCK_TICKS,
+    }
 
 
 def wait_serving(address: str, process: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
@@ -116,7 +119,10 @@ def stop(process: subprocess.Popen | None, what: str, timeout: float = 45.0) -> 
 def slipway(controller: str, *args: str, timeout: float = 120.0) -> str:
     result = subprocess.run(
         [PY, "-m", "slipway", "--controller", controller, *args],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if result.returncode != 0:
         raise RuntimeError(f"slipway {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
@@ -158,10 +164,16 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def h2load(url: str, body: pathlib.Path, headers: list[str], requests: int, concurrency: int,
-           log_file: pathlib.Path | None, h1: bool) -> str:
-    command = ["h2load", "-n", str(requests), "-c", str(concurrency), "-m", "1", "-t", "1",
-               "-d", str(body), *headers]
+def h2load(
+    url: str,
+    body: pathlib.Path,
+    headers: list[str],
+    requests: int,
+    concurrency: int,
+    log_file: pathlib.Path | None,
+    h1: bool,
+) -> str:
+    command = ["h2load", "-n", str(requests), "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body), *headers]
     if h1:
         command.append("--h1")
     if log_file is not None:
@@ -226,8 +238,9 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
-def sanity_checks(work: pathlib.Path, replica_address: str, gateway_grpc: str, http_base: str,
-                  model_id: str, deployment_id: str) -> list[Target]:
+def sanity_checks(
+    work: pathlib.Path, replica_address: str, gateway_grpc: str, http_base: str, model_id: str, deployment_id: str
+) -> list[Target]:
     """Write the request bodies h2load sends, and send those exact bytes once with Python
     clients that see the gRPC status (h2load only sees HTTP status codes)."""
     invoke = rs.InvokeRequest(payload=PAYLOAD, content_type="application/json").SerializeToString()
@@ -269,20 +282,41 @@ def sanity_checks(work: pathlib.Path, replica_address: str, gateway_grpc: str, h
     if json.loads(http_body) != EXPECTED_OUTPUT:
         raise RuntimeError(f"gateway HTTP answered {http_body!r}")
 
-    say(f"  sanity: replica Invoke -> {answer.payload.decode()}; gateway Predict -> {predicted.payload.decode()} "
-        f"from {predicted.deployment_id}; HTTP -> {http_body.decode()}")
+    say(
+        f"  sanity: replica Invoke -> {answer.payload.decode()}; gateway Predict -> {predicted.payload.decode()} "
+        f"from {predicted.deployment_id}; HTTP -> {http_body.decode()}"
+    )
     return [
-        Target("direct replica, gRPC Invoke", f"http://{replica_address}{INVOKE}", work / "invoke.bin",
-               GRPC_HEADERS, False, 5 + len(raw_invoke)),
-        Target("gateway, gRPC Predict", f"http://{gateway_grpc}{PREDICT}", work / "predict.bin",
-               GRPC_HEADERS, False, 5 + len(raw_predict)),
-        Target("gateway, HTTP/1.1 POST", http_url, work / "predict.json",
-               ["-H", "content-type: application/json"], True, len(http_body)),
+        Target(
+            "direct replica, gRPC Invoke",
+            f"http://{replica_address}{INVOKE}",
+            work / "invoke.bin",
+            GRPC_HEADERS,
+            False,
+            5 + len(raw_invoke),
+        ),
+        Target(
+            "gateway, gRPC Predict",
+            f"http://{gateway_grpc}{PREDICT}",
+            work / "predict.bin",
+            GRPC_HEADERS,
+            False,
+            5 + len(raw_predict),
+        ),
+        Target(
+            "gateway, HTTP/1.1 POST",
+            http_url,
+            work / "predict.json",
+            ["-H", "content-type: application/json"],
+            True,
+            len(http_body),
+        ),
     ]
 
 
-def measure(target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, int],
-            work: pathlib.Path) -> Run:
+def measure(
+    target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, int], work: pathlib.Path
+) -> Run:
     h2load(target.url, target.body, target.headers, warmup, concurrency, None, target.h1)
     run = Run(target.name, concurrency, requests, expected_bytes=requests * target.response_bytes)
     log_file = work / f"h2load-{len(list(work.glob('h2load-*')))}.log"
@@ -303,8 +337,10 @@ def measure(target: Target, concurrency: int, requests: int, warmup: int, pids: 
     parse_summary(output, run)
     parse_log(log_file, run)
     bad = run.failed + run.non_2xx + run.bad_bodies
-    say(f"  {target.name:<28} c={concurrency:<3} n={requests:<6} {run.req_per_s:8.1f} req/s  "
-        f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  bad {bad}")
+    say(
+        f"  {target.name:<28} c={concurrency:<3} n={requests:<6} {run.req_per_s:8.1f} req/s  "
+        f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  bad {bad}"
+    )
     return run
 
 
@@ -335,21 +371,27 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
     say()
     for line in gateway_machine_info():
         say(line)
-    say(f"- {args.warmup} warm-up requests before each measured run; h2load `-m 1` (one stream per connection); "
-        f"whole benchmark {total_seconds:.0f} s")
+    say(
+        f"- {args.warmup} warm-up requests before each measured run; h2load `-m 1` (one stream per connection); "
+        f"whole benchmark {total_seconds:.0f} s"
+    )
     say()
     say("| path | concurrency | requests | req/s | p50 ms | p99 ms | failed |")
     say("|---|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         bad = run.failed + run.non_2xx
         note = f" (+{run.bad_bodies} gRPC errors by body size)" if run.bad_bodies else ""
-        say(f"| {run.path} | {run.concurrency} | {run.requests} | {run.req_per_s:.0f} | {fmt(run.p50_ms)} | "
-            f"{fmt(run.p99_ms)} | {bad}{note} |")
+        say(
+            f"| {run.path} | {run.concurrency} | {run.requests} | {run.req_per_s:.0f} | {fmt(run.p50_ms)} | "
+            f"{fmt(run.p99_ms)} | {bad}{note} |"
+        )
     say()
-    say("`failed` = h2load failed/errored/timed-out requests + non-2xx statuses. gRPC errors come as HTTP 200 "
+    say(
+        "`failed` = h2load failed/errored/timed-out requests + non-2xx statuses. gRPC errors come as HTTP 200 "
         "with a grpc-status trailer and no message, so each run's DATA bytes are also checked against "
         "requests x the size of the good response (sent once beforehand with a Python client): "
-        + ("all runs match." if not any(r.bad_bodies for r in runs) else "MISMATCH, see the table."))
+        + ("all runs match." if not any(r.bad_bodies for r in runs) else "MISMATCH, see the table.")
+    )
     say()
 
     def run_of(path_prefix: str, c: int) -> Run | None:
@@ -360,38 +402,55 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
     for prefix in ("gateway, gRPC", "gateway, HTTP"):
         through = run_of(prefix, 1)
         if direct and through:
-            say(f"- {through.path}: +{through.p50_ms - direct.p50_ms:.3f} ms "
-                f"(p50 {through.p50_ms:.3f} vs {direct.p50_ms:.3f} ms; p99 +{through.p99_ms - direct.p99_ms:.3f} ms)")
+            say(
+                f"- {through.path}: +{through.p50_ms - direct.p50_ms:.3f} ms "
+                f"(p50 {through.p50_ms:.3f} vs {direct.p50_ms:.3f} ms; p99 +{through.p99_ms - direct.p99_ms:.3f} ms)"
+            )
     say("  (the HTTP path calls the replica's InvokeStream, the gRPC paths its unary Invoke)")
     say()
-    say("CPU per request (utime+stime from /proc/PID/stat around the measured run, all threads; "
-        f"clock tick {1000 / CLOCK_TICKS:g} ms):")
+    say(
+        "CPU per request (utime+stime from /proc/PID/stat around the measured run, all threads; "
+        f"clock tick {1000 / CLOCK_TICKS:g} ms):"
+    )
     say()
-    say("| path | concurrency | gateway ms CPU/req | replica ms CPU/req | gateway / replica | "
+    say(
+        "| path | concurrency | gateway ms CPU/req | replica ms CPU/req | gateway / replica | "
         "gateway busy (cores) | gateway loop thread (cores) | replica busy (cores) | replica loop thread (cores) | "
-        "h2load ms CPU/req | irq+softirq (cores) | other processes (cores) | steal (cores) |")
+        "h2load ms CPU/req | irq+softirq (cores) | other processes (cores) | steal (cores) |"
+    )
     say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
-        per = lambda name: run.cpu.get(name, math.nan) * 1000 / run.requests  # noqa: E731
-        busy = lambda name: run.cpu.get(name, math.nan) / run.seconds if run.seconds else math.nan  # noqa: E731
+
+        def per(name: str, run=run) -> float:
+            return run.cpu.get(name, math.nan) * 1000 / run.requests
+
+        def busy(name: str, run=run) -> float:
+            return run.cpu.get(name, math.nan) / run.seconds if run.seconds else math.nan
+
         direct = run.path.startswith("direct")
         gateway = math.nan if direct else per("gateway")
         ratio = math.nan if direct or not run.cpu.get("replica") else run.cpu["gateway"] / run.cpu["replica"]
-        say(f"| {run.path} | {run.concurrency} | {fmt(gateway, 3)} | {fmt(per('replica'), 3)} | {fmt(ratio)} | "
+        say(
+            f"| {run.path} | {run.concurrency} | {fmt(gateway, 3)} | {fmt(per('replica'), 3)} | {fmt(ratio)} | "
             f"{fmt(math.nan if direct else busy('gateway'))} | {fmt(math.nan if direct else busy('gateway loop'))} | "
             f"{fmt(busy('replica'))} | {fmt(busy('replica loop'))} | {fmt(per('h2load'), 3)} | "
-            f"{fmt(busy('irq'))} | {fmt(busy('other'))} | {fmt(busy('steal'))} |")
+            f"{fmt(busy('irq'))} | {fmt(busy('other'))} | {fmt(busy('steal'))} |"
+        )
     controller = sum(r.cpu.get("controller", 0.0) for r in runs)
     say()
-    say("`busy` = CPU seconds / wall seconds of the run, in cores; `loop thread` = the process's main thread, "
+    say(
+        "`busy` = CPU seconds / wall seconds of the run, in cores; `loop thread` = the process's main thread, "
         "which runs the asyncio event loop: all request handling in Python (the rest is grpc's poller and "
-        "event_engine threads and, in the replica, the predict thread pool).")
+        "event_engine threads and, in the replica, the predict thread pool)."
+    )
     say()
-    say(f"The controller used {controller:.2f} s CPU over all measured runs (route stream, load reports, reconciler). "
+    say(
+        f"The controller used {controller:.2f} s CPU over all measured runs (route stream, load reports, reconciler). "
         "Machine-wide columns come from /proc/stat: `irq+softirq` is interrupt time (loopback TCP is processed "
         "there and charged to no process), `other processes` is user+system time of every process minus gateway, "
         "replica, controller and h2load (anything else running competes for the same cores), `steal` is time "
-        "the hypervisor gave to other guests.")
+        "the hypervisor gave to other guests."
+    )
 
 
 def make_package(work: pathlib.Path, concurrency: int) -> pathlib.Path:
@@ -421,34 +480,68 @@ def main(args: argparse.Namespace) -> int:
         controller_log = open(work / "controller.log", "wb")
         logs.append(work / "controller.log")
         controller = subprocess.Popen(
-            [PY, "-m", "slipway", "controller", "--host", "127.0.0.1", "--port", str(controller_port),
-             "--data-dir", str(work / "data"), "--log-level", args.log_level],
-            cwd=REPO, stdout=controller_log, stderr=subprocess.STDOUT,
+            [
+                PY,
+                "-m",
+                "slipway",
+                "controller",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(controller_port),
+                "--data-dir",
+                str(work / "data"),
+                "--log-level",
+                args.log_level,
+            ],
+            cwd=REPO,
+            stdout=controller_log,
+            stderr=subprocess.STDOUT,
         )
         wait_serving(controller_address, controller, "controller")
         gateway_log = open(work / "gateway.log", "wb")
         logs.append(work / "gateway.log")
         gateway = subprocess.Popen(
-            [PY, "-m", "slipway", "--controller", controller_address, "gateway", "--host", "127.0.0.1",
-             "--gateway-port", str(grpc_port), "--http-port", str(http_port), "--log-level", args.log_level],
-            cwd=REPO, stdout=gateway_log, stderr=subprocess.STDOUT,
+            [
+                PY,
+                "-m",
+                "slipway",
+                "--controller",
+                controller_address,
+                "gateway",
+                "--host",
+                "127.0.0.1",
+                "--gateway-port",
+                str(grpc_port),
+                "--http-port",
+                str(http_port),
+                "--log-level",
+                args.log_level,
+            ],
+            cwd=REPO,
+            stdout=gateway_log,
+            stderr=subprocess.STDOUT,
         )
         wait_serving(f"127.0.0.1:{grpc_port}", gateway, "gateway")
 
         package = make_package(work, args.predict_concurrency)
-        pushed = json.loads(slipway(controller_address, "push", str(package), "--promote", "--output", "json",
-                                    "--timeout", "120"))
+        pushed = json.loads(
+            slipway(controller_address, "push", str(package), "--promote", "--output", "json", "--timeout", "120")
+        )
         model_id, deployment_id = pushed["model"]["id"], pushed["deployment"]["id"]
         deployment = json.loads(slipway(controller_address, "deployments", "get", deployment_id, "--output", "json"))
         replicas = [r for r in deployment.get("replicas", []) if r.get("address")]
         if len(replicas) != 1:
             raise RuntimeError(f"expected one replica, got {deployment.get('replicas')}")
         replica_address, replica_pid = replicas[0]["address"], int(replicas[0]["pid"])
-        say(f"  model {model_id}, production deployment {deployment_id} ({deployment['state']}), "
-            f"replica {replica_address} pid {replica_pid}; gateway pid {gateway.pid}")
+        say(
+            f"  model {model_id}, production deployment {deployment_id} ({deployment['state']}), "
+            f"replica {replica_address} pid {replica_pid}; gateway pid {gateway.pid}"
+        )
 
-        targets = sanity_checks(work, replica_address, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}",
-                                model_id, deployment_id)
+        targets = sanity_checks(
+            work, replica_address, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", model_id, deployment_id
+        )
         pids = {"gateway": gateway.pid, "replica": replica_pid, "controller": controller.pid}
         runs = []
         for target in targets:
@@ -479,15 +572,18 @@ def main(args: argparse.Namespace) -> int:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--c1-requests", type=int, default=3000,
-                        help="requests per run at concurrency 1 (default 3000)")
-    parser.add_argument("--cn-requests", type=int, default=20000,
-                        help="requests per run at the high concurrency (default 20000)")
+    parser.add_argument(
+        "--c1-requests", type=int, default=3000, help="requests per run at concurrency 1 (default 3000)"
+    )
+    parser.add_argument(
+        "--cn-requests", type=int, default=20000, help="requests per run at the high concurrency (default 20000)"
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="the high concurrency (default 32)")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up requests before each run (default 500)")
     parser.add_argument("--predict-concurrency", type=int, default=64, help="the replica's runtime.predict_concurrency")
-    parser.add_argument("--log-level", default="WARNING",
-                        help="controller/gateway log level (to files; default WARNING)")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="controller/gateway log level (to files; default WARNING)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, h2load logs)")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
@@ -497,6 +593,7 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+
     def _terminate(signum, frame):  # run the cleanup in main's finally on SIGTERM too
         raise KeyboardInterrupt
 

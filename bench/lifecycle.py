@@ -42,11 +42,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import free_port, machine_info  # noqa: E402
 import grpc  # noqa: E402
 from google.protobuf import field_mask_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from bench.common import free_port, machine_info  # noqa: E402
 from controller.domain import AutoscalingSettings, Deployment, Kind, State  # noqa: E402
 from controller.packages import PackageStore  # noqa: E402
 from controller.store import Store, new_id  # noqa: E402
@@ -239,8 +239,14 @@ async def bench_reads(stub: ds_grpc.DeploymentServiceStub, seeded: Seeded, calls
         tokens.append(page.next_page_token)
     walk = time.perf_counter() - start
     figures.append(
-        Figure("ListDeployments full walk (page_size 100)", len(tokens), 1, walk, [walk],
-               note=f"{total} deployments in {len(tokens)} pages")
+        Figure(
+            "ListDeployments full walk (page_size 100)",
+            len(tokens),
+            1,
+            walk,
+            [walk],
+            note=f"{total} deployments in {len(tokens)} pages",
+        )
     )
     print(f"  full listing walk: {total} deployments, {len(tokens)} pages of 100 in {walk * 1000:.0f} ms", flush=True)
 
@@ -255,8 +261,14 @@ async def bench_reads(stub: ds_grpc.DeploymentServiceStub, seeded: Seeded, calls
             break
     walk = time.perf_counter() - start
     figures.append(
-        Figure("ListDeployments full walk (page_size 1000)", pages, 1, walk, [walk],
-               note=f"{total} deployments in {pages} pages")
+        Figure(
+            "ListDeployments full walk (page_size 1000)",
+            pages,
+            1,
+            walk,
+            [walk],
+            note=f"{total} deployments in {pages} pages",
+        )
     )
     print(f"  full listing walk: {total} deployments, {pages} pages of 1000 in {walk * 1000:.0f} ms", flush=True)
 
@@ -316,7 +328,9 @@ async def bench_writes(
     async def autoscale(i: int) -> None:
         settings = r.AutoscalingSettings(max_replica=1 + i % 8, scale_down_delay=60 * (1 + i % 10))
         await stub.UpdateDeployment(
-            ds.UpdateDeploymentRequest(deployment=r.Deployment(id=scale_ids[i], autoscaling_settings=settings), update_mask=mask)
+            ds.UpdateDeploymentRequest(
+                deployment=r.Deployment(id=scale_ids[i], autoscaling_settings=settings), update_mask=mask
+            )
         )
 
     figures.append(await run_load("UpdateDeployment autoscaling (field mask)", args.writes, c, autoscale))
@@ -360,7 +374,10 @@ async def bench_writes(
 
     figures.append(
         await run_load(
-            "CreateDeployment publish + DeactivateDeployment", args.pushes, args.push_concurrency, push_and_deactivate,
+            "CreateDeployment publish + DeactivateDeployment",
+            args.pushes,
+            args.push_concurrency,
+            push_and_deactivate,
             note="pairs/s; replicas start and stop",
         )
     )
@@ -393,8 +410,14 @@ async def time_route_table(data_dir: pathlib.Path, rounds: int = 3) -> Figure | 
         await store.close()
     best = min(times)
     print(f"  route table rebuild: {best * 1000:.0f} ms (best of {rounds}), {size / 1024:.0f} KiB", flush=True)
-    return Figure("route table rebuild (controller.routes, in-process)", len(table.deployments), 1, best, [best],
-                  note=f"best of {rounds}; {size / 1024:.0f} KiB per table version")
+    return Figure(
+        "route table rebuild (controller.routes, in-process)",
+        len(table.deployments),
+        1,
+        best,
+        [best],
+        note=f"best of {rounds}; {size / 1024:.0f} KiB per table version",
+    )
 
 
 def replica_starts(db: pathlib.Path) -> tuple[int, int]:
@@ -445,13 +468,22 @@ async def main(args: argparse.Namespace) -> int:
         seed_package = write_package(tmp_path / "seed-package", "bench-seed")
 
         total = args.models * args.per_model
-        print(f"Seeding {total} inactive deployments ({args.models} models x {args.per_model}) directly into "
-              f"{data_dir / 'controller.db'} with controller.store (WriteTx.insert_model / insert_deployment), "
-              "before the controller starts — not through the API, which would start a replica per push.", flush=True)
+        print(
+            f"Seeding {total} inactive deployments ({args.models} models x {args.per_model}) directly into "
+            f"{data_dir / 'controller.db'} with controller.store (WriteTx.insert_model / insert_deployment), "
+            "before the controller starts — not through the API, which would start a replica per push.",
+            flush=True,
+        )
         seeded = await seed(data_dir, seed_package, args.models, args.per_model)
         figures.append(
-            Figure("seed via controller.store (1 tx per model)", total, 1, seeded.seconds, [seeded.seconds],
-                   note=f"{total / seeded.seconds:.0f} rows/s, not via the API")
+            Figure(
+                "seed via controller.store (1 tx per model)",
+                total,
+                1,
+                seeded.seconds,
+                [seeded.seconds],
+                note=f"{total / seeded.seconds:.0f} rows/s, not via the API",
+            )
         )
         print(f"  seeded in {seeded.seconds:.2f} s ({total / seeded.seconds:.0f} deployments/s)", flush=True)
         route_figure = await time_route_table(data_dir)
@@ -461,12 +493,23 @@ async def main(args: argparse.Namespace) -> int:
         port = free_port()
         address = f"127.0.0.1:{port}"
         log_path = tmp_path / "controller.log"
-        command = [sys.executable, "-m", "slipway", "controller", "--port", str(port), "--data-dir", str(data_dir),
-                   "--log-level", args.log_level]
+        command = [
+            sys.executable,
+            "-m",
+            "slipway",
+            "controller",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            args.log_level,
+        ]
         print(f"Starting controller: {' '.join(command)}", flush=True)
         with log_path.open("wb") as log_file:
-            process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         try:
             ready = await wait_serving(address, process)
             figures.append(Figure(f"controller start to SERVING ({total} deployments in DB)", 1, 1, ready, [ready]))
@@ -479,8 +522,10 @@ async def main(args: argparse.Namespace) -> int:
                 print("Lifecycle writes through the gRPC API:", flush=True)
                 await bench_writes(stub, seeded, args, package_dir, figures)
                 started, running = replica_starts(data_dir / "controller.db")
-                print(f"  pushes started {started} replica processes; {running} still running; waiting for them to stop",
-                      flush=True)
+                print(
+                    f"  pushes started {started} replica processes; {running} still running; waiting for them to stop",
+                    flush=True,
+                )
                 settle = await wait_replicas_stopped(stub, data_dir / "controller.db", timeout=60)
                 print(f"  all replicas stopped after {settle:.1f} s more", flush=True)
         finally:
@@ -498,10 +543,14 @@ async def main(args: argparse.Namespace) -> int:
     print()
     for line in machine_info(f"SQLite {sqlite3.sqlite_version}"):
         print(line)
-    print(f"- controller: subprocess `python -m slipway controller` (log level {args.log_level}); "
-          f"client: grpc.aio, one channel, in this process")
-    print(f"- {total} deployments seeded directly with controller.store before the controller started "
-          f"(inactive, published; {args.models} models x {args.per_model})")
+    print(
+        f"- controller: subprocess `python -m slipway controller` (log level {args.log_level}); "
+        f"client: grpc.aio, one channel, in this process"
+    )
+    print(
+        f"- {total} deployments seeded directly with controller.store before the controller started "
+        f"(inactive, published; {args.models} models x {args.per_model})"
+    )
     print(f"- replica processes started by the {args.pushes} pushes: {started}")
     print(f"- total run time: {elapsed:.0f} s")
     print()

@@ -188,9 +188,20 @@ def main(args: argparse.Namespace) -> int:
             work = pathlib.Path(tmp)
             replica_port = free_port()
             replica = subprocess.Popen(
-                [sys.executable, "-m", "replica", "--package", str(REPO / "examples" / "echo"),
-                 "--state-file", str(work / "state.json"), "--port", str(replica_port)],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "replica",
+                    "--package",
+                    str(REPO / "examples" / "echo"),
+                    "--state-file",
+                    str(work / "state.json"),
+                    "--port",
+                    str(replica_port),
+                ],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             processes.append(replica)
             replica_address = f"127.0.0.1:{replica_port}"
@@ -198,7 +209,9 @@ def main(args: argparse.Namespace) -> int:
             from slipway.v1 import replica_service_pb2 as rs
 
             body = work / "invoke.bin"
-            body.write_bytes(grpc_frame(rs.InvokeRequest(payload=PAYLOAD, content_type="application/json").SerializeToString()))
+            body.write_bytes(
+                grpc_frame(rs.InvokeRequest(payload=PAYLOAD, content_type="application/json").SerializeToString())
+            )
 
             targets = [("direct to the replica", replica_address, replica.pid)]
             for kind, description in PROXIES.items():
@@ -225,7 +238,9 @@ def main(args: argparse.Namespace) -> int:
     for run in runs:
         added = "-" if run is direct else f"{run.p50_ms - direct.p50_ms:+.3f}"
         cpu = run.cpu["process"] / run.requests * 1000
-        print(f"| {run.path} | {run.requests} | {run.p50_ms:.3f} | {run.p99_ms:.3f} | {added} | {cpu:.3f} | {run.failed} |")
+        print(
+            f"| {run.path} | {run.requests} | {run.p50_ms:.3f} | {run.p99_ms:.3f} | {added} | {cpu:.3f} | {run.failed} |"
+        )
     print("\n`process CPU` is the replica's for the direct row, the proxy's for the others.")
     return 0
 

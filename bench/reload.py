@@ -90,12 +90,16 @@ async def run(edits: int) -> None:
     with tempfile.TemporaryDirectory(prefix="slipway-reload-bench-") as tmp:
         tmp_path = pathlib.Path(tmp)
         controller = await Controller.start(ControllerSettings(data_dir=tmp_path / "data", port=0, drain_seconds=5))
-        gateway = await Gateway.start(
-            GatewaySettings(controller_address=controller.address, grpc_port=0, http_port=0)
-        )
+        gateway = await Gateway.start(GatewaySettings(controller_address=controller.address, grpc_port=0, http_port=0))
         package = write_package(tmp_path / "package")
         cli = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "slipway", "--controller", controller.address, "watch", str(package),
+            sys.executable,
+            "-m",
+            "slipway",
+            "--controller",
+            controller.address,
+            "watch",
+            str(package),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=REPO,
@@ -138,8 +142,12 @@ def report(latencies: list[float]) -> None:
     ms = sorted(x * 1000 for x in latencies)
     print()
     print("\n".join(machine_info()))
-    print(f"reload latency over {len(ms)} edits (file write -> first HTTP response from the new code, via `slipway watch`):")
-    print(f"  p50 {statistics.median(ms):.1f} ms   max {ms[-1]:.1f} ms   min {ms[0]:.1f} ms   mean {statistics.fmean(ms):.1f} ms")
+    print(
+        f"reload latency over {len(ms)} edits (file write -> first HTTP response from the new code, via `slipway watch`):"
+    )
+    print(
+        f"  p50 {statistics.median(ms):.1f} ms   max {ms[-1]:.1f} ms   min {ms[0]:.1f} ms   mean {statistics.fmean(ms):.1f} ms"
+    )
 
 
 def main() -> None:

@@ -70,9 +70,7 @@ def replicas_for(concurrency: float, settings: AutoscalingSettings) -> int:
     return math.ceil(round(concurrency / per_replica, 6))
 
 
-def next_target(
-    state: ScalerState, settings: AutoscalingSettings, config: AutoscalerConfig, now: float
-) -> int:
+def next_target(state: ScalerState, settings: AutoscalingSettings, config: AutoscalerConfig, now: float) -> int:
     """Move `state.target` one decision further and return it (pure apart from `state`)."""
     window = settings.autoscaling_window * config.time_scale
     delay = settings.scale_down_delay * config.time_scale

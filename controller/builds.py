@@ -103,7 +103,7 @@ def normalise_requirement(line: str) -> str:
     requirement = "".join(requirement.split())
     match = NAME.match(requirement)
     if match:
-        requirement = re.sub(r"[-_.]+", "-", match[0]).lower() + requirement[match.end():]
+        requirement = re.sub(r"[-_.]+", "-", match[0]).lower() + requirement[match.end() :]
     marker = marker.strip()
     return f"{requirement} ; {marker}" if marker else requirement
 
@@ -245,7 +245,8 @@ class BuildManager:
                         f"environment {spec.key[:12]} ({plural(count)}) is already built; reusing it, nothing to install",
                     )
                     await self._event(
-                        deployment, "deployment.environment_reused",
+                        deployment,
+                        "deployment.environment_reused",
                         f"environment {spec.key[:12]} ({plural(count)}) is already built; nothing to install",
                     )
             return EnvironmentStatus(python=str(self.env_python(spec.key)), requirements=count)
@@ -257,7 +258,8 @@ class BuildManager:
             build.waiters[waiter] = deployment.model_id
             self._noted.add(waiter)
             await self._event(
-                deployment, "deployment.build_started",
+                deployment,
+                "deployment.build_started",
                 f"building environment {spec.key[:12]}: {', '.join(spec.requirements)}",
             )
         elif waiter not in build.waiters:
@@ -265,7 +267,8 @@ class BuildManager:
             self._noted.add(waiter)
             self._append_log(deployment.id, f"waiting for environment {spec.key[:12]}, which is being built now")
             await self._event(
-                deployment, "deployment.build_started",
+                deployment,
+                "deployment.build_started",
                 f"waiting for environment {spec.key[:12]} ({plural(count)}), which is being built now",
             )
         return EnvironmentStatus(building=True, requirements=count)
@@ -302,20 +305,26 @@ class BuildManager:
             with log_path.open("a", encoding="utf-8") as out:
                 out.write(
                     f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} building environment {spec.key} "
-                    f"for revision {deployment.revision}\n"
-                    + "".join(f"    {line}\n" for line in spec.requirements)
+                    f"for revision {deployment.revision}\n" + "".join(f"    {line}\n" for line in spec.requirements)
                 )
                 out.flush()
                 uv = uv_command()
                 requirements_txt = self.envs_dir / f".tmp-{spec.key}-{os.getpid()}-requirements.txt"
                 requirements_txt.write_text("".join(f"{line}\n" for line in spec.requirements))
                 try:
-                    await self._step(out, "create the environment",
-                                     [*uv, "venv", "--relocatable", "--python", self.python, str(tmp)], self.envs_dir)
+                    await self._step(
+                        out,
+                        "create the environment",
+                        [*uv, "venv", "--relocatable", "--python", self.python, str(tmp)],
+                        self.envs_dir,
+                    )
                     python = tmp / "bin" / "python"
-                    await self._step(out, "install the requirements",
-                                     [*uv, "pip", "install", "--python", str(python), "-r", str(requirements_txt)],
-                                     spec.workdir)
+                    await self._step(
+                        out,
+                        "install the requirements",
+                        [*uv, "pip", "install", "--python", str(python), "-r", str(requirements_txt)],
+                        spec.workdir,
+                    )
                 finally:
                     requirements_txt.unlink(missing_ok=True)
                 site_dirs = sorted(tmp.glob("lib/python*/site-packages"))
@@ -325,13 +334,26 @@ class BuildManager:
                     "# Slipway: the model server's own packages, after the environment's (which take precedence).\n"
                     + "".join(f"import site; site.addsitedir({path!r})\n" for path in self._paths)
                 )
-                await self._step(out, "check that the model server runs with these requirements",
-                                 [str(python), "-c", "import replica.server"], spec.workdir)
+                await self._step(
+                    out,
+                    "check that the model server runs with these requirements",
+                    [str(python), "-c", "import replica.server"],
+                    spec.workdir,
+                )
                 seconds = time.monotonic() - started
-                (tmp / MARKER).write_text(json.dumps({
-                    "key": spec.key, "requirements": list(spec.requirements), "python": self.python,
-                    "built_at": time.time(), "build_seconds": round(seconds, 3), "deployment_id": deployment.id,
-                }, indent=2))
+                (tmp / MARKER).write_text(
+                    json.dumps(
+                        {
+                            "key": spec.key,
+                            "requirements": list(spec.requirements),
+                            "python": self.python,
+                            "built_at": time.time(),
+                            "build_seconds": round(seconds, 3),
+                            "deployment_id": deployment.id,
+                        },
+                        indent=2,
+                    )
+                )
                 try:
                     os.rename(tmp, self.env_dir(spec.key))
                 except OSError:
@@ -343,8 +365,12 @@ class BuildManager:
             told = {deployment.id: deployment.model_id}
             told.update({w[0]: model_id for w, model_id in (waiting.waiters.items() if waiting else ())})
             for waiter, model_id in sorted(told.items()):
-                await self._event_for(model_id, waiter, "deployment.build_succeeded",
-                                      f"environment {spec.key[:12]} built in {seconds:.1f} s")
+                await self._event_for(
+                    model_id,
+                    waiter,
+                    "deployment.build_succeeded",
+                    f"environment {spec.key[:12]} built in {seconds:.1f} s",
+                )
         except BuildError:
             raise
         except asyncio.CancelledError:
@@ -362,8 +388,13 @@ class BuildManager:
         env.pop("VIRTUAL_ENV", None)
         env.pop("PYTHONPATH", None)
         process = await asyncio.create_subprocess_exec(
-            *argv, cwd=str(cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            *argv,
+            cwd=str(cwd),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             async with asyncio.timeout(self.timeout_seconds):
@@ -379,7 +410,9 @@ class BuildManager:
         out.write(text)
         out.flush()
         if process.returncode != 0:
-            shown = [line for line in text.strip().splitlines() if not line.startswith(("Using Python ", "Using CPython "))]
+            shown = [
+                line for line in text.strip().splitlines() if not line.startswith(("Using Python ", "Using CPython "))
+            ]
             tail = "\n".join(shown)[-ERROR_TAIL_CHARS:]
             raise BuildError(f"could not {what} (exit code {process.returncode}):\n{tail}")
 
@@ -408,7 +441,8 @@ class BuildManager:
         aside, for the caller to delete off the event loop."""
         cutoff = time.time() - grace_seconds
         candidates = [
-            entry for entry in self.envs_dir.iterdir()
+            entry
+            for entry in self.envs_dir.iterdir()
             if not entry.name.startswith(".") and entry.name not in self._builds and entry.stat().st_mtime <= cutoff
         ]
         for digest in [d for d in self._specs if d not in digests]:
@@ -424,7 +458,9 @@ class BuildManager:
         doomed = []
         for entry in candidates:
             if entry.name not in keep:
-                trash = self.envs_dir / f".tmp-{entry.name}-pruned-{next(self._counter)}"  # removed at start if left over
+                trash = (
+                    self.envs_dir / f".tmp-{entry.name}-pruned-{next(self._counter)}"
+                )  # removed at start if left over
                 os.rename(entry, trash)
                 doomed.append(trash)
         return doomed

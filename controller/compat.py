@@ -27,11 +27,31 @@ from replica.package import SECRET_ENV_PREFIX, PackageConfig, read_requirements,
 # Keys the platform honours, or that are informational (no runtime effect anywhere).
 SUPPORTED_KEYS = frozenset(
     {
-        "model_name", "description", "model_metadata", "environment_variables", "secrets", "requirements",
-        "requirements_file", "runtime", "resources", "python_version", "model_module_dir", "model_class_filename",
-        "model_class_name", "data_dir", "external_package_dirs", "bundled_packages_dir", "examples_filename",
-        "spec_version", "input_type", "model_framework", "model_type", "live_reload", "apply_library_patches",
-        "use_local_src", "build",
+        "model_name",
+        "description",
+        "model_metadata",
+        "environment_variables",
+        "secrets",
+        "requirements",
+        "requirements_file",
+        "runtime",
+        "resources",
+        "python_version",
+        "model_module_dir",
+        "model_class_filename",
+        "model_class_name",
+        "data_dir",
+        "external_package_dirs",
+        "bundled_packages_dir",
+        "examples_filename",
+        "spec_version",
+        "input_type",
+        "model_framework",
+        "model_type",
+        "live_reload",
+        "apply_library_patches",
+        "use_local_src",
+        "build",
     }
 )
 # Non-empty values of these cannot be honoured here: refused (key → why).
@@ -111,7 +131,7 @@ def check_package(config: PackageConfig, machine: Machine | None = None) -> list
             )
         elif variable not in machine.secret_variables:
             warnings.append(f"secret {name!r} is not set on the controller ({variable}): the model gets None for it")
-    for entry, directory in zip(raw.get("external_package_dirs") or (), config.external_package_dirs):
+    for entry, directory in zip(raw.get("external_package_dirs") or (), config.external_package_dirs, strict=False):
         if not directory.is_dir():
             warnings.append(
                 f"external_package_dirs entry {entry!r} is not in the package (slipway push bundles "
@@ -178,7 +198,9 @@ def _check_runtime(runtime: Any, refusals: list, warnings: list) -> None:
     transport = runtime.get("transport")
     kind = transport.get("kind") if isinstance(transport, Mapping) else transport
     if not is_empty(kind) and kind != "http":
-        refusals.append(("runtime.transport", f"{kind!r} transport is not supported (only request/response and streaming predict)"))
+        refusals.append(
+            ("runtime.transport", f"{kind!r} transport is not supported (only request/response and streaming predict)")
+        )
     if runtime.get("is_websocket_endpoint") is True:
         refusals.append(("runtime.is_websocket_endpoint", "websocket endpoints are not supported"))
     for key in sorted(set(runtime) - RUNTIME_HONOURED - {"transport", "is_websocket_endpoint"}):
@@ -193,7 +215,9 @@ def _check_build(build: Any, refusals: list, warnings: list) -> None:
         return
     server = build.get("model_server")
     if not is_empty(server) and server != "TrussServer":
-        refusals.append(("build.model_server", f"{server!r} is not supported; only the Model class server (TrussServer)"))
+        refusals.append(
+            ("build.model_server", f"{server!r} is not supported; only the Model class server (TrussServer)")
+        )
     for key in sorted(set(build) - {"model_server"}):
         if not is_empty(build[key]):
             warnings.append(f"build.{key} is not supported by this platform and is ignored")
@@ -224,7 +248,9 @@ def _check_requirements(config: PackageConfig, refusals: list, warnings: list) -
         raise InvalidArgument("MALFORMED_PACKAGE", f"malformed package: {exc}") from None
     for line in lines:
         if NESTED_OPTION_LINE.match(line):
-            refusals.append(("requirements_file", f"{line!r}: nested requirement or constraint files are not supported"))
+            refusals.append(
+                ("requirements_file", f"{line!r}: nested requirement or constraint files are not supported")
+            )
     if config.requirements_file is not None and config.requirements_file.name == "uv.lock":
         warnings.append(
             "requirements_file uv.lock: the dependencies of the pyproject.toml next to it are installed; "

@@ -132,13 +132,13 @@ def update_from_proto(request: ds.UpdateDeploymentRequest) -> tuple[str | None, 
             field = path.split(".", 1)[1]
             changes[field] = getattr(deployment.autoscaling_settings, field)
         else:
-            updatable = ", ".join(["name", "autoscaling_settings"] + [f"autoscaling_settings.{f}" for f in AUTOSCALING_FIELDS])
+            updatable = ", ".join(
+                ["name", "autoscaling_settings"] + [f"autoscaling_settings.{f}" for f in AUTOSCALING_FIELDS]
+            )
             raise InvalidArgument(
                 "INVALID_UPDATE_MASK", f"update_mask path {path!r} is not updatable (updatable: {updatable})", path=path
             )
     return name, changes
-
-
 
 
 PATCH_RESULTS = {

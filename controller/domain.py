@@ -11,18 +11,18 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from controller.errors import AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, NotFound
+from controller.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 DEVELOPMENT_NAME = "development"
 NAME_PATTERN = re.compile(r"^[0-9A-Za-z_.-]{1,63}$")
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     DEVELOPMENT = "development"
     PUBLISHED = "published"
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     BUILDING = "BUILDING"
     BUILD_FAILED = "BUILD_FAILED"
     DEPLOYING = "DEPLOYING"
@@ -38,14 +38,14 @@ class State(str, enum.Enum):
     FAILED = "FAILED"
 
 
-class ReplicaPhase(str, enum.Enum):
+class ReplicaPhase(enum.StrEnum):
     STARTING = "STARTING"  # process spawned, not yet listening
     LOADING = "LOADING"  # listening, model load() running
     READY = "READY"  # health SERVING
     DRAINING = "DRAINING"  # told to stop, finishing in-flight work
 
 
-class PushTarget(str, enum.Enum):
+class PushTarget(enum.StrEnum):
     DEVELOPMENT = "development"
     PUBLISHED = "published"
     PRODUCTION = "production"
@@ -165,10 +165,14 @@ def validate_model_name(name: str) -> None:
     if not name or not name.strip():
         raise InvalidArgument("MISSING_MODEL_NAME", "config.yaml must set model_name to a non-empty string")
     problem = (
-        f"is longer than {MODEL_NAME_MAX_LENGTH} characters" if len(name) > MODEL_NAME_MAX_LENGTH
-        else "has leading or trailing blanks" if name != name.strip()
-        else "contains '/'" if "/" in name
-        else "contains control characters" if any(ord(c) < 32 or ord(c) == 127 for c in name)
+        f"is longer than {MODEL_NAME_MAX_LENGTH} characters"
+        if len(name) > MODEL_NAME_MAX_LENGTH
+        else "has leading or trailing blanks"
+        if name != name.strip()
+        else "contains '/'"
+        if "/" in name
+        else "contains control characters"
+        if any(ord(c) < 32 or ord(c) == 127 for c in name)
         else ""
     )
     if problem:
@@ -204,8 +208,7 @@ def validate_autoscaling(settings: AutoscalingSettings, limits: AutoscalingLimit
     if settings.max_replica < settings.min_replica:
         raise InvalidArgument(
             "AUTOSCALING_MAX_BELOW_MIN",
-            f"autoscaling_settings.max_replica ({settings.max_replica}) is below "
-            f"min_replica ({settings.min_replica})",
+            f"autoscaling_settings.max_replica ({settings.max_replica}) is below min_replica ({settings.min_replica})",
         )
 
 
@@ -251,8 +254,7 @@ def check_rename(deployment: Deployment) -> None:
     if deployment.is_development:
         raise FailedPrecondition(
             "DEVELOPMENT_NOT_RENAMABLE",
-            f"deployment {deployment.id} is the development deployment, which is always named "
-            f"{DEVELOPMENT_NAME!r}",
+            f"deployment {deployment.id} is the development deployment, which is always named {DEVELOPMENT_NAME!r}",
             deployment_id=deployment.id,
         )
 
@@ -290,14 +292,13 @@ def require_no_promotion_in_flight(model: Model) -> None:
     if model.promoting_deployment_id:
         raise Aborted(
             "PROMOTION_IN_PROGRESS",
-            f"model {model.id} is already promoting deployment {model.promoting_deployment_id}; "
-            "wait for it to finish",
+            f"model {model.id} is already promoting deployment {model.promoting_deployment_id}; wait for it to finish",
             model_id=model.id,
             deployment_id=model.promoting_deployment_id,
         )
 
 
-class PromotionKind(str, enum.Enum):
+class PromotionKind(enum.StrEnum):
     # Development: a new published deployment is created, started, and switched in when ready.
     FROM_DEVELOPMENT = "from_development"
     # A published deployment that is serving (or scaled to zero): switch now.
@@ -318,8 +319,7 @@ def plan_promotion(model: Model, deployment: Deployment) -> PromotionKind:
     if not deployment.active:
         raise FailedPrecondition(
             "DEPLOYMENT_INACTIVE",
-            f"deployment {deployment.id} is inactive: activate it and wait for it to start before "
-            "promoting it",
+            f"deployment {deployment.id} is inactive: activate it and wait for it to start before promoting it",
             deployment_id=deployment.id,
         )
     if deployment.is_development:
@@ -447,7 +447,7 @@ RESTART_CONFIG_KEYS = (
 )
 
 
-class PatchApply(str, enum.Enum):
+class PatchApply(enum.StrEnum):
     IN_PLACE = "in_place"  # the running replicas reload the model code
     RESTART = "restart"  # a new revision: the replicas restart with the new package
 

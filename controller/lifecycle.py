@@ -98,7 +98,9 @@ async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Dep
         raise InvalidArgument("MISSING_DEPLOYMENT_ID", "deployment_id is required")
     deployment = await reads.get_deployment(deployment_id)
     if deployment is None:
-        raise NotFound("DEPLOYMENT_NOT_FOUND", f"deployment {deployment_id} does not exist", deployment_id=deployment_id)
+        raise NotFound(
+            "DEPLOYMENT_NOT_FOUND", f"deployment {deployment_id} does not exist", deployment_id=deployment_id
+        )
     return deployment
 
 
@@ -267,7 +269,10 @@ class Lifecycle:
                 current.id, package_digest=digest, active=True, update_time=at, **_new_revision(current)
             )
             await tx.add_event(
-                at, model.id, current.id, "deployment.updated",
+                at,
+                model.id,
+                current.id,
+                "deployment.updated",
                 f"development updated in place to revision {current.revision + 1} (package {digest[:12]})",
             )
             return await _require_deployment(tx, current.id)
@@ -316,7 +321,10 @@ class Lifecycle:
             await tx.update_deployment(current.id, **values)
             how = f"restarting at revision {current.revision + 1}" if restart else "reloading in place"
             await tx.add_event(
-                at, current.model_id, current.id, "deployment.patched",
+                at,
+                current.model_id,
+                current.id,
+                "deployment.patched",
                 f"live reload of {len(patches)} file(s) to package {digest[:12]}, {how}",
             )
             for warning in warnings:
@@ -341,9 +349,7 @@ class Lifecycle:
             domain.require_unique_name(name, taken, model.id)
         else:
             name, next_number = domain.default_deployment_name(next_number, taken)
-        production = (
-            await tx.get_deployment(model.production_deployment_id) if model.production_deployment_id else None
-        )
+        production = await tx.get_deployment(model.production_deployment_id) if model.production_deployment_id else None
         autoscaling = domain.promoted_autoscaling(production, self.limits) if promote else self.limits.defaults
         deployment = domain.new_deployment(
             new_id("d"), model.id, name, Kind.PUBLISHED, autoscaling, digest, at, source.id if source else None
@@ -354,10 +360,15 @@ class Lifecycle:
             values["promoting_deployment_id"] = deployment.id
         await tx.update_model(model.id, at, **values)
         origin = f" from development {source.id}" if source else ""
-        await tx.add_event(at, model.id, deployment.id, "deployment.created", f"published deployment {name!r} created{origin}")
+        await tx.add_event(
+            at, model.id, deployment.id, "deployment.created", f"published deployment {name!r} created{origin}"
+        )
         if promote:
             await tx.add_event(
-                at, model.id, deployment.id, "model.promotion_started",
+                at,
+                model.id,
+                deployment.id,
+                "model.promotion_started",
                 f"{name!r} becomes production once it is ready",
             )
         return await _require_deployment(tx, deployment.id)
@@ -380,7 +391,10 @@ class Lifecycle:
                 return Result(deployment=await _require_deployment(tx, deployment.id), flag=True)
             await tx.update_model(model.id, at, promoting_deployment_id=deployment.id)
             await tx.add_event(
-                at, model.id, deployment.id, "model.promotion_started",
+                at,
+                model.id,
+                deployment.id,
+                "model.promotion_started",
                 f"{deployment.name!r} becomes production once it is ready",
             )
             return Result(deployment=await _require_deployment(tx, deployment.id), flag=False)
@@ -391,13 +405,14 @@ class Lifecycle:
         await tx.update_model(model.id, at, production_deployment_id=deployment.id, promoting_deployment_id=None)
         former = f" (replacing {model.production_deployment_id})" if model.production_deployment_id else ""
         await tx.add_event(
-            at, model.id, deployment.id, "model.production_changed",
+            at,
+            model.id,
+            deployment.id,
+            "model.production_changed",
             f"{deployment.name!r} ({deployment.id}) is now production{former}",
         )
 
-    async def record_observed(
-        self, seen: Deployment, state: State, message: str, desired: int, ready: int
-    ) -> None:
+    async def record_observed(self, seen: Deployment, state: State, message: str, desired: int, ready: int) -> None:
         """Store the reconciler's view of a deployment and finish a promotion waiting on it.
 
         `seen` is the record the view was computed from; if the desired state has
@@ -406,7 +421,10 @@ class Lifecycle:
         async with self.store.write() as tx:
             current = await tx.get_deployment(seen.id)
             if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
-                seen.active, seen.revision, seen.delete_time, seen.failed_revision
+                seen.active,
+                seen.revision,
+                seen.delete_time,
+                seen.failed_revision,
             ):
                 return
             at = now()
@@ -416,7 +434,11 @@ class Lifecycle:
             if state is not current.state:
                 detail = f": {message}" if message else ""
                 await tx.add_event(
-                    at, seen.model_id, seen.id, "deployment.state_changed", f"{current.state.value} -> {state.value}{detail}"
+                    at,
+                    seen.model_id,
+                    seen.id,
+                    "deployment.state_changed",
+                    f"{current.state.value} -> {state.value}{detail}",
                 )
             model = await tx.get_model(seen.model_id)
             if model is not None and model.promoting_deployment_id == seen.id:
@@ -425,7 +447,10 @@ class Lifecycle:
                 elif state in (State.DEPLOY_FAILED, State.BUILD_FAILED, State.FAILED):
                     await tx.update_model(model.id, at, promoting_deployment_id=None)
                     await tx.add_event(
-                        at, model.id, seen.id, "model.promotion_failed",
+                        at,
+                        model.id,
+                        seen.id,
+                        "model.promotion_failed",
                         f"{current.name!r} did not become ready ({message}); production unchanged",
                     )
         self._on_commit()
@@ -447,25 +472,38 @@ class Lifecycle:
         async with self.store.write() as tx:
             current = await tx.get_deployment(seen.id)
             if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
-                seen.active, seen.revision, seen.delete_time, seen.failed_revision
+                seen.active,
+                seen.revision,
+                seen.delete_time,
+                seen.failed_revision,
             ):
                 return
             at = now()
             await tx.update_deployment(
-                seen.id, failed_revision=seen.revision, state=State.BUILD_FAILED, status_message=error,
-                desired_replicas=0, ready_replicas=0,
+                seen.id,
+                failed_revision=seen.revision,
+                state=State.BUILD_FAILED,
+                status_message=error,
+                desired_replicas=0,
+                ready_replicas=0,
             )
             await tx.add_event(at, seen.model_id, seen.id, "deployment.build_failed", error)
             if current.state is not State.BUILD_FAILED:
                 await tx.add_event(
-                    at, seen.model_id, seen.id, "deployment.state_changed",
+                    at,
+                    seen.model_id,
+                    seen.id,
+                    "deployment.state_changed",
                     f"{current.state.value} -> {State.BUILD_FAILED.value}: {error.splitlines()[0] if error else ''}",
                 )
             model = await tx.get_model(seen.model_id)
             if model is not None and model.promoting_deployment_id == seen.id:
                 await tx.update_model(model.id, at, promoting_deployment_id=None)
                 await tx.add_event(
-                    at, model.id, seen.id, "model.promotion_failed",
+                    at,
+                    model.id,
+                    seen.id,
+                    "model.promotion_failed",
                     f"{current.name!r} did not become ready (its environment failed to build); production unchanged",
                 )
         self._on_commit()
@@ -509,7 +547,9 @@ class Lifecycle:
             deployment = await _require_deployment(tx, deployment_id)
             domain.check_wake(deployment)
             if deployment.state is State.SCALED_TO_ZERO:
-                await tx.add_event(at, deployment.model_id, deployment.id, "deployment.wake_requested", "wake requested")
+                await tx.add_event(
+                    at, deployment.model_id, deployment.id, "deployment.wake_requested", "wake requested"
+                )
             return Result(deployment=deployment)
 
         result = await self._mutate("WakeDeployment", request_id, body, deployment_id)
@@ -524,7 +564,9 @@ class Lifecycle:
             await self._cancel_promotion_of(tx, deployment, at, "the deployment was deleted")
             if deployment.is_development:
                 await tx.update_model(deployment.model_id, at, development_deployment_id=None)
-            await tx.add_event(at, deployment.model_id, deployment.id, "deployment.deleted", f"{deployment.name!r} deleted")
+            await tx.add_event(
+                at, deployment.model_id, deployment.id, "deployment.deleted", f"{deployment.name!r} deleted"
+            )
             return Result(deployment=await _require_deployment(tx, deployment.id))
 
         return await self._mutate("DeleteDeployment", request_id, body, deployment_id)
@@ -570,7 +612,9 @@ class Lifecycle:
             for deployment in await tx.model_deployments(model.id):
                 await tx.update_deployment(deployment.id, delete_time=at, update_time=at)
             await tx.update_model(model.id, at, delete_time=at, promoting_deployment_id=None)
-            await tx.add_event(at, model.id, "", "model.deleted", f"model {model.name!r} and all its deployments deleted")
+            await tx.add_event(
+                at, model.id, "", "model.deleted", f"model {model.name!r} and all its deployments deleted"
+            )
             return Result(model=await tx.get_model(model.id))
 
         return await self._mutate("DeleteModel", request_id, body, model_id)

@@ -31,7 +31,7 @@ from slipway.v1 import replica_service_pb2_grpc as rs_grpc
 SETTLE_POLL_SECONDS = 0.01
 
 
-class PatchResult(str, enum.Enum):
+class PatchResult(enum.StrEnum):
     APPLIED_IN_PLACE = "applied_in_place"
     RESTARTED = "restarted"
     FAILED = "failed"  # the replicas keep serving the previous code
@@ -76,7 +76,9 @@ class LiveReloader:
             committed = await self.lifecycle.patch_development(deployment_id, base_digest, patches, request_id)
             warnings = committed.warnings
             if committed.flag:
-                return PatchOutcome(committed.deployment, PatchResult.RESTARTED, time.monotonic() - started, warnings=warnings)
+                return PatchOutcome(
+                    committed.deployment, PatchResult.RESTARTED, time.monotonic() - started, warnings=warnings
+                )
             deployment = await self.lifecycle.get_deployment(deployment_id)
             replicas = await self._ready_replicas(deployment)
             package_dir = self.lifecycle.packages.directory(deployment.package_digest)
@@ -97,7 +99,8 @@ class LiveReloader:
         deadline = time.monotonic() + self.reload_timeout_seconds
         while True:
             live = [
-                h for h in self.replicas_of(deployment.id)
+                h
+                for h in self.replicas_of(deployment.id)
                 if h.revision == deployment.revision and not h.exited and h.phase is not ReplicaPhase.DRAINING
             ]
             starting = [h for h in live if h.phase in (ReplicaPhase.STARTING, ReplicaPhase.LOADING)]

@@ -200,7 +200,9 @@ class Reconciler:
             for handle in outdated:
                 self._stop(handle, drain=not deployment.is_development)
         # Development runs one replica at most: the next revision starts once the last one is gone.
-        replacing = deployment.is_development and any(h.revision != deployment.revision and not h.exited for h in handles)
+        replacing = deployment.is_development and any(
+            h.revision != deployment.revision and not h.exited for h in handles
+        )
         if len(current) < desired and time.time() >= crash.retry_at and not env.building and not replacing:
             for _ in range(desired - len(current)):
                 await self._start(deployment, env.python)
@@ -225,7 +227,10 @@ class Reconciler:
         )
         ready = sum(1 for v in views if v.phase is ReplicaPhase.READY)
         if (state, message, desired, ready) != (
-            deployment.state, deployment.status_message, deployment.desired_replicas, deployment.ready_replicas
+            deployment.state,
+            deployment.status_message,
+            deployment.desired_replicas,
+            deployment.ready_replicas,
         ):
             await self.lifecycle.record_observed(deployment, state, message, desired, ready)
 
@@ -235,7 +240,11 @@ class Reconciler:
             return 0
         concurrency, requests_total = self.load.observe(deployment.id)
         target = self.autoscaler.target(
-            deployment.id, deployment.autoscaling, concurrency, requests_total, time.monotonic(),
+            deployment.id,
+            deployment.autoscaling,
+            concurrency,
+            requests_total,
+            time.monotonic(),
             resume_from=domain.recorded_target(deployment),
             coming_up=deployment.state in domain.COMING_UP_STATES,
         )
@@ -262,11 +271,15 @@ class Reconciler:
             "SLIPWAY_ENVIRONMENT": "development" if deployment.is_development else "published",
             **declared_secret_environ(config, os.environ),
         }
-        handle = await self.runtime.start(replica_id, deployment.id, deployment.revision, package_dir, environment, python=python)
+        handle = await self.runtime.start(
+            replica_id, deployment.id, deployment.revision, package_dir, environment, python=python
+        )
         self.replicas[replica_id] = handle
         async with self.store.write() as tx:
             await tx.insert_replica(
-                ReplicaRow(replica_id, deployment.id, deployment.revision, handle.pid, None, handle.start_time, None, None)
+                ReplicaRow(
+                    replica_id, deployment.id, deployment.revision, handle.pid, None, handle.start_time, None, None
+                )
             )
         log.info("started replica %s (pid %s) for deployment %s", replica_id, handle.pid, deployment.id)
 
@@ -296,7 +309,10 @@ class Reconciler:
                     tail = handle.log_tail()
                     code = "" if handle.exit_code is None else f" with code {handle.exit_code}"
                     error = f"replica exited{code} before the model loaded"
-                    self._load_errors[handle.deployment_id] = (handle.revision, error + (f"; log:\n{tail}" if tail else ""))
+                    self._load_errors[handle.deployment_id] = (
+                        handle.revision,
+                        error + (f"; log:\n{tail}" if tail else ""),
+                    )
                 elif handle.phase is not ReplicaPhase.DRAINING:
                     self._note_crash(handle)
                 async with self.store.write() as tx:
@@ -309,7 +325,9 @@ class Reconciler:
     def _note_crash(self, handle: ReplicaHandle) -> None:
         crash = self._crashes[handle.deployment_id]
         crash.count += 1
-        delay = min(self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds)
+        delay = min(
+            self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds
+        )
         crash.retry_at = time.time() + delay
         code = "" if handle.exit_code is None else f" (exit code {handle.exit_code})"
         crash.message = f"replica {handle.id} exited unexpectedly{code}; restarting (crash {crash.count})"

@@ -189,7 +189,7 @@ class RouteBroadcaster:
             sent = 0
             while True:
                 async with self._published:
-                    await self._published.wait_for(lambda: self.version > sent)
+                    await self._published.wait_for(lambda sent=sent: self.version > sent)
                     oldest = self._history[0].version if self._history else self.version + 1
                     if sent == 0 or sent + 1 < oldest:
                         messages = [self.snapshot()]
@@ -232,7 +232,5 @@ class LoadTracker:
     def observe(self, deployment_id: str) -> tuple[float, int]:
         """(average concurrency, requests so far) for a deployment, summed over live gateways."""
         cutoff = time.monotonic() - self._ttl
-        live = [
-            load for (_, d), load in self._reports.items() if d == deployment_id and load.reported_at >= cutoff
-        ]
+        live = [load for (_, d), load in self._reports.items() if d == deployment_id and load.reported_at >= cutoff]
         return sum(load.average_concurrency for load in live), sum(load.requests_total for load in live)

@@ -90,8 +90,15 @@ class ForkServer:
             self.socket.unlink(missing_ok=True)
             with self.log_path.open("ab") as log_file:
                 self.process = await asyncio.create_subprocess_exec(
-                    self.python, "-m", "replica.forkserver", "--socket", str(self.socket),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+                    self.python,
+                    "-m",
+                    "replica.forkserver",
+                    "--socket",
+                    str(self.socket),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
                     env=without_secrets(os.environ),
                 )
             deadline = time.monotonic() + FORKSERVER_START_SECONDS
@@ -162,7 +169,8 @@ class LocalProcessRuntime:
     def old_logs(self, live: set[str], cutoff: float) -> list[pathlib.Path]:
         """Log files of replicas not in `live`, last written before `cutoff` (a time)."""
         return [
-            path for path in self.log_dir.glob("*.log")
+            path
+            for path in self.log_dir.glob("*.log")
             if path.stem not in live and not path.name.startswith("forkserver") and path.stat().st_mtime < cutoff
         ]
 
@@ -186,10 +194,14 @@ class LocalProcessRuntime:
         state_file = self.state_file(replica_id)
         state_file.unlink(missing_ok=True)
         argv = [
-            "--package", str(package_dir),
-            "--state-file", str(state_file),
-            "--replica-id", replica_id,
-            "--drain-seconds", str(self._drain_seconds),
+            "--package",
+            str(package_dir),
+            "--state-file",
+            str(state_file),
+            "--replica-id",
+            replica_id,
+            "--drain-seconds",
+            str(self._drain_seconds),
         ]
         interpreter = python or self._python
         exited = None
@@ -202,7 +214,10 @@ class LocalProcessRuntime:
         if exited is None:
             with handle.log_path.open("ab") as log_file:
                 process = await asyncio.create_subprocess_exec(
-                    interpreter, "-m", "replica", *argv,
+                    interpreter,
+                    "-m",
+                    "replica",
+                    *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
@@ -215,7 +230,9 @@ class LocalProcessRuntime:
         handle._tasks.append(asyncio.create_task(self._watch_exit(handle, exited)))
         return handle
 
-    def adopt(self, replica_id: str, deployment_id: str, revision: int, pid: int, start_time: float) -> ReplicaHandle | None:
+    def adopt(
+        self, replica_id: str, deployment_id: str, revision: int, pid: int, start_time: float
+    ) -> ReplicaHandle | None:
         """Take over a replica left running by a previous controller, if it is still alive."""
         if not _is_our_replica(pid, replica_id):
             return None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import logging
+import os
 import pathlib
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -21,8 +21,8 @@ from controller.domain import AutoscalingLimits
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
-from controller.runtime import LocalProcessRuntime
 from controller.routes import LoadTracker, RouteBroadcaster
+from controller.runtime import LocalProcessRuntime
 from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
 from slipway.process import wait_for_termination_signal
@@ -130,7 +130,9 @@ class Controller:
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(RouteServicer(self.routes, self.load), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
         await self.reconciler.adopt_existing()
         await self.reconciler.runtime.prewarm()

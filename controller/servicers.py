@@ -74,7 +74,9 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         )
 
     async def GetDeployment(self, request, context):
-        return ds.GetDeploymentResponse(deployment=self._proto(await self.lifecycle.get_deployment(request.deployment_id)))
+        return ds.GetDeploymentResponse(
+            deployment=self._proto(await self.lifecycle.get_deployment(request.deployment_id))
+        )
 
     async def ListDeployments(self, request, context):
         page = await self.lifecycle.list_deployments(

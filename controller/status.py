@@ -12,7 +12,7 @@ import inspect
 
 import grpc
 
-from controller.errors import AlreadyExists, Aborted, FailedPrecondition, InvalidArgument, NotFound, SlipwayError
+from controller.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, SlipwayError
 from slipway.status import rich_status
 
 CODES: dict[type[SlipwayError], grpc.StatusCode] = {

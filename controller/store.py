@@ -289,9 +289,7 @@ class Reads:
         return _deployment(row) if row else None
 
     async def deployment_names(self, model_id: str) -> set[str]:
-        rows = await self._all(
-            "SELECT name FROM deployments WHERE model_id = ? AND delete_time IS NULL", (model_id,)
-        )
+        rows = await self._all("SELECT name FROM deployments WHERE model_id = ? AND delete_time IS NULL", (model_id,))
         return {r[0] for r in rows}
 
     async def model_deployments(self, model_id: str) -> list[Deployment]:
@@ -557,9 +555,7 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
         row = await cur.fetchone()
     version = row[0] if row else 0
     if version > len(MIGRATIONS):
-        raise RuntimeError(
-            f"database schema version {version} is newer than this controller knows ({len(MIGRATIONS)})"
-        )
+        raise RuntimeError(f"database schema version {version} is newer than this controller knows ({len(MIGRATIONS)})")
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         await conn.execute("BEGIN IMMEDIATE")
         try:

@@ -37,7 +37,9 @@ class InferenceApi:
                     self.predict, request_deserializer=inf.PredictRequest.FromString, response_serializer=bytes
                 ),
                 "PredictStream": grpc.unary_stream_rpc_method_handler(
-                    self.predict_stream, request_deserializer=inf.PredictStreamRequest.FromString, response_serializer=bytes
+                    self.predict_stream,
+                    request_deserializer=inf.PredictStreamRequest.FromString,
+                    response_serializer=bytes,
                 ),
             },
         )
@@ -71,5 +73,3 @@ class InferenceApi:
                 yield chunk
         except GatewayError as error:
             await context.abort_with_status(rich_status(error.code, error.reason, error.message))
-
-

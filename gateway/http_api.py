@@ -93,5 +93,7 @@ async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
             error = ("INVALID_ARGUMENT", "REQUEST_TOO_LARGE", f"request body is over {MAX_MESSAGE_BYTES} bytes")
         else:
             raise
-        body = {"error": dict(zip(("code", "reason", "message"), error))}
-        return web.json_response(body, status=exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"})
+        body = {"error": dict(zip(("code", "reason", "message"), error, strict=False))}
+        return web.json_response(
+            body, status=exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"}
+        )

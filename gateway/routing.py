@@ -78,7 +78,9 @@ class RouteIndex:
             if not model.production_deployment_id:
                 raise not_found("NO_PRODUCTION_DEPLOYMENT", f"model {model_ref} has no production deployment")
             target = model.production_deployment_id
-        return self._require_active(self._deployment(target), f"the {environment} deployment {target} of model {model_ref}")
+        return self._require_active(
+            self._deployment(target), f"the {environment} deployment {target} of model {model_ref}"
+        )
 
     def _deployment(self, deployment_id: str) -> rt.DeploymentRoute:
         deployment = self.deployments.get(deployment_id)

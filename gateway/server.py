@@ -101,12 +101,17 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.follower.run()))
         self._tasks.append(asyncio.create_task(self._report_load()))
 
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         self._grpc = grpc.aio.server(options=options)
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
         self._grpc.add_generic_rpc_handlers((api.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection((grpc_api.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc)
+        reflection.enable_server_reflection(
+            (grpc_api.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
         self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await self._grpc.start()
 
@@ -120,8 +125,13 @@ class Gateway:
         await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "gateway listening",
-            extra={"fields": {"grpc": f"{settings.host}:{self.grpc_port}", "http": f"{settings.host}:{self.http_port}",
-                              "controller": settings.controller_address}},
+            extra={
+                "fields": {
+                    "grpc": f"{settings.host}:{self.grpc_port}",
+                    "http": f"{settings.host}:{self.http_port}",
+                    "controller": settings.controller_address,
+                }
+            },
         )
         return self
 

@@ -24,7 +24,7 @@ class Logger:
 
     def _write(self, level: str, event: str, fields: dict[str, Any]) -> None:
         record = {
-            "ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
             "level": level,
             "event": event,
             "replica_id": self._replica_id,

@@ -26,11 +26,15 @@ from replica.server import Options, Replica
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m replica", description="Serve one model package over gRPC.")
     parser.add_argument("--package", required=True, type=pathlib.Path, help="model package directory (Truss layout)")
-    parser.add_argument("--state-file", required=True, type=pathlib.Path, help="JSON file reporting pid, port and phase")
+    parser.add_argument(
+        "--state-file", required=True, type=pathlib.Path, help="JSON file reporting pid, port and phase"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--replica-id", default=None)
-    parser.add_argument("--drain-seconds", type=float, default=30.0, help="longest wait for in-flight calls on shutdown")
+    parser.add_argument(
+        "--drain-seconds", type=float, default=30.0, help="longest wait for in-flight calls on shutdown"
+    )
     args = parser.parse_args(argv)
     return Options(
         package=args.package,

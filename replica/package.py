@@ -83,8 +83,7 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         model_class_name=_identifier(raw, "model_class_name", "Model"),
         data_dir=package_dir / _relative_path(raw, package_dir, "data_dir", "data"),
         external_package_dirs=_external_package_dirs(raw, package_dir),
-        bundled_packages_dir=package_dir
-        / _relative_path(raw, package_dir, "bundled_packages_dir", "packages"),
+        bundled_packages_dir=package_dir / _relative_path(raw, package_dir, "bundled_packages_dir", "packages"),
         requirements=tuple(_str_list(raw, "requirements")),
         requirements_file=_requirements_file(raw, package_dir),
     )
@@ -124,7 +123,9 @@ def read_requirements(config: PackageConfig) -> list[str]:
     if path.name == "uv.lock":
         path = path.parent / "pyproject.toml"
     if not path.is_file():
-        raise ValueError(f"requirements_file {shown}: {path.relative_to(config.package_dir)} is missing from the package")
+        raise ValueError(
+            f"requirements_file {shown}: {path.relative_to(config.package_dir)} is missing from the package"
+        )
     text = path.read_text(encoding="utf-8")
     if path.name == "pyproject.toml":
         try:
@@ -243,9 +244,7 @@ def _relative_path(raw: Mapping[str, Any], package_dir: pathlib.Path, key: str, 
         return default
     if not isinstance(value, str) or not value:
         raise ValueError(f"{key} must be a non-empty string, got {value!r}")
-    if pathlib.PurePath(value).is_absolute() or not (package_dir / value).resolve().is_relative_to(
-        package_dir
-    ):
+    if pathlib.PurePath(value).is_absolute() or not (package_dir / value).resolve().is_relative_to(package_dir):
         raise ValueError(f"{key} must be a path inside the package, got {value!r}")
     return value
 

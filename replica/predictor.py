@@ -159,4 +159,3 @@ def _is_generator(value: Any) -> bool:
 def _optional_method(model: Any, name: str) -> Callable[[Any], Any] | None:
     method = getattr(model, name, None)
     return method if callable(method) else None
-

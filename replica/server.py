@@ -96,9 +96,7 @@ class Replica:
         for service in ("", SERVICE_NAME):  # "" starts out SERVING otherwise
             await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server, servicer, health_servicer
 
     async def _load(self, config: PackageConfig) -> Predictor | None:

@@ -21,9 +21,7 @@ class ModelThreads:
     """
 
     def __init__(self, max_workers: int) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="model"
-        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="model")
         self._lock = threading.Lock()
         self._busy = 0
 

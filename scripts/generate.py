@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import pathlib
-import shutil
 import sys
 import tempfile
 

@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from google.protobuf.message import Message
 from slipway.client import (
     DEFAULT_CONTROLLER,
     DEFAULT_GATEWAY,
-    InferenceClient,
     DeploymentFailed,
+    InferenceClient,
     SlipwayClient,
     SlipwayError,
     format_rpc_error,
@@ -44,7 +44,7 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     """Columns aligned on the widest cell, two spaces apart, no trailing blanks."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells)
 
 
 def render_details(pairs: Sequence[tuple[str, object]]) -> str:
@@ -68,7 +68,7 @@ def to_json(value: Message | Sequence[Message]) -> str:
 def timestamp(ts: Any) -> str:
     if not ts.seconds and not ts.nanos:
         return ""
-    return ts.ToDatetime(tzinfo=timezone.utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return ts.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def kind_name(kind: int) -> str:
@@ -225,9 +225,7 @@ output_option = click.option(
     show_default=True,
     help="table for humans, json for scripts.",
 )
-timeout_option = click.option(
-    "--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait."
-)
+timeout_option = click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
 
 
 def connect() -> SlipwayClient:
@@ -282,17 +280,20 @@ def wait_for_promotion(client: SlipwayClient, deployment: res.Deployment, timeou
     deadline = time.monotonic() + timeout
     try:
         client.wait_until_serving(deployment.id, timeout, on_update=progress_printer())
-        return client.wait_until_production(
-            deployment.model_id, deployment.id, max(0.0, deadline - time.monotonic())
-        )
+        return client.wait_until_production(deployment.model_id, deployment.id, max(0.0, deadline - time.monotonic()))
     except DeploymentFailed as err:
         raise SlipwayError(f"promotion failed, production is unchanged: {err}") from None
 
 
 def predict_hint(model: res.Model, deployment: res.Deployment) -> str:
-    alias = "" if deployment.is_production else (
-        " --deployment development" if deployment.kind == res.DEPLOYMENT_KIND_DEVELOPMENT
-        else f" --deployment {deployment.id}"
+    alias = (
+        ""
+        if deployment.is_production
+        else (
+            " --deployment development"
+            if deployment.kind == res.DEPLOYMENT_KIND_DEVELOPMENT
+            else f" --deployment {deployment.id}"
+        )
     )
     return f"Call it:  slipway predict {model.name or model.id}{alias} '{EXAMPLE_PAYLOAD}'"
 
@@ -433,8 +434,12 @@ def controller_settings(
     from controller.server import ControllerSettings
 
     return ControllerSettings(
-        data_dir=data_dir, host=host, port=port, autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
-        fork_replicas=fork_replicas, drain_seconds=drain_seconds,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
+        fork_replicas=fork_replicas,
+        drain_seconds=drain_seconds,
     )
 
 
@@ -442,19 +447,43 @@ def gateway_settings(host: str, grpc_port: int, http_port: int, controller: str,
     from gateway.server import GatewaySettings
 
     return GatewaySettings(
-        controller_address=controller, host=host, grpc_port=grpc_port, http_port=http_port,
+        controller_address=controller,
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
         replica_wait_seconds=replica_wait,
     )
 
 
 def gateway_options(command: Callable) -> Callable:
     options = [
-        click.option("--gateway-port", envvar="SLIPWAY_GATEWAY_PORT", type=int, default=7200, show_default=True,
-                     show_envvar=True, help="gRPC port of the gateway's InferenceService."),
-        click.option("--http-port", envvar="SLIPWAY_HTTP_PORT", type=int, default=7280, show_default=True,
-                     show_envvar=True, help="HTTP port of the gateway."),
-        click.option("--replica-wait", envvar="SLIPWAY_REPLICA_WAIT", type=float, default=60.0, show_default=True,
-                     show_envvar=True, help="Seconds a request waits for a ready replica before 503."),
+        click.option(
+            "--gateway-port",
+            envvar="SLIPWAY_GATEWAY_PORT",
+            type=int,
+            default=7200,
+            show_default=True,
+            show_envvar=True,
+            help="gRPC port of the gateway's InferenceService.",
+        ),
+        click.option(
+            "--http-port",
+            envvar="SLIPWAY_HTTP_PORT",
+            type=int,
+            default=7280,
+            show_default=True,
+            show_envvar=True,
+            help="HTTP port of the gateway.",
+        ),
+        click.option(
+            "--replica-wait",
+            envvar="SLIPWAY_REPLICA_WAIT",
+            type=float,
+            default=60.0,
+            show_default=True,
+            show_envvar=True,
+            help="Seconds a request waits for a ready replica before 503.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -471,8 +500,14 @@ def run_until_stopped(coroutine: Any) -> None:
 @cli.command()
 @server_options
 def controller(
-    host: str, port: int, data_dir: Path, log_level: str, autoscaling_time_scale: float, wake_hold_seconds: float,
-    fork_replicas: bool, drain_seconds: float,
+    host: str,
+    port: int,
+    data_dir: Path,
+    log_level: str,
+    autoscaling_time_scale: float,
+    wake_hold_seconds: float,
+    fork_replicas: bool,
+    drain_seconds: float,
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
@@ -487,10 +522,18 @@ def controller(
 @cli.command()
 @click.option("--host", envvar="SLIPWAY_HOST", default="127.0.0.1", show_default=True, show_envvar=True)
 @gateway_options
-@click.option("--log-level", envvar="SLIPWAY_LOG_LEVEL", default="INFO", show_default=True, show_envvar=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--log-level",
+    envvar="SLIPWAY_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    show_envvar=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 @click.pass_context
-def gateway(ctx: click.Context, host: str, gateway_port: int, http_port: int, replica_wait: float, log_level: str) -> None:
+def gateway(
+    ctx: click.Context, host: str, gateway_port: int, http_port: int, replica_wait: float, log_level: str
+) -> None:
     """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
     from gateway.server import run_gateway
 
@@ -518,8 +561,12 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     gateway_process = await Gateway.start(gateway_config)
     http = f"http://{gateway_config.host}:{gateway_process.http_port}"
     try:
-        click.echo(f"Slipway controller listening on {controller_process.address} (state in {controller_config.data_dir})")
-        click.echo(f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)")
+        click.echo(
+            f"Slipway controller listening on {controller_process.address} (state in {controller_config.data_dir})"
+        )
+        click.echo(
+            f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)"
+        )
         click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
         click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
         if example is not None:
@@ -552,9 +599,19 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
 )
 @timeout_option
 def up(
-    host: str, port: int, data_dir: Path, log_level: str, autoscaling_time_scale: float, wake_hold_seconds: float,
-    fork_replicas: bool, drain_seconds: float, gateway_port: int, http_port: int, replica_wait: float,
-    example: Path | None, timeout: float,
+    host: str,
+    port: int,
+    data_dir: Path,
+    log_level: str,
+    autoscaling_time_scale: float,
+    wake_hold_seconds: float,
+    fork_replicas: bool,
+    drain_seconds: float,
+    gateway_port: int,
+    http_port: int,
+    replica_wait: float,
+    example: Path | None,
+    timeout: float,
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
     configure_logs(log_level)
@@ -627,8 +684,11 @@ def watch(directory: Path, timeout: float) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--directory", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to create the package (default: ./NAME).")
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to create the package (default: ./NAME).",
+)
 def init(name: str, directory: Path | None) -> None:
     """Create a new model package NAME (Truss layout: config.yaml, model/model.py)."""
     from slipway.scaffold import scaffold
@@ -708,7 +768,9 @@ def deployment_action(name: str, method: str, help_text: str) -> None:
 
 
 deployment_action("activate", "activate_deployment", "Start a deactivated deployment again.")
-deployment_action("deactivate", "deactivate_deployment", "Stop its replicas; it stays listed, its endpoints answer 404.")
+deployment_action(
+    "deactivate", "deactivate_deployment", "Stop its replicas; it stays listed, its endpoints answer 404."
+)
 deployment_action("wake", "wake_deployment", "Start a scaled-to-zero deployment ahead of traffic.")
 
 

@@ -29,11 +29,21 @@ from grpc_status import rpc_status
 from slipway.packaging import archive_package
 from slipway.v1 import (
     deployment_service_pb2 as ds,
+)
+from slipway.v1 import (
     deployment_service_pb2_grpc,
-    model_service_pb2 as ms,
     model_service_pb2_grpc,
+)
+from slipway.v1 import (
     inference_service_pb2 as inf,
+)
+from slipway.v1 import (
     inference_service_pb2_grpc as inf_grpc,
+)
+from slipway.v1 import (
+    model_service_pb2 as ms,
+)
+from slipway.v1 import (
     resources_pb2 as res,
 )
 
@@ -118,11 +128,7 @@ def state_name(state: int) -> str:
 
 
 def ready_replicas(deployment: res.Deployment) -> list[res.Replica]:
-    return [
-        replica
-        for replica in deployment.replicas
-        if replica.state == res.REPLICA_STATE_READY and replica.address
-    ]
+    return [replica for replica in deployment.replicas if replica.state == res.REPLICA_STATE_READY and replica.address]
 
 
 def is_serving(deployment: res.Deployment) -> bool:
@@ -255,17 +261,13 @@ class SlipwayClient:
     def iter_deployments(
         self, model_id: str = "", show_deleted: bool = False, page_size: int = 0
     ) -> Iterator[res.Deployment]:
-        request = ds.ListDeploymentsRequest(
-            model_id=model_id, show_deleted=show_deleted, page_size=page_size
-        )
+        request = ds.ListDeploymentsRequest(model_id=model_id, show_deleted=show_deleted, page_size=page_size)
         return self._paginate(self.deployments.ListDeployments, request, "deployments")
 
     def list_deployments(self, model_id: str = "", show_deleted: bool = False) -> list[res.Deployment]:
         return list(self.iter_deployments(model_id, show_deleted))
 
-    def update_deployment(
-        self, deployment: res.Deployment, paths: list[str], request_id: str = ""
-    ) -> res.Deployment:
+    def update_deployment(self, deployment: res.Deployment, paths: list[str], request_id: str = "") -> res.Deployment:
         request = ds.UpdateDeploymentRequest(
             deployment=deployment,
             update_mask=field_mask_pb2.FieldMask(paths=paths),
@@ -276,16 +278,12 @@ class SlipwayClient:
     def rename_deployment(self, deployment_id: str, name: str, request_id: str = "") -> res.Deployment:
         return self.update_deployment(res.Deployment(id=deployment_id, name=name), ["name"], request_id)
 
-    def update_autoscaling(
-        self, deployment_id: str, request_id: str = "", **settings: int
-    ) -> res.Deployment:
+    def update_autoscaling(self, deployment_id: str, request_id: str = "", **settings: int) -> res.Deployment:
         """Change only the given settings, e.g. `update_autoscaling(id, max_replica=3)`."""
         unknown = set(settings) - set(AUTOSCALING_FIELDS)
         if unknown:
             raise TypeError(f"unknown autoscaling settings: {', '.join(sorted(unknown))}")
-        deployment = res.Deployment(
-            id=deployment_id, autoscaling_settings=res.AutoscalingSettings(**settings)
-        )
+        deployment = res.Deployment(id=deployment_id, autoscaling_settings=res.AutoscalingSettings(**settings))
         paths = [f"autoscaling_settings.{name}" for name in settings]
         return self.update_deployment(deployment, paths, request_id)
 

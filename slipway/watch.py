@@ -256,7 +256,9 @@ class WatchSession:
             # before that once the controller is back.
             if isinstance(err, grpc.RpcError) and err.code() in RETRIED_CODES:
                 self._retry_at = time.monotonic() + RETRY_SECONDS
-            failure = f"{describe(patch.edits)}: failed: {format_rpc_error(err) if isinstance(err, grpc.RpcError) else err}"
+            failure = (
+                f"{describe(patch.edits)}: failed: {format_rpc_error(err) if isinstance(err, grpc.RpcError) else err}"
+            )
             if failure != self._last_failure:  # a retry that fails the same way is not reported again
                 click.echo(f"{failure} ({duration(time.monotonic() - started)})")
             self._last_failure = failure

@@ -97,17 +97,25 @@ class Api:
     tmp: pathlib.Path
     _counter: int = 0
 
-    def package(self, model_name: str, tag: str = "v1", source: str | None = None, extra_config: str = "") -> pathlib.Path:
+    def package(
+        self, model_name: str, tag: str = "v1", source: str | None = None, extra_config: str = ""
+    ) -> pathlib.Path:
         self._counter += 1
         return write_package(
             self.tmp / f"pkg{self._counter}", model_name, source or ECHO_MODEL.format(tag=tag), extra_config
         )
 
-    async def push(self, directory: pathlib.Path, target=ds.PUSH_TARGET_DEVELOPMENT, name: str = "", request_id: str = ""):
+    async def push(
+        self, directory: pathlib.Path, target=ds.PUSH_TARGET_DEVELOPMENT, name: str = "", request_id: str = ""
+    ):
         archive, digest = archive_package(directory)
         return await self.deployments.CreateDeployment(
             ds.CreateDeploymentRequest(
-                package_archive=archive, package_sha256=digest, target=target, deployment_name=name, request_id=request_id
+                package_archive=archive,
+                package_sha256=digest,
+                target=target,
+                deployment_name=name,
+                request_id=request_id,
             )
         )
 
@@ -202,8 +210,12 @@ async def gateway(controller):
 
     running = await Gateway.start(
         GatewaySettings(
-            controller_address=controller.address, grpc_port=0, http_port=0, replica_wait_seconds=10,
-            load_report_seconds=0.2, shutdown_grace_seconds=2,
+            controller_address=controller.address,
+            grpc_port=0,
+            http_port=0,
+            replica_wait_seconds=10,
+            load_report_seconds=0.2,
+            shutdown_grace_seconds=2,
         )
     )
     await asyncio.wait_for(running.follower.synced.wait(), 10)

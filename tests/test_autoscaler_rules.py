@@ -6,13 +6,19 @@ from controller.autoscaler import AutoscalerConfig, ScalerState, next_target, re
 from controller.domain import AutoscalingSettings
 
 SETTINGS = AutoscalingSettings(
-    min_replica=0, max_replica=8, autoscaling_window=60, scale_down_delay=100,
-    concurrency_target=1, target_utilization_percentage=100,
+    min_replica=0,
+    max_replica=8,
+    autoscaling_window=60,
+    scale_down_delay=100,
+    concurrency_target=1,
+    target_utilization_percentage=100,
 )
 CONFIG = AutoscalerConfig()
 
 
-def run(state: ScalerState, concurrency: float, start: float, end: float, step: float = 1.0, settings=SETTINGS) -> list[int]:
+def run(
+    state: ScalerState, concurrency: float, start: float, end: float, step: float = 1.0, settings=SETTINGS
+) -> list[int]:
     """Feed a constant load sample every `step` seconds; return the targets decided."""
     targets, now = [], start
     while now < end:
@@ -46,16 +52,22 @@ def test_scale_up_is_clamped_to_max_replica():
 def test_scale_down_waits_the_delay_then_halves_the_excess_each_step():
     state = ScalerState(target=8)
     targets = run(state, 0, 0, 450)
-    changes = [(t, v) for t, (prev, v) in enumerate(zip([8] + targets, targets)) if v != prev]
+    changes = [(t, v) for t, (prev, v) in enumerate(zip([8] + targets, targets, strict=False)) if v != prev]
     assert [v for _, v in changes] == [4, 2, 1, 0]
     assert changes[0][0] >= 100  # nothing before scale_down_delay
-    assert all(b - a >= 100 for (a, _), (b, _) in zip(changes, changes[1:]))
+    assert all(b - a >= 100 for (a, _), (b, _) in zip(changes, changes[1:], strict=False))
 
 
 def test_min_replica_is_a_floor_and_no_scale_to_zero_with_it():
     state = ScalerState(target=3)
-    settings = AutoscalingSettings(min_replica=2, max_replica=8, autoscaling_window=60, scale_down_delay=10,
-                                   concurrency_target=1, target_utilization_percentage=100)
+    settings = AutoscalingSettings(
+        min_replica=2,
+        max_replica=8,
+        autoscaling_window=60,
+        scale_down_delay=10,
+        concurrency_target=1,
+        target_utilization_percentage=100,
+    )
     assert run(state, 0, 0, 200, settings=settings)[-1] == 2
 
 
@@ -84,8 +96,14 @@ def test_time_scale_shrinks_every_duration():
 
 def test_no_scale_down_during_a_panic_even_without_a_delay():
     state = ScalerState(target=1)
-    no_delay = AutoscalingSettings(min_replica=0, max_replica=8, autoscaling_window=60, scale_down_delay=0,
-                                   concurrency_target=1, target_utilization_percentage=100)
+    no_delay = AutoscalingSettings(
+        min_replica=0,
+        max_replica=8,
+        autoscaling_window=60,
+        scale_down_delay=0,
+        concurrency_target=1,
+        target_utilization_percentage=100,
+    )
     run(state, 0, 0, 50, settings=no_delay)
     targets = run(state, 6, 50, 80, settings=no_delay)  # a steady burst: panic, then the stable window catches up
     reached = targets.index(6)
@@ -96,8 +114,14 @@ def test_a_deployment_coming_up_keeps_one_replica_and_its_delay_starts_when_up()
     from controller.autoscaler import Autoscaler
 
     autoscaler = Autoscaler(CONFIG)
-    no_delay = AutoscalingSettings(min_replica=0, max_replica=1, autoscaling_window=60, scale_down_delay=0,
-                                   concurrency_target=1, target_utilization_percentage=100)
+    no_delay = AutoscalingSettings(
+        min_replica=0,
+        max_replica=1,
+        autoscaling_window=60,
+        scale_down_delay=0,
+        concurrency_target=1,
+        target_utilization_percentage=100,
+    )
     assert [autoscaler.target("d", no_delay, 0, 0, now, coming_up=True) for now in range(5)] == [1] * 5
     assert autoscaler.target("d", no_delay, 0, 0, 5) == 0  # up (it has served), idle, no delay: to zero
 

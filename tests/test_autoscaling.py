@@ -10,9 +10,9 @@ import signal
 
 import grpc
 import pytest
+from conftest import Api, controller_settings, wait_until
 from google.protobuf import field_mask_pb2
 
-from conftest import Api, controller_settings, wait_until
 from controller.autoscaler import AutoscalerConfig
 from controller.server import Controller
 from gateway.server import Gateway, GatewaySettings
@@ -48,7 +48,9 @@ class Platform:
         self.gate.touch()
 
     def package(self, name: str, tag: str = "v1", seconds: float = 0.05):
-        return self.api.package(name, source=SLOW_MODEL.format(gate=str(self.gate), seconds=seconds, tag=tag), extra_config=CONFIG)
+        return self.api.package(
+            name, source=SLOW_MODEL.format(gate=str(self.gate), seconds=seconds, tag=tag), extra_config=CONFIG
+        )
 
     async def call(self, **target) -> dict:
         response = await self.stub.Predict(inf.PredictRequest(target=inf.Target(**target), payload=b"{}"), timeout=30)
@@ -69,12 +71,20 @@ async def platform(tmp_path):
     controller = await Controller.start(
         controller_settings(tmp_path / "data", autoscaler=AutoscalerConfig(time_scale=0.01))
     )
-    gateway = await Gateway.start(GatewaySettings(
-        controller_address=controller.address, grpc_port=0, http_port=0, replica_wait_seconds=20,
-        load_report_seconds=0.05, max_queued_per_deployment=2,
-    ))
-    async with grpc.aio.insecure_channel(controller.address) as channel, \
-            grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw:
+    gateway = await Gateway.start(
+        GatewaySettings(
+            controller_address=controller.address,
+            grpc_port=0,
+            http_port=0,
+            replica_wait_seconds=20,
+            load_report_seconds=0.05,
+            max_queued_per_deployment=2,
+        )
+    )
+    async with (
+        grpc.aio.insecure_channel(controller.address) as channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw,
+    ):
         api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
         yield Platform(api, gateway, inf_grpc.InferenceServiceStub(gw), tmp_path)
     await gateway.stop()
@@ -95,8 +105,14 @@ async def load(platform: Platform, stop: asyncio.Event, workers: int, results: l
 async def test_load_scales_up_to_the_computed_count_then_down_in_halving_steps_to_zero(platform: Platform):
     pushed = await platform.api.push(platform.package("m", seconds=0.1), target=ds.PUSH_TARGET_PUBLISHED)
     did = pushed.deployment.id
-    await platform.autoscale(did, max_replica=8, concurrency_target=1, target_utilization_percentage=100,
-                             autoscaling_window=10, scale_down_delay=100)
+    await platform.autoscale(
+        did,
+        max_replica=8,
+        concurrency_target=1,
+        target_utilization_percentage=100,
+        autoscaling_window=10,
+        scale_down_delay=100,
+    )
     desired_seen = []
     watch = platform.api.deployments.WatchDeployments(ds.WatchDeploymentsRequest(deployment_id=did))
 
@@ -106,7 +122,7 @@ async def test_load_scales_up_to_the_computed_count_then_down_in_halving_steps_t
 
     recorder = asyncio.create_task(record())
     await platform.api.wait_state(did, r.DEPLOYMENT_STATE_ACTIVE)
-    await wait_until(lambda: platform.gateway.follower.index.deployments[did].endpoints, what="routable")
+    await wait_until(lambda did=did: platform.gateway.follower.index.deployments[did].endpoints, what="routable")
     stop, results, failures = asyncio.Event(), [], []
     traffic = asyncio.create_task(load(platform, stop, 3, results, failures, deployment_id=did))
 
@@ -122,7 +138,7 @@ async def test_load_scales_up_to_the_computed_count_then_down_in_halving_steps_t
     recorder.cancel()
     assert failures == []
     assert max(desired_seen) == 3
-    after_peak = desired_seen[desired_seen.index(3):]
+    after_peak = desired_seen[desired_seen.index(3) :]
     steps = [v for i, v in enumerate(after_peak) if i == 0 or v != after_peak[i - 1]]
     assert steps == [3, 1, 0], steps  # 3 -> 3-ceil(3/2)=1 -> 0: halving, not all at once
 
@@ -134,12 +150,15 @@ async def test_max_replica_caps_and_development_never_exceeds_one(platform: Plat
     for pushed in (published, dev):
         did = pushed.deployment.id
         await platform.api.wait_state(did, r.DEPLOYMENT_STATE_ACTIVE)
-        await wait_until(lambda: platform.gateway.follower.index.deployments[did].endpoints, what="routable")
+        await wait_until(lambda did=did: platform.gateway.follower.index.deployments[did].endpoints, what="routable")
     stop, results, failures = asyncio.Event(), [], []
     traffic = [
         asyncio.create_task(load(platform, stop, 4, results, failures, deployment_id=published.deployment.id)),
-        asyncio.create_task(load(platform, stop, 4, results, failures, model_id="m", environment=inf.ENVIRONMENT_DEVELOPMENT)),
+        asyncio.create_task(
+            load(platform, stop, 4, results, failures, model_id="m", environment=inf.ENVIRONMENT_DEVELOPMENT)
+        ),
     ]
+
     async def capped():
         p = await platform.api.get(published.deployment.id)
         d = await platform.api.get(dev.deployment.id)
@@ -183,8 +202,9 @@ async def test_a_request_wakes_a_scaled_to_zero_deployment_and_a_full_queue_gets
     watch.cancel()
     recorder.cancel()
     woke = [s for s in states if s != r.DEPLOYMENT_STATE_SCALED_TO_ZERO]
-    assert woke[:3] == [r.DEPLOYMENT_STATE_WAKING_UP, r.DEPLOYMENT_STATE_LOADING_MODEL, r.DEPLOYMENT_STATE_ACTIVE], \
-        [r.DeploymentState.Name(s) for s in states]
+    assert woke[:3] == [r.DEPLOYMENT_STATE_WAKING_UP, r.DEPLOYMENT_STATE_LOADING_MODEL, r.DEPLOYMENT_STATE_ACTIVE], [
+        r.DeploymentState.Name(s) for s in states
+    ]
 
 
 def _http(platform: Platform):
@@ -195,6 +215,7 @@ def _http(platform: Platform):
     @contextlib.asynccontextmanager
     async def session():
         async with aiohttp.ClientSession() as client:
+
             async def post(path):
                 async with client.post(f"http://127.0.0.1:{platform.gateway.http_port}{path}", json={}) as response:
                     return response.status, await response.json()
@@ -218,7 +239,9 @@ async def test_faults_and_changes_under_steady_load_fail_no_request(platform: Pl
     await wait_until(lambda: len(results) > 10, what="traffic")
 
     # 1. promotion
-    promoted = await platform.api.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=dev.deployment.id))
+    promoted = await platform.api.deployments.PromoteDeployment(
+        ds.PromoteDeploymentRequest(deployment_id=dev.deployment.id)
+    )
     new_id = promoted.deployment.id
     await platform.api.wait_production(prod.model.id, new_id)
     await wait_until(lambda: results[-1]["tag"] == "two", what="traffic on the new production")
@@ -297,10 +320,14 @@ async def test_wake_starts_a_deployment_ahead_of_traffic_and_a_wait_that_runs_ou
     # A model that cannot load in time: the wait for a ready replica runs out.
     platform.gate.unlink()
     stuck = await platform.api.push(platform.package("m"), target=ds.PUSH_TARGET_PUBLISHED)
-    impatient = await Gateway.start(GatewaySettings(
-        controller_address=platform.gateway.settings.controller_address, grpc_port=0, http_port=0,
-        replica_wait_seconds=0.5,
-    ))
+    impatient = await Gateway.start(
+        GatewaySettings(
+            controller_address=platform.gateway.settings.controller_address,
+            grpc_port=0,
+            http_port=0,
+            replica_wait_seconds=0.5,
+        )
+    )
     try:
         await wait_until(lambda: stuck.deployment.id in impatient.follower.index.deployments, what="the route")
         import aiohttp

@@ -21,8 +21,8 @@ import textwrap
 import grpc
 import pytest
 from click.testing import CliRunner
-
 from conftest import Api, controller_settings, error_reason, wait_until, write_package
+
 from controller import compat
 from controller.builds import MARKER, BuildManager, normalise_requirement
 from controller.errors import InvalidArgument
@@ -211,7 +211,9 @@ async def test_identical_requirements_share_one_build(api: Api, controller):
     # Two deployments of different models pushed back to back: one build, awaited by both.
     first = await api.push(api.package("one", source=SLUGIFY_MODEL.format(tag="one"), extra_config=REQUIREMENTS))
     second = await api.push(
-        api.package("two", source=SLUGIFY_MODEL.format(tag="two"), extra_config="requirements: ['Python_Slugify >= 8']\n")
+        api.package(
+            "two", source=SLUGIFY_MODEL.format(tag="two"), extra_config="requirements: ['Python_Slugify >= 8']\n"
+        )
     )
     one = await api.wait_state(first.deployment.id, ACTIVE, timeout=BUILD_TIMEOUT)
     two = await api.wait_state(second.deployment.id, ACTIVE, timeout=BUILD_TIMEOUT)
@@ -226,7 +228,9 @@ async def test_identical_requirements_share_one_build(api: Api, controller):
     assert (await invoke(two, "C D")) == {"tag": "two", "slug": "c-d", "prefix": str(env)}
 
     # Later, a third one (a published deployment, requirements from a file): nothing is installed.
-    package = api.package("three", source=SLUGIFY_MODEL.format(tag="three"), extra_config="requirements_file: reqs.txt\n")
+    package = api.package(
+        "three", source=SLUGIFY_MODEL.format(tag="three"), extra_config="requirements_file: reqs.txt\n"
+    )
     (package / "reqs.txt").write_text("# what we need\npython-slugify \\\n  >=8  # slugs\n\n")
     third = await api.push(package, target=ds.PUSH_TARGET_PUBLISHED)
     three = await api.wait_state(third.deployment.id, ACTIVE, timeout=BUILD_TIMEOUT)
@@ -323,9 +327,14 @@ def test_environment_key_follows_normalised_requirements_only(tmp_path):
         return spec.key if spec else None
 
     assert key("") is None and key("requirements: []\n") is None
-    assert key("requirements: [six==1.16.0, Text-Unidecode]\n") == key("requirements: [text_unidecode, 'Six == 1.16.0']\n")
+    assert key("requirements: [six==1.16.0, Text-Unidecode]\n") == key(
+        "requirements: [text_unidecode, 'Six == 1.16.0']\n"
+    )
     assert key("requirements: [six==1.16.0]\n") != key("requirements: [six==1.17.0]\n")
-    assert normalise_requirement('Requests[socks] >=2 ;  python_version < "3.12"') == 'requests[socks]>=2 ; python_version < "3.12"'
+    assert (
+        normalise_requirement('Requests[socks] >=2 ;  python_version < "3.12"')
+        == 'requests[socks]>=2 ; python_version < "3.12"'
+    )
 
 
 # --- Truss features through the controller, in a built environment ----------------------------
@@ -371,8 +380,7 @@ async def test_truss_model_features_through_the_controller(secret_env, api: Api)
     ready = [rep for rep in deployment.replicas if rep.state == r.REPLICA_STATE_READY]
     async with grpc.aio.insecure_channel(ready[0].address) as channel:
         stream = rs_grpc.ReplicaServiceStub(channel).InvokeStream(
-            rs.InvokeStreamRequest(payload=json.dumps({"text": "Ünö Dös"}).encode(),
-                                   content_type="application/json"),
+            rs.InvokeStreamRequest(payload=json.dumps({"text": "Ünö Dös"}).encode(), content_type="application/json"),
             timeout=20,
         )
         chunks = [message.chunk async for message in stream]
@@ -385,7 +393,8 @@ async def test_external_package_dirs_outside_the_package_are_bundled_at_push(api
     (tmp_path / "common" / "__pycache__").mkdir()
     (tmp_path / "common" / "__pycache__" / "junk.pyc").write_bytes(b"ignored")
     package = write_package(
-        tmp_path / "uses-common", "uses-common",
+        tmp_path / "uses-common",
+        "uses-common",
         "from shared_lib import GREETING\n\nclass Model:\n    def predict(self, model_input):\n        return GREETING\n",
         "external_package_dirs: [../common, /nowhere-it-is-not-a-dir]\n",
     )
@@ -393,7 +402,9 @@ async def test_external_package_dirs_outside_the_package_are_bundled_at_push(api
         archive_package(package)
     (package / "config.yaml").write_text("model_name: uses-common\nexternal_package_dirs: [../common]\n")
     assert [name for name, _ in package_entries(package) if name.startswith(".external")] == [
-        ".external", ".external/0", ".external/0/shared_lib.py",
+        ".external",
+        ".external/0",
+        ".external/0/shared_lib.py",
     ]
 
     pushed = await api.push(package)
@@ -468,13 +479,25 @@ def test_compat_rules(tmp_path):
         return compat.check_package(load_package_config(tmp_path), machine)
 
     scaffold = {
-        "model_name": "m", "python_version": "py311", "requirements": [], "system_packages": [],
-        "secrets": {}, "external_package_dirs": [], "environment_variables": {}, "model_metadata": {},
-        "description": None, "build_commands": [], "external_data": None, "base_image": None,
+        "model_name": "m",
+        "python_version": "py311",
+        "requirements": [],
+        "system_packages": [],
+        "secrets": {},
+        "external_package_dirs": [],
+        "environment_variables": {},
+        "model_metadata": {},
+        "description": None,
+        "build_commands": [],
+        "external_data": None,
+        "base_image": None,
         "resources": {"accelerator": None, "cpu": "1", "memory": "2Gi", "use_gpu": False},
         "runtime": {"predict_concurrency": 1, "streaming_read_timeout": None},
-        "model_cache": [], "build": {"model_server": "TrussServer", "arguments": {}},
-        "trt_llm": None, "live_reload": False, "docker_server": None,
+        "model_cache": [],
+        "build": {"model_server": "TrussServer", "arguments": {}},
+        "trt_llm": None,
+        "live_reload": False,
+        "docker_server": None,
     }
     assert check(scaffold) == []
     warned = check({**scaffold, "resources": {"cpu": "4", "memory": "16Gi"}})
@@ -483,7 +506,9 @@ def test_compat_rules(tmp_path):
     assert "SLIPWAY_SECRET_HF_TOKEN" in check({**scaffold, "secrets": {"hf_token": "abc"}})[0]
     [unset] = check({**scaffold, "secrets": {"hf_token": None}})
     assert "not set on the controller (SLIPWAY_SECRET_HF_TOKEN)" in unset
-    machine = compat.Machine(python=(3, 11), cpus=2, memory_bytes=4 * 1024**3, secret_variables=frozenset({"SLIPWAY_SECRET_HF_TOKEN"}))
+    machine = compat.Machine(
+        python=(3, 11), cpus=2, memory_bytes=4 * 1024**3, secret_variables=frozenset({"SLIPWAY_SECRET_HF_TOKEN"})
+    )
     assert check({**scaffold, "secrets": {"hf_token": None}}) == []
     [not_bundled] = check({**scaffold, "external_package_dirs": ["../common"]})
     assert "'../common' is not in the package" in not_bundled
@@ -505,11 +530,16 @@ def test_requirements_file_formats(tmp_path):
 
     assert requirements("requirements: [a, b==1]\n", {}) == ["a", "b==1"]
     assert requirements("requirements_file: deps/r.txt\n", {"deps/r.txt": "# c\na==1  # x\n\nb \\\n>=2\n--pre\n"}) == [
-        "a==1", "b >=2", "--pre",
+        "a==1",
+        "b >=2",
+        "--pre",
     ]
     pyproject = '[project]\nname = "x"\ndependencies = ["six>=1", "attrs"]\n'
     assert requirements("requirements_file: pyproject.toml\n", {"pyproject.toml": pyproject}) == ["six>=1", "attrs"]
-    assert requirements("requirements_file: uv.lock\n", {"uv.lock": "", "pyproject.toml": pyproject}) == ["six>=1", "attrs"]
+    assert requirements("requirements_file: uv.lock\n", {"uv.lock": "", "pyproject.toml": pyproject}) == [
+        "six>=1",
+        "attrs",
+    ]
     with pytest.raises(ValueError, match="missing"):
         requirements("requirements_file: nope.txt\n", {})
     with pytest.raises(ValueError, match="mutually exclusive"):
@@ -524,8 +554,12 @@ async def test_slipway_init_scaffold_deploys_unmodified(api: Api, tmp_path):
 
     result = CliRunner().invoke(cli, ["init", "hello-model", "--directory", str(tmp_path / "hello")])
     assert result.exit_code == 0, result.output
-    assert sorted(p.relative_to(tmp_path / "hello").as_posix() for p in (tmp_path / "hello").rglob("*") if p.is_file()) == [
-        "config.yaml", "model/__init__.py", "model/model.py",
+    assert sorted(
+        p.relative_to(tmp_path / "hello").as_posix() for p in (tmp_path / "hello").rglob("*") if p.is_file()
+    ) == [
+        "config.yaml",
+        "model/__init__.py",
+        "model/model.py",
     ]
     again = CliRunner().invoke(cli, ["init", "hello-model", "--directory", str(tmp_path / "hello")])
     assert again.exit_code == 1 and "already exists" in again.output
@@ -536,7 +570,9 @@ async def test_slipway_init_scaffold_deploys_unmodified(api: Api, tmp_path):
     assert await invoke(deployment, {"text": "abc"}) == {"output": "cba"}
 
 
-TRUSS_HOME = pathlib.Path(os.environ.get("SLIPWAY_TEST_TRUSS_HOME", pathlib.Path.home() / ".cache" / "slipway-test-truss"))
+TRUSS_HOME = pathlib.Path(
+    os.environ.get("SLIPWAY_TEST_TRUSS_HOME", pathlib.Path.home() / ".cache" / "slipway-test-truss")
+)
 
 
 def truss_executable() -> pathlib.Path:
@@ -555,10 +591,18 @@ def truss_executable() -> pathlib.Path:
     staging = TRUSS_HOME / "venv.partial"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        subprocess.run([uv_bin, "venv", "--relocatable", "--python", sys.executable, str(staging)],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([uv_bin, "pip", "install", "--python", str(staging / "bin" / "python"), "truss"],
-                       check=True, capture_output=True, timeout=600)
+        subprocess.run(
+            [uv_bin, "venv", "--relocatable", "--python", sys.executable, str(staging)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [uv_bin, "pip", "install", "--python", str(staging / "bin" / "python"), "truss"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         pytest.skip(f"could not install truss from PyPI: {exc.stderr.decode(errors='replace')[-500:]}")
@@ -576,7 +620,10 @@ async def test_truss_init_scaffold_deploys_unmodified(api: Api, tmp_path):
     result = await asyncio.to_thread(
         subprocess.run,
         [str(truss), "init", "--backend", "TrussServer", "--name", "truss-scaffold", "--non-interactive", str(target)],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"truss init failed:\n{result.stdout}\n{result.stderr}"
     assert (target / "config.yaml").is_file() and (target / "model" / "model.py").is_file()

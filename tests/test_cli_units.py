@@ -29,11 +29,19 @@ from slipway.client import SlipwayClient, error_reason, format_rpc_error, is_ser
 from slipway.packaging import PackageError, archive_package, read_model_name
 from slipway.v1 import (
     deployment_service_pb2 as ds,
+)
+from slipway.v1 import (
     deployment_service_pb2_grpc,
-    model_service_pb2 as ms,
     model_service_pb2_grpc,
-    replica_service_pb2 as rs,
     replica_service_pb2_grpc,
+)
+from slipway.v1 import (
+    model_service_pb2 as ms,
+)
+from slipway.v1 import (
+    replica_service_pb2 as rs,
+)
+from slipway.v1 import (
     resources_pb2 as res,
 )
 
@@ -132,8 +140,13 @@ def test_render_table_aligns_columns_without_trailing_blanks() -> None:
 
 def test_deployment_table_shows_short_state_names() -> None:
     deployment = res.Deployment(
-        id="dep1", model_id="m1", name="deployment-1", kind=res.DEPLOYMENT_KIND_PUBLISHED,
-        is_production=True, active=True, state=res.DEPLOYMENT_STATE_SCALED_TO_ZERO,
+        id="dep1",
+        model_id="m1",
+        name="deployment-1",
+        kind=res.DEPLOYMENT_KIND_PUBLISHED,
+        is_production=True,
+        active=True,
+        state=res.DEPLOYMENT_STATE_SCALED_TO_ZERO,
     )
     header, row = table(DEPLOYMENT_COLUMNS, "none")([deployment]).splitlines()
     assert header.split() == ["ID", "MODEL", "NAME", "KIND", "PROD", "STATE", "ACTIVE", "REPLICAS", "REV", "CREATED"]
@@ -181,7 +194,8 @@ def test_format_rpc_error_without_reason() -> None:
 def test_is_serving_ignores_replicas_of_an_older_revision() -> None:
     def deployment(replica_revision: int) -> res.Deployment:
         return res.Deployment(
-            state=res.DEPLOYMENT_STATE_ACTIVE, revision=2,
+            state=res.DEPLOYMENT_STATE_ACTIVE,
+            revision=2,
             replicas=[res.Replica(address="h:1", state=res.REPLICA_STATE_READY, revision=replica_revision)],
         )
 
@@ -271,14 +285,22 @@ class FakeApi(model_service_pb2_grpc.ModelServiceServicer, deployment_service_pb
         self.requests.append(request)
         replicas = [res.Replica(id="r1", address=self.replica_address, state=res.REPLICA_STATE_READY, revision=1)]
         return ds.GetDeploymentResponse(
-            deployment=self.deployment(id=request.deployment_id, state=res.DEPLOYMENT_STATE_ACTIVE, revision=1,
-                                       replicas=replicas if self.replica_address else [])
+            deployment=self.deployment(
+                id=request.deployment_id,
+                state=res.DEPLOYMENT_STATE_ACTIVE,
+                revision=1,
+                replicas=replicas if self.replica_address else [],
+            )
         )
 
     def DeleteDeployment(self, request, context):
         self.requests.append(request)
-        refuse(context, code_pb2.FAILED_PRECONDITION, "PRODUCTION_NOT_DELETABLE",
-               f"deployment {request.deployment_id} is the production deployment of model m1")
+        refuse(
+            context,
+            code_pb2.FAILED_PRECONDITION,
+            "PRODUCTION_NOT_DELETABLE",
+            f"deployment {request.deployment_id} is the production deployment of model m1",
+        )
 
     def UpdateDeployment(self, request, context):
         self.requests.append(request)
@@ -359,7 +381,10 @@ def test_autoscaling_sends_only_the_given_fields(runner: CliRunner, fake: FakeAp
     result = run(runner, fake, "deployments", "autoscaling", "dep1", "--max-replica", "3", "--scale-down-delay", "0")
     assert result.exit_code == 0, result.stderr
     (update,) = [r for r in fake.requests if isinstance(r, ds.UpdateDeploymentRequest)]
-    assert sorted(update.update_mask.paths) == ["autoscaling_settings.max_replica", "autoscaling_settings.scale_down_delay"]
+    assert sorted(update.update_mask.paths) == [
+        "autoscaling_settings.max_replica",
+        "autoscaling_settings.scale_down_delay",
+    ]
     assert update.deployment.id == "dep1" and update.deployment.autoscaling_settings.max_replica == 3
     assert "max_replica:" in result.stdout
 

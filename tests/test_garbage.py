@@ -7,6 +7,7 @@ import os
 import time
 
 from conftest import ECHO_MODEL, Api, wait_until, write_package
+
 from controller.builds import MARKER, BuildManager
 from controller.packages import PackageStore
 from controller.server import Controller
@@ -36,7 +37,8 @@ async def test_packages_no_deployment_or_replica_uses_are_removed(api: Api, cont
         source = ECHO_MODEL.format(tag=tag).encode()
         patched = await api.deployments.PatchDeployment(
             ds.PatchDeploymentRequest(
-                deployment_id=dev.deployment.id, base_package_digest=digests[-1],
+                deployment_id=dev.deployment.id,
+                base_package_digest=digests[-1],
                 patches=[ds.FilePatch(path="model/model.py", content=source)],
             ),
             timeout=60,

@@ -9,8 +9,8 @@ import signal
 import aiohttp
 import grpc
 import pytest
-
 from conftest import Api, error_reason, wait_until
+
 from gateway.forwarder import MAX_MESSAGE_BYTES
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
@@ -65,7 +65,10 @@ class Client:
 
 @pytest.fixture
 async def client(gateway):
-    async with aiohttp.ClientSession() as session, grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+    async with (
+        aiohttp.ClientSession() as session,
+        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel,
+    ):
         yield Client(gateway, session, channel)
 
 
@@ -140,7 +143,7 @@ async def test_unknown_deleted_and_deactivated_targets_are_distinct_404s(api: Ap
         return True
 
     await wait_until(all_settled, timeout=10, what="the route table to reflect the changes")
-    for path, (reason, words) in expectations.items():
+    for path, (_reason, words) in expectations.items():
         status, body = await client.post(path)
         assert status == 404 and words in body["error"]["message"], (path, body)
 
@@ -156,7 +159,9 @@ async def test_unknown_deleted_and_deactivated_targets_are_distinct_404s(api: Ap
         assert error_reason(caught.value) == reason
 
 
-async def test_malformed_http_body_is_a_400_unknown_paths_404_wrong_method_405_too_large_413(api: Api, gateway, client: Client):
+async def test_malformed_http_body_is_a_400_unknown_paths_404_wrong_method_405_too_large_413(
+    api: Api, gateway, client: Client
+):
     dev = await api.push(api.package("m"))
     await api.wait_state(dev.deployment.id, ACTIVE)
 
@@ -179,8 +184,13 @@ async def test_streaming_model_streams_over_grpc_and_http(api: Api, gateway, cli
     gate = tmp_path / "gate"
     dev = await api.push(api.package("s", source=STREAMING_MODEL.format(gate=str(gate))))
     await api.wait_state(dev.deployment.id, ACTIVE)
-    await wait_until(lambda: dev.deployment.id in gateway.follower.index.deployments
-                     and gateway.follower.index.deployments[dev.deployment.id].endpoints, what="routes")
+    await wait_until(
+        lambda: (
+            dev.deployment.id in gateway.follower.index.deployments
+            and gateway.follower.index.deployments[dev.deployment.id].endpoints
+        ),
+        what="routes",
+    )
 
     stream = client.stub.PredictStream(
         inf.PredictStreamRequest(target=inf.Target(deployment_id=dev.deployment.id), payload=b"{}"), timeout=20
@@ -231,8 +241,9 @@ async def test_a_promotion_under_steady_load_fails_no_request(api: Api, gateway,
 
 
 async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tmp_path):
-    from gateway.server import Gateway, GatewaySettings
     from test_restart import ControllerProcess, free_port, replica_pids
+
+    from gateway.server import Gateway, GatewaySettings
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -241,10 +252,13 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
     gateway = None
     try:
         await controller.ready()
-        gateway = await Gateway.start(GatewaySettings(controller_address=controller.address, grpc_port=0, http_port=0,
-                                                      replica_wait_seconds=5))
-        async with grpc.aio.insecure_channel(controller.address) as channel, \
-                grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw_channel:
+        gateway = await Gateway.start(
+            GatewaySettings(controller_address=controller.address, grpc_port=0, http_port=0, replica_wait_seconds=5)
+        )
+        async with (
+            grpc.aio.insecure_channel(controller.address) as channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw_channel,
+        ):
             from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
             from slipway.v1 import model_service_pb2_grpc as ms_grpc
 
@@ -252,7 +266,10 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
             stub = inf_grpc.InferenceServiceStub(gw_channel)
             pushed = await api.push(api.package("m"), target=ds.PUSH_TARGET_PRODUCTION)
             await api.wait_production(pushed.model.id, pushed.deployment.id)
-            call = lambda: stub.Predict(inf.PredictRequest(target=inf.Target(model_id="m"), payload=b"1"), timeout=10)
+
+            def call():
+                return stub.Predict(inf.PredictRequest(target=inf.Target(model_id="m"), payload=b"1"), timeout=10)
+
             await wait_until(lambda: succeeds(call), what="production routable")
 
             controller.process.send_signal(signal.SIGKILL)
@@ -266,7 +283,10 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
             await wait_until(lambda: gateway.follower.connected, what="the gateway to reconnect")
             late = await api.push(api.package("late"), target=ds.PUSH_TARGET_PRODUCTION)
             await api.wait_production(late.model.id, late.deployment.id)
-            late_call = lambda: stub.Predict(inf.PredictRequest(target=inf.Target(model_id="late"), payload=b"2"), timeout=10)
+
+            def late_call():
+                return stub.Predict(inf.PredictRequest(target=inf.Target(model_id="late"), payload=b"2"), timeout=10)
+
             answered = await wait_until(lambda: succeeds(late_call), what="routes after resync")
             assert json.loads(answered.payload)["input"] == 2
     finally:
@@ -275,4 +295,5 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
         controller.process.kill()
         for pid in replica_pids(data_dir, include_fork_servers=True):
             import os
+
             os.kill(pid, signal.SIGKILL)

@@ -12,9 +12,9 @@ import os
 
 import grpc
 import pytest
+from conftest import FAILING_MODEL, Api, error_reason, wait_until
 from google.protobuf import field_mask_pb2
 
-from conftest import FAILING_MODEL, Api, error_reason, wait_until
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import resources_pb2 as r
@@ -65,7 +65,10 @@ async def snapshot(api: Api, model_id: str):
         model.production_deployment_id,
         model.development_deployment_id,
         model.promoting_deployment_id,
-        [(d.id, d.name, d.active, d.delete_time.seconds, d.autoscaling_settings.SerializeToString()) for d in listed.deployments],
+        [
+            (d.id, d.name, d.active, d.delete_time.seconds, d.autoscaling_settings.SerializeToString())
+            for d in listed.deployments
+        ],
     )
 
 
@@ -125,7 +128,9 @@ class Model:
 
 async def test_a_development_update_never_runs_two_replicas(api: Api, controller, tmp_path):
     entered, gate, helper = tmp_path / "entered", tmp_path / "gate", tmp_path / "helper"
-    first = await api.push(api.package("m", source=BUSY_MODEL.format(entered=str(entered), gate=str(gate), helper=str(helper))))
+    first = await api.push(
+        api.package("m", source=BUSY_MODEL.format(entered=str(entered), gate=str(gate), helper=str(helper)))
+    )
     deployment = await active(api, first)
     in_flight = asyncio.ensure_future(api.predict(deployment))
     await wait_until(entered.exists, what="a request in flight on the development replica")
@@ -151,7 +156,9 @@ async def test_a_development_update_never_runs_two_replicas(api: Api, controller
         gate.touch()
         controller.reconciler._on_replica_change_hook = hook
     assert most == 1, "the old revision's replica was still running when the new one started"
-    await wait_until(lambda: not pid_alive(int(helper.read_text())), what="the model's own process to go with its replica")
+    await wait_until(
+        lambda: not pid_alive(int(helper.read_text())), what="the model's own process to go with its replica"
+    )
     with pytest.raises(grpc.aio.AioRpcError):  # the spec lets a development update fail active requests
         await in_flight
 
@@ -225,8 +232,12 @@ async def test_promoting_development_creates_a_new_deployment_that_becomes_produ
     assert new.source_deployment_id == dev.deployment.id
     assert new.package_digest == dev_before.package_digest
     assert new.autoscaling_settings == r.AutoscalingSettings(
-        min_replica=0, max_replica=1, autoscaling_window=60, scale_down_delay=900,
-        concurrency_target=1, target_utilization_percentage=70,
+        min_replica=0,
+        max_replica=1,
+        autoscaling_window=60,
+        scale_down_delay=900,
+        concurrency_target=1,
+        target_utilization_percentage=70,
     )
 
     await api.wait_state(new.id, r.DEPLOYMENT_STATE_LOADING_MODEL)
@@ -240,7 +251,10 @@ async def test_promoting_development_creates_a_new_deployment_that_becomes_produ
     assert (await api.get(new.id)).state == ACTIVE
     dev_after = await api.get(dev.deployment.id)
     assert (dev_after.id, dev_after.name, dev_after.active, dev_after.autoscaling_settings) == (
-        dev_before.id, dev_before.name, dev_before.active, dev_before.autoscaling_settings
+        dev_before.id,
+        dev_before.name,
+        dev_before.active,
+        dev_before.autoscaling_settings,
     )
     assert not dev_after.is_production
 
@@ -275,8 +289,13 @@ async def test_promotion_inherits_production_settings_and_demotes_the_former_pro
     first = await api.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=dev.deployment.id))
     await api.wait_production(dev.model.id, first.deployment.id)
     await api.deployments.UpdateDeployment(
-        update_request(first.deployment.id, "autoscaling_settings.max_replica", "autoscaling_settings.autoscaling_window",
-                       max_replica=3, autoscaling_window=30)
+        update_request(
+            first.deployment.id,
+            "autoscaling_settings.max_replica",
+            "autoscaling_settings.autoscaling_window",
+            max_replica=3,
+            autoscaling_window=30,
+        )
     )
     former = await api.get(first.deployment.id)
 
@@ -297,7 +316,9 @@ async def test_promoting_a_published_deployment_keeps_its_id_and_settings(api: A
     await api.wait_production(a.model.id, a.deployment.id)
     b = await api.push(api.package("m", tag="b"), target=ds.PUSH_TARGET_PUBLISHED, name="canary")
     await active(api, b)
-    await api.deployments.UpdateDeployment(update_request(b.deployment.id, "autoscaling_settings.max_replica", max_replica=2))
+    await api.deployments.UpdateDeployment(
+        update_request(b.deployment.id, "autoscaling_settings.max_replica", max_replica=2)
+    )
     before = await api.get(b.deployment.id)
 
     promoted = await api.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=b.deployment.id))
@@ -371,7 +392,11 @@ async def test_production_switches_only_after_the_new_deployment_is_active(api: 
     await api.wait_production(first.model.id, second.deployment.id)
     events = (await api.deployments.ListEvents(ds.ListEventsRequest(deployment_id=second.deployment.id))).events
     order = [(e.type, e.message) for e in events]
-    became_active = next(i for i, (t, m) in enumerate(order) if t == "deployment.state_changed" and m.split(" -> ")[1].startswith("ACTIVE"))
+    became_active = next(
+        i
+        for i, (t, m) in enumerate(order)
+        if t == "deployment.state_changed" and m.split(" -> ")[1].startswith("ACTIVE")
+    )
     switched = next(i for i, (t, _) in enumerate(order) if t == "model.production_changed")
     assert became_active < switched
 
@@ -420,7 +445,8 @@ async def test_deleted_deployment_disappears_but_usage_remains(api: Api, control
     await refused(api.get(pushed.deployment.id), grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
     await refused(  # even an update that would change nothing
         api.deployments.UpdateDeployment(update_request(pushed.deployment.id, "name", name=pushed.deployment.name)),
-        grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED",
+        grpc.StatusCode.NOT_FOUND,
+        "DEPLOYMENT_DELETED",
     )
     await refused(
         api.deployments.ActivateDeployment(ds.ActivateDeploymentRequest(deployment_id=pushed.deployment.id)),
@@ -429,13 +455,17 @@ async def test_deleted_deployment_disappears_but_usage_remains(api: Api, control
     )
     listed = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id="m"))
     assert listed.deployments == []
-    with_deleted = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True))
+    with_deleted = await api.deployments.ListDeployments(
+        ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True)
+    )
     assert [d.id for d in with_deleted.deployments] == [pushed.deployment.id]
     assert with_deleted.deployments[0].HasField("delete_time")
     await wait_until(lambda: not pid_alive(pid), what="replica to stop")
 
     async def settled():
-        listed = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True))
+        listed = await api.deployments.ListDeployments(
+            ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True)
+        )
         return listed.deployments[0].state == r.DEPLOYMENT_STATE_INACTIVE
 
     await wait_until(settled, what="the deleted deployment to show INACTIVE")
@@ -443,7 +473,9 @@ async def test_deleted_deployment_disappears_but_usage_remains(api: Api, control
     assert pushed.deployment.id not in {d.id for d in await controller.store.deployments_to_reconcile()}
 
     async def usage():
-        records = (await api.deployments.ListUsageRecords(ds.ListUsageRecordsRequest(model_id=pushed.model.id))).usage_records
+        records = (
+            await api.deployments.ListUsageRecords(ds.ListUsageRecordsRequest(model_id=pushed.model.id))
+        ).usage_records
         return records if records and records[0].replica_starts == 1 else None
 
     [record] = await usage()
@@ -471,7 +503,7 @@ async def test_deleting_a_model_deletes_all_its_deployments(api: Api):
     for deployment in running:
         await refused(api.get(deployment.id), grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
         for replica in deployment.replicas:
-            await wait_until(lambda: not pid_alive(replica.pid), what="replica to stop")
+            await wait_until(lambda replica=replica: not pid_alive(replica.pid), what="replica to stop")
     assert (await api.models.ListModels(ms.ListModelsRequest())).models == []
     again = await api.push(api.package("m"))
     assert again.model_created and again.model.id != prod.model.id
@@ -489,19 +521,26 @@ async def test_published_deployments_get_default_names_and_can_be_renamed(api: A
     renamed = await api.deployments.UpdateDeployment(update_request(a.deployment.id, "name", name="green.v2_1"))
     assert renamed.deployment.name == "green.v2_1"
     before = await snapshot(api, a.model.id)
-    for bad, reason in [("has space", "INVALID_DEPLOYMENT_NAME"), ("x" * 64, "INVALID_DEPLOYMENT_NAME"),
-                        ("", "INVALID_DEPLOYMENT_NAME"), ("development", "RESERVED_DEPLOYMENT_NAME")]:
+    for bad, reason in [
+        ("has space", "INVALID_DEPLOYMENT_NAME"),
+        ("x" * 64, "INVALID_DEPLOYMENT_NAME"),
+        ("", "INVALID_DEPLOYMENT_NAME"),
+        ("development", "RESERVED_DEPLOYMENT_NAME"),
+    ]:
         await refused(
             api.deployments.UpdateDeployment(update_request(b.deployment.id, "name", name=bad)),
-            grpc.StatusCode.INVALID_ARGUMENT, reason,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            reason,
         )
     await refused(
         api.deployments.UpdateDeployment(update_request(b.deployment.id, "name", name="blue")),
-        grpc.StatusCode.ALREADY_EXISTS, "DEPLOYMENT_NAME_TAKEN",
+        grpc.StatusCode.ALREADY_EXISTS,
+        "DEPLOYMENT_NAME_TAKEN",
     )
     await refused(
         api.push(api.package("m"), target=ds.PUSH_TARGET_PUBLISHED, name="blue"),
-        grpc.StatusCode.ALREADY_EXISTS, "DEPLOYMENT_NAME_TAKEN",
+        grpc.StatusCode.ALREADY_EXISTS,
+        "DEPLOYMENT_NAME_TAKEN",
     )
     assert await snapshot(api, a.model.id) == before
     # Production can be renamed too.
@@ -515,25 +554,36 @@ async def test_autoscaling_settings_are_validated(api: Api):
     pushed = await api.push(api.package("m"), target=ds.PUSH_TARGET_PUBLISHED)
     did = pushed.deployment.id
     before = await snapshot(api, pushed.model.id)
-    for field, value in [("min_replica", -1), ("max_replica", 0), ("autoscaling_window", 5),
-                         ("autoscaling_window", 3601), ("scale_down_delay", 3601), ("concurrency_target", 0),
-                         ("target_utilization_percentage", 101)]:
+    for field, value in [
+        ("min_replica", -1),
+        ("max_replica", 0),
+        ("autoscaling_window", 5),
+        ("autoscaling_window", 3601),
+        ("scale_down_delay", 3601),
+        ("concurrency_target", 0),
+        ("target_utilization_percentage", 101),
+    ]:
         error = await refused(
             api.deployments.UpdateDeployment(update_request(did, f"autoscaling_settings.{field}", **{field: value})),
-            grpc.StatusCode.INVALID_ARGUMENT, "AUTOSCALING_OUT_OF_RANGE",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "AUTOSCALING_OUT_OF_RANGE",
         )
         assert field in error.details()
     await refused(
         api.deployments.UpdateDeployment(update_request(did, "autoscaling_settings.min_replica", min_replica=2)),
-        grpc.StatusCode.INVALID_ARGUMENT, "AUTOSCALING_MAX_BELOW_MIN",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "AUTOSCALING_MAX_BELOW_MIN",
     )
     await refused(
         api.deployments.UpdateDeployment(update_request(did, "package_digest")),
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_UPDATE_MASK",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_UPDATE_MASK",
     )
     assert await snapshot(api, pushed.model.id) == before
     ok = await api.deployments.UpdateDeployment(
-        update_request(did, "autoscaling_settings.min_replica", "autoscaling_settings.max_replica", min_replica=1, max_replica=4)
+        update_request(
+            did, "autoscaling_settings.min_replica", "autoscaling_settings.max_replica", min_replica=1, max_replica=4
+        )
     )
     s = ok.deployment.autoscaling_settings
     assert (s.min_replica, s.max_replica, s.autoscaling_window) == (1, 4, 60)
@@ -545,11 +595,13 @@ async def test_autoscaling_settings_are_validated(api: Api):
 async def test_malformed_packages_are_refused_and_create_nothing(api: Api):
     await refused(
         api.deployments.CreateDeployment(ds.CreateDeploymentRequest(package_archive=b"not a tarball")),
-        grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_PACKAGE",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_PACKAGE",
     )
     await refused(
         api.deployments.CreateDeployment(ds.CreateDeploymentRequest(package_archive=b"x", package_sha256="00" * 32)),
-        grpc.StatusCode.INVALID_ARGUMENT, "PACKAGE_HASH_MISMATCH",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PACKAGE_HASH_MISMATCH",
     )
     no_model_file = api.package("m")
     (no_model_file / "model" / "model.py").unlink()
@@ -565,11 +617,10 @@ async def test_malformed_packages_are_refused_and_create_nothing(api: Api):
     await api.models.DeleteModel(ms.DeleteModelRequest(model_id="My Model v2"))
     await refused(
         api.push(api.package("m"), target=ds.PUSH_TARGET_PUBLISHED, name="bad name"),
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_DEPLOYMENT_NAME",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_DEPLOYMENT_NAME",
     )
-    await refused(
-        api.push(api.package("m"), target=99), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PUSH_TARGET"
-    )
+    await refused(api.push(api.package("m"), target=99), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PUSH_TARGET")
     assert (await api.models.ListModels(ms.ListModelsRequest())).models == []
 
 
@@ -586,22 +637,29 @@ async def test_retried_mutations_with_a_request_id_apply_once(api: Api):
     assert (await api.deployments.PromoteDeployment(promote)).completed
     assert (await api.deployments.PromoteDeployment(promote)).completed  # not ALREADY_PRODUCTION: same answer
     await refused(
-        api.deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=first.deployment.id, request_id="push-1")),
-        grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED",
+        api.deployments.DeactivateDeployment(
+            ds.DeactivateDeploymentRequest(deployment_id=first.deployment.id, request_id="push-1")
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
     )
     assert (await api.get(first.deployment.id)).active
 
     # The same request_id for the same method but another request is a reuse, not a retry.
     other = await api.push(directory, target=ds.PUSH_TARGET_PUBLISHED)
-    deactivate = lambda deployment_id: api.deployments.DeactivateDeployment(
-        ds.DeactivateDeploymentRequest(deployment_id=deployment_id, request_id="deactivate-1")
-    )
+
+    def deactivate(deployment_id):
+        return api.deployments.DeactivateDeployment(
+            ds.DeactivateDeploymentRequest(deployment_id=deployment_id, request_id="deactivate-1")
+        )
+
     await deactivate(first.deployment.id)
     await refused(deactivate(other.deployment.id), grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED")
     assert (await api.get(other.deployment.id)).active
     await refused(
         api.push(api.package("elsewhere"), target=ds.PUSH_TARGET_PUBLISHED, request_id="push-1"),
-        grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_ID_REUSED",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REQUEST_ID_REUSED",
     )
     await refused(api.model("elsewhere"), grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
 
@@ -623,20 +681,27 @@ async def test_lists_are_paginated(api: Api):
     assert seen == ids
     await refused(
         api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_token="garbage")),
-        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
     )
     # A token continues the listing it came from, not one with other filters or another collection.
     first = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_size=2))
     for other in (
-        api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_size=2, page_token=first.next_page_token, model_id="m")),
-        api.deployments.ListDeployments(ds.ListDeploymentsRequest(page_size=2, page_token=first.next_page_token, show_deleted=True)),
+        api.deployments.ListDeployments(
+            ds.ListDeploymentsRequest(page_size=2, page_token=first.next_page_token, model_id="m")
+        ),
+        api.deployments.ListDeployments(
+            ds.ListDeploymentsRequest(page_size=2, page_token=first.next_page_token, show_deleted=True)
+        ),
         api.models.ListModels(ms.ListModelsRequest(page_token=first.next_page_token)),
     ):
         await refused(other, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
 
     # Filters name a model the same way everywhere: by ID or by the name of a live model.
     await api.models.DeleteModel(ms.DeleteModelRequest(model_id="m"))
-    deleted = await api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True))
+    deleted = await api.deployments.ListDeployments(
+        ds.ListDeploymentsRequest(model_id=pushed.model.id, show_deleted=True)
+    )
     assert [d.id for d in deleted.deployments] == ids
     for listing in (
         api.deployments.ListDeployments(ds.ListDeploymentsRequest(model_id="no-such-model", show_deleted=True)),

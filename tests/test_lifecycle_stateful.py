@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from conftest import ECHO_MODEL, controller_settings, error_reason, write_package
 from google.protobuf import field_mask_pb2
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from conftest import ECHO_MODEL, controller_settings, error_reason, write_package
 from controller.server import Controller
 from slipway.packaging import archive_package
 from slipway.v1 import deployment_service_pb2 as ds
@@ -69,7 +69,9 @@ class RefModel:
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("packages")
-    return {name: archive_package(write_package(root / name, name, ECHO_MODEL.format(tag=name))) for name in MODEL_NAMES}
+    return {
+        name: archive_package(write_package(root / name, name, ECHO_MODEL.format(tag=name))) for name in MODEL_NAMES
+    }
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +139,11 @@ def test_lifecycle_state_machine(running_controller, packages):
         @rule(model_name=st.sampled_from(MODEL_NAMES), how=st.sampled_from(["dev", "publish", "promote"]))
         def push(self, model_name: str, how: str) -> None:
             archive, digest = packages[model_name]
-            proto_target = {"dev": ds.PUSH_TARGET_DEVELOPMENT, "publish": ds.PUSH_TARGET_PUBLISHED,
-                            "promote": ds.PUSH_TARGET_PRODUCTION}[how]
+            proto_target = {
+                "dev": ds.PUSH_TARGET_DEVELOPMENT,
+                "publish": ds.PUSH_TARGET_PUBLISHED,
+                "promote": ds.PUSH_TARGET_PRODUCTION,
+            }[how]
             response = deployments.CreateDeployment(
                 ds.CreateDeploymentRequest(package_archive=archive, package_sha256=digest, target=proto_target)
             )
@@ -161,7 +166,10 @@ def test_lifecycle_state_machine(running_controller, packages):
             if target is None:
                 return
             model = self.models[target.model]
-            call = lambda: deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=target.id))
+
+            def call():
+                return deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=target.id))
+
             if target.deleted:
                 self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
             elif model.production == target.id:
@@ -170,7 +178,9 @@ def test_lifecycle_state_machine(running_controller, packages):
                 self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "DEPLOYMENT_INACTIVE")
             elif target.development:
                 response = call()
-                self.deployments[response.deployment.id] = RefDeployment(response.deployment.id, model.id, response.deployment.name, False)
+                self.deployments[response.deployment.id] = RefDeployment(
+                    response.deployment.id, model.id, response.deployment.name, False
+                )
                 assert response.deployment.id not in ids_ever_seen, "deployment ID reused"
                 ids_ever_seen.add(response.deployment.id)
                 model.deployments.append(response.deployment.id)
@@ -188,9 +198,14 @@ def test_lifecycle_state_machine(running_controller, packages):
             if target is None:
                 return
             if activate:
-                call = lambda: deployments.ActivateDeployment(ds.ActivateDeploymentRequest(deployment_id=target.id))
+
+                def call():
+                    return deployments.ActivateDeployment(ds.ActivateDeploymentRequest(deployment_id=target.id))
             else:
-                call = lambda: deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=target.id))
+
+                def call():
+                    return deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=target.id))
+
             if target.deleted:
                 self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
                 return
@@ -203,7 +218,10 @@ def test_lifecycle_state_machine(running_controller, packages):
             if target is None:
                 return
             model = self.models[target.model]
-            call = lambda: deployments.DeleteDeployment(ds.DeleteDeploymentRequest(deployment_id=target.id))
+
+            def call():
+                return deployments.DeleteDeployment(ds.DeleteDeploymentRequest(deployment_id=target.id))
+
             if target.deleted:
                 self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
             elif model.production == target.id:
@@ -222,9 +240,15 @@ def test_lifecycle_state_machine(running_controller, packages):
             request = ds.UpdateDeploymentRequest(
                 deployment=r.Deployment(id=target.id, name=name), update_mask=field_mask_pb2.FieldMask(paths=["name"])
             )
-            call = lambda: deployments.UpdateDeployment(request)
-            siblings = {self.deployments[i].name for i in self.models[target.model].deployments
-                        if not self.deployments[i].deleted and i != target.id}
+
+            def call():
+                return deployments.UpdateDeployment(request)
+
+            siblings = {
+                self.deployments[i].name
+                for i in self.models[target.model].deployments
+                if not self.deployments[i].deleted and i != target.id
+            }
             if target.deleted:
                 self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
             elif target.development and name != target.name:

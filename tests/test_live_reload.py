@@ -6,22 +6,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import pathlib
+import signal
 import sys
 import time
 
 import grpc
 import pytest
-
 from conftest import Api, wait_until
+from test_lifecycle import refused
+
 from slipway.packaging import archive_package
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import resources_pb2 as r
 from slipway.watch import PackageTree, compute_patch
-from test_lifecycle import refused
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -125,7 +125,9 @@ async def test_model_code_edit_is_served_by_the_same_process(api: Api, dev: Deve
     before = await dev.answer(model="one", helper="h1")
 
     (dev.package / "model" / "model.py").write_bytes(model_source("two"))
-    patched = await patch(api, dev.deployment.id, dev.deployment.package_digest, {"model/model.py": model_source("two")})
+    patched = await patch(
+        api, dev.deployment.id, dev.deployment.package_digest, {"model/model.py": model_source("two")}
+    )
     assert patched.result == ds.PATCH_RESULT_APPLIED_IN_PLACE, patched.error
     # Content-addressed like a push: the same files give the same digest.
     assert patched.package_digest == archive_package(dev.package)[1]
@@ -144,7 +146,9 @@ async def test_broken_code_keeps_the_old_code_serving_and_reports_the_traceback(
     before = await dev.answer(model="one")
 
     broken = await patch(
-        api, dev.deployment.id, dev.deployment.package_digest,
+        api,
+        dev.deployment.id,
+        dev.deployment.package_digest,
         {"model/model.py": b"class Model:\n    def predict(self, model_input)\n        return 1\n"},
     )
     assert broken.result == ds.PATCH_RESULT_FAILED
@@ -153,7 +157,9 @@ async def test_broken_code_keeps_the_old_code_serving_and_reports_the_traceback(
     assert await dev.predict() == before
 
     failing_load = await patch(
-        api, dev.deployment.id, broken.package_digest,
+        api,
+        dev.deployment.id,
+        broken.package_digest,
         {"model/model.py": model_source("two", load='raise RuntimeError("no weights")')},
     )
     assert failing_load.result == ds.PATCH_RESULT_FAILED
@@ -183,8 +189,9 @@ async def test_config_change_restarts_the_replica(api: Api, dev: Development):
 async def test_changing_only_a_requirements_file_restarts_rather_than_reloads(api: Api, dev: Development):
     """The environment must be rebuilt, so the code cannot just be reloaded in place."""
     config = b"model_name: live\nrequirements_file: requirements.txt\n"
-    first = await patch(api, dev.deployment.id, dev.deployment.package_digest,
-                        {"config.yaml": config, "requirements.txt": b""})
+    first = await patch(
+        api, dev.deployment.id, dev.deployment.package_digest, {"config.yaml": config, "requirements.txt": b""}
+    )
     assert first.result == ds.PATCH_RESULT_RESTARTED  # a config key changed
     await api.wait_state(dev.deployment.id, ACTIVE)
     second = await patch(api, dev.deployment.id, first.package_digest, {"requirements.txt": b"# pinned\nsix\n"})
@@ -199,7 +206,8 @@ async def test_patch_with_a_stale_base_is_refused(api: Api, dev: Development):
 
     await refused(
         patch(api, dev.deployment.id, stale, {"model/model.py": model_source("three")}),
-        grpc.StatusCode.ABORTED, "STALE_PACKAGE_BASE",
+        grpc.StatusCode.ABORTED,
+        "STALE_PACKAGE_BASE",
     )
     assert (await api.get(dev.deployment.id)).package_digest == patched.package_digest
     assert (await dev.predict())["model"] == "two"
@@ -214,7 +222,8 @@ async def test_published_and_production_deployments_are_not_live_reloaded(api: A
         deployment = pushed.deployment
         await refused(
             patch(api, deployment.id, deployment.package_digest, {"model/model.py": model_source("two")}),
-            grpc.StatusCode.FAILED_PRECONDITION, "LIVE_RELOAD_DEVELOPMENT_ONLY",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "LIVE_RELOAD_DEVELOPMENT_ONLY",
         )
         after = await api.get(deployment.id)
         assert (after.package_digest, after.revision) == (deployment.package_digest, deployment.revision)
@@ -222,7 +231,9 @@ async def test_published_and_production_deployments_are_not_live_reloaded(api: A
 
 async def test_reactivated_development_comes_back_with_the_latest_code(api: Api, dev: Development):
     before = await dev.answer(model="one")
-    patched = await patch(api, dev.deployment.id, dev.deployment.package_digest, {"model/model.py": model_source("two")})
+    patched = await patch(
+        api, dev.deployment.id, dev.deployment.package_digest, {"model/model.py": model_source("two")}
+    )
     assert patched.result == ds.PATCH_RESULT_APPLIED_IN_PLACE, patched.error
 
     await api.deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=dev.deployment.id))
@@ -240,15 +251,19 @@ async def test_patches_are_checked_and_idempotent(api: Api, tmp_path):
     pushed = await api.push(write_live_package(tmp_path / "checked", "checked"))
     deployment_id, base = pushed.deployment.id, pushed.deployment.package_digest
     for path in ("../escape.py", "/etc/passwd", "model/../../escape.py", ""):
-        await refused(patch(api, deployment_id, base, {path: b"x"}), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PATCH_PATH")
+        await refused(
+            patch(api, deployment_id, base, {path: b"x"}), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PATCH_PATH"
+        )
     await refused(patch(api, deployment_id, base, {}), grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_PATCH")
     await refused(
         patch(api, deployment_id, base, {"config.yaml": b"model_name: [unclosed\n"}),
-        grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_PACKAGE",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_PACKAGE",
     )
     await refused(
         patch(api, deployment_id, base, {"config.yaml": b"model_name: checked\nsystem_packages: [ffmpeg]\n"}),
-        grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_PACKAGE_CONFIG",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNSUPPORTED_PACKAGE_CONFIG",
     )
     assert (await api.get(deployment_id)).package_digest == base
 
@@ -257,7 +272,9 @@ async def test_patches_are_checked_and_idempotent(api: Api, tmp_path):
     base = warned.package_digest
 
     first = await patch(api, deployment_id, base, {"model/helpers.py": None, "data/notes.txt": b"n"}, request_id="p-1")
-    retried = await patch(api, deployment_id, base, {"model/helpers.py": None, "data/notes.txt": b"n"}, request_id="p-1")
+    retried = await patch(
+        api, deployment_id, base, {"model/helpers.py": None, "data/notes.txt": b"n"}, request_id="p-1"
+    )
     assert retried.package_digest == first.package_digest != base
     assert (await api.get(deployment_id)).package_digest == first.package_digest
 
@@ -316,10 +333,12 @@ class OutputLines:
             remaining = deadline - time.monotonic()
             try:
                 line = await asyncio.wait_for(self._stream.readline(), max(remaining, 0.01))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 line = b""
             if not line:
-                raise AssertionError(f"no line with {text!r} within {timeout}s; output so far:\n" + "\n".join(self.seen))
+                raise AssertionError(
+                    f"no line with {text!r} within {timeout}s; output so far:\n" + "\n".join(self.seen)
+                )
             self.seen.append(line.decode().rstrip())
             if text in self.seen[-1]:
                 return self.seen[-1]
@@ -328,7 +347,13 @@ class OutputLines:
 async def test_slipway_watch_reloads_each_edit_and_prints_a_line(api: Api, controller, tmp_path):
     package = write_live_package(tmp_path / "watched", "watched")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "slipway", "--controller", controller.address, "watch", str(package),
+        sys.executable,
+        "-m",
+        "slipway",
+        "--controller",
+        controller.address,
+        "watch",
+        str(package),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=REPO,
@@ -378,8 +403,16 @@ async def test_watch_sends_changes_made_while_the_controller_was_down_once_it_is
     try:
         await controller.ready()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "slipway", "--controller", controller.address, "watch", str(package),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=REPO,
+            sys.executable,
+            "-m",
+            "slipway",
+            "--controller",
+            controller.address,
+            "watch",
+            str(package),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         output = OutputLines(process.stdout)
@@ -424,7 +457,8 @@ def test_watch_sends_changes_in_bundled_external_directories(tmp_path):
     (tmp_path / "shared" / "more.py").write_text("Y = 1\n")
     patch = compute_patch(tree, base)
     assert {(f.path, f.content) for f in patch.files} == {
-        (".external/0/helper.py", b"X = 2\n"), (".external/0/more.py", b"Y = 1\n"),
+        (".external/0/helper.py", b"X = 2\n"),
+        (".external/0/more.py", b"Y = 1\n"),
     }
 
 

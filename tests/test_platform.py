@@ -16,16 +16,34 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def slipway(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slipway", *args], capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "slipway", *args], capture_output=True, text=True, timeout=60, **kwargs
+    )
 
 
 def test_up_runs_the_platform_with_the_example_deployed(tmp_path):
     ports = [free_port() for _ in range(3)]
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
-        [sys.executable, "-m", "slipway", "up", "--example", str(ROOT / "examples" / "echo"), "--data-dir", str(data_dir),
-         "--port", str(ports[0]), "--gateway-port", str(ports[1]), "--http-port", str(ports[2])],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "slipway",
+            "up",
+            "--example",
+            str(ROOT / "examples" / "echo"),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(ports[0]),
+            "--gateway-port",
+            str(ports[1]),
+            "--http-port",
+            str(ports[2]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         lines = []

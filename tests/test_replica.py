@@ -32,8 +32,18 @@ class ReplicaProcess:
     def __init__(self, package: pathlib.Path, workdir: pathlib.Path, args: list[str], env: dict[str, str]) -> None:
         self.state_file = workdir / "state.json"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "replica", "--package", str(package), "--state-file", str(self.state_file),
-             "--replica-id", "r-test", *args],
+            [
+                sys.executable,
+                "-m",
+                "replica",
+                "--package",
+                str(package),
+                "--state-file",
+                str(self.state_file),
+                "--replica-id",
+                "r-test",
+                *args,
+            ],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO), **env},
             stderr=subprocess.PIPE,
@@ -126,7 +136,9 @@ def start(tmp_path):
 
 @pytest.fixture
 def make_package(tmp_path):
-    def make_package(model_source: str, config: dict | None = None, files: dict[str, str] | None = None) -> pathlib.Path:
+    def make_package(
+        model_source: str, config: dict | None = None, files: dict[str, str] | None = None
+    ) -> pathlib.Path:
         package = tmp_path / f"package-{len(list(tmp_path.glob('package-*')))}"
         (package / "model").mkdir(parents=True)
         (package / "config.yaml").write_text(yaml.safe_dump({"model_name": "test", **(config or {})}))

@@ -12,14 +12,14 @@ import sys
 
 import grpc
 import pytest
-
 from conftest import Api, wait_until
+from test_lifecycle import pid_alive
+
+from replica.forkserver import SERVER_NAME
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
-from replica.forkserver import SERVER_NAME
-from test_lifecycle import pid_alive
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 
@@ -83,7 +83,9 @@ async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir,
             stopped = await api.push(api.package("stopped"), target=ds.PUSH_TARGET_PUBLISHED)
             stopped_running = await api.wait_state(stopped.deployment.id, ACTIVE)
             # Accepted just before the crash: the restarted controller must carry them out.
-            await api.deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=stopped.deployment.id))
+            await api.deployments.DeactivateDeployment(
+                ds.DeactivateDeploymentRequest(deployment_id=stopped.deployment.id)
+            )
             late = await api.push(api.package("late"), target=ds.PUSH_TARGET_PUBLISHED)
             first.process.send_signal(signal.SIGKILL)
             first.process.wait(10)
@@ -120,9 +122,19 @@ async def test_stray_replica_processes_are_stopped_on_start(data_dir, tmp_path):
     package = write_package(tmp_path / "stray", "stray", "class Model:\n    def predict(self, x):\n        return x\n")
     (data_dir / "run").mkdir()
     stray = subprocess.Popen(
-        [sys.executable, "-m", "replica", "--package", str(package), "--state-file", str(data_dir / "run" / "r_stray.json"),
-         "--replica-id", "r_stray"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "replica",
+            "--package",
+            str(package),
+            "--state-file",
+            str(data_dir / "run" / "r_stray.json"),
+            "--replica-id",
+            "r_stray",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         await wait_until(lambda: (data_dir / "run" / "r_stray.json").exists(), what="stray replica to start")

@@ -23,7 +23,7 @@ async def test_a_replica_stopped_right_after_it_was_forked_still_exits(tmp_path)
             exited = handle._tasks[-1]
             try:
                 await asyncio.wait_for(asyncio.shield(exited), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 os.kill(handle.pid, signal.SIGKILL)
                 raise AssertionError(f"replica {n} ignored SIGTERM sent right after the fork") from None
             assert handle.exited

@@ -1,6 +1,7 @@
 import json
 
 from conftest import Api
+
 from slipway.v1 import resources_pb2 as r
 
 
