@@ -75,6 +75,9 @@ class Controller:
         self.port = 0
         self.store: Store
         self.reconciler: Reconciler
+        self.autoscaler: Autoscaler
+        self.routes: RouteBroadcaster
+        self.load: LoadTracker
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None

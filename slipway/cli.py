@@ -61,7 +61,7 @@ def to_dict(message: Message) -> dict:
 
 
 def to_json(value: Message | Sequence[Message]) -> str:
-    data = [to_dict(m) for m in value] if isinstance(value, (list, tuple)) else to_dict(value)
+    data = to_dict(value) if isinstance(value, Message) else [to_dict(m) for m in value]
     return json.dumps(data, indent=2)
 
 
@@ -830,7 +830,7 @@ def deployments_promote(deployment_id: str, wait: bool, timeout: float, output: 
 def deployments_autoscaling(deployment_id: str, output: str, **settings: int | None) -> None:
     """Show the autoscaling settings, or change only the ones given."""
     client = connect()
-    given = {name: value for name, value in settings.items() if value is not None}
+    given: dict[str, Any] = {name: value for name, value in settings.items() if value is not None}
     if given:
         deployment = client.update_autoscaling(deployment_id, **given)
     else:
@@ -903,4 +903,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
