@@ -37,15 +37,14 @@ class _Undecodable:
         self.error = error
 
 
-def refuse_undecodable_requests(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+def refuse_undecodable_requests(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """`handler`, answering a request that is not a valid message of its type (such as
     invalid UTF-8 in a string field) with INVALID_ARGUMENT MALFORMED_REQUEST: when the
     deserializer itself raises, grpc answers UNKNOWN. Async unary-request methods only;
     any other handler is returned unchanged."""
-    if handler is None or handler.request_streaming or handler.request_deserializer is None:
+    if handler.request_streaming or handler.request_deserializer is None:
         return handler
-    kind = "unary_stream" if handler.response_streaming else "unary_unary"
-    behaviour = getattr(handler, kind)
+    behaviour = handler.unary_stream if handler.response_streaming else handler.unary_unary
     deserialize = handler.request_deserializer
 
     def tolerant_deserialize(data: bytes):
@@ -54,7 +53,7 @@ def refuse_undecodable_requests(handler: grpc.RpcMethodHandler | None) -> grpc.R
         except DecodeError as error:
             return _Undecodable(error)
 
-    async def refuse(request: _Undecodable, context: grpc.aio.ServicerContext) -> None:
+    async def refuse(request: _Undecodable, context) -> None:
         await context.abort_with_status(
             rich_status(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -71,18 +70,21 @@ def refuse_undecodable_requests(handler: grpc.RpcMethodHandler | None) -> grpc.R
             async for item in behaviour(request, context):
                 yield item
 
-        wrapped = stream
-    elif inspect.iscoroutinefunction(behaviour):
+        return grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=tolerant_deserialize, response_serializer=handler.response_serializer
+        )
+    if inspect.iscoroutinefunction(behaviour):
 
         async def unary(request, context):
             if isinstance(request, _Undecodable):
                 await refuse(request, context)
             return await behaviour(request, context)
 
-        wrapped = unary
-    else:
-        return handler
-    return handler._replace(request_deserializer=tolerant_deserialize, **{kind: wrapped})
+        make = (
+            grpc.unary_stream_rpc_method_handler if handler.response_streaming else grpc.unary_unary_rpc_method_handler
+        )
+        return make(unary, request_deserializer=tolerant_deserialize, response_serializer=handler.response_serializer)
+    return handler
 
 
 class RefuseUndecodableRequests(grpc.aio.ServerInterceptor):
@@ -95,7 +97,8 @@ class RefuseUndecodableRequests(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         handler = self._handlers.get(method)
         if handler is None:
-            handler = refuse_undecodable_requests(await continuation(handler_call_details))
-            if handler is not None:  # unknown methods are not remembered: callers choose their names
-                self._handlers[method] = handler
+            handler = await continuation(handler_call_details)
+            if handler is None:  # an unknown method, not remembered: callers choose the names
+                return None
+            handler = self._handlers[method] = refuse_undecodable_requests(handler)
         return handler
