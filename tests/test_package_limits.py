@@ -10,11 +10,12 @@ import threading
 
 import grpc
 import pytest
-from conftest import Api, controller_settings, stop_or_explain, wait_until
+from conftest import Api, controller_settings, stop_or_explain, wait_until, write_package
 from test_lifecycle import refused
 
 from controller.packages import PackageLimits
 from controller.server import Controller
+from slipway.packaging import PackageError, read_model_name
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
@@ -101,6 +102,18 @@ async def test_yaml_aliases_in_config_are_refused(api: Api, controller):
     package = api.package("bomb")
     (package / "config.yaml").write_text(ALIAS_BOMB)
     await refused_leaving_nothing(controller, api, package, "MALFORMED_PACKAGE", "alias *l0", "line 4")
+
+
+async def test_deeply_nested_config_is_refused(api: Api, controller):
+    package = api.package("deep", extra_config="model_metadata: " + "[" * 5000 + "]" * 5000 + "\n")
+    await refused_leaving_nothing(controller, api, package, "MALFORMED_PACKAGE", "nested too deeply")
+
+
+def test_the_cli_refuses_yaml_aliases_before_pushing(tmp_path):
+    package = write_package(tmp_path / "bomb", "bomb", "class Model: pass\n")
+    (package / "config.yaml").write_text(ALIAS_BOMB)
+    with pytest.raises(PackageError, match="alias"):
+        read_model_name(package)
 
 
 async def test_other_calls_are_answered_while_a_push_unpacks(api: Api, monkeypatch):
