@@ -112,16 +112,25 @@ def event_to_proto(row: EventRow) -> r.Event:
 def update_from_proto(request: ds.UpdateDeploymentRequest) -> tuple[str | None, dict[str, int]]:
     """(new name or None, {autoscaling field: value}) from an UpdateDeployment request.
 
-    With an update mask, exactly the listed paths; without one, every updatable
-    field that is set (AIP-134).
+    With an update mask, exactly the listed paths (`autoscaling_settings` replaces all
+    six settings); without one, every updatable field that is set (AIP-134). The
+    settings have no presence (plain proto3 scalars), so without a mask a zero means
+    unset: setting min_replica or scale_down_delay to 0 takes a mask that names it.
     """
     deployment = request.deployment
     paths = list(request.update_mask.paths)
     if not paths:
         if deployment.name:
             paths.append("name")
-        if deployment.HasField("autoscaling_settings"):
-            paths.append("autoscaling_settings")
+        settings = deployment.autoscaling_settings
+        paths += [f"autoscaling_settings.{f}" for f in AUTOSCALING_FIELDS if getattr(settings, f)]
+        if not paths:
+            raise InvalidArgument(
+                "EMPTY_UPDATE",
+                "nothing to update: without an update_mask only the fields set to non-empty, non-zero values "
+                "are updated; to set an autoscaling setting to 0, name it in update_mask "
+                "(for example autoscaling_settings.min_replica)",
+            )
     name: str | None = None
     changes: dict[str, int] = {}
     for path in paths:

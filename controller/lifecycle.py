@@ -593,9 +593,6 @@ class Lifecycle:
         autoscaling_changes: dict[str, int],
         request_id: str,
     ) -> Result:
-        if name is None and not autoscaling_changes:
-            raise InvalidArgument("EMPTY_UPDATE", "nothing to update: set name and/or autoscaling_settings")
-
         async def body(tx: WriteTx, at: float) -> Result:
             deployment = await _require_deployment(tx, deployment_id)
             domain.require_not_deleted(deployment)
