@@ -166,7 +166,7 @@ def patches_from_proto(patches) -> list[FilePatch]:
 def patch_response(outcome: PatchOutcome, deployment: r.Deployment) -> ds.PatchDeploymentResponse:
     return ds.PatchDeploymentResponse(
         deployment=deployment,
-        package_digest=outcome.deployment.package_digest,
+        package_digest=outcome.deployment.patch_base_digest,
         result=PATCH_RESULTS[outcome.result],
         error=outcome.error,
         traceback=outcome.traceback,

@@ -115,6 +115,11 @@ class Deployment:
     failed_revision: int | None = None
     delete_time: float | None = None
     is_production: bool = False
+    # Live reload: the package of the latest patch while it is not package_digest (its reload
+    # is under way, or failed with reload_error). package_digest stays the package that last
+    # loaded, which is what a replica starts from; the patched package is the next patch's base.
+    patched_digest: str | None = None
+    reload_error: str = ""
 
     @property
     def is_development(self) -> bool:
@@ -127,6 +132,11 @@ class Deployment:
     @property
     def load_failed(self) -> bool:
         return self.failed_revision == self.revision
+
+    @property
+    def patch_base_digest(self) -> str:
+        """The package the next live-reload patch must be computed against: the user's latest."""
+        return self.patched_digest or self.package_digest
 
 
 def new_deployment(
@@ -324,6 +334,10 @@ def require_no_promotion_in_flight(model: Model) -> None:
         )
 
 
+# States in which a deployment's current revision cannot serve until it is pushed (or activated) again.
+FAILED_STATES = frozenset({State.DEPLOY_FAILED, State.BUILD_FAILED, State.FAILED})
+
+
 class PromotionKind(enum.StrEnum):
     # Development: a new published deployment is created, started, and switched in when ready.
     FROM_DEVELOPMENT = "from_development"
@@ -423,7 +437,39 @@ def compute_state(
     (no replica of its revision can start before it is).
     `build_failed`: the failed revision failed to build (not to load); the message is
     the installer's output, passed as `load_error`.
+
+    A failed live reload is told in every state's message (but a failed revision's, which
+    says more) until a later patch or push replaces the package.
     """
+    state, message = _replica_state(
+        deployment, replicas, desired, load_error, unhealthy_message, waking, updating, building, build_failed
+    )
+    note = reload_failure_note(deployment)
+    if note and state not in FAILED_STATES:
+        message = f"{message}; {note}" if message else note
+    return state, message
+
+
+def reload_failure_note(deployment: Deployment) -> str:
+    if not deployment.reload_error:
+        return ""
+    return (
+        f"the latest live reload (package {(deployment.patched_digest or '')[:12]}) failed: {deployment.reload_error}; "
+        f"the deployment keeps package {deployment.package_digest[:12]}, the last that loaded"
+    )
+
+
+def _replica_state(
+    deployment: Deployment,
+    replicas: list[ReplicaView],
+    desired: int,
+    load_error: str,
+    unhealthy_message: str,
+    waking: bool,
+    updating: bool,
+    building: str,
+    build_failed: bool,
+) -> tuple[State, str]:
     live = [r for r in replicas if r.phase is not ReplicaPhase.DRAINING]
     if not deployment.active or deployment.deleted:
         if replicas:
@@ -491,14 +537,16 @@ def check_patch(deployment: Deployment) -> None:
 
 
 def check_patch_base(deployment: Deployment, base_package_digest: str) -> None:
-    """Check-and-set: a patch applies only to the package it was computed against."""
-    if base_package_digest != deployment.package_digest:
+    """Check-and-set: a patch applies only to the package it was computed against, the
+    latest patched one (even if its live reload failed: the user's sources build on it)."""
+    latest = deployment.patch_base_digest
+    if base_package_digest != latest:
         raise Aborted(
             "STALE_PACKAGE_BASE",
-            f"the patch was computed against package {base_package_digest[:12] or '(none)'}, but deployment "
-            f"{deployment.id} now runs package {deployment.package_digest[:12]}: resync and patch again",
+            f"the patch was computed against package {base_package_digest[:12] or '(none)'}, but the latest "
+            f"package of deployment {deployment.id} is {latest[:12]}: resync and patch again",
             deployment_id=deployment.id,
-            package_digest=deployment.package_digest,
+            package_digest=latest,
         )
 
 

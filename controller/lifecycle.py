@@ -135,7 +135,12 @@ def _check_pushed_package(package_dir: pathlib.Path) -> tuple[str, tuple[str, ..
 
 def _new_revision(current: Deployment) -> dict:
     """Fields that start the next revision of a deployment updated in place."""
-    values: dict = {"revision": current.revision + 1, "failed_revision": None}
+    values: dict = {
+        "revision": current.revision + 1,
+        "failed_revision": None,
+        "patched_digest": None,
+        "reload_error": "",
+    }
     if current.load_failed:  # the failure was the old revision's: don't show it as the new one's
         values.update(state=State.DEPLOYING, status_message="")
     elif current.state in (State.ACTIVE, State.UPDATING):  # not "ACTIVE" before the new revision is
@@ -302,17 +307,18 @@ class Lifecycle:
     async def patch_development(
         self, deployment_id: str, base_digest: str, patches: Sequence[FilePatch], request_id: str
     ) -> Result:
-        """Live reload: make `base_digest` + `patches` the development deployment's package.
+        """Live reload: make `base_digest` + `patches` the development deployment's latest package.
 
         Check-and-set on the base. The revision is bumped (flag) only when the patch
-        changes what the loaded model depends on; otherwise the running replicas are
-        reloaded in place by the caller.
+        changes what the loaded model depends on; otherwise the patched package is
+        recorded as patched_digest, the caller reloads the running replicas in place and
+        records the outcome (record_reload).
         """
         seen = await self.get_deployment(deployment_id)
         domain.check_patch(seen)
         derived = None
         warnings: tuple[str, ...] = ()
-        if seen.package_digest == base_digest:  # otherwise refused below (or answered from request_id)
+        if seen.patch_base_digest == base_digest:  # otherwise refused below (or answered from request_id)
             derived = await asyncio.to_thread(self.packages.derive, base_digest, patches)
             if any(patch.path == CONFIG_FILENAME for patch in patches):  # else checked when it last changed
                 warnings = tuple(await asyncio.to_thread(compat.check_package, derived[1]))
@@ -329,11 +335,13 @@ class Lifecycle:
             digest, config, size = derived
             plan = domain.plan_patch(current, base_config.raw_dict(), config.raw_dict(), *requirements)
             restart = plan is domain.PatchApply.RESTART
-            values: dict = {"package_digest": digest, "update_time": at}
             if restart:
-                values.update(_new_revision(current))
+                values: dict = {"package_digest": digest, **_new_revision(current)}
+            else:  # package_digest stays the package that last loaded until this one has
+                patched = digest if digest != current.package_digest else None
+                values = {"patched_digest": patched, "reload_error": ""}
             await tx.record_package(digest, size, at)
-            await tx.update_deployment(current.id, **values)
+            await tx.update_deployment(current.id, update_time=at, **values)
             how = f"restarting at revision {current.revision + 1}" if restart else "reloading in place"
             await tx.add_event(
                 at,
@@ -347,6 +355,41 @@ class Lifecycle:
             return Result(deployment=await _require_deployment(tx, current.id), flag=restart, warnings=warnings)
 
         return await self._mutate("PatchDeployment", request_id, body, deployment_id, base_digest, patches)
+
+    async def record_reload(self, seen: Deployment, digest: str, reloaded: int, error: str) -> Deployment:
+        """The outcome of reloading the patched package `digest` of `seen` on its `reloaded`
+        replicas. Once loaded, or with no replica to load it, it becomes the package the
+        deployment serves and starts from; if it failed to load, the deployment keeps the
+        package that last loaded and says why until a later patch or push."""
+        async with self.store.write() as tx:
+            current = await _require_deployment(tx, seen.id)
+            if current.patched_digest != digest or current.revision != seen.revision:
+                return current  # settled already (a retried patch), or replaced by a push or a later patch
+            at = now()
+            if error:
+                if error != current.reload_error:
+                    await tx.update_deployment(current.id, reload_error=error)
+                    await tx.add_event(
+                        at,
+                        current.model_id,
+                        current.id,
+                        "deployment.reload_failed",
+                        f"package {digest[:12]} failed to load: {error}; "
+                        f"package {current.package_digest[:12]} keeps serving, and a replica that starts loads it",
+                    )
+            else:
+                await tx.update_deployment(
+                    current.id, package_digest=digest, patched_digest=None, reload_error="", update_time=at
+                )
+                outcome = (
+                    f"package {digest[:12]} loaded in place on {reloaded} replica(s)"
+                    if reloaded
+                    else f"no replica runs: the next one starts from package {digest[:12]}"
+                )
+                await tx.add_event(at, current.model_id, current.id, "deployment.reloaded", outcome)
+            updated = await _require_deployment(tx, current.id)
+        self._on_commit()
+        return updated
 
     async def _create_published(
         self,
@@ -459,7 +502,7 @@ class Lifecycle:
             if model is not None and model.promoting_deployment_id == seen.id:
                 if state in (State.ACTIVE, State.SCALED_TO_ZERO):
                     await self._switch_production(tx, model, current, at)
-                elif state in (State.DEPLOY_FAILED, State.BUILD_FAILED, State.FAILED):
+                elif state in domain.FAILED_STATES:
                     await tx.update_model(model.id, at, promoting_deployment_id=None)
                     await tx.add_event(
                         at,

@@ -1,12 +1,15 @@
 """Live reload of development deployments: commit a patch, then bring the replicas to it.
 
-The patch is committed first (Lifecycle.patch_development), so the deployment's
-package_digest is always the latest code: a replica started later, after a scale to
-zero, a deactivation or a controller restart, starts from it. Then every replica
-running the deployment's revision is asked to Reload that package. Reload is
-idempotent (a replica already serving the package answers at once), so the
-controller keeps no record of which package each replica runs: syncing to the
-deployment's current package is always right, after a retry or a restart too.
+The patch is committed first (Lifecycle.patch_development) as the deployment's latest
+package, the base of the next patch. Then every replica running the deployment's
+revision is asked to Reload it, and the outcome is recorded (Lifecycle.record_reload):
+once it loaded (or no replica ran to load it) it becomes the deployment's
+package_digest, which a replica started later, after a scale to zero, a crash or a
+controller restart, starts from; if it failed, package_digest stays the package that
+last loaded and the deployment says why. Reload is idempotent (a replica already
+serving the package answers at once), so the controller keeps no record of which
+package each replica runs: syncing to the deployment's latest package is always
+right, after a retry or a restart too.
 """
 
 from __future__ import annotations
@@ -80,11 +83,15 @@ class LiveReloader:
                     committed.deployment, PatchResult.RESTARTED, time.monotonic() - started, warnings=warnings
                 )
             deployment = await self.lifecycle.get_deployment(deployment_id)
+            digest = deployment.patch_base_digest
             replicas = await self._ready_replicas(deployment)
-            package_dir = self.lifecycle.packages.directory(deployment.package_digest)
+            package_dir = self.lifecycle.packages.directory(digest)
             failures = await asyncio.gather(*(self._reload(handle, package_dir) for handle in replicas))
+            failure = next((f for f in failures if f is not None), None)
+            deployment = await self.lifecycle.record_reload(
+                deployment, digest, len(replicas), failure.error if failure else ""
+            )
         elapsed = time.monotonic() - started
-        failure = next((f for f in failures if f is not None), None)
         if failure is not None:
             return PatchOutcome(deployment, PatchResult.FAILED, elapsed, failure.error, failure.traceback, warnings)
         result = PatchResult.APPLIED_IN_PLACE if replicas else PatchResult.STORED
@@ -115,8 +122,8 @@ class LiveReloader:
                 stub = rs_grpc.ReplicaServiceStub(channel)
                 response = await stub.Reload(request, timeout=self.reload_timeout_seconds)
         except grpc.aio.AioRpcError as err:
-            if handle.exited or handle.phase is ReplicaPhase.DRAINING:
-                return None  # it is going away; its successor starts from the new package
+            if handle.phase is ReplicaPhase.DRAINING:
+                return None  # stopped on purpose; its successor starts from the new package
             return ReloadFailure(f"replica {handle.id} did not reload: {err.code().name}: {err.details()}")
         if response.ok:
             return None

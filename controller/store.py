@@ -108,13 +108,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE requests ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''
     """,
+    # 3: a live-reload patch that is not (yet) the package a development deployment serves
+    """
+    ALTER TABLE deployments ADD COLUMN patched_digest TEXT;
+    ALTER TABLE deployments ADD COLUMN reload_error TEXT NOT NULL DEFAULT ''
+    """,
 ]
 
 DEPLOYMENT_COLUMNS = """
     d.pk, d.id, d.model_id, d.name, d.kind, d.active, d.autoscaling, d.package_digest, d.revision,
     d.state, d.status_message, d.desired_replicas, d.ready_replicas, d.source_deployment_id,
     d.failed_revision, d.create_time, d.update_time, d.delete_time,
-    (m.production_deployment_id IS NOT NULL AND m.production_deployment_id = d.id) AS is_production
+    (m.production_deployment_id IS NOT NULL AND m.production_deployment_id = d.id) AS is_production,
+    d.patched_digest, d.reload_error
 """
 DEPLOYMENT_SELECT = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m ON m.id = d.model_id"
 MODEL_SELECT = """
@@ -240,6 +246,8 @@ def _deployment(row: sqlite3.Row | tuple) -> Deployment:
         update_time=row[16],
         delete_time=row[17],
         is_production=bool(row[18]),
+        patched_digest=row[19],
+        reload_error=row[20],
     )
 
 
@@ -406,12 +414,13 @@ class Store(Reads):
         return await self._by_ids(DEPLOYMENT_SELECT, "d.id", ids, _deployment)
 
     async def package_digests_in_use(self) -> set[str]:
-        """The packages of every deployment that is not deleted or still has a running replica."""
+        """The packages (and latest patches) of every deployment that is not deleted or still
+        has a running replica."""
         rows = await self._all(
-            """SELECT DISTINCT package_digest FROM deployments
+            """SELECT package_digest, patched_digest FROM deployments
             WHERE delete_time IS NULL OR id IN (SELECT deployment_id FROM replicas WHERE stop_time IS NULL)"""
         )
-        return {r[0] for r in rows}
+        return {digest for row in rows for digest in row if digest}
 
     async def running_replicas(self) -> list[ReplicaRow]:
         rows = await self._all(

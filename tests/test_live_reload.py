@@ -167,7 +167,7 @@ async def test_broken_code_keeps_the_old_code_serving_and_reports_the_traceback(
     assert "in load" in failing_load.traceback
     assert await dev.predict() == before
 
-    # The broken package is the deployment's package now: the fix is a patch on top of it.
+    # The broken package is the base of the next patch: the fix is a patch on top of it.
     fixed = await patch(api, dev.deployment.id, failing_load.package_digest, {"model/model.py": model_source("three")})
     assert fixed.result == ds.PATCH_RESULT_APPLIED_IN_PLACE, fixed.error
     after = await dev.predict()
@@ -267,14 +267,14 @@ async def test_patches_are_checked_and_idempotent(api: Api, tmp_path):
     )
     assert (await api.get(deployment_id)).package_digest == base
 
-    warned = await patch(api, deployment_id, base, {"config.yaml": b"model_name: checked\nshiny_new_key: 1\n"})
+    warned = await patch(
+        api, deployment_id, base, {"config.yaml": b"model_name: checked\nshiny_new_key: 1\n", "data/old.txt": b"o"}
+    )
     assert any("shiny_new_key" in warning for warning in warned.warnings), warned.warnings
     base = warned.package_digest
 
-    first = await patch(api, deployment_id, base, {"model/helpers.py": None, "data/notes.txt": b"n"}, request_id="p-1")
-    retried = await patch(
-        api, deployment_id, base, {"model/helpers.py": None, "data/notes.txt": b"n"}, request_id="p-1"
-    )
+    first = await patch(api, deployment_id, base, {"data/old.txt": None, "data/notes.txt": b"n"}, request_id="p-1")
+    retried = await patch(api, deployment_id, base, {"data/old.txt": None, "data/notes.txt": b"n"}, request_id="p-1")
     assert retried.package_digest == first.package_digest != base
     assert (await api.get(deployment_id)).package_digest == first.package_digest
 
