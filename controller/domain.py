@@ -362,15 +362,23 @@ def plan_promotion(model: Model, deployment: Deployment) -> PromotionKind:
             f"deployment {deployment.id} is inactive: activate it and wait for it to start before promoting it",
             deployment_id=deployment.id,
         )
-    if deployment.is_development:
-        return PromotionKind.FROM_DEVELOPMENT
-    if deployment.load_failed or deployment.state in (State.DEPLOY_FAILED, State.BUILD_FAILED, State.FAILED):
+    if deployment.load_failed or deployment.state in FAILED_STATES:
         raise FailedPrecondition(
             "DEPLOYMENT_FAILED",
             f"deployment {deployment.id} failed to start ({deployment.status_message or deployment.state.value}) "
-            "and cannot be promoted",
+            "and cannot be promoted until it starts",
             deployment_id=deployment.id,
         )
+    if deployment.is_development:
+        if deployment.reload_error:
+            raise FailedPrecondition(
+                "LIVE_RELOAD_FAILED",
+                f"the latest live reload of development deployment {deployment.id} failed "
+                f"({deployment.reload_error}): it serves older code than its latest patch; patch the fix "
+                "(or push) before promoting",
+                deployment_id=deployment.id,
+            )
+        return PromotionKind.FROM_DEVELOPMENT
     if deployment.state in (State.ACTIVE, State.SCALED_TO_ZERO, State.UPDATING):
         return PromotionKind.IMMEDIATE
     return PromotionKind.WHEN_READY

@@ -124,6 +124,22 @@ async def test_a_push_clears_a_failed_reload(api: Api, tmp_path):
     assert again.result == ds.PATCH_RESULT_APPLIED_IN_PLACE, again.error
 
 
+async def test_a_development_deployment_whose_reload_failed_is_not_promoted(api: Api, tmp_path):
+    pushed = await api.push(write_live_package(tmp_path / "live"))
+    deployment_id = pushed.deployment.id
+    await api.wait_state(deployment_id, ACTIVE)
+    broken = await patch(api, deployment_id, pushed.deployment.package_digest, {"model/model.py": SYNTAX_ERROR})
+    assert broken.result == ds.PATCH_RESULT_FAILED
+
+    await refused(
+        api.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=deployment_id)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "LIVE_RELOAD_FAILED",
+    )
+    model = await api.model(pushed.model.id)
+    assert (model.deployment_count, model.promoting_deployment_id, model.production_deployment_id) == (1, "", "")
+
+
 def error_metadata(error: grpc.aio.AioRpcError) -> dict[str, str]:
     for detail in rpc_status.from_call(error).details:
         info = error_details_pb2.ErrorInfo()
