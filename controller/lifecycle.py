@@ -332,6 +332,7 @@ class Lifecycle:
             current = await _require_deployment(tx, deployment_id)
             domain.check_patch(current)
             domain.check_patch_base(current if derived else seen, base_digest)
+            assert derived is not None, "check_patch_base refuses a patch on any other base"
             digest, config, size = derived
             plan = domain.plan_patch(current, base_config.raw_dict(), config.raw_dict(), *requirements)
             restart = plan is domain.PatchApply.RESTART

@@ -79,6 +79,7 @@ class LiveReloader:
             committed = await self.lifecycle.patch_development(deployment_id, base_digest, patches, request_id)
             warnings = committed.warnings
             if committed.flag:
+                assert committed.deployment is not None, "patch_development returns the patched deployment"
                 return PatchOutcome(
                     committed.deployment, PatchResult.RESTARTED, time.monotonic() - started, warnings=warnings
                 )
