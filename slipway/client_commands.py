@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -84,6 +85,38 @@ def resolve_model_id(client: SlipwayClient, ref: str) -> str:
         raise
 
 
+DEPLOYMENT_ALIASES = ("development", "production")
+
+
+def deployment_options(command: Callable) -> Callable:
+    """The DEPLOYMENT argument of a deployment command, and --model to name it within a model."""
+    command = click.argument("deployment", metavar="DEPLOYMENT")(command)
+    return click.option(
+        "--model",
+        default="",
+        help="The model (ID or name) DEPLOYMENT belongs to; then DEPLOYMENT may be its name, "
+        "'development' or 'production' instead of its ID.",
+    )(command)
+
+
+def resolve_deployment_id(client: SlipwayClient, model_ref: str, deployment_ref: str) -> str:
+    """A deployment ID from DEPLOYMENT and --model; without a model, DEPLOYMENT is the ID.
+    Within a model, 'development' and 'production' name its current ones (before any
+    deployment that a user named so), then a deployment's name or ID."""
+    if not model_ref:
+        return deployment_ref
+    model = client.get_model(model_ref)
+    if deployment_ref in DEPLOYMENT_ALIASES:
+        found = getattr(model, f"{deployment_ref}_deployment_id")
+        if not found:
+            raise SlipwayError(f"model {model.name} ({model.id}) has no {deployment_ref} deployment")
+        return found
+    for deployment in client.iter_deployments(model.id):
+        if deployment_ref in (deployment.name, deployment.id):
+            return deployment.id
+    raise SlipwayError(f"model {model.name} ({model.id}) has no deployment named {deployment_ref!r}")
+
+
 def confirm(yes_flag: bool, question: str) -> None:
     if not yes_flag:
         click.confirm(question, abort=True)
@@ -109,7 +142,8 @@ def progress_printer() -> Callable[[res.Deployment], None]:
 
 
 def wait_for_promotion(client: SlipwayClient, deployment: res.Deployment, timeout: float) -> res.Model:
-    """Wait until `deployment` is active and then its model's production deployment."""
+    """Wait until `deployment` serves (the controller switches production as it does, even
+    when it scales to zero at once) and then is its model's production deployment."""
     deadline = time.monotonic() + timeout
     try:
         client.wait_until_serving(deployment.id, timeout, on_update=progress_printer())
@@ -128,7 +162,7 @@ def predict_hint(model: res.Model, deployment: res.Deployment) -> str:
             else f" --deployment {deployment.id}"
         )
     )
-    return f"Call it:  slipway predict {model.name or model.id}{alias} '{EXAMPLE_PAYLOAD}'"
+    return f"Call it:  slipway predict {shlex.quote(model.name or model.id)}{alias} {shlex.quote(EXAMPLE_PAYLOAD)}"
 
 
 def push_package(
@@ -157,7 +191,10 @@ def push_package(
             say(f"Deployment {deployment.name} is now production.")
         else:
             deployment = client.wait_until_serving(deployment.id, timeout, on_update=progress_printer())
-            say(f"Deployment {deployment.name} is {state_name(deployment.state)}.")
+            asleep = deployment.state == res.DEPLOYMENT_STATE_SCALED_TO_ZERO
+            say(
+                f"Deployment {deployment.name} is {state_name(deployment.state)}{': the next request wakes it' if asleep else ''}."
+            )
         say(predict_hint(model, deployment))
         pushed.model.CopyFrom(model)
         pushed.deployment.CopyFrom(deployment)
@@ -291,21 +328,23 @@ def deployments_list(model: str, show_deleted: bool, output: str) -> None:
 
 
 @deployments.command("get")
-@click.argument("deployment_id")
+@deployment_options
 @output_option
-def deployments_get(deployment_id: str, output: str) -> None:
+def deployments_get(model: str, deployment: str, output: str) -> None:
     """Show a deployment and its replicas."""
-    emit(output, connect().get_deployment(deployment_id), deployment_details)
+    client = connect()
+    emit(output, client.get_deployment(resolve_deployment_id(client, model, deployment)), deployment_details)
 
 
 def deployment_action(name: str, method: str, help_text: str) -> None:
-    """Registers `slipway deployments NAME ID` calling SlipwayClient.METHOD(ID)."""
+    """Registers `slipway deployments NAME DEPLOYMENT` calling SlipwayClient.METHOD(ID)."""
 
     @deployments.command(name, help=help_text)
-    @click.argument("deployment_id")
+    @deployment_options
     @output_option
-    def command(deployment_id: str, output: str) -> None:
-        emit(output, getattr(connect(), method)(deployment_id), deployment_line)
+    def command(model: str, deployment: str, output: str) -> None:
+        client = connect()
+        emit(output, getattr(client, method)(resolve_deployment_id(client, model, deployment)), deployment_line)
 
 
 deployment_action("activate", "activate_deployment", "Start a deactivated deployment again.")
@@ -316,38 +355,40 @@ deployment_action("wake", "wake_deployment", "Start a scaled-to-zero deployment 
 
 
 @deployments.command("delete")
-@click.argument("deployment_id")
+@deployment_options
 @click.option("--yes", "-y", "yes_flag", is_flag=True, help="Do not ask for confirmation.")
 @output_option
-def deployments_delete(deployment_id: str, yes_flag: bool, output: str) -> None:
+def deployments_delete(model: str, deployment: str, yes_flag: bool, output: str) -> None:
     """Delete a deployment (not production). This cannot be undone."""
+    client = connect()
+    deployment_id = resolve_deployment_id(client, model, deployment)
     confirm(yes_flag, f"Delete deployment {deployment_id}? This cannot be undone.")
-    emit(output, connect().delete_deployment(deployment_id), lambda d: f"Deleted deployment {d.name} ({d.id}).")
+    emit(output, client.delete_deployment(deployment_id), lambda d: f"Deleted deployment {d.name} ({d.id}).")
 
 
 @deployments.command("rename")
-@click.argument("deployment_id")
+@deployment_options
 @click.argument("new_name")
 @output_option
-def deployments_rename(deployment_id: str, new_name: str, output: str) -> None:
+def deployments_rename(model: str, deployment: str, new_name: str, output: str) -> None:
     """Rename a published deployment."""
-    emit(output, connect().rename_deployment(deployment_id, new_name), lambda d: f"Renamed {d.id} to {d.name}.")
+    client = connect()
+    renamed = client.rename_deployment(resolve_deployment_id(client, model, deployment), new_name)
+    emit(output, renamed, lambda d: f"Renamed {d.id} to {d.name}.")
 
 
 @deployments.command("promote")
-@click.argument("deployment_id")
-@click.option("--wait/--no-wait", default=False, show_default=True, help="Wait until it is production.")
+@deployment_options
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is production.")
 @timeout_option
 @output_option
-def deployments_promote(deployment_id: str, wait: bool, timeout: float, output: str) -> None:
+def deployments_promote(model: str, deployment: str, wait: bool, timeout: float, output: str) -> None:
     """Make a deployment production. Promoting development creates a new published deployment."""
     client = connect()
-    promoted = client.promote_deployment(deployment_id)
-    deployment = promoted.deployment
+    promoted = client.promote_deployment(resolve_deployment_id(client, model, deployment))
     if not promoted.completed and wait:
-        wait_for_promotion(client, deployment, timeout)
-        deployment = client.get_deployment(deployment.id)
-        promoted.deployment.CopyFrom(deployment)
+        wait_for_promotion(client, promoted.deployment, timeout)
+        promoted.deployment.CopyFrom(client.get_deployment(promoted.deployment.id))
         promoted.completed = True
 
     def render(p: Any) -> str:
@@ -360,7 +401,7 @@ def deployments_promote(deployment_id: str, wait: bool, timeout: float, output: 
 
 
 @deployments.command("autoscaling")
-@click.argument("deployment_id")
+@deployment_options
 @click.option("--min-replica", type=int)
 @click.option("--max-replica", type=int)
 @click.option("--autoscaling-window", type=int, help="Seconds.")
@@ -368,15 +409,16 @@ def deployments_promote(deployment_id: str, wait: bool, timeout: float, output: 
 @click.option("--concurrency-target", type=int)
 @click.option("--target-utilization-percentage", type=int)
 @output_option
-def deployments_autoscaling(deployment_id: str, output: str, **settings: int | None) -> None:
+def deployments_autoscaling(model: str, deployment: str, output: str, **settings: int | None) -> None:
     """Show the autoscaling settings, or change only the ones given."""
     client = connect()
+    deployment_id = resolve_deployment_id(client, model, deployment)
     given = {name: value for name, value in settings.items() if value is not None}
     if given:
-        deployment = client.update_autoscaling(deployment_id, **given)
+        shown = client.update_autoscaling(deployment_id, **given)
     else:
-        deployment = client.get_deployment(deployment_id)
-    emit(output, deployment.autoscaling_settings, lambda _: autoscaling_details(deployment))
+        shown = client.get_deployment(deployment_id)
+    emit(output, shown.autoscaling_settings, lambda _: autoscaling_details(shown))
 
 
 @click.command()
@@ -390,12 +432,17 @@ def usage(model: str, output: str) -> None:
 
 @click.command()
 @click.option("--model", default="", help="Only this model's events (ID or name).")
-@click.option("--deployment", "deployment_id", default="", help="Only this deployment's events.")
+@click.option(
+    "--deployment",
+    default="",
+    help="Only this deployment's events (an ID; with --model also a name, 'development' or 'production').",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Only the most recent N events.")
 @output_option
-def events(model: str, deployment_id: str, limit: int | None, output: str) -> None:
+def events(model: str, deployment: str, limit: int | None, output: str) -> None:
     """The lifecycle event log, oldest first."""
     client = connect()
+    deployment_id = resolve_deployment_id(client, model, deployment) if deployment else ""
     items = client.list_events(resolve_model_id(client, model), deployment_id, limit)
     emit(output, items, table(EVENT_COLUMNS, "No events."))
 
