@@ -51,14 +51,14 @@ def _set_process_name(name: str) -> None:
         pass
 
 
-def _become_replica(request: dict, inherited: list[socket.socket | selectors.BaseSelector | int]) -> None:
+def _become_replica(request: dict, server_descriptors: list[socket.socket | selectors.BaseSelector | int]) -> None:
     """In the forked child: drop the server's descriptors (a replica holding another's
     connection would hide that one's end from the controller), detach, redirect output,
     run the replica, never return."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        for resource in inherited:
+        for resource in server_descriptors:
             if isinstance(resource, int):
                 os.close(resource)
             else:
@@ -89,6 +89,8 @@ SERVER_NAME = "slipway-forksrv"
 
 
 class Server:
+    """The server's loop: spawn on request, report exits, stop when the controller is gone."""
+
     def __init__(self, listener: socket.socket, lifeline_fd: int) -> None:
         self.listener = listener
         self.lifeline_fd = lifeline_fd
@@ -99,7 +101,7 @@ class Server:
         self.selector = selectors.DefaultSelector()
         for fd in (listener, lifeline_fd, self.child_exited):
             self.selector.register(fd, selectors.EVENT_READ)
-        self.inherited: list[socket.socket | selectors.BaseSelector | int] = [
+        self.descriptors: list[socket.socket | selectors.BaseSelector | int] = [
             listener,
             self.selector,
             lifeline_fd,
@@ -122,14 +124,15 @@ class Server:
     def _spawn(self) -> None:
         connection, _ = self.listener.accept()
         try:
-            request = json.loads(connection.makefile("rb").readline())
+            with connection.makefile("rb") as stream:
+                request = json.loads(stream.readline())
         except ValueError:
             connection.close()  # a client that went away before asking; serve the next one
             return
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         pid = os.fork()
         if pid == 0:
-            _become_replica(request, [*self.inherited, connection, *self.waiting.values()])
+            _become_replica(request, [*self.descriptors, connection, *self.waiting.values()])
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
             connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
