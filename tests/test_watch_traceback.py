@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import sys
 
 from conftest import Api
@@ -30,6 +31,13 @@ def fetch_weights():
 """
 
 
+def write_whole(path: pathlib.Path, text: str) -> None:
+    """Replace a file at once, so that the watcher never reads it half written."""
+    draft = path.parent.parent.parent / f"{path.name}.draft"
+    draft.write_text(text)
+    os.replace(draft, path)
+
+
 async def test_a_failed_reload_shows_the_users_files_and_frames_only(api: Api, controller, tmp_path):
     package = write_live_package(tmp_path / "watched", "traced")
     process = await asyncio.create_subprocess_exec(
@@ -48,8 +56,8 @@ async def test_a_failed_reload_shows_the_users_files_and_frames_only(api: Api, c
     output = OutputLines(process.stdout)
     try:
         await output.wait_for("Watching")
-        (package / "model" / "helpers.py").write_text(HELPERS)
-        (package / "model" / "model.py").write_text(FAILS_IN_A_HELPER)
+        write_whole(package / "model" / "helpers.py", HELPERS)
+        write_whole(package / "model" / "model.py", FAILS_IN_A_HELPER)
         summary = await output.wait_for("changed")
         assert "failed, the previous code keeps serving: RuntimeError: no weights" in summary
         shown = output.seen[output.seen.index(next(line for line in output.seen if "Watching" in line)) + 1 : -1]
