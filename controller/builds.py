@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -254,7 +255,7 @@ class BuildManager:
         if build is None:
             build = _Build(spec, asyncio.create_task(self._run(spec, deployment)))
             self._builds[spec.key] = build
-            build.task.add_done_callback(lambda task, key=spec.key: self._finished(key, task))
+            build.task.add_done_callback(functools.partial(self._finished, spec.key))
             build.waiters[waiter] = deployment.model_id
             self._noted.add(waiter)
             await self._event(
@@ -296,7 +297,9 @@ class BuildManager:
     # --- building -------------------------------------------------------------------------
 
     async def _run(self, spec: EnvironmentSpec, deployment) -> None:
-        asyncio.current_task().set_name(deployment.id)
+        task = asyncio.current_task()
+        assert task is not None
+        task.set_name(deployment.id)
         started = time.monotonic()
         log_path = self.log_path(deployment.id)
         tmp = self.envs_dir / f".tmp-{spec.key}-{os.getpid()}-{next(self._counter)}"

@@ -72,8 +72,8 @@ REFUSED_KEYS = {
 }
 RUNTIME_HONOURED = frozenset({"predict_concurrency"})
 NESTED_OPTION_LINE = re.compile(r"^(-r|-c|--requirement|--constraint)(\s|=|$)")
-PYTHON_VERSION = re.compile(r"^(?:py)?(\d)\.?(\d+)$")
-MEMORY = re.compile(r"^([0-9.]+)\s*([KMGTPE]i?|k)?$")
+PYTHON_VERSION = re.compile(r"(?:py)?(\d)\.?(\d+)")  # matched whole (fullmatch), as MEMORY
+MEMORY = re.compile(r"([0-9.]+)\s*([KMGTPE]i?|k)?")
 MEMORY_UNITS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 MEMORY_UNITS.update({f"{u}i": 1024 ** (i + 1) for i, u in enumerate("KMGTPE")})
 
@@ -226,7 +226,7 @@ def _check_build(build: Any, refusals: list, warnings: list) -> None:
 def _check_python_version(value: Any, machine: Machine, refusals: list, warnings: list) -> None:
     if is_empty(value):
         return
-    match = PYTHON_VERSION.match(str(value).strip())
+    match = PYTHON_VERSION.fullmatch(str(value).strip())
     if match is None:
         refusals.append(("python_version", f"{value!r} is not a Python version such as 'py311'"))
         return
@@ -271,7 +271,7 @@ def _cpus(value: Any) -> float | None:
 def _memory_bytes(value: Any) -> int | None:
     if isinstance(value, bool) or is_empty(value):
         return None
-    match = MEMORY.match(str(value).strip())
+    match = MEMORY.fullmatch(str(value).strip())
     if match is None:
         return None
     try:

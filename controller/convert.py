@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
@@ -16,7 +17,7 @@ from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import resources_pb2 as r
 
 KINDS = {Kind.DEVELOPMENT: r.DEPLOYMENT_KIND_DEVELOPMENT, Kind.PUBLISHED: r.DEPLOYMENT_KIND_PUBLISHED}
-PUSH_TARGETS = {
+PUSH_TARGETS: dict[int, PushTarget] = {
     ds.PUSH_TARGET_UNSPECIFIED: PushTarget.DEVELOPMENT,
     ds.PUSH_TARGET_DEVELOPMENT: PushTarget.DEVELOPMENT,
     ds.PUSH_TARGET_PUBLISHED: PushTarget.PUBLISHED,
@@ -56,14 +57,14 @@ def replica_to_proto(handle: ReplicaHandle) -> r.Replica:
     return r.Replica(
         id=handle.id,
         address=handle.address,
-        state=r.ReplicaState.Value(f"REPLICA_STATE_{handle.phase.value}"),
+        state=f"REPLICA_STATE_{handle.phase.value}",
         pid=handle.pid or 0,
         start_time=timestamp(handle.start_time),
         revision=handle.revision,
     )
 
 
-def deployment_to_proto(deployment: Deployment, replicas: list[ReplicaHandle] = ()) -> r.Deployment:
+def deployment_to_proto(deployment: Deployment, replicas: Sequence[ReplicaHandle] = ()) -> r.Deployment:
     return r.Deployment(
         id=deployment.id,
         model_id=deployment.model_id,
@@ -71,7 +72,7 @@ def deployment_to_proto(deployment: Deployment, replicas: list[ReplicaHandle] = 
         kind=KINDS[deployment.kind],
         is_production=deployment.is_production,
         active=deployment.active,
-        state=r.DeploymentState.Value(f"DEPLOYMENT_STATE_{deployment.state.value}"),
+        state=f"DEPLOYMENT_STATE_{deployment.state.value}",
         status_message=deployment.status_message,
         autoscaling_settings=r.AutoscalingSettings(**dataclasses.asdict(deployment.autoscaling)),
         package_digest=deployment.package_digest,

@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass, field
 
 from controller.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from slipway.text import shorten
 
 DEVELOPMENT_NAME = "development"
-NAME_PATTERN = re.compile(r"^[0-9A-Za-z_.-]{1,63}$")
+# Matched whole (fullmatch): with match, `$` also matches before a trailing newline.
+NAME_PATTERN = re.compile(r"[0-9A-Za-z_.-]{1,63}")
 
 
 class Kind(enum.StrEnum):
@@ -161,6 +163,28 @@ def new_deployment(
 MODEL_NAME_MAX_LENGTH = 128
 
 
+# What an ID looks like: a prefix and 12 base32 characters (controller/store.py new_id). A
+# model may also be referred to by name, so a reference is bounded like a model name.
+REFERENCE_MAX_LENGTH = MODEL_NAME_MAX_LENGTH
+# How much of a refused value a message shows.
+ECHOED_VALUE_BYTES = 64
+
+
+def _has_control_characters(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def validate_reference(field_name: str, value: str) -> None:
+    """Refuse an ID (or model name) that cannot name anything, before it is looked up or echoed."""
+    if len(value) > REFERENCE_MAX_LENGTH or _has_control_characters(value):
+        raise InvalidArgument(
+            "INVALID_ID",
+            f"{field_name} {shorten(value, ECHOED_VALUE_BYTES)!r} is not an ID or name: those are at most "
+            f"{REFERENCE_MAX_LENGTH} characters, without control characters",
+            field=field_name,
+        )
+
+
 def validate_model_name(name: str) -> None:
     if not name or not name.strip():
         raise InvalidArgument("MISSING_MODEL_NAME", "config.yaml must set model_name to a non-empty string")
@@ -172,18 +196,20 @@ def validate_model_name(name: str) -> None:
         else "contains '/'"
         if "/" in name
         else "contains control characters"
-        if any(ord(c) < 32 or ord(c) == 127 for c in name)
+        if _has_control_characters(name)
         else ""
     )
     if problem:
-        raise InvalidArgument("INVALID_MODEL_NAME", f"model_name {name!r} {problem}", name=name)
+        raise InvalidArgument(
+            "INVALID_MODEL_NAME", f"model_name {shorten(name, ECHOED_VALUE_BYTES)!r} {problem}", name=name
+        )
 
 
 def validate_deployment_name(name: str) -> None:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise InvalidArgument(
             "INVALID_DEPLOYMENT_NAME",
-            f"deployment name {name!r} must match {NAME_PATTERN.pattern}",
+            f"deployment name {shorten(name, ECHOED_VALUE_BYTES)!r} must be 1 to 63 letters, digits, '_', '.' or '-'",
             name=name,
         )
     if name == DEVELOPMENT_NAME:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import pathlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -31,7 +32,7 @@ from controller.domain import (
 from controller.errors import InvalidArgument, NotFound
 from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
-from replica.package import CONFIG_FILENAME, load_package_config, read_requirements
+from replica.package import CONFIG_FILENAME, load_package_config, read_requirements, validate_package
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
@@ -96,6 +97,7 @@ def page_size(requested: int) -> int:
 async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Deployment:
     if not deployment_id:
         raise InvalidArgument("MISSING_DEPLOYMENT_ID", "deployment_id is required")
+    domain.validate_reference("deployment_id", deployment_id)
     deployment = await reads.get_deployment(deployment_id)
     if deployment is None:
         raise NotFound(
@@ -106,6 +108,7 @@ async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Dep
 
 async def _find_model(reads: WriteTx | Store, model_id: str) -> Model:
     """A model by ID, deleted ones included, or by the name of a live one."""
+    domain.validate_reference("model_id", model_id)
     model = await reads.get_model(model_id)
     if model is None:
         raise NotFound("MODEL_NOT_FOUND", f"model {model_id} does not exist", model_id=model_id)
@@ -119,6 +122,15 @@ async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
     if model.delete_time is not None:
         raise NotFound("MODEL_DELETED", f"model {model_id} was deleted", model_id=model_id)
     return model
+
+
+def _check_pushed_package(package_dir: pathlib.Path) -> tuple[str, tuple[str, ...]]:
+    """What a push refuses in the package itself (layout, model name, config keys this
+    platform cannot honour); returns its model name and the config warnings."""
+    config = validate_package(package_dir)
+    model_name = config.model_name or ""
+    domain.validate_model_name(model_name)
+    return model_name, tuple(compat.check_package(config))
 
 
 def _new_revision(current: Deployment) -> dict:
@@ -228,10 +240,6 @@ class Lifecycle:
     ) -> Result:
         if not archive:
             raise InvalidArgument("MALFORMED_PACKAGE", "package_archive is empty")
-        digest, config = await asyncio.to_thread(self.packages.add, archive, sha256)
-        warnings = tuple(await asyncio.to_thread(compat.check_package, config))
-        model_name = config.model_name
-        domain.validate_model_name(model_name or "")
         if target is PushTarget.DEVELOPMENT and deployment_name:
             raise InvalidArgument(
                 "DEVELOPMENT_NOT_RENAMABLE",
@@ -240,6 +248,9 @@ class Lifecycle:
             )
         if deployment_name:
             domain.validate_deployment_name(deployment_name)
+        staged = await asyncio.to_thread(self.packages.stage, archive, sha256, _check_pushed_package)
+        digest = staged.digest
+        model_name, warnings = staged.checked
 
         async def body(tx: WriteTx, at: float) -> Result:
             await tx.record_package(digest, len(archive), at)
@@ -258,9 +269,13 @@ class Lifecycle:
                 )
             for warning in warnings:
                 await tx.add_event(at, model.id, deployment.id, "deployment.config_warning", warning)
+            self.packages.commit(staged)  # the push is accepted: before the deployment is visible
             return Result(model=await tx.get_model(model.id), deployment=deployment, flag=created, warnings=warnings)
 
-        return await self._mutate("CreateDeployment", request_id, body, digest, target, deployment_name)
+        try:
+            return await self._mutate("CreateDeployment", request_id, body, digest, target, deployment_name)
+        finally:
+            await asyncio.to_thread(self.packages.discard, staged)
 
     async def _push_development(self, tx: WriteTx, model: Model, digest: str, at: float) -> Deployment:
         if model.development_deployment_id:

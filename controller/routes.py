@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from controller.domain import Deployment, Model, ReplicaPhase
 from controller.runtime import ReplicaHandle
 from controller.store import Change, Store
-from slipway.v1 import resources_pb2 as r
 from slipway.v1 import route_service_pb2 as rt
 
 log = logging.getLogger("slipway.routes")
@@ -91,7 +90,7 @@ class RouteBroadcaster:
             model_id=deployment.model_id,
             name=deployment.name,
             active=deployment.active,
-            state=r.DeploymentState.Value(f"DEPLOYMENT_STATE_{deployment.state.value}"),
+            state=f"DEPLOYMENT_STATE_{deployment.state.value}",
             endpoints=[
                 rt.Endpoint(replica_id=h.id, address=h.address)
                 for h in self._replicas_of(deployment.id)
@@ -137,9 +136,12 @@ class RouteBroadcaster:
                 self.deleted_deployments.add(deployment.id)
                 delta.deleted_deployment_ids.append(deployment.id)
             else:
-                route = self.deployments[deployment.id] = self._deployment_route(deployment)
-                delta.deployments.append(route)
+                deployment_route = self.deployments[deployment.id] = self._deployment_route(deployment)
+                delta.deployments.append(deployment_route)
         return delta
+
+    def _published_after(self, version: int) -> Callable[[], bool]:
+        return lambda: self.version > version
 
     def snapshot(self) -> rt.WatchRoutesResponse:
         return rt.WatchRoutesResponse(
@@ -189,7 +191,7 @@ class RouteBroadcaster:
             sent = 0
             while True:
                 async with self._published:
-                    await self._published.wait_for(lambda sent=sent: self.version > sent)
+                    await self._published.wait_for(self._published_after(sent))
                     oldest = self._history[0].version if self._history else self.version + 1
                     if sent == 0 or sent + 1 < oldest:
                         messages = [self.snapshot()]

@@ -147,7 +147,7 @@ class ForkServer:
         return await _wait_for_pid_exit(pid)
 
     async def stop(self) -> None:
-        if self.pid is not None:
+        if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
         self._close_lifeline()
@@ -398,6 +398,11 @@ def _is_our_replica(pid: int, replica_id: str) -> bool:
     return not zombie and (replica_id.encode() in cmdline or name == replica_id[:15])
 
 
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def _wait_for_pid_exit(pid: int) -> int | None:
     """Exit watch for a process that is not our child (forked by a fork server, or adopted).
 
@@ -410,7 +415,7 @@ async def _wait_for_pid_exit(pid: int) -> int | None:
     if pidfd is not None:
         loop = asyncio.get_running_loop()
         gone = loop.create_future()
-        loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(None))
+        loop.add_reader(pidfd, _settle, gone)
         try:
             await gone
         finally:

@@ -19,13 +19,14 @@ from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
 from controller.domain import AutoscalingLimits
 from controller.lifecycle import Lifecycle
-from controller.packages import PackageStore
+from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
 from slipway.process import wait_for_termination_signal
+from slipway.status import RefuseUndecodableRequests
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
@@ -62,6 +63,7 @@ class ControllerSettings:
     # Python environments built for package requirements (default <data_dir>/builds).
     builds_dir: pathlib.Path | None = None
     build_timeout_seconds: float = 1800.0
+    package_limits: PackageLimits = field(default_factory=PackageLimits)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -75,6 +77,9 @@ class Controller:
         self.port = 0
         self.store: Store
         self.reconciler: Reconciler
+        self.autoscaler: Autoscaler
+        self.routes: RouteBroadcaster
+        self.load: LoadTracker
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
@@ -88,7 +93,7 @@ class Controller:
         self = cls(settings)
         data_dir = settings.data_dir
         self.store = await Store.open(data_dir / "controller.db")
-        packages = PackageStore(data_dir / "packages")
+        packages = PackageStore(data_dir / "packages", settings.package_limits)
         self.autoscaler = Autoscaler(settings.autoscaler)
         lifecycle = Lifecycle(
             self.store,
@@ -123,7 +128,7 @@ class Controller:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._server = grpc.aio.server(options=options)
+        self._server = grpc.aio.server(options=options, interceptors=[RefuseUndecodableRequests()])
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(lifecycle), self._server)
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server

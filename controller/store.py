@@ -18,7 +18,7 @@ import pathlib
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -253,7 +253,7 @@ def _deployment_values(deployment: Deployment) -> dict[str, Any]:
     return values
 
 
-def _page(rows: list[tuple], limit: int, convert: Callable[[tuple], Any], query: str) -> Page:
+def _page(rows: Sequence[Any], limit: int, convert: Callable[[Any], Any], query: str) -> Page:
     items = [convert(r) for r in rows[:limit]]
     token = encode_page_token(rows[limit - 1][0], query) if len(rows) > limit else ""
     return Page(items, token)
@@ -265,11 +265,11 @@ class Reads:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
-    async def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
         async with self._conn.execute(sql, tuple(params)) as cur:
             return await cur.fetchone()
 
-    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         async with self._conn.execute(sql, tuple(params)) as cur:
             return list(await cur.fetchall())
 
@@ -391,7 +391,7 @@ class Store(Reads):
             [d[0] for d in deleted_deployments],
         )
 
-    async def _by_ids(self, select: str, column: str, ids: Iterable[str], convert: Callable[[tuple], Any]) -> list:
+    async def _by_ids(self, select: str, column: str, ids: Iterable[str], convert: Callable[[Any], Any]) -> list:
         ids, found = list(ids), []
         for start in range(0, len(ids), 500):  # stay well under SQLite's bound-parameter limit
             chunk = ids[start : start + 500]

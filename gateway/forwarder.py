@@ -9,7 +9,7 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 import grpc
 
@@ -193,7 +193,7 @@ class Forwarder:
 
     async def stream(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeStreamRequest, timeout: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Forward a streaming request; yields raw InvokeStreamResponse bytes.
 
         A retry happens only before the first chunk: after that the replica has the request.

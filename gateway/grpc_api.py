@@ -11,7 +11,7 @@ import grpc
 from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
 from gateway.routing import DEVELOPMENT, PRODUCTION
-from slipway.status import rich_status
+from slipway.status import refuse_undecodable_requests, rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
 
@@ -33,13 +33,17 @@ class InferenceApi:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                "Predict": grpc.unary_unary_rpc_method_handler(
-                    self.predict, request_deserializer=inf.PredictRequest.FromString, response_serializer=bytes
+                "Predict": refuse_undecodable_requests(
+                    grpc.unary_unary_rpc_method_handler(
+                        self.predict, request_deserializer=inf.PredictRequest.FromString, response_serializer=bytes
+                    )
                 ),
-                "PredictStream": grpc.unary_stream_rpc_method_handler(
-                    self.predict_stream,
-                    request_deserializer=inf.PredictStreamRequest.FromString,
-                    response_serializer=bytes,
+                "PredictStream": refuse_undecodable_requests(
+                    grpc.unary_stream_rpc_method_handler(
+                        self.predict_stream,
+                        request_deserializer=inf.PredictStreamRequest.FromString,
+                        response_serializer=bytes,
+                    )
                 ),
             },
         )

@@ -60,7 +60,8 @@ def build_app(
                 await response.write(rs.InvokeStreamResponse.FromString(raw).chunk)
         except GatewayError:
             # The status line is gone; ending the body without its last chunk tells the client it broke.
-            request.transport.close()
+            if request.transport is not None:
+                request.transport.close()
             return response
         await response.write_eof()
         return response

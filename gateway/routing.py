@@ -20,6 +20,9 @@ class RouteIndex:
     """The gateway's copy of the route table, built from a reset and kept current by deltas."""
 
     def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
         self.version = 0
         self.models: dict[str, rt.ModelRoute] = {}
         self.models_by_name: dict[str, rt.ModelRoute] = {}
@@ -29,7 +32,7 @@ class RouteIndex:
 
     def apply(self, message: rt.WatchRoutesResponse) -> None:
         if message.reset:
-            self.__init__()
+            self._clear()
         for model in message.models:
             previous = self.models.get(model.model_id)
             if previous is not None and self.models_by_name.get(previous.model_name) is previous:

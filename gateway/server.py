@@ -62,6 +62,8 @@ class Gateway:
         self.http_port = 0
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task] = []
+        self._grpc: grpc.aio.Server
+        self._http: web.AppRunner
         self._controller = grpc.aio.insecure_channel(settings.controller_address)
 
     def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
@@ -93,7 +95,13 @@ class Gateway:
         self._wakes_sent[deployment_id] = now
         self._waking.add(deployment_id)
         task = asyncio.get_running_loop().create_task(self.wake(deployment_id))
-        task.add_done_callback(lambda t: (self._waking.discard(deployment_id), t.cancelled() or t.exception()))
+
+        def done(task: asyncio.Task) -> None:
+            self._waking.discard(deployment_id)
+            if not task.cancelled():
+                task.exception()  # retrieved: a failed wake is retried by the next request, not logged
+
+        task.add_done_callback(done)
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
@@ -120,7 +128,7 @@ class Gateway:
         await self._http.setup()
         site = web.TCPSite(self._http, settings.host, settings.http_port)
         await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]
+        self.http_port = self._http.addresses[0][1]
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(

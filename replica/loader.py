@@ -46,6 +46,8 @@ def import_model_class(config: PackageConfig) -> type:
 
     module_name = f"{package_name}.{model_file.stem}"
     spec = importlib.util.spec_from_file_location(module_name, model_file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {model_file}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)

@@ -61,14 +61,10 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
     if not config_path.is_file():
         raise ValueError(f"{CONFIG_FILENAME} is missing from package {package_dir}")
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{CONFIG_FILENAME} is not valid YAML: {exc}") from None
-    if raw is None:  # an empty file is an empty mapping: every key has a default
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{CONFIG_FILENAME} must be a mapping, got {type(raw).__name__}")
-
+        text = config_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{CONFIG_FILENAME} is not UTF-8 text: {exc}") from None
+    raw = parse_config(text)
     runtime = _mapping(raw, "runtime")
     return PackageConfig(
         package_dir=package_dir,
@@ -87,6 +83,38 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         requirements=tuple(_str_list(raw, "requirements")),
         requirements_file=_requirements_file(raw, package_dir),
     )
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader refusing aliases: every reference to an anchor is a full copy once loaded,
+    so a few hundred bytes of nested aliases would expand to gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ValueError(
+                f"{CONFIG_FILENAME} uses the YAML alias *{event.anchor} (line {event.start_mark.line + 1}): "
+                "aliases are not supported, write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_config(text: str) -> dict[str, Any]:
+    """The mapping in config.yaml's `text`; raise ValueError naming the problem.
+
+    The one parser of config.yaml, for the controller, the replicas and the CLI.
+    """
+    try:
+        raw = yaml.load(text, Loader=_ConfigLoader)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{CONFIG_FILENAME} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{CONFIG_FILENAME} is nested too deeply") from None
+    if raw is None:  # an empty file is an empty mapping: every key has a default
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{CONFIG_FILENAME} must be a mapping, got {type(raw).__name__}")
+    return raw
 
 
 def validate_package(package_dir: pathlib.Path) -> PackageConfig:

@@ -121,8 +121,10 @@ class Replica:
         return predictor
 
     async def _load_predictor(self, config: PackageConfig) -> Predictor:
-        model = await load_model(config, self.threads)
-        return Predictor(model, config.predict_concurrency, self.threads)
+        threads = self.threads
+        assert threads is not None, "run() starts the model threads before loading"
+        model = await load_model(config, threads)
+        return Predictor(model, config.predict_concurrency, threads)
 
     async def _drain(
         self,

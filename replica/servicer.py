@@ -7,6 +7,7 @@ import contextlib
 import pathlib
 import traceback
 from collections.abc import Iterator
+from typing import NoReturn
 
 import grpc
 
@@ -79,11 +80,12 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
         with self._tracked():
-            if self._refusing or self._reloader is None:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "replica is not serving a model")
+            reloader = self._reloader
+            if self._refusing or reloader is None:
+                await abort(context, grpc.StatusCode.UNAVAILABLE, "replica is not serving a model")
             if not request.package_dir:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "package_dir is required")
-            outcome = await self._reloader.reload(pathlib.Path(request.package_dir))
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "package_dir is required")
+            outcome = await reloader.reload(pathlib.Path(request.package_dir))
             return pb.ReloadResponse(
                 ok=outcome.ok, error=outcome.error, traceback=outcome.traceback, seconds=outcome.seconds
             )
@@ -103,7 +105,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         if self._refusing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "replica is shutting down")
         if self._predictor is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "model is not loaded yet")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "model is not loaded yet")
         return self._predictor
 
     async def _decode(self, request: pb.InvokeRequest | pb.InvokeStreamRequest, context: grpc.aio.ServicerContext):
@@ -120,3 +122,9 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             traceback="".join(traceback.format_exception(cause)),
         )
         await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """context.abort, typed: it always raises."""
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")

@@ -12,7 +12,6 @@ prints one line ("Error: CODE (REASON): message") to stderr and exits with 1.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -348,4 +347,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

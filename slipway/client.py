@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -68,7 +68,7 @@ FAILURE_STATES = frozenset(
         State.DEPLOYMENT_STATE_FAILED,
     }
 )
-PUSH_TARGETS = {
+PUSH_TARGETS: dict[str, ds.PushTarget] = {
     "development": ds.PUSH_TARGET_DEVELOPMENT,
     "published": ds.PUSH_TARGET_PUBLISHED,
     "production": ds.PUSH_TARGET_PRODUCTION,
@@ -225,7 +225,7 @@ class SlipwayClient:
     def push(
         self,
         directory: Path | str,
-        target: str | int = "development",
+        target: str | ds.PushTarget = "development",
         deployment_name: str = "",
         request_id: str = "",
     ) -> ds.CreateDeploymentResponse:
@@ -284,7 +284,7 @@ class SlipwayClient:
     def rename_deployment(self, deployment_id: str, name: str, request_id: str = "") -> res.Deployment:
         return self.update_deployment(res.Deployment(id=deployment_id, name=name), ["name"], request_id)
 
-    def update_autoscaling(self, deployment_id: str, request_id: str = "", **settings: int) -> res.Deployment:
+    def update_autoscaling(self, deployment_id: str, request_id: str = "", **settings: Any) -> res.Deployment:
         """Change only the given settings, e.g. `update_autoscaling(id, max_replica=3)`."""
         unknown = set(settings) - set(AUTOSCALING_FIELDS)
         if unknown:
@@ -389,7 +389,7 @@ class SlipwayClient:
                 if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise
             finally:
-                call.cancel()
+                cast(grpc.Future, call).cancel()
             # The stream ended (deadline, or the server closed it): re-check and resubscribe.
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 

@@ -413,7 +413,7 @@ def deployments_autoscaling(model: str, deployment: str, output: str, **settings
     """Show the autoscaling settings, or change only the ones given."""
     client = connect()
     deployment_id = resolve_deployment_id(client, model, deployment)
-    given = {name: value for name, value in settings.items() if value is not None}
+    given: dict[str, Any] = {name: value for name, value in settings.items() if value is not None}
     if given:
         shown = client.update_autoscaling(deployment_id, **given)
     else:

@@ -18,9 +18,7 @@ import os
 import tarfile
 from pathlib import Path
 
-import yaml
-
-from replica.package import bundled_external_dir
+from replica.package import bundled_external_dir, parse_config
 
 CONFIG_FILE = "config.yaml"
 # Read in this order; patterns of every file present are combined.
@@ -105,10 +103,10 @@ def outside_external_dirs(root: Path) -> list[tuple[int, Path]]:
     """(index, resolved directory) of the config's external_package_dirs that lie outside
     the package (through a symbolic link too): those a push bundles."""
     try:
-        raw = yaml.safe_load((root / CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        raw = parse_config((root / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return []  # the controller refuses the package and says why
-    entries = raw.get("external_package_dirs") if isinstance(raw, dict) else None
+    entries = raw.get("external_package_dirs")
     outside = []
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         source = (root / str(entry)).resolve()
@@ -177,11 +175,9 @@ def read_model_name(directory: Path | str) -> str:
     """The package's `model_name` from config.yaml ("" when it has none)."""
     config_path = _package_dir(directory) / CONFIG_FILE
     try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise PackageError(f"{config_path}: invalid YAML: {exc}") from exc
-    if not isinstance(config, dict):
-        raise PackageError(f"{config_path}: expected a mapping at the top level")
+        config = parse_config(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise PackageError(f"{config_path}: {exc}") from exc
     return str(config.get("model_name") or "")
 
 

@@ -35,7 +35,7 @@ def to_dict(message: Message) -> dict:
 
 
 def to_json(value: Message | Sequence[Message]) -> str:
-    data = [to_dict(m) for m in value] if isinstance(value, (list, tuple)) else to_dict(value)
+    data = to_dict(value) if isinstance(value, Message) else [to_dict(m) for m in value]
     return json.dumps(data, indent=2)
 
 
