@@ -30,7 +30,7 @@ from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
 from controller.routes import LoadTracker
-from controller.runtime import LocalProcessRuntime, ReplicaHandle
+from controller.runtime import LocalProcessRuntime, ReplicaHandle, exit_description
 from controller.store import ReplicaRow, Store, new_id
 from replica.package import declared_secret_environ, load_package_config
 from slipway.process import wait_event
@@ -307,8 +307,7 @@ class Reconciler:
                     self._load_errors[handle.deployment_id] = (handle.revision, handle.load_error)
                 elif handle.phase is not ReplicaPhase.DRAINING and handle.ready_time is None:
                     tail = handle.log_tail()
-                    code = "" if handle.exit_code is None else f" with code {handle.exit_code}"
-                    error = f"replica exited{code} before the model loaded"
+                    error = f"replica {exit_description(handle.exit_code)} before the model loaded"
                     self._load_errors[handle.deployment_id] = (
                         handle.revision,
                         error + (f"; log:\n{tail}" if tail else ""),
@@ -329,8 +328,9 @@ class Reconciler:
             self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds
         )
         crash.retry_at = time.time() + delay
-        code = "" if handle.exit_code is None else f" (exit code {handle.exit_code})"
-        crash.message = f"replica {handle.id} exited unexpectedly{code}; restarting (crash {crash.count})"
+        crash.message = (
+            f"replica {handle.id} {exit_description(handle.exit_code)} unexpectedly; restarting (crash {crash.count})"
+        )
         log.warning(crash.message)
 
 

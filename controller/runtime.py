@@ -19,7 +19,7 @@ import pathlib
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 
 import grpc
@@ -77,6 +77,9 @@ class ForkServer:
         self.socket = run_dir / f"forkserver-{hashlib.sha256(python.encode()).hexdigest()[:10]}.sock"
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
+        # Write end of the server's lifeline (see replica/forkserver.py): held open for as
+        # long as this controller lives, never inherited by any child.
+        self._lifeline: int | None = None
         self._starting = asyncio.Lock()
 
     @property
@@ -88,40 +91,71 @@ class ForkServer:
             if self.pid is not None and self.socket.exists():
                 return
             self.socket.unlink(missing_ok=True)
-            with self.log_path.open("ab") as log_file:
-                self.process = await asyncio.create_subprocess_exec(
-                    self.python,
-                    "-m",
-                    "replica.forkserver",
-                    "--socket",
-                    str(self.socket),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    start_new_session=True,
-                    env=without_secrets(os.environ),
-                )
+            self._close_lifeline()
+            lifeline_read, self._lifeline = os.pipe()
+            try:
+                with self.log_path.open("ab") as log_file:
+                    self.process = await asyncio.create_subprocess_exec(
+                        self.python,
+                        "-m",
+                        "replica.forkserver",
+                        "--socket",
+                        str(self.socket),
+                        "--lifeline-fd",
+                        str(lifeline_read),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=log_file,
+                        start_new_session=True,
+                        env=without_secrets(os.environ),
+                        pass_fds=(lifeline_read,),
+                    )
+            finally:
+                os.close(lifeline_read)
             deadline = time.monotonic() + FORKSERVER_START_SECONDS
             while not self.socket.exists():
                 if self.process.returncode is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"fork server for {self.python} did not start (see {self.log_path})")
                 await asyncio.sleep(POLL_SECONDS)
 
-    async def spawn(self, argv: list[str], env: dict[str, str], log_path: pathlib.Path, name: str) -> int:
+    async def spawn(
+        self, argv: list[str], env: dict[str, str], log_path: pathlib.Path, name: str
+    ) -> tuple[int, Coroutine[None, None, int | None]]:
+        """Fork a replica: its PID, and a coroutine that ends with its exit code."""
         await self.ensure_started()
         reader, writer = await asyncio.open_unix_connection(str(self.socket))
         try:
             request = {"argv": argv, "env": env, "log": str(log_path), "name": name}
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
-            return int(json.loads(await reader.readline())["pid"])
+            pid = int(json.loads(await reader.readline())["pid"])
+        except BaseException:
+            writer.close()
+            raise
+        return pid, self._exit_code(pid, reader, writer)
+
+    @staticmethod
+    async def _exit_code(pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int | None:
+        """The exit code the server reports when it reaps the replica; if the server goes
+        first, the replica lives on unreaped by us: watch its PID (exit code unknown)."""
+        try:
+            line = await reader.readline()
         finally:
             writer.close()
+        if line:
+            return int(json.loads(line)["exit"])
+        return await _wait_for_pid_exit(pid)
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
+        self._close_lifeline()
+
+    def _close_lifeline(self) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
 
 
 class LocalProcessRuntime:
@@ -207,8 +241,9 @@ class LocalProcessRuntime:
         exited = None
         if self._fork:
             try:
-                handle.pid = await self._fork_server(interpreter).spawn(argv, environment, handle.log_path, replica_id)
-                exited = _wait_for_pid_exit(handle.pid)
+                handle.pid, exited = await self._fork_server(interpreter).spawn(
+                    argv, environment, handle.log_path, replica_id
+                )
             except (OSError, RuntimeError, ValueError) as error:
                 log.warning("fork server failed (%s); starting replica %s as a new process", error, replica_id)
         if exited is None:
@@ -311,6 +346,18 @@ class LocalProcessRuntime:
             task.cancel()
         self.state_file(handle.id).unlink(missing_ok=True)
         self._on_change(handle)
+
+
+def exit_description(code: int | None) -> str:
+    """How a replica ended, from its exit code (negative: the signal that killed it)."""
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _kill_group(pid: int) -> None:

@@ -6,18 +6,29 @@ before a replica can even bind; a fork of a process that paid for the imports on
 starts in a few milliseconds, which is what makes waking a scaled-to-zero deployment
 fast. The server is single-threaded and never touches grpc itself, so forking it is
 safe. Protocol: one JSON line per connection, {"argv", "env", "log", "name"}, answered
-by {"pid"}. Children are reaped by the kernel (SIGCHLD ignored); whoever asked for a
-replica watches it by PID.
+by {"pid"}; the connection then stays open until the server reaps that replica and
+sends {"exit": CODE} (negative: the signal that killed it), so the controller learns
+how a replica it did not fork itself ended. A client that closes its end early (a
+controller that restarted and adopted the replica) just gets nothing.
 
-    python -m replica.forkserver --socket PATH
+The server lives as long as the controller that started it: it watches the read end
+of a pipe whose write end only that controller holds (--lifeline-fd), and exits when
+the pipe reports end of file, which the kernel guarantees on any death of the
+controller, SIGKILL included. (PR_SET_PDEATHSIG would tie it to the *thread* that
+started it, and has a race with a parent dying before the call.) Replicas are not
+tied to it: they outlive a dead controller so that the next one adopts them.
+
+    python -m replica.forkserver --socket PATH --lifeline-fd FD
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
+import selectors
 import signal
 import socket
 import sys
@@ -40,10 +51,18 @@ def _set_process_name(name: str) -> None:
         pass
 
 
-def _become_replica(request: dict) -> None:
-    """In the forked child: detach, redirect output, run the replica, never return."""
+def _become_replica(request: dict, server_descriptors: list[socket.socket | selectors.BaseSelector | int]) -> None:
+    """In the forked child: drop the server's descriptors (a replica holding another's
+    connection would hide that one's end from the controller), detach, redirect output,
+    run the replica, never return."""
     code = 1
     try:
+        signal.set_wakeup_fd(-1)
+        for resource in server_descriptors:
+            if isinstance(resource, int):
+                os.close(resource)
+            else:
+                resource.close()
         os.setsid()
         for signum in (signal.SIGCHLD, *STOP_SIGNALS):
             signal.signal(signum, signal.SIG_DFL)
@@ -69,41 +88,102 @@ def _become_replica(request: dict) -> None:
 SERVER_NAME = "slipway-forksrv"
 
 
-def serve(socket_path: str) -> None:
+class Server:
+    """The server's loop: spawn on request, report exits, stop when the controller is gone."""
+
+    def __init__(self, listener: socket.socket, lifeline_fd: int) -> None:
+        self.listener = listener
+        self.lifeline_fd = lifeline_fd
+        # SIGCHLD only wakes the loop (through this pipe); replicas are reaped in the loop.
+        self.child_exited, wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
+        self.selector = selectors.DefaultSelector()
+        for fd in (listener, lifeline_fd, self.child_exited):
+            self.selector.register(fd, selectors.EVENT_READ)
+        self.descriptors: list[socket.socket | selectors.BaseSelector | int] = [
+            listener,
+            self.selector,
+            lifeline_fd,
+            self.child_exited,
+            wakeup,
+        ]
+        self.waiting: dict[int, socket.socket] = {}  # replica PID -> connection its exit goes to
+
+    def run(self) -> None:
+        """Serve until the controller is gone."""
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj == self.lifeline_fd:
+                    return
+                if key.fileobj == self.child_exited:
+                    self._reap()
+                else:
+                    self._spawn()
+
+    def _spawn(self) -> None:
+        connection, _ = self.listener.accept()
+        try:
+            with connection.makefile("rb") as stream:
+                request = json.loads(stream.readline())
+        except ValueError:
+            connection.close()  # a client that went away before asking; serve the next one
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            _become_replica(request, [*self.descriptors, connection, *self.waiting.values()])
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        try:
+            connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        except OSError:  # the client went away: nobody to tell how this replica ends
+            connection.close()
+            return
+        self.waiting[pid] = connection
+
+    def _reap(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.child_exited, 512):
+                pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            connection = self.waiting.pop(pid, None)
+            if connection is not None:
+                with connection, contextlib.suppress(OSError):  # the client may have gone
+                    connection.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+
+
+def serve(socket_path: str, lifeline_fd: int) -> None:
     _set_process_name(SERVER_NAME)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     if os.path.exists(socket_path):
         os.unlink(socket_path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
+    bound = os.stat(socket_path).st_ino
     listener.listen(64)
-    while True:
-        connection, _ = listener.accept()
-        with connection:
-            try:
-                request = json.loads(connection.makefile("rb").readline())
-            except ValueError:
-                continue  # a client that went away before asking; serve the next one
-            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            pid = os.fork()
-            if pid == 0:
-                listener.close()
-                connection.close()
-                _become_replica(request)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-            connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    try:
+        Server(listener, lifeline_fd).run()
+    finally:
+        # Only our own socket: a new controller may have put its fork server's at this path.
+        with contextlib.suppress(OSError):
+            if os.stat(socket_path).st_ino == bound:
+                os.unlink(socket_path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m replica.forkserver", description=__doc__)
     parser.add_argument("--socket", required=True)
+    parser.add_argument(
+        "--lifeline-fd", type=int, required=True, help="read end of a pipe: the server exits at its end of file"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        serve(args.socket)
-    finally:
-        if os.path.exists(args.socket):
-            os.unlink(args.socket)
+    serve(args.socket, args.lifeline_fd)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 import uuid
 from typing import Any
 
@@ -96,3 +97,21 @@ async def load_model(config: PackageConfig, threads: ModelThreads) -> Any:
             if inspect.isawaitable(result):
                 await result
     return model
+
+
+def model_traceback(exc: BaseException, config: PackageConfig | None) -> str:
+    """The traceback of a failure in the model's code as its author wants to read it: only
+    the frames of the package's own files (not the replica's, importlib's or asyncio's),
+    with paths relative to the package root. A failure with no frame of the package (a
+    missing class, a config.yaml that did not parse: `config` None) is its message alone;
+    the replica's log keeps the full traceback."""
+    if config is None:
+        return "".join(traceback.format_exception_only(exc))
+    roots = tuple(str(root) + os.sep for root in (config.package_dir, *config.external_package_dirs))
+    formatted = traceback.TracebackException.from_exception(exc)
+    part: traceback.TracebackException | None = formatted
+    while part is not None:  # the exception and the ones it was raised from or during
+        own = [frame for frame in part.stack if frame.filename.startswith(roots)]
+        part.stack = traceback.StackSummary.from_list(own)
+        part = part.__cause__ or (None if part.__suppress_context__ else part.__context__)
+    return "".join(formatted.format()).replace(str(config.package_dir) + os.sep, "")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from replica.loader import import_paths, load_model
+from replica.loader import import_paths, load_model, model_traceback
 from replica.log import Logger
 from replica.package import PackageConfig, load_package_config
 from replica.predictor import Predictor
@@ -58,31 +58,31 @@ class ModelReloader:
             if pathlib.Path(package_dir).resolve() == self._config.package_dir:
                 return ReloadOutcome(ok=True)
             started = time.monotonic()
+            config: PackageConfig | None = None
             try:
-                config, predictor = await self._load(package_dir)
+                config = load_package_config(package_dir)
+                predictor = await self._load(config)
             except (Exception, SystemExit) as exc:  # a model module may call sys.exit()
-                return self._failed(exc, time.monotonic() - started)
+                return self._failed(exc, time.monotonic() - started, config)
             self._config = config
             self._attach(predictor)
             seconds = time.monotonic() - started
             self._log.info("model_reloaded", package=str(config.package_dir), seconds=round(seconds, 3))
             return ReloadOutcome(ok=True, seconds=seconds)
 
-    async def _load(self, package_dir: pathlib.Path) -> tuple[PackageConfig, Predictor]:
-        config = load_package_config(package_dir)
+    async def _load(self, config: PackageConfig) -> Predictor:
         imports = ImportSwitch(self._config, config)
         try:
             model = await load_model(config, self._threads)
-            return config, Predictor(model, config.predict_concurrency, self._threads)
+            return Predictor(model, config.predict_concurrency, self._threads)
         except BaseException:
             imports.undo()
             raise
 
-    def _failed(self, exc: BaseException, seconds: float) -> ReloadOutcome:
+    def _failed(self, exc: BaseException, seconds: float, config: PackageConfig | None) -> ReloadOutcome:
         error = f"{type(exc).__name__}: {exc}"
-        trace = "".join(traceback.format_exception(exc))
-        self._log.error("model_reload_failed", error=error, traceback=trace)
-        return ReloadOutcome(ok=False, seconds=seconds, error=error, traceback=trace)
+        self._log.error("model_reload_failed", error=error, traceback="".join(traceback.format_exception(exc)))
+        return ReloadOutcome(ok=False, seconds=seconds, error=error, traceback=model_traceback(exc, config))
 
 
 class ImportSwitch:

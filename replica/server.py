@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from replica.loader import load_model, prepare_process
+from replica.loader import load_model, model_traceback, prepare_process
 from replica.log import Logger
 from replica.package import PackageConfig, load_package_config
 from replica.predictor import Predictor
@@ -115,7 +115,7 @@ class Replica:
         try:
             predictor = loading.result()
         except (Exception, SystemExit) as exc:  # a model module may call sys.exit()
-            self._fail("model_load_failed", exc)
+            self._fail("model_load_failed", exc, config)
             return None
         self._log.info("model_loaded", seconds=round(time.monotonic() - started, 3))
         return predictor
@@ -144,11 +144,12 @@ class Replica:
         await _stop_server(server)
         self._log.info("stopped", drained=drained)
 
-    def _fail(self, event: str, exc: BaseException) -> int:
+    def _fail(self, event: str, exc: BaseException, config: PackageConfig | None = None) -> int:
+        """Report a failure: the model's own frames in the state file (see model_traceback),
+        the full traceback in the log."""
         error = f"{type(exc).__name__}: {exc}"
-        trace = "".join(traceback.format_exception(exc))
-        self._state.write(FAILED, error=error, traceback=trace)
-        self._log.error(event, error=error, traceback=trace)
+        self._state.write(FAILED, error=error, traceback=model_traceback(exc, config))
+        self._log.error(event, error=error, traceback="".join(traceback.format_exception(exc)))
         return EXIT_MODEL_FAILED
 
     def _install_signal_handlers(self) -> None:

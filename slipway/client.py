@@ -57,7 +57,10 @@ CHANNEL_OPTIONS = [
 JSON = "application/json"
 
 State = res.DeploymentState
-SUCCESS_STATES = frozenset({State.DEPLOYMENT_STATE_ACTIVE})
+# The states a deployment settles in once it serves its current revision: the controller
+# completes a promotion on either (a deployment may scale to zero before anyone sees it
+# ACTIVE), and a push to a scaled-to-zero deployment leaves it there until a request comes.
+SETTLED_STATES = frozenset({State.DEPLOYMENT_STATE_ACTIVE, State.DEPLOYMENT_STATE_SCALED_TO_ZERO})
 FAILURE_STATES = frozenset(
     {
         State.DEPLOYMENT_STATE_BUILD_FAILED,
@@ -132,11 +135,14 @@ def ready_replicas(deployment: res.Deployment) -> list[res.Replica]:
 
 
 def is_serving(deployment: res.Deployment) -> bool:
-    """ACTIVE, and (when the controller lists replicas) a ready replica runs the
-    deployment's current revision, so a state left over from an older revision of a
-    development deployment does not count."""
-    if deployment.state not in SUCCESS_STATES:
+    """Serving its current revision: SCALED_TO_ZERO (the next request starts a replica of
+    it), or ACTIVE and (when the controller lists replicas) a ready replica runs that
+    revision, so a state left over from an older revision of a development deployment
+    does not count."""
+    if deployment.state not in SETTLED_STATES:
         return False
+    if deployment.state == State.DEPLOYMENT_STATE_SCALED_TO_ZERO:
+        return True
     if not deployment.replicas:
         return True
     return any(r.revision in (0, deployment.revision) for r in ready_replicas(deployment))

@@ -14,6 +14,7 @@ ignore files, caches, and editors' temporary files are never sent.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE
 # Refusals that a push of the whole package resolves.
 RESYNC_REASONS = frozenset({"STALE_PACKAGE_BASE", "MODEL_NAME_CHANGED", "DEPLOYMENT_NOT_FOUND", "DEPLOYMENT_DELETED"})
 MAX_LISTED_EDITS = 3
+# A traceback line naming a file by a relative path (a package file; see replica/loader.py).
+RELATIVE_FILE = re.compile(r'File "([^"/<][^"]*)"')
 
 Manifest = dict[str, str]  # package path -> sha256 of the file's content
 
@@ -284,8 +287,13 @@ class WatchSession:
             failure = self._wait_until_serving(self.deployment_id)[1]
             return f"restarted, {failure}" if failure else "restarted"
         if response.traceback:
-            click.echo(response.traceback.rstrip(), err=True)
+            click.echo(self._local_paths(response.traceback).rstrip(), err=True)
         return f"failed, the previous code keeps serving: {response.error}"
+
+    def _local_paths(self, traceback: str) -> str:
+        """The replica names the package's files relative to its root: name them as the
+        files of this directory, the ones the user edits."""
+        return RELATIVE_FILE.sub(lambda m: f'File "{self.directory / m.group(1)}"', traceback)
 
     def _resync(self) -> str:
         manifest = self.tree.manifest()

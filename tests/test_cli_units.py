@@ -24,9 +24,10 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from slipway import cli as slipway_cli
-from slipway.cli import DEPLOYMENT_COLUMNS, cli, render_table, table
+from slipway.cli import cli
 from slipway.client import SlipwayClient, error_reason, format_rpc_error, is_serving
 from slipway.packaging import PackageError, archive_package, read_model_name
+from slipway.render import DEPLOYMENT_COLUMNS, render_table, table
 from slipway.v1 import (
     deployment_service_pb2 as ds,
 )
