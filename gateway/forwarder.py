@@ -1,6 +1,8 @@
 """Forwards requests to replicas: persistent channels, least-loaded choice, deadline
 propagation, and a retry on another replica only when the first never took the
-request (UNAVAILABLE: unreachable, or draining and refusing new calls)."""
+request (UNAVAILABLE: unreachable, or draining and refusing new calls; CANCELLED: the
+replica's server stopped before the call ran — the gateway's own cancellations surface
+as asyncio.CancelledError, never as a status)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from slipway.v1 import route_service_pb2 as rt
 INVOKE = "/slipway.v1.ReplicaService/Invoke"
 INVOKE_STREAM = "/slipway.v1.ReplicaService/InvokeStream"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -186,7 +189,7 @@ class Forwarder:
                 try:
                     return deployment, await channel.invoke(request, timeout=_remaining(deadline))
                 except grpc.aio.AioRpcError as error:
-                    if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                    if error.code() not in RETRIABLE:
                         raise from_replica(error) from None
                     excluded.add(channel.address)
                     self.retries += 1
@@ -210,7 +213,7 @@ class Forwarder:
                         yield chunk
                     return
                 except grpc.aio.AioRpcError as error:
-                    if error.code() is not grpc.StatusCode.UNAVAILABLE or started:
+                    if error.code() not in RETRIABLE or started:
                         raise from_replica(error) from None
                     excluded.add(channel.address)
                     self.retries += 1

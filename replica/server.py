@@ -38,6 +38,7 @@ class Options:
     port: int = 0
     replica_id: str | None = None
     drain_seconds: float = 30.0
+    late_arrival_seconds: float = 0.25
 
 
 class Replica:
@@ -135,6 +136,10 @@ class Replica:
         drain_seconds = self._options.drain_seconds
         self._log.info("draining", drain_seconds=drain_seconds)
         await health_servicer.enter_graceful_shutdown()
+        # The controller signals a drain once every gateway has stopped routing here, but a
+        # call a gateway dispatched just before may still be on its way: serve stragglers for
+        # a moment rather than refuse them (a refusal costs a retry elsewhere).
+        await asyncio.sleep(min(self._options.late_arrival_seconds, drain_seconds))
         # New predict calls are refused with UNAVAILABLE (retriable elsewhere) rather
         # than left to the server's shutdown, which may answer a call racing it with
         # CANCELLED. Health checks keep answering NOT_SERVING meanwhile.
