@@ -91,6 +91,7 @@ class RouteBroadcaster:
             name=deployment.name,
             active=deployment.active,
             state=f"DEPLOYMENT_STATE_{deployment.state.value}",
+            status_message=shorten(deployment.status_message, MAX_STATUS_MESSAGE_BYTES),
             endpoints=[
                 rt.Endpoint(replica_id=h.id, address=h.address)
                 for h in self._replicas_of(deployment.id)
