@@ -14,7 +14,7 @@ answer, as Truss does. Every error is a JSON body {"error": {"code", "reason", "
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import grpc
 from aiohttp import web
@@ -102,8 +102,8 @@ def error_response(error: GatewayError) -> web.Response:
 
 
 def accepts_only_json(request: web.Request) -> bool:
-    """The caller accepts application/json and nothing else (Truss's test, which also leaves
-    OpenAI clients, whose SDK sends that header on streaming calls too, their stream)."""
+    """The caller accepts application/json and nothing else: Truss's test before it gathers a
+    stream. As in Truss, an OpenAI client keeps its stream (its SDK sends that header always)."""
     ranges = [r for header in request.headers.getall("Accept", ()) for r in header.split(",") if r.strip()]
     return (
         len(ranges) == 1
@@ -112,7 +112,7 @@ def accepts_only_json(request: web.Request) -> bool:
     )
 
 
-async def gather_json(first: rs.InvokeStreamResponse, rest: AsyncIterator[bytes], limit: int) -> bytes:
+async def gather_json(first: rs.InvokeStreamResponse, rest: AsyncGenerator[bytes, None], limit: int) -> bytes:
     """A streaming model's chunks as one JSON document: JSON values become an array, text a
     string (Truss joins the chunks as text). Bytes that are not text have no JSON form."""
     parts, kinds, size = [first.chunk], {_media_type(first.content_type)}, len(first.chunk)

@@ -105,15 +105,11 @@ class RouteIndex:
         if not deployment.active:
             raise not_found("DEPLOYMENT_INACTIVE", f"{described} is deactivated")
         if deployment.state in FAILED_STATES and not deployment.endpoints:
-            raise deployment_failed(deployment, described)
+            state = r.DeploymentState.Name(deployment.state).removeprefix("DEPLOYMENT_STATE_")
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "DEPLOYMENT_FAILED",
+                f"{described} is {state}: {deployment.status_message or 'it failed to start'}; "
+                "push a fixed package, or activate the deployment to try again",
+            )
         return deployment
-
-
-def deployment_failed(deployment: rt.DeploymentRoute, described: str) -> GatewayError:
-    state = r.DeploymentState.Name(deployment.state).removeprefix("DEPLOYMENT_STATE_")
-    return GatewayError(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "DEPLOYMENT_FAILED",
-        f"{described} is {state}: {deployment.status_message or 'it failed to start'}; "
-        "push a fixed package, or activate the deployment to try again",
-    )
