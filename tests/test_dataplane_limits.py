@@ -13,13 +13,21 @@ import aiohttp
 import grpc
 import pytest
 from click.testing import CliRunner
-from conftest import FAILING_MODEL, Api, controller_settings, error_reason, stop_or_explain, wait_until
+from conftest import (
+    FAILING_MODEL,
+    Api,
+    controller_settings,
+    error_reason,
+    start_gateway,
+    stop_or_explain,
+    wait_until,
+)
 
 from controller.server import Controller
 from gateway.errors import GatewayError, from_replica
 from gateway.forwarder import Forwarder
 from gateway.routing import RouteIndex
-from gateway.server import Gateway, GatewaySettings
+from gateway.server import Gateway
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
@@ -123,19 +131,7 @@ async def start_platform(tmp_path, controller_limit: int | None, gateway_limit: 
     controller_limits = {} if controller_limit is None else {"max_request_bytes": controller_limit}
     gateway_limits = {} if gateway_limit is None else {"max_request_bytes": gateway_limit}
     controller = await Controller.start(controller_settings(tmp_path / "data", **controller_limits))
-    gateway = await Gateway.start(
-        GatewaySettings(
-            controller_address=controller.address,
-            grpc_port=0,
-            http_port=0,
-            replica_wait_seconds=10,
-            load_report_seconds=0.2,
-            shutdown_grace_seconds=2,
-            **gateway_limits,
-        )
-    )
-    await asyncio.wait_for(gateway.follower.synced.wait(), 10)
-    return controller, gateway
+    return controller, await start_gateway(controller.address, **gateway_limits)
 
 
 @pytest.fixture
