@@ -21,6 +21,7 @@ from replica.reload import ModelReloader
 from replica.servicer import ReplicaServicer
 from replica.state_file import FAILED, LOADING, READY, StateFile
 from replica.threads import ModelThreads
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
 
 SERVICE_NAME = replica_service_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
@@ -39,6 +40,8 @@ class Options:
     replica_id: str | None = None
     drain_seconds: float = 30.0
     late_arrival_seconds: float = 0.25
+    # Largest request body and model answer (a response, or one chunk of a stream).
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
 
 class Replica:
@@ -90,8 +93,9 @@ class Replica:
     async def _build_server(self) -> tuple[grpc.aio.Server, ReplicaServicer, health.aio.HealthServicer]:
         # Without this, grpc sets SO_REUSEPORT and a second process could silently
         # share a fixed --port with this one.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        servicer = ReplicaServicer(self._log)
+        options = [("grpc.so_reuseport", 0), *grpc_message_options(self._options.max_request_bytes)]
+        server = grpc.aio.server(options=options)
+        servicer = ReplicaServicer(self._log, self._options.max_request_bytes)
         replica_service_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         for service in ("", SERVICE_NAME):  # "" starts out SERVING otherwise
