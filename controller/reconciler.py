@@ -272,7 +272,13 @@ class Reconciler:
             **declared_secret_environ(config, os.environ),
         }
         handle = await self.runtime.start(
-            replica_id, deployment.id, deployment.revision, package_dir, environment, python=python
+            replica_id,
+            deployment.id,
+            deployment.revision,
+            package_dir,
+            environment,
+            python=python,
+            development=deployment.is_development,
         )
         self.replicas[replica_id] = handle
         async with self.store.write() as tx:

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.domain import ReplicaPhase
 from replica.package import without_secrets
+from slipway.internal_auth import REPLICA_TOKEN_ENV, TokenFileError, new_token, read_token_file, write_private
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger("slipway.runtime")
@@ -56,6 +57,8 @@ class ReplicaHandle:
     exit_time: float | None = None
     adopted: bool = False
     package_dir: pathlib.Path | None = None  # what it was started from (None: adopted)
+    # The credential its ReplicaService demands (x-slipway-replica-token), issued at its start.
+    token: str = field(default="", repr=False)
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
 
     @property
@@ -160,9 +163,12 @@ class ForkServer:
 
 
 class LocalProcessRuntime:
+    """Replicas listen on loopback only (the replica's default host; the runtime gives no other)."""
+
     def __init__(
         self,
         data_dir: pathlib.Path,
+        packages_root: pathlib.Path,
         on_change: Callable[[ReplicaHandle], None],
         drain_seconds: float = 30.0,
         python: str = sys.executable,
@@ -171,6 +177,8 @@ class LocalProcessRuntime:
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
+        # Where the controller stores unpacked packages: the only place a development replica reloads from.
+        self.packages_root = packages_root
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._on_change = on_change
@@ -214,6 +222,10 @@ class LocalProcessRuntime:
     def state_file(self, replica_id: str) -> pathlib.Path:
         return self.run_dir / f"{replica_id}.json"
 
+    def token_file(self, replica_id: str) -> pathlib.Path:
+        """The replica's token, kept (private) so that a restarted controller can adopt it."""
+        return self.run_dir / f"{replica_id}.token"
+
     async def start(
         self,
         replica_id: str,
@@ -222,14 +234,21 @@ class LocalProcessRuntime:
         package_dir: pathlib.Path,
         environment: dict[str, str],
         python: str | None = None,
+        development: bool = False,
     ) -> ReplicaHandle:
         """Start a replica. `environment` is added to the controller's own, less its
         secrets (so it carries the secrets the replica may see). `python` is the
-        interpreter of the deployment's built environment; None means the controller's own."""
-        handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir)
+        interpreter of the deployment's built environment; None means the controller's own.
+        Only a `development` replica accepts Reload. Its token goes through the environment
+        (never the command line), which the replica clears before any model code runs."""
+        handle = ReplicaHandle(
+            replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir, token=new_token()
+        )
         handle.log_path = self.log_dir / f"{replica_id}.log"
         state_file = self.state_file(replica_id)
         state_file.unlink(missing_ok=True)
+        write_private(self.token_file(replica_id), handle.token)
+        environment = {**environment, REPLICA_TOKEN_ENV: handle.token}
         argv = [
             "--package",
             str(package_dir),
@@ -241,6 +260,9 @@ class LocalProcessRuntime:
             str(self._drain_seconds),
             "--max-request-bytes",
             str(self._max_request_bytes),
+            "--packages-root",
+            str(self.packages_root),
+            *(["--development"] if development else []),
         ]
         interpreter = python or self._python
         exited = None
@@ -276,7 +298,14 @@ class LocalProcessRuntime:
         """Take over a replica left running by a previous controller, if it is still alive."""
         if not _is_our_replica(pid, replica_id):
             return None
-        handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=start_time, pid=pid, adopted=True)
+        try:
+            token = read_token_file(self.token_file(replica_id))
+        except TokenFileError:
+            log.warning("replica %s has no token on record; not adopting it", replica_id)
+            return None
+        handle = ReplicaHandle(
+            replica_id, deployment_id, revision, start_time=start_time, pid=pid, adopted=True, token=token
+        )
         handle.log_path = self.log_dir / f"{replica_id}.log"
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))
         handle._tasks.append(asyncio.create_task(self._watch_exit(handle, _wait_for_pid_exit(pid))))
@@ -350,6 +379,7 @@ class LocalProcessRuntime:
         for task in handle._tasks[:-1]:
             task.cancel()
         self.state_file(handle.id).unlink(missing_ok=True)
+        self.token_file(handle.id).unlink(missing_ok=True)
         self._on_change(handle)
 
 

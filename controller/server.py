@@ -25,6 +25,7 @@ from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
+from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
@@ -40,10 +41,11 @@ from slipway.v1 import (
 log = logging.getLogger("slipway.controller")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+ROUTE_SERVICE = route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name
 SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-    route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
+    ROUTE_SERVICE,
 )
 
 
@@ -86,6 +88,8 @@ class Controller:
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
+        # What gateways present on RouteService (kept in <data_dir>/internal.token).
+        self.internal_token = ""
 
     @property
     def address(self) -> str:
@@ -96,6 +100,7 @@ class Controller:
         self = cls(settings)
         data_dir = settings.data_dir
         self.store = await Store.open(data_dir / "controller.db")
+        self.internal_token = issue_internal_token(data_dir)
         packages = PackageStore(data_dir / "packages", settings.package_limits)
         self.autoscaler = Autoscaler(settings.autoscaler)
         lifecycle = Lifecycle(
@@ -114,6 +119,7 @@ class Controller:
             packages,
             lambda on_change: LocalProcessRuntime(
                 data_dir,
+                packages.root,
                 on_change,
                 drain_seconds=settings.drain_seconds,
                 fork=settings.fork_replicas,
@@ -135,12 +141,15 @@ class Controller:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._server = grpc.aio.server(options=options, interceptors=[RefuseUndecodableRequests()])
+        internal_auth = TokenInterceptor(INTERNAL_TOKEN_HEADER, self.internal_token, [ROUTE_SERVICE], "INTERNAL")
+        self._server = grpc.aio.server(options=options, interceptors=[internal_auth, RefuseUndecodableRequests()])
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(lifecycle), self._server)
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
-        route_service_pb2_grpc.add_RouteServiceServicer_to_server(RouteServicer(self.routes, self.load), self._server)
+        route_service_pb2_grpc.add_RouteServiceServicer_to_server(
+            RouteServicer(self.routes, self.load, lifecycle), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

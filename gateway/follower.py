@@ -19,9 +19,17 @@ log = logging.getLogger("slipway.gateway.routes")
 
 
 class RouteFollower:
-    def __init__(self, controller_address: str, gateway_id: str, retry_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        controller_address: str,
+        gateway_id: str,
+        metadata: tuple[tuple[str, str], ...],
+        retry_seconds: float = 0.5,
+    ) -> None:
         self.controller_address = controller_address
         self.gateway_id = gateway_id
+        # The controller's internal token (RouteService takes nothing else).
+        self.metadata = metadata
         self.retry_seconds = retry_seconds
         self.index = RouteIndex()
         self.synced = asyncio.Event()
@@ -31,7 +39,9 @@ class RouteFollower:
 
     async def _acknowledge(self, stub: rt_grpc.RouteServiceStub, version: int) -> None:
         try:
-            await stub.AckRoutes(rt.AckRoutesRequest(gateway_id=self.gateway_id, version=version), timeout=5)
+            await stub.AckRoutes(
+                rt.AckRoutesRequest(gateway_id=self.gateway_id, version=version), timeout=5, metadata=self.metadata
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -53,7 +63,7 @@ class RouteFollower:
             try:
                 async with grpc.aio.insecure_channel(self.controller_address) as channel:
                     stub = rt_grpc.RouteServiceStub(channel)
-                    stream = stub.WatchRoutes(rt.WatchRoutesRequest(gateway_id=self.gateway_id))
+                    stream = stub.WatchRoutes(rt.WatchRoutesRequest(gateway_id=self.gateway_id), metadata=self.metadata)
                     async for message in stream:
                         if not self.connected:
                             if not message.reset:
@@ -64,7 +74,12 @@ class RouteFollower:
                         if self._acknowledging:
                             await self._acknowledge(stub, message.version)
             except grpc.aio.AioRpcError as error:
-                if self.connected:
+                if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+                    log.error(
+                        "the controller refused this gateway's internal token (is it the token of that controller?)",
+                        extra={"fields": {"controller": self.controller_address, "details": error.details()}},
+                    )
+                elif self.connected:
                     log.warning(
                         "route stream lost; serving the last table",
                         extra={"fields": {"code": error.code().name, "version": self.index.version}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import socket
 import time
 import uuid
@@ -20,10 +21,9 @@ from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
+from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
-from slipway.v1 import deployment_service_pb2 as ds
-from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import resources_pb2
 from slipway.v1 import route_service_pb2 as rt
 from slipway.v1 import route_service_pb2_grpc as rt_grpc
@@ -50,12 +50,24 @@ class GatewaySettings:
     shutdown_grace_seconds: float = 10.0
     # Largest request body (and model answer: a response, or one chunk of a stream), over HTTP and gRPC.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # The controller's internal token (RouteService accepts nothing else): given in-process by
+    # `slipway up`, else read from the file the controller writes (<data-dir>/internal.token).
+    internal_token: str = ""
+    internal_token_file: pathlib.Path | None = None
+
+    def resolved_internal_token(self) -> str:
+        if self.internal_token:
+            return self.internal_token
+        if self.internal_token_file is None:
+            raise TokenFileError("the gateway needs the controller's internal token (--internal-token-file)")
+        return read_token_file(pathlib.Path(self.internal_token_file))
 
 
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.follower = RouteFollower(settings.controller_address, settings.gateway_id)
+        self._internal_metadata = ((INTERNAL_TOKEN_HEADER, settings.resolved_internal_token()),)
+        self.follower = RouteFollower(settings.controller_address, settings.gateway_id, self._internal_metadata)
         self.forwarder = Forwarder(
             self.follower,
             settings.replica_wait_seconds,
@@ -84,13 +96,15 @@ class Gateway:
 
     async def wake(self, deployment_id: str) -> dict:
         try:
-            response = await ds_grpc.DeploymentServiceStub(self._controller).WakeDeployment(
-                ds.WakeDeploymentRequest(deployment_id=deployment_id), timeout=10
+            response = await rt_grpc.RouteServiceStub(self._controller).WakeRoute(
+                rt.WakeRouteRequest(gateway_id=self.settings.gateway_id, deployment_id=deployment_id),
+                timeout=10,
+                metadata=self._internal_metadata,
             )
         except grpc.aio.AioRpcError as error:
             reason = error_info_reason(error) or "WAKE_FAILED"
             raise GatewayError(error.code(), reason, error.details() or error.code().name) from None
-        return {"deployment_id": deployment_id, "state": resources_pb2.DeploymentState.Name(response.deployment.state)}
+        return {"deployment_id": deployment_id, "state": resources_pb2.DeploymentState.Name(response.state)}
 
     def _wake_for_request(self, deployment: rt.DeploymentRoute) -> None:
         """A request is waiting for a deployment with no ready replica: ask the controller to
@@ -156,6 +170,7 @@ class Gateway:
                 await stub.ReportLoad(
                     rt.ReportLoadRequest(gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report()),
                     timeout=self.settings.load_report_seconds,
+                    metadata=self._internal_metadata,
                 )
 
     async def stop(self) -> None:

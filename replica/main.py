@@ -9,19 +9,33 @@ Contract with the process that spawns a replica:
 - SIGTERM/SIGINT drain: health NOT_SERVING, new predicts UNAVAILABLE, in-flight
   ones get up to --drain-seconds, then exit 0.
 - Logs: one JSON object per line on stderr.
+- Credential: the environment variable SLIPWAY_REPLICA_TOKEN (required; removed from
+  the environment before any model code runs) is what every ReplicaService call must
+  carry in its x-slipway-replica-token metadata. Health checks need nothing.
+- Listens on loopback by default; an unspecified address (0.0.0.0, ::) is refused.
+- Reload only with --development, and only of packages under --packages-root.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import pathlib
 import sys
 
 from replica.log import Logger
 from replica.server import Options, Replica
+from slipway.internal_auth import REPLICA_TOKEN_ENV
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
+
+
+def _listens_everywhere(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host in ("", "*")
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -48,9 +62,26 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=DEFAULT_MAX_REQUEST_BYTES,
         help="largest request body and model answer (a response, or one chunk of a stream)",
     )
+    parser.add_argument(
+        "--development", action="store_true", help="accept Reload (live reload of a development deployment)"
+    )
+    parser.add_argument(
+        "--packages-root",
+        type=pathlib.Path,
+        default=None,
+        help="the controller's stored packages: the only place Reload loads from (by digest)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
+    if _listens_everywhere(args.host):
+        parser.error(f"--host {args.host!r} listens on every interface; a replica takes loopback or one address")
+    if args.development and args.packages_root is None:
+        parser.error("--development needs --packages-root (Reload loads only stored packages)")
+    # Out of the environment before any model code runs (or any process it starts inherits it).
+    token = os.environ.pop(REPLICA_TOKEN_ENV, "")
+    if not token:
+        parser.error(f"the replica's token is missing (environment variable {REPLICA_TOKEN_ENV})")
     return Options(
         package=args.package,
         state_file=args.state_file,
@@ -60,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         drain_seconds=args.drain_seconds,
         late_arrival_seconds=args.late_arrival_seconds,
         max_request_bytes=args.max_request_bytes,
+        token=token,
+        development=args.development,
+        packages_root=args.packages_root.resolve() if args.packages_root else None,
     )
 
 

@@ -258,6 +258,15 @@ def controller(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @max_request_bytes_option
+@click.option(
+    "--internal-token-file",
+    envvar="SLIPWAY_INTERNAL_TOKEN_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(".slipway") / "internal.token",
+    show_default=True,
+    show_envvar=True,
+    help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
+)
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -267,14 +276,20 @@ def gateway(
     replica_wait: float,
     log_level: str,
     max_request_bytes: int,
+    internal_token_file: Path,
 ) -> None:
     """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
     from gateway.server import run_gateway
+    from slipway.internal_auth import TokenFileError
 
     configure_logs(log_level)
     controller_address = ctx.find_root().params["controller"]
     settings = gateway_settings(host, gateway_port, http_port, controller_address, replica_wait, max_request_bytes)
-    run_until_stopped(run_gateway(settings))
+    settings.internal_token_file = internal_token_file
+    try:
+        run_until_stopped(run_gateway(settings))
+    except TokenFileError as error:
+        raise click.ClickException(f"{error} (set --internal-token-file)") from None
 
 
 def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
@@ -293,6 +308,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
 
     controller_process = await Controller.start(controller_config)
     gateway_config.controller_address = controller_process.address
+    gateway_config.internal_token = controller_process.internal_token
     gateway_process = await Gateway.start(gateway_config)
     http = f"http://{gateway_config.host}:{gateway_process.http_port}"
     try:

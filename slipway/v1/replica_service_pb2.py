@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n slipway/v1/replica_service.proto\x12\nslipway.v1\"6\n\rInvokeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"7\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"<\n\x13InvokeStreamRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"M\n\x14InvokeStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\"$\n\rReloadRequest\x12\x13\n\x0bpackage_dir\x18\x01 \x01(\t\"O\n\x0eReloadResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x32\xe7\x01\n\x0eReplicaService\x12?\n\x06Invoke\x12\x19.slipway.v1.InvokeRequest\x1a\x1a.slipway.v1.InvokeResponse\x12S\n\x0cInvokeStream\x12\x1f.slipway.v1.InvokeStreamRequest\x1a .slipway.v1.InvokeStreamResponse0\x01\x12?\n\x06Reload\x12\x19.slipway.v1.ReloadRequest\x1a\x1a.slipway.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n slipway/v1/replica_service.proto\x12\nslipway.v1\"6\n\rInvokeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"7\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"<\n\x13InvokeStreamRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"M\n\x14InvokeStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\"@\n\rReloadRequest\x12\x17\n\x0bpackage_dir\x18\x01 \x01(\tB\x02\x18\x01\x12\x16\n\x0epackage_digest\x18\x02 \x01(\t\"O\n\x0eReloadResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x32\xe7\x01\n\x0eReplicaService\x12?\n\x06Invoke\x12\x19.slipway.v1.InvokeRequest\x1a\x1a.slipway.v1.InvokeResponse\x12S\n\x0cInvokeStream\x12\x1f.slipway.v1.InvokeStreamRequest\x1a .slipway.v1.InvokeStreamResponse0\x01\x12?\n\x06Reload\x12\x19.slipway.v1.ReloadRequest\x1a\x1a.slipway.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slipway.v1.replica_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RELOADREQUEST'].fields_by_name['package_dir']._loaded_options = None
+  _globals['_RELOADREQUEST'].fields_by_name['package_dir']._serialized_options = b'\030\001'
   _globals['_INVOKEREQUEST']._serialized_start=48
   _globals['_INVOKEREQUEST']._serialized_end=102
   _globals['_INVOKERESPONSE']._serialized_start=104
@@ -40,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVOKESTREAMRESPONSE']._serialized_start=223
   _globals['_INVOKESTREAMRESPONSE']._serialized_end=300
   _globals['_RELOADREQUEST']._serialized_start=302
-  _globals['_RELOADREQUEST']._serialized_end=338
-  _globals['_RELOADRESPONSE']._serialized_start=340
-  _globals['_RELOADRESPONSE']._serialized_end=419
-  _globals['_REPLICASERVICE']._serialized_start=422
-  _globals['_REPLICASERVICE']._serialized_end=653
+  _globals['_RELOADREQUEST']._serialized_end=366
+  _globals['_RELOADRESPONSE']._serialized_start=368
+  _globals['_RELOADRESPONSE']._serialized_end=447
+  _globals['_REPLICASERVICE']._serialized_start=450
+  _globals['_REPLICASERVICE']._serialized_end=681
 # @@protoc_insertion_point(module_scope)
