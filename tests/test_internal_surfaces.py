@@ -13,6 +13,7 @@ import pathlib
 import stat
 import subprocess
 import sys
+from collections.abc import Awaitable
 
 import grpc
 import pytest
@@ -63,10 +64,10 @@ async def ready_replica(api: Api, deployment_id: str) -> r.Replica:
     return next(rep for rep in deployment.replicas if rep.state == r.REPLICA_STATE_READY)
 
 
-async def refused(call, code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> str:
+async def refused(call: Awaitable, code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED) -> str:
     """The ErrorInfo reason of a call that must fail with `code`."""
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call()
+        await call
     assert caught.value.code() == code, caught.value
     return error_reason(caught.value)
 
@@ -97,9 +98,9 @@ async def test_route_service_takes_only_the_internal_token(controller: Controlle
             ),
         }
         for name, call in calls.items():
-            assert await refused(lambda: call(())) == "INTERNAL_TOKEN_MISSING", name
-            assert await refused(lambda: call((USER_KEY,))) == "INTERNAL_TOKEN_MISSING", name
-            assert await refused(lambda: call(wrong)) == "INTERNAL_TOKEN_INVALID", name
+            assert await refused(call(())) == "INTERNAL_TOKEN_MISSING", name
+            assert await refused(call((USER_KEY,))) == "INTERNAL_TOKEN_MISSING", name
+            assert await refused(call(wrong)) == "INTERNAL_TOKEN_INVALID", name
         # The forged load report reached nothing: the autoscaler's input is untouched.
         assert controller.load.observe(deployment_id) == (0.0, 0)
 
@@ -161,12 +162,12 @@ async def test_replicas_take_only_their_own_token(controller: Controller, api: A
             ),
         }
         for name, call in calls.items():
-            assert await refused(lambda: call(())) == "REPLICA_TOKEN_MISSING", name
-            assert await refused(lambda: call((USER_KEY,))) == "REPLICA_TOKEN_MISSING", name
+            assert await refused(call(())) == "REPLICA_TOKEN_MISSING", name
+            assert await refused(call((USER_KEY,))) == "REPLICA_TOKEN_MISSING", name
             internal = ((REPLICA_HEADER, controller.internal_token),)
-            assert await refused(lambda: call(internal)) == "REPLICA_TOKEN_INVALID", name
+            assert await refused(call(internal)) == "REPLICA_TOKEN_INVALID", name
             # Another model's replica (which knows its own token) cannot call this one.
-            assert await refused(lambda: call(stolen)) == "REPLICA_TOKEN_INVALID", name
+            assert await refused(call(stolen)) == "REPLICA_TOKEN_INVALID", name
 
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -203,18 +204,18 @@ async def test_reload_only_on_development_and_only_stored_packages(controller: C
     # not the attacker's directory, not a stored package.
     precondition = grpc.StatusCode.FAILED_PRECONDITION
     by_path = rs.ReloadRequest(package_dir=str(attack))
-    assert await refused(lambda: reload(prod_replica, by_path), precondition) == "RELOAD_NOT_DEVELOPMENT"
+    assert await refused(reload(prod_replica, by_path), precondition) == "RELOAD_NOT_DEVELOPMENT"
     stored_digest = rs.ReloadRequest(package_digest=development.deployment.package_digest)
-    assert await refused(lambda: reload(prod_replica, stored_digest), precondition) == "RELOAD_NOT_DEVELOPMENT"
+    assert await refused(reload(prod_replica, stored_digest), precondition) == "RELOAD_NOT_DEVELOPMENT"
 
     # A development replica loads a stored package by digest, never a path.
     invalid = grpc.StatusCode.INVALID_ARGUMENT
-    assert await refused(lambda: reload(dev_replica, by_path), invalid) == "RELOAD_PATH_REFUSED"
+    assert await refused(reload(dev_replica, by_path), invalid) == "RELOAD_PATH_REFUSED"
     for digest in ("../../../" + str(attack), "ABC", ""):
         escape = rs.ReloadRequest(package_digest=digest)
-        assert await refused(lambda: reload(dev_replica, escape), invalid) == "RELOAD_DIGEST_INVALID", digest
+        assert await refused(reload(dev_replica, escape), invalid) == "RELOAD_DIGEST_INVALID", digest
     unknown = rs.ReloadRequest(package_digest="0" * 64)
-    assert await refused(lambda: reload(dev_replica, unknown), grpc.StatusCode.NOT_FOUND) == "RELOAD_PACKAGE_NOT_FOUND"
+    assert await refused(reload(dev_replica, unknown), grpc.StatusCode.NOT_FOUND) == "RELOAD_PACKAGE_NOT_FOUND"
 
     # Nothing changed: production by model ID answers its own model on every request.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw:
