@@ -23,6 +23,7 @@ from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
+from slipway.tls import ServerTls, TlsError, read_ca
 
 
 class SlipwayGroup(click.Group):
@@ -32,7 +33,7 @@ class SlipwayGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CLIENT_ERRORS as err:
-            raise click.ClickException(error_line(err)) from None
+            raise click.ClickException(error_line(err, with_ca=ctx.params.get("tls_ca") is not None)) from None
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -57,8 +58,57 @@ class SlipwayGroup(click.Group):
     metavar="HOST:PORT",
     help="Address of a gateway's gRPC API (for predict).",
 )
-def cli(controller: str, gateway: str) -> None:
+@click.option(
+    "--tls-ca",
+    envvar="SLIPWAY_TLS_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    callback=lambda ctx, param, value: checked_ca(value),
+    show_envvar=True,
+    metavar="PEM",
+    help="CA certificate that verifies the controller and gateway when they serve TLS (a gateway verifies its controller with it).",
+)
+def cli(controller: str, gateway: str, tls_ca: Path | None) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
+
+
+def checked_ca(ca_file: Path | None) -> Path | None:
+    if ca_file is not None:
+        try:
+            read_ca(ca_file)
+        except TlsError as err:
+            raise click.BadParameter(str(err), param_hint="'--tls-ca'") from None
+    return ca_file
+
+
+def server_tls(cert_file: Path | None, key_file: Path | None) -> ServerTls | None:
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise click.UsageError("--tls-cert and --tls-key go together: pass both, or neither to serve plaintext")
+    try:
+        return ServerTls.load(cert_file, key_file)
+    except TlsError as err:
+        raise click.BadParameter(str(err), param_hint="'--tls-cert' / '--tls-key'") from None
+
+
+def tls_options(command: Callable) -> Callable:
+    pem = click.Path(exists=True, dir_okay=False, path_type=Path)
+    options = [
+        click.option(
+            "--tls-cert",
+            envvar="SLIPWAY_TLS_CERT",
+            type=pem,
+            show_envvar=True,
+            metavar="PEM",
+            help="Certificate (chain) to serve TLS with on every port this command opens; with --tls-key.",
+        ),
+        click.option(
+            "--tls-key", envvar="SLIPWAY_TLS_KEY", type=pem, show_envvar=True, metavar="PEM", help="Its private key."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 max_request_bytes_option = click.option(
@@ -150,6 +200,7 @@ def controller_settings(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    tls: ServerTls | None,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.server import ControllerSettings
@@ -162,11 +213,19 @@ def controller_settings(
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
+        tls=tls,
     )
 
 
 def gateway_settings(
-    host: str, grpc_port: int, http_port: int, controller: str, replica_wait: float, max_request_bytes: int
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    controller: str,
+    replica_wait: float,
+    max_request_bytes: int,
+    tls: ServerTls | None,
+    controller_ca_file: Path | None,
 ) -> Any:
     from gateway.server import GatewaySettings
 
@@ -177,6 +236,8 @@ def gateway_settings(
         http_port=http_port,
         replica_wait_seconds=replica_wait,
         max_request_bytes=max_request_bytes,
+        tls=tls,
+        controller_ca_file=controller_ca_file,
     )
 
 
@@ -225,6 +286,7 @@ def run_until_stopped(coroutine: Any) -> None:
 @cli.command()
 @server_options
 @max_request_bytes_option
+@tls_options
 def controller(
     host: str,
     port: int,
@@ -235,13 +297,24 @@ def controller(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
     settings = controller_settings(
-        host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds, max_request_bytes
+        host,
+        port,
+        data_dir,
+        autoscaling_time_scale,
+        wake_hold_seconds,
+        fork_replicas,
+        drain_seconds,
+        max_request_bytes,
+        tls,
     )
     run_until_stopped(run_controller(settings))
 
@@ -258,6 +331,7 @@ def controller(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @max_request_bytes_option
+@tls_options
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -267,22 +341,27 @@ def gateway(
     replica_wait: float,
     log_level: str,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
-    """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
+    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca)."""
     from gateway.server import run_gateway
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
-    controller_address = ctx.find_root().params["controller"]
-    settings = gateway_settings(host, gateway_port, http_port, controller_address, replica_wait, max_request_bytes)
+    root = ctx.find_root().params
+    settings = gateway_settings(
+        host, gateway_port, http_port, root["controller"], replica_wait, max_request_bytes, tls, root["tls_ca"]
+    )
     run_until_stopped(run_gateway(settings))
 
 
-def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
+def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: bool) -> str:
     """Runs in a worker thread; returns an error line, or "" on success."""
     try:
         push_package(client, example, "development", timeout=timeout)
     except CLIENT_ERRORS as err:
-        return error_line(err)
+        return error_line(err, with_ca)
     return ""
 
 
@@ -294,7 +373,9 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     controller_process = await Controller.start(controller_config)
     gateway_config.controller_address = controller_process.address
     gateway_process = await Gateway.start(gateway_config)
-    http = f"http://{gateway_config.host}:{gateway_process.http_port}"
+    ca_file = gateway_config.controller_ca_file
+    http = f"{'https' if ca_file else 'http'}://{gateway_config.host}:{gateway_process.http_port}"
+    curl = f"curl --cacert {ca_file}" if ca_file else "curl"
     try:
         click.echo(
             f"Slipway controller listening on {controller_process.address} (state in {controller_config.data_dir})"
@@ -304,16 +385,18 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
         )
         click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
         click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
+        if ca_file:
+            click.echo(f"  export SLIPWAY_TLS_CA={ca_file}")
         if example is not None:
-            client = SlipwayClient(controller_process.address)
+            client = SlipwayClient(controller_process.address, ca_file=ca_file)
             try:
-                error = await asyncio.to_thread(push_example, client, example, timeout)
+                error = await asyncio.to_thread(push_example, client, example, timeout, ca_file is not None)
                 if error:
                     click.echo(f"Error: pushing {example} failed: {error}", err=True)
                 else:
                     model = await asyncio.to_thread(client.get_model, read_model_name(example))
                     click.echo(
-                        f"Or over HTTP:  curl -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
+                        f"Or over HTTP:  {curl} -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
                     )
             finally:
                 client.close()
@@ -333,6 +416,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     help="A package directory to push as a development deployment once the platform is up.",
 )
 @max_request_bytes_option
+@tls_options
 @timeout_option
 def up(
     host: str,
@@ -348,9 +432,17 @@ def up(
     replica_wait: float,
     example: Path | None,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     timeout: float,
 ) -> None:
-    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
+    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
+
+    With TLS, the gateway and the example's push verify the controller with --tls-ca, or
+    with the certificate itself (a self-signed one) when no CA is given.
+    """
+    tls = server_tls(tls_cert, tls_key)
+    own_ca = click.get_current_context().find_root().params["tls_ca"] or (tls.cert_file if tls else None)
     configure_logs(log_level)
     run_until_stopped(
         run_platform(
@@ -363,8 +455,9 @@ def up(
                 fork_replicas,
                 drain_seconds,
                 max_request_bytes,
+                tls,
             ),
-            gateway_settings(host, gateway_port, http_port, "", replica_wait, max_request_bytes),
+            gateway_settings(host, gateway_port, http_port, "", replica_wait, max_request_bytes, tls, own_ca),
             example,
             timeout,
         )

@@ -26,7 +26,9 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from slipway.channels import secure_or_insecure_channel
 from slipway.packaging import archive_package
+from slipway.tls import read_ca
 from slipway.v1 import (
     deployment_service_pb2 as ds,
 )
@@ -78,6 +80,12 @@ AUTOSCALING_FIELDS = tuple(res.AutoscalingSettings.DESCRIPTOR.fields_by_name)
 
 def default_controller_address() -> str:
     return os.environ.get("SLIPWAY_CONTROLLER") or DEFAULT_CONTROLLER
+
+
+def client_ca(ca_file: str | os.PathLike[str] | None) -> bytes | None:
+    """The CA that verifies servers serving TLS: `ca_file`, else SLIPWAY_TLS_CA; None means plaintext."""
+    path = ca_file or os.environ.get("SLIPWAY_TLS_CA")
+    return read_ca(path) if path else None
 
 
 # --- errors ---------------------------------------------------------------------
@@ -170,11 +178,12 @@ class SlipwayClient:
         timeout: float = 30.0,
         push_timeout: float = 600.0,
         channel: grpc.Channel | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ):
         self.address = address or default_controller_address()
         self.timeout = timeout
         self.push_timeout = push_timeout
-        self._channel = channel or grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = channel or secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
         self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(self._channel)
 
@@ -435,9 +444,9 @@ def inference_target(target: str, deployment: str = "") -> inf.Target:
 class InferenceClient:
     """Calls models through a gateway's InferenceService."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, ca_file: str | os.PathLike[str] | None = None) -> None:
         self.address = address or default_gateway_address()
-        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
         self._stub = inf_grpc.InferenceServiceStub(self._channel)
 
     def close(self) -> None:

@@ -1,0 +1,262 @@
+"""TLS end to end with a certificate the tests generate: the controller's gRPC port, the
+gateway's gRPC and HTTP ports, the CLI and SDK with --tls-ca, a gateway following its
+controller over TLS, and the refusals (no CA, another CA, plaintext to a TLS port, TLS to a
+plaintext port). One platform serves the whole module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from dataclasses import dataclass
+
+import aiohttp
+import grpc
+import pytest
+import pytest_asyncio
+from click.testing import CliRunner, Result
+from conftest import ECHO_MODEL, controller_settings, start_gateway, stop_or_explain, wait_until, write_package
+from pki import Pki, generate
+
+from controller.server import Controller
+from gateway.server import Gateway
+from slipway.cli import cli
+from slipway.client import SlipwayClient
+from slipway.tls import ServerTls
+from slipway.v1 import model_service_pb2 as ms
+from slipway.v1 import model_service_pb2_grpc as ms_grpc
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Pki:
+    return generate(tmp_path_factory.mktemp("pki"))
+
+
+@dataclass
+class Platform:
+    controller: Controller
+    gateway: Gateway
+    model_id: str
+    pki: Pki
+
+    @property
+    def gateway_address(self) -> str:
+        return f"127.0.0.1:{self.gateway.grpc_port}"
+
+
+async def slipway(*args: str, env: dict[str, str] | None = None) -> Result:
+    """The CLI in a worker thread, so that the in-process servers keep serving."""
+    return await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def platform(pki, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tls")
+    tls = ServerTls.load(pki.cert, pki.key)
+    controller = await Controller.start(controller_settings(tmp / "data", tls=tls))
+    gateway = await start_gateway(controller.address, tls=tls, controller_ca_file=pki.ca)
+    package = write_package(tmp / "pkg", "sealed", ECHO_MODEL.format(tag="tls"))
+    pushed = await slipway("--controller", controller.address, "--tls-ca", str(pki.ca), "push", str(package))
+    assert pushed.exit_code == 0, pushed.output
+    with SlipwayClient(controller.address, ca_file=pki.ca) as client:
+        model_id = (await asyncio.to_thread(client.get_model, "sealed")).id
+    yield Platform(controller, gateway, model_id, pki)
+    await stop_or_explain(gateway.stop(), "gateway")
+    await stop_or_explain(controller.stop(), "controller")
+
+
+async def test_the_cli_manages_the_platform_over_tls_with_the_ca(platform):
+    listed = await slipway(
+        "--controller", platform.controller.address, "--tls-ca", str(platform.pki.ca), "models", "list", "-o", "json"
+    )
+    assert listed.exit_code == 0, listed.output
+    assert [model["name"] for model in json.loads(listed.output)] == ["sealed"]
+    # The CA from the environment, and a certificate that names localhost as well as 127.0.0.1.
+    by_name = await slipway(
+        "--controller",
+        f"localhost:{platform.controller.port}",
+        "models",
+        "get",
+        "sealed",
+        env={"SLIPWAY_TLS_CA": str(platform.pki.ca)},
+    )
+    assert by_name.exit_code == 0, by_name.output
+    assert platform.model_id in by_name.output
+
+
+async def test_predict_over_grpc_through_a_gateway_following_its_controller_over_tls(platform):
+    assert platform.gateway.follower.connected
+    result = await slipway(
+        "--gateway",
+        platform.gateway_address,
+        "--tls-ca",
+        str(platform.pki.ca),
+        "predict",
+        "sealed",
+        '{"text": "hi"}',
+        "--deployment",
+        "development",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"tag": "tls", "input": {"text": "hi"}}
+
+
+async def test_predict_over_https_with_the_ca(platform):
+    context = ssl.create_default_context(cafile=platform.pki.ca)
+    url = f"https://localhost:{platform.gateway.http_port}/model/{platform.model_id}/development/predict"
+    async with aiohttp.ClientSession() as session, session.post(url, json={"text": "hi"}, ssl=context) as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"tag": "tls", "input": {"text": "hi"}}
+
+
+async def test_a_client_without_the_ca_gets_one_clear_line(platform):
+    address = platform.controller.address
+    plaintext = await slipway("--controller", address, "models", "list")
+    assert plaintext.exit_code == 1
+    assert plaintext.output.startswith("Error: UNAVAILABLE"), plaintext.output
+    assert "pass its CA certificate with --tls-ca" in plaintext.output
+    other_ca = await slipway("--controller", address, "--tls-ca", str(platform.pki.other_ca), "models", "list")
+    assert other_ca.exit_code == 1
+    assert "not signed by the CA in --tls-ca" in other_ca.output
+    for result in (plaintext, other_ca):
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
+    with pytest.raises(grpc.RpcError) as refused:
+        with SlipwayClient(address, ca_file=platform.pki.other_ca) as client:
+            await asyncio.to_thread(client.list_models)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_https_without_the_ca_is_refused(platform):
+    url = f"https://127.0.0.1:{platform.gateway.http_port}/model/{platform.model_id}/development/predict"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await session.post(url, json={"text": "hi"})
+
+
+async def test_plaintext_to_a_tls_port_fails(platform):
+    for port in (platform.controller.port, platform.gateway.grpc_port):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await ms_grpc.ModelServiceStub(channel).ListModels(ms.ListModelsRequest(), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    url = f"http://127.0.0.1:{platform.gateway.http_port}/model/{platform.model_id}/development/predict"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            await session.post(url, json={"text": "hi"})
+
+
+async def test_tls_to_a_plaintext_gateway_says_it_serves_no_tls(platform):
+    plaintext = await start_gateway(platform.controller.address, controller_ca_file=platform.pki.ca)
+    try:
+        result = await slipway(
+            "--gateway", f"127.0.0.1:{plaintext.grpc_port}", "--tls-ca", str(platform.pki.ca), "predict", "sealed", "{}"
+        )
+    finally:
+        await stop_or_explain(plaintext.stop(), "plaintext gateway")
+    assert result.exit_code == 1
+    assert "the server does not serve TLS" in result.output, result.output
+
+
+async def test_a_gateway_without_the_controllers_ca_logs_why_it_has_no_routes(platform, caplog):
+    from gateway.server import GatewaySettings
+
+    caplog.set_level(logging.WARNING, "slipway.gateway.routes")
+    gateway = await Gateway.start(
+        GatewaySettings(
+            controller_address=platform.controller.address, grpc_port=0, http_port=0, shutdown_grace_seconds=1
+        )
+    )
+    try:
+        record = await wait_until(
+            lambda: next(
+                (r for r in caplog.records if r.getMessage() == "cannot follow the controller's routes"), None
+            ),
+            10,
+            "the follower's warning",
+        )
+    finally:
+        await stop_or_explain(gateway.stop(), "gateway")
+    assert not gateway.follower.synced.is_set()
+    assert record.fields["code"] == "UNAVAILABLE"
+
+
+async def test_listening_beyond_loopback_without_tls_is_warned(platform, tmp_path, capfd, caplog):
+    from gateway.server import GatewaySettings
+
+    caplog.set_level(logging.WARNING, "slipway.tls")
+    exposed = await Controller.start(controller_settings(tmp_path / "data", host="0.0.0.0", fork_replicas=False))
+    await stop_or_explain(exposed.stop(), "exposed controller")
+    for tls in (None, ServerTls.load(platform.pki.cert, platform.pki.key)):
+        gateway = await Gateway.start(
+            GatewaySettings(
+                controller_address=platform.controller.address,
+                host="0.0.0.0",
+                grpc_port=0,
+                http_port=0,
+                tls=tls,
+                controller_ca_file=platform.pki.ca,
+            )
+        )
+        await stop_or_explain(gateway.stop(), "exposed gateway")
+    warned = [r.getMessage() for r in caplog.records if "WITHOUT TLS" in r.getMessage()]
+    assert [message.split()[0:2] for message in warned] == [["the", "controller"], ["the", "gateway"]], warned
+    stderr = capfd.readouterr().err
+    assert "WARNING: the controller listens on 0.0.0.0 WITHOUT TLS" in stderr
+    assert stderr.count("WITHOUT TLS") == 2  # the gateway with TLS was not warned about
+
+
+async def test_bad_tls_options_are_refused_before_anything_starts(pki, tmp_path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    half = await slipway("controller", "--data-dir", str(tmp_path / "data"), "--tls-cert", str(pki.cert))
+    assert half.exit_code == 2
+    assert "--tls-cert and --tls-key go together" in half.output
+    wrong_key = await slipway("gateway", "--tls-cert", str(pki.cert), "--tls-key", str(garbage))
+    assert wrong_key.exit_code == 2
+    assert f"cannot serve TLS with certificate {pki.cert} and key {garbage}" in wrong_key.output
+    bad_ca = await slipway("--tls-ca", str(garbage), "models", "list")
+    assert bad_ca.exit_code == 2
+    assert f"cannot use {garbage} as a CA certificate" in bad_ca.output
+    assert not (tmp_path / "data").exists()
+
+
+async def test_slipway_up_serves_tls_with_a_self_signed_certificate_and_says_how_to_reach_it(pki, tmp_path):
+    """Without --tls-ca, `up` verifies its own controller with the (self-signed) certificate."""
+    up = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "slipway", "up", "--port", "0", "--gateway-port", "0", "--http-port", "0"),
+        *("--tls-cert", str(pki.self_signed_cert), "--tls-key", str(pki.self_signed_key)),
+        *("--data-dir", str(tmp_path / "data"), "--no-fork-replicas"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert up.stdout is not None
+        lines: list[str] = []
+        while not lines or not lines[-1].startswith("Serving"):
+            line = await asyncio.wait_for(up.stdout.readline(), 30)
+            assert line, f"slipway up exited: {lines}"
+            lines.append(line.decode().strip())
+        assert f"export SLIPWAY_TLS_CA={pki.self_signed_cert}" in lines, lines
+        assert any("(gRPC) and https://" in line for line in lines), lines
+        controller = next(line.split("=", 1)[1] for line in lines if "SLIPWAY_CONTROLLER=" in line)
+        gateway = next(line.split("=", 1)[1] for line in lines if "SLIPWAY_GATEWAY=" in line)
+        listed = await slipway("--controller", controller, "--tls-ca", str(pki.self_signed_cert), "models", "list")
+        assert listed.output == "No models.\n"
+
+        async def gateway_answers_from_its_routes() -> str:
+            result = await slipway("--gateway", gateway, "--tls-ca", str(pki.self_signed_cert), "predict", "nope", "{}")
+            return "ROUTES_UNAVAILABLE" not in result.output and result.output
+
+        # The gateway followed its controller over TLS: it knows there is no such model.
+        assert "NOT_FOUND" in await wait_until(gateway_answers_from_its_routes, 10, "the gateway's route table")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(up.wait(), 30)
+    assert up.returncode == 0
