@@ -53,7 +53,7 @@ TLS_HINTS = (
     (
         "CERTIFICATE_VERIFY_FAILED",
         True,
-        "the server's certificate is not signed by the CA in --tls-ca (SLIPWAY_TLS_CA)",
+        "the server's certificate is not signed by the CA in --tls-ca / SLIPWAY_TLS_CA",
     ),
     (
         "WRONG_VERSION_NUMBER",
@@ -61,7 +61,7 @@ TLS_HINTS = (
         "the server does not serve TLS: drop --tls-ca, or start it with --tls-cert and --tls-key",
     ),
     ("not in peer certificate", True, "the server's certificate does not name the host in the address called"),
-    ("Socket closed", False, "if the server serves TLS, pass its CA certificate with --tls-ca (SLIPWAY_TLS_CA)"),
+    ("Socket closed", False, "if the server serves TLS, pass its CA certificate with --tls-ca / SLIPWAY_TLS_CA"),
 )
 
 
@@ -72,7 +72,7 @@ def error_line(err: Exception, with_ca: bool = False) -> str:
     if hasattr(err, "code") and err.code() is grpc.StatusCode.UNAVAILABLE:
         hint = next((advice for text, ca, advice in TLS_HINTS if ca == with_ca and text in line), None)
         if hint:
-            return f"{line} ({hint})"
+            return f"{line}. Hint: {hint}"
     return line
 
 

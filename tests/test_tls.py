@@ -249,6 +249,15 @@ async def test_slipway_up_serves_tls_with_a_self_signed_certificate_and_says_how
         gateway = next(line.split("=", 1)[1] for line in lines if "SLIPWAY_GATEWAY=" in line)
         listed = await slipway("--controller", controller, "--tls-ca", str(pki.self_signed_cert), "models", "list")
         assert listed.output == "No models.\n"
+        # The real command, without the CA: one line on stderr, none of grpc core's own.
+        refused = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "slipway", "--controller", controller, "models", "list"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(refused.communicate(), 30)
+        assert refused.returncode == 1 and not out
+        assert err.decode().splitlines() == [err.decode().strip()] and err.startswith(b"Error: UNAVAILABLE"), err
 
         async def gateway_answers_from_its_routes() -> str:
             result = await slipway("--gateway", gateway, "--tls-ca", str(pki.self_signed_cert), "predict", "nope", "{}")
