@@ -14,6 +14,8 @@ HTTP_STATUS = {
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.CANCELLED: 499,
 }
+# Reasons that HTTP names more precisely than their gRPC code does.
+HTTP_STATUS_BY_REASON = {"REQUEST_TOO_LARGE": 413, "REQUEST_BODY_TIMEOUT": 408}
 
 
 class GatewayError(Exception):
@@ -27,7 +29,7 @@ class GatewayError(Exception):
 
     @property
     def http_status(self) -> int:
-        return HTTP_STATUS.get(self.code, 500)
+        return HTTP_STATUS_BY_REASON.get(self.reason) or HTTP_STATUS.get(self.code, 500)
 
     def to_json(self) -> dict:
         return {"error": {"code": self.code.name, "reason": self.reason, "message": self.message}}

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.errors import GatewayError
-from gateway.forwarder import MAX_MESSAGE_BYTES, Forwarder
+from gateway.forwarder import Forwarder
+from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
@@ -27,7 +28,11 @@ Resolver = Callable[[str, str, str], rt.DeploymentRoute]
 
 
 def build_app(
-    forwarder: Forwarder, resolver: Resolver, wake: Callable[[str], Awaitable[dict]], timeout: float
+    forwarder: Forwarder,
+    resolver: Resolver,
+    wake: Callable[[str], Awaitable[dict]],
+    timeout: float,
+    bodies: BodyReader,
 ) -> web.Application:
     def target(request: web.Request) -> Callable[[], rt.DeploymentRoute]:
         model_id = request.match_info["model_id"]
@@ -36,10 +41,24 @@ def build_app(
         return lambda: resolver(model_id, deployment_id, environment)
 
     async def predict(request: web.Request) -> web.StreamResponse:
+        try:
+            async with bodies.read(request) as payload:
+                return await forward(request, payload)
+        except BodyTimeout as error:
+            # The client stopped sending: answer, and close rather than wait for the rest.
+            response = web.json_response(error.to_json(), status=error.http_status)
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+            return response
+        except GatewayError as error:
+            return web.json_response(error.to_json(), status=error.http_status)
+
+    async def forward(request: web.Request, payload: bytes) -> web.StreamResponse:
         resolve = target(request)
         content_type = request.headers.get("Content-Type", "")
         invoke = rs.InvokeStreamRequest(
-            payload=await request.read(), content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type
+            payload=payload, content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type
         )
         chunks = forwarder.stream(resolve, invoke, timeout)
         try:
@@ -73,14 +92,14 @@ def build_app(
         except GatewayError as error:
             return web.json_response(error.to_json(), status=error.http_status)
 
-    app = web.Application(client_max_size=MAX_MESSAGE_BYTES, middlewares=[json_http_errors])
+    app = web.Application(middlewares=[json_http_errors])
     for verb, handler in (("predict", predict), ("wake", wake_route)):
         app.router.add_post(f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler)
         app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler)
     return app
 
 
-# aiohttp's own refusals (unknown path, wrong method, body too large), in the gateway's JSON error shape.
+# aiohttp's own refusals (unknown path, wrong method), in the gateway's JSON error shape.
 @web.middleware
 async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
@@ -90,8 +109,6 @@ async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
             error = ("NOT_FOUND", "NO_SUCH_ROUTE", f"no route {request.method} {request.path}")
         elif exc.status == 405:
             error = ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED", f"{request.path} accepts only {exc.headers['Allow']}")
-        elif exc.status == 413:
-            error = ("INVALID_ARGUMENT", "REQUEST_TOO_LARGE", f"request body is over {MAX_MESSAGE_BYTES} bytes")
         else:
             raise
         body = {"error": dict(zip(("code", "reason", "message"), error, strict=False))}

@@ -20,6 +20,7 @@ from gateway.errors import GatewayError
 from gateway.follower import RouteFollower
 from gateway.forwarder import MAX_MESSAGE_BYTES, Forwarder
 from gateway.http_api import build_app
+from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from slipway.process import wait_for_termination_signal
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
@@ -30,6 +31,42 @@ from slipway.v1 import route_service_pb2_grpc as rt_grpc
 log = logging.getLogger("slipway.gateway")
 
 WAKE_INTERVAL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What one client may hold on the gateway's gRPC server (grpc's own server options)."""
+
+    # Calls in flight on one connection; more wait on the client until one ends.
+    max_concurrent_streams: int = 100
+    # A connection with no call in flight for this long is closed (GOAWAY).
+    max_connection_idle_seconds: float = 300.0
+    # A connection is asked to reconnect after this long; calls in flight then get
+    # `max_connection_age_grace_seconds` to finish (by default the request timeout).
+    max_connection_age_seconds: float = 1800.0
+    max_connection_age_grace_seconds: float | None = None
+    # The server pings a connection this often and closes it without an answer in
+    # `keepalive_timeout_seconds`: a vanished client's calls do not linger.
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
+    # A client pinging more often than this (without calls) is disconnected.
+    min_client_ping_interval_seconds: float = 60.0
+
+    def server_options(self, request_timeout_seconds: float) -> list[tuple[str, int]]:
+        grace = self.max_connection_age_grace_seconds
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", _ms(self.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", _ms(self.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", _ms(request_timeout_seconds if grace is None else grace)),
+            ("grpc.keepalive_time_ms", _ms(self.keepalive_seconds)),
+            ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout_seconds)),
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(self.min_client_ping_interval_seconds)),
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 @dataclass
@@ -47,6 +84,8 @@ class GatewaySettings:
     request_timeout_seconds: float = 600.0
     load_report_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
 
 
 class Gateway:
@@ -64,6 +103,8 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self._grpc: grpc.aio.Server
         self._http: web.AppRunner
+        self.http_bodies: BodyReader
+        self.http_site: LimitedSite
         self._controller = grpc.aio.insecure_channel(settings.controller_address)
 
     def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
@@ -112,6 +153,7 @@ class Gateway:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *settings.grpc_limits.server_options(settings.request_timeout_seconds),
         ]
         self._grpc = grpc.aio.server(options=options)
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
@@ -123,11 +165,12 @@ class Gateway:
         self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await self._grpc.start()
 
-        app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds)
-        self._http = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+        self.http_bodies = BodyReader(settings.http_limits, MAX_MESSAGE_BYTES)
+        app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds, self.http_bodies)
+        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds)
         await self._http.setup()
-        site = web.TCPSite(self._http, settings.host, settings.http_port)
-        await site.start()
+        self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits)
+        await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
