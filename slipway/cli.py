@@ -145,7 +145,16 @@ def controller_settings(
     )
 
 
-def gateway_settings(host: str, grpc_port: int, http_port: int, controller: str, replica_wait: float) -> Any:
+def gateway_settings(
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    controller: str,
+    replica_wait: float,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
+) -> Any:
+    from gateway.http_limits import HttpLimits
     from gateway.server import GatewaySettings
 
     return GatewaySettings(
@@ -154,7 +163,17 @@ def gateway_settings(host: str, grpc_port: int, http_port: int, controller: str,
         grpc_port=grpc_port,
         http_port=http_port,
         replica_wait_seconds=replica_wait,
+        http_limits=HttpLimits(
+            max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
+        ),
     )
+
+
+def http_limit_default(name: str) -> int:
+    """Imported only when a gateway starts: a client command should not pay for aiohttp."""
+    from gateway.http_limits import HttpLimits
+
+    return getattr(HttpLimits(), name)
 
 
 def gateway_options(command: Callable) -> Callable:
@@ -185,6 +204,24 @@ def gateway_options(command: Callable) -> Callable:
             show_default=True,
             show_envvar=True,
             help="Seconds a request waits for a ready replica before 503.",
+        ),
+        click.option(
+            "--max-http-connections",
+            envvar="SLIPWAY_MAX_HTTP_CONNECTIONS",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_connections"),
+            show_default=True,
+            show_envvar=True,
+            help="Open HTTP connections the gateway keeps; one more is answered 503 and closed.",
+        ),
+        click.option(
+            "--max-buffered-request-bytes",
+            envvar="SLIPWAY_MAX_BUFFERED_REQUEST_BYTES",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_buffered_body_bytes"),
+            show_default=True,
+            show_envvar=True,
+            help="Request-body bytes all HTTP requests in flight may hold together; beyond, 503 GATEWAY_BUSY.",
         ),
     ]
     for option in reversed(options):
@@ -234,14 +271,30 @@ def controller(
 )
 @click.pass_context
 def gateway(
-    ctx: click.Context, host: str, gateway_port: int, http_port: int, replica_wait: float, log_level: str
+    ctx: click.Context,
+    host: str,
+    gateway_port: int,
+    http_port: int,
+    replica_wait: float,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
+    log_level: str,
 ) -> None:
     """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
     from gateway.server import run_gateway
 
     configure_logs(log_level)
     controller_address = ctx.find_root().params["controller"]
-    run_until_stopped(run_gateway(gateway_settings(host, gateway_port, http_port, controller_address, replica_wait)))
+    settings = gateway_settings(
+        host,
+        gateway_port,
+        http_port,
+        controller_address,
+        replica_wait,
+        max_http_connections,
+        max_buffered_request_bytes,
+    )
+    run_until_stopped(run_gateway(settings))
 
 
 def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
@@ -312,6 +365,8 @@ def up(
     gateway_port: int,
     http_port: int,
     replica_wait: float,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
     example: Path | None,
     timeout: float,
 ) -> None:
@@ -322,7 +377,9 @@ def up(
             controller_settings(
                 host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds
             ),
-            gateway_settings(host, gateway_port, http_port, "", replica_wait),
+            gateway_settings(
+                host, gateway_port, http_port, "", replica_wait, max_http_connections, max_buffered_request_bytes
+            ),
             example,
             timeout,
         )

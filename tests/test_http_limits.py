@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -124,7 +126,7 @@ async def test_a_client_trickling_its_headers_is_disconnected(start_gateway):
 
 
 async def test_an_idle_keep_alive_connection_is_closed(start_gateway):
-    gateway = await start_gateway(http_limits=HttpLimits(idle_timeout_seconds=0.3))
+    gateway = await start_gateway(http_limits=HttpLimits(idle_timeout_seconds=1))
     reader, writer = await connect(gateway)
     writer.write(request_head(2) + b"{}")
     status, _ = await read_response(reader)
@@ -149,6 +151,32 @@ async def test_connections_beyond_the_cap_are_refused_with_503(start_gateway):
     reader, writer = await connect(gateway)
     writer.write(request_head(2) + b"{}")
     assert (await read_response(reader))[0] == 404
+
+
+async def test_the_gateway_command_takes_the_connection_cap_and_body_budget(controller, tmp_path):
+    from test_restart import free_port
+
+    http_port = free_port()
+    command = [sys.executable, "-m", "slipway", "--controller", controller.address, "gateway"]
+    flags = ["--gateway-port", "0", "--http-port", str(http_port), "--max-http-connections", "1"]
+    with open(tmp_path / "gateway.log", "wb") as log:
+        process = subprocess.Popen([*command, *flags, "--max-buffered-request-bytes", "10"], stdout=log, stderr=log)
+    try:
+
+        async def first_connection():
+            try:
+                return await asyncio.open_connection("127.0.0.1", http_port)
+            except OSError:
+                return None
+
+        reader, writer = await wait_until(first_connection, timeout=20, what="the gateway to listen")
+        writer.write(request_head(11))
+        assert (await read_response(reader))[1]["error"]["reason"] == "GATEWAY_BUSY"
+        refused, _ = await asyncio.open_connection("127.0.0.1", http_port)
+        assert (await read_response(refused))[1]["error"]["reason"] == "TOO_MANY_CONNECTIONS"
+    finally:
+        process.kill()  # SIGTERM would wait out aiohttp's lingering on the refused request
+        process.wait(10)
 
 
 async def test_buffered_body_bytes_are_capped_across_requests(start_gateway):
@@ -182,7 +210,7 @@ async def test_buffered_body_bytes_are_capped_across_requests(start_gateway):
 
 
 async def test_an_idle_grpc_connection_is_closed(start_gateway):
-    gateway = await start_gateway(grpc_limits=GrpcLimits(max_connection_idle_seconds=0.3))
+    gateway = await start_gateway(grpc_limits=GrpcLimits(max_connection_idle_seconds=1))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
