@@ -37,6 +37,8 @@ WAKE_INTERVAL_SECONDS = 0.25
 class GrpcLimits:
     """What one client may hold on the gateway's gRPC server (grpc's own server options)."""
 
+    # Calls in flight on the whole server; one more is refused RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 1000
     # Calls in flight on one connection; more wait on the client until one ends.
     max_concurrent_streams: int = 100
     # A connection with no call in flight for this long is closed (GOAWAY).
@@ -49,7 +51,8 @@ class GrpcLimits:
     # `keepalive_timeout_seconds`: a vanished client's calls do not linger.
     keepalive_seconds: float = 60.0
     keepalive_timeout_seconds: float = 20.0
-    # A client pinging more often than this (without calls) is disconnected.
+    # Clients may send keepalive pings this often; one that pings more often is
+    # disconnected (GOAWAY too_many_pings, grpc's ping-strike rule).
     min_client_ping_interval_seconds: float = 60.0
 
     def server_options(self, request_timeout_seconds: float) -> list[tuple[str, int]]:
@@ -155,7 +158,7 @@ class Gateway:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             *settings.grpc_limits.server_options(settings.request_timeout_seconds),
         ]
-        self._grpc = grpc.aio.server(options=options)
+        self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs)
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
         self._grpc.add_generic_rpc_handlers((api.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)

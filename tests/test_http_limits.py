@@ -218,3 +218,15 @@ async def test_an_idle_grpc_connection_is_closed(start_gateway):
         await wait_until(
             lambda: channel.get_state() is grpc.ChannelConnectivity.IDLE, timeout=5, what="the server to close it"
         )
+
+
+async def test_grpc_calls_beyond_the_server_cap_are_refused(start_gateway):
+    gateway = await start_gateway(grpc_limits=GrpcLimits(max_concurrent_rpcs=1))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=10)  # stays open: the one call allowed
+        assert (await anext(watch.__aiter__())).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        watch.cancel()
