@@ -93,9 +93,11 @@ def build_app(
             return web.json_response(error.to_json(), status=error.http_status)
 
     app = web.Application(middlewares=[json_http_errors])
-    for verb, handler in (("predict", predict), ("wake", wake_route)):
-        app.router.add_post(f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler)
-        app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler)
+    for verb, handler, expect in (("predict", predict, bodies.defer_continue), ("wake", wake_route, None)):
+        app.router.add_post(
+            f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler, expect_handler=expect
+        )
+        app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler, expect_handler=expect)
     return app
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import grpc
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.errors import GatewayError
 
@@ -79,6 +79,14 @@ class BodyReader:
             f"request body {size}is over the gateway's limit of {self.max_request_bytes} bytes",
         )
 
+    @staticmethod
+    async def defer_continue(request: web.Request) -> None:
+        """Expect handler of the routes whose bodies this reader reads: instead of aiohttp's
+        immediate "100 Continue", `read` sends it once the body is admitted, so a client
+        refused for its declared size never sends the body."""
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers[hdrs.EXPECT]}")
+
     @contextlib.asynccontextmanager
     async def read(self, request: web.Request) -> AsyncIterator[bytes]:
         """The whole body. Its bytes count against the budget until the block exits: the
@@ -92,6 +100,9 @@ class BodyReader:
                     raise self._too_large(f"of {declared} bytes ")
                 self.budget.take(declared)
                 held = declared
+            if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0  # as aiohttp's own expect handler does: the response is still to come
             deadline = asyncio.get_running_loop().time() + self.limits.body_timeout_seconds
             chunks: list[bytes] = []
             received = 0

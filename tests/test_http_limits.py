@@ -44,9 +44,10 @@ async def connect(gateway: Gateway) -> tuple[asyncio.StreamReader, asyncio.Strea
     return await asyncio.open_connection("127.0.0.1", gateway.http_port)
 
 
-def request_head(length: int | None, path: str = PREDICT) -> bytes:
+def request_head(length: int | None, path: str = PREDICT, expect_continue: bool = False) -> bytes:
     framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
-    return f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{framing}\r\n\r\n".encode()
+    expect = "Expect: 100-continue\r\n" if expect_continue else ""
+    return f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n{framing}\r\n{expect}\r\n".encode()
 
 
 async def read_response(reader: asyncio.StreamReader, timeout: float = 5) -> tuple[int, dict]:
@@ -76,6 +77,22 @@ async def test_a_declared_body_over_the_limit_is_refused_at_once_without_reading
     assert str(MAX_MESSAGE_BYTES) in body["error"]["message"]
     assert gateway.http_bodies.budget.held == 0
     writer.close()
+
+
+async def test_100_continue_is_sent_only_for_a_body_the_gateway_admits(start_gateway):
+    gateway = await start_gateway(http_limits=HttpLimits(max_buffered_body_bytes=1000))
+    reader, writer = await connect(gateway)
+    writer.write(request_head(MAX_MESSAGE_BYTES + 1, expect_continue=True))
+    assert (await read_response(reader))[0] == 413  # and no "100 Continue" before it
+    reader, writer = await connect(gateway)
+    writer.write(request_head(1001, expect_continue=True))
+    assert (await read_response(reader))[1]["error"]["reason"] == "GATEWAY_BUSY"
+
+    reader, writer = await connect(gateway)
+    writer.write(request_head(2, expect_continue=True))
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"{}")
+    assert (await read_response(reader))[0] == 404
 
 
 async def test_a_stalled_body_gets_408_and_its_connection_closed(start_gateway):
