@@ -203,6 +203,9 @@ class _CountedRequestHandler(web.RequestHandler):
 
 
 class _Refusal(asyncio.Protocol):
+    """Answers 503 and closes at once, without waiting for the client's request: a refused
+    connection must not hold a descriptor for as long as the client likes."""
+
     def __init__(self, response: bytes) -> None:
         self._response = response
 
