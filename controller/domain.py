@@ -322,6 +322,18 @@ def check_wake(deployment: Deployment) -> None:
             f"deployment {deployment.id} is inactive: activate it instead of waking it",
             deployment_id=deployment.id,
         )
+    require_not_failed(deployment, "and cannot be woken: push a fixed package, or activate the deployment to try again")
+
+
+def require_not_failed(deployment: Deployment, consequence: str) -> None:
+    """A deployment whose current revision failed to build or load starts nothing until it changes."""
+    if deployment.load_failed or deployment.state in FAILED_STATES:
+        raise FailedPrecondition(
+            "DEPLOYMENT_FAILED",
+            f"deployment {deployment.id} failed to start ({deployment.status_message or deployment.state.value}) "
+            f"{consequence}",
+            deployment_id=deployment.id,
+        )
 
 
 def require_no_promotion_in_flight(model: Model) -> None:
@@ -362,13 +374,7 @@ def plan_promotion(model: Model, deployment: Deployment) -> PromotionKind:
             f"deployment {deployment.id} is inactive: activate it and wait for it to start before promoting it",
             deployment_id=deployment.id,
         )
-    if deployment.load_failed or deployment.state in FAILED_STATES:
-        raise FailedPrecondition(
-            "DEPLOYMENT_FAILED",
-            f"deployment {deployment.id} failed to start ({deployment.status_message or deployment.state.value}) "
-            "and cannot be promoted until it starts",
-            deployment_id=deployment.id,
-        )
+    require_not_failed(deployment, "and cannot be promoted until it starts")
     if deployment.is_development:
         if deployment.reload_error:
             raise FailedPrecondition(

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from controller.domain import Deployment, Model, ReplicaPhase
 from controller.runtime import ReplicaHandle
 from controller.store import Change, Store
+from slipway.status import MAX_STATUS_MESSAGE_BYTES
+from slipway.text import shorten
 from slipway.v1 import route_service_pb2 as rt
 
 log = logging.getLogger("slipway.routes")
@@ -91,6 +93,7 @@ class RouteBroadcaster:
             name=deployment.name,
             active=deployment.active,
             state=f"DEPLOYMENT_STATE_{deployment.state.value}",
+            status_message=shorten(deployment.status_message, MAX_STATUS_MESSAGE_BYTES),
             endpoints=[
                 rt.Endpoint(replica_id=h.id, address=h.address)
                 for h in self._replicas_of(deployment.id)

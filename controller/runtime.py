@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.domain import ReplicaPhase
 from replica.package import without_secrets
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger("slipway.runtime")
 
@@ -166,6 +167,7 @@ class LocalProcessRuntime:
         drain_seconds: float = 30.0,
         python: str = sys.executable,
         fork: bool = True,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
@@ -173,6 +175,7 @@ class LocalProcessRuntime:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._on_change = on_change
         self._drain_seconds = drain_seconds
+        self._max_request_bytes = max_request_bytes
         self._python = python
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
         self._fork = fork
@@ -236,6 +239,8 @@ class LocalProcessRuntime:
             replica_id,
             "--drain-seconds",
             str(self._drain_seconds),
+            "--max-request-bytes",
+            str(self._max_request_bytes),
         ]
         interpreter = python or self._python
         exited = None

@@ -25,6 +25,7 @@ from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
 from slipway.v1 import (
@@ -64,6 +65,8 @@ class ControllerSettings:
     builds_dir: pathlib.Path | None = None
     build_timeout_seconds: float = 1800.0
     package_limits: PackageLimits = field(default_factory=PackageLimits)
+    # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -110,7 +113,11 @@ class Controller:
             lifecycle,
             packages,
             lambda on_change: LocalProcessRuntime(
-                data_dir, on_change, drain_seconds=settings.drain_seconds, fork=settings.fork_replicas
+                data_dir,
+                on_change,
+                drain_seconds=settings.drain_seconds,
+                fork=settings.fork_replicas,
+                max_request_bytes=settings.max_request_bytes,
             ),
             settings.reconciler,
             self.autoscaler,

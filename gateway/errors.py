@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from slipway import limits
+from slipway.status import ERROR_DOMAIN
 
 HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
@@ -14,8 +21,19 @@ HTTP_STATUS = {
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.CANCELLED: 499,
 }
-# Reasons that HTTP names more precisely than their gRPC code does.
-HTTP_STATUS_BY_REASON = {"REQUEST_TOO_LARGE": 413, "REQUEST_BODY_TIMEOUT": 408}
+# Reasons whose HTTP status is not their code's: RESOURCE_EXHAUSTED is also a full wake
+# queue (429, try later), but a message over the size limit never fits (413, or 500 when
+# it is the model's answer: no retry helps either).
+HTTP_STATUS_BY_REASON = {
+    limits.REQUEST_TOO_LARGE: 413,
+    limits.RESPONSE_TOO_LARGE: 500,
+    "DEPLOYMENT_FAILED": 503,
+    "NOT_ACCEPTABLE": 406,
+    # The client stopped sending its body (DEADLINE_EXCEEDED would say 504, a gateway timeout).
+    "REQUEST_BODY_TIMEOUT": 408,
+}
+# grpc core's own refusal of an oversized message (a replica or channel with other limits).
+_GRPC_TOO_LARGE = re.compile(r"message larger than max \((\d+) vs\. (\d+)\)")
 
 
 class GatewayError(Exception):
@@ -39,13 +57,50 @@ def not_found(reason: str, message: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.NOT_FOUND, reason, message)
 
 
-def from_replica(error: grpc.aio.AioRpcError) -> GatewayError:
-    """A replica's error, passed on with its code (the model's own error stays visible)."""
+def request_too_large(size: int | None, limit: int) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, limits.REQUEST_TOO_LARGE, limits.too_large("the request body", size, limit)
+    )
+
+
+def response_too_large(size: int, limit: int, what: str = "the model's response") -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, limits.RESPONSE_TOO_LARGE, limits.too_large(what, size, limit)
+    )
+
+
+def error_info_reason(error: grpc.aio.AioRpcError) -> str:
+    """The reason of the call's google.rpc.ErrorInfo (ours), or "" when it has none."""
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # details that contradict the status
+        return ""
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            return info.reason
+    return ""
+
+
+def from_replica(error: grpc.aio.AioRpcError, request_bytes: int) -> GatewayError:
+    """A replica's error, passed on with its code and reason (the model's own error stays visible).
+
+    `request_bytes`: the size of the request sent, to tell which message grpc core refused
+    when it refused one as too large."""
     code = error.code()
-    reason = {
+    details = error.details() or code.name
+    reason = error_info_reason(error)
+    if not reason and code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        too_large = _GRPC_TOO_LARGE.search(details)
+        if too_large is not None:
+            size, limit = int(too_large[1]), int(too_large[2])
+            if request_bytes > limit:  # the replica's limit is below ours: it refused the request
+                return request_too_large(size, limit)
+            return response_too_large(size, limit)
+    reason = reason or {
         grpc.StatusCode.INVALID_ARGUMENT: "BAD_REQUEST",
         grpc.StatusCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
         grpc.StatusCode.UNAVAILABLE: "REPLICA_UNAVAILABLE",
-        grpc.StatusCode.RESOURCE_EXHAUSTED: "REPLICA_OVERLOADED",
+        grpc.StatusCode.RESOURCE_EXHAUSTED: "REPLICA_RESOURCE_EXHAUSTED",
     }.get(code, "MODEL_ERROR")
-    return GatewayError(code, reason, error.details() or code.name)
+    return GatewayError(code, reason, details)

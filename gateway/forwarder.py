@@ -1,6 +1,8 @@
 """Forwards requests to replicas: persistent channels, least-loaded choice, deadline
 propagation, and a retry on another replica only when the first never took the
-request (UNAVAILABLE: unreachable, or draining and refusing new calls)."""
+request (UNAVAILABLE: unreachable, or draining and refusing new calls; CANCELLED: the
+replica's server stopped before the call ran — the gateway's own cancellations surface
+as asyncio.CancelledError, never as a status)."""
 
 from __future__ import annotations
 
@@ -13,27 +15,27 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 
 import grpc
 
-from gateway.errors import GatewayError, from_replica
+from gateway.errors import GatewayError, from_replica, request_too_large
 from gateway.follower import RouteFollower
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import resources_pb2
 from slipway.v1 import route_service_pb2 as rt
 
 INVOKE = "/slipway.v1.ReplicaService/Invoke"
 INVOKE_STREAM = "/slipway.v1.ReplicaService/InvokeStream"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
+RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+# A wait bounded by the caller's deadline ends this much before it, so that the answer
+# saying why reaches the caller before its deadline cancels the call.
+DEADLINE_MARGIN_SECONDS = 0.05
 
 
 class ReplicaChannel:
     """One persistent channel to a replica, with raw-bytes stubs (responses are not parsed)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, options: list[tuple[str, int]]) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(address, options=options)
         self.invoke = self.channel.unary_unary(
             INVOKE, request_serializer=rs.InvokeRequest.SerializeToString, response_deserializer=None
         )
@@ -79,10 +81,14 @@ class Forwarder:
         replica_wait_seconds: float,
         max_queued: int,
         on_waiting: Callable[[rt.DeploymentRoute], None] = lambda deployment: None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
         self.follower = follower
         self.replica_wait_seconds = replica_wait_seconds
         self.max_queued = max_queued
+        # The largest request body forwarded (and model answer accepted: the channels' limit).
+        self.max_request_bytes = max_request_bytes
+        self._channel_options = grpc_message_options(max_request_bytes)
         # Called when a request finds no ready replica (the gateway asks the controller to wake it).
         self.on_waiting = on_waiting
         self._channels: dict[str, ReplicaChannel] = {}
@@ -105,7 +111,7 @@ class Forwarder:
     def _channel(self, address: str) -> ReplicaChannel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = ReplicaChannel(address)
+            channel = self._channels[address] = ReplicaChannel(address, self._channel_options)
         return channel
 
     def _choose(self, endpoints, excluded: set[str]) -> ReplicaChannel | None:
@@ -123,12 +129,17 @@ class Forwarder:
     async def _acquire(
         self, resolve: Callable[[], rt.DeploymentRoute], deadline: float, excluded: set[str]
     ) -> tuple[rt.DeploymentRoute, ReplicaChannel]:
-        """Resolve the target and pick a replica, waiting (bounded) for one to be ready."""
+        """Resolve the target and pick a replica, waiting (bounded) for one to be ready.
+
+        The target is resolved again on every route change, so a request waiting for a
+        deployment that fails (or is deleted, or deactivated) is answered at once."""
         deployment = resolve()
         channel = self._choose(deployment.endpoints, excluded)
         if channel is not None:
             return deployment, channel
-        wait_until = min(deadline, time.monotonic() + self.replica_wait_seconds)
+        started = time.monotonic()
+        caller_limit = deadline - DEADLINE_MARGIN_SECONDS
+        wait_until = min(caller_limit, started + self.replica_wait_seconds)
         queued: LoadMeter | None = None
         try:
             while True:
@@ -137,13 +148,7 @@ class Forwarder:
                     return deployment, channel
                 remaining = wait_until - time.monotonic()
                 if remaining <= 0:
-                    code = grpc.StatusCode.DEADLINE_EXCEEDED if wait_until >= deadline else grpc.StatusCode.UNAVAILABLE
-                    raise GatewayError(
-                        code,
-                        "NO_READY_REPLICA",
-                        f"deployment {deployment.deployment_id} has no ready replica "
-                        f"(state {_state_name(deployment.state)}) after waiting {self.replica_wait_seconds:g}s",
-                    )
+                    raise self._no_ready_replica(deployment, time.monotonic() - started, wait_until == caller_limit)
                 if queued is None:
                     queued = self.loads[deployment.deployment_id]
                     if queued.queued >= self.max_queued:
@@ -162,6 +167,22 @@ class Forwarder:
             if queued is not None:
                 queued.change(queued=-1)
 
+    def _no_ready_replica(self, deployment: rt.DeploymentRoute, waited: float, by_deadline: bool) -> GatewayError:
+        if by_deadline:
+            code, bound = grpc.StatusCode.DEADLINE_EXCEEDED, "the request's deadline"
+        else:
+            code, bound = grpc.StatusCode.UNAVAILABLE, f"the gateway waits at most {self.replica_wait_seconds:g}s"
+        return GatewayError(
+            code,
+            "NO_READY_REPLICA",
+            f"deployment {deployment.deployment_id} has no ready replica (state {_state_name(deployment.state)}) "
+            f"after waiting {waited:.1f}s ({bound})",
+        )
+
+    def _check_size(self, request: rs.InvokeRequest | rs.InvokeStreamRequest) -> None:
+        if len(request.payload) > self.max_request_bytes:
+            raise request_too_large(len(request.payload), self.max_request_bytes)
+
     @contextlib.contextmanager
     def _in_flight(self, deployment: rt.DeploymentRoute, channel: ReplicaChannel, retry: bool) -> Iterator[None]:
         load = self.loads[deployment.deployment_id]
@@ -178,6 +199,7 @@ class Forwarder:
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeRequest, timeout: float
     ) -> tuple[rt.DeploymentRoute, bytes]:
         """Forward one request; returns the deployment that answered and the raw InvokeResponse bytes."""
+        self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
         while True:
@@ -186,8 +208,8 @@ class Forwarder:
                 try:
                     return deployment, await channel.invoke(request, timeout=_remaining(deadline))
                 except grpc.aio.AioRpcError as error:
-                    if error.code() is not grpc.StatusCode.UNAVAILABLE:
-                        raise from_replica(error) from None
+                    if error.code() not in RETRIABLE:
+                        raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
 
@@ -198,6 +220,7 @@ class Forwarder:
 
         A retry happens only before the first chunk: after that the replica has the request.
         """
+        self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
         while True:
@@ -210,8 +233,8 @@ class Forwarder:
                         yield chunk
                     return
                 except grpc.aio.AioRpcError as error:
-                    if error.code() is not grpc.StatusCode.UNAVAILABLE or started:
-                        raise from_replica(error) from None
+                    if error.code() not in RETRIABLE or started:
+                        raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
 

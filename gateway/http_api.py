@@ -5,16 +5,21 @@ POST /model/{model_id}/development/predict
 POST /model/{model_id}/deployment/{deployment_id}/predict
 and the matching .../wake routes. The body is forwarded as it came; the model's
 output is returned as it left the replica, streamed in chunks when the model
-yields. Every error is a JSON body {"error": {"code", "reason", "message"}}.
+yields (labelled by its first chunk: application/x-ndjson for JSON values,
+text/plain for text, application/octet-stream for bytes). A caller that accepts
+only application/json gets a streaming model's chunks gathered into one JSON
+answer, as Truss does. Every error is a JSON body {"error": {"code", "reason", "message"}}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
+import grpc
 from aiohttp import web
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, response_too_large
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.routing import DEVELOPMENT, PRODUCTION
@@ -22,6 +27,7 @@ from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
 
 DEFAULT_CONTENT_TYPE = "application/json"
+NDJSON = "application/x-ndjson"
 # What curl and HTML forms send when the caller names no type: the body is meant as JSON.
 UNTYPED = ("", "application/x-www-form-urlencoded")
 Resolver = Callable[[str, str, str], rt.DeploymentRoute]
@@ -46,13 +52,13 @@ def build_app(
                 return await forward(request, payload)
         except BodyTimeout as error:
             # The client stopped sending: answer, and close rather than wait for the rest.
-            response = web.json_response(error.to_json(), status=error.http_status)
+            response = error_response(error)
             await response.prepare(request)
             await response.write_eof()
             request.protocol.force_close()
             return response
         except GatewayError as error:
-            return web.json_response(error.to_json(), status=error.http_status)
+            return error_response(error)
 
     async def forward(request: web.Request, payload: bytes) -> web.StreamResponse:
         resolve = target(request)
@@ -66,10 +72,16 @@ def build_app(
         except StopAsyncIteration:
             return web.Response(body=b"", headers={"Content-Type": DEFAULT_CONTENT_TYPE})
         except GatewayError as error:
-            return web.json_response(error.to_json(), status=error.http_status)
+            return error_response(error)
         if first.complete:
             await chunks.aclose()
             return web.Response(body=first.chunk, headers={"Content-Type": first.content_type or DEFAULT_CONTENT_TYPE})
+        if accepts_only_json(request):
+            try:
+                body = await gather_json(first, chunks, forwarder.max_request_bytes)
+            except GatewayError as error:
+                return error_response(error)
+            return web.Response(body=body, headers={"Content-Type": DEFAULT_CONTENT_TYPE})
         response = web.StreamResponse(headers={"Content-Type": first.content_type or "application/octet-stream"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -90,7 +102,7 @@ def build_app(
             deployment = target(request)()
             return web.json_response(await wake(deployment.deployment_id), status=202)
         except GatewayError as error:
-            return web.json_response(error.to_json(), status=error.http_status)
+            return error_response(error)
 
     app = web.Application(middlewares=[json_http_errors])
     for verb, handler, expect in (("predict", predict, bodies.defer_continue), ("wake", wake_route, None)):
@@ -99,6 +111,52 @@ def build_app(
         )
         app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler, expect_handler=expect)
     return app
+
+
+def error_response(error: GatewayError) -> web.Response:
+    return web.json_response(error.to_json(), status=error.http_status)
+
+
+def accepts_only_json(request: web.Request) -> bool:
+    """The caller accepts application/json and nothing else: Truss's test before it gathers a
+    stream. As in Truss, an OpenAI client keeps its stream (its SDK sends that header always)."""
+    ranges = [r for header in request.headers.getall("Accept", ()) for r in header.split(",") if r.strip()]
+    return (
+        len(ranges) == 1
+        and _media_type(ranges[0]) == DEFAULT_CONTENT_TYPE
+        and "openai" not in request.headers.get("User-Agent", "").lower()
+    )
+
+
+async def gather_json(first: rs.InvokeStreamResponse, rest: AsyncGenerator[bytes, None], limit: int) -> bytes:
+    """A streaming model's chunks as one JSON document: JSON values become an array, text a
+    string (Truss joins the chunks as text). Bytes that are not text have no JSON form."""
+    parts, kinds, size = [first.chunk], {_media_type(first.content_type)}, len(first.chunk)
+    try:
+        async for raw in rest:
+            message = rs.InvokeStreamResponse.FromString(raw)
+            size += len(message.chunk)
+            if size > limit:
+                raise response_too_large(size, limit, "the stream gathered for Accept: application/json (so far)")
+            parts.append(message.chunk)
+            kinds.add(_media_type(message.content_type))
+    finally:
+        await rest.aclose()
+    if kinds == {NDJSON}:
+        return b"[" + b",".join(part.rstrip(b"\n") for part in parts) + b"]"
+    try:
+        text = b"".join(parts).decode("utf-8")
+    except UnicodeDecodeError:
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NOT_ACCEPTABLE",
+            "the model streams binary data, which has no JSON form: call it without Accept: application/json",
+        ) from None
+    return json.dumps(text, ensure_ascii=False).encode("utf-8")
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 # aiohttp's own refusals (unknown path, wrong method), in the gateway's JSON error shape.

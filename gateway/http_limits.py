@@ -14,7 +14,7 @@ from http import HTTPStatus
 import grpc
 from aiohttp import hdrs, web
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, request_too_large
 
 MiB = 1024 * 1024
 
@@ -72,13 +72,6 @@ class BodyReader:
         self.max_request_bytes = max_request_bytes
         self.budget = BodyBudget(limits.max_buffered_body_bytes)
 
-    def _too_large(self, size: str) -> GatewayError:
-        return GatewayError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "REQUEST_TOO_LARGE",
-            f"request body {size}is over the gateway's limit of {self.max_request_bytes} bytes",
-        )
-
     @staticmethod
     async def defer_continue(request: web.Request) -> None:
         """Expect handler of the routes whose bodies this reader reads: instead of aiohttp's
@@ -97,7 +90,7 @@ class BodyReader:
         try:
             if declared is not None:
                 if declared > self.max_request_bytes:
-                    raise self._too_large(f"of {declared} bytes ")
+                    raise request_too_large(declared, self.max_request_bytes)
                 self.budget.take(declared)
                 held = declared
             if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
@@ -109,7 +102,7 @@ class BodyReader:
             while chunk := await self._next_chunk(request, deadline, received, declared):
                 received += len(chunk)
                 if received > self.max_request_bytes:
-                    raise self._too_large("")
+                    raise request_too_large(None, self.max_request_bytes)
                 if received > held:  # no declared length: reserve as the bytes arrive
                     self.budget.take(received - held)
                     held = received

@@ -2,7 +2,9 @@
 
 model ID (or name) → the model's production deployment; model + `development` →
 its development deployment; deployment ID → that deployment. Every miss says which
-kind of miss it is: unknown, deleted, deactivated, or no such environment.
+kind of miss it is: unknown, deleted, deactivated, or no such environment. A
+deployment that failed to start (and has no replica left) is refused at once rather
+than waited for: nothing will start until it is changed.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ from __future__ import annotations
 import grpc
 
 from gateway.errors import GatewayError, not_found
+from slipway.v1 import resources_pb2 as r
 from slipway.v1 import route_service_pb2 as rt
 
 PRODUCTION = "production"
 DEVELOPMENT = "development"
+# States in which no replica will start until the deployment is changed (a push) or activated again.
+FAILED_STATES = frozenset(
+    {r.DEPLOYMENT_STATE_DEPLOY_FAILED, r.DEPLOYMENT_STATE_BUILD_FAILED, r.DEPLOYMENT_STATE_FAILED}
+)
 
 
 class RouteIndex:
@@ -67,7 +74,7 @@ class RouteIndex:
                     raise not_found(
                         "DEPLOYMENT_NOT_IN_MODEL", f"deployment {deployment_id} does not belong to model {model_ref}"
                     )
-            return self._require_active(deployment, f"deployment {deployment_id}")
+            return self._require_servable(deployment, f"deployment {deployment_id}")
         if not model_ref:
             raise GatewayError(
                 grpc.StatusCode.INVALID_ARGUMENT, "MISSING_TARGET", "a model ID or a deployment ID is required"
@@ -81,7 +88,7 @@ class RouteIndex:
             if not model.production_deployment_id:
                 raise not_found("NO_PRODUCTION_DEPLOYMENT", f"model {model_ref} has no production deployment")
             target = model.production_deployment_id
-        return self._require_active(
+        return self._require_servable(
             self._deployment(target), f"the {environment} deployment {target} of model {model_ref}"
         )
 
@@ -94,7 +101,15 @@ class RouteIndex:
         raise not_found("DEPLOYMENT_NOT_FOUND", f"no deployment {deployment_id!r}")
 
     @staticmethod
-    def _require_active(deployment: rt.DeploymentRoute, described: str) -> rt.DeploymentRoute:
+    def _require_servable(deployment: rt.DeploymentRoute, described: str) -> rt.DeploymentRoute:
         if not deployment.active:
             raise not_found("DEPLOYMENT_INACTIVE", f"{described} is deactivated")
+        if deployment.state in FAILED_STATES and not deployment.endpoints:
+            state = r.DeploymentState.Name(deployment.state).removeprefix("DEPLOYMENT_STATE_")
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "DEPLOYMENT_FAILED",
+                f"{described} is {state}: {deployment.status_message or 'it failed to start'}; "
+                "push a fixed package, or activate the deployment to try again",
+            )
         return deployment

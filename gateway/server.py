@@ -16,11 +16,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway import grpc_api
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
-from gateway.forwarder import MAX_MESSAGE_BYTES, Forwarder
+from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
@@ -87,6 +88,8 @@ class GatewaySettings:
     request_timeout_seconds: float = 600.0
     load_report_seconds: float = 1.0
     shutdown_grace_seconds: float = 10.0
+    # Largest request body (and model answer: a response, or one chunk of a stream), over HTTP and gRPC.
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
 
@@ -96,7 +99,11 @@ class Gateway:
         self.settings = settings
         self.follower = RouteFollower(settings.controller_address, settings.gateway_id)
         self.forwarder = Forwarder(
-            self.follower, settings.replica_wait_seconds, settings.max_queued_per_deployment, self._wake_for_request
+            self.follower,
+            settings.replica_wait_seconds,
+            settings.max_queued_per_deployment,
+            self._wake_for_request,
+            settings.max_request_bytes,
         )
         self._wakes_sent: dict[str, float] = {}
         self._waking: set[str] = set()
@@ -125,7 +132,8 @@ class Gateway:
                 ds.WakeDeploymentRequest(deployment_id=deployment_id), timeout=10
             )
         except grpc.aio.AioRpcError as error:
-            raise GatewayError(error.code(), "WAKE_FAILED", error.details() or error.code().name) from None
+            reason = error_info_reason(error) or "WAKE_FAILED"
+            raise GatewayError(error.code(), reason, error.details() or error.code().name) from None
         return {"deployment_id": deployment_id, "state": resources_pb2.DeploymentState.Name(response.deployment.state)}
 
     def _wake_for_request(self, deployment: rt.DeploymentRoute) -> None:
@@ -153,12 +161,13 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.follower.run()))
         self._tasks.append(asyncio.create_task(self._report_load()))
 
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            *settings.grpc_limits.server_options(settings.request_timeout_seconds),
-        ]
-        self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs)
+        self._grpc = grpc.aio.server(
+            options=[
+                *grpc_message_options(settings.max_request_bytes),
+                *settings.grpc_limits.server_options(settings.request_timeout_seconds),
+            ],
+            maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs,
+        )
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
         self._grpc.add_generic_rpc_handlers((api.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -168,7 +177,7 @@ class Gateway:
         self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await self._grpc.start()
 
-        self.http_bodies = BodyReader(settings.http_limits, MAX_MESSAGE_BYTES)
+        self.http_bodies = BodyReader(settings.http_limits, settings.max_request_bytes)
         app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds, self.http_bodies)
         self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds)
         await self._http.setup()

@@ -1,4 +1,9 @@
-"""Turning request payloads into model input and model output into response bytes."""
+"""Turning request payloads into model input and model output into response bytes.
+
+A returned value is one JSON document (bytes pass raw). A yielded chunk is labelled
+with the type of the stream it belongs to: a JSON value is one line of
+application/x-ndjson, a str is text/plain (UTF-8), bytes are application/octet-stream.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
-TEXT = "text/plain"
+TEXT = "text/plain; charset=utf-8"
 NDJSON = "application/x-ndjson"
 
 
@@ -46,7 +51,7 @@ def encode_chunk(chunk: Any) -> tuple[bytes, str]:
         return chunk.encode("utf-8"), TEXT
     if isinstance(chunk, (bytes, bytearray, memoryview)):
         return bytes(chunk), OCTET_STREAM
-    return _dumps(chunk) + b"\n", JSON
+    return _dumps(chunk) + b"\n", NDJSON
 
 
 def join_chunks(encoded: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
@@ -55,12 +60,7 @@ def join_chunks(encoded: Iterable[tuple[bytes, str]]) -> tuple[bytes, str]:
     for data, content_type in encoded:
         parts.append(data)
         content_types.add(content_type)
-    if content_types == {TEXT}:
-        content_type = TEXT
-    elif content_types == {JSON}:
-        content_type = NDJSON  # one JSON document per line
-    else:
-        content_type = OCTET_STREAM
+    content_type = content_types.pop() if len(content_types) == 1 else OCTET_STREAM
     return b"".join(parts), content_type
 
 

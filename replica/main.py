@@ -21,6 +21,7 @@ import sys
 
 from replica.log import Logger
 from replica.server import Options, Replica
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -35,7 +36,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--drain-seconds", type=float, default=30.0, help="longest wait for in-flight calls on shutdown"
     )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="largest request body and model answer (a response, or one chunk of a stream)",
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
+        parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
     return Options(
         package=args.package,
         state_file=args.state_file,
@@ -43,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         port=args.port,
         replica_id=args.replica_id,
         drain_seconds=args.drain_seconds,
+        max_request_bytes=args.max_request_bytes,
     )
 
 

@@ -21,6 +21,7 @@ from replica.reload import ModelReloader
 from replica.servicer import ReplicaServicer
 from replica.state_file import FAILED, LOADING, READY, StateFile
 from replica.threads import ModelThreads
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
 
 SERVICE_NAME = replica_service_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
@@ -38,6 +39,9 @@ class Options:
     port: int = 0
     replica_id: str | None = None
     drain_seconds: float = 30.0
+    late_arrival_seconds: float = 0.25
+    # Largest request body and model answer (a response, or one chunk of a stream).
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
 
 class Replica:
@@ -89,8 +93,9 @@ class Replica:
     async def _build_server(self) -> tuple[grpc.aio.Server, ReplicaServicer, health.aio.HealthServicer]:
         # Without this, grpc sets SO_REUSEPORT and a second process could silently
         # share a fixed --port with this one.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        servicer = ReplicaServicer(self._log)
+        options = [("grpc.so_reuseport", 0), *grpc_message_options(self._options.max_request_bytes)]
+        server = grpc.aio.server(options=options)
+        servicer = ReplicaServicer(self._log, self._options.max_request_bytes)
         replica_service_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         for service in ("", SERVICE_NAME):  # "" starts out SERVING otherwise
@@ -135,6 +140,10 @@ class Replica:
         drain_seconds = self._options.drain_seconds
         self._log.info("draining", drain_seconds=drain_seconds)
         await health_servicer.enter_graceful_shutdown()
+        # The controller signals a drain once every gateway has stopped routing here, but a
+        # call a gateway dispatched just before may still be on its way: serve stragglers for
+        # a moment rather than refuse them (a refusal costs a retry elsewhere).
+        await asyncio.sleep(min(self._options.late_arrival_seconds, drain_seconds))
         # New predict calls are refused with UNAVAILABLE (retriable elsewhere) rather
         # than left to the server's shutdown, which may answer a call racing it with
         # CANCELLED. Health checks keep answering NOT_SERVING meanwhile.

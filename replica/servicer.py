@@ -1,4 +1,8 @@
-"""ReplicaService: decodes requests, runs the predictor, maps failures to status codes."""
+"""ReplicaService: decodes requests, runs the predictor, maps failures to status codes.
+
+A request body, and each answer (a response, or one chunk of a stream), is at most
+`max_request_bytes`; beyond it the call is refused with RESOURCE_EXHAUSTED and the
+ErrorInfo reason REQUEST_TOO_LARGE or RESPONSE_TOO_LARGE."""
 
 from __future__ import annotations
 
@@ -15,14 +19,17 @@ from replica import codec
 from replica.log import Logger
 from replica.predictor import ChunkStream, ModelError, Predictor
 from replica.reload import ModelReloader
+from slipway import limits
 from slipway.process import wait_event
+from slipway.status import rich_status
 from slipway.v1 import replica_service_pb2 as pb
 from slipway.v1 import replica_service_pb2_grpc as pb_grpc
 
 
 class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
-    def __init__(self, log: Logger) -> None:
+    def __init__(self, log: Logger, max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES) -> None:
         self._log = log
+        self._max_bytes = max_request_bytes
         self._predictor: Predictor | None = None
         self._reloader: ModelReloader | None = None
         self._refusing = False
@@ -53,11 +60,12 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             try:
                 async with predictor.run(model_input) as result:
                     if isinstance(result, ChunkStream):
-                        payload, content_type = codec.join_chunks([codec.encode_chunk(c) async for c in result])
+                        payload, content_type = await self._join(result, context)
                     else:
                         payload, content_type = codec.encode_result(result)
             except (ModelError, codec.ResultEncodingError) as exc:
                 await self._abort_model_failure(context, exc)
+            await self._check_answer(len(payload), "the model's response", context)
             return pb.InvokeResponse(payload=payload, content_type=content_type)
 
     async def InvokeStream(self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> None:
@@ -69,9 +77,11 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                     if isinstance(result, ChunkStream):
                         async for chunk in result:
                             data, content_type = codec.encode_chunk(chunk)
+                            await self._check_answer(len(data), "a chunk of the model's stream", context)
                             await context.write(pb.InvokeStreamResponse(chunk=data, content_type=content_type))
                     else:
                         data, content_type = codec.encode_result(result)
+                        await self._check_answer(len(data), "the model's response", context)
                         await context.write(
                             pb.InvokeStreamResponse(chunk=data, content_type=content_type, complete=True)
                         )
@@ -108,7 +118,30 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             await abort(context, grpc.StatusCode.UNAVAILABLE, "model is not loaded yet")
         return self._predictor
 
+    async def _join(self, stream: ChunkStream, context: grpc.aio.ServicerContext) -> tuple[bytes, str]:
+        """A streaming model's chunks as one answer (a unary call), within the size limit."""
+        encoded, size = [], 0
+        async for chunk in stream:
+            data, content_type = codec.encode_chunk(chunk)
+            size += len(data)
+            await self._check_answer(size, "the model's stream joined into one response (so far)", context)
+            encoded.append((data, content_type))
+        return codec.join_chunks(encoded)
+
+    async def _check_answer(self, size: int, what: str, context: grpc.aio.ServicerContext) -> None:
+        if size > self._max_bytes:
+            await self._abort_too_large(context, limits.RESPONSE_TOO_LARGE, what, size)
+
+    async def _abort_too_large(self, context: grpc.aio.ServicerContext, reason: str, what: str, size: int) -> NoReturn:
+        message = limits.too_large(what, size, self._max_bytes)
+        if reason == limits.RESPONSE_TOO_LARGE:
+            self._log.error("response_too_large", error=message)
+        await context.abort_with_status(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message))
+        raise AssertionError("unreachable: context.abort_with_status raises")
+
     async def _decode(self, request: pb.InvokeRequest | pb.InvokeStreamRequest, context: grpc.aio.ServicerContext):
+        if len(request.payload) > self._max_bytes:
+            await self._abort_too_large(context, limits.REQUEST_TOO_LARGE, "the request body", len(request.payload))
         try:
             return codec.decode_payload(request.payload, request.content_type)
         except codec.PayloadError as exc:

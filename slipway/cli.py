@@ -21,6 +21,7 @@ import click
 from slipway import client_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
 
 
@@ -58,6 +59,17 @@ class SlipwayGroup(click.Group):
 )
 def cli(controller: str, gateway: str) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
+
+
+max_request_bytes_option = click.option(
+    "--max-request-bytes",
+    envvar="SLIPWAY_MAX_REQUEST_BYTES",
+    type=click.IntRange(min=1, max=LARGEST_MAX_REQUEST_BYTES),
+    default=DEFAULT_MAX_REQUEST_BYTES,
+    show_default=True,
+    show_envvar=True,
+    help="Largest request body and model answer (a response, or one stream chunk) in bytes, in gateway and replicas.",
+)
 
 
 def server_options(command: Callable) -> Callable:
@@ -130,7 +142,14 @@ def configure_logs(log_level: str) -> None:
 
 
 def controller_settings(
-    host: str, port: int, data_dir: Path, time_scale: float, wake_hold: float, fork_replicas: bool, drain_seconds: float
+    host: str,
+    port: int,
+    data_dir: Path,
+    time_scale: float,
+    wake_hold: float,
+    fork_replicas: bool,
+    drain_seconds: float,
+    max_request_bytes: int,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.server import ControllerSettings
@@ -142,6 +161,7 @@ def controller_settings(
         autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
+        max_request_bytes=max_request_bytes,
     )
 
 
@@ -151,6 +171,7 @@ def gateway_settings(
     http_port: int,
     controller: str,
     replica_wait: float,
+    max_request_bytes: int,
     max_http_connections: int,
     max_buffered_request_bytes: int,
 ) -> Any:
@@ -163,6 +184,7 @@ def gateway_settings(
         grpc_port=grpc_port,
         http_port=http_port,
         replica_wait_seconds=replica_wait,
+        max_request_bytes=max_request_bytes,
         http_limits=HttpLimits(
             max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
         ),
@@ -238,6 +260,7 @@ def run_until_stopped(coroutine: Any) -> None:
 
 @cli.command()
 @server_options
+@max_request_bytes_option
 def controller(
     host: str,
     port: int,
@@ -247,13 +270,14 @@ def controller(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    max_request_bytes: int,
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
     configure_logs(log_level)
     settings = controller_settings(
-        host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds
+        host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds, max_request_bytes
     )
     run_until_stopped(run_controller(settings))
 
@@ -269,6 +293,7 @@ def controller(
     show_envvar=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@max_request_bytes_option
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -279,6 +304,7 @@ def gateway(
     max_http_connections: int,
     max_buffered_request_bytes: int,
     log_level: str,
+    max_request_bytes: int,
 ) -> None:
     """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
     from gateway.server import run_gateway
@@ -291,6 +317,7 @@ def gateway(
         http_port,
         controller_address,
         replica_wait,
+        max_request_bytes,
         max_http_connections,
         max_buffered_request_bytes,
     )
@@ -352,6 +379,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A package directory to push as a development deployment once the platform is up.",
 )
+@max_request_bytes_option
 @timeout_option
 def up(
     host: str,
@@ -368,6 +396,7 @@ def up(
     max_http_connections: int,
     max_buffered_request_bytes: int,
     example: Path | None,
+    max_request_bytes: int,
     timeout: float,
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
@@ -375,10 +404,24 @@ def up(
     run_until_stopped(
         run_platform(
             controller_settings(
-                host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds
+                host,
+                port,
+                data_dir,
+                autoscaling_time_scale,
+                wake_hold_seconds,
+                fork_replicas,
+                drain_seconds,
+                max_request_bytes,
             ),
             gateway_settings(
-                host, gateway_port, http_port, "", replica_wait, max_http_connections, max_buffered_request_bytes
+                host,
+                gateway_port,
+                http_port,
+                "",
+                replica_wait,
+                max_request_bytes,
+                max_http_connections,
+                max_buffered_request_bytes,
             ),
             example,
             timeout,

@@ -204,20 +204,27 @@ async def api(controller, tmp_path):
         yield Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
 
 
-@pytest.fixture
-async def gateway(controller):
+async def start_gateway(controller_address: str, **overrides):
+    """A gateway on port 0 following the controller, once it has the route table."""
     from gateway.server import Gateway, GatewaySettings
 
     running = await Gateway.start(
         GatewaySettings(
-            controller_address=controller.address,
+            controller_address=controller_address,
             grpc_port=0,
             http_port=0,
             replica_wait_seconds=10,
             load_report_seconds=0.2,
             shutdown_grace_seconds=2,
+            **overrides,
         )
     )
     await asyncio.wait_for(running.follower.synced.wait(), 10)
+    return running
+
+
+@pytest.fixture
+async def gateway(controller):
+    running = await start_gateway(controller.address)
     yield running
     await stop_or_explain(running.stop(), "gateway")

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from conftest import Api, error_reason, wait_until
 
-from gateway.forwarder import MAX_MESSAGE_BYTES
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
@@ -176,7 +176,9 @@ async def test_malformed_http_body_is_a_400_unknown_paths_404_wrong_method_405_t
     async with client.session.get(f"{client.http}/model/{dev.model.id}/development/predict") as response:
         assert response.status == 405 and response.headers["Allow"] == "POST"
         assert (await response.json())["error"]["reason"] == "METHOD_NOT_ALLOWED"
-    status, body = await client.post(f"/model/{dev.model.id}/development/predict", b" " * (MAX_MESSAGE_BYTES + 1))
+    status, body = await client.post(
+        f"/model/{dev.model.id}/development/predict", b" " * (DEFAULT_MAX_REQUEST_BYTES + 1)
+    )
     assert status == 413 and body["error"]["reason"] == "REQUEST_TOO_LARGE"
 
 

@@ -10,30 +10,25 @@ import sys
 
 import grpc
 import pytest
-from conftest import stop_or_explain, wait_until
+from conftest import start_gateway, stop_or_explain, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.forwarder import MAX_MESSAGE_BYTES
 from gateway.http_limits import HttpLimits
-from gateway.server import Gateway, GatewaySettings, GrpcLimits
+from gateway.server import Gateway, GrpcLimits
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 
 # No model by this ID: a request that gets past the body limits is answered 404.
 PREDICT = "/model/m_nothing/production/predict"
 
 
 @pytest.fixture
-async def start_gateway(controller):
+async def gateway_with(controller):
+    """Starts gateways with the settings given; stops them all at the end."""
     started: list[Gateway] = []
 
     async def start(**overrides) -> Gateway:
-        gateway = await Gateway.start(
-            GatewaySettings(
-                controller_address=controller.address, grpc_port=0, http_port=0, shutdown_grace_seconds=2, **overrides
-            )
-        )
-        started.append(gateway)
-        await asyncio.wait_for(gateway.follower.synced.wait(), 10)
-        return gateway
+        started.append(await start_gateway(controller.address, **overrides))
+        return started[-1]
 
     yield start
     for gateway in started:
@@ -67,22 +62,22 @@ async def closed_by_gateway(reader: asyncio.StreamReader, timeout: float = 5) ->
     return True
 
 
-async def test_a_declared_body_over_the_limit_is_refused_at_once_without_reading_it(start_gateway):
-    gateway = await start_gateway()
+async def test_a_declared_body_over_the_limit_is_refused_at_once_without_reading_it(gateway_with):
+    gateway = await gateway_with()
     reader, writer = await connect(gateway)
     writer.write(request_head(100 * 1024**3))  # 100 GiB announced, nothing sent
     status, body = await read_response(reader)
     assert status == 413
     assert body["error"]["code"] == "RESOURCE_EXHAUSTED" and body["error"]["reason"] == "REQUEST_TOO_LARGE"
-    assert str(MAX_MESSAGE_BYTES) in body["error"]["message"]
+    assert str(DEFAULT_MAX_REQUEST_BYTES) in body["error"]["message"]
     assert gateway.http_bodies.budget.held == 0
     writer.close()
 
 
-async def test_100_continue_is_sent_only_for_a_body_the_gateway_admits(start_gateway):
-    gateway = await start_gateway(http_limits=HttpLimits(max_buffered_body_bytes=1000))
+async def test_100_continue_is_sent_only_for_a_body_the_gateway_admits(gateway_with):
+    gateway = await gateway_with(http_limits=HttpLimits(max_buffered_body_bytes=1000))
     reader, writer = await connect(gateway)
-    writer.write(request_head(MAX_MESSAGE_BYTES + 1, expect_continue=True))
+    writer.write(request_head(DEFAULT_MAX_REQUEST_BYTES + 1, expect_continue=True))
     assert (await read_response(reader))[0] == 413  # and no "100 Continue" before it
     reader, writer = await connect(gateway)
     writer.write(request_head(1001, expect_continue=True))
@@ -95,8 +90,8 @@ async def test_100_continue_is_sent_only_for_a_body_the_gateway_admits(start_gat
     assert (await read_response(reader))[0] == 404
 
 
-async def test_a_stalled_body_gets_408_and_its_connection_closed(start_gateway):
-    gateway = await start_gateway(http_limits=HttpLimits(body_idle_timeout_seconds=0.3))
+async def test_a_stalled_body_gets_408_and_its_connection_closed(gateway_with):
+    gateway = await gateway_with(http_limits=HttpLimits(body_idle_timeout_seconds=0.3))
     reader, writer = await connect(gateway)
     writer.write(request_head(1000) + b'{"part": ')
     status, body = await read_response(reader)
@@ -106,9 +101,9 @@ async def test_a_stalled_body_gets_408_and_its_connection_closed(start_gateway):
     assert gateway.http_bodies.budget.held == 0
 
 
-async def test_a_body_trickled_slower_than_the_total_bound_gets_408(start_gateway):
+async def test_a_body_trickled_slower_than_the_total_bound_gets_408(gateway_with):
     limits = HttpLimits(body_idle_timeout_seconds=5, body_timeout_seconds=0.5)
-    gateway = await start_gateway(http_limits=limits)
+    gateway = await gateway_with(http_limits=limits)
     reader, writer = await connect(gateway)
     writer.write(request_head(1000))
 
@@ -125,8 +120,8 @@ async def test_a_body_trickled_slower_than_the_total_bound_gets_408(start_gatewa
     assert status == 408 and "not complete within 0.5s" in body["error"]["message"]
 
 
-async def test_a_client_trickling_its_headers_is_disconnected(start_gateway):
-    gateway = await start_gateway(http_limits=HttpLimits(idle_timeout_seconds=0.3))
+async def test_a_client_trickling_its_headers_is_disconnected(gateway_with):
+    gateway = await gateway_with(http_limits=HttpLimits(idle_timeout_seconds=0.3))
     reader, writer = await connect(gateway)
     writer.write(b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: gw\r\n")
 
@@ -142,8 +137,8 @@ async def test_a_client_trickling_its_headers_is_disconnected(start_gateway):
         trickling.cancel()
 
 
-async def test_an_idle_keep_alive_connection_is_closed(start_gateway):
-    gateway = await start_gateway(http_limits=HttpLimits(idle_timeout_seconds=1))
+async def test_an_idle_keep_alive_connection_is_closed(gateway_with):
+    gateway = await gateway_with(http_limits=HttpLimits(idle_timeout_seconds=1))
     reader, writer = await connect(gateway)
     writer.write(request_head(2) + b"{}")
     status, _ = await read_response(reader)
@@ -152,8 +147,8 @@ async def test_an_idle_keep_alive_connection_is_closed(start_gateway):
     await wait_until(lambda: gateway.http_site.open_connections == 0, timeout=5, what="the connection to be let go")
 
 
-async def test_connections_beyond_the_cap_are_refused_with_503(start_gateway):
-    gateway = await start_gateway(http_limits=HttpLimits(max_connections=2))
+async def test_connections_beyond_the_cap_are_refused_with_503(gateway_with):
+    gateway = await gateway_with(http_limits=HttpLimits(max_connections=2))
     held = [await connect(gateway) for _ in range(2)]
     await wait_until(lambda: gateway.http_site.open_connections == 2, timeout=5, what="two open connections")
 
@@ -196,8 +191,8 @@ async def test_the_gateway_command_takes_the_connection_cap_and_body_budget(cont
         process.wait(10)
 
 
-async def test_buffered_body_bytes_are_capped_across_requests(start_gateway):
-    gateway = await start_gateway(http_limits=HttpLimits(max_buffered_body_bytes=1000))
+async def test_buffered_body_bytes_are_capped_across_requests(gateway_with):
+    gateway = await gateway_with(http_limits=HttpLimits(max_buffered_body_bytes=1000))
     budget = gateway.http_bodies.budget
     slow_reader, slow_writer = await connect(gateway)
     slow_writer.write(request_head(800) + b" " * 100)
@@ -226,8 +221,8 @@ async def test_buffered_body_bytes_are_capped_across_requests(start_gateway):
     assert (await read_response(reader))[0] == 404
 
 
-async def test_an_idle_grpc_connection_is_closed(start_gateway):
-    gateway = await start_gateway(grpc_limits=GrpcLimits(max_connection_idle_seconds=1))
+async def test_an_idle_grpc_connection_is_closed(gateway_with):
+    gateway = await gateway_with(grpc_limits=GrpcLimits(max_connection_idle_seconds=1))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -237,8 +232,8 @@ async def test_an_idle_grpc_connection_is_closed(start_gateway):
         )
 
 
-async def test_grpc_calls_beyond_the_server_cap_are_refused(start_gateway):
-    gateway = await start_gateway(grpc_limits=GrpcLimits(max_concurrent_rpcs=1))
+async def test_grpc_calls_beyond_the_server_cap_are_refused(gateway_with):
+    gateway = await gateway_with(grpc_limits=GrpcLimits(max_concurrent_rpcs=1))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=10)  # stays open: the one call allowed

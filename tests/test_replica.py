@@ -296,10 +296,10 @@ def test_stream_example_yields_one_message_per_chunk(start):
 
     messages = replica.stream({"text": "one two three"})
     assert [m.chunk for m in messages] == [b"one\n", b"two\n", b"three\n"]
-    assert {m.content_type for m in messages} == {"text/plain"}
+    assert {m.content_type for m in messages} == {"text/plain; charset=utf-8"}
     # A unary call on a streaming model gets every chunk, concatenated.
     response = replica.predict({"text": "one two"})
-    assert (response.payload, response.content_type) == (b"one\ntwo\n", "text/plain")
+    assert (response.payload, response.content_type) == (b"one\ntwo\n", "text/plain; charset=utf-8")
 
 
 def test_async_generator_streams_json_chunks(start, make_package):
@@ -318,7 +318,8 @@ def test_async_generator_streams_json_chunks(start, make_package):
 
     messages = replica.stream({"n": 3})
     assert [json.loads(m.chunk) for m in messages] == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert all(m.chunk.endswith(b"\n") and m.content_type == "application/json" for m in messages)
+    # Each chunk is one line of a stream of JSON values.
+    assert all(m.chunk.endswith(b"\n") and m.content_type == "application/x-ndjson" for m in messages)
 
 
 def test_stream_of_a_plain_result_is_one_json_message(start):

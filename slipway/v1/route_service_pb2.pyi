@@ -42,20 +42,22 @@ class ModelRoute(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_name: _Optional[str] = ..., production_deployment_id: _Optional[str] = ..., development_deployment_id: _Optional[str] = ...) -> None: ...
 
 class DeploymentRoute(_message.Message):
-    __slots__ = ("deployment_id", "model_id", "name", "active", "state", "endpoints")
+    __slots__ = ("deployment_id", "model_id", "name", "active", "state", "endpoints", "status_message")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     model_id: str
     name: str
     active: bool
     state: _resources_pb2.DeploymentState
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, deployment_id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[_resources_pb2.DeploymentState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+    status_message: str
+    def __init__(self, deployment_id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[_resources_pb2.DeploymentState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., status_message: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("replica_id", "address")

@@ -1,0 +1,39 @@
+"""The data plane's message size limit: one operator setting (`--max-request-bytes`,
+`SLIPWAY_MAX_REQUEST_BYTES`) that the gateway (HTTP and gRPC) and every replica honour.
+
+It bounds a request body and a model's answer (a unary response, or one chunk of a
+stream). The handlers check it themselves and refuse with a precise error; grpc's own
+limits sit a little above it, so that grpc core (whose refusal is a bare
+RESOURCE_EXHAUSTED) never answers first.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# Room for the fields around the payload (content type, target) in a gRPC message.
+GRPC_HEADROOM_BYTES = 64 * 1024
+# grpc message lengths are 32-bit signed integers.
+LARGEST_MAX_REQUEST_BYTES = 2**31 - 1 - GRPC_HEADROOM_BYTES
+
+REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+SETTING = "--max-request-bytes / SLIPWAY_MAX_REQUEST_BYTES"
+
+
+def grpc_message_options(max_request_bytes: int) -> list[tuple[str, int]]:
+    """Channel or server options: grpc's own limits, with headroom over the setting."""
+    length = max_request_bytes + GRPC_HEADROOM_BYTES
+    return [("grpc.max_receive_message_length", length), ("grpc.max_send_message_length", length)]
+
+
+def too_large(what: str, size: int | None, limit: int) -> str:
+    """The message of a refusal: what was too large, by how much (None: unknown), and the setting."""
+    measured = "" if size is None else f" {size} bytes,"
+    return f"{what} is{measured} over the limit of {limit} bytes ({_human(limit)}; {SETTING})"
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
