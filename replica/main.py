@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--drain-seconds", type=float, default=30.0, help="longest wait for in-flight calls on shutdown"
     )
     parser.add_argument(
+        "--late-arrival-seconds",
+        type=float,
+        default=0.25,
+        help="on shutdown, keep serving new calls this long (gateways may have dispatched them just before)",
+    )
+    parser.add_argument(
         "--max-request-bytes",
         type=int,
         default=DEFAULT_MAX_REQUEST_BYTES,
@@ -52,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         port=args.port,
         replica_id=args.replica_id,
         drain_seconds=args.drain_seconds,
+        late_arrival_seconds=args.late_arrival_seconds,
         max_request_bytes=args.max_request_bytes,
     )
 

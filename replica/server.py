@@ -39,6 +39,7 @@ class Options:
     port: int = 0
     replica_id: str | None = None
     drain_seconds: float = 30.0
+    # On shutdown, new calls are still served this long before they are refused.
     late_arrival_seconds: float = 0.25
     # Largest request body and model answer (a response, or one chunk of a stream).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -67,9 +68,10 @@ class Replica:
         except RuntimeError as exc:
             return self._fail("bind_failed", exc)
         await server.start()
+        # Before LOADING is reported: a stop signal sent once the state file says so must drain.
+        self._install_signal_handlers()
         self._state.write(LOADING)
         self._log.info("listening", host=self._options.host, port=self._state.port, model_name=config.model_name)
-        self._install_signal_handlers()
 
         predictor = await self._load(config)
         if predictor is None:

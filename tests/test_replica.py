@@ -554,8 +554,8 @@ class Model:
 """
     )
     # A long drain period: the process must exit as soon as the request is done,
-    # even with a health Watch stream open.
-    replica = start(package, "--drain-seconds", "60").wait_ready()
+    # even with a health Watch stream open. No late-arrival grace: new calls are refused at once.
+    replica = start(package, "--drain-seconds", "60", "--late-arrival-seconds", "0").wait_ready()
     watch = health_pb2_grpc.HealthStub(replica.channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
 
@@ -577,6 +577,17 @@ class Model:
     logs = replica.logs()
     events = [json.loads(line)["event"] for line in logs.splitlines()]
     assert events[-3:] == ["signal_received", "draining", "stopped"]
+
+
+def test_a_call_arriving_just_after_sigterm_is_served_not_refused(start):
+    """Gateways stop routing to a replica before it is told to drain, but a call one of them
+    dispatched just before can land after the signal: it is served within the grace."""
+    replica = start(EXAMPLES / "echo", "--late-arrival-seconds", "60").wait_ready()
+    watch = health_pb2_grpc.HealthStub(replica.channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    replica.process.send_signal(signal.SIGTERM)
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING  # draining
+    assert replica.predict_json({"text": "late"}) == {"echo": {"text": "late"}}
 
 
 def test_drain_gives_up_after_drain_seconds(start, make_package, tmp_path):
