@@ -29,6 +29,8 @@ HTTP_STATUS_BY_REASON = {
     limits.RESPONSE_TOO_LARGE: 500,
     "DEPLOYMENT_FAILED": 503,
     "NOT_ACCEPTABLE": 406,
+    # The client stopped sending its body (DEADLINE_EXCEEDED would say 504, a gateway timeout).
+    "REQUEST_BODY_TIMEOUT": 408,
 }
 # grpc core's own refusal of an oversized message (a replica or channel with other limits).
 _GRPC_TOO_LARGE = re.compile(r"message larger than max \((\d+) vs\. (\d+)\)")
