@@ -23,7 +23,7 @@ from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
-from slipway.tls import ServerTls
+from slipway.tls import ServerTls, dialable_host
 from slipway.tls_options import checked_ca, server_tls, tls_options
 
 
@@ -374,10 +374,12 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     from slipway.process import wait_for_termination_signal
 
     controller_process = await Controller.start(controller_config)
-    gateway_config.controller_address = controller_process.address
+    controller_address = f"{dialable_host(controller_config.host)}:{controller_process.port}"
+    gateway_config.controller_address = controller_address
     gateway_process = await Gateway.start(gateway_config)
     ca_file = gateway_config.controller_ca_file
-    http = f"{'https' if ca_file else 'http'}://{gateway_config.host}:{gateway_process.http_port}"
+    gateway_host = dialable_host(gateway_config.host)
+    http = f"{'https' if ca_file else 'http'}://{gateway_host}:{gateway_process.http_port}"
     curl = f"curl --cacert {ca_file}" if ca_file else "curl"
     try:
         click.echo(
@@ -386,12 +388,12 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
         click.echo(
             f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)"
         )
-        click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
-        click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
+        click.echo(f"  export SLIPWAY_CONTROLLER={controller_address}")
+        click.echo(f"  export SLIPWAY_GATEWAY={gateway_host}:{gateway_process.grpc_port}")
         if ca_file:
             click.echo(f"  export SLIPWAY_TLS_CA={ca_file}")
         if example is not None:
-            client = SlipwayClient(controller_process.address, ca_file=ca_file)
+            client = SlipwayClient(controller_address, ca_file=ca_file)
             try:
                 error = await asyncio.to_thread(push_example, client, example, timeout, ca_file is not None)
                 if error:

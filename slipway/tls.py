@@ -79,6 +79,13 @@ def is_loopback(host: str) -> bool:
         return False  # a host name (or "" for every interface) may reach beyond this machine
 
 
+def dialable_host(host: str) -> str:
+    """The host a client on this machine dials to reach a server listening on `host`: a
+    wildcard listens on loopback too, and a certificate names 127.0.0.1 where it would never
+    name 0.0.0.0."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
 def warn_if_exposed_without_tls(host: str, tls: ServerTls | None, surface: str) -> None:
     """Loudly, in the log and on stderr: plaintext beyond loopback exposes every key and payload."""
     if tls is not None or is_loopback(host):

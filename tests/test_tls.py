@@ -227,9 +227,12 @@ async def test_bad_tls_options_are_refused_before_anything_starts(pki, tmp_path)
 
 
 async def test_slipway_up_serves_tls_with_a_self_signed_certificate_and_says_how_to_reach_it(pki, tmp_path):
-    """Without --tls-ca, `up` verifies its own controller with the (self-signed) certificate."""
+    """Without --tls-ca, `up` verifies its own controller with the (self-signed) certificate,
+    and on every interface it dials (and tells clients to dial) 127.0.0.1, a name the
+    certificate holds."""
     up = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "slipway", "up", "--port", "0", "--gateway-port", "0", "--http-port", "0"),
+        *(sys.executable, "-m", "slipway", "up", "--host", "0.0.0.0"),
+        *("--port", "0", "--gateway-port", "0", "--http-port", "0"),
         *("--tls-cert", str(pki.self_signed_cert), "--tls-key", str(pki.self_signed_key)),
         *("--data-dir", str(tmp_path / "data"), "--no-fork-replicas"),
         stdout=asyncio.subprocess.PIPE,
@@ -244,7 +247,7 @@ async def test_slipway_up_serves_tls_with_a_self_signed_certificate_and_says_how
             assert line, f"slipway up exited: {lines}"
             lines.append(line.decode().strip())
         assert f"export SLIPWAY_TLS_CA={pki.self_signed_cert}" in lines, lines
-        assert any("(gRPC) and https://" in line for line in lines), lines
+        assert any("(gRPC) and https://127.0.0.1:" in line for line in lines), lines
         controller = next(line.split("=", 1)[1] for line in lines if "SLIPWAY_CONTROLLER=" in line)
         gateway = next(line.split("=", 1)[1] for line in lines if "SLIPWAY_GATEWAY=" in line)
         listed = await slipway("--controller", controller, "--tls-ca", str(pki.self_signed_cert), "models", "list")
@@ -269,3 +272,19 @@ async def test_slipway_up_serves_tls_with_a_self_signed_certificate_and_says_how
         up.send_signal(signal.SIGTERM)
         await asyncio.wait_for(up.wait(), 30)
     assert up.returncode == 0
+
+
+async def test_a_client_that_never_completes_its_tls_handshake_is_closed_like_an_idle_one(platform):
+    from gateway.http_limits import HttpLimits
+
+    tls = ServerTls.load(platform.pki.cert, platform.pki.key)
+    limits = HttpLimits(idle_timeout_seconds=0.3)
+    gateway = await start_gateway(
+        platform.controller.address, tls=tls, controller_ca_file=platform.pki.ca, http_limits=limits
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without a byte (asyncio's default: 60 s)
+        writer.close()
+    finally:
+        await stop_or_explain(gateway.stop(), "gateway")
