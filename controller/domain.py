@@ -236,13 +236,24 @@ METADATA_MAX_BYTES = 16 * 1024
 
 def encode_metadata(metadata: Mapping[str, Any]) -> str:
     """A push's metadata (`truss push --metadata`) as the JSON text recorded for it."""
-    text = json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(_whole_numbers(dict(metadata)), sort_keys=True, separators=(",", ":"))
     if len(text.encode()) > METADATA_MAX_BYTES:
         raise InvalidArgument(
             "METADATA_TOO_LARGE",
             f"metadata is {len(text.encode())} bytes as JSON; at most {METADATA_MAX_BYTES} are allowed",
         )
     return text
+
+
+def _whole_numbers(value: Any) -> Any:
+    """protobuf's Struct holds every number as a double: 3 arrives as 3.0, and is written 3."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
 
 
 def validate_deployment_name(name: str) -> None:
