@@ -8,6 +8,9 @@
         for deployment in client.list_deployments(model_id=pushed.model.id):
             print(deployment.name, deployment.state)
 
+A controller or gateway serving TLS is verified with `ca_file=` (a PEM CA certificate;
+SLIPWAY_TLS_CA by default); without one the channel is plaintext.
+
 Every method raises `grpc.RpcError` on a refusal; `format_rpc_error` turns one into
 a readable line ("FAILED_PRECONDITION (PRODUCTION_NOT_DELETABLE): ...") and
 `error_reason` gives the machine-readable reason.
@@ -168,7 +171,8 @@ class SlipwayClient:
 
     `timeout` is the deadline of each unary call in seconds (pushes get
     `push_timeout`). Mutations take an optional `request_id` (idempotency key: a
-    retried call with the same key is applied once).
+    retried call with the same key is applied once). `ca_file` verifies a controller
+    serving TLS (default SLIPWAY_TLS_CA; plaintext when neither is set).
     """
 
     def __init__(
