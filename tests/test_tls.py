@@ -288,3 +288,60 @@ async def test_a_client_that_never_completes_its_tls_handshake_is_closed_like_an
         writer.close()
     finally:
         await stop_or_explain(gateway.stop(), "gateway")
+
+
+async def _json_log_line(process: asyncio.subprocess.Process, message: str) -> dict:
+    """Read the process's JSON log lines on stderr until the one with `message`."""
+    assert process.stderr is not None
+    while True:
+        line = await asyncio.wait_for(process.stderr.readline(), 30)
+        assert line, f"the process exited before logging {message!r}"
+        if line.startswith(b"{") and json.loads(line)["msg"] == message:
+            return json.loads(line)
+
+
+async def test_the_controller_and_gateway_commands_take_the_tls_flags(pki, tmp_path):
+    """`slipway controller` and `slipway gateway` as an operator runs them: the gateway
+    verifies its controller with the root --tls-ca and serves HTTPS."""
+    slipway_command = (sys.executable, "-m", "slipway", "--tls-ca", str(pki.ca))
+    tls_flags = ("--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
+    pipes = {"stdout": asyncio.subprocess.DEVNULL, "stderr": asyncio.subprocess.PIPE}
+    controller = await asyncio.create_subprocess_exec(
+        *slipway_command,
+        "controller",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--no-fork-replicas",
+        *tls_flags,
+        **pipes,
+    )
+    processes = [controller]
+    try:
+        address = (await _json_log_line(controller, "controller listening"))["address"]
+        gateway = await asyncio.create_subprocess_exec(
+            *slipway_command,
+            "--controller",
+            address,
+            "gateway",
+            "--gateway-port",
+            "0",
+            "--http-port",
+            "0",
+            *tls_flags,
+            **pipes,
+        )
+        processes.append(gateway)
+        http = (await _json_log_line(gateway, "gateway listening"))["http"]
+        await _json_log_line(gateway, "following routes")
+        async with aiohttp.ClientSession() as session:
+            url = f"https://{http}/model/nope/production/predict"
+            async with session.post(url, json={}, ssl=ssl.create_default_context(cafile=pki.ca)) as response:
+                assert response.status == 404
+                assert (await response.json())["error"]["reason"] == "MODEL_NOT_FOUND"
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+    assert [process.returncode for process in processes] == [0, 0]
