@@ -13,7 +13,7 @@ import logging
 import os
 import ssl
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,8 +29,8 @@ class TlsError(ValueError):
 class ServerTls:
     cert_file: Path
     key_file: Path
-    certificate_chain: bytes
-    private_key: bytes
+    certificate_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)  # settings get logged; a key never does
 
     @classmethod
     def load(cls, cert_file: str | Path, key_file: str | Path) -> ServerTls:

@@ -211,6 +211,13 @@ async def test_listening_beyond_loopback_without_tls_is_warned(platform, tmp_pat
     assert stderr.count("WITHOUT TLS") == 2  # the gateway with TLS was not warned about
 
 
+async def test_settings_never_show_the_private_key(pki):
+    tls = ServerTls.load(pki.cert, pki.key)
+    assert "PRIVATE KEY" in pki.key.read_text()
+    assert "PRIVATE" not in repr(controller_settings(pki.key.parent, tls=tls))
+    assert str(pki.key) in repr(tls)  # which file, though
+
+
 async def test_bad_tls_options_are_refused_before_anything_starts(pki, tmp_path):
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
