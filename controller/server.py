@@ -29,6 +29,7 @@ from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
+from slipway.tls import ServerTls, add_grpc_port, warn_if_exposed_without_tls
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
@@ -69,6 +70,8 @@ class ControllerSettings:
     package_limits: PackageLimits = field(default_factory=PackageLimits)
     # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Serves the gRPC port with TLS when set (replicas stay on loopback plaintext).
+    tls: ServerTls | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -154,7 +157,8 @@ class Controller:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        warn_if_exposed_without_tls(settings.host, settings.tls, "the controller")
+        self.port = add_grpc_port(self._server, f"{settings.host}:{settings.port}", settings.tls)
         await self.reconciler.adopt_existing()
         await self.reconciler.runtime.prewarm()
         await self.routes.start()
@@ -162,7 +166,10 @@ class Controller:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("controller listening", extra={"fields": {"address": self.address, "data_dir": str(data_dir)}})
+        log.info(
+            "controller listening",
+            extra={"fields": {"address": self.address, "tls": settings.tls is not None, "data_dir": str(data_dir)}},
+        )
         return self
 
     def _wake(self, deployment_id: str) -> None:

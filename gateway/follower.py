@@ -11,6 +11,7 @@ import logging
 import grpc
 
 from gateway.routing import RouteIndex
+from slipway.channels import secure_or_insecure_aio_channel
 from slipway.process import wait_event
 from slipway.v1 import route_service_pb2 as rt
 from slipway.v1 import route_service_pb2_grpc as rt_grpc
@@ -24,9 +25,11 @@ class RouteFollower:
         controller_address: str,
         gateway_id: str,
         metadata: tuple[tuple[str, str], ...],
+        controller_ca: bytes | None = None,
         retry_seconds: float = 0.5,
     ) -> None:
         self.controller_address = controller_address
+        self.controller_ca = controller_ca
         self.gateway_id = gateway_id
         # The controller's internal token (RouteService takes nothing else).
         self.metadata = metadata
@@ -35,6 +38,7 @@ class RouteFollower:
         self.synced = asyncio.Event()
         self._updated = asyncio.Event()
         self.connected = False
+        self._last_failure: str | None = None
         self._acknowledging = True  # until a controller without AckRoutes says UNIMPLEMENTED
 
     async def _acknowledge(self, stub: rt_grpc.RouteServiceStub, version: int) -> None:
@@ -61,7 +65,7 @@ class RouteFollower:
     async def run(self) -> None:
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.controller_address) as channel:
+                async with secure_or_insecure_aio_channel(self.controller_address, self.controller_ca) as channel:
                     stub = rt_grpc.RouteServiceStub(channel)
                     stream = stub.WatchRoutes(rt.WatchRoutesRequest(gateway_id=self.gateway_id), metadata=self.metadata)
                     async for message in stream:
@@ -74,15 +78,17 @@ class RouteFollower:
                         if self._acknowledging:
                             await self._acknowledge(stub, message.version)
             except grpc.aio.AioRpcError as error:
-                if error.code() is grpc.StatusCode.UNAUTHENTICATED:
-                    log.error(
-                        "the controller refused this gateway's internal token (is it the token of that controller?)",
-                        extra={"fields": {"controller": self.controller_address, "details": error.details()}},
-                    )
-                elif self.connected:
+                if self.connected:
                     log.warning(
                         "route stream lost; serving the last table",
                         extra={"fields": {"code": error.code().name, "version": self.index.version}},
                     )
+                # e.g. a TLS handshake refused, or this gateway's internal token: say why, once
+                elif error.details() != self._last_failure:
+                    log.warning(
+                        "cannot follow the controller's routes",
+                        extra={"fields": {"code": error.code().name, "details": error.details()}},
+                    )
+                self._last_failure = error.details()
             self.connected = False
             await asyncio.sleep(self.retry_seconds)
