@@ -239,8 +239,9 @@ class LocalProcessRuntime:
         """Start a replica. `environment` is added to the controller's own, less its
         secrets (so it carries the secrets the replica may see). `python` is the
         interpreter of the deployment's built environment; None means the controller's own.
-        Only a `development` replica accepts Reload. Its token goes through the environment
-        (never the command line), which the replica clears before any model code runs."""
+        Only a `development` replica accepts Reload. Its token never goes on the command line:
+        a forked replica gets it in its environment (set after the fork, cleared by the replica
+        before any model code runs), a new process through an inherited pipe."""
         handle = ReplicaHandle(
             replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir, token=new_token()
         )
@@ -248,7 +249,6 @@ class LocalProcessRuntime:
         state_file = self.state_file(replica_id)
         state_file.unlink(missing_ok=True)
         write_private(self.token_file(replica_id), handle.token)
-        environment = {**environment, REPLICA_TOKEN_ENV: handle.token}
         argv = [
             "--package",
             str(package_dir),
@@ -268,24 +268,36 @@ class LocalProcessRuntime:
         exited = None
         if self._fork:
             try:
+                # Set in the forked child after fork: never in its /proc/PID/environ.
                 handle.pid, exited = await self._fork_server(interpreter).spawn(
-                    argv, environment, handle.log_path, replica_id
+                    argv, {**environment, REPLICA_TOKEN_ENV: handle.token}, handle.log_path, replica_id
                 )
             except (OSError, RuntimeError, ValueError) as error:
                 log.warning("fork server failed (%s); starting replica %s as a new process", error, replica_id)
         if exited is None:
-            with handle.log_path.open("ab") as log_file:
-                process = await asyncio.create_subprocess_exec(
-                    interpreter,
-                    "-m",
-                    "replica",
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    start_new_session=True,
-                    env={**without_secrets(os.environ), **environment},
-                )
+            # A new interpreter's environment stays readable in /proc/PID/environ: the token
+            # comes through an inherited pipe instead (it fits the pipe's buffer).
+            token_read, token_write = os.pipe()
+            try:
+                os.write(token_write, handle.token.encode())
+                os.close(token_write)
+                with handle.log_path.open("ab") as log_file:
+                    process = await asyncio.create_subprocess_exec(
+                        interpreter,
+                        "-m",
+                        "replica",
+                        *argv,
+                        "--token-fd",
+                        str(token_read),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=log_file,
+                        start_new_session=True,
+                        env={**without_secrets(os.environ), **environment},
+                        pass_fds=(token_read,),
+                    )
+            finally:
+                os.close(token_read)
             handle.pid = process.pid
             exited = process.wait()
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))

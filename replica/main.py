@@ -9,9 +9,11 @@ Contract with the process that spawns a replica:
 - SIGTERM/SIGINT drain: health NOT_SERVING, new predicts UNAVAILABLE, in-flight
   ones get up to --drain-seconds, then exit 0.
 - Logs: one JSON object per line on stderr.
-- Credential: the environment variable SLIPWAY_REPLICA_TOKEN (required; removed from
-  the environment before any model code runs) is what every ReplicaService call must
-  carry in its x-slipway-replica-token metadata. Health checks need nothing.
+- Credential: read from --token-fd (a pipe, closed once read), else from the
+  environment variable SLIPWAY_REPLICA_TOKEN (removed from the environment before any
+  model code runs); every ReplicaService call must carry it in its
+  x-slipway-replica-token metadata. Without one the replica does not start. Health
+  checks need nothing.
 - Listens on loopback by default; an unspecified address (0.0.0.0, ::) is refused.
 - Reload only with --development, and only of packages under --packages-root.
 """
@@ -27,7 +29,7 @@ import sys
 
 from replica.log import Logger
 from replica.server import Options, Replica
-from slipway.internal_auth import REPLICA_TOKEN_ENV
+from slipway.internal_auth import MAX_TOKEN_FILE_BYTES, REPLICA_TOKEN_ENV
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 
 
@@ -36,6 +38,11 @@ def _listens_everywhere(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_unspecified
     except ValueError:
         return host in ("", "*")
+
+
+def _read_token(fd: int) -> str:
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read(MAX_TOKEN_FILE_BYTES).decode(errors="replace").strip()
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -63,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="largest request body and model answer (a response, or one chunk of a stream)",
     )
     parser.add_argument(
+        "--token-fd", type=int, default=None, help="inherited descriptor to read the replica's token from"
+    )
+    parser.add_argument(
         "--development", action="store_true", help="accept Reload (live reload of a development deployment)"
     )
     parser.add_argument(
@@ -80,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         parser.error("--development needs --packages-root (Reload loads only stored packages)")
     # Out of the environment before any model code runs (or any process it starts inherits it).
     token = os.environ.pop(REPLICA_TOKEN_ENV, "")
+    if args.token_fd is not None:
+        token = _read_token(args.token_fd)
     if not token:
         parser.error(f"the replica's token is missing (environment variable {REPLICA_TOKEN_ENV})")
     return Options(

@@ -25,7 +25,7 @@ log = logging.getLogger("slipway.internal_auth")
 INTERNAL_TOKEN_HEADER = "x-slipway-internal-token"
 REPLICA_TOKEN_HEADER = "x-slipway-replica-token"
 INTERNAL_TOKEN_FILE = "internal.token"
-# How a replica receives its token: removed from its environment before any model code runs.
+# How a forked replica receives its token: removed from its environment before any model code runs.
 REPLICA_TOKEN_ENV = "SLIPWAY_REPLICA_TOKEN"
 MAX_TOKEN_FILE_BYTES = 1024
 

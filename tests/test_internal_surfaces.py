@@ -187,6 +187,37 @@ async def test_replicas_take_only_their_own_token(controller: Controller, api: A
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
 
+async def test_a_replica_started_as_a_new_process_gets_its_token_through_a_pipe(tmp_path):
+    """Without the fork server, a new interpreter's environment is readable in /proc/PID/environ
+    (by its user): the token must not be there, nor on its command line."""
+    from conftest import controller_settings
+
+    controller = await Controller.start(controller_settings(tmp_path / "data", fork_replicas=False))
+    try:
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            api = Api(channel, *_stubs(channel), tmp_path)
+            pushed = await api.push(api.package("exec", source=PROBE_MODEL))
+            replica = await ready_replica(api, pushed.deployment.id)
+        token = token_of(controller, replica.id)
+        assert token.encode() not in pathlib.Path(f"/proc/{replica.pid}/environ").read_bytes()
+        assert token.encode() not in pathlib.Path(f"/proc/{replica.pid}/cmdline").read_bytes()
+        async with grpc.aio.insecure_channel(replica.address) as channel:
+            stub = rs_grpc.ReplicaServiceStub(channel)
+            request = rs.InvokeRequest(payload=b"{}", content_type="application/json")
+            assert await refused(stub.Invoke(request)) == "REPLICA_TOKEN_MISSING"
+            answer = await stub.Invoke(request, metadata=((REPLICA_HEADER, token),), timeout=10)
+        assert json.loads(answer.payload) == {"env": [], "environ_has_token": False}
+    finally:
+        await controller.stop()
+
+
+def _stubs(channel: grpc.aio.Channel):
+    from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+    from slipway.v1 import model_service_pb2_grpc as ms_grpc
+
+    return ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel)
+
+
 async def test_reload_only_on_development_and_only_stored_packages(controller: Controller, api: Api, gateway, tmp_path):
     production = await api.push(api.package("victim", tag="genuine"), target=ds.PUSH_TARGET_PRODUCTION)
     development = await api.push(api.package("victim", tag="dev"))
