@@ -100,7 +100,7 @@ class GatewaySettings:
     controller_ca_file: Path | None = None
     # The controller's internal token (RouteService accepts nothing else): given in-process by
     # `slipway up`, else read from the file the controller writes (<data-dir>/internal.token).
-    internal_token: str = ""
+    internal_token: str = field(default="", repr=False)
     internal_token_file: Path | None = None
 
     def resolved_internal_token(self) -> str:

@@ -45,7 +45,7 @@ class Options:
     # Largest request body and model answer (a response, or one chunk of a stream).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     # Every ReplicaService call must carry it (x-slipway-replica-token).
-    token: str = ""
+    token: str = dataclasses.field(default="", repr=False)
     # Only a development replica accepts Reload, of packages under packages_root only.
     development: bool = False
     packages_root: pathlib.Path | None = None

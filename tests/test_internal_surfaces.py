@@ -112,6 +112,10 @@ async def test_route_service_takes_only_the_internal_token(controller: Controlle
         await stub.ReportLoad(forged, metadata=((INTERNAL_HEADER, controller.internal_token),))
         assert controller.load.observe(deployment_id)[0] == 1e6
 
+    # Settings get logged: the token never shows in their repr.
+    from gateway.server import GatewaySettings
+
+    assert controller.internal_token not in repr(GatewaySettings(internal_token=controller.internal_token))
     token_file = controller.settings.data_dir / "internal.token"
     assert token_file.read_text() == controller.internal_token
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
