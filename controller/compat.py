@@ -70,7 +70,7 @@ REFUSED_KEYS = {
     "training_checkpoints": "deploying training checkpoints is not supported",
     "docker_auth": "custom images are not supported",
 }
-RUNTIME_HONOURED = frozenset({"predict_concurrency"})
+RUNTIME_HONOURED = frozenset({"predict_concurrency", "streaming_read_timeout"})
 NESTED_OPTION_LINE = re.compile(r"^(-r|-c|--requirement|--constraint)(\s|=|$)")
 PYTHON_VERSION = re.compile(r"(?:py)?(\d)\.?(\d+)")  # matched whole (fullmatch), as MEMORY
 MEMORY = re.compile(r"([0-9.]+)\s*([KMGTPE]i?|k)?")

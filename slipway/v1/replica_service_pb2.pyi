@@ -5,12 +5,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InvokeRequest(_message.Message):
-    __slots__ = ("payload", "content_type")
+    __slots__ = ("payload", "content_type", "method")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     content_type: str
-    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    method: str
+    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
     __slots__ = ("payload", "content_type")
@@ -21,12 +23,14 @@ class InvokeResponse(_message.Message):
     def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class InvokeStreamRequest(_message.Message):
-    __slots__ = ("payload", "content_type")
+    __slots__ = ("payload", "content_type", "method")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     content_type: str
-    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    method: str
+    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
 
 class InvokeStreamResponse(_message.Message):
     __slots__ = ("chunk", "content_type", "complete")
