@@ -330,11 +330,11 @@ class Reconciler:
         )
         crash.retry_at = time.time() + delay
         if handle.unhealthy:
-            crash.message = f"replica {handle.id} was unhealthy ({handle.unhealthy}); replacing it (crash {crash.count})"
-        else:
             crash.message = (
-                f"replica {handle.id} {exit_description(handle.exit_code)} unexpectedly; restarting (crash {crash.count})"
+                f"replica {handle.id} was unhealthy ({handle.unhealthy}); replacing it (crash {crash.count})"
             )
+        else:
+            crash.message = f"replica {handle.id} {exit_description(handle.exit_code)} unexpectedly; restarting (crash {crash.count})"
         log.warning(crash.message)
 
 

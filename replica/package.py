@@ -260,7 +260,11 @@ def _streaming_read_timeout(runtime: Mapping[str, Any]) -> float:
     value = runtime.get("streaming_read_timeout")
     if value is None:
         return DEFAULT_STREAMING_READ_TIMEOUT_SECONDS
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_STREAMING_READ_TIMEOUT_SECONDS:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= MAX_STREAMING_READ_TIMEOUT_SECONDS
+    ):
         raise ValueError(
             f"runtime.streaming_read_timeout must be a number of seconds in (0, {MAX_STREAMING_READ_TIMEOUT_SECONDS}], "
             f"got {value!r}"

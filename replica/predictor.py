@@ -281,6 +281,6 @@ def _is_generator(value: Any) -> bool:
     return inspect.isgenerator(value) or inspect.isasyncgen(value)
 
 
-def _optional_method(model: Any, name: str) -> Callable[[Any], Any] | None:
+def _optional_method(model: Any, name: str) -> Callable[..., Any] | None:
     method = getattr(model, name, None)
     return method if callable(method) else None

@@ -210,7 +210,10 @@ async def test_openai_methods_are_served_on_the_deployment_and_production_routes
         return (await post(platform, production, chat))[0] == 200
 
     await wait_until(gateway_follows, what="the gateway to route to the new production")
-    for prefix in (f"/model/{pushed.model.id}/production", f"/model/{pushed.model.id}/deployment/{pushed.deployment.id}"):
+    for prefix in (
+        f"/model/{pushed.model.id}/production",
+        f"/model/{pushed.model.id}/deployment/{pushed.deployment.id}",
+    ):
         status, _, body = await post(platform, f"{platform.http}{prefix}/sync/v1/chat/completions", chat)
         assert status == 200, body
         assert json.loads(body)["choices"][0]["message"]["content"] == "echo: hello there"

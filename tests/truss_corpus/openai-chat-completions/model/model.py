@@ -17,7 +17,9 @@ class Model:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_input.get("model", "echo"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": f"echo: {last}"}, "finish_reason": "stop"}],
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": f"echo: {last}"}, "finish_reason": "stop"}
+            ],
         }
 
     def _stream(self, text):
