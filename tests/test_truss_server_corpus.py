@@ -192,12 +192,21 @@ async def test_a_model_reporting_unhealthy_is_marked_unhealthy_and_replaced(plat
     assert status == 200 and json.loads(body)["instance"] != first
 
 
-async def test_setup_environment_is_called_before_load(platform):
+async def test_setup_environment_is_called_before_load_in_an_environment(platform):
+    # Development is in no environment: Truss does not call setup_environment.
     status, _, body = await post(platform, await platform.url("hook-setup-environment"), {})
-    assert status == 200
-    calls = json.loads(body)["calls"]
-    assert [name for name, _ in calls] == ["setup_environment", "load"]
-    assert calls[0][1] is None or isinstance(calls[0][1], dict)
+    assert (status, json.loads(body)["calls"]) == (200, [["load", None]])
+    pushed = await platform.api.push(CORPUS / "hook-setup-environment", target=ds.PUSH_TARGET_PRODUCTION)
+    await platform.api.wait_production(pushed.model.id, pushed.deployment.id, timeout=60)
+    production = f"{platform.http}/model/{pushed.model.id}/production/predict"
+    await wait_until(lambda: gateway_serves(platform, production, {}), what="the gateway to route to production")
+    status, _, body = await post(platform, production, {})
+    assert json.loads(body)["calls"] == [["setup_environment", {"name": "production"}], ["load", None]]
+
+
+async def gateway_serves(platform: Platform, url: str, body: object) -> bool:
+    """The route table reaches the gateway a moment after a promotion."""
+    return (await post(platform, url, body))[0] == 200
 
 
 async def test_openai_methods_are_served_on_the_deployment_and_production_routes(platform):
@@ -205,11 +214,7 @@ async def test_openai_methods_are_served_on_the_deployment_and_production_routes
     await platform.api.wait_production(pushed.model.id, pushed.deployment.id, timeout=60)
     chat = {"model": "echo", "messages": [{"role": "user", "content": "hello there"}]}
     production = f"{platform.http}/model/{pushed.model.id}/production/sync/v1/chat/completions"
-
-    async def gateway_follows() -> bool:  # the route table reaches the gateway a moment after the promotion
-        return (await post(platform, production, chat))[0] == 200
-
-    await wait_until(gateway_follows, what="the gateway to route to the new production")
+    await wait_until(lambda: gateway_serves(platform, production, chat), what="the gateway to route to production")
     for prefix in (
         f"/model/{pushed.model.id}/production",
         f"/model/{pushed.model.id}/deployment/{pushed.deployment.id}",
