@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from replica.codec import ResultEncodingError
+from replica.model_request import CallState, arguments, method_args
 from replica.package import PackageConfig
 from replica.threads import ModelThreads
 from replica.typed import InputValidationError, input_parser
@@ -65,17 +66,21 @@ class Predictor:
         self._max_buffered_bytes = max_buffered_bytes
 
     @contextlib.asynccontextmanager
-    async def run(self, model_input: Any, encode_chunk: Encoder, method: str = "") -> AsyncIterator[Any]:
+    async def run(
+        self, model_input: Any, encode_chunk: Encoder, method: str = "", call: CallState | None = None
+    ) -> AsyncIterator[Any]:
         """Yields the model's result, or a ChunkStream of encoded chunks if it returned a generator.
 
         `method` is "" or "predict" for the predict chain, else one of ENDPOINT_METHODS.
+        `call` is what a method that asks for Truss's `request` argument is given.
         Leaving the block early stops the model's generator (its finally blocks run).
         """
+        call = call or CallState(b"", [])
         try:
             if method in ("", PREDICT):
-                result, lease = await self._predict_chain(model_input)
+                result, lease = await self._predict_chain(model_input, call)
             else:
-                result, lease = await self._endpoint(method, model_input), _Lease(None, self._threads)
+                result, lease = await self._endpoint(method, model_input, call), _Lease(None, self._threads)
             if _is_generator(result):
                 result = ChunkStream(result, lease, encode_chunk, self._read_timeout, self._max_buffered_bytes)
         except (MethodNotImplemented, ModelError, InputValidationError):
@@ -108,16 +113,16 @@ class Predictor:
         except Exception as exc:
             raise ModelError(exc) from exc
 
-    async def _predict_chain(self, model_input: Any) -> tuple[Any, _Lease]:
+    async def _predict_chain(self, model_input: Any, call: CallState) -> tuple[Any, _Lease]:
         """The result, and the predict slot: still held if the result is a generator."""
         if self._parse_input is not None:  # raises InputValidationError: the caller's fault
             model_input = self._parse_input(model_input)
         if self._preprocess is not None:
-            model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input)
+            model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input, call)
         await self._slots.acquire()
         lease = _Lease(self._slots, self._threads)
         try:
-            result = await _call(lease, self._predict, model_input)
+            result = await _call(lease, self._predict, model_input, call)
         except BaseException:
             lease.release()
             raise
@@ -128,16 +133,16 @@ class Predictor:
             return result, lease
         lease.release()
         if self._postprocess is not None:
-            result = await _call(_Lease(None, self._threads), self._postprocess, result)
+            result = await _call(_Lease(None, self._threads), self._postprocess, result, call)
         return result, lease
 
-    async def _endpoint(self, method: str, model_input: Any) -> Any:
+    async def _endpoint(self, method: str, model_input: Any, call: CallState) -> Any:
         if method not in ENDPOINT_METHODS:
             raise MethodNotImplemented(f"{method!r} is not a model method that can be called")
         function = self._endpoints.get(method)
         if function is None:
             raise MethodNotImplemented(f"the model does not implement `{method}`")
-        return await _call(_Lease(None, self._threads), function, model_input)
+        return await _call(_Lease(None, self._threads), function, model_input, call)
 
 
 class _Lease:
@@ -173,12 +178,13 @@ class _Lease:
             slots.release()
 
 
-async def _call(lease: _Lease, method: Callable[[Any], Any], value: Any) -> Any:
+async def _call(lease: _Lease, method: Callable[..., Any], value: Any, call: CallState) -> Any:
+    args = arguments(method_args(method), value, call.request)
     if inspect.iscoroutinefunction(method):
-        return await method(value)
+        return await method(*args)
     if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
-        return method(value)  # only creates the generator; its body runs as it is iterated
-    result = await lease.run_in_thread(method, value)
+        return method(*args)  # only creates the generator; its body runs as it is iterated
+    result = await lease.run_in_thread(method, *args)
     if inspect.isawaitable(result):
         result = await result
     return result

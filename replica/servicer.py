@@ -17,6 +17,7 @@ import grpc
 
 from replica import codec, typed
 from replica.log import Logger
+from replica.model_request import CallState
 from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
 from replica.reload import ModelReloader
 from slipway import limits
@@ -72,7 +73,8 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             predictor = await self._require_predictor(context)
             model_input = await self._decode(request, context)
             try:
-                async with predictor.run(model_input, codec.encode_chunk, request.method) as result:
+                call = _call_state(request, context)
+                async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
                         payload, content_type = await self._join(result, context)
                     else:
@@ -89,7 +91,8 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             predictor = await self._require_predictor(context)
             model_input = await self._decode(request, context)
             try:
-                async with predictor.run(model_input, codec.encode_chunk, request.method) as result:
+                call = _call_state(request, context)
+                async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
                         async for data, content_type in result:
                             await self._check_answer(len(data), "a chunk of the model's stream", context)
@@ -184,6 +187,15 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             traceback="".join(traceback.format_exception(cause)),
         )
         await abort(context, grpc.StatusCode.INTERNAL, str(exc))
+
+
+def _call_state(request: pb.InvokeRequest | pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> CallState:
+    """What a model method asking for Truss's `request` sees; disconnected once the call is
+    over (a call still running when it ends was cancelled by its client)."""
+    metadata = [(key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)]
+    call = CallState(request.payload, [("content-type", request.content_type), *metadata])
+    context.add_done_callback(lambda _: call.disconnected.set())
+    return call
 
 
 async def abort_rich(context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str, message: str) -> NoReturn:

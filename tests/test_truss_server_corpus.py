@@ -244,6 +244,18 @@ async def test_an_openai_method_the_model_lacks_is_404(platform):
     assert json.loads(body)["error"]["reason"] == "MODEL_METHOD_NOT_IMPLEMENTED"
 
 
+async def test_a_model_sees_its_client_disconnect(platform, tmp_path):
+    url = await platform.url("request-cancellation")
+    calling = asyncio.create_task(post(platform, url, {"markers": str(tmp_path)}))
+    await wait_until(lambda: (tmp_path / "started").exists(), what="the model to start")
+    calling.cancel()  # the client goes away
+    await wait_until(lambda: (tmp_path / "saw-disconnect").exists(), what="the model to see the disconnect")
+    # An async method gets the same request: connected while its call runs.
+    completions = url.replace("/predict", "/sync/v1/completions")
+    status, _, body = await post(platform, completions, {})
+    assert (status, json.loads(body)) == (200, {"disconnected": False, "content_type": "application/json"})
+
+
 async def test_msgpack_bodies_are_decoded_and_answered_in_msgpack(platform):
     url = await platform.url("msgpack-io")
     payload = msgpack.packb({"values": [1, 2, 3], "blob": b"\x00\xff binary"})
