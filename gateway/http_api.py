@@ -24,7 +24,7 @@ from gateway.errors import MODEL_FAILURES, GatewayError, response_too_large
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.routing import DEVELOPMENT, PRODUCTION
-from gateway.truss_routes import add_truss_routes
+from gateway.truss_routes import add_truss_routes, websocket_session
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
 
@@ -64,6 +64,9 @@ def build_app(
         except GatewayError as error:
             return error_response(error)
 
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        return await websocket_session(request, forwarder, target(request), timeout)
+
     async def wake_route(request: web.Request) -> web.Response:
         try:
             deployment = target(request)()
@@ -75,7 +78,13 @@ def build_app(
     for verb, handler, expect in (("predict", call, bodies.defer_continue), ("wake", wake_route, None)):
         app.router.add_post(f"{ENVIRONMENT_PREFIX}/{verb}", handler, expect_handler=expect)
         app.router.add_post(f"{DEPLOYMENT_PREFIX}/{verb}", handler, expect_handler=expect)
-    add_truss_routes(app, (ENVIRONMENT_PREFIX, DEPLOYMENT_PREFIX), call, bodies.defer_continue)
+    add_truss_routes(
+        app,
+        (ENVIRONMENT_PREFIX, DEPLOYMENT_PREFIX),
+        call,
+        bodies.defer_continue,
+        websocket,
+    )
     return app
 
 

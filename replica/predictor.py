@@ -51,9 +51,10 @@ class StreamStalled(Exception):
 
 class Predictor:
     def __init__(self, model: Any, config: PackageConfig, threads: ModelThreads, max_buffered_bytes: int) -> None:
-        predict = getattr(model, "predict", None)
-        if not callable(predict):
-            raise ValueError(f"model class {type(model).__name__} has no predict method")
+        predict = _optional_method(model, "predict")
+        self.websocket = _optional_method(model, "websocket")
+        if predict is None and self.websocket is None:
+            raise ValueError(f"model class {type(model).__name__} has no predict method (nor websocket)")
         self._preprocess = _optional_method(model, "preprocess")
         self._predict = predict
         self._postprocess = _optional_method(model, "postprocess")
@@ -115,6 +116,8 @@ class Predictor:
 
     async def _predict_chain(self, model_input: Any, call: CallState) -> tuple[Any, _Lease]:
         """The result, and the predict slot: still held if the result is a generator."""
+        if self._predict is None:
+            raise MethodNotImplemented("the model does not implement `predict` (it is a websocket model)")
         if self._parse_input is not None:  # raises InputValidationError: the caller's fault
             model_input = self._parse_input(model_input)
         if self._preprocess is not None:

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import grpc
 
-from replica import codec, typed
+from replica import codec, typed, websocket
 from replica.log import Logger
 from replica.model_request import CallState
 from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
@@ -105,6 +105,19 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                         )
             except MODEL_CALL_FAILURES as exc:
                 await self._abort_model_call(context, exc)
+
+    async def InvokeWebsocket(self, requests, context: grpc.aio.ServicerContext) -> None:
+        with self._tracked():
+            predictor = await self._require_predictor(context)
+            if predictor.websocket is None:
+                await abort_rich(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    MODEL_METHOD_NOT_IMPLEMENTED,
+                    "the model does not implement `websocket`",
+                )
+            metadata = [(key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)]
+            await websocket.serve(predictor.websocket, aiter(requests), context.write, metadata, self._log)
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
         with self._tracked():

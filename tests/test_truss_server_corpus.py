@@ -256,6 +256,26 @@ async def test_a_model_sees_its_client_disconnect(platform, tmp_path):
     assert (status, json.loads(body)) == (200, {"disconnected": False, "content_type": "application/json"})
 
 
+async def test_a_websocket_model_echoes_through_the_gateway(platform):
+    url = await platform.url("websocket-echo", "websocket")
+    async with platform.session.ws_connect(url) as ws:
+        for text in ("hello", "again"):
+            await ws.send_str(text)
+            assert await ws.receive_str(timeout=10) == f"echo: {text}"
+        await ws.send_str("bye")
+        assert await ws.receive_json(timeout=10) == {"bye": True}
+        closing = await ws.receive(timeout=10)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1000
+    # A model without websocket(): the session is accepted and closed with the reason.
+    async with platform.session.ws_connect(await platform.url("msgpack-io", "websocket")) as ws:
+        closing = await ws.receive(timeout=10)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1011
+        assert "MODEL_METHOD_NOT_IMPLEMENTED" in closing.extra
+    # A websocket model has no predict.
+    status, _, body = await post(platform, await platform.url("websocket-echo"), {})
+    assert (status, json.loads(body)["error"]["reason"]) == (404, "MODEL_METHOD_NOT_IMPLEMENTED")
+
+
 async def test_msgpack_bodies_are_decoded_and_answered_in_msgpack(platform):
     url = await platform.url("msgpack-io")
     payload = msgpack.packb({"values": [1, 2, 3], "blob": b"\x00\xff binary"})
