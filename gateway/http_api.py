@@ -24,7 +24,7 @@ from gateway.errors import MODEL_FAILURES, GatewayError, response_too_large
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.routing import DEVELOPMENT, PRODUCTION
-from gateway.truss_routes import add_truss_routes, websocket_session
+from gateway.truss_routes import add_truss_routes, schema_answer, websocket_session
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
 
@@ -67,6 +67,9 @@ def build_app(
     async def websocket(request: web.Request) -> web.StreamResponse:
         return await websocket_session(request, forwarder, target(request), timeout)
 
+    async def schema(request: web.Request) -> web.StreamResponse:
+        return await schema_answer(forwarder, target(request), timeout)
+
     async def wake_route(request: web.Request) -> web.Response:
         try:
             deployment = target(request)()
@@ -84,6 +87,7 @@ def build_app(
         call,
         bodies.defer_continue,
         websocket,
+        schema,
     )
     return app
 

@@ -10,7 +10,8 @@ and the same for /v1/completions; and a websocket model's session at
 
 GET /model/{model_id}/production/websocket   (and development, and deployment/{id})
 
-as the hosted platform exposes it, bridged to the replica's InvokeWebsocket call.
+as the hosted platform exposes it, bridged to the replica's InvokeWebsocket call; and
+a typed model's schema at GET .../sync/v1/models/model/schema.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from slipway.v1 import route_service_pb2 as rt
 
 # Truss route → the model method it calls.
 OPENAI_ROUTES = {"/v1/chat/completions": "chat_completions", "/v1/completions": "completions"}
+SCHEMA_ROUTE = "/v1/models/model/schema"
 Call = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 # Close codes: the server failed (the replica, or the model: Truss's code), a normal end.
 SERVER_ERROR = 1011
@@ -40,11 +42,13 @@ def add_truss_routes(
     call: Call,
     expect_handler: Any,
     websocket: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    schema: Callable[[web.Request], Awaitable[web.StreamResponse]],
 ) -> None:
     """`call(request, method)` forwards the request to model method `method`;
-    `websocket(request)` runs a websocket session."""
+    `websocket(request)` runs a websocket session; `schema(request)` answers the schema."""
     for prefix in prefixes:
         app.router.add_get(f"{prefix}/websocket", websocket)
+        app.router.add_get(f"{prefix}/sync{SCHEMA_ROUTE}", schema)
     for route, method in OPENAI_ROUTES.items():
 
         async def handler(request: web.Request, method: str = method) -> web.StreamResponse:
@@ -95,3 +99,13 @@ async def websocket_session(
 
 def _reason(text: str) -> bytes:
     return text.encode("utf-8")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
+
+
+async def schema_answer(
+    forwarder: Forwarder, resolve: Callable[[], rt.DeploymentRoute], timeout: float
+) -> web.StreamResponse:
+    try:
+        _, raw = await forwarder.unary(resolve, rs.InvokeRequest(method="schema"), timeout)
+    except GatewayError as error:
+        return web.json_response(error.to_json(), status=error.http_status)
+    return web.Response(body=rs.InvokeResponse.FromString(raw).payload, content_type="application/json")

@@ -19,6 +19,7 @@ from typing import Any
 from replica.codec import ResultEncodingError
 from replica.model_request import CallState, arguments, method_args
 from replica.package import PackageConfig
+from replica.schema import truss_schema
 from replica.threads import ModelThreads
 from replica.typed import InputValidationError, input_parser
 
@@ -61,6 +62,7 @@ class Predictor:
         self._parse_input = input_parser(self._preprocess or predict)
         self._endpoints = {name: m for name in ENDPOINT_METHODS if (m := _optional_method(model, name))}
         self._is_healthy = _optional_method(model, "is_healthy")
+        self.schema = truss_schema(predict, self._preprocess, self._postprocess)
         self._slots = asyncio.Semaphore(config.predict_concurrency)
         self._threads = threads
         self._read_timeout = config.streaming_read_timeout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 import traceback
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ from slipway.v1 import replica_service_pb2 as pb
 from slipway.v1 import replica_service_pb2_grpc as pb_grpc
 
 MODEL_METHOD_NOT_IMPLEMENTED = "MODEL_METHOD_NOT_IMPLEMENTED"
+# InvokeRequest.method asking for the model's Truss schema rather than calling it.
+SCHEMA = "schema"
+NO_SCHEMA = "NO_SCHEMA"
 STREAM_STALLED = "STREAM_STALLED"
 MODEL_CALL_FAILURES = (
     ModelError,
@@ -71,6 +75,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         with self._tracked():
             predictor = await self._require_predictor(context)
+            if request.method == SCHEMA:
+                if predictor.schema is None:
+                    await abort_rich(context, grpc.StatusCode.NOT_FOUND, NO_SCHEMA, "No schema found")
+                return pb.InvokeResponse(payload=json.dumps(predictor.schema).encode(), content_type=codec.JSON)
             model_input = await self._decode(request, context)
             try:
                 call = _call_state(request, context)

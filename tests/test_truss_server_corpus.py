@@ -276,6 +276,19 @@ async def test_a_websocket_model_echoes_through_the_gateway(platform):
     assert (status, json.loads(body)["error"]["reason"]) == (404, "MODEL_METHOD_NOT_IMPLEMENTED")
 
 
+async def test_a_typed_model_answers_its_schema(platform):
+    async with platform.session.get(await platform.url("typed-pydantic", "sync/v1/models/model/schema")) as response:
+        assert response.status == 200
+        schema = await response.json()
+    assert schema["input_schema"]["title"] == "Point"
+    assert set(schema["input_schema"]["properties"]) == {"x", "y"}
+    assert schema["output_schema"]["title"] == "Norm"
+    assert schema["supports_streaming"] is False
+    async with platform.session.get(await platform.url("msgpack-io", "sync/v1/models/model/schema")) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["reason"] == "NO_SCHEMA"
+
+
 async def test_msgpack_bodies_are_decoded_and_answered_in_msgpack(platform):
     url = await platform.url("msgpack-io")
     payload = msgpack.packb({"values": [1, 2, 3], "blob": b"\x00\xff binary"})
