@@ -70,7 +70,10 @@ REFUSED_KEYS = {
     "training_checkpoints": "deploying training checkpoints is not supported",
     "docker_auth": "custom images are not supported",
 }
-RUNTIME_HONOURED = frozenset({"predict_concurrency"})
+RUNTIME_HONOURED = frozenset({"predict_concurrency", "streaming_read_timeout"})
+# runtime.transport kinds served: a websocket model's session has its own route whatever the kind
+# says (as is_websocket_endpoint, which Truss derives from it).
+SERVED_TRANSPORTS = frozenset({"http", "websocket"})
 NESTED_OPTION_LINE = re.compile(r"^(-r|-c|--requirement|--constraint)(\s|=|$)")
 PYTHON_VERSION = re.compile(r"(?:py)?(\d)\.?(\d+)")  # matched whole (fullmatch), as MEMORY
 MEMORY = re.compile(r"([0-9.]+)\s*([KMGTPE]i?|k)?")
@@ -197,12 +200,13 @@ def _check_runtime(runtime: Any, refusals: list, warnings: list) -> None:
         return  # a malformed runtime is refused by the package parser
     transport = runtime.get("transport")
     kind = transport.get("kind") if isinstance(transport, Mapping) else transport
-    if not is_empty(kind) and kind != "http":
+    if not is_empty(kind) and kind not in SERVED_TRANSPORTS:
         refusals.append(
-            ("runtime.transport", f"{kind!r} transport is not supported (only request/response and streaming predict)")
+            (
+                "runtime.transport",
+                f"{kind!r} transport is not supported (only http: predict and streaming, and websocket)",
+            )
         )
-    if runtime.get("is_websocket_endpoint") is True:
-        refusals.append(("runtime.is_websocket_endpoint", "websocket endpoints are not supported"))
     for key in sorted(set(runtime) - RUNTIME_HONOURED - {"transport", "is_websocket_endpoint"}):
         if not is_empty(runtime[key]):
             warnings.append(f"runtime.{key} is not supported by this platform and is ignored")

@@ -335,9 +335,12 @@ class Reconciler:
             self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds
         )
         crash.retry_at = time.time() + delay
-        crash.message = (
-            f"replica {handle.id} {exit_description(handle.exit_code)} unexpectedly; restarting (crash {crash.count})"
-        )
+        if handle.unhealthy:
+            crash.message = (
+                f"replica {handle.id} was unhealthy ({handle.unhealthy}); replacing it (crash {crash.count})"
+            )
+        else:
+            crash.message = f"replica {handle.id} {exit_description(handle.exit_code)} unexpectedly; restarting (crash {crash.count})"
         log.warning(crash.message)
 
 

@@ -51,6 +51,8 @@ class ReplicaHandle:
     exit_code: int | None = None
     # The model's load error (ExceptionType: message), when the replica reported one.
     load_error: str = ""
+    # Why the model took its replica out of service (its is_healthy() failed), when it did.
+    unhealthy: str = ""
     log_path: pathlib.Path | None = None
     ready_time: float | None = None
     ready_recorded: bool = False  # the reconciler stored port and ready_time
@@ -174,6 +176,7 @@ class LocalProcessRuntime:
         python: str = sys.executable,
         fork: bool = True,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        health_check_seconds: float = 10.0,
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
@@ -184,6 +187,7 @@ class LocalProcessRuntime:
         self._on_change = on_change
         self._drain_seconds = drain_seconds
         self._max_request_bytes = max_request_bytes
+        self._health_check_seconds = health_check_seconds
         self._python = python
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
         self._fork = fork
@@ -260,6 +264,8 @@ class LocalProcessRuntime:
             str(self._drain_seconds),
             "--max-request-bytes",
             str(self._max_request_bytes),
+            "--health-check-seconds",
+            str(self._health_check_seconds),
             "--packages-root",
             str(self.packages_root),
             *(["--development"] if development else []),
@@ -387,6 +393,8 @@ class LocalProcessRuntime:
         state = _read_state(self.state_file(handle.id))
         if state.get("phase") == "failed" and not handle.load_error:
             handle.load_error = _load_error(state)
+        if state.get("phase") == "unhealthy":
+            handle.unhealthy = state.get("error") or "is_healthy() failed"
         handle.exited = True
         for task in handle._tasks[:-1]:
             task.cancel()

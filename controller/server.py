@@ -72,6 +72,8 @@ class ControllerSettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     # Serves the gRPC port with TLS when set (replicas stay on loopback plaintext).
     tls: ServerTls | None = None
+    # How often replicas ask a model with is_healthy() whether it is healthy.
+    health_check_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -127,6 +129,7 @@ class Controller:
                 drain_seconds=settings.drain_seconds,
                 fork=settings.fork_replicas,
                 max_request_bytes=settings.max_request_bytes,
+                health_check_seconds=settings.health_check_seconds,
             ),
             settings.reconciler,
             self.autoscaler,

@@ -203,7 +203,9 @@ class Gateway:
 
         self.http_bodies = BodyReader(settings.http_limits, settings.max_request_bytes)
         app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds, self.http_bodies)
-        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds)
+        # handler_cancellation: a client that disconnects cancels its call to the replica, so
+        # the model stops (and can see it, as Truss's request.is_disconnected()).
+        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)
         await self._http.setup()
         ssl_context = None if settings.tls is None else settings.tls.http_context()
         self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits, ssl_context)

@@ -94,14 +94,11 @@ async def load_model(config: PackageConfig, threads: ModelThreads) -> Any:
     model_class = await threads.run(import_model_class, config)
     kwargs = model_kwargs(config)
     model = await threads.run(construct, model_class, kwargs)
-    load = getattr(model, "load", None)
-    if load is not None:
-        if inspect.iscoroutinefunction(load):
-            await load()
-        else:
-            result = await threads.run(load)
-            if inspect.isawaitable(result):
-                await result
+    # Truss calls setup_environment(environment) before load() when the deployment is in an
+    # environment (and again when that changes: environments here never change under a replica).
+    if kwargs["environment"]:
+        await _call_hook(model, "setup_environment", threads, kwargs["environment"])
+    await _call_hook(model, "load", threads)
     return model
 
 
@@ -116,6 +113,19 @@ def describe_failure(exc: BaseException) -> str:
     if cause is not None:
         return f"{name} (no message), raised from {describe_failure(cause)}"
     return f"{name} (raised without a message)"
+
+
+async def _call_hook(model: Any, name: str, threads: ModelThreads, *args: Any) -> None:
+    """Call the model's `name` method if it has one: async on the loop, sync in a thread."""
+    method = getattr(model, name, None)
+    if method is None:
+        return
+    if inspect.iscoroutinefunction(method):
+        await method(*args)
+    else:
+        result = await threads.run(method, *args)
+        if inspect.isawaitable(result):
+            await result
 
 
 def model_traceback(exc: BaseException, config: PackageConfig | None) -> str:

@@ -8,6 +8,8 @@ Contract with the process that spawns a replica:
   a port that cannot be bound is also "failed" (with "port": null) and code 3.
 - SIGTERM/SIGINT drain: health NOT_SERVING, new predicts UNAVAILABLE, in-flight
   ones get up to --drain-seconds, then exit 0.
+- A model whose is_healthy() fails (False, raises, or hangs) turns PATH to
+  "unhealthy" with "error", is drained the same way, then the process exits with code 4.
 - Logs: one JSON object per line on stderr.
 - Credential: read from --token-fd (a pipe, closed once read), else from the
   environment variable SLIPWAY_REPLICA_TOKEN (removed from the environment before any
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="largest request body and model answer (a response, or one chunk of a stream)",
     )
     parser.add_argument(
+        "--health-check-seconds",
+        type=float,
+        default=10.0,
+        help="how often a model's is_healthy() is asked (the first failure ends the replica with code 4)",
+    )
+    parser.add_argument(
         "--token-fd", type=int, default=None, help="inherited descriptor to read the replica's token from"
     )
     parser.add_argument(
@@ -84,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     args = parser.parse_args(argv)
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
+    if not 0 < args.health_check_seconds <= 3600:
+        parser.error("--health-check-seconds must be in (0, 3600]")
     if _listens_everywhere(args.host):
         parser.error(f"--host {args.host!r} listens on every interface; a replica takes loopback or one address")
     if args.development and args.packages_root is None:
@@ -106,6 +116,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         token=token,
         development=args.development,
         packages_root=args.packages_root.resolve() if args.packages_root else None,
+        health_check_seconds=args.health_check_seconds,
     )
 
 

@@ -20,6 +20,9 @@ CONFIG_FILENAME = "config.yaml"
 SECRET_ENV_PREFIX = "SLIPWAY_SECRET_"
 # The environment the deployment is in ("production"), unset or empty for none.
 ENVIRONMENT_ENV_VAR = "SLIPWAY_ENVIRONMENT"
+# Truss's default gap allowed between two chunks of a stream, and the longest accepted here.
+DEFAULT_STREAMING_READ_TIMEOUT_SECONDS = 60
+MAX_STREAMING_READ_TIMEOUT_SECONDS = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,8 @@ class PackageConfig:
     requirements: tuple[str, ...]
     # `requirements_file`: a pip requirements file, pyproject.toml or uv.lock inside the package.
     requirements_file: pathlib.Path | None = None
+    # runtime.streaming_read_timeout: a stream whose model yields nothing this long is ended.
+    streaming_read_timeout: float = DEFAULT_STREAMING_READ_TIMEOUT_SECONDS
 
     @property
     def model_dir(self) -> pathlib.Path:
@@ -84,6 +89,7 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         bundled_packages_dir=package_dir / _relative_path(raw, package_dir, "bundled_packages_dir", "packages"),
         requirements=tuple(_str_list(raw, "requirements")),
         requirements_file=_requirements_file(raw, package_dir),
+        streaming_read_timeout=_streaming_read_timeout(runtime),
     )
 
 
@@ -248,6 +254,22 @@ def _predict_concurrency(runtime: Mapping[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"runtime.predict_concurrency must be an integer >= 1, got {value!r}")
     return value
+
+
+def _streaming_read_timeout(runtime: Mapping[str, Any]) -> float:
+    value = runtime.get("streaming_read_timeout")
+    if value is None:
+        return DEFAULT_STREAMING_READ_TIMEOUT_SECONDS
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= MAX_STREAMING_READ_TIMEOUT_SECONDS
+    ):
+        raise ValueError(
+            f"runtime.streaming_read_timeout must be a number of seconds in (0, {MAX_STREAMING_READ_TIMEOUT_SECONDS}], "
+            f"got {value!r}"
+        )
+    return float(value)
 
 
 def bundled_external_dir(index: int) -> str:

@@ -140,6 +140,15 @@ def server_options(command: Callable) -> Callable:
             show_envvar=True,
             help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
         ),
+        click.option(
+            "--health-check-seconds",
+            envvar="SLIPWAY_HEALTH_CHECK_SECONDS",
+            type=click.FloatRange(min=0.01, max=3600),
+            default=10.0,
+            show_default=True,
+            show_envvar=True,
+            help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -162,6 +171,7 @@ def controller_settings(
     drain_seconds: float,
     max_request_bytes: int,
     tls: ServerTls | None,
+    health_check_seconds: float = 10.0,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.server import ControllerSettings
@@ -175,6 +185,7 @@ def controller_settings(
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
         tls=tls,
+        health_check_seconds=health_check_seconds,
     )
 
 
@@ -288,6 +299,7 @@ def controller(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    health_check_seconds: float,
     max_request_bytes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -307,6 +319,7 @@ def controller(
         drain_seconds,
         max_request_bytes,
         tls,
+        health_check_seconds,
     )
     run_until_stopped(run_controller(settings))
 
@@ -448,6 +461,7 @@ def up(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    health_check_seconds: float,
     gateway_port: int,
     http_port: int,
     replica_wait: float,
@@ -479,6 +493,7 @@ def up(
                 drain_seconds,
                 max_request_bytes,
                 tls,
+                health_check_seconds,
             ),
             gateway_settings(
                 host,
