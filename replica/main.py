@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     if args.token_fd is not None:
         token = _read_token(args.token_fd)
     if not token:
-        parser.error(f"the replica's token is missing (environment variable {REPLICA_TOKEN_ENV})")
+        parser.error(f"the replica's token is missing (--token-fd, or environment variable {REPLICA_TOKEN_ENV})")
     return Options(
         package=args.package,
         state_file=args.state_file,

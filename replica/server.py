@@ -135,7 +135,13 @@ class Replica:
         # Without this, grpc sets SO_REUSEPORT and a second process could silently
         # share a fixed --port with this one.
         options = [("grpc.so_reuseport", 0), *grpc_message_options(self._options.max_request_bytes)]
-        auth = TokenInterceptor(REPLICA_TOKEN_HEADER, self._options.token, [SERVICE_NAME], "REPLICA")
+        auth = TokenInterceptor(
+            REPLICA_TOKEN_HEADER,
+            self._options.token,
+            [SERVICE_NAME],
+            "REPLICA",
+            on_refused=lambda fields: self._log.warning("call_refused", **fields),
+        )
         server = grpc.aio.server(options=options, interceptors=[auth])
         reload_root = self._options.packages_root if self._options.development else None
         servicer = ReplicaServicer(self._log, self._options.max_request_bytes, reload_root)

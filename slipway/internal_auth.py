@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -86,39 +86,57 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls to `services` that do not carry `token` in metadata key `header`
     (UNAUTHENTICATED, reason <KIND>_TOKEN_MISSING / <KIND>_TOKEN_INVALID); other services pass."""
 
-    def __init__(self, header: str, token: str, services: Iterable[str], kind: str) -> None:
+    def __init__(
+        self,
+        header: str,
+        token: str,
+        services: Iterable[str],
+        kind: str,
+        on_refused: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
         if not token:
             raise ValueError("an internal surface needs a token")
         self._header = header
         self._token = token.encode()
         self._prefixes = tuple(f"/{service}/" for service in services)
         self._kind = kind
+        # Told {method, peer, reason} of every refused call (a replica logs its own way).
+        self._on_refused = on_refused or _log_refusal
 
-    def _refusal(self, value: str | None) -> grpc.Status | None:
+    def _refusal(self, value: str | None) -> tuple[grpc.Status, str] | None:
+        """None for the right token, else the status to answer and its reason."""
         if value is None:
-            reason, message = "MISSING", f"this is an internal surface: the call needs the {self._header} credential"
+            problem, message = "MISSING", f"this is an internal surface: the call needs the {self._header} credential"
         elif hmac.compare_digest(value.encode(), self._token):
             return None
         else:
-            reason, message = "INVALID", f"the {self._header} credential is not valid here"
-        return rich_status(grpc.StatusCode.UNAUTHENTICATED, f"{self._kind}_TOKEN_{reason}", message)
+            problem, message = "INVALID", f"the {self._header} credential is not valid here"
+        reason = f"{self._kind}_TOKEN_{problem}"
+        return rich_status(grpc.StatusCode.UNAUTHENTICATED, reason, message), reason
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(self._prefixes):
             return handler
-        status = self._refusal(presented(handler_call_details.invocation_metadata, self._header))
-        if status is None:
+        refusal = self._refusal(presented(handler_call_details.invocation_metadata, self._header))
+        if refusal is None:
             return handler
-        return _refusing(handler, handler_call_details.method, status)
+        status, reason = refusal
+        method = handler_call_details.method
+
+        async def refuse(request_or_iterator, context: grpc.aio.ServicerContext) -> None:
+            self._on_refused({"method": method, "peer": context.peer(), "reason": reason})
+            await context.abort_with_status(status)
+
+        return _same_shape(handler, refuse)
 
 
-def _refusing(handler: grpc.RpcMethodHandler, method: str, status: grpc.Status) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that answers `status` without running it."""
+def _log_refusal(fields: dict[str, str]) -> None:
+    log.warning("refused an internal call", extra={"fields": fields})
 
-    async def refuse(request_or_iterator, context: grpc.aio.ServicerContext) -> None:
-        log.warning("refused an internal call", extra={"fields": {"method": method, "peer": context.peer()}})
-        await context.abort_with_status(status)
+
+def _same_shape(handler: grpc.RpcMethodHandler, behaviour) -> grpc.RpcMethodHandler:
+    """A handler of the same kind (unary or streaming each way) and serializers as `handler`."""
 
     if handler.request_streaming and handler.response_streaming:
         make = grpc.stream_stream_rpc_method_handler
@@ -129,7 +147,7 @@ def _refusing(handler: grpc.RpcMethodHandler, method: str, status: grpc.Status) 
     else:
         make = grpc.unary_unary_rpc_method_handler
     return make(
-        refuse,
+        behaviour,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )

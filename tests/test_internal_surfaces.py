@@ -176,7 +176,18 @@ async def test_replicas_take_only_their_own_token(controller: Controller, api: A
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         answer = await stub.Invoke(invoke, metadata=own, timeout=10)
-        assert json.loads(answer.payload)["input"] == "hi"
+
+    # Each refusal is a structured line in the replica's log, without the token presented.
+    log_path = controller.settings.data_dir / "logs" / f"{replica.id}.log"
+
+    def refusals() -> list[dict]:
+        lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line["event"] == "call_refused"]
+
+    logged = await wait_until(lambda: len(refusals()) == 12 and refusals(), what="12 refusals in the replica's log")
+    assert {line["reason"] for line in logged} == {"REPLICA_TOKEN_MISSING", "REPLICA_TOKEN_INVALID"}
+    assert token_of(controller, other.id) not in log_path.read_text()
+    assert json.loads(answer.payload)["input"] == "hi"
 
     # The gateway forwards with each endpoint's token from the (authenticated) route table.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw:
