@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -18,11 +19,15 @@ from grpc_reflection.v1alpha import reflection
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
 from controller.domain import AutoscalingLimits
+from controller.files import make_private
+from controller.isolation import AUTO, DEFAULT_UID_RANGE, Sandboxes, resolve_replica_users
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
+from controller.secret_servicer import SecretServicer
+from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
@@ -35,6 +40,8 @@ from slipway.v1 import (
     model_service_pb2_grpc,
     route_service_pb2,
     route_service_pb2_grpc,
+    secret_service_pb2,
+    secret_service_pb2_grpc,
 )
 
 log = logging.getLogger("slipway.controller")
@@ -44,6 +51,7 @@ SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
+    secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 )
 
 
@@ -67,6 +75,14 @@ class ControllerSettings:
     package_limits: PackageLimits = field(default_factory=PackageLimits)
     # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Whom replicas run as (controller/isolation.py): `auto` (per-model uids from
+    # replica_uid_range when the controller is root), `controller`, or one user's name or uid.
+    replica_user: str = AUTO
+    replica_uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+    # The interpreter of replicas without a built environment (default: the controller's);
+    # replicas that run as other users need one every user can read.
+    replica_python: str | None = None
+    secret_limits: SecretLimits = field(default_factory=SecretLimits)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -95,7 +111,12 @@ class Controller:
     async def start(cls, settings: ControllerSettings) -> Controller:
         self = cls(settings)
         data_dir = settings.data_dir
+        python = settings.replica_python or sys.executable
+        replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python)
+        make_private(data_dir, traversable=replica_users is not None)
+        from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")
+        secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
         packages = PackageStore(data_dir / "packages", settings.package_limits)
         self.autoscaler = Autoscaler(settings.autoscaler)
         lifecycle = Lifecycle(
@@ -116,8 +137,10 @@ class Controller:
                 data_dir,
                 on_change,
                 drain_seconds=settings.drain_seconds,
+                python=python,
                 fork=settings.fork_replicas,
                 max_request_bytes=settings.max_request_bytes,
+                sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
             ),
             settings.reconciler,
             self.autoscaler,
@@ -128,8 +151,12 @@ class Controller:
                 settings.builds_dir or data_dir / "builds",
                 on_change=lambda: self.reconciler.poke(),
                 on_event=lifecycle.record_event,
+                python=python,
                 timeout_seconds=settings.build_timeout_seconds,
+                shared=replica_users is not None,
             ),
+            secrets=secrets,
+            replica_users=replica_users,
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -141,6 +168,7 @@ class Controller:
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(RouteServicer(self.routes, self.load), self._server)
+        secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -153,7 +181,16 @@ class Controller:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("controller listening", extra={"fields": {"address": self.address, "data_dir": str(data_dir)}})
+        log.info(
+            "controller listening",
+            extra={
+                "fields": {
+                    "address": self.address,
+                    "data_dir": str(data_dir),
+                    "replica_users": _describe(replica_users),
+                }
+            },
+        )
         return self
 
     def _wake(self, deployment_id: str) -> None:
@@ -184,6 +221,14 @@ class Controller:
         await self.routes.stop()
         await self.store.close()
         log.info("controller stopped")
+
+
+def _describe(users) -> str:
+    if users is None:
+        return "the controller's own"
+    if users.shared is not None:
+        return f"uid {users.shared.uid}"
+    return f"one per model, uids {users.first_uid}-{users.last_uid}"
 
 
 async def run_controller(settings: ControllerSettings) -> None:

@@ -12,13 +12,14 @@ prints one line ("Error: CODE (REASON): message") to stderr and exits with 1.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from slipway import client_commands
+from slipway import client_commands, secret_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
@@ -132,7 +133,57 @@ def server_options(command: Callable) -> Callable:
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return isolation_options(command)
+
+
+def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    from controller.isolation import parse_uid_range
+
+    try:
+        return parse_uid_range(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def isolation_options(command: Callable) -> Callable:
+    """Whom replicas run as (controller/isolation.py); passed on as `isolation`, a dict of settings."""
+    options = [
+        click.option(
+            "--replica-user",
+            envvar="SLIPWAY_REPLICA_USER",
+            default="auto",
+            show_default=True,
+            show_envvar=True,
+            help="auto: as root, each model's replicas run as a uid of their own (from --replica-uid-range); "
+            "controller: as the controller's user; or a user name or uid every replica shares.",
+        ),
+        click.option(
+            "--replica-uid-range",
+            envvar="SLIPWAY_REPLICA_UID_RANGE",
+            default="200000-299999",
+            show_default=True,
+            show_envvar=True,
+            callback=_uid_range,
+            help="The uids (and gids) of per-model replica users: model number N runs as FIRST+N-1.",
+        ),
+        click.option(
+            "--replica-python",
+            envvar="SLIPWAY_REPLICA_PYTHON",
+            default=None,
+            show_envvar=True,
+            help="Interpreter of replicas without built requirements (default: the controller's); "
+            "replica users must be able to read it.",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def gathered(**kwargs: Any) -> Any:
+        isolation = {name: kwargs.pop(name) for name in ("replica_user", "replica_uid_range", "replica_python")}
+        return command(isolation=isolation, **kwargs)
+
+    for option in reversed(options):
+        gathered = option(gathered)
+    return gathered
 
 
 def configure_logs(log_level: str) -> None:
@@ -150,6 +201,7 @@ def controller_settings(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    isolation: dict[str, Any],
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.server import ControllerSettings
@@ -162,6 +214,7 @@ def controller_settings(
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
+        **isolation,
     )
 
 
@@ -235,13 +288,22 @@ def controller(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    isolation: dict[str, Any],
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
     configure_logs(log_level)
     settings = controller_settings(
-        host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds, max_request_bytes
+        host,
+        port,
+        data_dir,
+        autoscaling_time_scale,
+        wake_hold_seconds,
+        fork_replicas,
+        drain_seconds,
+        max_request_bytes,
+        isolation,
     )
     run_until_stopped(run_controller(settings))
 
@@ -349,6 +411,7 @@ def up(
     example: Path | None,
     max_request_bytes: int,
     timeout: float,
+    isolation: dict[str, Any],
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
     configure_logs(log_level)
@@ -363,6 +426,7 @@ def up(
                 fork_replicas,
                 drain_seconds,
                 max_request_bytes,
+                isolation,
             ),
             gateway_settings(host, gateway_port, http_port, "", replica_wait, max_request_bytes),
             example,
@@ -380,6 +444,7 @@ for command in (
     client_commands.usage,
     client_commands.events,
     client_commands.predict,
+    secret_commands.secrets,
 ):
     cli.add_command(command)
 

@@ -1,0 +1,160 @@
+"""Which user a replica runs as, and what that user may read.
+
+A model is untrusted code. When the controller runs as root, each model's replicas run as
+a user of their own: uid (and gid) `first_uid + the model's number`, so two models never
+share a uid and neither can read the other's files or /proc/PID/environ, nor the
+controller's. (Replicas also make themselves non-dumpable: see replica/main.py.) That user
+reaches only:
+
+- its sandbox, `<data_dir>/sandboxes/<uid>/`: private copies of the packages its replicas
+  run (a stored package may be shared by several models, so it is copied, never granted);
+- its replica's own directory under `run/` (the state file);
+- the built Python environments (public packages only) and the interpreter.
+
+The log is opened by the controller's side before the user changes, so the model can
+write it but not read another's. A controller that is not root cannot change users:
+replicas then run as the controller's own user and isolation between models is only that
+of the process (documented in the README's Security section).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import pwd
+import shutil
+import stat
+import sys
+from dataclasses import dataclass
+
+log = logging.getLogger("slipway.isolation")
+
+DEFAULT_UID_RANGE = (200_000, 299_999)
+AUTO = "auto"
+# Run replicas as the controller's own user (no isolation between models).
+CONTROLLER_USER = "controller"
+
+
+@dataclass(frozen=True)
+class ReplicaUser:
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class ReplicaUsers:
+    """Per-model users (`first_uid`..`last_uid`), or one `shared` user for every replica."""
+
+    first_uid: int = DEFAULT_UID_RANGE[0]
+    last_uid: int = DEFAULT_UID_RANGE[1]
+    shared: ReplicaUser | None = None
+
+    def for_model(self, model_number: int) -> ReplicaUser:
+        """The user of the model with this (never reused, from 1) number."""
+        if self.shared is not None:
+            return self.shared
+        uid = self.first_uid + model_number - 1
+        if uid > self.last_uid:
+            raise RuntimeError(
+                f"model number {model_number} is past the replica uid range {self.first_uid}-{self.last_uid}"
+            )
+        return ReplicaUser(uid, uid)
+
+
+def parse_uid_range(text: str) -> tuple[int, int]:
+    """'FIRST-LAST' as two uids; raise ValueError naming the problem."""
+    first, sep, last = text.partition("-")
+    if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+        raise ValueError(f"replica uid range must be FIRST-LAST, got {text!r}")
+    low, high = int(first), int(last)
+    if not 1 <= low <= high < 2**32 - 1:
+        raise ValueError(f"replica uid range {text!r} must be ascending uids above 0")
+    return low, high
+
+
+def resolve_replica_users(replica_user: str, uid_range: tuple[int, int], python: str) -> ReplicaUsers | None:
+    """The users replicas run as; None: the controller's own.
+
+    `replica_user`: `auto` (per-model uids from `uid_range` when root), `controller`, or a
+    user name or uid that every replica shares. Raise ValueError for a user that does not
+    exist or a change of user a non-root controller cannot make.
+    """
+    if replica_user == CONTROLLER_USER:
+        return None
+    root = os.geteuid() == 0
+    if replica_user == AUTO:
+        if not root:
+            return None
+        unreadable = unreachable_path(python)
+        if unreadable is not None:
+            log.warning(
+                "REPLICAS RUN AS ROOT: the replica interpreter %s is not readable by other users (%s is not); "
+                "install Python where every user can read it, or pass --replica-python",
+                python,
+                unreadable,
+            )
+            return None
+        return ReplicaUsers(*uid_range)
+    if not root:
+        raise ValueError(f"--replica-user {replica_user}: only a controller running as root can change users")
+    try:
+        entry = pwd.getpwuid(int(replica_user)) if replica_user.isdigit() else pwd.getpwnam(replica_user)
+    except KeyError:
+        raise ValueError(f"--replica-user {replica_user}: no such user") from None
+    if entry.pw_uid == 0:
+        raise ValueError(f"--replica-user {replica_user} is root: replicas must run unprivileged")
+    return ReplicaUsers(shared=ReplicaUser(entry.pw_uid, entry.pw_gid))
+
+
+def unreachable_path(python: str) -> pathlib.Path | None:
+    """The first directory on the way to the interpreter and its standard library that other
+    users cannot enter, or None when they can run it."""
+    targets = [pathlib.Path(python).resolve(), pathlib.Path(os.path.dirname(os.__file__)).resolve()]
+    if python == sys.executable:
+        targets.append(pathlib.Path(sys.base_prefix).resolve())
+    for target in targets:
+        for directory in (*reversed(target.parents), target):
+            if directory.is_dir() and not stat.S_IMODE(directory.stat().st_mode) & stat.S_IXOTH:
+                return directory
+    return None
+
+
+class Sandboxes:
+    """Per-user copies of packages, under `root` (traversable, not listable)."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o711)
+
+    def home(self, user: ReplicaUser) -> pathlib.Path:
+        home = self.root / str(user.uid)
+        if not home.is_dir():
+            home.mkdir(mode=0o700)
+            os.chown(home, user.uid, user.gid)
+        return home
+
+    def package(self, user: ReplicaUser, package_dir: pathlib.Path) -> pathlib.Path:
+        """The user's own copy of a stored package (packages never change: copied once)."""
+        copy = self.home(user) / package_dir.name
+        if copy.is_dir():
+            return copy
+        staging = copy.with_name(f".tmp-{package_dir.name}-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(package_dir, staging, symlinks=True)
+        give(staging, user)
+        os.rename(staging, copy)
+        return copy
+
+    def copies_except(self, keep: set[str]) -> list[pathlib.Path]:
+        """The package copies whose digest is not in `keep` (garbage once the package is)."""
+        return [copy for home in self.root.iterdir() for copy in home.iterdir() if copy.name not in keep]
+
+
+def give(path: pathlib.Path, user: ReplicaUser) -> None:
+    """Make `path` and its tree belong to `user` (symbolic links themselves, not followed)."""
+    os.chown(path, user.uid, user.gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
