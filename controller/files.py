@@ -23,8 +23,9 @@ def make_private(data_dir: pathlib.Path, traversable: bool) -> None:
     """Set the process umask so every later file is private, create `data_dir` and take
     group and other permissions off everything already in it (a data dir written by an
     older version, or under a looser umask). `traversable`: replicas run as other users."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)  # under the operator's umask: only the data dir is ours
     os.umask(PRIVATE_UMASK)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(exist_ok=True)
     data_dir.chmod(TRAVERSABLE_DIR if traversable else PRIVATE_DIR)
     for entry in data_dir.iterdir():
         tighten(entry)

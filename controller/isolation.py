@@ -25,6 +25,7 @@ import pathlib
 import pwd
 import shutil
 import stat
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -34,6 +35,10 @@ DEFAULT_UID_RANGE = (200_000, 299_999)
 AUTO = "auto"
 # Run replicas as the controller's own user (no isolation between models).
 CONTROLLER_USER = "controller"
+
+
+class ReplicaUserError(ValueError):
+    """Replicas cannot run as the user asked for (the controller refuses to start)."""
 
 
 @dataclass(frozen=True)
@@ -73,50 +78,75 @@ def parse_uid_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def resolve_replica_users(replica_user: str, uid_range: tuple[int, int], python: str) -> ReplicaUsers | None:
+def resolve_replica_users(
+    replica_user: str, uid_range: tuple[int, int], python: str, data_dir: pathlib.Path
+) -> ReplicaUsers | None:
     """The users replicas run as; None: the controller's own.
 
     `replica_user`: `auto` (per-model uids from `uid_range` when root), `controller`, or a
-    user name or uid that every replica shares. Raise ValueError for a user that does not
-    exist or a change of user a non-root controller cannot make.
+    user name or uid that every replica shares. Other users must be able to run `python`
+    and enter `data_dir`'s parents: under `auto`, replicas otherwise run as the controller's
+    user (warned about loudly); asked for by name, the start is refused. Raise ReplicaUserError
+    for a user that does not exist or a change of user a non-root controller cannot make.
     """
     if replica_user == CONTROLLER_USER:
         return None
     root = os.geteuid() == 0
-    if replica_user == AUTO:
-        if not root:
-            return None
-        unreadable = unreachable_path(python)
-        if unreadable is not None:
-            log.warning(
-                "REPLICAS RUN AS ROOT: the replica interpreter %s is not readable by other users (%s is not); "
-                "install Python where every user can read it, or pass --replica-python",
-                python,
-                unreadable,
-            )
-            return None
-        return ReplicaUsers(*uid_range)
+    if replica_user == AUTO and not root:
+        return None
     if not root:
-        raise ValueError(f"--replica-user {replica_user}: only a controller running as root can change users")
-    try:
-        entry = pwd.getpwuid(int(replica_user)) if replica_user.isdigit() else pwd.getpwnam(replica_user)
-    except KeyError:
-        raise ValueError(f"--replica-user {replica_user}: no such user") from None
-    if entry.pw_uid == 0:
-        raise ValueError(f"--replica-user {replica_user} is root: replicas must run unprivileged")
-    return ReplicaUsers(shared=ReplicaUser(entry.pw_uid, entry.pw_gid))
+        raise ReplicaUserError(f"--replica-user {replica_user}: only a controller running as root can change users")
+    if replica_user == AUTO:
+        users = ReplicaUsers(*uid_range)
+    else:
+        try:
+            entry = pwd.getpwuid(int(replica_user)) if replica_user.isdigit() else pwd.getpwnam(replica_user)
+        except KeyError:
+            raise ReplicaUserError(f"--replica-user {replica_user}: no such user") from None
+        if entry.pw_uid == 0:
+            raise ReplicaUserError(f"--replica-user {replica_user} is root: replicas must run unprivileged")
+        users = ReplicaUsers(shared=ReplicaUser(entry.pw_uid, entry.pw_gid))
+    closed = unreachable_path(python) or _closed_parent(data_dir.resolve().parent)
+    if closed is None:
+        return users
+    problem = (
+        f"other users cannot enter {closed}, so replicas running as them could not reach the interpreter "
+        f"{python} or the data directory {data_dir}; install Python where every user can read it "
+        "(--replica-python) and keep the data directory under directories others may enter"
+    )
+    if replica_user != AUTO:
+        raise ReplicaUserError(f"--replica-user {replica_user}: {problem}")
+    log.warning("REPLICAS RUN AS THE CONTROLLER'S USER (root), not isolated from each other: %s", problem)
+    return None
 
 
 def unreachable_path(python: str) -> pathlib.Path | None:
-    """The first directory on the way to the interpreter and its standard library that other
+    """The first directory on the way to the interpreter or its standard library that other
     users cannot enter, or None when they can run it."""
-    targets = [pathlib.Path(python).resolve(), pathlib.Path(os.path.dirname(os.__file__)).resolve()]
     if python == sys.executable:
-        targets.append(pathlib.Path(sys.base_prefix).resolve())
-    for target in targets:
-        for directory in (*reversed(target.parents), target):
-            if directory.is_dir() and not stat.S_IMODE(directory.stat().st_mode) & stat.S_IXOTH:
-                return directory
+        places = [sys.executable, os.path.dirname(os.__file__)]
+    else:
+        asked = subprocess.run(
+            [python, "-c", "import os, sys; print(sys.executable); print(os.path.dirname(os.__file__))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if asked.returncode != 0:
+            raise ReplicaUserError(f"the replica interpreter {python} does not run: {asked.stderr.strip()[-300:]}")
+        places = asked.stdout.split("\n")[:2]
+    for place in places:
+        closed = _closed_parent(pathlib.Path(place).resolve())
+        if closed is not None:
+            return closed
+    return None
+
+
+def _closed_parent(target: pathlib.Path) -> pathlib.Path | None:
+    """The first of `target` and its parents (from /) that other users cannot enter."""
+    for directory in (*reversed(target.parents), target):
+        if directory.is_dir() and not stat.S_IMODE(directory.stat().st_mode) & stat.S_IXOTH:
+            return directory
     return None
 
 

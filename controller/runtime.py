@@ -58,7 +58,16 @@ class ReplicaHandle:
     exit_time: float | None = None
     adopted: bool = False
     package_dir: pathlib.Path | None = None  # what it was started from (None: adopted)
+    # The user it runs as (None: the controller's), and where that user's package copies are.
+    user: ReplicaUser | None = None
+    sandboxes: Sandboxes | None = field(default=None, repr=False)
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
+
+    def package_path(self, stored: pathlib.Path) -> pathlib.Path:
+        """Where this replica reads the stored package `stored` (its user's own copy)."""
+        if self.user is None or self.sandboxes is None:
+            return stored
+        return self.sandboxes.package(self.user, stored)
 
     @property
     def address(self) -> str:
@@ -251,13 +260,21 @@ class LocalProcessRuntime:
         secrets (so it carries the secrets the replica may see). `python` is the
         interpreter of the deployment's built environment; None means the controller's own.
         With `user`, the replica runs as that user, from its own copy of the package."""
-        handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir)
+        handle = ReplicaHandle(
+            replica_id,
+            deployment_id,
+            revision,
+            start_time=time.time(),
+            package_dir=package_dir,
+            user=user,
+            sandboxes=self.sandboxes,
+        )
         handle.log_path = self.log_dir / f"{replica_id}.log"
         home = None
         if user is not None:
             assert self.sandboxes is not None, "replica users need sandboxes"
             home = self.sandboxes.home(user)
-            package_dir = await asyncio.to_thread(self.sandboxes.package, user, package_dir)
+            package_dir = await asyncio.to_thread(handle.package_path, package_dir)
             state_file = self._own_run_dir(replica_id, user) / "state.json"
             environment = {**environment, "HOME": str(home)}
         else:
@@ -312,6 +329,8 @@ class LocalProcessRuntime:
             return None
         handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=start_time, pid=pid, adopted=True)
         handle.log_path = self.log_dir / f"{replica_id}.log"
+        if self.sandboxes is not None:
+            handle.user, handle.sandboxes = _process_user(pid), self.sandboxes
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))
         handle._tasks.append(asyncio.create_task(self._watch_exit(handle, _wait_for_pid_exit(pid))))
         return handle
@@ -407,6 +426,15 @@ def _as_user(user: ReplicaUser | None, home: pathlib.Path | None) -> dict:
     if user is None:
         return {}
     return {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": home}
+
+
+def _process_user(pid: int) -> ReplicaUser | None:
+    """The user a process runs as, unless it is the controller's own."""
+    fields = dict(
+        line.split(":", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    uid, gid = int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+    return None if uid == os.geteuid() else ReplicaUser(uid, gid)
 
 
 def _kill_group(pid: int) -> None:

@@ -112,7 +112,7 @@ class Controller:
         self = cls(settings)
         data_dir = settings.data_dir
         python = settings.replica_python or sys.executable
-        replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python)
+        replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python, data_dir)
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")

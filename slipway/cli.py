@@ -269,10 +269,14 @@ def gateway_options(command: Callable) -> Callable:
 
 
 def run_until_stopped(coroutine: Any) -> None:
+    from controller.isolation import ReplicaUserError
+
     try:
         asyncio.run(coroutine)
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
+    except ReplicaUserError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
