@@ -179,7 +179,12 @@ class Sandboxes:
 
     def copies_except(self, keep: set[str]) -> list[pathlib.Path]:
         """The package copies whose digest is not in `keep` (garbage once the package is)."""
-        return [copy for home in self.root.iterdir() for copy in home.iterdir() if copy.name not in keep]
+        return [
+            copy
+            for home in self.root.iterdir()
+            for copy in home.iterdir()
+            if copy.name not in keep and not copy.name.startswith(".tmp-")  # a copy being made
+        ]
 
 
 def give(path: pathlib.Path, user: ReplicaUser) -> None:

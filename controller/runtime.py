@@ -429,10 +429,12 @@ def _as_user(user: ReplicaUser | None, home: pathlib.Path | None) -> dict:
 
 
 def _process_user(pid: int) -> ReplicaUser | None:
-    """The user a process runs as, unless it is the controller's own."""
-    fields = dict(
-        line.split(":", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-    )
+    """The user a process runs as, unless it is the controller's own (or it is gone)."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     uid, gid = int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
     return None if uid == os.geteuid() else ReplicaUser(uid, gid)
 

@@ -75,6 +75,14 @@ class Secrets:
         self._box = box
         self._from_environment = dict(from_environment)
         self._limits = limits
+        self._stored: set[str] = set()  # names, for the warnings of a push (available_variables)
+
+    async def load(self) -> None:
+        self._stored = {row.name for row in await self._store.list_secrets()}
+
+    def available_variables(self) -> frozenset[str]:
+        """The SLIPWAY_SECRET_* variables a replica can be handed now."""
+        return frozenset(self._from_environment) | {secret_env_var(name) for name in self._stored}
 
     async def set(self, name: str, value: bytes) -> SecretRow:
         _check_name(name)
@@ -96,6 +104,7 @@ class Secrets:
                 )
             await tx.put_secret(name, self._box.seal(name, value), time.time())
             (row,) = await tx.get_secrets([name])
+        self._stored.add(name)
         return row
 
     async def list(self) -> list[SecretRow]:
@@ -106,6 +115,7 @@ class Secrets:
         async with self._store.write() as tx:
             if not await tx.delete_secret(name):
                 raise NotFound("SECRET_NOT_FOUND", f"there is no secret named {name}", name=name)
+        self._stored.discard(name)
 
     async def environ_for(self, declared: Iterable[str]) -> dict[str, str]:
         """The SLIPWAY_SECRET_* variables of the secrets a package declares, and no other."""

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
+from controller.compat import Machine
 from controller.domain import AutoscalingLimits
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, Sandboxes, resolve_replica_users
@@ -117,6 +118,7 @@ class Controller:
         from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")
         secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
+        await secrets.load()
         packages = PackageStore(data_dir / "packages", settings.package_limits)
         self.autoscaler = Autoscaler(settings.autoscaler)
         lifecycle = Lifecycle(
@@ -125,6 +127,7 @@ class Controller:
             settings.autoscaling_limits,
             on_commit=lambda: self.reconciler.poke(),
             on_wake=self._wake,
+            machine=lambda: Machine(secret_variables=secrets.available_variables()),
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(on_report=lambda: self.reconciler.poke())

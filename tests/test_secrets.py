@@ -139,6 +139,11 @@ async def test_a_replica_gets_only_the_secrets_its_package_declares_with_truss_s
     config = "secrets:\n  mine: null\n  overridden: config-default\n  defaulted: config-default\n"
     config += "  missing: null\n  from_env: null\n"
     pushed = await api.push(api.package("reader", source=READER_MODEL, extra_config=config))
+    # Only the declared secret that has neither a value nor a default is warned about.
+    assert [w for w in pushed.warnings if "secret" in w] == [
+        "secret 'missing' is not set (slipway secrets set missing): the model's secrets['missing'] "
+        "raises SecretNotFound"
+    ]
     await api.wait_state(pushed.deployment.id, ACTIVE)
     model_id = pushed.model.id
 
