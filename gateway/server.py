@@ -20,6 +20,7 @@ from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
+from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
 from slipway.v1 import deployment_service_pb2 as ds
@@ -31,6 +32,45 @@ from slipway.v1 import route_service_pb2_grpc as rt_grpc
 log = logging.getLogger("slipway.gateway")
 
 WAKE_INTERVAL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What one client may hold on the gateway's gRPC server (grpc's own server options)."""
+
+    # Calls in flight on the whole server; one more is refused RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 1000
+    # Calls in flight on one connection; more wait on the client until one ends.
+    max_concurrent_streams: int = 100
+    # A connection with no call in flight for this long is closed (GOAWAY).
+    max_connection_idle_seconds: float = 300.0
+    # A connection is asked to reconnect after this long; calls in flight then get
+    # `max_connection_age_grace_seconds` to finish (by default the request timeout).
+    max_connection_age_seconds: float = 1800.0
+    max_connection_age_grace_seconds: float | None = None
+    # The server pings a connection this often and closes it without an answer in
+    # `keepalive_timeout_seconds`: a vanished client's calls do not linger.
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
+    # Clients may send keepalive pings this often; one that pings more often is
+    # disconnected (GOAWAY too_many_pings, grpc's ping-strike rule).
+    min_client_ping_interval_seconds: float = 60.0
+
+    def server_options(self, request_timeout_seconds: float) -> list[tuple[str, int]]:
+        grace = self.max_connection_age_grace_seconds
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", _ms(self.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", _ms(self.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", _ms(request_timeout_seconds if grace is None else grace)),
+            ("grpc.keepalive_time_ms", _ms(self.keepalive_seconds)),
+            ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout_seconds)),
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(self.min_client_ping_interval_seconds)),
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 @dataclass
@@ -50,6 +90,8 @@ class GatewaySettings:
     shutdown_grace_seconds: float = 10.0
     # Largest request body (and model answer: a response, or one chunk of a stream), over HTTP and gRPC.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
 
 
 class Gateway:
@@ -71,6 +113,8 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self._grpc: grpc.aio.Server
         self._http: web.AppRunner
+        self.http_bodies: BodyReader
+        self.http_site: LimitedSite
         self._controller = grpc.aio.insecure_channel(settings.controller_address)
 
     def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
@@ -117,7 +161,13 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.follower.run()))
         self._tasks.append(asyncio.create_task(self._report_load()))
 
-        self._grpc = grpc.aio.server(options=grpc_message_options(settings.max_request_bytes))
+        self._grpc = grpc.aio.server(
+            options=[
+                *grpc_message_options(settings.max_request_bytes),
+                *settings.grpc_limits.server_options(settings.request_timeout_seconds),
+            ],
+            maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs,
+        )
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
         self._grpc.add_generic_rpc_handlers((api.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -127,11 +177,12 @@ class Gateway:
         self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await self._grpc.start()
 
-        app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds)
-        self._http = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+        self.http_bodies = BodyReader(settings.http_limits, settings.max_request_bytes)
+        app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds, self.http_bodies)
+        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds)
         await self._http.setup()
-        site = web.TCPSite(self._http, settings.host, settings.http_port)
-        await site.start()
+        self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits)
+        await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)

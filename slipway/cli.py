@@ -219,8 +219,16 @@ def controller_settings(
 
 
 def gateway_settings(
-    host: str, grpc_port: int, http_port: int, controller: str, replica_wait: float, max_request_bytes: int
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    controller: str,
+    replica_wait: float,
+    max_request_bytes: int,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
 ) -> Any:
+    from gateway.http_limits import HttpLimits
     from gateway.server import GatewaySettings
 
     return GatewaySettings(
@@ -230,7 +238,17 @@ def gateway_settings(
         http_port=http_port,
         replica_wait_seconds=replica_wait,
         max_request_bytes=max_request_bytes,
+        http_limits=HttpLimits(
+            max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
+        ),
     )
+
+
+def http_limit_default(name: str) -> int:
+    """Imported only when a gateway starts: a client command should not pay for aiohttp."""
+    from gateway.http_limits import HttpLimits
+
+    return getattr(HttpLimits(), name)
 
 
 def gateway_options(command: Callable) -> Callable:
@@ -261,6 +279,24 @@ def gateway_options(command: Callable) -> Callable:
             show_default=True,
             show_envvar=True,
             help="Seconds a request waits for a ready replica before 503.",
+        ),
+        click.option(
+            "--max-http-connections",
+            envvar="SLIPWAY_MAX_HTTP_CONNECTIONS",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_connections"),
+            show_default=True,
+            show_envvar=True,
+            help="Open HTTP connections the gateway keeps; one more is answered 503 and closed.",
+        ),
+        click.option(
+            "--max-buffered-request-bytes",
+            envvar="SLIPWAY_MAX_BUFFERED_REQUEST_BYTES",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_buffered_body_bytes"),
+            show_default=True,
+            show_envvar=True,
+            help="Request-body bytes all HTTP requests in flight may hold together; beyond, 503 GATEWAY_BUSY.",
         ),
     ]
     for option in reversed(options):
@@ -331,6 +367,8 @@ def gateway(
     gateway_port: int,
     http_port: int,
     replica_wait: float,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
     log_level: str,
     max_request_bytes: int,
 ) -> None:
@@ -339,7 +377,16 @@ def gateway(
 
     configure_logs(log_level)
     controller_address = ctx.find_root().params["controller"]
-    settings = gateway_settings(host, gateway_port, http_port, controller_address, replica_wait, max_request_bytes)
+    settings = gateway_settings(
+        host,
+        gateway_port,
+        http_port,
+        controller_address,
+        replica_wait,
+        max_request_bytes,
+        max_http_connections,
+        max_buffered_request_bytes,
+    )
     run_until_stopped(run_gateway(settings))
 
 
@@ -412,6 +459,8 @@ def up(
     gateway_port: int,
     http_port: int,
     replica_wait: float,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
     example: Path | None,
     max_request_bytes: int,
     timeout: float,
@@ -432,7 +481,16 @@ def up(
                 max_request_bytes,
                 isolation,
             ),
-            gateway_settings(host, gateway_port, http_port, "", replica_wait, max_request_bytes),
+            gateway_settings(
+                host,
+                gateway_port,
+                http_port,
+                "",
+                replica_wait,
+                max_request_bytes,
+                max_http_connections,
+                max_buffered_request_bytes,
+            ),
             example,
             timeout,
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -245,10 +245,13 @@ class SlipwayClient:
         target: str | ds.PushTarget = "development",
         deployment_name: str = "",
         request_id: str = "",
+        model_name: str = "",
+        metadata: Mapping[str, Any] | None = None,
     ) -> ds.CreateDeploymentResponse:
         """Archive `directory` and create (or, for development, update) a deployment.
 
-        `target` is "development", "published", "production" or a PushTarget value.
+        `target` is "development", "published", "production" or a PushTarget value;
+        `model_name` overrides config.yaml's (and is needed when it has none).
         """
         archive, digest = archive_package(directory)
         request = ds.CreateDeploymentRequest(
@@ -257,7 +260,10 @@ class SlipwayClient:
             target=PUSH_TARGETS[target] if isinstance(target, str) else target,
             deployment_name=deployment_name,
             request_id=request_id,
+            model_name=model_name,
         )
+        if metadata:
+            request.metadata.update(metadata)
         return self.deployments.CreateDeployment(request, timeout=self.push_timeout)
 
     def patch_deployment(
