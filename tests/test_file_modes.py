@@ -6,8 +6,11 @@ left with loose modes is tightened at start."""
 from __future__ import annotations
 
 import os
+import pathlib
+import shutil
 import stat
 import subprocess
+import tempfile
 
 import grpc
 import pytest
@@ -68,15 +71,14 @@ async def test_everything_in_the_data_dir_is_private_under_umask_022(tmp_path, u
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to check as another user")
-async def test_another_user_reads_nothing_in_the_data_dir(tmp_path, umask_022):
-    controller = await Controller.start(controller_settings(tmp_path / "data", replica_user="controller"))
-    await stop_or_explain(controller.stop(), "controller")
-    os.chmod(tmp_path, 0o755)  # so that only the data dir's own mode is in the way
-    for target in ("controller.db", "secrets.key", "packages"):
-        attempt = subprocess.run(
-            ["cat" if target != "packages" else "ls", str(tmp_path / "data" / target)],
-            user="nobody",
-            capture_output=True,
-            text=True,
-        )
-        assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, (target, attempt)
+async def test_another_user_reads_nothing_in_the_data_dir(umask_022):
+    parent = pathlib.Path(tempfile.mkdtemp(prefix="slipway-modes-"))  # pytest's own tmp dirs are 0700
+    try:
+        parent.chmod(0o755)  # so that only the data dir's own modes are in the way
+        controller = await Controller.start(controller_settings(parent / "data", replica_user="controller"))
+        await stop_or_explain(controller.stop(), "controller")
+        for command, target in (("cat", "controller.db"), ("cat", "secrets.key"), ("ls", "packages")):
+            attempt = subprocess.run([command, str(parent / "data" / target)], user="nobody", capture_output=True)
+            assert attempt.returncode != 0 and b"Permission denied" in attempt.stderr, (target, attempt.stderr)
+    finally:
+        shutil.rmtree(parent)
