@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,31 @@ async def test_a_replica_started_as_a_new_process_changes_user_too(shared_python
         found = await probe(api, deployment, "gamma_token", [controller.settings.data_dir / "controller.db"])
         assert (found["uid"], found["groups"], found["secret"]) == (UID_RANGE[0], [], "gamma-secret-value")
         assert found[str(controller.settings.data_dir / "controller.db")] == "EACCES"
+    finally:
+        await api.channel.close()
+        await stop_or_explain(controller.stop(), "controller")
+
+
+SLUGIFY_MODEL = """
+import os
+from slugify import slugify
+
+class Model:
+    def predict(self, model_input):
+        return {"slug": slugify(model_input), "uid": os.getuid()}
+"""
+
+
+@pytest.mark.timeout(300)
+async def test_a_built_environment_runs_as_the_replica_user(shared_python):
+    controller, api, _ = await start(shared_python, "built")
+    try:
+        package = api.package("built", source=SLUGIFY_MODEL, extra_config="requirements: [python-slugify>=8]\n")
+        pushed = await api.push(package)
+        deployment = await api.wait_state(pushed.deployment.id, r.DEPLOYMENT_STATE_ACTIVE, timeout=240)
+        answer = json_format.json.loads(await api.predict(deployment, b'"Hi There"'))
+        assert answer == {"slug": "hi-there", "uid": UID_RANGE[0]}
+        assert stat.S_IMODE((controller.settings.data_dir / "builds" / "logs").stat().st_mode) == 0o700
     finally:
         await api.channel.close()
         await stop_or_explain(controller.stop(), "controller")
