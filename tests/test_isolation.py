@@ -19,7 +19,7 @@ import tempfile
 
 import grpc
 import pytest
-from conftest import Api, controller_settings, stop_or_explain
+from conftest import Api, controller_settings, stop_or_explain, wait_until
 from google.protobuf import json_format
 
 from controller.files import share_read_only
@@ -27,6 +27,7 @@ from controller.isolation import ReplicaUserError, unreachable_path
 from controller.server import Controller
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
 from slipway.v1 import secret_service_pb2 as ss
@@ -148,6 +149,13 @@ async def test_a_model_reads_neither_another_models_secrets_and_files_nor_the_co
         assert patched.result == ds.PATCH_RESULT_APPLIED_IN_PLACE, patched.error
         after = await probe(api, await api.get(alpha.id), "alpha_token", [])
         assert (after["patched"], after["uid"], after["secret"]) == (True, UID_RANGE[0], "alpha-secret-value")
+
+        # Copies go with the packages they copy: beta's once beta is deleted and its replica gone.
+        await api.models.DeleteModel(ms.DeleteModelRequest(model_id=beta.model_id))
+        await wait_until(lambda: beta_replica.exited, what="beta's replica to stop")
+        await controller.reconciler.collect_garbage(grace_seconds=0)
+        assert not beta_package.exists()
+        assert any((data_dir / "sandboxes" / str(UID_RANGE[0])).iterdir())  # alpha's are in use
     finally:
         await api.channel.close()
         await stop_or_explain(controller.stop(), "controller")
