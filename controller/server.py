@@ -34,6 +34,7 @@ from controller.store import Store
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
+from slipway.tls import ServerTls, add_grpc_port, warn_if_exposed_without_tls
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
@@ -76,6 +77,8 @@ class ControllerSettings:
     package_limits: PackageLimits = field(default_factory=PackageLimits)
     # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Serves the gRPC port with TLS when set (replicas stay on loopback plaintext).
+    tls: ServerTls | None = None
     # Whom replicas run as (controller/isolation.py): `auto` (per-model uids from
     # replica_uid_range when the controller is root), `controller`, or one user's name or uid.
     replica_user: str = AUTO
@@ -176,7 +179,8 @@ class Controller:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        warn_if_exposed_without_tls(settings.host, settings.tls, "the controller")
+        self.port = add_grpc_port(self._server, f"{settings.host}:{settings.port}", settings.tls)
         await self.reconciler.adopt_existing()
         await self.reconciler.runtime.prewarm()
         await self.routes.start()
@@ -189,6 +193,7 @@ class Controller:
             extra={
                 "fields": {
                     "address": self.address,
+                    "tls": settings.tls is not None,
                     "data_dir": str(data_dir),
                     "replica_users": _describe(replica_users),
                 }

@@ -24,6 +24,8 @@ from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
+from slipway.tls import ServerTls, dialable_host
+from slipway.tls_options import checked_ca, server_tls, tls_options
 
 
 class SlipwayGroup(click.Group):
@@ -33,7 +35,7 @@ class SlipwayGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CLIENT_ERRORS as err:
-            raise click.ClickException(error_line(err)) from None
+            raise click.ClickException(error_line(err, with_ca=ctx.params.get("tls_ca") is not None)) from None
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -58,7 +60,16 @@ class SlipwayGroup(click.Group):
     metavar="HOST:PORT",
     help="Address of a gateway's gRPC API (for predict).",
 )
-def cli(controller: str, gateway: str) -> None:
+@click.option(
+    "--tls-ca",
+    envvar="SLIPWAY_TLS_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    callback=lambda ctx, param, value: checked_ca(value),
+    show_envvar=True,
+    metavar="PEM",
+    help="CA certificate that verifies the controller and gateway when they serve TLS (a gateway verifies its controller with it).",
+)
+def cli(controller: str, gateway: str, tls_ca: Path | None) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
 
 
@@ -201,6 +212,7 @@ def controller_settings(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    tls: ServerTls | None,
     isolation: dict[str, Any],
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
@@ -214,6 +226,7 @@ def controller_settings(
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
+        tls=tls,
         **isolation,
     )
 
@@ -227,6 +240,8 @@ def gateway_settings(
     max_request_bytes: int,
     max_http_connections: int,
     max_buffered_request_bytes: int,
+    tls: ServerTls | None,
+    controller_ca_file: Path | None,
 ) -> Any:
     from gateway.http_limits import HttpLimits
     from gateway.server import GatewaySettings
@@ -241,6 +256,8 @@ def gateway_settings(
         http_limits=HttpLimits(
             max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
         ),
+        tls=tls,
+        controller_ca_file=controller_ca_file,
     )
 
 
@@ -318,6 +335,7 @@ def run_until_stopped(coroutine: Any) -> None:
 @cli.command()
 @server_options
 @max_request_bytes_option
+@tls_options
 def controller(
     host: str,
     port: int,
@@ -328,11 +346,14 @@ def controller(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     isolation: dict[str, Any],
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
     settings = controller_settings(
         host,
@@ -343,6 +364,7 @@ def controller(
         fork_replicas,
         drain_seconds,
         max_request_bytes,
+        tls,
         isolation,
     )
     run_until_stopped(run_controller(settings))
@@ -360,6 +382,7 @@ def controller(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @max_request_bytes_option
+@tls_options
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -371,31 +394,36 @@ def gateway(
     max_buffered_request_bytes: int,
     log_level: str,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
-    """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
+    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca)."""
     from gateway.server import run_gateway
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
-    controller_address = ctx.find_root().params["controller"]
+    root = ctx.find_root().params
     settings = gateway_settings(
         host,
         gateway_port,
         http_port,
-        controller_address,
+        root["controller"],
         replica_wait,
         max_request_bytes,
         max_http_connections,
         max_buffered_request_bytes,
+        tls,
+        root["tls_ca"],
     )
     run_until_stopped(run_gateway(settings))
 
 
-def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
+def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: bool) -> str:
     """Runs in a worker thread; returns an error line, or "" on success."""
     try:
         push_package(client, example, "development", timeout=timeout)
     except CLIENT_ERRORS as err:
-        return error_line(err)
+        return error_line(err, with_ca)
     return ""
 
 
@@ -405,9 +433,13 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     from slipway.process import wait_for_termination_signal
 
     controller_process = await Controller.start(controller_config)
-    gateway_config.controller_address = controller_process.address
+    controller_address = f"{dialable_host(controller_config.host)}:{controller_process.port}"
+    gateway_config.controller_address = controller_address
     gateway_process = await Gateway.start(gateway_config)
-    http = f"http://{gateway_config.host}:{gateway_process.http_port}"
+    ca_file = gateway_config.controller_ca_file
+    gateway_host = dialable_host(gateway_config.host)
+    http = f"{'https' if ca_file else 'http'}://{gateway_host}:{gateway_process.http_port}"
+    curl = f"curl --cacert {ca_file}" if ca_file else "curl"
     try:
         click.echo(
             f"Slipway controller listening on {controller_process.address} (state in {controller_config.data_dir})"
@@ -415,18 +447,20 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
         click.echo(
             f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)"
         )
-        click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
-        click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
+        click.echo(f"  export SLIPWAY_CONTROLLER={controller_address}")
+        click.echo(f"  export SLIPWAY_GATEWAY={gateway_host}:{gateway_process.grpc_port}")
+        if ca_file:
+            click.echo(f"  export SLIPWAY_TLS_CA={ca_file}")
         if example is not None:
-            client = SlipwayClient(controller_process.address)
+            client = SlipwayClient(controller_address, ca_file=ca_file)
             try:
-                error = await asyncio.to_thread(push_example, client, example, timeout)
+                error = await asyncio.to_thread(push_example, client, example, timeout, ca_file is not None)
                 if error:
                     click.echo(f"Error: pushing {example} failed: {error}", err=True)
                 else:
                     model = await asyncio.to_thread(client.get_model, read_model_name(example))
                     click.echo(
-                        f"Or over HTTP:  curl -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
+                        f"Or over HTTP:  {curl} -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
                     )
             finally:
                 client.close()
@@ -446,6 +480,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     help="A package directory to push as a development deployment once the platform is up.",
 )
 @max_request_bytes_option
+@tls_options
 @timeout_option
 def up(
     host: str,
@@ -463,10 +498,18 @@ def up(
     max_buffered_request_bytes: int,
     example: Path | None,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     timeout: float,
     isolation: dict[str, Any],
 ) -> None:
-    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
+    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
+
+    With TLS, the gateway and the example's push verify the controller with --tls-ca, or
+    with the certificate itself (a self-signed one) when no CA is given.
+    """
+    tls = server_tls(tls_cert, tls_key)
+    own_ca = click.get_current_context().find_root().params["tls_ca"] or (tls.cert_file if tls else None)
     configure_logs(log_level)
     run_until_stopped(
         run_platform(
@@ -479,6 +522,7 @@ def up(
                 fork_replicas,
                 drain_seconds,
                 max_request_bytes,
+                tls,
                 isolation,
             ),
             gateway_settings(
@@ -490,6 +534,8 @@ def up(
                 max_request_bytes,
                 max_http_connections,
                 max_buffered_request_bytes,
+                tls,
+                own_ca,
             ),
             example,
             timeout,
