@@ -19,6 +19,7 @@ of the process (documented in the README's Security section).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -27,6 +28,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 log = logging.getLogger("slipway.isolation")
@@ -166,15 +168,21 @@ class Sandboxes:
         return home
 
     def package(self, user: ReplicaUser, package_dir: pathlib.Path) -> pathlib.Path:
-        """The user's own copy of a stored package (packages never change: copied once)."""
+        """The user's own copy of a stored package (packages never change: copied once; two
+        replicas starting together each copy aside, and the first rename wins)."""
         copy = self.home(user) / package_dir.name
         if copy.is_dir():
             return copy
-        staging = copy.with_name(f".tmp-{package_dir.name}-{os.getpid()}")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(package_dir, staging, symlinks=True)
-        give(staging, user)
-        os.rename(staging, copy)
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{package_dir.name[:12]}-", dir=copy.parent))
+        try:
+            shutil.copytree(package_dir, staging / "tree", symlinks=True)
+            give(staging / "tree", user)
+            with contextlib.suppress(OSError):  # another replica's copy is in place already
+                os.rename(staging / "tree", copy)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not copy.is_dir():
+            raise RuntimeError(f"could not copy package {package_dir.name[:12]} for uid {user.uid}")
         return copy
 
     def copies_except(self, keep: set[str]) -> list[pathlib.Path]:

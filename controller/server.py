@@ -21,7 +21,7 @@ from controller.builds import BuildManager
 from controller.compat import Machine
 from controller.domain import AutoscalingLimits
 from controller.files import make_private
-from controller.isolation import AUTO, DEFAULT_UID_RANGE, Sandboxes, resolve_replica_users
+from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
@@ -231,7 +231,7 @@ class Controller:
         log.info("controller stopped")
 
 
-def _describe(users) -> str:
+def _describe(users: ReplicaUsers | None) -> str:
     if users is None:
         return "the controller's own"
     if users.shared is not None:

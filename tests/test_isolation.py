@@ -152,9 +152,12 @@ async def test_a_model_reads_neither_another_models_secrets_and_files_nor_the_co
 
         # Copies go with the packages they copy: beta's once beta is deleted and its replica gone.
         await api.models.DeleteModel(ms.DeleteModelRequest(model_id=beta.model_id))
-        await wait_until(lambda: beta_replica.exited, what="beta's replica to stop")
-        await controller.reconciler.collect_garbage(grace_seconds=0)
-        assert not beta_package.exists()
+
+        async def collected() -> bool:  # once the controller has recorded that beta's replica stopped
+            await controller.reconciler.collect_garbage(grace_seconds=0)
+            return not beta_package.exists()
+
+        await wait_until(collected, what="beta's package copy to be collected")
         assert any((data_dir / "sandboxes" / str(UID_RANGE[0])).iterdir())  # alpha's are in use
     finally:
         await api.channel.close()
