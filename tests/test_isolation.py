@@ -9,6 +9,7 @@ version, reading the project's packages through a .pth file.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import shutil
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 
 import grpc
 import pytest
@@ -23,7 +25,7 @@ from conftest import Api, controller_settings, stop_or_explain, wait_until
 from google.protobuf import json_format
 
 from controller.files import share_read_only
-from controller.isolation import ReplicaUserError, unreachable_path
+from controller.isolation import ReplicaUser, ReplicaUserError, Sandboxes, unreachable_path
 from controller.server import Controller
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
@@ -177,6 +179,7 @@ async def test_a_replica_started_as_a_new_process_changes_user_too(shared_python
 
 
 SLUGIFY_MODEL = """
+import concurrent.futures
 import os
 from slugify import slugify
 
@@ -212,3 +215,25 @@ async def test_a_replica_user_that_cannot_work_refuses_the_start_and_writes_noth
         with pytest.raises(ReplicaUserError, match=message):
             await Controller.start(controller_settings(tmp_path / "data", replica_user=user))
     assert not (tmp_path / "data").exists()
+
+
+def test_replicas_starting_together_share_one_copy_of_the_package(tmp_path, monkeypatch):
+    stored = tmp_path / "packages" / ("ab" * 32)
+    (stored / "model").mkdir(parents=True)
+    (stored / "model" / "model.py").write_text("class Model: ...\n")
+    sandboxes = Sandboxes(tmp_path / "sandboxes")
+    user = ReplicaUser(UID_RANGE[0], UID_RANGE[0])
+    both_copying = threading.Barrier(2, timeout=10)
+    copytree = shutil.copytree
+
+    def copy_together(*args, **kwargs):
+        both_copying.wait()  # two replicas' copies of the same package overlap
+        return copytree(*args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", copy_together)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        copies = set(pool.map(lambda _: sandboxes.package(user, stored), range(2)))
+    assert copies == {tmp_path / "sandboxes" / str(user.uid) / stored.name}
+    (copy,) = copies
+    assert [entry.name for entry in copy.parent.iterdir()] == [stored.name]  # nothing left aside
+    assert {path.stat().st_uid for path in (copy, copy / "model", copy / "model" / "model.py")} == {user.uid}
