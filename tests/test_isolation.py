@@ -9,10 +9,13 @@ version, reading the project's packages through a .pth file.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import os
 import pathlib
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -23,6 +26,7 @@ import grpc
 import pytest
 from conftest import Api, controller_settings, stop_or_explain, wait_until
 from google.protobuf import json_format
+from test_restart import free_port
 
 from controller.files import share_read_only
 from controller.isolation import ReplicaUser, ReplicaUserError, Sandboxes, unreachable_path
@@ -179,7 +183,9 @@ async def test_a_replica_started_as_a_new_process_changes_user_too(shared_python
 
 
 SLUGIFY_MODEL = """
+import asyncio
 import concurrent.futures
+import contextlib
 import os
 from slugify import slugify
 
@@ -237,3 +243,49 @@ def test_replicas_starting_together_share_one_copy_of_the_package(tmp_path, monk
     (copy,) = copies
     assert [entry.name for entry in copy.parent.iterdir()] == [stored.name]  # nothing left aside
     assert {path.stat().st_uid for path in (copy, copy / "model", copy / "model" / "model.py")} == {user.uid}
+
+
+async def test_a_restarted_controller_reloads_an_adopted_replica_as_its_user(shared_python):
+    data_dir = shared_python / "restart"
+    port = free_port()
+
+    def controller_process() -> subprocess.Popen:
+        argv = [sys.executable, "-m", "slipway", "controller", "--port", str(port), "--data-dir", str(data_dir)]
+        argv += ["--replica-python", str(shared_python / "python" / "bin" / "python")]
+        argv += ["--replica-uid-range", f"{UID_RANGE[0]}-{UID_RANGE[1]}"]
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    first, second, running = controller_process(), None, None
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), data_dir)
+            running = await deploy(api, ss_grpc.SecretServiceStub(channel), "delta")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+
+        second = controller_process()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), data_dir)
+            adopted = await api.wait_state(running.id, r.DEPLOYMENT_STATE_ACTIVE)
+            assert [rep.pid for rep in adopted.replicas] == [rep.pid for rep in running.replicas], "not adopted"
+            patched = await api.deployments.PatchDeployment(
+                ds.PatchDeploymentRequest(
+                    deployment_id=running.id,
+                    base_package_digest=running.package_digest,
+                    patches=[ds.FilePatch(path="model/extra.py", content=b"X = 1\n")],
+                ),
+                timeout=60,
+            )
+            assert patched.result == ds.PATCH_RESULT_APPLIED_IN_PLACE, patched.error
+            found = await probe(api, await api.get(running.id), "delta_token", [])
+            assert (found["uid"], found["secret"]) == (UID_RANGE[0], "delta-secret-value")
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+                process.wait(10)
+        for rep in running.replicas if running is not None else ():  # replicas outlive a killed controller
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rep.pid, signal.SIGKILL)
