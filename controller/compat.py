@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.errors import InvalidArgument
-from replica.package import SECRET_ENV_PREFIX, PackageConfig, read_requirements, secret_env_var
+from replica.package import PackageConfig, read_requirements, secret_env_var
 
 # Keys the platform honours, or that are informational (no runtime effect anywhere).
 SUPPORTED_KEYS = frozenset(
@@ -88,10 +88,8 @@ class Machine:
     python: tuple[int, int] = (sys.version_info.major, sys.version_info.minor)
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     memory_bytes: int = field(default_factory=lambda: _total_memory())
-    # Secrets are read from the controller's environment (SLIPWAY_SECRET_<NAME>).
-    secret_variables: frozenset[str] = field(
-        default_factory=lambda: frozenset(name for name in os.environ if name.startswith(SECRET_ENV_PREFIX))
-    )
+    # The secrets replicas can be handed, as SLIPWAY_SECRET_<NAME> variables (controller/secrets.py).
+    secret_variables: frozenset[str] = frozenset()
 
 
 def is_empty(value: Any) -> bool:
@@ -126,14 +124,11 @@ def check_package(config: PackageConfig, machine: Machine | None = None) -> list
     _check_python_version(raw.get("python_version"), machine, refusals, warnings)
     _check_requirements(config, refusals, warnings)
     for name, value in (raw.get("secrets") or {}).items():
-        variable = secret_env_var(str(name))
-        if not is_empty(value):
+        if is_empty(value) and secret_env_var(str(name)) not in machine.secret_variables:
             warnings.append(
-                f"secrets.{name} has a value in config.yaml, which is never used: set the secret in the "
-                f"controller's environment instead (variable {variable})"
+                f"secret {name!r} is not set (slipway secrets set {name}): the model's secrets[{str(name)!r}] "
+                "raises SecretNotFound"
             )
-        elif variable not in machine.secret_variables:
-            warnings.append(f"secret {name!r} is not set on the controller ({variable}): the model gets None for it")
     for entry, directory in zip(raw.get("external_package_dirs") or (), config.external_package_dirs, strict=False):
         if not directory.is_dir():
             warnings.append(

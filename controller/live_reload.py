@@ -116,6 +116,8 @@ class LiveReloader:
             await asyncio.sleep(SETTLE_POLL_SECONDS)
 
     async def _reload(self, handle: ReplicaHandle, digest: str) -> ReloadFailure | None:
+        # A replica running as its model's user loads its own copy of the package: made here.
+        await asyncio.to_thread(handle.package_path, self.lifecycle.packages.directory(digest))
         request = rs.ReloadRequest(package_digest=digest)
         try:
             async with grpc.aio.insecure_channel(handle.address) as channel:

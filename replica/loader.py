@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from replica.package import ENVIRONMENT_ENV_VAR, PackageConfig, resolve_secrets
+from replica.package import ENVIRONMENT_ENV_VAR, PackageConfig
+from replica.secrets import Secrets, take_delivered
 from replica.threads import ModelThreads
 
 
@@ -25,7 +26,8 @@ def import_paths(config: PackageConfig) -> list[str]:
 
 
 def prepare_process(config: PackageConfig) -> None:
-    """Environment variables and import paths; must happen before the model is imported."""
+    """Environment variables, secrets and import paths; must happen before the model is imported."""
+    take_delivered(os.environ)
     os.environ.update(config.environment_variables)
     for path in reversed(import_paths(config)):
         if path not in sys.path:
@@ -61,7 +63,7 @@ def model_kwargs(config: PackageConfig) -> dict[str, Any]:
     return {
         "config": config.raw_dict(),
         "data_dir": config.data_dir,
-        "secrets": resolve_secrets(config, os.environ),
+        "secrets": Secrets(config.secret_defaults),
         "environment": model_environment(os.environ),
     }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import ipaddress
 import os
 import pathlib
@@ -120,8 +121,21 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
 
 
+PR_SET_DUMPABLE = 4
+
+
+def _not_dumpable() -> None:
+    """Another process of the same user can then neither read this one's /proc/PID/environ
+    and memory nor trace it (the model's secrets live there)."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    _not_dumpable()
     log = Logger(options.replica_id)
     replica = Replica(options, log)
     code = asyncio.run(replica.run())

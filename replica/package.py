@@ -32,7 +32,8 @@ class PackageConfig:
     model_name: str | None
     environment_variables: Mapping[str, str]
     model_metadata: Mapping[str, Any]
-    secret_names: tuple[str, ...]
+    # The secrets the package declares, each with its config.yaml default (often None).
+    secret_defaults: Mapping[str, Any]
     predict_concurrency: int
     model_module_dir: str
     model_class_filename: str
@@ -45,6 +46,10 @@ class PackageConfig:
     requirements_file: pathlib.Path | None = None
     # runtime.streaming_read_timeout: a stream whose model yields nothing this long is ended.
     streaming_read_timeout: float = DEFAULT_STREAMING_READ_TIMEOUT_SECONDS
+
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        return tuple(self.secret_defaults)
 
     @property
     def model_dir(self) -> pathlib.Path:
@@ -79,7 +84,7 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         model_name=_optional_str(raw, "model_name"),
         environment_variables=types.MappingProxyType(_environment_variables(raw)),
         model_metadata=_freeze(_mapping(raw, "model_metadata")),
-        secret_names=tuple(str(name) for name in _mapping(raw, "secrets")),
+        secret_defaults=types.MappingProxyType(_secret_defaults(raw)),
         predict_concurrency=_predict_concurrency(runtime),
         model_module_dir=_relative_path(raw, package_dir, "model_module_dir", "model"),
         model_class_filename=_model_class_filename(raw, package_dir),
@@ -188,19 +193,18 @@ def secret_env_var(name: str) -> str:
     return SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
-def resolve_secrets(config: PackageConfig, environ: Mapping[str, str]) -> dict[str, str | None]:
-    return {name: environ.get(secret_env_var(name)) for name in config.secret_names}
-
-
-def declared_secret_environ(config: PackageConfig, environ: Mapping[str, str]) -> dict[str, str]:
-    """The secret variables of `environ` that the package declares, and no other."""
-    names = (secret_env_var(name) for name in config.secret_names)
-    return {name: environ[name] for name in names if name in environ}
-
-
 def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` less every secret: a process gets only the secrets its package declares."""
     return {name: value for name, value in environ.items() if not name.startswith(SECRET_ENV_PREFIX)}
+
+
+def _secret_defaults(raw: Mapping[str, Any]) -> dict[str, str | None]:
+    defaults = {}
+    for name, value in _mapping(raw, "secrets").items():
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"secrets.{name} must be a scalar default value, got {type(value).__name__}")
+        defaults[str(name)] = None if value is None else str(value)
+    return defaults
 
 
 def _requirements_file(raw: Mapping[str, Any], package_dir: pathlib.Path) -> pathlib.Path | None:

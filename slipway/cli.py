@@ -12,13 +12,14 @@ prints one line ("Error: CODE (REASON): message") to stderr and exits with 1.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from slipway import client_commands
+from slipway import client_commands, secret_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
@@ -152,7 +153,57 @@ def server_options(command: Callable) -> Callable:
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return isolation_options(command)
+
+
+def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    from controller.isolation import parse_uid_range
+
+    try:
+        return parse_uid_range(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def isolation_options(command: Callable) -> Callable:
+    """Whom replicas run as (controller/isolation.py); passed on as `isolation`, a dict of settings."""
+    options = [
+        click.option(
+            "--replica-user",
+            envvar="SLIPWAY_REPLICA_USER",
+            default="auto",
+            show_default=True,
+            show_envvar=True,
+            help="auto: as root, each model's replicas run as a uid of their own (from --replica-uid-range); "
+            "controller: as the controller's user; or a user name or uid every replica shares.",
+        ),
+        click.option(
+            "--replica-uid-range",
+            envvar="SLIPWAY_REPLICA_UID_RANGE",
+            default="200000-299999",
+            show_default=True,
+            show_envvar=True,
+            callback=_uid_range,
+            help="The uids (and gids) of per-model replica users: model number N runs as FIRST+N-1.",
+        ),
+        click.option(
+            "--replica-python",
+            envvar="SLIPWAY_REPLICA_PYTHON",
+            default=None,
+            show_envvar=True,
+            help="Interpreter of replicas without built requirements (default: the controller's); "
+            "replica users must be able to read it.",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def gathered(**kwargs: Any) -> Any:
+        isolation = {name: kwargs.pop(name) for name in ("replica_user", "replica_uid_range", "replica_python")}
+        return command(isolation=isolation, **kwargs)
+
+    for option in reversed(options):
+        gathered = option(gathered)
+    return gathered
 
 
 def configure_logs(log_level: str) -> None:
@@ -171,6 +222,7 @@ def controller_settings(
     drain_seconds: float,
     max_request_bytes: int,
     tls: ServerTls | None,
+    isolation: dict[str, Any],
     health_check_seconds: float = 10.0,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
@@ -185,6 +237,7 @@ def controller_settings(
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
         tls=tls,
+        **isolation,
         health_check_seconds=health_check_seconds,
     )
 
@@ -280,10 +333,14 @@ def gateway_options(command: Callable) -> Callable:
 
 
 def run_until_stopped(coroutine: Any) -> None:
+    from controller.isolation import ReplicaUserError
+
     try:
         asyncio.run(coroutine)
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
+    except ReplicaUserError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -303,6 +360,7 @@ def controller(
     max_request_bytes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    isolation: dict[str, Any],
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
@@ -319,6 +377,7 @@ def controller(
         drain_seconds,
         max_request_bytes,
         tls,
+        isolation,
         health_check_seconds,
     )
     run_until_stopped(run_controller(settings))
@@ -472,6 +531,7 @@ def up(
     tls_cert: Path | None,
     tls_key: Path | None,
     timeout: float,
+    isolation: dict[str, Any],
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
 
@@ -493,6 +553,7 @@ def up(
                 drain_seconds,
                 max_request_bytes,
                 tls,
+                isolation,
                 health_check_seconds,
             ),
             gateway_settings(
@@ -522,6 +583,7 @@ for command in (
     client_commands.usage,
     client_commands.events,
     client_commands.predict,
+    secret_commands.secrets,
 ):
     cli.add_command(command)
 

@@ -38,6 +38,7 @@ from slipway.v1 import (
 from slipway.v1 import (
     deployment_service_pb2_grpc,
     model_service_pb2_grpc,
+    secret_service_pb2_grpc,
 )
 from slipway.v1 import (
     inference_service_pb2 as inf,
@@ -50,6 +51,9 @@ from slipway.v1 import (
 )
 from slipway.v1 import (
     resources_pb2 as res,
+)
+from slipway.v1 import (
+    secret_service_pb2 as ss,
 )
 
 DEFAULT_CONTROLLER = "127.0.0.1:7100"
@@ -190,6 +194,7 @@ class SlipwayClient:
         self._channel = channel or secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
         self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(self._channel)
+        self.secrets = secret_service_pb2_grpc.SecretServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -232,6 +237,18 @@ class SlipwayClient:
     def delete_model(self, model_id: str, request_id: str = "") -> res.Model:
         request = ms.DeleteModelRequest(model_id=model_id, request_id=request_id)
         return self.models.DeleteModel(request, timeout=self.timeout).model
+
+    # secrets (values go in, never come out)
+
+    def set_secret(self, name: str, value: bytes | str) -> ss.Secret:
+        request = ss.SetSecretRequest(name=name, value=_payload_bytes(value))
+        return self.secrets.SetSecret(request, timeout=self.timeout).secret
+
+    def list_secrets(self) -> list[ss.Secret]:
+        return list(self.secrets.ListSecrets(ss.ListSecretsRequest(), timeout=self.timeout).secrets)
+
+    def delete_secret(self, name: str) -> None:
+        self.secrets.DeleteSecret(ss.DeleteSecretRequest(name=name), timeout=self.timeout)
 
     # deployments
 
