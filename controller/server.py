@@ -18,19 +18,23 @@ from grpc_reflection.v1alpha import reflection
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
 from controller.domain import AutoscalingLimits
+from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
-from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
+from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
 from controller.store import Store
+from slipway.auth import ApiKeyInterceptor, Authenticator
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
+    key_service_pb2,
+    key_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     route_service_pb2,
@@ -44,7 +48,9 @@ SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
+    key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
 )
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
 
 @dataclass
@@ -67,6 +73,7 @@ class ControllerSettings:
     package_limits: PackageLimits = field(default_factory=PackageLimits)
     # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    keys: KeySettings = field(default_factory=KeySettings)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -83,6 +90,7 @@ class Controller:
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
         self.load: LoadTracker
+        self.keys: KeyManager
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
@@ -97,6 +105,10 @@ class Controller:
         data_dir = settings.data_dir
         self.store = await Store.open(data_dir / "controller.db")
         packages = PackageStore(data_dir / "packages", settings.package_limits)
+        self.keys = KeyManager(self.store, settings.keys)
+        await self.keys.start(data_dir)
+        if not settings.keys.require_api_keys:
+            log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the controller controls it")
         self.autoscaler = Autoscaler(settings.autoscaler)
         lifecycle = Lifecycle(
             self.store,
@@ -135,12 +147,22 @@ class Controller:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._server = grpc.aio.server(options=options, interceptors=[RefuseUndecodableRequests()])
+        authenticator = Authenticator(
+            lambda: self.keys.records, on_accept=self.keys.note_used, enabled=settings.keys.require_api_keys
+        )
+        interceptors = [
+            ApiKeyInterceptor(authenticator, METHOD_SCOPES, OPEN_SERVICES | INTERNAL_SERVICES),
+            RefuseUndecodableRequests(),
+        ]
+        self._server = grpc.aio.server(options=options, interceptors=interceptors)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(lifecycle), self._server)
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
-        route_service_pb2_grpc.add_RouteServiceServicer_to_server(RouteServicer(self.routes, self.load), self._server)
+        route_service_pb2_grpc.add_RouteServiceServicer_to_server(
+            RouteServicer(self.routes, self.load, self.keys), self._server
+        )
+        key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -182,6 +204,7 @@ class Controller:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await self.routes.stop()
+        await self.keys.stop()
         await self.store.close()
         log.info("controller stopped")
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.errors import GatewayError, request_too_large, response_too_large
 from gateway.forwarder import Forwarder
@@ -33,7 +34,11 @@ Resolver = Callable[[str, str, str], rt.DeploymentRoute]
 
 
 def build_app(
-    forwarder: Forwarder, resolver: Resolver, wake: Callable[[str], Awaitable[dict]], timeout: float
+    forwarder: Forwarder,
+    resolver: Resolver,
+    wake: Callable[[str], Awaitable[dict]],
+    timeout: float,
+    authenticate: Middleware,
 ) -> web.Application:
     def target(request: web.Request) -> Callable[[], rt.DeploymentRoute]:
         model_id = request.match_info["model_id"]
@@ -86,7 +91,8 @@ def build_app(
             return error_response(error)
 
     # aiohttp refuses a longer body itself (413 through json_http_errors); the forwarder checks the rest.
-    app = web.Application(client_max_size=forwarder.max_request_bytes, middlewares=[json_http_errors])
+    # Keys are checked inside json_http_errors: an unknown path asked without a key is 401, not 404.
+    app = web.Application(client_max_size=forwarder.max_request_bytes, middlewares=[json_http_errors, authenticate])
     app[MAX_REQUEST_BYTES] = forwarder.max_request_bytes
     for verb, handler in (("predict", predict), ("wake", wake_route)):
         app.router.add_post(f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler)

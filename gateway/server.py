@@ -15,11 +15,12 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway import grpc_api
+from gateway import auth, grpc_api
 from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
+from slipway.auth import AUTHORIZATION, ApiKeyInterceptor, Authenticator, current_caller
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
 from slipway.v1 import deployment_service_pb2 as ds
@@ -50,6 +51,11 @@ class GatewaySettings:
     shutdown_grace_seconds: float = 10.0
     # Largest request body (and model answer: a response, or one chunk of a stream), over HTTP and gRPC.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # False (--insecure-no-auth): inference is open to anyone who reaches the gateway.
+    require_api_keys: bool = True
+
+
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
 
 class Gateway:
@@ -62,6 +68,12 @@ class Gateway:
             settings.max_queued_per_deployment,
             self._wake_for_request,
             settings.max_request_bytes,
+        )
+        self._used_keys: set[str] = set()
+        self.authenticator = Authenticator(
+            lambda: self.follower.index.api_keys if self.follower.synced.is_set() else None,
+            on_accept=self._used_keys.add,
+            enabled=settings.require_api_keys,
         )
         self._wakes_sent: dict[str, float] = {}
         self._waking: set[str] = set()
@@ -80,12 +92,15 @@ class Gateway:
                 "ROUTES_UNAVAILABLE",
                 f"the gateway has no route table yet (controller {self.settings.controller_address} unreachable)",
             )
-        return self.follower.index.resolve(model_ref, deployment_id, environment)
+        return auth.require_model_access(self.follower.index.resolve(model_ref, deployment_id, environment))
 
     async def wake(self, deployment_id: str) -> dict:
+        """Asks the controller to wake a deployment, with the key of the caller it is for."""
+        caller = current_caller.get()
+        metadata = () if caller is None else ((AUTHORIZATION, caller.authorization),)
         try:
             response = await ds_grpc.DeploymentServiceStub(self._controller).WakeDeployment(
-                ds.WakeDeploymentRequest(deployment_id=deployment_id), timeout=10
+                ds.WakeDeploymentRequest(deployment_id=deployment_id), timeout=10, metadata=metadata
             )
         except grpc.aio.AioRpcError as error:
             reason = error_info_reason(error) or "WAKE_FAILED"
@@ -117,7 +132,12 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.follower.run()))
         self._tasks.append(asyncio.create_task(self._report_load()))
 
-        self._grpc = grpc.aio.server(options=grpc_message_options(settings.max_request_bytes))
+        if not settings.require_api_keys:
+            log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the gateway calls every model")
+        self._grpc = grpc.aio.server(
+            options=grpc_message_options(settings.max_request_bytes),
+            interceptors=[ApiKeyInterceptor(self.authenticator, auth.METHOD_SCOPES, OPEN_SERVICES)],
+        )
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
         self._grpc.add_generic_rpc_handlers((api.handler(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -127,7 +147,13 @@ class Gateway:
         self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         await self._grpc.start()
 
-        app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds)
+        app = build_app(
+            self.forwarder,
+            self.resolve,
+            self.wake,
+            settings.request_timeout_seconds,
+            auth.http_middleware(self.authenticator),
+        )
         self._http = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
         await self._http.setup()
         site = web.TCPSite(self._http, settings.host, settings.http_port)
@@ -152,11 +178,13 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.load_report_seconds)
             self.forwarder.prune()
+            used_keys = sorted(self._used_keys)
+            self._used_keys.clear()
+            request = rt.ReportLoadRequest(
+                gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report(), used_api_key_ids=used_keys
+            )
             with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.ReportLoad(
-                    rt.ReportLoadRequest(gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report()),
-                    timeout=self.settings.load_report_seconds,
-                )
+                await stub.ReportLoad(request, timeout=self.settings.load_report_seconds)
 
     async def stop(self) -> None:
         """Graceful: stop accepting, let in-flight requests finish, then close."""

@@ -18,9 +18,10 @@ from typing import Any
 
 import click
 
-from slipway import client_commands
+from slipway import client_commands, key_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
+from slipway.credentials import ADMIN_KEY_FILE, DEFAULT_DATA_DIR, find_api_key
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
 
@@ -57,9 +58,32 @@ class SlipwayGroup(click.Group):
     metavar="HOST:PORT",
     help="Address of a gateway's gRPC API (for predict).",
 )
-def cli(controller: str, gateway: str) -> None:
+@click.option(
+    "--api-key",
+    envvar="SLIPWAY_API_KEY",
+    show_envvar=True,
+    help="API key to send (default: the admin key a local controller wrote in <data dir>/admin.key).",
+)
+@click.option(
+    "--data-dir",
+    envvar="SLIPWAY_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    show_envvar=True,
+    help="Where a local controller keeps its state (clients read admin.key there).",
+)
+def cli(controller: str, gateway: str, api_key: str | None, data_dir: Path) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
 
+
+insecure_no_auth_option = click.option(
+    "--insecure-no-auth",
+    envvar="SLIPWAY_INSECURE_NO_AUTH",
+    is_flag=True,
+    show_envvar=True,
+    help="Accept every call without an API key. Anyone who reaches the ports controls the platform.",
+)
 
 max_request_bytes_option = click.option(
     "--max-request-bytes",
@@ -129,6 +153,7 @@ def server_options(command: Callable) -> Callable:
             show_envvar=True,
             help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
         ),
+        insecure_no_auth_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -150,8 +175,10 @@ def controller_settings(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    insecure_no_auth: bool,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
+    from controller.keys import KeySettings
     from controller.server import ControllerSettings
 
     return ControllerSettings(
@@ -162,11 +189,18 @@ def controller_settings(
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
+        keys=KeySettings(require_api_keys=not insecure_no_auth),
     )
 
 
 def gateway_settings(
-    host: str, grpc_port: int, http_port: int, controller: str, replica_wait: float, max_request_bytes: int
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    controller: str,
+    replica_wait: float,
+    max_request_bytes: int,
+    insecure_no_auth: bool,
 ) -> Any:
     from gateway.server import GatewaySettings
 
@@ -177,6 +211,7 @@ def gateway_settings(
         http_port=http_port,
         replica_wait_seconds=replica_wait,
         max_request_bytes=max_request_bytes,
+        require_api_keys=not insecure_no_auth,
     )
 
 
@@ -234,6 +269,7 @@ def controller(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    insecure_no_auth: bool,
     max_request_bytes: int,
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
@@ -241,7 +277,15 @@ def controller(
 
     configure_logs(log_level)
     settings = controller_settings(
-        host, port, data_dir, autoscaling_time_scale, wake_hold_seconds, fork_replicas, drain_seconds, max_request_bytes
+        host,
+        port,
+        data_dir,
+        autoscaling_time_scale,
+        wake_hold_seconds,
+        fork_replicas,
+        drain_seconds,
+        max_request_bytes,
+        insecure_no_auth,
     )
     run_until_stopped(run_controller(settings))
 
@@ -258,6 +302,7 @@ def controller(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @max_request_bytes_option
+@insecure_no_auth_option
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -267,13 +312,16 @@ def gateway(
     replica_wait: float,
     log_level: str,
     max_request_bytes: int,
+    insecure_no_auth: bool,
 ) -> None:
     """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
     from gateway.server import run_gateway
 
     configure_logs(log_level)
     controller_address = ctx.find_root().params["controller"]
-    settings = gateway_settings(host, gateway_port, http_port, controller_address, replica_wait, max_request_bytes)
+    settings = gateway_settings(
+        host, gateway_port, http_port, controller_address, replica_wait, max_request_bytes, insecure_no_auth
+    )
     run_until_stopped(run_gateway(settings))
 
 
@@ -304,8 +352,19 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
         )
         click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
         click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
+        key_file = controller_config.data_dir / ADMIN_KEY_FILE
+        authorization = ""
+        if controller_config.keys.require_api_keys:
+            click.echo(f"  export SLIPWAY_DATA_DIR={controller_config.data_dir.resolve()}   # the CLI's key: admin.key")
+            authorization = f' -H "Authorization: Api-Key $(cat {key_file})"'
+        else:
+            click.echo(
+                "WARNING: authentication is off (--insecure-no-auth): anyone who reaches these ports has full control"
+            )
         if example is not None:
-            client = SlipwayClient(controller_process.address)
+            client = SlipwayClient(
+                controller_process.address, api_key=find_api_key(data_dir=controller_config.data_dir)
+            )
             try:
                 error = await asyncio.to_thread(push_example, client, example, timeout)
                 if error:
@@ -313,7 +372,8 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
                 else:
                     model = await asyncio.to_thread(client.get_model, read_model_name(example))
                     click.echo(
-                        f"Or over HTTP:  curl -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
+                        f"Or over HTTP:  curl -X POST {http}/model/{model.id}/development/predict{authorization} "
+                        f"-d '{EXAMPLE_PAYLOAD}'"
                     )
             finally:
                 client.close()
@@ -343,6 +403,7 @@ def up(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    insecure_no_auth: bool,
     gateway_port: int,
     http_port: int,
     replica_wait: float,
@@ -363,8 +424,9 @@ def up(
                 fork_replicas,
                 drain_seconds,
                 max_request_bytes,
+                insecure_no_auth,
             ),
-            gateway_settings(host, gateway_port, http_port, "", replica_wait, max_request_bytes),
+            gateway_settings(host, gateway_port, http_port, "", replica_wait, max_request_bytes, insecure_no_auth),
             example,
             timeout,
         )
@@ -380,6 +442,7 @@ for command in (
     client_commands.usage,
     client_commands.events,
     client_commands.predict,
+    key_commands.keys,
 ):
     cli.add_command(command)
 
