@@ -10,13 +10,13 @@ import logging
 import os
 import pathlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from controller.domain import NAME_PATTERN, validate_reference
 from controller.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from controller.store import ApiKeyRow, Page, Store
 from slipway import keys
-from slipway.auth import current_caller
+from slipway.auth import FailureLimits, current_caller
 from slipway.keys import KeyRecord, Scope
 from slipway.v1 import deployment_service_pb2, key_service_pb2, model_service_pb2, route_service_pb2
 
@@ -44,6 +44,7 @@ class KeySettings:
     max_ttl_seconds: float = 10 * 365 * 86400.0
     # Last-use times are written this often at most (one transaction for all keys).
     last_used_flush_seconds: float = 60.0
+    failures: FailureLimits = field(default_factory=FailureLimits)
 
 
 def record_of(row: ApiKeyRow) -> KeyRecord:

@@ -26,7 +26,7 @@ from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
 from controller.store import Store
-from slipway.auth import ApiKeyInterceptor, Authenticator
+from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
@@ -148,7 +148,10 @@ class Controller:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
         authenticator = Authenticator(
-            lambda: self.keys.records, on_accept=self.keys.note_used, enabled=settings.keys.require_api_keys
+            lambda: self.keys.records,
+            FailureGuard(settings.keys.failures),
+            on_accept=self.keys.note_used,
+            enabled=settings.keys.require_api_keys,
         )
         interceptors = [
             ApiKeyInterceptor(authenticator, METHOD_SCOPES, OPEN_SERVICES | INTERNAL_SERVICES),

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
-from slipway.auth import AUTHORIZATION, ApiKeyInterceptor, Authenticator, current_caller
+from slipway.auth import AUTHORIZATION, ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits, current_caller
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
 from slipway.v1 import deployment_service_pb2 as ds
@@ -53,6 +53,7 @@ class GatewaySettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     # False (--insecure-no-auth): inference is open to anyone who reaches the gateway.
     require_api_keys: bool = True
+    key_failures: FailureLimits = field(default_factory=FailureLimits)
 
 
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
@@ -72,6 +73,7 @@ class Gateway:
         self._used_keys: set[str] = set()
         self.authenticator = Authenticator(
             lambda: self.follower.index.api_keys if self.follower.synced.is_set() else None,
+            FailureGuard(settings.key_failures),
             on_accept=self._used_keys.add,
             enabled=settings.require_api_keys,
         )

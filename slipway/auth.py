@@ -43,18 +43,26 @@ class Caller:
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
 
 
-class FailureGuard:
-    """Counts refused credentials per peer (host); past `free_failures` within `window`
-    seconds each refusal waits, doubling up to `max_delay`. At most `max_peers` are
-    remembered (the longest quiet forgotten first), so a flood of peers costs bounded memory."""
+@dataclass(frozen=True)
+class FailureLimits:
+    """Past `free_failures` refused credentials from one peer (host) within `window_seconds`,
+    each refusal waits, doubling from 0.1 s up to `max_delay_seconds`. At most `max_peers`
+    are remembered (the longest quiet forgotten first): a flood of peers costs bounded memory."""
 
-    def __init__(
-        self, free_failures: int = 5, window: float = 60.0, max_delay: float = 2.0, max_peers: int = 10_000
-    ) -> None:
-        self.free_failures = free_failures
-        self.window = window
-        self.max_delay = max_delay
-        self.max_peers = max_peers
+    free_failures: int = 5
+    window_seconds: float = 60.0
+    max_delay_seconds: float = 2.0
+    max_peers: int = 10_000
+
+
+class FailureGuard:
+    """Counts refused credentials per peer, and says how long a refusal waits (FailureLimits)."""
+
+    def __init__(self, limits: FailureLimits = FailureLimits()) -> None:
+        self.free_failures = limits.free_failures
+        self.window = limits.window_seconds
+        self.max_delay = limits.max_delay_seconds
+        self.max_peers = limits.max_peers
         self.total = 0
         self._peers: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
 

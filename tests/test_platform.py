@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from test_restart import free_port, replica_pids
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
