@@ -75,6 +75,8 @@ class Platform:
                 str(work / "data"),
                 "--log-level",
                 "WARNING",
+                # What key checking costs is bench/auth.py's figure; these measure the rest.
+                "--insecure-no-auth",
                 *controller_flags,
             ],
             stdout=log,
@@ -96,6 +98,7 @@ class Platform:
                 str(ports[2]),
                 "--log-level",
                 "WARNING",
+                "--insecure-no-auth",
             ],
             stdout=log,
             stderr=log,

@@ -172,7 +172,7 @@ class KeyManager:
     async def flush_used(self) -> None:
         used, self._used = self._used, {}
         if used:
-            await self.store.record_api_key_use(used)
+            await self.store.record_api_key_uses(used)
 
     async def _flush_periodically(self) -> None:
         while True:

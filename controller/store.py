@@ -459,14 +459,11 @@ class Store(Reads):
     async def api_keys_by_id(self, ids: Iterable[str]) -> list[ApiKeyRow]:
         return await self._by_ids(API_KEY_SELECT, "id", ids, _api_key)
 
-    async def record_api_key_use(self, last_used: dict[str, float]) -> None:
+    async def record_api_key_uses(self, last_used: dict[str, float]) -> None:
         """Last-use times of many keys in one transaction (not a route change)."""
         async with self.write() as tx:
             for key_id, used_at in last_used.items():
-                await tx._exec(
-                    "UPDATE api_keys SET last_used_time = MAX(COALESCE(last_used_time, 0), ?) WHERE id = ?",
-                    (used_at, key_id),
-                )
+                await tx.record_api_key_use(key_id, used_at)
 
     async def _by_ids(self, select: str, column: str, ids: Iterable[str], convert: Callable[[Any], Any]) -> list:
         ids, found = list(ids), []
@@ -614,6 +611,11 @@ class WriteTx(Reads):
             (row.id, row.name, row.scope, json.dumps(row.model_ids), row.key_sha256, row.create_time, row.expire_time),
         )
         self.touched_api_keys.add(row.id)
+
+    async def record_api_key_use(self, key_id: str, used_at: float) -> None:
+        await self._exec(
+            "UPDATE api_keys SET last_used_time = MAX(COALESCE(last_used_time, 0), ?) WHERE id = ?", (used_at, key_id)
+        )
 
     async def revoke_api_key(self, key_id: str, now: float) -> None:
         await self._exec("UPDATE api_keys SET revoke_time = ? WHERE id = ? AND revoke_time IS NULL", (now, key_id))

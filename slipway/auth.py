@@ -10,7 +10,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -140,17 +140,24 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self._authenticator = authenticator
         self._method_scopes = method_scopes
         self._skipped = skipped
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        guarded = self._handlers.get(method)
+        if guarded is not None:
+            return guarded
+        handler = await continuation(handler_call_details)
         if handler is None or not self._authenticator.enabled or method.lstrip("/").split("/")[0] in self._skipped:
-            return handler
+            return handler  # (not remembered: callers choose the names of unknown methods)
         scope = required_scope(method, self._method_scopes)
-        header = dict(handler_call_details.invocation_metadata or ()).get(AUTHORIZATION)
-        return _guarded(
-            handler, lambda context: self._authenticator.check(header, peer_host(context.peer()), scope, method)
-        )
+
+        def check(context: grpc.aio.ServicerContext) -> Awaitable[Caller | None]:
+            header = dict(context.invocation_metadata() or ()).get(AUTHORIZATION)
+            return self._authenticator.check(header, peer_host(context.peer()), scope, method)
+
+        guarded = self._handlers[method] = _guarded(handler, check)
+        return guarded
 
 
 def _guarded(handler: grpc.RpcMethodHandler, check) -> grpc.RpcMethodHandler:

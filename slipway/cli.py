@@ -21,7 +21,7 @@ import click
 from slipway import client_commands, key_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
-from slipway.credentials import ADMIN_KEY_FILE, DEFAULT_DATA_DIR, find_api_key
+from slipway.credentials import ADMIN_KEY_FILE, find_api_key
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
 
@@ -68,12 +68,11 @@ class SlipwayGroup(click.Group):
     "--data-dir",
     envvar="SLIPWAY_DATA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_DATA_DIR,
-    show_default=True,
     show_envvar=True,
-    help="Where a local controller keeps its state (clients read admin.key there).",
+    help="Where a local controller keeps its state; clients read its admin.key "
+    "(default: the nearest .slipway in this directory or a parent).",
 )
-def cli(controller: str, gateway: str, api_key: str | None, data_dir: Path) -> None:
+def cli(controller: str, gateway: str, api_key: str | None, data_dir: Path | None) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
 
 

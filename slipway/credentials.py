@@ -2,7 +2,8 @@
 
 The key is, in order: the one given (`--api-key`), SLIPWAY_API_KEY, or the admin key a
 local controller wrote at its first start (`<data dir>/admin.key`; the data dir from
-`--data-dir` or SLIPWAY_DATA_DIR, `.slipway` by default)."""
+`--data-dir` or SLIPWAY_DATA_DIR, else the nearest `.slipway` in the current directory
+or a parent, so that commands run inside a package directory find it too)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,19 @@ def find_api_key(api_key: str | None = None, data_dir: Path | None = None) -> st
         return api_key.strip()
     if os.environ.get("SLIPWAY_API_KEY"):
         return os.environ["SLIPWAY_API_KEY"].strip()
-    directory = data_dir or Path(os.environ.get("SLIPWAY_DATA_DIR") or DEFAULT_DATA_DIR)
-    try:
-        return (directory / ADMIN_KEY_FILE).read_text().strip()
-    except OSError:
-        return ""
+    if data_dir is None and os.environ.get("SLIPWAY_DATA_DIR"):
+        data_dir = Path(os.environ["SLIPWAY_DATA_DIR"])
+    if data_dir is not None:
+        candidates = [data_dir / ADMIN_KEY_FILE]
+    else:
+        here = Path.cwd()
+        candidates = [directory / DEFAULT_DATA_DIR / ADMIN_KEY_FILE for directory in (here, *here.parents)]
+    for candidate in candidates:
+        try:
+            return candidate.read_text().strip()
+        except OSError:
+            continue
+    return ""
 
 
 def authorization(api_key: str) -> tuple[tuple[str, str], ...]:

@@ -558,3 +558,23 @@ async def test_cli_creates_lists_and_revokes_keys_with_the_found_admin_key(secur
     assert refused.exit_code == 1 and "UNAUTHENTICATED (API_KEY_REVOKED)" in refused.output
     bad_duration = await run("create", "--scope", "inference", "--expires", "soon")
     assert bad_duration.exit_code == 2 and "--expires" in bad_duration.output
+
+
+async def test_the_cli_finds_the_admin_key_from_inside_a_package_directory(tmp_path, monkeypatch):
+    from slipway.credentials import find_api_key
+
+    (tmp_path / ".slipway").mkdir()
+    (tmp_path / ".slipway" / "admin.key").write_text("sk_local\n")
+    package = tmp_path / "my-model" / "model"
+    package.mkdir(parents=True)
+    monkeypatch.chdir(package)
+    monkeypatch.delenv("SLIPWAY_API_KEY", raising=False)
+    monkeypatch.delenv("SLIPWAY_DATA_DIR", raising=False)
+    assert find_api_key() == "sk_local"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "admin.key").write_text("sk_other")
+    monkeypatch.setenv("SLIPWAY_DATA_DIR", str(tmp_path / "other"))
+    assert find_api_key() == "sk_other"
+    monkeypatch.setenv("SLIPWAY_API_KEY", "sk_env")
+    assert find_api_key() == "sk_env"
+    assert find_api_key("sk_flag") == "sk_flag"
