@@ -17,6 +17,7 @@ It prints figures only; nothing here asserts on timing.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import pathlib
@@ -117,18 +118,32 @@ def verify_cost_us(rounds: int) -> float:
     return timeit.timeit(check, number=rounds) / rounds * 1e6
 
 
-def revocation_delays_ms(controller: str, data_dir: pathlib.Path, url: str, model_id: str, runs: int) -> list[float]:
+def status_from(source: str, port: int, path: str, headers: dict[str, str]) -> int:
+    """POST from the loopback address `source`: the gateway slows refusals per peer host,
+    so each timed revocation asks from a host with no refusals yet."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        connection.request("POST", path, body=PAYLOAD, headers={"Content-Type": "application/json", **headers})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def revocation_delays_ms(
+    controller: str, data_dir: pathlib.Path, http_port: int, path: str, model_id: str, runs: int
+) -> list[float]:
     """From the RevokeKey answer to the first refusal of the key by the (separate) gateway."""
     delays = []
     with SlipwayClient(controller, api_key=find_api_key(data_dir=data_dir)) as client:
-        for _ in range(runs):
+        for run in range(runs):
+            source = f"127.0.1.{run + 1}"
             created = client.create_key("inference", [model_id])
             headers = {"Authorization": f"Api-Key {created.secret_key}"}
-            while http_status(url, headers)[0] != 200:
+            while status_from(source, http_port, path, headers) != 200:
                 time.sleep(0.005)
             client.revoke_key(created.key.id)
             revoked = time.perf_counter()
-            while http_status(url, headers)[0] != 401:
+            while status_from(source, http_port, path, headers) != 401:
                 pass
             delays.append((time.perf_counter() - revoked) * 1000)
     return sorted(delays)
@@ -255,9 +270,7 @@ def main(args: argparse.Namespace) -> int:
                         run = measure(targets[(protocol, with_key)], concurrency, requests, args.warmup, pids, work)
                         results.setdefault((protocol, with_key, concurrency), []).append(run)
 
-        delays = revocation_delays_ms(
-            controller_address, data_dir, f"http://127.0.0.1:{checking_http}{path}", model_id, args.revocations
-        )
+        delays = revocation_delays_ms(controller_address, data_dir, checking_http, path, model_id, args.revocations)
         say()
         say("## API key checking on the gateway (bench/auth.py)")
         say()
