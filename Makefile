@@ -66,3 +66,4 @@ bench: setup bench-deps
 	$(PY) bench/reload.py
 	$(PY) bench/auth.py
 	$(PY) bench/proxy_floor.py
+	$(PY) bench/tls.py

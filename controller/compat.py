@@ -61,7 +61,7 @@ REFUSED_KEYS = {
     "docker_server": "custom Docker servers are not supported; package the model as a Model class",
     "build_commands": "build commands are not run by this platform",
     "external_data": "external data is not downloaded at build time; fetch it in load()",
-    "model_cache": "model weight caching is not supported; fetch weights in load()",
+    "model_cache": "weights cannot be fetched here (no model cache): download them in load()",
     "weights": "model weight delivery is not supported; fetch weights in load()",
     "cache_internal": "model weight caching is not supported; fetch weights in load()",
     "bdn": "BDN volume mounts are not supported",
@@ -232,8 +232,17 @@ def _check_python_version(value: Any, machine: Machine, refusals: list, warnings
         return
     wanted = (int(match[1]), int(match[2]))
     have = f"{machine.python[0]}.{machine.python[1]}"
-    if wanted[0] != machine.python[0]:
-        refusals.append(("python_version", f"Python {wanted[0]} was asked for; this platform runs Python {have}"))
+    # Replicas run on the controller's interpreter: an older minor version's code runs on it (as
+    # Truss maps an unsupported version to the nearest one it has, with a warning); a newer one's
+    # may use syntax or modules it lacks.
+    if wanted[0] != machine.python[0] or wanted > machine.python:
+        refusals.append(
+            (
+                "python_version",
+                f"Python {wanted[0]}.{wanted[1]} was asked for, which this machine cannot provide: replicas run on "
+                f"Python {have}; set python_version to py{machine.python[0]}{machine.python[1]} or older",
+            )
+        )
     elif wanted != machine.python:
         warnings.append(
             f"python_version {value} asks for Python {wanted[0]}.{wanted[1]}; the model runs on this platform's "

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from controller.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from slipway.text import shorten
@@ -197,7 +200,11 @@ def validate_reference(field_name: str, value: str) -> None:
 
 def validate_model_name(name: str) -> None:
     if not name or not name.strip():
-        raise InvalidArgument("MISSING_MODEL_NAME", "config.yaml must set model_name to a non-empty string")
+        raise InvalidArgument(
+            "MISSING_MODEL_NAME",
+            "config.yaml sets no model_name: name the model in the push (slipway push --model-name NAME, "
+            "CreateDeploymentRequest.model_name) or set model_name in config.yaml",
+        )
     problem = (
         f"is longer than {MODEL_NAME_MAX_LENGTH} characters"
         if len(name) > MODEL_NAME_MAX_LENGTH
@@ -213,6 +220,40 @@ def validate_model_name(name: str) -> None:
         raise InvalidArgument(
             "INVALID_MODEL_NAME", f"model_name {shorten(name, ECHOED_VALUE_BYTES)!r} {problem}", name=name
         )
+
+
+def environment_name(deployment: Deployment, model: Model | None) -> str:
+    """The environment a deployment's model is told it runs in ("" for none), as Truss's
+    `environment` keyword: production is the one environment; development and other
+    published deployments are in none. A deployment being promoted starts in production,
+    as one pushed into Truss's production environment does."""
+    promoting = model is not None and model.promoting_deployment_id == deployment.id
+    return "production" if deployment.is_production or promoting else ""
+
+
+METADATA_MAX_BYTES = 16 * 1024
+
+
+def encode_metadata(metadata: Mapping[str, Any]) -> str:
+    """A push's metadata (`truss push --metadata`) as the JSON text recorded for it."""
+    text = json.dumps(_whole_numbers(dict(metadata)), sort_keys=True, separators=(",", ":"))
+    if len(text.encode()) > METADATA_MAX_BYTES:
+        raise InvalidArgument(
+            "METADATA_TOO_LARGE",
+            f"metadata is {len(text.encode())} bytes as JSON; at most {METADATA_MAX_BYTES} are allowed",
+        )
+    return text
+
+
+def _whole_numbers(value: Any) -> Any:
+    """protobuf's Struct holds every number as a double: 3 arrives as 3.0, and is written 3."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
 
 
 def validate_deployment_name(name: str) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import pathlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from controller import compat, domain
 from controller.domain import (
@@ -124,11 +126,12 @@ async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
     return model
 
 
-def _check_pushed_package(package_dir: pathlib.Path) -> tuple[str, tuple[str, ...]]:
+def _check_pushed_package(package_dir: pathlib.Path, model_name: str) -> tuple[str, tuple[str, ...]]:
     """What a push refuses in the package itself (layout, model name, config keys this
-    platform cannot honour); returns its model name and the config warnings."""
+    platform cannot honour); returns the model name (`model_name`, the push's, else
+    config.yaml's) and the config warnings."""
     config = validate_package(package_dir)
-    model_name = config.model_name or ""
+    model_name = model_name or config.model_name or ""
     domain.validate_model_name(model_name)
     return model_name, tuple(compat.check_package(config))
 
@@ -241,8 +244,18 @@ class Lifecycle:
     # --- push -------------------------------------------------------------------
 
     async def push(
-        self, archive: bytes, sha256: str, target: PushTarget, deployment_name: str, request_id: str
+        self,
+        archive: bytes,
+        sha256: str,
+        target: PushTarget,
+        deployment_name: str,
+        request_id: str,
+        model_name: str = "",
+        metadata: Mapping[str, Any] | None = None,
     ) -> Result:
+        """`model_name`, when given, is the model pushed to whatever config.yaml says (as
+        `truss push --model-name`); without it config.yaml must name the model. `metadata`
+        (`truss push --metadata`) is recorded in the deployment's event log."""
         if not archive:
             raise InvalidArgument("MALFORMED_PACKAGE", "package_archive is empty")
         if target is PushTarget.DEVELOPMENT and deployment_name:
@@ -253,7 +266,11 @@ class Lifecycle:
             )
         if deployment_name:
             domain.validate_deployment_name(deployment_name)
-        staged = await asyncio.to_thread(self.packages.stage, archive, sha256, _check_pushed_package)
+        if model_name:
+            domain.validate_model_name(model_name)
+        metadata_json = domain.encode_metadata(metadata) if metadata else ""
+        check = functools.partial(_check_pushed_package, model_name=model_name)
+        staged = await asyncio.to_thread(self.packages.stage, archive, sha256, check)
         digest = staged.digest
         model_name, warnings = staged.checked
 
@@ -274,11 +291,15 @@ class Lifecycle:
                 )
             for warning in warnings:
                 await tx.add_event(at, model.id, deployment.id, "deployment.config_warning", warning)
+            if metadata_json:
+                await tx.add_event(at, model.id, deployment.id, "deployment.metadata", metadata_json)
             self.packages.commit(staged)  # the push is accepted: before the deployment is visible
             return Result(model=await tx.get_model(model.id), deployment=deployment, flag=created, warnings=warnings)
 
         try:
-            return await self._mutate("CreateDeployment", request_id, body, digest, target, deployment_name)
+            return await self._mutate(
+                "CreateDeployment", request_id, body, digest, target, deployment_name, model_name, metadata_json
+            )
         finally:
             await asyncio.to_thread(self.packages.discard, staged)
 

@@ -32,7 +32,7 @@ from controller.packages import PackageStore
 from controller.routes import LoadTracker
 from controller.runtime import LocalProcessRuntime, ReplicaHandle, exit_description
 from controller.store import ReplicaRow, Store, new_id
-from replica.package import declared_secret_environ, load_package_config
+from replica.package import ENVIRONMENT_ENV_VAR, declared_secret_environ, load_package_config
 from slipway.process import wait_event
 
 log = logging.getLogger("slipway.reconciler")
@@ -267,8 +267,9 @@ class Reconciler:
         replica_id = new_id("r")
         package_dir = self.packages.directory(deployment.package_digest)
         config = await asyncio.to_thread(_package_config, package_dir)
+        model = await self.store.get_model(deployment.model_id)
         environment = {
-            "SLIPWAY_ENVIRONMENT": "development" if deployment.is_development else "published",
+            ENVIRONMENT_ENV_VAR: domain.environment_name(deployment, model),
             **declared_secret_environ(config, os.environ),
         }
         handle = await self.runtime.start(

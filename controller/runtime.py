@@ -336,7 +336,7 @@ class LocalProcessRuntime:
                         self._on_change(handle)
                     return
             if state.get("phase") == "failed":
-                handle.load_error = state.get("error") or "the model failed to load"
+                handle.load_error = _load_error(state)
                 return
             await asyncio.sleep(POLL_SECONDS)
 
@@ -345,7 +345,7 @@ class LocalProcessRuntime:
         handle.exit_time = time.time()
         state = _read_state(self.state_file(handle.id))
         if state.get("phase") == "failed" and not handle.load_error:
-            handle.load_error = state.get("error") or "the model failed to load"
+            handle.load_error = _load_error(state)
         handle.exited = True
         for task in handle._tasks[:-1]:
             task.cancel()
@@ -435,3 +435,10 @@ async def _wait_for_pid_exit(pid: int) -> int | None:
         except OSError:
             return None
         await asyncio.sleep(ADOPTED_POLL_SECONDS)
+
+
+def _load_error(state: dict) -> str:
+    """A failed replica's report: the error, then the model's own frames when it has any."""
+    error = state.get("error") or "the model failed to load"
+    traceback = state.get("traceback") or ""
+    return f"{error}\n{traceback.rstrip()}" if traceback.startswith("Traceback") else error

@@ -30,6 +30,7 @@ from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
+from slipway.tls import ServerTls, add_grpc_port, warn_if_exposed_without_tls
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
@@ -74,6 +75,8 @@ class ControllerSettings:
     # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     keys: KeySettings = field(default_factory=KeySettings)
+    # Serves the gRPC port with TLS when set (replicas stay on loopback plaintext).
+    tls: ServerTls | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -170,7 +173,8 @@ class Controller:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        warn_if_exposed_without_tls(settings.host, settings.tls, "the controller")
+        self.port = add_grpc_port(self._server, f"{settings.host}:{settings.port}", settings.tls)
         await self.reconciler.adopt_existing()
         await self.reconciler.runtime.prewarm()
         await self.routes.start()
@@ -178,7 +182,10 @@ class Controller:
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("controller listening", extra={"fields": {"address": self.address, "data_dir": str(data_dir)}})
+        log.info(
+            "controller listening",
+            extra={"fields": {"address": self.address, "tls": settings.tls is not None, "data_dir": str(data_dir)}},
+        )
         return self
 
     def _wake(self, deployment_id: str) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from google.protobuf import json_format
+
 from controller import convert
 from controller.domain import Deployment
 from controller.keys import KeyManager, require_model_access
@@ -68,6 +70,8 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
             convert.push_target(request.target),
             request.deployment_name,
             request.request_id,
+            request.model_name,
+            json_format.MessageToDict(request.metadata),
         )
         return ds.CreateDeploymentResponse(
             model=convert.model_to_proto(result.model),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import grpc
@@ -13,6 +14,9 @@ from slipway.auth import grpc_code
 from slipway.keys import AuthError
 from slipway.status import ERROR_DOMAIN
 
+RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+# The replica's reason for an HTTPException a model raised (replica/typed.py).
+MODEL_HTTP_ERROR = "MODEL_HTTP_ERROR"
 HTTP_STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -33,6 +37,8 @@ HTTP_STATUS_BY_REASON = {
     limits.RESPONSE_TOO_LARGE: 500,
     "DEPLOYMENT_FAILED": 503,
     "NOT_ACCEPTABLE": 406,
+    # The client stopped sending its body (DEADLINE_EXCEEDED would say 504, a gateway timeout).
+    "REQUEST_BODY_TIMEOUT": 408,
 }
 # grpc core's own refusal of an oversized message (a replica or channel with other limits).
 _GRPC_TOO_LARGE = re.compile(r"message larger than max \((\d+) vs\. (\d+)\)")
@@ -55,6 +61,23 @@ class GatewayError(Exception):
         return {"error": {"code": self.code.name, "reason": self.reason, "message": self.message}}
 
 
+class ModelHttpError(GatewayError):
+    """A model raised fastapi's HTTPException(status_code, detail): answered with that status
+    and Truss's body, {"error": detail}."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, status: int, detail: object) -> None:
+        super().__init__(code, MODEL_HTTP_ERROR, message)
+        self._status = status
+        self._detail = detail
+
+    @property
+    def http_status(self) -> int:
+        return self._status
+
+    def to_json(self) -> dict:
+        return {"error": self._detail}
+
+
 def not_found(reason: str, message: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.NOT_FOUND, reason, message)
 
@@ -75,17 +98,28 @@ def response_too_large(size: int, limit: int, what: str = "the model's response"
     )
 
 
-def error_info_reason(error: grpc.aio.AioRpcError) -> str:
-    """The reason of the call's google.rpc.ErrorInfo (ours), or "" when it has none."""
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The call's google.rpc.ErrorInfo (ours), or None when it has none."""
     try:
         status = rpc_status.from_call(error)
     except ValueError:  # details that contradict the status
-        return ""
+        return None
     for detail in status.details if status is not None else ():
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-            return info.reason
-    return ""
+            return info
+    return None
+
+
+def error_info_reason(error: grpc.aio.AioRpcError) -> str:
+    """The reason of the call's google.rpc.ErrorInfo (ours), or "" when it has none."""
+    info = error_info(error)
+    return info.reason if info is not None else ""
+
+
+def is_retriable(error: grpc.aio.AioRpcError) -> bool:
+    """The replica never took the call (so another may): not an answer the model chose."""
+    return error.code() in RETRIABLE and error_info_reason(error) != MODEL_HTTP_ERROR
 
 
 def from_replica(error: grpc.aio.AioRpcError, request_bytes: int) -> GatewayError:
@@ -95,7 +129,11 @@ def from_replica(error: grpc.aio.AioRpcError, request_bytes: int) -> GatewayErro
     when it refused one as too large."""
     code = error.code()
     details = error.details() or code.name
-    reason = error_info_reason(error)
+    info = error_info(error)
+    reason = info.reason if info is not None else ""
+    if info is not None and reason == MODEL_HTTP_ERROR:
+        detail = json.loads(details) if info.metadata.get("detail_is_json") == "true" else details
+        return ModelHttpError(code, details, int(info.metadata["http_status"]), detail)
     if not reason and code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         too_large = _GRPC_TOO_LARGE.search(details)
         if too_large is not None:

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 
 import grpc
 
-from gateway.errors import GatewayError, from_replica, request_too_large
+from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2 as rs
@@ -24,7 +24,6 @@ from slipway.v1 import route_service_pb2 as rt
 
 INVOKE = "/slipway.v1.ReplicaService/Invoke"
 INVOKE_STREAM = "/slipway.v1.ReplicaService/InvokeStream"
-RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 # A wait bounded by the caller's deadline ends this much before it, so that the answer
 # saying why reaches the caller before its deadline cancels the call.
 DEADLINE_MARGIN_SECONDS = 0.05
@@ -208,7 +207,7 @@ class Forwarder:
                 try:
                     return deployment, await channel.invoke(request, timeout=_remaining(deadline))
                 except grpc.aio.AioRpcError as error:
-                    if error.code() not in RETRIABLE:
+                    if not is_retriable(error):
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
@@ -233,7 +232,7 @@ class Forwarder:
                         yield chunk
                     return
                 except grpc.aio.AioRpcError as error:
-                    if error.code() not in RETRIABLE or started:
+                    if not is_retriable(error) or started:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1

@@ -20,8 +20,9 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway.errors import GatewayError, request_too_large, response_too_large
+from gateway.errors import GatewayError, response_too_large
 from gateway.forwarder import Forwarder
+from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
@@ -38,6 +39,7 @@ def build_app(
     resolver: Resolver,
     wake: Callable[[str], Awaitable[dict]],
     timeout: float,
+    bodies: BodyReader,
     authenticate: Middleware,
 ) -> web.Application:
     def target(request: web.Request) -> Callable[[], rt.DeploymentRoute]:
@@ -47,10 +49,24 @@ def build_app(
         return lambda: resolver(model_id, deployment_id, environment)
 
     async def predict(request: web.Request) -> web.StreamResponse:
+        try:
+            async with bodies.read(request) as payload:
+                return await forward(request, payload)
+        except BodyTimeout as error:
+            # The client stopped sending: answer, and close rather than wait for the rest.
+            response = error_response(error)
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+            return response
+        except GatewayError as error:
+            return error_response(error)
+
+    async def forward(request: web.Request, payload: bytes) -> web.StreamResponse:
         resolve = target(request)
         content_type = request.headers.get("Content-Type", "")
         invoke = rs.InvokeStreamRequest(
-            payload=await request.read(), content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type
+            payload=payload, content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type
         )
         chunks = forwarder.stream(resolve, invoke, timeout)
         try:
@@ -90,17 +106,14 @@ def build_app(
         except GatewayError as error:
             return error_response(error)
 
-    # aiohttp refuses a longer body itself (413 through json_http_errors); the forwarder checks the rest.
     # Keys are checked inside json_http_errors: an unknown path asked without a key is 401, not 404.
-    app = web.Application(client_max_size=forwarder.max_request_bytes, middlewares=[json_http_errors, authenticate])
-    app[MAX_REQUEST_BYTES] = forwarder.max_request_bytes
-    for verb, handler in (("predict", predict), ("wake", wake_route)):
-        app.router.add_post(f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler)
-        app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler)
+    app = web.Application(middlewares=[json_http_errors, authenticate])
+    for verb, handler, expect in (("predict", predict, bodies.defer_continue), ("wake", wake_route, None)):
+        app.router.add_post(
+            f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler, expect_handler=expect
+        )
+        app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler, expect_handler=expect)
     return app
-
-
-MAX_REQUEST_BYTES = web.AppKey("max_request_bytes", int)
 
 
 def error_response(error: GatewayError) -> web.Response:
@@ -149,7 +162,7 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-# aiohttp's own refusals (unknown path, wrong method, body too large), in the gateway's JSON error shape.
+# aiohttp's own refusals (unknown path, wrong method), in the gateway's JSON error shape.
 @web.middleware
 async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
@@ -159,9 +172,6 @@ async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
             error = ("NOT_FOUND", "NO_SUCH_ROUTE", f"no route {request.method} {request.path}")
         elif exc.status == 405:
             error = ("UNIMPLEMENTED", "METHOD_NOT_ALLOWED", f"{request.path} accepts only {exc.headers['Allow']}")
-        elif exc.status == 413:
-            too_large = request_too_large(request.content_length, request.app[MAX_REQUEST_BYTES])
-            error = (too_large.code.name, too_large.reason, too_large.message)
         else:
             raise
         body = {"error": dict(zip(("code", "reason", "message"), error, strict=False))}

@@ -9,6 +9,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -20,9 +21,12 @@ from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
+from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from slipway.auth import AUTHORIZATION, ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits, current_caller
+from slipway.channels import secure_or_insecure_aio_channel
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
+from slipway.tls import ServerTls, add_grpc_port, read_ca, warn_if_exposed_without_tls
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import resources_pb2
@@ -32,6 +36,45 @@ from slipway.v1 import route_service_pb2_grpc as rt_grpc
 log = logging.getLogger("slipway.gateway")
 
 WAKE_INTERVAL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What one client may hold on the gateway's gRPC server (grpc's own server options)."""
+
+    # Calls in flight on the whole server; one more is refused RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 1000
+    # Calls in flight on one connection; more wait on the client until one ends.
+    max_concurrent_streams: int = 100
+    # A connection with no call in flight for this long is closed (GOAWAY).
+    max_connection_idle_seconds: float = 300.0
+    # A connection is asked to reconnect after this long; calls in flight then get
+    # `max_connection_age_grace_seconds` to finish (by default the request timeout).
+    max_connection_age_seconds: float = 1800.0
+    max_connection_age_grace_seconds: float | None = None
+    # The server pings a connection this often and closes it without an answer in
+    # `keepalive_timeout_seconds`: a vanished client's calls do not linger.
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
+    # Clients may send keepalive pings this often; one that pings more often is
+    # disconnected (GOAWAY too_many_pings, grpc's ping-strike rule).
+    min_client_ping_interval_seconds: float = 60.0
+
+    def server_options(self, request_timeout_seconds: float) -> list[tuple[str, int]]:
+        grace = self.max_connection_age_grace_seconds
+        return [
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", _ms(self.max_connection_idle_seconds)),
+            ("grpc.max_connection_age_ms", _ms(self.max_connection_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", _ms(request_timeout_seconds if grace is None else grace)),
+            ("grpc.keepalive_time_ms", _ms(self.keepalive_seconds)),
+            ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout_seconds)),
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(self.min_client_ping_interval_seconds)),
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 @dataclass
@@ -51,6 +94,12 @@ class GatewaySettings:
     shutdown_grace_seconds: float = 10.0
     # Largest request body (and model answer: a response, or one chunk of a stream), over HTTP and gRPC.
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    # Serves the gRPC and HTTP ports with TLS when set.
+    tls: ServerTls | None = None
+    # Verifies a controller that serves TLS (PEM CA file); plaintext to the controller when unset.
+    controller_ca_file: Path | None = None
     # False (--insecure-no-auth): inference is open to anyone who reaches the gateway.
     require_api_keys: bool = True
     key_failures: FailureLimits = field(default_factory=FailureLimits)
@@ -62,7 +111,8 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.follower = RouteFollower(settings.controller_address, settings.gateway_id)
+        controller_ca = None if settings.controller_ca_file is None else read_ca(settings.controller_ca_file)
+        self.follower = RouteFollower(settings.controller_address, settings.gateway_id, controller_ca)
         self.forwarder = Forwarder(
             self.follower,
             settings.replica_wait_seconds,
@@ -85,7 +135,9 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self._grpc: grpc.aio.Server
         self._http: web.AppRunner
-        self._controller = grpc.aio.insecure_channel(settings.controller_address)
+        self.http_bodies: BodyReader
+        self.http_site: LimitedSite
+        self._controller = secure_or_insecure_aio_channel(settings.controller_address, controller_ca)
 
     def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
         if not self.follower.synced.is_set():
@@ -137,7 +189,11 @@ class Gateway:
         if not settings.require_api_keys:
             log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the gateway calls every model")
         self._grpc = grpc.aio.server(
-            options=grpc_message_options(settings.max_request_bytes),
+            options=[
+                *grpc_message_options(settings.max_request_bytes),
+                *settings.grpc_limits.server_options(settings.request_timeout_seconds),
+            ],
+            maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs,
             interceptors=[ApiKeyInterceptor(self.authenticator, auth.METHOD_SCOPES, OPEN_SERVICES)],
         )
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
@@ -146,20 +202,24 @@ class Gateway:
         reflection.enable_server_reflection(
             (grpc_api.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        warn_if_exposed_without_tls(settings.host, settings.tls, "the gateway")
+        self.grpc_port = add_grpc_port(self._grpc, f"{settings.host}:{settings.grpc_port}", settings.tls)
         await self._grpc.start()
 
+        self.http_bodies = BodyReader(settings.http_limits, settings.max_request_bytes)
         app = build_app(
             self.forwarder,
             self.resolve,
             self.wake,
             settings.request_timeout_seconds,
+            self.http_bodies,
             auth.http_middleware(self.authenticator),
         )
-        self._http = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_grace_seconds)
+        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds)
         await self._http.setup()
-        site = web.TCPSite(self._http, settings.host, settings.http_port)
-        await site.start()
+        ssl_context = None if settings.tls is None else settings.tls.http_context()
+        self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits, ssl_context)
+        await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
@@ -170,6 +230,7 @@ class Gateway:
                     "grpc": f"{settings.host}:{self.grpc_port}",
                     "http": f"{settings.host}:{self.http_port}",
                     "controller": settings.controller_address,
+                    "tls": settings.tls is not None,
                 }
             },
         )

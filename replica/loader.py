@@ -9,12 +9,11 @@ import os
 import sys
 import traceback
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
-from replica.package import PackageConfig, resolve_secrets
+from replica.package import ENVIRONMENT_ENV_VAR, PackageConfig, resolve_secrets
 from replica.threads import ModelThreads
-
-ENVIRONMENT_ENV_VAR = "SLIPWAY_ENVIRONMENT"
 
 
 def import_paths(config: PackageConfig) -> list[str]:
@@ -63,8 +62,15 @@ def model_kwargs(config: PackageConfig) -> dict[str, Any]:
         "config": config.raw_dict(),
         "data_dir": config.data_dir,
         "secrets": resolve_secrets(config, os.environ),
-        "environment": {"name": os.environ.get(ENVIRONMENT_ENV_VAR, "development")},
+        "environment": model_environment(os.environ),
     }
+
+
+def model_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """Truss's `environment` keyword: None unless the deployment is in an environment,
+    then a description of it ({"name": "production"})."""
+    name = environ.get(ENVIRONMENT_ENV_VAR, "")
+    return {"name": name} if name else None
 
 
 def construct(model_class: type, kwargs: dict[str, Any]) -> Any:
@@ -97,6 +103,19 @@ async def load_model(config: PackageConfig, threads: ModelThreads) -> Any:
             if inspect.isawaitable(result):
                 await result
     return model
+
+
+def describe_failure(exc: BaseException) -> str:
+    """`Type: message`; an exception raised without a message says so (`raise Exception()`
+    would read `Exception: ` otherwise), and the one it was raised from completes it."""
+    message = str(exc).strip()
+    name = type(exc).__name__
+    if message:
+        return f"{name}: {message}"
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None:
+        return f"{name} (no message), raised from {describe_failure(cause)}"
+    return f"{name} (raised without a message)"
 
 
 def model_traceback(exc: BaseException, config: PackageConfig | None) -> str:

@@ -18,6 +18,8 @@ import yaml
 
 CONFIG_FILENAME = "config.yaml"
 SECRET_ENV_PREFIX = "SLIPWAY_SECRET_"
+# The environment the deployment is in ("production"), unset or empty for none.
+ENVIRONMENT_ENV_VAR = "SLIPWAY_ENVIRONMENT"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from replica.threads import ModelThreads
+from replica.typed import input_parser
 
 
 class ModelError(Exception):
@@ -27,6 +28,7 @@ class Predictor:
         self._preprocess = _optional_method(model, "preprocess")
         self._predict = predict
         self._postprocess = _optional_method(model, "postprocess")
+        self._parse_input = input_parser(self._preprocess or predict)
         self._slots = asyncio.Semaphore(predict_concurrency)
         self._threads = threads
 
@@ -53,6 +55,8 @@ class Predictor:
             lease.release()
 
     async def _chain(self, lease: _Lease, model_input: Any) -> Any:
+        if self._parse_input is not None:  # raises InputValidationError: the caller's fault
+            model_input = self._parse_input(model_input)
         try:
             if self._preprocess is not None:
                 model_input = await _call(lease, self._preprocess, model_input)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from replica.loader import import_paths, load_model, model_traceback
+from replica.loader import describe_failure, import_paths, load_model, model_traceback
 from replica.log import Logger
 from replica.package import PackageConfig, load_package_config
 from replica.predictor import Predictor
@@ -80,7 +80,7 @@ class ModelReloader:
             raise
 
     def _failed(self, exc: BaseException, seconds: float, config: PackageConfig | None) -> ReloadOutcome:
-        error = f"{type(exc).__name__}: {exc}"
+        error = describe_failure(exc)
         self._log.error("model_reload_failed", error=error, traceback="".join(traceback.format_exception(exc)))
         return ReloadOutcome(ok=False, seconds=seconds, error=error, traceback=model_traceback(exc, config))
 

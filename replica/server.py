@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from replica.loader import load_model, model_traceback, prepare_process
+from replica.loader import describe_failure, load_model, model_traceback, prepare_process
 from replica.log import Logger
 from replica.package import PackageConfig, load_package_config
 from replica.predictor import Predictor
@@ -158,7 +158,7 @@ class Replica:
     def _fail(self, event: str, exc: BaseException, config: PackageConfig | None = None) -> int:
         """Report a failure: the model's own frames in the state file (see model_traceback),
         the full traceback in the log."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = describe_failure(exc)
         self._state.write(FAILED, error=error, traceback=model_traceback(exc, config))
         self._log.error(event, error=error, traceback="".join(traceback.format_exception(exc)))
         return EXIT_MODEL_FAILED

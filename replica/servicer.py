@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import grpc
 
-from replica import codec
+from replica import codec, typed
 from replica.log import Logger
 from replica.predictor import ChunkStream, ModelError, Predictor
 from replica.reload import ModelReloader
@@ -63,7 +63,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                         payload, content_type = await self._join(result, context)
                     else:
                         payload, content_type = codec.encode_result(result)
-            except (ModelError, codec.ResultEncodingError) as exc:
+            except (ModelError, codec.ResultEncodingError, typed.InputValidationError) as exc:
                 await self._abort_model_failure(context, exc)
             await self._check_answer(len(payload), "the model's response", context)
             return pb.InvokeResponse(payload=payload, content_type=content_type)
@@ -85,7 +85,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                         await context.write(
                             pb.InvokeStreamResponse(chunk=data, content_type=content_type, complete=True)
                         )
-            except (ModelError, codec.ResultEncodingError) as exc:
+            except (ModelError, codec.ResultEncodingError, typed.InputValidationError) as exc:
                 await self._abort_model_failure(context, exc)
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
@@ -148,7 +148,17 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _abort_model_failure(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        if isinstance(exc, typed.InputValidationError):
+            status = rich_status(grpc.StatusCode.INVALID_ARGUMENT, typed.INPUT_VALIDATION_FAILED, str(exc))
+            await context.abort_with_status(status)
         cause = exc.cause if isinstance(exc, ModelError) else exc
+        answered = typed.http_exception(cause)
+        if answered is not None:  # the model chose its answer: passed on as that status, as in Truss
+            http_status, detail, detail_is_json = answered
+            self._log.info("predict_http_error", status=http_status, detail=detail)
+            metadata = {"http_status": str(http_status), "detail_is_json": "true" if detail_is_json else "false"}
+            status = rich_status(typed.grpc_code(http_status), typed.MODEL_HTTP_ERROR, detail, metadata)
+            await context.abort_with_status(status)
         self._log.error(
             "predict_failed",
             error=str(exc),

@@ -24,6 +24,8 @@ from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, 
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
+from slipway.tls import ServerTls, dialable_host
+from slipway.tls_options import checked_ca, server_tls, tls_options
 
 
 class SlipwayGroup(click.Group):
@@ -33,7 +35,7 @@ class SlipwayGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CLIENT_ERRORS as err:
-            raise click.ClickException(error_line(err)) from None
+            raise click.ClickException(error_line(err, with_ca=ctx.params.get("tls_ca") is not None)) from None
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -72,7 +74,16 @@ class SlipwayGroup(click.Group):
     help="Where a local controller keeps its state; clients read its admin.key "
     "(default: the nearest .slipway in this directory or a parent).",
 )
-def cli(controller: str, gateway: str, api_key: str | None, data_dir: Path | None) -> None:
+@click.option(
+    "--tls-ca",
+    envvar="SLIPWAY_TLS_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    callback=lambda ctx, param, value: checked_ca(value),
+    show_envvar=True,
+    metavar="PEM",
+    help="CA certificate that verifies the controller and gateway when they serve TLS (a gateway verifies its controller with it).",
+)
+def cli(controller: str, gateway: str, api_key: str | None, data_dir: Path | None, tls_ca: Path | None) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
 
 
@@ -175,6 +186,7 @@ def controller_settings(
     drain_seconds: float,
     max_request_bytes: int,
     insecure_no_auth: bool,
+    tls: ServerTls | None,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.keys import KeySettings
@@ -189,6 +201,7 @@ def controller_settings(
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
         keys=KeySettings(require_api_keys=not insecure_no_auth),
+        tls=tls,
     )
 
 
@@ -200,7 +213,12 @@ def gateway_settings(
     replica_wait: float,
     max_request_bytes: int,
     insecure_no_auth: bool,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
+    tls: ServerTls | None,
+    controller_ca_file: Path | None,
 ) -> Any:
+    from gateway.http_limits import HttpLimits
     from gateway.server import GatewaySettings
 
     return GatewaySettings(
@@ -211,7 +229,19 @@ def gateway_settings(
         replica_wait_seconds=replica_wait,
         max_request_bytes=max_request_bytes,
         require_api_keys=not insecure_no_auth,
+        http_limits=HttpLimits(
+            max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
+        ),
+        tls=tls,
+        controller_ca_file=controller_ca_file,
     )
+
+
+def http_limit_default(name: str) -> int:
+    """Imported only when a gateway starts: a client command should not pay for aiohttp."""
+    from gateway.http_limits import HttpLimits
+
+    return getattr(HttpLimits(), name)
 
 
 def gateway_options(command: Callable) -> Callable:
@@ -243,6 +273,24 @@ def gateway_options(command: Callable) -> Callable:
             show_envvar=True,
             help="Seconds a request waits for a ready replica before 503.",
         ),
+        click.option(
+            "--max-http-connections",
+            envvar="SLIPWAY_MAX_HTTP_CONNECTIONS",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_connections"),
+            show_default=True,
+            show_envvar=True,
+            help="Open HTTP connections the gateway keeps; one more is answered 503 and closed.",
+        ),
+        click.option(
+            "--max-buffered-request-bytes",
+            envvar="SLIPWAY_MAX_BUFFERED_REQUEST_BYTES",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_buffered_body_bytes"),
+            show_default=True,
+            show_envvar=True,
+            help="Request-body bytes all HTTP requests in flight may hold together; beyond, 503 GATEWAY_BUSY.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -259,6 +307,7 @@ def run_until_stopped(coroutine: Any) -> None:
 @cli.command()
 @server_options
 @max_request_bytes_option
+@tls_options
 def controller(
     host: str,
     port: int,
@@ -270,10 +319,13 @@ def controller(
     drain_seconds: float,
     insecure_no_auth: bool,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
     settings = controller_settings(
         host,
@@ -285,6 +337,7 @@ def controller(
         drain_seconds,
         max_request_bytes,
         insecure_no_auth,
+        tls,
     )
     run_until_stopped(run_controller(settings))
 
@@ -302,6 +355,7 @@ def controller(
 )
 @max_request_bytes_option
 @insecure_no_auth_option
+@tls_options
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -309,27 +363,42 @@ def gateway(
     gateway_port: int,
     http_port: int,
     replica_wait: float,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
     log_level: str,
     max_request_bytes: int,
     insecure_no_auth: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
-    """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
+    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca)."""
     from gateway.server import run_gateway
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
-    controller_address = ctx.find_root().params["controller"]
+    root = ctx.find_root().params
     settings = gateway_settings(
-        host, gateway_port, http_port, controller_address, replica_wait, max_request_bytes, insecure_no_auth
+        host,
+        gateway_port,
+        http_port,
+        root["controller"],
+        replica_wait,
+        max_request_bytes,
+        insecure_no_auth,
+        max_http_connections,
+        max_buffered_request_bytes,
+        tls,
+        root["tls_ca"],
     )
     run_until_stopped(run_gateway(settings))
 
 
-def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
+def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: bool) -> str:
     """Runs in a worker thread; returns an error line, or "" on success."""
     try:
         push_package(client, example, "development", timeout=timeout)
     except CLIENT_ERRORS as err:
-        return error_line(err)
+        return error_line(err, with_ca)
     return ""
 
 
@@ -339,9 +408,13 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     from slipway.process import wait_for_termination_signal
 
     controller_process = await Controller.start(controller_config)
-    gateway_config.controller_address = controller_process.address
+    controller_address = f"{dialable_host(controller_config.host)}:{controller_process.port}"
+    gateway_config.controller_address = controller_address
     gateway_process = await Gateway.start(gateway_config)
-    http = f"http://{gateway_config.host}:{gateway_process.http_port}"
+    ca_file = gateway_config.controller_ca_file
+    gateway_host = dialable_host(gateway_config.host)
+    http = f"{'https' if ca_file else 'http'}://{gateway_host}:{gateway_process.http_port}"
+    curl = f"curl --cacert {ca_file}" if ca_file else "curl"
     try:
         click.echo(
             f"Slipway controller listening on {controller_process.address} (state in {controller_config.data_dir})"
@@ -349,8 +422,10 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
         click.echo(
             f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)"
         )
-        click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
-        click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
+        click.echo(f"  export SLIPWAY_CONTROLLER={controller_address}")
+        click.echo(f"  export SLIPWAY_GATEWAY={gateway_host}:{gateway_process.grpc_port}")
+        if ca_file:
+            click.echo(f"  export SLIPWAY_TLS_CA={ca_file}")
         key_file = controller_config.data_dir / ADMIN_KEY_FILE
         authorization = ""
         if controller_config.keys.require_api_keys:
@@ -362,16 +437,16 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
             )
         if example is not None:
             client = SlipwayClient(
-                controller_process.address, api_key=find_api_key(data_dir=controller_config.data_dir)
+                controller_address, ca_file=ca_file, api_key=find_api_key(data_dir=controller_config.data_dir)
             )
             try:
-                error = await asyncio.to_thread(push_example, client, example, timeout)
+                error = await asyncio.to_thread(push_example, client, example, timeout, ca_file is not None)
                 if error:
                     click.echo(f"Error: pushing {example} failed: {error}", err=True)
                 else:
                     model = await asyncio.to_thread(client.get_model, read_model_name(example))
                     click.echo(
-                        f"Or over HTTP:  curl -X POST {http}/model/{model.id}/development/predict{authorization} "
+                        f"Or over HTTP:  {curl} -X POST {http}/model/{model.id}/development/predict{authorization} "
                         f"-d '{EXAMPLE_PAYLOAD}'"
                     )
             finally:
@@ -392,6 +467,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     help="A package directory to push as a development deployment once the platform is up.",
 )
 @max_request_bytes_option
+@tls_options
 @timeout_option
 def up(
     host: str,
@@ -406,11 +482,21 @@ def up(
     gateway_port: int,
     http_port: int,
     replica_wait: float,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
     example: Path | None,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     timeout: float,
 ) -> None:
-    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
+    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
+
+    With TLS, the gateway and the example's push verify the controller with --tls-ca, or
+    with the certificate itself (a self-signed one) when no CA is given.
+    """
+    tls = server_tls(tls_cert, tls_key)
+    own_ca = click.get_current_context().find_root().params["tls_ca"] or (tls.cert_file if tls else None)
     configure_logs(log_level)
     run_until_stopped(
         run_platform(
@@ -424,8 +510,21 @@ def up(
                 drain_seconds,
                 max_request_bytes,
                 insecure_no_auth,
+                tls,
             ),
-            gateway_settings(host, gateway_port, http_port, "", replica_wait, max_request_bytes, insecure_no_auth),
+            gateway_settings(
+                host,
+                gateway_port,
+                http_port,
+                "",
+                replica_wait,
+                max_request_bytes,
+                insecure_no_auth,
+                max_http_connections,
+                max_buffered_request_bytes,
+                tls,
+                own_ca,
+            ),
             example,
             timeout,
         )

@@ -8,6 +8,9 @@
         for deployment in client.list_deployments(model_id=pushed.model.id):
             print(deployment.name, deployment.state)
 
+A controller or gateway serving TLS is verified with `ca_file=` (a PEM CA certificate;
+SLIPWAY_TLS_CA by default); without one the channel is plaintext.
+
 Every method raises `grpc.RpcError` on a refusal; `format_rpc_error` turns one into
 a readable line ("FAILED_PRECONDITION (PRODUCTION_NOT_DELETABLE): ...") and
 `error_reason` gives the machine-readable reason.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,8 +30,10 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from slipway.channels import secure_or_insecure_channel
 from slipway.credentials import find_api_key, with_api_key
 from slipway.packaging import archive_package
+from slipway.tls import read_ca
 from slipway.v1 import (
     deployment_service_pb2 as ds,
 )
@@ -90,6 +95,12 @@ KEY_SCOPES: dict[str, ks.KeyScope] = {
 
 def default_controller_address() -> str:
     return os.environ.get("SLIPWAY_CONTROLLER") or DEFAULT_CONTROLLER
+
+
+def client_ca(ca_file: str | os.PathLike[str] | None) -> bytes | None:
+    """The CA that verifies servers serving TLS: `ca_file`, else SLIPWAY_TLS_CA; None means plaintext."""
+    path = ca_file or os.environ.get("SLIPWAY_TLS_CA")
+    return read_ca(path) if path else None
 
 
 # --- errors ---------------------------------------------------------------------
@@ -172,8 +183,9 @@ class SlipwayClient:
 
     `timeout` is the deadline of each unary call in seconds (pushes get
     `push_timeout`). Mutations take an optional `request_id` (idempotency key: a
-    retried call with the same key is applied once). `api_key`: see slipway/credentials.py
-    (by default SLIPWAY_API_KEY, else a local controller's admin key).
+    retried call with the same key is applied once). `ca_file` verifies a controller
+    serving TLS (default SLIPWAY_TLS_CA; plaintext when neither is set). `api_key`: see
+    slipway/credentials.py (by default SLIPWAY_API_KEY, else a local controller's admin key).
     """
 
     def __init__(
@@ -183,12 +195,13 @@ class SlipwayClient:
         timeout: float = 30.0,
         push_timeout: float = 600.0,
         channel: grpc.Channel | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
         api_key: str | None = None,
     ):
         self.address = address or default_controller_address()
         self.timeout = timeout
         self.push_timeout = push_timeout
-        self._channel = channel or grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = channel or secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
         authorized = with_api_key(self._channel, find_api_key(api_key))
         self.models = model_service_pb2_grpc.ModelServiceStub(authorized)
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(authorized)
@@ -261,10 +274,13 @@ class SlipwayClient:
         target: str | ds.PushTarget = "development",
         deployment_name: str = "",
         request_id: str = "",
+        model_name: str = "",
+        metadata: Mapping[str, Any] | None = None,
     ) -> ds.CreateDeploymentResponse:
         """Archive `directory` and create (or, for development, update) a deployment.
 
-        `target` is "development", "published", "production" or a PushTarget value.
+        `target` is "development", "published", "production" or a PushTarget value;
+        `model_name` overrides config.yaml's (and is needed when it has none).
         """
         archive, digest = archive_package(directory)
         request = ds.CreateDeploymentRequest(
@@ -273,7 +289,10 @@ class SlipwayClient:
             target=PUSH_TARGETS[target] if isinstance(target, str) else target,
             deployment_name=deployment_name,
             request_id=request_id,
+            model_name=model_name,
         )
+        if metadata:
+            request.metadata.update(metadata)
         return self.deployments.CreateDeployment(request, timeout=self.push_timeout)
 
     def patch_deployment(
@@ -468,9 +487,11 @@ def inference_target(target: str, deployment: str = "") -> inf.Target:
 class InferenceClient:
     """Calls models through a gateway's InferenceService (`api_key` as for SlipwayClient)."""
 
-    def __init__(self, address: str | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, *, ca_file: str | os.PathLike[str] | None = None, api_key: str | None = None
+    ) -> None:
         self.address = address or default_gateway_address()
-        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
         self._stub = inf_grpc.InferenceServiceStub(with_api_key(self._channel, find_api_key(api_key)))
 
     def close(self) -> None:

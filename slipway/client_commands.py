@@ -48,8 +48,33 @@ EXAMPLE_PAYLOAD = '{"text": "hi"}'
 CLIENT_ERRORS = (grpc.RpcError, SlipwayError, PackageError)
 
 
-def error_line(err: Exception) -> str:
-    return format_rpc_error(err) if isinstance(err, grpc.RpcError) else str(err)
+# What a failed connection's details mean for the CLI's TLS options: (text in the details,
+# whether the CLI used a CA, the advice).
+TLS_HINTS = (
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        True,
+        "the server's certificate is not signed by the CA in --tls-ca / SLIPWAY_TLS_CA",
+    ),
+    (
+        "WRONG_VERSION_NUMBER",
+        True,
+        "the server does not serve TLS: drop --tls-ca, or start it with --tls-cert and --tls-key",
+    ),
+    ("not in peer certificate", True, "the server's certificate does not name the host in the address called"),
+    ("Socket closed", False, "if the server serves TLS, pass its CA certificate with --tls-ca / SLIPWAY_TLS_CA"),
+)
+
+
+def error_line(err: Exception, with_ca: bool = False) -> str:
+    if not isinstance(err, grpc.RpcError):
+        return str(err)
+    line = format_rpc_error(err)
+    if hasattr(err, "code") and err.code() is grpc.StatusCode.UNAVAILABLE:
+        hint = next((advice for text, ca, advice in TLS_HINTS if ca == with_ca and text in line), None)
+        if hint:
+            return f"{line}. Hint: {hint}"
+    return line
 
 
 output_option = click.option(
@@ -72,7 +97,8 @@ def root_api_key() -> str:
 def connect() -> SlipwayClient:
     """A client to the controller named on the command line, closed with the command."""
     ctx = click.get_current_context()
-    return ctx.with_resource(SlipwayClient(ctx.find_root().params["controller"], api_key=root_api_key()))
+    root = ctx.find_root().params
+    return ctx.with_resource(SlipwayClient(root["controller"], ca_file=root["tls_ca"], api_key=root_api_key()))
 
 
 def emit(output: str, value: Message | Sequence[Message], render: Callable[[Any], str]) -> None:
@@ -181,11 +207,13 @@ def push_package(
     wait: bool = True,
     timeout: float = 300.0,
     output: str = "table",
+    model_name: str = "",
+    metadata: dict | None = None,
 ) -> None:
     """Push, print the IDs, and with `wait` follow the deployment until it serves."""
     say = functools.partial(click.echo, err=output == "json")  # keep stdout for the JSON
-    click.echo(f"Pushing {read_model_name(directory) or directory} as {target} ...", err=True)
-    pushed = client.push(directory, target, deployment_name, request_id)
+    click.echo(f"Pushing {model_name or read_model_name(directory) or directory} as {target} ...", err=True)
+    pushed = client.push(directory, target, deployment_name, request_id, model_name, metadata)
     model, deployment = pushed.model, pushed.deployment
     say(f"Model {model.name} ({model.id}){' (created)' if pushed.model_created else ''}")
     say(f"Deployment {deployment.name} ({deployment.id})")
@@ -217,16 +245,41 @@ def push_package(
 @click.option("--publish", is_flag=True, help="Create a new published deployment.")
 @click.option("--promote", is_flag=True, help="Create a published deployment and make it production once active.")
 @click.option("--deployment-name", default="", help="Name of the published deployment (default deployment-N).")
+@click.option("--model-name", default="", help="The model to push to (default: config.yaml's model_name).")
+@click.option(
+    "--environment",
+    default="",
+    help="Push into this environment: only 'production' exists (the same as --promote).",
+)
+@click.option(
+    "--preserve-previous-production-deployment",
+    "preserve_previous_production",
+    is_flag=True,
+    help="With --promote: keep the former production's autoscaling settings (always done here).",
+)
+@click.option(
+    "--metadata",
+    "--labels",
+    "metadata",
+    default="",
+    help="A JSON object of key-value pairs, recorded in the deployment's event log.",
+)
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the deployment until it serves.")
 @click.option("--request-id", default="", help="Idempotency key: a retried push with the same key is applied once.")
 @click.option("--watch", "watch_changes", is_flag=True, help="Then live-reload every change (see `slipway watch`).")
-@timeout_option
+@click.option(
+    "--timeout", "--timeout-seconds", "timeout", type=float, default=300.0, show_default=True, help="Seconds to wait."
+)
 @output_option
 def push(
     directory: Path,
     publish: bool,
     promote: bool,
     deployment_name: str,
+    model_name: str,
+    environment: str,
+    preserve_previous_production: bool,
+    metadata: str,
     wait: bool,
     request_id: str,
     watch_changes: bool,
@@ -237,19 +290,46 @@ def push(
 
     Without options this creates or updates the model's development deployment.
     """
+    if environment:
+        if promote:
+            raise click.UsageError("--promote and --environment are mutually exclusive")
+        if environment != "production":
+            raise click.UsageError(
+                f"environment {environment!r} does not exist: the only environment is 'production' (--promote)"
+            )
+        promote = True
     if publish and promote:
         raise click.UsageError("--publish and --promote are mutually exclusive")
     if deployment_name and not (publish or promote):
         raise click.UsageError("--deployment-name needs --publish or --promote (development is always 'development')")
     if watch_changes and (publish or promote):
         raise click.UsageError("--watch live-reloads the development deployment: it excludes --publish and --promote")
+    if preserve_previous_production and not promote:
+        raise click.UsageError("--preserve-previous-production-deployment needs --promote")
     target = "production" if promote else "published" if publish else "development"
+    if not model_name and not read_model_name(directory) and sys.stdin.isatty():
+        model_name = click.prompt("config.yaml sets no model_name; what's the name of your model?")
     client = connect()
-    push_package(client, directory, target, deployment_name, request_id, wait, timeout, output)
+    push_package(
+        client, directory, target, deployment_name, request_id, wait, timeout, output, model_name, _metadata(metadata)
+    )
     if watch_changes:
         from slipway.watch import watch_package
 
-        watch_package(client, directory, timeout)
+        watch_package(client, directory, timeout, model_name)
+
+
+def _metadata(text: str) -> dict:
+    """--metadata: a JSON object, as truss push takes it."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise click.UsageError(f"--metadata is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise click.UsageError(f"--metadata must be a JSON object, got {type(value).__name__}")
+    return value
 
 
 @click.command()
@@ -476,7 +556,8 @@ def predict(target: str, payload: str | None, deployment_id: str, stream: bool, 
         json.loads(payload)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
-    client = InferenceClient(click.get_current_context().find_root().params["gateway"], api_key=root_api_key())
+    root = click.get_current_context().find_root().params
+    client = InferenceClient(root["gateway"], ca_file=root["tls_ca"], api_key=root_api_key())
     try:
         if not stream:
             click.echo(client.predict(target, payload, deployment_id, timeout).decode("utf-8", "replace"))

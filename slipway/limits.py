@@ -4,7 +4,8 @@
 It bounds a request body and a model's answer (a unary response, or one chunk of a
 stream). The handlers check it themselves and refuse with a precise error; grpc's own
 limits sit a little above it, so that grpc core (whose refusal is a bare
-RESOURCE_EXHAUSTED) never answers first.
+RESOURCE_EXHAUSTED) answers only a gRPC message more than the headroom over the limit,
+which it refuses before reading it whole.
 """
 
 from __future__ import annotations

@@ -145,9 +145,10 @@ def duration(seconds: float) -> str:
 class WatchSession:
     """Keeps one package directory and its model's development deployment in step."""
 
-    def __init__(self, client: SlipwayClient, directory: Path, timeout: float) -> None:
+    def __init__(self, client: SlipwayClient, directory: Path, timeout: float, model_name: str = "") -> None:
         self.client = client
         self.directory = directory.resolve()
+        self.model_name = model_name  # `push --model-name`: the model, whatever config.yaml says
         self.timeout = timeout
         self.tree = PackageTree(self.directory)
         self.deployment_id = ""
@@ -187,7 +188,7 @@ class WatchSession:
         self.deployment_id, self.digest, self.manifest = deployment.id, deployment.package_digest, manifest
 
     def _development_deployment(self) -> res.Deployment | None:
-        model_name = read_model_name(self.directory)
+        model_name = self.model_name or read_model_name(self.directory)
         if not model_name:
             return None  # the push refuses the package and says why
         try:
@@ -202,7 +203,7 @@ class WatchSession:
 
     def _push(self) -> tuple[res.Deployment, str]:
         """Push the whole package as development and wait for it: (deployment, failure or "")."""
-        deployment = self.client.push(self.directory, "development").deployment
+        deployment = self.client.push(self.directory, "development", model_name=self.model_name).deployment
         return self._wait_until_serving(deployment.id)
 
     def _wait_until_serving(self, deployment_id: str) -> tuple[res.Deployment, str]:
@@ -302,8 +303,8 @@ class WatchSession:
         return f"restarted with the whole package (the deployment had changed){', ' + failure if failure else ''}"
 
 
-def watch_package(client: SlipwayClient, directory: Path, timeout: float) -> None:
-    session = WatchSession(client, directory, timeout)
+def watch_package(client: SlipwayClient, directory: Path, timeout: float, model_name: str = "") -> None:
+    session = WatchSession(client, directory, timeout, model_name)
     session.start()
     session.run()
     click.echo("Stopped watching.")

@@ -1,4 +1,5 @@
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from slipway.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -34,18 +35,22 @@ PATCH_RESULT_FAILED: PatchResult
 PATCH_RESULT_STORED: PatchResult
 
 class CreateDeploymentRequest(_message.Message):
-    __slots__ = ("package_archive", "package_sha256", "target", "deployment_name", "request_id")
+    __slots__ = ("package_archive", "package_sha256", "target", "deployment_name", "request_id", "model_name", "metadata")
     PACKAGE_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_NAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     package_archive: bytes
     package_sha256: str
     target: PushTarget
     deployment_name: str
     request_id: str
-    def __init__(self, package_archive: _Optional[bytes] = ..., package_sha256: _Optional[str] = ..., target: _Optional[_Union[PushTarget, str]] = ..., deployment_name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    model_name: str
+    metadata: _struct_pb2.Struct
+    def __init__(self, package_archive: _Optional[bytes] = ..., package_sha256: _Optional[str] = ..., target: _Optional[_Union[PushTarget, str]] = ..., deployment_name: _Optional[str] = ..., request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class CreateDeploymentResponse(_message.Message):
     __slots__ = ("model", "deployment", "model_created", "warnings")

@@ -1,0 +1,6 @@
+from slugify import slugify
+
+
+class Model:
+    def predict(self, model_input):
+        return {"slug": slugify(model_input["text"])}
