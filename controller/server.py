@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -17,13 +18,18 @@ from grpc_reflection.v1alpha import reflection
 
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
+from controller.compat import Machine
 from controller.domain import AutoscalingLimits
+from controller.files import make_private
+from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
+from controller.secret_servicer import SecretServicer
+from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
 from controller.store import Store
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
@@ -40,6 +46,8 @@ from slipway.v1 import (
     model_service_pb2_grpc,
     route_service_pb2,
     route_service_pb2_grpc,
+    secret_service_pb2,
+    secret_service_pb2_grpc,
 )
 
 log = logging.getLogger("slipway.controller")
@@ -50,6 +58,7 @@ SERVICE_NAMES = (
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+    secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
@@ -77,6 +86,16 @@ class ControllerSettings:
     keys: KeySettings = field(default_factory=KeySettings)
     # Serves the gRPC port with TLS when set (replicas stay on loopback plaintext).
     tls: ServerTls | None = None
+    # How often replicas ask a model with is_healthy() whether it is healthy.
+    health_check_seconds: float = 10.0
+    # Whom replicas run as (controller/isolation.py): `auto` (per-model uids from
+    # replica_uid_range when the controller is root), `controller`, or one user's name or uid.
+    replica_user: str = AUTO
+    replica_uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+    # The interpreter of replicas without a built environment (default: the controller's);
+    # replicas that run as other users need one every user can read.
+    replica_python: str | None = None
+    secret_limits: SecretLimits = field(default_factory=SecretLimits)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -106,7 +125,13 @@ class Controller:
     async def start(cls, settings: ControllerSettings) -> Controller:
         self = cls(settings)
         data_dir = settings.data_dir
+        python = settings.replica_python or sys.executable
+        replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python, data_dir)
+        make_private(data_dir, traversable=replica_users is not None)
+        from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")
+        secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
+        await secrets.load()
         packages = PackageStore(data_dir / "packages", settings.package_limits)
         self.keys = KeyManager(self.store, settings.keys)
         await self.keys.start(data_dir)
@@ -119,6 +144,7 @@ class Controller:
             settings.autoscaling_limits,
             on_commit=lambda: self.reconciler.poke(),
             on_wake=self._wake,
+            machine=lambda: Machine(secret_variables=secrets.available_variables()),
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(on_report=lambda: self.reconciler.poke())
@@ -131,8 +157,11 @@ class Controller:
                 data_dir,
                 on_change,
                 drain_seconds=settings.drain_seconds,
+                python=python,
                 fork=settings.fork_replicas,
                 max_request_bytes=settings.max_request_bytes,
+                health_check_seconds=settings.health_check_seconds,
+                sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
             ),
             settings.reconciler,
             self.autoscaler,
@@ -143,8 +172,12 @@ class Controller:
                 settings.builds_dir or data_dir / "builds",
                 on_change=lambda: self.reconciler.poke(),
                 on_event=lifecycle.record_event,
+                python=python,
                 timeout_seconds=settings.build_timeout_seconds,
+                shared=replica_users is not None,
             ),
+            secrets=secrets,
+            replica_users=replica_users,
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -169,6 +202,7 @@ class Controller:
             RouteServicer(self.routes, self.load, self.keys), self._server
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
+        secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -184,7 +218,14 @@ class Controller:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "controller listening",
-            extra={"fields": {"address": self.address, "tls": settings.tls is not None, "data_dir": str(data_dir)}},
+            extra={
+                "fields": {
+                    "address": self.address,
+                    "tls": settings.tls is not None,
+                    "data_dir": str(data_dir),
+                    "replica_users": _describe(replica_users),
+                }
+            },
         )
         return self
 
@@ -217,6 +258,14 @@ class Controller:
         await self.keys.stop()
         await self.store.close()
         log.info("controller stopped")
+
+
+def _describe(users: ReplicaUsers | None) -> str:
+    if users is None:
+        return "the controller's own"
+    if users.shared is not None:
+        return f"uid {users.shared.uid}"
+    return f"one per model, uids {users.first_uid}-{users.last_uid}"
 
 
 async def run_controller(settings: ControllerSettings) -> None:

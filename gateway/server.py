@@ -215,7 +215,9 @@ class Gateway:
             self.http_bodies,
             auth.http_middleware(self.authenticator),
         )
-        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds)
+        # handler_cancellation: a client that disconnects cancels its call to the replica, so
+        # the model stops (and can see it, as Truss's request.is_disconnected()).
+        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)
         await self._http.setup()
         ssl_context = None if settings.tls is None else settings.tls.http_context()
         self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits, ssl_context)

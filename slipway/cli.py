@@ -12,13 +12,14 @@ prints one line ("Error: CODE (REASON): message") to stderr and exits with 1.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from slipway import client_commands, key_commands
+from slipway import client_commands, key_commands, secret_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
@@ -164,10 +165,69 @@ def server_options(command: Callable) -> Callable:
             help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
         ),
         insecure_no_auth_option,
+        click.option(
+            "--health-check-seconds",
+            envvar="SLIPWAY_HEALTH_CHECK_SECONDS",
+            type=click.FloatRange(min=0.01, max=3600),
+            default=10.0,
+            show_default=True,
+            show_envvar=True,
+            help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return isolation_options(command)
+
+
+def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    from controller.isolation import parse_uid_range
+
+    try:
+        return parse_uid_range(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def isolation_options(command: Callable) -> Callable:
+    """Whom replicas run as (controller/isolation.py); passed on as `isolation`, a dict of settings."""
+    options = [
+        click.option(
+            "--replica-user",
+            envvar="SLIPWAY_REPLICA_USER",
+            default="auto",
+            show_default=True,
+            show_envvar=True,
+            help="auto: as root, each model's replicas run as a uid of their own (from --replica-uid-range); "
+            "controller: as the controller's user; or a user name or uid every replica shares.",
+        ),
+        click.option(
+            "--replica-uid-range",
+            envvar="SLIPWAY_REPLICA_UID_RANGE",
+            default="200000-299999",
+            show_default=True,
+            show_envvar=True,
+            callback=_uid_range,
+            help="The uids (and gids) of per-model replica users: model number N runs as FIRST+N-1.",
+        ),
+        click.option(
+            "--replica-python",
+            envvar="SLIPWAY_REPLICA_PYTHON",
+            default=None,
+            show_envvar=True,
+            help="Interpreter of replicas without built requirements (default: the controller's); "
+            "replica users must be able to read it.",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def gathered(**kwargs: Any) -> Any:
+        isolation = {name: kwargs.pop(name) for name in ("replica_user", "replica_uid_range", "replica_python")}
+        return command(isolation=isolation, **kwargs)
+
+    for option in reversed(options):
+        gathered = option(gathered)
+    return gathered
 
 
 def configure_logs(log_level: str) -> None:
@@ -187,6 +247,8 @@ def controller_settings(
     max_request_bytes: int,
     insecure_no_auth: bool,
     tls: ServerTls | None,
+    isolation: dict[str, Any],
+    health_check_seconds: float = 10.0,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.keys import KeySettings
@@ -202,6 +264,8 @@ def controller_settings(
         max_request_bytes=max_request_bytes,
         keys=KeySettings(require_api_keys=not insecure_no_auth),
         tls=tls,
+        **isolation,
+        health_check_seconds=health_check_seconds,
     )
 
 
@@ -298,10 +362,14 @@ def gateway_options(command: Callable) -> Callable:
 
 
 def run_until_stopped(coroutine: Any) -> None:
+    from controller.isolation import ReplicaUserError
+
     try:
         asyncio.run(coroutine)
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
+    except ReplicaUserError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -318,9 +386,11 @@ def controller(
     fork_replicas: bool,
     drain_seconds: float,
     insecure_no_auth: bool,
+    health_check_seconds: float,
     max_request_bytes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    isolation: dict[str, Any],
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
@@ -338,6 +408,8 @@ def controller(
         max_request_bytes,
         insecure_no_auth,
         tls,
+        isolation,
+        health_check_seconds,
     )
     run_until_stopped(run_controller(settings))
 
@@ -479,6 +551,7 @@ def up(
     fork_replicas: bool,
     drain_seconds: float,
     insecure_no_auth: bool,
+    health_check_seconds: float,
     gateway_port: int,
     http_port: int,
     replica_wait: float,
@@ -489,6 +562,7 @@ def up(
     tls_cert: Path | None,
     tls_key: Path | None,
     timeout: float,
+    isolation: dict[str, Any],
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
 
@@ -511,6 +585,8 @@ def up(
                 max_request_bytes,
                 insecure_no_auth,
                 tls,
+                isolation,
+                health_check_seconds,
             ),
             gateway_settings(
                 host,
@@ -541,6 +617,7 @@ for command in (
     client_commands.events,
     client_commands.predict,
     key_commands.keys,
+    secret_commands.secrets,
 ):
     cli.add_command(command)
 

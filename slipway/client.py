@@ -41,6 +41,7 @@ from slipway.v1 import (
     deployment_service_pb2_grpc,
     key_service_pb2_grpc,
     model_service_pb2_grpc,
+    secret_service_pb2_grpc,
 )
 from slipway.v1 import (
     inference_service_pb2 as inf,
@@ -56,6 +57,9 @@ from slipway.v1 import (
 )
 from slipway.v1 import (
     resources_pb2 as res,
+)
+from slipway.v1 import (
+    secret_service_pb2 as ss,
 )
 
 DEFAULT_CONTROLLER = "127.0.0.1:7100"
@@ -206,6 +210,7 @@ class SlipwayClient:
         self.models = model_service_pb2_grpc.ModelServiceStub(authorized)
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(authorized)
         self.keys = key_service_pb2_grpc.KeyServiceStub(authorized)
+        self.secrets = secret_service_pb2_grpc.SecretServiceStub(authorized)
 
     def close(self) -> None:
         self._channel.close()
@@ -265,6 +270,18 @@ class SlipwayClient:
     def delete_model(self, model_id: str, request_id: str = "") -> res.Model:
         request = ms.DeleteModelRequest(model_id=model_id, request_id=request_id)
         return self.models.DeleteModel(request, timeout=self.timeout).model
+
+    # secrets (values go in, never come out)
+
+    def set_secret(self, name: str, value: bytes | str) -> ss.Secret:
+        request = ss.SetSecretRequest(name=name, value=_payload_bytes(value))
+        return self.secrets.SetSecret(request, timeout=self.timeout).secret
+
+    def list_secrets(self) -> list[ss.Secret]:
+        return list(self.secrets.ListSecrets(ss.ListSecretsRequest(), timeout=self.timeout).secrets)
+
+    def delete_secret(self, name: str) -> None:
+        self.secrets.DeleteSecret(ss.DeleteSecretRequest(name=name), timeout=self.timeout)
 
     # deployments
 

@@ -120,6 +120,11 @@ KEY_COLUMNS: Columns = [
     ("EXPIRES", lambda k: timestamp(k.expire_time) or "never"),
     ("REVOKED", lambda k: timestamp(k.revoke_time) or "-"),
 ]
+SECRET_COLUMNS: Columns = [
+    ("NAME", lambda s: s.name),
+    ("CREATED", lambda s: timestamp(s.create_time)),
+    ("UPDATED", lambda s: timestamp(s.update_time)),
+]
 
 
 def table(columns: Columns, empty: str) -> Callable[[Sequence[Any]], str]:

@@ -32,6 +32,7 @@ from slipway.v1 import key_service_pb2_grpc as ks_grpc
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
+from slipway.v1 import secret_service_pb2 as ss
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,12 +43,14 @@ CONTROLLER_SERVICES = (
     ms.DESCRIPTOR.services_by_name["ModelService"],
     ds.DESCRIPTOR.services_by_name["DeploymentService"],
     ks.DESCRIPTOR.services_by_name["KeyService"],
+    ss.DESCRIPTOR.services_by_name["SecretService"],
 )
 # The scope each controller method needs (what METHOD_SCOPES must say).
 NEEDED = {
     **{f"/slipway.v1.ModelService/{m.name}": "deploy" for m in CONTROLLER_SERVICES[0].methods},
     **{f"/slipway.v1.DeploymentService/{m.name}": "deploy" for m in CONTROLLER_SERVICES[1].methods},
     "/slipway.v1.DeploymentService/WakeDeployment": "inference",
+    **{f"/slipway.v1.SecretService/{m.name}": "admin" for m in CONTROLLER_SERVICES[3].methods},
     **{f"/slipway.v1.KeyService/{m.name}": "admin" for m in CONTROLLER_SERVICES[2].methods},
 }
 STREAMING = {f"/{s.full_name}/{m.name}" for s in CONTROLLER_SERVICES for m in s.methods if m.server_streaming}
@@ -338,7 +341,9 @@ async def test_every_http_route_refuses_bad_credentials_with_401_and_www_authent
         (header(secured.keys["revoked"]), "API_KEY_REVOKED"),
         (header(secured.keys["expired"]), "API_KEY_EXPIRED"),
     ]
-    for path in http_routes(secured):
+    a = secured.model_a
+    truss_routes = [f"/model/{a.model.id}/production/sync/v1/chat/completions"]
+    for path in [*http_routes(secured), *truss_routes]:
         for authorization, reason in cases:
             status, headers, body = await secured.post(path, authorization)
             assert (status, body["error"]["code"], body["error"]["reason"]) == (401, "UNAUTHENTICATED", reason), (
@@ -346,6 +351,12 @@ async def test_every_http_route_refuses_bad_credentials_with_401_and_www_authent
                 authorization,
             )
             assert headers["WWW-Authenticate"].startswith("Api-Key")
+    for path in (
+        f"/model/{a.model.id}/production/websocket",
+        f"/model/{a.model.id}/production/sync/v1/models/model/schema",
+    ):
+        async with secured.http.get(secured.base + path) as response:
+            assert response.status == 401 and (await response.json())["error"]["reason"] == "API_KEY_MISSING", path
 
 
 async def test_http_routes_take_inference_deploy_and_admin_keys_and_refuse_metrics_keys(secured: Secured):
