@@ -120,14 +120,14 @@ async def test_other_calls_are_answered_while_a_push_unpacks(api: Api, monkeypat
     """The unpack runs off the event loop: held in the middle of extracting, the controller
     still answers, and the push completes once released."""
     extracting, release = threading.Event(), threading.Event()
-    extract = tarfile.TarFile.extract
+    extract = tarfile.TarFile.extractfile
 
     def held_extract(self, *args, **kwargs):
         extracting.set()
         release.wait(30)
         return extract(self, *args, **kwargs)
 
-    monkeypatch.setattr(tarfile.TarFile, "extract", held_extract)
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", held_extract)
     package = api.package("slow")
     for n in range(20):
         (package / f"file-{n}").write_text(str(n))
