@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
+from controller.connect_api import ConnectApi, ConnectLimits, services_of
 from controller.domain import AutoscalingLimits
 from controller.lifecycle import Lifecycle
+from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.routes import LoadTracker, RouteBroadcaster
@@ -45,6 +48,8 @@ SERVICE_NAMES = (
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
 )
+# Services for the platform's own parts only: not on the Connect (JSON over HTTP) surface.
+INTERNAL_SERVICE_NAMES = (route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,)
 
 
 @dataclass
@@ -52,6 +57,9 @@ class ControllerSettings:
     data_dir: pathlib.Path = pathlib.Path(".slipway")
     host: str = "127.0.0.1"
     port: int = 7100
+    # The HTTP port: the management API as JSON over HTTP (Connect) and its /openapi.json.
+    http_port: int = 7180
+    connect: ConnectLimits = field(default_factory=ConnectLimits)
     drain_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     # Fork replicas from a pre-imported model server (fast cold starts) rather than exec a new interpreter.
@@ -78,6 +86,7 @@ class Controller:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         self.port = 0
+        self.http_port = 0
         self.store: Store
         self.reconciler: Reconciler
         self.autoscaler: Autoscaler
@@ -86,10 +95,16 @@ class Controller:
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
+        self._loopback: grpc.aio.Channel | None = None
+        self._http: web.AppRunner | None = None
 
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.http_port}"
 
     @classmethod
     async def start(cls, settings: ControllerSettings) -> Controller:
@@ -151,10 +166,44 @@ class Controller:
         await self.routes.start()
         self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
         await self._server.start()
+        try:
+            await self._start_http()
+        except BaseException:
+            await self.stop()
+            raise
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("controller listening", extra={"fields": {"address": self.address, "data_dir": str(data_dir)}})
+        log.info(
+            "controller listening",
+            extra={"fields": {"address": self.address, "http": self.http_url, "data_dir": str(data_dir)}},
+        )
         return self
+
+    async def _start_http(self) -> None:
+        """The HTTP app: Connect calls go through a loopback channel to this controller's own
+        gRPC server, so they meet the same interceptors, rules and statuses as gRPC calls."""
+        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        self._loopback = grpc.aio.insecure_channel(
+            f"{host}:{self.port}",
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        public = [name for name in SERVICE_NAMES if name not in INTERNAL_SERVICE_NAMES]
+        document = openapi_document(services_of(public), "Slipway management API", "v1")
+        app = web.Application(client_max_size=self.settings.connect.max_request_bytes)
+
+        async def openapi(_request: web.Request) -> web.Response:
+            return web.json_response(document)
+
+        app.router.add_get("/openapi.json", openapi)
+        ConnectApi(self._loopback, public, self.settings.connect).add_routes(app)
+        runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_grace_seconds, access_log=None)
+        await runner.setup()
+        self._http = runner
+        await web.TCPSite(runner, self.settings.host, self.settings.http_port).start()
+        self.http_port = runner.addresses[0][1]
 
     def _wake(self, deployment_id: str) -> None:
         self.autoscaler.wake(deployment_id, time.monotonic())
@@ -170,7 +219,13 @@ class Controller:
     async def stop(self) -> None:
         """Graceful: stop taking RPCs, finish in-flight ones, drain and stop replicas."""
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.shutdown_grace_seconds)
+        try:
+            if self._http is not None:
+                await self._http.cleanup()
+        finally:
+            await self._server.stop(self.settings.shutdown_grace_seconds)
+            if self._loopback is not None:
+                await self._loopback.close()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
