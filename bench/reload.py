@@ -89,7 +89,9 @@ async def first_answer_with(session: aiohttp.ClientSession, url: str, version: s
 async def run(edits: int) -> None:
     with tempfile.TemporaryDirectory(prefix="slipway-reload-bench-") as tmp:
         tmp_path = pathlib.Path(tmp)
-        controller = await Controller.start(ControllerSettings(data_dir=tmp_path / "data", port=0, http_port=0, drain_seconds=5))
+        controller = await Controller.start(
+            ControllerSettings(data_dir=tmp_path / "data", port=0, http_port=0, drain_seconds=5)
+        )
         gateway = await Gateway.start(GatewaySettings(controller_address=controller.address, grpc_port=0, http_port=0))
         package = write_package(tmp_path / "package")
         cli = await asyncio.create_subprocess_exec(

@@ -107,7 +107,9 @@ class ConnectError(Exception):
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
         self.details = [detail]
-        self.http_status = http_status or CONNECT_CODES[code][1]
+        # Set for refusals of the HTTP request itself (no such route, wrong verb or content
+        # type), answered with that status even for a streaming method.
+        self.http_status = http_status
 
 
 def methods_of(service_names: Iterable[str]) -> dict[str, Method]:
@@ -180,7 +182,7 @@ class ConnectApi:
                     f"{request.path} takes Content-Type {' or '.join(codecs)}, not {request.content_type!r}",
                     http_status=415,
                 )
-            check_protocol_headers(request, method.server_streaming)
+            check_protocol_headers(request)
             timeout = timeout_of(request)
             body = await read_body(request, self.limits.max_request_bytes)
             if method.server_streaming:
@@ -188,7 +190,7 @@ class ConnectApi:
             message = decode(method.input, body, codec)
             metadata = metadata_of(request)
         except ConnectError as error:
-            if method is not None and method.server_streaming and error.http_status < 405:
+            if method is not None and method.server_streaming and error.http_status is None:
                 return await self._stream_refusal(request, error)
             return unary_error(error.code, error.message, error.details, http_status=error.http_status)
         if method.server_streaming:
@@ -247,7 +249,9 @@ class ConnectApi:
                 trailers = metadata_json(await call.trailing_metadata())
                 end = {"metadata": trailers} if trailers else {}
         except grpc.aio.AioRpcError as error:
-            end = stream_error(*status_of(error)) | {"metadata": metadata_json(error.trailing_metadata())}
+            end = stream_error(*status_of(error))
+            if trailers := metadata_json(error.trailing_metadata()):
+                end["metadata"] = trailers
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not self._closing or (current is not None and current.cancelling()):
@@ -275,7 +279,7 @@ class ConnectApi:
         return response
 
 
-def check_protocol_headers(request: web.Request, streaming: bool) -> None:
+def check_protocol_headers(request: web.Request) -> None:
     version = request.headers.get("Connect-Protocol-Version")
     if version is not None and version != "1":
         raise ConnectError(
@@ -283,13 +287,14 @@ def check_protocol_headers(request: web.Request, streaming: bool) -> None:
             "UNSUPPORTED_PROTOCOL_VERSION",
             f"Connect-Protocol-Version {version!r} is not supported; send 1",
         )
-    encoding_header = "Connect-Content-Encoding" if streaming else "Content-Encoding"
-    encoding = request.headers.get(encoding_header, "identity")
-    if encoding != "identity":
+    # aiohttp decodes gzip and deflate bodies as it reads them (and refuses brotli unless
+    # installed); read_body's limit counts the decoded bytes.
+    encoding = request.headers.get("Content-Encoding", "identity")
+    if encoding not in ("identity", "gzip", "deflate"):
         raise ConnectError(
             grpc.StatusCode.UNIMPLEMENTED,
             "UNSUPPORTED_ENCODING",
-            f"{encoding_header} {encoding!r} is not supported; send the body uncompressed",
+            f"Content-Encoding {encoding!r} is not supported; send identity, gzip or deflate",
         )
 
 
@@ -330,16 +335,16 @@ def unwrap_envelope(body: bytes) -> bytes:
             grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_ENVELOPE", "a streaming request is one enveloped message"
         )
     flags, length = ENVELOPE.unpack_from(body)
-    if flags & COMPRESSED_FLAG:
-        raise ConnectError(
-            grpc.StatusCode.UNIMPLEMENTED, "UNSUPPORTED_ENCODING", "compressed messages are not supported"
-        )
-    if flags != 0 or length != len(body) - ENVELOPE.size:
+    if flags not in (0, COMPRESSED_FLAG) or length != len(body) - ENVELOPE.size:
         raise ConnectError(
             grpc.StatusCode.INVALID_ARGUMENT,
             "MALFORMED_ENVELOPE",
             f"the envelope declares flags {flags} and {length} bytes; the body holds one message of "
             f"{len(body) - ENVELOPE.size} bytes with flags 0",
+        )
+    if flags == COMPRESSED_FLAG:
+        raise ConnectError(
+            grpc.StatusCode.UNIMPLEMENTED, "UNSUPPORTED_ENCODING", "compressed messages are not supported"
         )
     return body[ENVELOPE.size :]
 
