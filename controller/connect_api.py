@@ -231,7 +231,8 @@ class ConnectApi:
         response = web.StreamResponse(headers={"Content-Type": f"application/connect+{codec}"})
         end: dict = {}
         try:
-            response.headers.update(headers_of(await call.initial_metadata()))
+            # Headers go out at once, not with the first message: a watch may have nothing to
+            # say for a long time, and a client waits for the headers before it goes on.
             await response.prepare(request)
             sent = 0
             async for item in call:

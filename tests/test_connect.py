@@ -253,3 +253,31 @@ def fuzz(base_url: str) -> list[str]:
 
 async def test_fuzzing_the_openapi_document_finds_no_server_errors(controller, http):
     assert await asyncio.to_thread(fuzz, controller.http_url) == []
+
+
+async def test_stream_limits_and_shutdown_end_streams_with_a_frame(tmp_path):
+    limits = ConnectLimits(max_stream_messages=1)
+    running = await Controller.start(controller_settings(tmp_path / "data", connect=limits))
+    stopped = False
+    try:
+        async with aiohttp.ClientSession(base_url=running.http_url) as http:
+            path = "/slipway.v1.DeploymentService/WatchDeployments"
+            async with http.post(path, data=envelope({}), headers=STREAM) as watch:
+                created = await push(http, tmp_path, "connect-limit", "PUSH_TARGET_PUBLISHED", tag="a")
+                await push(http, tmp_path, "connect-limit", "PUSH_TARGET_PUBLISHED", tag="b")
+                received = [frame async for frame in frames(watch)]
+            assert [flags for flags, _ in received] == [0, 2]
+            error = received[-1][1]["error"]
+            assert (error["code"], reason(error)) == ("resource_exhausted", "STREAM_MESSAGE_LIMIT")
+
+            one = envelope({"deploymentId": created["deployment"]["id"]})
+            async with http.post(path, data=one, headers=STREAM) as watch:
+                stream = frames(watch)
+                assert (await anext(stream))[0] == 0
+                await stop_or_explain(running.stop(), "controller")
+                stopped = True
+                remaining = [frame async for frame in stream]
+            assert remaining[-1][0] == 2 and remaining[-1][1]["error"]["code"] == "unavailable"
+    finally:
+        if not stopped:
+            await stop_or_explain(running.stop(), "controller")
