@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ NOT_METADATA = frozenset(
         "expect",
     }
 )
+URL_SAFE_TO_STANDARD = str.maketrans("-_", "+/")  # binary headers: either base64 alphabet, padded or not
+METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
 MAX_TIMEOUT_DIGITS = 10  # Connect-Timeout-Ms: at most 10 digits
 
 
@@ -384,9 +387,16 @@ def metadata_of(request: web.Request) -> tuple[tuple[str, str | bytes], ...]:
         key = name.lower()
         if key in NOT_METADATA or key.startswith(("connect-", "grpc-", ":")):
             continue
+        if not METADATA_KEY.fullmatch(key):
+            raise ConnectError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "MALFORMED_HEADER",
+                f"header {name!r} cannot travel as gRPC metadata: names are made of 0-9 a-z - _ .",
+            )
         if key.endswith("-bin"):
             try:
-                metadata.append((key, base64.b64decode(value + "=" * (-len(value) % 4))))
+                padded = value.translate(URL_SAFE_TO_STANDARD) + "=" * (-len(value) % 4)
+                metadata.append((key, base64.b64decode(padded, validate=True)))
             except (binascii.Error, ValueError):
                 raise ConnectError(
                     grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_HEADER", f"header {name} is not base64"

@@ -151,9 +151,14 @@ async def test_protocol_refusals(http):
     status, listed = await call(
         http, "ModelService/ListModels", compressed, headers={**JSON, "Content-Encoding": "gzip"}
     )
-    assert status == 200 and len(listed["models"]) <= 1
+    assert status == 200 and len(listed.get("models", [])) <= 1
     status, error = await call(http, "ModelService/ListModels", "{}", headers={**JSON, "Connect-Timeout-Ms": "-1"})
     assert (status, reason(error)) == (400, "INVALID_TIMEOUT")
+    for header in ({"X!Odd": "1"}, {"X-Note": "caf\u00e9"}, {"X-Token-Bin": "%%%"}):
+        status, error = await call(http, "ModelService/ListModels", "{}", headers={**JSON, **header})
+        assert (status, reason(error)) == (400, "MALFORMED_HEADER"), header
+    status, _ = await call(http, "ModelService/ListModels", "{}", headers={**JSON, "Authorization": "Api-Key k"})
+    assert status == 200  # forwarded as `authorization` metadata, which nothing checks yet
     oversized = json.dumps({"modelId": "x" * MAX_REQUEST_BYTES})
     status, error = await call(http, "ModelService/GetModel", oversized)
     assert (status, error["code"], reason(error)) == (429, "resource_exhausted", "REQUEST_TOO_LARGE")
@@ -230,7 +235,7 @@ def fuzz(base_url: str) -> list[str]:
     """Schemathesis over every unary operation of /openapi.json: the problems it found."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
-    from schemathesis.checks import not_a_server_error
+    from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
 
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     problems = []
@@ -242,7 +247,11 @@ def fuzz(base_url: str) -> list[str]:
         @settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def check(case) -> None:
-            case.call_and_validate(base_url=base_url, checks=[not_a_server_error], timeout=10)
+            case.call_and_validate(
+                base_url=base_url,
+                checks=[not_a_server_error, response_schema_conformance, content_type_conformance],
+                timeout=10,
+            )
 
         try:
             check()
@@ -252,6 +261,7 @@ def fuzz(base_url: str) -> list[str]:
 
 
 async def test_fuzzing_the_openapi_document_finds_no_server_errors(controller, http):
+    """Also: every answer has the content type and the schema the document gives."""
     assert await asyncio.to_thread(fuzz, controller.http_url) == []
 
 
