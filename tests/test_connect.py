@@ -8,15 +8,19 @@ import asyncio
 import base64
 import gzip
 import json
+import socket
 import struct
 
 import aiohttp
+import grpc
 import pytest
 import pytest_asyncio
 
 from controller.connect_api import ConnectLimits
 from controller.server import Controller
 from slipway.packaging import archive_package
+from slipway.v1 import model_service_pb2 as ms
+from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from tests.conftest import ECHO_MODEL, controller_settings, stop_or_explain, wait_until, write_package
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -291,3 +295,18 @@ async def test_stream_limits_and_shutdown_end_streams_with_a_frame(tmp_path):
     finally:
         if not stopped:
             await stop_or_explain(running.stop(), "controller")
+
+
+async def test_a_taken_http_port_fails_the_start_and_stops_the_grpc_server(controller, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
+    taken = controller_settings(tmp_path / "data", http_port=controller.http_port)
+    taken.port = grpc_port
+    with pytest.raises(OSError):
+        await Controller.start(taken)
+    # The half-started controller stopped what it had started: nothing answers on its gRPC port.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await ms_grpc.ModelServiceStub(channel).ListModels(ms.ListModelsRequest(), timeout=2)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
