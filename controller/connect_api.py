@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import re
 import struct
@@ -107,12 +108,16 @@ class ConnectError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-        self.details = [detail]
+        self.details = [error_info(reason)]
         # Set for refusals of the HTTP request itself (no such route, wrong verb or content
         # type), answered with that status even for a streaming method.
         self.http_status = http_status
+
+
+def error_info(reason: str) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    return detail
 
 
 def methods_of(service_names: Iterable[str]) -> dict[str, Method]:
@@ -244,7 +249,7 @@ class ConnectApi:
                     end = stream_error(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"a stream carries at most {self.limits.max_stream_messages} messages; call again to go on",
-                        ConnectError(grpc.StatusCode.RESOURCE_EXHAUSTED, "STREAM_MESSAGE_LIMIT", "").details,
+                        [error_info("STREAM_MESSAGE_LIMIT")],
                     )
                     break
                 await response.write(envelope(0, encode(item, codec)))
@@ -260,16 +265,19 @@ class ConnectApi:
             current = asyncio.current_task()
             if not self._closing or (current is not None and current.cancelling()):
                 raise
-            end = stream_error(grpc.StatusCode.UNAVAILABLE, "the controller is shutting down; call again", [])
-        except ConnectionResetError:
+            end = stream_error(
+                grpc.StatusCode.UNAVAILABLE,
+                "the controller is shutting down; call again",
+                [error_info("CONTROLLER_SHUTTING_DOWN")],
+            )
+        except ConnectionResetError:  # the client left
             call.cancel()
             return response
         finally:
             self._streams.discard(call)
-        if not response.prepared:
-            await response.prepare(request)
-        await response.write(envelope(END_STREAM_FLAG, json.dumps(end).encode()))
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(envelope(END_STREAM_FLAG, json.dumps(end).encode()))
+            await response.write_eof()
         return response
 
     async def _stream_refusal(self, request: web.Request, error: ConnectError) -> web.StreamResponse:

@@ -291,7 +291,8 @@ async def test_stream_limits_and_shutdown_end_streams_with_a_frame(tmp_path):
                 await stop_or_explain(running.stop(), "controller")
                 stopped = True
                 remaining = [frame async for frame in stream]
-            assert remaining[-1][0] == 2 and remaining[-1][1]["error"]["code"] == "unavailable"
+            flags, end = remaining[-1]
+            assert (flags, end["error"]["code"], reason(end["error"])) == (2, "unavailable", "CONTROLLER_SHUTTING_DOWN")
     finally:
         if not stopped:
             await stop_or_explain(running.stop(), "controller")
