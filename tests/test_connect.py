@@ -101,6 +101,14 @@ async def test_unary_calls_in_json(http, tmp_path):
     assert updated["deployment"]["autoscalingSettings"]["maxReplica"] == 3
     assert "minReplica" not in updated["deployment"]["autoscalingSettings"]  # zero: omitted by the JSON mapping
 
+    # The binary protobuf codec of the same method.
+    request = ms.GetModelRequest(model_id=model_id).SerializeToString()
+    async with http.post(
+        "/slipway.v1.ModelService/GetModel", data=request, headers={"Content-Type": "application/proto"}
+    ) as response:
+        assert response.status == 200 and response.content_type == "application/proto"
+        assert ms.GetModelResponse.FromString(await response.read()).model.name == "connect-unary"
+
 
 async def test_refusal_carries_status_and_reason(http, tmp_path):
     created = await push(http, tmp_path, "connect-refusal", "PUSH_TARGET_PRODUCTION")
