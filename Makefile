@@ -65,3 +65,4 @@ bench: setup bench-deps
 	$(PY) bench/cold_start.py
 	$(PY) bench/reload.py
 	$(PY) bench/proxy_floor.py
+	$(PY) bench/tls.py

@@ -45,6 +45,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from controller.files import TRAVERSABLE_DIR, share_read_only
 from replica.package import load_package_config, read_requirements, without_secrets
 
 log = logging.getLogger("slipway.builds")
@@ -146,12 +147,19 @@ class BuildManager:
         on_event: EventSink | None = None,
         python: str = sys.executable,
         timeout_seconds: float = 1800.0,
+        shared: bool = False,
     ) -> None:
         self.root = pathlib.Path(root)
         self.envs_dir = self.root / "envs"
         self.logs_dir = self.root / "logs"
         self.envs_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        # `shared`: replicas run as other users, who must run the environments (public
+        # packages only); the build logs stay private.
+        self.shared = shared
+        if shared:
+            self.root.chmod(TRAVERSABLE_DIR)
+            share_read_only(self.envs_dir)
         self.python = python
         self.timeout_seconds = timeout_seconds
         self._on_change = on_change
@@ -357,6 +365,8 @@ class BuildManager:
                         indent=2,
                     )
                 )
+                if self.shared:
+                    share_read_only(tmp)
                 try:
                     os.rename(tmp, self.env_dir(spec.key))
                 except OSError:

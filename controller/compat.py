@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.errors import InvalidArgument
-from replica.package import SECRET_ENV_PREFIX, PackageConfig, read_requirements, secret_env_var
+from replica.package import PackageConfig, read_requirements, secret_env_var
 
 # Keys the platform honours, or that are informational (no runtime effect anywhere).
 SUPPORTED_KEYS = frozenset(
@@ -70,7 +70,10 @@ REFUSED_KEYS = {
     "training_checkpoints": "deploying training checkpoints is not supported",
     "docker_auth": "custom images are not supported",
 }
-RUNTIME_HONOURED = frozenset({"predict_concurrency"})
+RUNTIME_HONOURED = frozenset({"predict_concurrency", "streaming_read_timeout"})
+# runtime.transport kinds served: a websocket model's session has its own route whatever the kind
+# says (as is_websocket_endpoint, which Truss derives from it).
+SERVED_TRANSPORTS = frozenset({"http", "websocket"})
 NESTED_OPTION_LINE = re.compile(r"^(-r|-c|--requirement|--constraint)(\s|=|$)")
 PYTHON_VERSION = re.compile(r"(?:py)?(\d)\.?(\d+)")  # matched whole (fullmatch), as MEMORY
 MEMORY = re.compile(r"([0-9.]+)\s*([KMGTPE]i?|k)?")
@@ -85,10 +88,8 @@ class Machine:
     python: tuple[int, int] = (sys.version_info.major, sys.version_info.minor)
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     memory_bytes: int = field(default_factory=lambda: _total_memory())
-    # Secrets are read from the controller's environment (SLIPWAY_SECRET_<NAME>).
-    secret_variables: frozenset[str] = field(
-        default_factory=lambda: frozenset(name for name in os.environ if name.startswith(SECRET_ENV_PREFIX))
-    )
+    # The secrets replicas can be handed, as SLIPWAY_SECRET_<NAME> variables (controller/secrets.py).
+    secret_variables: frozenset[str] = frozenset()
 
 
 def is_empty(value: Any) -> bool:
@@ -123,14 +124,11 @@ def check_package(config: PackageConfig, machine: Machine | None = None) -> list
     _check_python_version(raw.get("python_version"), machine, refusals, warnings)
     _check_requirements(config, refusals, warnings)
     for name, value in (raw.get("secrets") or {}).items():
-        variable = secret_env_var(str(name))
-        if not is_empty(value):
+        if is_empty(value) and secret_env_var(str(name)) not in machine.secret_variables:
             warnings.append(
-                f"secrets.{name} has a value in config.yaml, which is never used: set the secret in the "
-                f"controller's environment instead (variable {variable})"
+                f"secret {name!r} is not set (slipway secrets set {name}): the model's secrets[{str(name)!r}] "
+                "raises SecretNotFound"
             )
-        elif variable not in machine.secret_variables:
-            warnings.append(f"secret {name!r} is not set on the controller ({variable}): the model gets None for it")
     for entry, directory in zip(raw.get("external_package_dirs") or (), config.external_package_dirs, strict=False):
         if not directory.is_dir():
             warnings.append(
@@ -197,12 +195,13 @@ def _check_runtime(runtime: Any, refusals: list, warnings: list) -> None:
         return  # a malformed runtime is refused by the package parser
     transport = runtime.get("transport")
     kind = transport.get("kind") if isinstance(transport, Mapping) else transport
-    if not is_empty(kind) and kind != "http":
+    if not is_empty(kind) and kind not in SERVED_TRANSPORTS:
         refusals.append(
-            ("runtime.transport", f"{kind!r} transport is not supported (only request/response and streaming predict)")
+            (
+                "runtime.transport",
+                f"{kind!r} transport is not supported (only http: predict and streaming, and websocket)",
+            )
         )
-    if runtime.get("is_websocket_endpoint") is True:
-        refusals.append(("runtime.is_websocket_endpoint", "websocket endpoints are not supported"))
     for key in sorted(set(runtime) - RUNTIME_HONOURED - {"transport", "is_websocket_endpoint"}):
         if not is_empty(runtime[key]):
             warnings.append(f"runtime.{key} is not supported by this platform and is ignored")

@@ -2,7 +2,7 @@
 calls, JSON or binary protobuf), driven by the proto descriptors of the services the
 controller's gRPC server registers, not written per method.
 
-Each call is forwarded to the controller's own gRPC server over a loopback channel (as
+Each call is forwarded to the controller's own gRPC server over a local channel (as
 grpc-gateway does), so every interceptor (authentication, request validation) and every
 status applies unchanged; the gRPC status and its details come back as Connect's error
 JSON (code, message, details with type, value and debug).

@@ -126,14 +126,16 @@ async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
     return model
 
 
-def _check_pushed_package(package_dir: pathlib.Path, model_name: str) -> tuple[str, tuple[str, ...]]:
+def _check_pushed_package(
+    package_dir: pathlib.Path, model_name: str, machine: compat.Machine
+) -> tuple[str, tuple[str, ...]]:
     """What a push refuses in the package itself (layout, model name, config keys this
     platform cannot honour); returns the model name (`model_name`, the push's, else
     config.yaml's) and the config warnings."""
     config = validate_package(package_dir)
     model_name = model_name or config.model_name or ""
     domain.validate_model_name(model_name)
-    return model_name, tuple(compat.check_package(config))
+    return model_name, tuple(compat.check_package(config, machine))
 
 
 def _new_revision(current: Deployment) -> dict:
@@ -159,12 +161,15 @@ class Lifecycle:
         limits: AutoscalingLimits,
         on_commit: Callable[[], None] = lambda: None,
         on_wake: Callable[[str], None] = lambda deployment_id: None,
+        machine: Callable[[], compat.Machine] = compat.Machine,
     ) -> None:
         self.store = store
         self.packages = packages
         self.limits = limits
         self._on_commit = on_commit
         self._on_wake = on_wake
+        # What replicas are offered now (the secrets set so far among it), for push warnings.
+        self._machine = machine
 
     async def _mutate(
         self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]], *request: object
@@ -269,7 +274,7 @@ class Lifecycle:
         if model_name:
             domain.validate_model_name(model_name)
         metadata_json = domain.encode_metadata(metadata) if metadata else ""
-        check = functools.partial(_check_pushed_package, model_name=model_name)
+        check = functools.partial(_check_pushed_package, model_name=model_name, machine=self._machine())
         staged = await asyncio.to_thread(self.packages.stage, archive, sha256, check)
         digest = staged.digest
         model_name, warnings = staged.checked
@@ -342,7 +347,7 @@ class Lifecycle:
         if seen.patch_base_digest == base_digest:  # otherwise refused below (or answered from request_id)
             derived = await asyncio.to_thread(self.packages.derive, base_digest, patches)
             if any(patch.path == CONFIG_FILENAME for patch in patches):  # else checked when it last changed
-                warnings = tuple(await asyncio.to_thread(compat.check_package, derived[1]))
+                warnings = tuple(await asyncio.to_thread(compat.check_package, derived[1], self._machine()))
             base_config = await asyncio.to_thread(load_package_config, self.packages.directory(base_digest))
             try:
                 requirements = (read_requirements(base_config), read_requirements(derived[1]))

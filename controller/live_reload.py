@@ -117,7 +117,8 @@ class LiveReloader:
             await asyncio.sleep(SETTLE_POLL_SECONDS)
 
     async def _reload(self, handle: ReplicaHandle, package_dir: pathlib.Path) -> ReloadFailure | None:
-        request = rs.ReloadRequest(package_dir=str(package_dir))
+        readable = await asyncio.to_thread(handle.package_path, package_dir)
+        request = rs.ReloadRequest(package_dir=str(readable))
         try:
             async with grpc.aio.insecure_channel(handle.address) as channel:
                 stub = rs_grpc.ReplicaServiceStub(channel)

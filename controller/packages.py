@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from controller.errors import FailedPrecondition, InvalidArgument
+from controller.files import tighten
 from replica.package import CONFIG_FILENAME, PackageConfig, load_package_config, validate_package
 from slipway.packaging import archive_package
 
@@ -98,6 +99,7 @@ class PackageStore:
         staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=self.root))
         try:
             _unpack(archive, staging / STAGED_TREE, self.limits)
+            tighten(staging / STAGED_TREE)  # tarfile sets the modes the archive carries
             checked = _checked(check, staging / STAGED_TREE)
             (staging / STAGED_ARCHIVE).write_bytes(archive)
         except BaseException:

@@ -27,12 +27,14 @@ from controller import domain
 from controller.autoscaler import Autoscaler
 from controller.builds import BuildManager, EnvironmentStatus, plural
 from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
+from controller.isolation import ReplicaUsers
 from controller.lifecycle import Lifecycle
 from controller.packages import PackageStore
 from controller.routes import LoadTracker
 from controller.runtime import LocalProcessRuntime, ReplicaHandle, exit_description
+from controller.secrets import Secrets
 from controller.store import ReplicaRow, Store, new_id
-from replica.package import ENVIRONMENT_ENV_VAR, declared_secret_environ, load_package_config
+from replica.package import ENVIRONMENT_ENV_VAR, load_package_config
 from slipway.process import wait_event
 
 log = logging.getLogger("slipway.reconciler")
@@ -71,8 +73,14 @@ class Reconciler:
         on_replica_change: Callable[[ReplicaHandle], None] = lambda handle: None,
         before_stop: Callable[[ReplicaHandle], Awaitable[object]] | None = None,
         builds: BuildManager | None = None,
+        *,
+        secrets: Secrets,
+        replica_users: ReplicaUsers | None = None,
     ) -> None:
         self.store = store
+        self.secrets = secrets
+        # Whom replicas run as (None: the controller's own user).
+        self.replica_users = replica_users
         self.lifecycle = lifecycle
         self.packages = packages
         self.settings = settings
@@ -158,6 +166,8 @@ class Reconciler:
         if self.builds is not None:
             doomed += self.builds.prune(digests, self.packages.directory, grace_seconds)
         doomed += self.runtime.old_logs(set(self.replicas), time.time() - self.settings.log_retention_seconds)
+        if self.runtime.sandboxes is not None:
+            doomed += self.runtime.sandboxes.copies_except(digests)
         for path in doomed:
             await asyncio.to_thread(_remove, path)
         if doomed:
@@ -270,10 +280,13 @@ class Reconciler:
         model = await self.store.get_model(deployment.model_id)
         environment = {
             ENVIRONMENT_ENV_VAR: domain.environment_name(deployment, model),
-            **declared_secret_environ(config, os.environ),
+            **await self.secrets.environ_for(config.secret_names),
         }
+        user = None
+        if self.replica_users is not None:
+            user = self.replica_users.for_model(await self.store.model_number(deployment.model_id))
         handle = await self.runtime.start(
-            replica_id, deployment.id, deployment.revision, package_dir, environment, python=python
+            replica_id, deployment.id, deployment.revision, package_dir, environment, python=python, user=user
         )
         self.replicas[replica_id] = handle
         async with self.store.write() as tx:
@@ -329,9 +342,12 @@ class Reconciler:
             self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds
         )
         crash.retry_at = time.time() + delay
-        crash.message = (
-            f"replica {handle.id} {exit_description(handle.exit_code)} unexpectedly; restarting (crash {crash.count})"
-        )
+        if handle.unhealthy:
+            crash.message = (
+                f"replica {handle.id} was unhealthy ({handle.unhealthy}); replacing it (crash {crash.count})"
+            )
+        else:
+            crash.message = f"replica {handle.id} {exit_description(handle.exit_code)} unexpectedly; restarting (crash {crash.count})"
         log.warning(crash.message)
 
 

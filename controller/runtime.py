@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.domain import ReplicaPhase
+from controller.isolation import ReplicaUser, Sandboxes
 from replica.package import without_secrets
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 
@@ -50,13 +52,24 @@ class ReplicaHandle:
     exit_code: int | None = None
     # The model's load error (ExceptionType: message), when the replica reported one.
     load_error: str = ""
+    # Why the model took its replica out of service (its is_healthy() failed), when it did.
+    unhealthy: str = ""
     log_path: pathlib.Path | None = None
     ready_time: float | None = None
     ready_recorded: bool = False  # the reconciler stored port and ready_time
     exit_time: float | None = None
     adopted: bool = False
     package_dir: pathlib.Path | None = None  # what it was started from (None: adopted)
+    # The user it runs as (None: the controller's), and where that user's package copies are.
+    user: ReplicaUser | None = None
+    sandboxes: Sandboxes | None = field(default=None, repr=False)
     _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
+
+    def package_path(self, stored: pathlib.Path) -> pathlib.Path:
+        """Where this replica reads the stored package `stored` (its user's own copy)."""
+        if self.user is None or self.sandboxes is None:
+            return stored
+        return self.sandboxes.package(self.user, stored)
 
     @property
     def address(self) -> str:
@@ -120,13 +133,21 @@ class ForkServer:
                 await asyncio.sleep(POLL_SECONDS)
 
     async def spawn(
-        self, argv: list[str], env: dict[str, str], log_path: pathlib.Path, name: str
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: pathlib.Path,
+        name: str,
+        user: ReplicaUser | None = None,
+        cwd: pathlib.Path | None = None,
     ) -> tuple[int, Coroutine[None, None, int | None]]:
-        """Fork a replica: its PID, and a coroutine that ends with its exit code."""
+        """Fork a replica (as `user`, in `cwd`): its PID, and a coroutine that ends with its exit code."""
         await self.ensure_started()
         reader, writer = await asyncio.open_unix_connection(str(self.socket))
         try:
-            request = {"argv": argv, "env": env, "log": str(log_path), "name": name}
+            request: dict = {"argv": argv, "env": env, "log": str(log_path), "name": name}
+            if user is not None:
+                request.update(uid=user.uid, gid=user.gid, cwd=str(cwd))
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
             pid = int(json.loads(await reader.readline())["pid"])
@@ -168,14 +189,21 @@ class LocalProcessRuntime:
         python: str = sys.executable,
         fork: bool = True,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        health_check_seconds: float = 10.0,
+        sandboxes: Sandboxes | None = None,
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Replicas that run as other users (see controller/isolation.py) enter run/ to reach their own directory.
+        self.sandboxes = sandboxes
+        if sandboxes is not None:
+            self.run_dir.chmod(0o711)
         self._on_change = on_change
         self._drain_seconds = drain_seconds
         self._max_request_bytes = max_request_bytes
+        self._health_check_seconds = health_check_seconds
         self._python = python
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
         self._fork = fork
@@ -212,7 +240,15 @@ class LocalProcessRuntime:
         ]
 
     def state_file(self, replica_id: str) -> pathlib.Path:
-        return self.run_dir / f"{replica_id}.json"
+        """Where the replica reports; in a directory of its own when it runs as another user."""
+        own = self.run_dir / replica_id
+        return own / "state.json" if own.is_dir() else self.run_dir / f"{replica_id}.json"
+
+    def _own_run_dir(self, replica_id: str, user: ReplicaUser) -> pathlib.Path:
+        own = self.run_dir / replica_id
+        own.mkdir(mode=0o700)
+        os.chown(own, user.uid, user.gid)
+        return own
 
     async def start(
         self,
@@ -222,14 +258,32 @@ class LocalProcessRuntime:
         package_dir: pathlib.Path,
         environment: dict[str, str],
         python: str | None = None,
+        user: ReplicaUser | None = None,
     ) -> ReplicaHandle:
         """Start a replica. `environment` is added to the controller's own, less its
         secrets (so it carries the secrets the replica may see). `python` is the
-        interpreter of the deployment's built environment; None means the controller's own."""
-        handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir)
+        interpreter of the deployment's built environment; None means the controller's own.
+        With `user`, the replica runs as that user, from its own copy of the package."""
+        handle = ReplicaHandle(
+            replica_id,
+            deployment_id,
+            revision,
+            start_time=time.time(),
+            package_dir=package_dir,
+            user=user,
+            sandboxes=self.sandboxes,
+        )
         handle.log_path = self.log_dir / f"{replica_id}.log"
-        state_file = self.state_file(replica_id)
-        state_file.unlink(missing_ok=True)
+        home = None
+        if user is not None:
+            assert self.sandboxes is not None, "replica users need sandboxes"
+            home = self.sandboxes.home(user)
+            package_dir = await asyncio.to_thread(handle.package_path, package_dir)
+            state_file = self._own_run_dir(replica_id, user) / "state.json"
+            environment = {**environment, "HOME": str(home)}
+        else:
+            state_file = self.state_file(replica_id)
+            state_file.unlink(missing_ok=True)
         argv = [
             "--package",
             str(package_dir),
@@ -241,13 +295,15 @@ class LocalProcessRuntime:
             str(self._drain_seconds),
             "--max-request-bytes",
             str(self._max_request_bytes),
+            "--health-check-seconds",
+            str(self._health_check_seconds),
         ]
         interpreter = python or self._python
         exited = None
         if self._fork:
             try:
                 handle.pid, exited = await self._fork_server(interpreter).spawn(
-                    argv, environment, handle.log_path, replica_id
+                    argv, environment, handle.log_path, replica_id, user, home
                 )
             except (OSError, RuntimeError, ValueError) as error:
                 log.warning("fork server failed (%s); starting replica %s as a new process", error, replica_id)
@@ -263,6 +319,7 @@ class LocalProcessRuntime:
                     stderr=log_file,
                     start_new_session=True,
                     env={**without_secrets(os.environ), **environment},
+                    **_as_user(user, home),
                 )
             handle.pid = process.pid
             exited = process.wait()
@@ -278,6 +335,8 @@ class LocalProcessRuntime:
             return None
         handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=start_time, pid=pid, adopted=True)
         handle.log_path = self.log_dir / f"{replica_id}.log"
+        if self.sandboxes is not None:
+            handle.user, handle.sandboxes = _process_user(pid), self.sandboxes
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))
         handle._tasks.append(asyncio.create_task(self._watch_exit(handle, _wait_for_pid_exit(pid))))
         return handle
@@ -346,10 +405,15 @@ class LocalProcessRuntime:
         state = _read_state(self.state_file(handle.id))
         if state.get("phase") == "failed" and not handle.load_error:
             handle.load_error = _load_error(state)
+        if state.get("phase") == "unhealthy":
+            handle.unhealthy = state.get("error") or "is_healthy() failed"
         handle.exited = True
         for task in handle._tasks[:-1]:
             task.cancel()
-        self.state_file(handle.id).unlink(missing_ok=True)
+        state_file = self.state_file(handle.id)
+        state_file.unlink(missing_ok=True)
+        if state_file.parent != self.run_dir:
+            shutil.rmtree(state_file.parent, ignore_errors=True)
         self._on_change(handle)
 
 
@@ -363,6 +427,24 @@ def exit_description(code: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _as_user(user: ReplicaUser | None, home: pathlib.Path | None) -> dict:
+    """subprocess arguments that start a process as `user` (no supplementary groups) in `home`."""
+    if user is None:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": [], "cwd": home}
+
+
+def _process_user(pid: int) -> ReplicaUser | None:
+    """The user a process runs as, unless it is the controller's own (or it is gone)."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    uid, gid = int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+    return None if uid == os.geteuid() else ReplicaUser(uid, gid)
 
 
 def _kill_group(pid: int) -> None:

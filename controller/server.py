@@ -7,7 +7,10 @@ import contextlib
 import logging
 import os
 import pathlib
+import shutil
 import signal
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -18,19 +21,25 @@ from grpc_reflection.v1alpha import reflection
 
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
+from controller.compat import Machine
 from controller.connect_api import ConnectApi, ConnectLimits, services_of
 from controller.domain import AutoscalingLimits
+from controller.files import make_private
+from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.lifecycle import Lifecycle
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
+from controller.secret_servicer import SecretServicer
+from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
+from slipway.tls import ServerTls, add_grpc_port, dialable_host, warn_if_exposed_without_tls
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
@@ -38,6 +47,8 @@ from slipway.v1 import (
     model_service_pb2_grpc,
     route_service_pb2,
     route_service_pb2_grpc,
+    secret_service_pb2,
+    secret_service_pb2_grpc,
 )
 
 log = logging.getLogger("slipway.controller")
@@ -47,6 +58,7 @@ SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
+    secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 )
 # Services for the platform's own parts only: not on the Connect (JSON over HTTP) surface.
 INTERNAL_SERVICE_NAMES = (route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,)
@@ -75,6 +87,18 @@ class ControllerSettings:
     package_limits: PackageLimits = field(default_factory=PackageLimits)
     # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Serves the gRPC port with TLS when set (replicas stay on loopback plaintext).
+    tls: ServerTls | None = None
+    # How often replicas ask a model with is_healthy() whether it is healthy.
+    health_check_seconds: float = 10.0
+    # Whom replicas run as (controller/isolation.py): `auto` (per-model uids from
+    # replica_uid_range when the controller is root), `controller`, or one user's name or uid.
+    replica_user: str = AUTO
+    replica_uid_range: tuple[int, int] = DEFAULT_UID_RANGE
+    # The interpreter of replicas without a built environment (default: the controller's);
+    # replicas that run as other users need one every user can read.
+    replica_python: str | None = None
+    secret_limits: SecretLimits = field(default_factory=SecretLimits)
 
     def __post_init__(self) -> None:
         self.data_dir = pathlib.Path(self.data_dir)
@@ -96,6 +120,7 @@ class Controller:
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
         self._loopback: grpc.aio.Channel | None = None
+        self._loopback_dir: pathlib.Path | None = None
         self._http: web.AppRunner | None = None
 
     @property
@@ -104,13 +129,20 @@ class Controller:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.settings.host}:{self.http_port}"
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{dialable_host(self.settings.host)}:{self.http_port}"
 
     @classmethod
     async def start(cls, settings: ControllerSettings) -> Controller:
         self = cls(settings)
         data_dir = settings.data_dir
+        python = settings.replica_python or sys.executable
+        replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python, data_dir)
+        make_private(data_dir, traversable=replica_users is not None)
+        from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")
+        secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
+        await secrets.load()
         packages = PackageStore(data_dir / "packages", settings.package_limits)
         self.autoscaler = Autoscaler(settings.autoscaler)
         lifecycle = Lifecycle(
@@ -119,6 +151,7 @@ class Controller:
             settings.autoscaling_limits,
             on_commit=lambda: self.reconciler.poke(),
             on_wake=self._wake,
+            machine=lambda: Machine(secret_variables=secrets.available_variables()),
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(on_report=lambda: self.reconciler.poke())
@@ -131,8 +164,11 @@ class Controller:
                 data_dir,
                 on_change,
                 drain_seconds=settings.drain_seconds,
+                python=python,
                 fork=settings.fork_replicas,
                 max_request_bytes=settings.max_request_bytes,
+                health_check_seconds=settings.health_check_seconds,
+                sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
             ),
             settings.reconciler,
             self.autoscaler,
@@ -143,8 +179,12 @@ class Controller:
                 settings.builds_dir or data_dir / "builds",
                 on_change=lambda: self.reconciler.poke(),
                 on_event=lifecycle.record_event,
+                python=python,
                 timeout_seconds=settings.build_timeout_seconds,
+                shared=replica_users is not None,
             ),
+            secrets=secrets,
+            replica_users=replica_users,
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -156,18 +196,25 @@ class Controller:
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(RouteServicer(self.routes, self.load), self._server)
+        secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.port}")
+        warn_if_exposed_without_tls(settings.host, settings.tls, "the controller")
+        self.port = add_grpc_port(self._server, f"{settings.host}:{settings.port}", settings.tls)
+        # The Connect surface's way in: a Unix socket in a directory only this process's user
+        # can enter, so the hop needs no TLS (and no certificate that names a loopback host).
+        self._loopback_dir = pathlib.Path(tempfile.mkdtemp(prefix="slipway-controller-"))
+        loopback_socket = f"unix:{self._loopback_dir / 'grpc.sock'}"
+        self._server.add_insecure_port(loopback_socket)
         await self.reconciler.adopt_existing()
         await self.reconciler.runtime.prewarm()
         await self.routes.start()
         self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
         await self._server.start()
         try:
-            await self._start_http()
+            await self._start_http(loopback_socket)
         except BaseException:
             await self.stop()
             raise
@@ -175,16 +222,23 @@ class Controller:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "controller listening",
-            extra={"fields": {"address": self.address, "http": self.http_url, "data_dir": str(data_dir)}},
+            extra={
+                "fields": {
+                    "address": self.address,
+                    "http": self.http_url,
+                    "tls": settings.tls is not None,
+                    "data_dir": str(data_dir),
+                    "replica_users": _describe(replica_users),
+                }
+            },
         )
         return self
 
-    async def _start_http(self) -> None:
+    async def _start_http(self, loopback_socket: str) -> None:
         """The HTTP app: Connect calls go through a loopback channel to this controller's own
         gRPC server, so they meet the same interceptors, rules and statuses as gRPC calls."""
-        host = self.settings.host if self.settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self._loopback = grpc.aio.insecure_channel(
-            f"{host}:{self.port}",
+            loopback_socket,
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -202,7 +256,11 @@ class Controller:
         runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_grace_seconds, access_log=None)
         await runner.setup()
         self._http = runner
-        await web.TCPSite(runner, self.settings.host, self.settings.http_port).start()
+        tls = self.settings.tls
+        site = web.TCPSite(
+            runner, self.settings.host, self.settings.http_port, ssl_context=tls.http_context() if tls else None
+        )
+        await site.start()
         self.http_port = runner.addresses[0][1]
 
     def _wake(self, deployment_id: str) -> None:
@@ -226,6 +284,8 @@ class Controller:
             await self._server.stop(self.settings.shutdown_grace_seconds)
             if self._loopback is not None:
                 await self._loopback.close()
+            if self._loopback_dir is not None:
+                shutil.rmtree(self._loopback_dir, ignore_errors=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -239,6 +299,14 @@ class Controller:
         await self.routes.stop()
         await self.store.close()
         log.info("controller stopped")
+
+
+def _describe(users: ReplicaUsers | None) -> str:
+    if users is None:
+        return "the controller's own"
+    if users.shared is not None:
+        return f"uid {users.shared.uid}"
+    return f"one per model, uids {users.first_uid}-{users.last_uid}"
 
 
 async def run_controller(settings: ControllerSettings) -> None:

@@ -113,6 +113,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deployments ADD COLUMN patched_digest TEXT;
     ALTER TABLE deployments ADD COLUMN reload_error TEXT NOT NULL DEFAULT ''
     """,
+    # 4: platform-managed secrets, encrypted by controller/secrets.py (the key is not in the database)
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        ciphertext BLOB NOT NULL,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL
+    )
+    """,
 ]
 
 DEPLOYMENT_COLUMNS = """
@@ -202,6 +211,14 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
+class SecretRow:
+    name: str
+    ciphertext: bytes
+    create_time: float
+    update_time: float
+
+
+@dataclass(frozen=True)
 class EventRow:
     seq: int
     create_time: float
@@ -287,6 +304,25 @@ class Reads:
         if row is None:
             row = await self._one(f"{MODEL_SELECT} WHERE m.name = ? AND m.delete_time IS NULL", (id_or_name,))
         return _model(row) if row else None
+
+    async def model_number(self, model_id: str) -> int:
+        """The model's number: from 1, in creation order, never reused."""
+        row = await self._one("SELECT pk FROM models WHERE id = ?", (model_id,))
+        assert row is not None, f"model {model_id} is not stored"
+        return int(row[0])
+
+    async def list_secrets(self) -> list[SecretRow]:
+        rows = await self._all("SELECT name, ciphertext, create_time, update_time FROM secrets ORDER BY name")
+        return [SecretRow(*row) for row in rows]
+
+    async def get_secrets(self, names: Iterable[str]) -> list[SecretRow]:
+        names = list(names)
+        rows = await self._all(
+            f"SELECT name, ciphertext, create_time, update_time FROM secrets "
+            f"WHERE name IN ({', '.join('?' for _ in names)})",
+            names,
+        )
+        return [SecretRow(*row) for row in rows]
 
     async def get_live_model_by_name(self, name: str) -> Model | None:
         row = await self._one(f"{MODEL_SELECT} WHERE m.name = ? AND m.delete_time IS NULL", (name,))
@@ -473,6 +509,18 @@ class WriteTx(Reads):
 
     async def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
         await self._conn.execute(sql, tuple(params))
+
+    async def put_secret(self, name: str, ciphertext: bytes, now: float) -> None:
+        await self._exec(
+            "INSERT INTO secrets (name, ciphertext, create_time, update_time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET ciphertext = excluded.ciphertext, update_time = excluded.update_time",
+            (name, ciphertext, now, now),
+        )
+
+    async def delete_secret(self, name: str) -> bool:
+        """Whether there was such a secret."""
+        async with self._conn.execute("DELETE FROM secrets WHERE name = ?", (name,)) as cur:
+            return cur.rowcount > 0
 
     async def insert_model(self, name: str, now: float) -> Model:
         model_id = new_id("m")

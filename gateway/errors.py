@@ -36,6 +36,10 @@ HTTP_STATUS_BY_REASON = {
     # The client stopped sending its body (DEADLINE_EXCEEDED would say 504, a gateway timeout).
     "REQUEST_BODY_TIMEOUT": 408,
 }
+# A failure in the model's own code (the replica's INTERNAL without a reason of its own).
+MODEL_ERROR = "MODEL_ERROR"
+# The model's own failures: its code raised, or it raised an HTTPException (replica/typed.py).
+MODEL_FAILURES = frozenset({MODEL_ERROR, "MODEL_HTTP_ERROR"})
 # grpc core's own refusal of an oversized message (a replica or channel with other limits).
 _GRPC_TOO_LARGE = re.compile(r"message larger than max \((\d+) vs\. (\d+)\)")
 
@@ -138,5 +142,5 @@ def from_replica(error: grpc.aio.AioRpcError, request_bytes: int) -> GatewayErro
         grpc.StatusCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
         grpc.StatusCode.UNAVAILABLE: "REPLICA_UNAVAILABLE",
         grpc.StatusCode.RESOURCE_EXHAUSTED: "REPLICA_RESOURCE_EXHAUSTED",
-    }.get(code, "MODEL_ERROR")
+    }.get(code, MODEL_ERROR)
     return GatewayError(code, reason, details)

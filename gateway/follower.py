@@ -11,6 +11,7 @@ import logging
 import grpc
 
 from gateway.routing import RouteIndex
+from slipway.channels import secure_or_insecure_aio_channel
 from slipway.process import wait_event
 from slipway.v1 import route_service_pb2 as rt
 from slipway.v1 import route_service_pb2_grpc as rt_grpc
@@ -19,14 +20,18 @@ log = logging.getLogger("slipway.gateway.routes")
 
 
 class RouteFollower:
-    def __init__(self, controller_address: str, gateway_id: str, retry_seconds: float = 0.5) -> None:
+    def __init__(
+        self, controller_address: str, gateway_id: str, controller_ca: bytes | None = None, retry_seconds: float = 0.5
+    ) -> None:
         self.controller_address = controller_address
+        self.controller_ca = controller_ca
         self.gateway_id = gateway_id
         self.retry_seconds = retry_seconds
         self.index = RouteIndex()
         self.synced = asyncio.Event()
         self._updated = asyncio.Event()
         self.connected = False
+        self._last_failure: str | None = None
         self._acknowledging = True  # until a controller without AckRoutes says UNIMPLEMENTED
 
     async def _acknowledge(self, stub: rt_grpc.RouteServiceStub, version: int) -> None:
@@ -51,7 +56,7 @@ class RouteFollower:
     async def run(self) -> None:
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.controller_address) as channel:
+                async with secure_or_insecure_aio_channel(self.controller_address, self.controller_ca) as channel:
                     stub = rt_grpc.RouteServiceStub(channel)
                     stream = stub.WatchRoutes(rt.WatchRoutesRequest(gateway_id=self.gateway_id))
                     async for message in stream:
@@ -69,5 +74,11 @@ class RouteFollower:
                         "route stream lost; serving the last table",
                         extra={"fields": {"code": error.code().name, "version": self.index.version}},
                     )
+                elif error.details() != self._last_failure:  # e.g. a TLS handshake refused: say why, once
+                    log.warning(
+                        "cannot follow the controller's routes",
+                        extra={"fields": {"code": error.code().name, "details": error.details()}},
+                    )
+                self._last_failure = error.details()
             self.connected = False
             await asyncio.sleep(self.retry_seconds)

@@ -11,7 +11,7 @@ import contextlib
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 
 import grpc
 
@@ -24,6 +24,7 @@ from slipway.v1 import route_service_pb2 as rt
 
 INVOKE = "/slipway.v1.ReplicaService/Invoke"
 INVOKE_STREAM = "/slipway.v1.ReplicaService/InvokeStream"
+INVOKE_WEBSOCKET = "/slipway.v1.ReplicaService/InvokeWebsocket"
 # A wait bounded by the caller's deadline ends this much before it, so that the answer
 # saying why reaches the caller before its deadline cancels the call.
 DEADLINE_MARGIN_SECONDS = 0.05
@@ -40,6 +41,11 @@ class ReplicaChannel:
         )
         self.invoke_stream = self.channel.unary_stream(
             INVOKE_STREAM, request_serializer=rs.InvokeStreamRequest.SerializeToString, response_deserializer=None
+        )
+        self.invoke_websocket = self.channel.stream_stream(
+            INVOKE_WEBSOCKET,
+            request_serializer=rs.InvokeWebsocketRequest.SerializeToString,
+            response_deserializer=rs.InvokeWebsocketResponse.FromString,
         )
         self.in_flight = 0
 
@@ -236,6 +242,24 @@ class Forwarder:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
+
+    async def websocket(
+        self,
+        resolve: Callable[[], rt.DeploymentRoute],
+        frames: AsyncIterator[rs.InvokeWebsocketRequest],
+        timeout: float,
+    ) -> AsyncGenerator[rs.InvokeWebsocketResponse, None]:
+        """A websocket session with one replica (`timeout` bounds the whole session); no
+        retry, as the replica may have acted on the first frame. Counts as one request in
+        flight while it lasts."""
+        deadline = time.monotonic() + timeout
+        deployment, channel = await self._acquire(resolve, deadline, set())
+        with self._in_flight(deployment, channel, retry=False):
+            try:
+                async for response in channel.invoke_websocket(frames, timeout=_remaining(deadline)):
+                    yield response
+            except grpc.aio.AioRpcError as error:
+                raise from_replica(error, 0) from None
 
     def load_report(self) -> list[rt.DeploymentLoad]:
         return [

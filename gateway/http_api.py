@@ -3,7 +3,7 @@
 POST /model/{model_id}/production/predict
 POST /model/{model_id}/development/predict
 POST /model/{model_id}/deployment/{deployment_id}/predict
-and the matching .../wake routes. The body is forwarded as it came; the model's
+and the matching .../wake routes (Truss's other routes: gateway/truss_routes.py). The body is forwarded as it came; the model's
 output is returned as it left the replica, streamed in chunks when the model
 yields (labelled by its first chunk: application/x-ndjson for JSON values,
 text/plain for text, application/octet-stream for bytes). A caller that accepts
@@ -14,18 +14,21 @@ answer, as Truss does. Every error is a JSON body {"error": {"code", "reason", "
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import grpc
 from aiohttp import web
 
-from gateway.errors import GatewayError, response_too_large
+from gateway.errors import MODEL_FAILURES, GatewayError, response_too_large
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.routing import DEVELOPMENT, PRODUCTION
+from gateway.truss_routes import add_truss_routes, schema_answer, websocket_session
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
 
+log = logging.getLogger("slipway.gateway.http")
 DEFAULT_CONTENT_TYPE = "application/json"
 NDJSON = "application/x-ndjson"
 # What curl and HTML forms send when the caller names no type: the body is meant as JSON.
@@ -46,10 +49,11 @@ def build_app(
         environment = request.match_info.get("environment", PRODUCTION)
         return lambda: resolver(model_id, deployment_id, environment)
 
-    async def predict(request: web.Request) -> web.StreamResponse:
+    async def call(request: web.Request, method: str = "") -> web.StreamResponse:
+        """Forward the request to model method `method` ("" is predict) and relay its answer."""
         try:
             async with bodies.read(request) as payload:
-                return await forward(request, payload)
+                return await relay(request, payload, forwarder, target(request), timeout, method)
         except BodyTimeout as error:
             # The client stopped sending: answer, and close rather than wait for the rest.
             response = error_response(error)
@@ -60,42 +64,11 @@ def build_app(
         except GatewayError as error:
             return error_response(error)
 
-    async def forward(request: web.Request, payload: bytes) -> web.StreamResponse:
-        resolve = target(request)
-        content_type = request.headers.get("Content-Type", "")
-        invoke = rs.InvokeStreamRequest(
-            payload=payload, content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type
-        )
-        chunks = forwarder.stream(resolve, invoke, timeout)
-        try:
-            first = rs.InvokeStreamResponse.FromString(await anext(chunks))
-        except StopAsyncIteration:
-            return web.Response(body=b"", headers={"Content-Type": DEFAULT_CONTENT_TYPE})
-        except GatewayError as error:
-            return error_response(error)
-        if first.complete:
-            await chunks.aclose()
-            return web.Response(body=first.chunk, headers={"Content-Type": first.content_type or DEFAULT_CONTENT_TYPE})
-        if accepts_only_json(request):
-            try:
-                body = await gather_json(first, chunks, forwarder.max_request_bytes)
-            except GatewayError as error:
-                return error_response(error)
-            return web.Response(body=body, headers={"Content-Type": DEFAULT_CONTENT_TYPE})
-        response = web.StreamResponse(headers={"Content-Type": first.content_type or "application/octet-stream"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        await response.write(first.chunk)
-        try:
-            async for raw in chunks:
-                await response.write(rs.InvokeStreamResponse.FromString(raw).chunk)
-        except GatewayError:
-            # The status line is gone; ending the body without its last chunk tells the client it broke.
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        await response.write_eof()
-        return response
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        return await websocket_session(request, forwarder, target(request), timeout)
+
+    async def schema(request: web.Request) -> web.StreamResponse:
+        return await schema_answer(forwarder, target(request), timeout)
 
     async def wake_route(request: web.Request) -> web.Response:
         try:
@@ -105,12 +78,74 @@ def build_app(
             return error_response(error)
 
     app = web.Application(middlewares=[json_http_errors])
-    for verb, handler, expect in (("predict", predict, bodies.defer_continue), ("wake", wake_route, None)):
-        app.router.add_post(
-            f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}/{verb}", handler, expect_handler=expect
-        )
-        app.router.add_post(f"/model/{{model_id}}/deployment/{{deployment_id}}/{verb}", handler, expect_handler=expect)
+    for verb, handler, expect in (("predict", call, bodies.defer_continue), ("wake", wake_route, None)):
+        app.router.add_post(f"{ENVIRONMENT_PREFIX}/{verb}", handler, expect_handler=expect)
+        app.router.add_post(f"{DEPLOYMENT_PREFIX}/{verb}", handler, expect_handler=expect)
+    add_truss_routes(
+        app,
+        (ENVIRONMENT_PREFIX, DEPLOYMENT_PREFIX),
+        call,
+        bodies.defer_continue,
+        websocket,
+        schema,
+    )
     return app
+
+
+# The two ways a route names its deployment: by the model's environment, or by its ID.
+ENVIRONMENT_PREFIX = f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}"
+DEPLOYMENT_PREFIX = "/model/{model_id}/deployment/{deployment_id}"
+
+
+async def relay(
+    request: web.Request,
+    payload: bytes,
+    forwarder: Forwarder,
+    resolve: Callable[[], rt.DeploymentRoute],
+    timeout: float,
+    method: str,
+) -> web.StreamResponse:
+    """A model error after the stream has started ends the response cleanly (the error is
+    in the replica's log), as Truss does; any other failure mid-stream (a stalled model,
+    a lost replica) cuts the body short, so the client can tell the stream broke."""
+    content_type = request.headers.get("Content-Type", "")
+    invoke = rs.InvokeStreamRequest(
+        payload=payload,
+        content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type,
+        method=method,
+    )
+    chunks = forwarder.stream(resolve, invoke, timeout)
+    try:
+        first = rs.InvokeStreamResponse.FromString(await anext(chunks))
+    except StopAsyncIteration:
+        return web.Response(body=b"", headers={"Content-Type": DEFAULT_CONTENT_TYPE})
+    except GatewayError as error:
+        return error_response(error)
+    if first.complete:
+        await chunks.aclose()
+        return web.Response(body=first.chunk, headers={"Content-Type": first.content_type or DEFAULT_CONTENT_TYPE})
+    if accepts_only_json(request):
+        try:
+            body = await gather_json(first, chunks, forwarder.max_request_bytes)
+        except GatewayError as error:
+            return error_response(error)
+        return web.Response(body=body, headers={"Content-Type": DEFAULT_CONTENT_TYPE})
+    response = web.StreamResponse(headers={"Content-Type": first.content_type or "application/octet-stream"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(first.chunk)
+    try:
+        async for raw in chunks:
+            await response.write(rs.InvokeStreamResponse.FromString(raw).chunk)
+    except GatewayError as error:
+        if error.reason not in MODEL_FAILURES:
+            # The status line is gone; ending the body without its last chunk tells the client it broke.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        log.warning("model_error_mid_stream", extra={"fields": {"error": error.message}})
+    await response.write_eof()
+    return response
 
 
 def error_response(error: GatewayError) -> web.Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -139,11 +140,19 @@ class LimitedSite(web.BaseSite):
     the request handlers itself (with the limits as their arguments, which is why the
     runner gets none) and answers a connection beyond the cap with a canned 503."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: HttpLimits) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limits: HttpLimits,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._limits = limits
+        self._ssl = ssl_context
         self.open_connections = 0
         self._refusal = _raw_response(
             GatewayError(
@@ -155,12 +164,18 @@ class LimitedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        return f"{'https' if self._ssl else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
         server = await asyncio.get_running_loop().create_server(
-            self._accept, self._host, self._port, backlog=self._backlog
+            self._accept,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            ssl=self._ssl,
+            # A client that never completes its handshake is bounded like one that never sends headers.
+            ssl_handshake_timeout=self._limits.idle_timeout_seconds if self._ssl else None,
         )
         self._server = server
         self._port = server.sockets[0].getsockname()[1]  # the one asked for may be 0

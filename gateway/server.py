@@ -9,6 +9,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from aiohttp import web
@@ -21,8 +22,10 @@ from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
+from slipway.channels import secure_or_insecure_aio_channel
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
+from slipway.tls import ServerTls, add_grpc_port, read_ca, warn_if_exposed_without_tls
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import resources_pb2
@@ -92,12 +95,17 @@ class GatewaySettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    # Serves the gRPC and HTTP ports with TLS when set.
+    tls: ServerTls | None = None
+    # Verifies a controller that serves TLS (PEM CA file); plaintext to the controller when unset.
+    controller_ca_file: Path | None = None
 
 
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.follower = RouteFollower(settings.controller_address, settings.gateway_id)
+        controller_ca = None if settings.controller_ca_file is None else read_ca(settings.controller_ca_file)
+        self.follower = RouteFollower(settings.controller_address, settings.gateway_id, controller_ca)
         self.forwarder = Forwarder(
             self.follower,
             settings.replica_wait_seconds,
@@ -115,7 +123,7 @@ class Gateway:
         self._http: web.AppRunner
         self.http_bodies: BodyReader
         self.http_site: LimitedSite
-        self._controller = grpc.aio.insecure_channel(settings.controller_address)
+        self._controller = secure_or_insecure_aio_channel(settings.controller_address, controller_ca)
 
     def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
         if not self.follower.synced.is_set():
@@ -174,14 +182,18 @@ class Gateway:
         reflection.enable_server_reflection(
             (grpc_api.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        warn_if_exposed_without_tls(settings.host, settings.tls, "the gateway")
+        self.grpc_port = add_grpc_port(self._grpc, f"{settings.host}:{settings.grpc_port}", settings.tls)
         await self._grpc.start()
 
         self.http_bodies = BodyReader(settings.http_limits, settings.max_request_bytes)
         app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds, self.http_bodies)
-        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds)
+        # handler_cancellation: a client that disconnects cancels its call to the replica, so
+        # the model stops (and can see it, as Truss's request.is_disconnected()).
+        self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)
         await self._http.setup()
-        self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits)
+        ssl_context = None if settings.tls is None else settings.tls.http_context()
+        self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits, ssl_context)
         await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -193,6 +205,7 @@ class Gateway:
                     "grpc": f"{settings.host}:{self.grpc_port}",
                     "http": f"{settings.host}:{self.http_port}",
                     "controller": settings.controller_address,
+                    "tls": settings.tls is not None,
                 }
             },
         )

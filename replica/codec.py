@@ -1,6 +1,7 @@
 """Turning request payloads into model input and model output into response bytes.
 
-A returned value is one JSON document (bytes pass raw). A yielded chunk is labelled
+A returned value is one JSON document (bytes pass raw), or MessagePack when the request
+was MessagePack (Truss's binary bodies). A yielded chunk is labelled
 with the type of the stream it belongs to: a JSON value is one line of
 application/x-ndjson, a str is text/plain (UTF-8), bytes are application/octet-stream.
 """
@@ -15,6 +16,8 @@ JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 TEXT = "text/plain; charset=utf-8"
 NDJSON = "application/x-ndjson"
+MSGPACK = "application/x-msgpack"
+MSGPACK_TYPES = frozenset({MSGPACK, "application/msgpack", "application/vnd.msgpack"})
 
 
 class PayloadError(ValueError):
@@ -25,13 +28,27 @@ class ResultEncodingError(TypeError):
     """The model's output cannot be encoded; the model's fault."""
 
 
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 def is_json(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type in ("", JSON)
+    return _media_type(content_type) in ("", JSON)
+
+
+def is_msgpack(content_type: str) -> bool:
+    return _media_type(content_type) in MSGPACK_TYPES
 
 
 def decode_payload(payload: bytes, content_type: str) -> Any:
-    """JSON (or no content type) is parsed; any other content type passes raw bytes."""
+    """JSON (or no content type) and MessagePack are parsed; any other content type passes raw bytes."""
+    if is_msgpack(content_type):
+        import msgpack  # only some models take MessagePack: keep it off the replica's start
+
+        try:
+            return msgpack.unpackb(payload, raw=False)
+        except Exception as exc:  # FormatError, ExtraData, unhashable map keys, ...: all the caller's
+            raise PayloadError(f"request body is not valid MessagePack: {exc}") from None
     if not is_json(content_type):
         return payload
     try:
@@ -40,9 +57,16 @@ def decode_payload(payload: bytes, content_type: str) -> Any:
         raise PayloadError(f"request body is not valid JSON: {exc}") from None
 
 
-def encode_result(result: Any) -> tuple[bytes, str]:
+def encode_result(result: Any, request_content_type: str = "") -> tuple[bytes, str]:
     if isinstance(result, (bytes, bytearray, memoryview)):
         return bytes(result), OCTET_STREAM
+    if is_msgpack(request_content_type):
+        import msgpack
+
+        try:
+            return msgpack.packb(result, default=_to_json), MSGPACK
+        except (TypeError, ValueError) as exc:
+            raise ResultEncodingError(f"model output cannot be encoded as MessagePack: {exc}") from None
     return _dumps(result), JSON
 
 

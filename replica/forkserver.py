@@ -5,7 +5,9 @@ A new interpreter spends a few hundred milliseconds importing grpc and the serve
 before a replica can even bind; a fork of a process that paid for the imports once
 starts in a few milliseconds, which is what makes waking a scaled-to-zero deployment
 fast. The server is single-threaded and never touches grpc itself, so forking it is
-safe. Protocol: one JSON line per connection, {"argv", "env", "log", "name"}, answered
+safe. Protocol: one JSON line per connection, {"argv", "env", "log", "name"} (and
+"uid", "gid", "cwd" for a replica that runs as another user: the child drops to it
+after opening its log, so the log need not be reachable by that user), answered
 by {"pid"}; the connection then stays open until the server reaps that replica and
 sends {"exit": CODE} (negative: the signal that killed it), so the controller learns
 how a replica it did not fork itself ended. A client that closes its end early (a
@@ -68,11 +70,13 @@ def _become_replica(request: dict, server_descriptors: list[socket.socket | sele
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending stop ends it here
         _set_process_name(request.get("name", "replica"))
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        if "uid" in request:
+            _drop_privileges(request["uid"], request["gid"], request["cwd"])
         os.environ.update(request.get("env", {}))
         code = replica.main.main(request["argv"])
     except SystemExit as exit_:
@@ -83,6 +87,14 @@ def _become_replica(request: dict, server_descriptors: list[socket.socket | sele
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _drop_privileges(uid: int, gid: int, cwd: str) -> None:
+    """Become `uid`:`gid` with no supplementary groups, for good (real, effective and saved IDs)."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    os.chdir(cwd)
 
 
 SERVER_NAME = "slipway-forksrv"

@@ -12,7 +12,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from replica.package import ENVIRONMENT_ENV_VAR, PackageConfig, resolve_secrets
+from replica.package import ENVIRONMENT_ENV_VAR, PackageConfig
+from replica.secrets import Secrets, take_delivered
 from replica.threads import ModelThreads
 
 
@@ -25,7 +26,8 @@ def import_paths(config: PackageConfig) -> list[str]:
 
 
 def prepare_process(config: PackageConfig) -> None:
-    """Environment variables and import paths; must happen before the model is imported."""
+    """Environment variables, secrets and import paths; must happen before the model is imported."""
+    take_delivered(os.environ)
     os.environ.update(config.environment_variables)
     for path in reversed(import_paths(config)):
         if path not in sys.path:
@@ -61,7 +63,7 @@ def model_kwargs(config: PackageConfig) -> dict[str, Any]:
     return {
         "config": config.raw_dict(),
         "data_dir": config.data_dir,
-        "secrets": resolve_secrets(config, os.environ),
+        "secrets": Secrets(config.secret_defaults),
         "environment": model_environment(os.environ),
     }
 
@@ -94,14 +96,11 @@ async def load_model(config: PackageConfig, threads: ModelThreads) -> Any:
     model_class = await threads.run(import_model_class, config)
     kwargs = model_kwargs(config)
     model = await threads.run(construct, model_class, kwargs)
-    load = getattr(model, "load", None)
-    if load is not None:
-        if inspect.iscoroutinefunction(load):
-            await load()
-        else:
-            result = await threads.run(load)
-            if inspect.isawaitable(result):
-                await result
+    # Truss calls setup_environment(environment) before load() when the deployment is in an
+    # environment (and again when that changes: environments here never change under a replica).
+    if kwargs["environment"]:
+        await _call_hook(model, "setup_environment", threads, kwargs["environment"])
+    await _call_hook(model, "load", threads)
     return model
 
 
@@ -116,6 +115,19 @@ def describe_failure(exc: BaseException) -> str:
     if cause is not None:
         return f"{name} (no message), raised from {describe_failure(cause)}"
     return f"{name} (raised without a message)"
+
+
+async def _call_hook(model: Any, name: str, threads: ModelThreads, *args: Any) -> None:
+    """Call the model's `name` method if it has one: async on the loop, sync in a thread."""
+    method = getattr(model, name, None)
+    if method is None:
+        return
+    if inspect.iscoroutinefunction(method):
+        await method(*args)
+    else:
+        result = await threads.run(method, *args)
+        if inspect.isawaitable(result):
+            await result
 
 
 def model_traceback(exc: BaseException, config: PackageConfig | None) -> str:

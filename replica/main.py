@@ -8,6 +8,8 @@ Contract with the process that spawns a replica:
   a port that cannot be bound is also "failed" (with "port": null) and code 3.
 - SIGTERM/SIGINT drain: health NOT_SERVING, new predicts UNAVAILABLE, in-flight
   ones get up to --drain-seconds, then exit 0.
+- A model whose is_healthy() fails (False, raises, or hangs) turns PATH to
+  "unhealthy" with "error", is drained the same way, then the process exits with code 4.
 - Logs: one JSON object per line on stderr.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import pathlib
 import sys
@@ -48,9 +51,17 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=DEFAULT_MAX_REQUEST_BYTES,
         help="largest request body and model answer (a response, or one chunk of a stream)",
     )
+    parser.add_argument(
+        "--health-check-seconds",
+        type=float,
+        default=10.0,
+        help="how often a model's is_healthy() is asked (the first failure ends the replica with code 4)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
+    if not 0 < args.health_check_seconds <= 3600:
+        parser.error("--health-check-seconds must be in (0, 3600]")
     return Options(
         package=args.package,
         state_file=args.state_file,
@@ -60,11 +71,25 @@ def parse_args(argv: list[str] | None = None) -> Options:
         drain_seconds=args.drain_seconds,
         late_arrival_seconds=args.late_arrival_seconds,
         max_request_bytes=args.max_request_bytes,
+        health_check_seconds=args.health_check_seconds,
     )
+
+
+PR_SET_DUMPABLE = 4
+
+
+def _not_dumpable() -> None:
+    """Another process of the same user can then neither read this one's /proc/PID/environ
+    and memory nor trace it (the model's secrets live there)."""
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    _not_dumpable()
     log = Logger(options.replica_id)
     replica = Replica(options, log)
     code = asyncio.run(replica.run())

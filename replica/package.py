@@ -20,6 +20,9 @@ CONFIG_FILENAME = "config.yaml"
 SECRET_ENV_PREFIX = "SLIPWAY_SECRET_"
 # The environment the deployment is in ("production"), unset or empty for none.
 ENVIRONMENT_ENV_VAR = "SLIPWAY_ENVIRONMENT"
+# Truss's default gap allowed between two chunks of a stream, and the longest accepted here.
+DEFAULT_STREAMING_READ_TIMEOUT_SECONDS = 60
+MAX_STREAMING_READ_TIMEOUT_SECONDS = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +32,8 @@ class PackageConfig:
     model_name: str | None
     environment_variables: Mapping[str, str]
     model_metadata: Mapping[str, Any]
-    secret_names: tuple[str, ...]
+    # The secrets the package declares, each with its config.yaml default (often None).
+    secret_defaults: Mapping[str, Any]
     predict_concurrency: int
     model_module_dir: str
     model_class_filename: str
@@ -40,6 +44,12 @@ class PackageConfig:
     requirements: tuple[str, ...]
     # `requirements_file`: a pip requirements file, pyproject.toml or uv.lock inside the package.
     requirements_file: pathlib.Path | None = None
+    # runtime.streaming_read_timeout: a stream whose model yields nothing this long is ended.
+    streaming_read_timeout: float = DEFAULT_STREAMING_READ_TIMEOUT_SECONDS
+
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        return tuple(self.secret_defaults)
 
     @property
     def model_dir(self) -> pathlib.Path:
@@ -74,7 +84,7 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         model_name=_optional_str(raw, "model_name"),
         environment_variables=types.MappingProxyType(_environment_variables(raw)),
         model_metadata=_freeze(_mapping(raw, "model_metadata")),
-        secret_names=tuple(str(name) for name in _mapping(raw, "secrets")),
+        secret_defaults=types.MappingProxyType(_secret_defaults(raw)),
         predict_concurrency=_predict_concurrency(runtime),
         model_module_dir=_relative_path(raw, package_dir, "model_module_dir", "model"),
         model_class_filename=_model_class_filename(raw, package_dir),
@@ -84,6 +94,7 @@ def load_package_config(package_dir: pathlib.Path) -> PackageConfig:
         bundled_packages_dir=package_dir / _relative_path(raw, package_dir, "bundled_packages_dir", "packages"),
         requirements=tuple(_str_list(raw, "requirements")),
         requirements_file=_requirements_file(raw, package_dir),
+        streaming_read_timeout=_streaming_read_timeout(runtime),
     )
 
 
@@ -182,19 +193,18 @@ def secret_env_var(name: str) -> str:
     return SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
-def resolve_secrets(config: PackageConfig, environ: Mapping[str, str]) -> dict[str, str | None]:
-    return {name: environ.get(secret_env_var(name)) for name in config.secret_names}
-
-
-def declared_secret_environ(config: PackageConfig, environ: Mapping[str, str]) -> dict[str, str]:
-    """The secret variables of `environ` that the package declares, and no other."""
-    names = (secret_env_var(name) for name in config.secret_names)
-    return {name: environ[name] for name in names if name in environ}
-
-
 def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
     """`environ` less every secret: a process gets only the secrets its package declares."""
     return {name: value for name, value in environ.items() if not name.startswith(SECRET_ENV_PREFIX)}
+
+
+def _secret_defaults(raw: Mapping[str, Any]) -> dict[str, str | None]:
+    defaults = {}
+    for name, value in _mapping(raw, "secrets").items():
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"secrets.{name} must be a scalar default value, got {type(value).__name__}")
+        defaults[str(name)] = None if value is None else str(value)
+    return defaults
 
 
 def _requirements_file(raw: Mapping[str, Any], package_dir: pathlib.Path) -> pathlib.Path | None:
@@ -248,6 +258,22 @@ def _predict_concurrency(runtime: Mapping[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"runtime.predict_concurrency must be an integer >= 1, got {value!r}")
     return value
+
+
+def _streaming_read_timeout(runtime: Mapping[str, Any]) -> float:
+    value = runtime.get("streaming_read_timeout")
+    if value is None:
+        return DEFAULT_STREAMING_READ_TIMEOUT_SECONDS
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= MAX_STREAMING_READ_TIMEOUT_SECONDS
+    ):
+        raise ValueError(
+            f"runtime.streaming_read_timeout must be a number of seconds in (0, {MAX_STREAMING_READ_TIMEOUT_SECONDS}], "
+            f"got {value!r}"
+        )
+    return float(value)
 
 
 def bundled_external_dir(index: int) -> str:

@@ -1,4 +1,12 @@
-"""The predict chain: preprocess → predict → postprocess, within predict_concurrency."""
+"""The model's methods as Truss's server calls them.
+
+`predict` runs preprocess → predict → postprocess with only predict inside
+runtime.predict_concurrency, as in Truss. A generator result is pumped by a background
+task into a buffer, so the slot is held while the model generates, not while a slow
+client reads; a gap between chunks longer than runtime.streaming_read_timeout ends the
+stream (StreamStalled). The OpenAI-compatible methods (chat_completions, completions)
+run outside the limit and without pre/postprocess, as Truss's endpoints do.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,17 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from replica.codec import ResultEncodingError
+from replica.model_request import CallState, arguments, method_args
+from replica.package import PackageConfig
+from replica.schema import truss_schema
 from replica.threads import ModelThreads
-from replica.typed import input_parser
+from replica.typed import InputValidationError, input_parser
+
+PREDICT = "predict"
+# Truss's OpenAI-compatible model methods, each served on its own route.
+ENDPOINT_METHODS = frozenset({"chat_completions", "completions"})
+Encoder = Callable[[Any], tuple[bytes, str]]
 
 
 class ModelError(Exception):
@@ -20,68 +37,132 @@ class ModelError(Exception):
         self.cause = cause
 
 
+class MethodNotImplemented(LookupError):
+    """The request names a model method the model does not define."""
+
+
+class StreamStalled(Exception):
+    """The model produced no chunk within runtime.streaming_read_timeout."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"the model's stream produced nothing for {timeout:g}s (runtime.streaming_read_timeout): stream ended"
+        )
+
+
 class Predictor:
-    def __init__(self, model: Any, predict_concurrency: int, threads: ModelThreads) -> None:
-        predict = getattr(model, "predict", None)
-        if not callable(predict):
-            raise ValueError(f"model class {type(model).__name__} has no predict method")
+    def __init__(self, model: Any, config: PackageConfig, threads: ModelThreads, max_buffered_bytes: int) -> None:
+        predict = _optional_method(model, "predict")
+        self.websocket = _optional_method(model, "websocket")
+        if predict is None and self.websocket is None:
+            raise ValueError(f"model class {type(model).__name__} has no predict method (nor websocket)")
         self._preprocess = _optional_method(model, "preprocess")
         self._predict = predict
         self._postprocess = _optional_method(model, "postprocess")
         self._parse_input = input_parser(self._preprocess or predict)
-        self._slots = asyncio.Semaphore(predict_concurrency)
+        self._endpoints = {name: m for name in ENDPOINT_METHODS if (m := _optional_method(model, name))}
+        self._is_healthy = _optional_method(model, "is_healthy")
+        self.schema = truss_schema(predict, self._preprocess, self._postprocess)
+        self._slots = asyncio.Semaphore(config.predict_concurrency)
         self._threads = threads
+        self._read_timeout = config.streaming_read_timeout
+        self._max_buffered_bytes = max_buffered_bytes
 
     @contextlib.asynccontextmanager
-    async def run(self, model_input: Any) -> AsyncIterator[Any]:
-        """Yields the model's result, or a ChunkStream if predict returned a generator.
+    async def run(
+        self, model_input: Any, encode_chunk: Encoder, method: str = "", call: CallState | None = None
+    ) -> AsyncIterator[Any]:
+        """Yields the model's result, or a ChunkStream of encoded chunks if it returned a generator.
 
-        The concurrency slot is held until the block exits, so a streamed response
-        counts against predict_concurrency until its last chunk is sent.
+        `method` is "" or "predict" for the predict chain, else one of ENDPOINT_METHODS.
+        `call` is what a method that asks for Truss's `request` argument is given.
+        Leaving the block early stops the model's generator (its finally blocks run).
         """
-        await self._slots.acquire()
-        lease = _Lease(self._slots, self._threads)
+        call = call or CallState(b"", [])
         try:
-            result = await self._chain(lease, model_input)
-            if not _is_generator(result):
-                yield result
-                return
-            stream = ChunkStream(result, lease)
-            try:
-                yield stream
-            finally:
-                await stream.aclose()
+            if method in ("", PREDICT):
+                result, lease = await self._predict_chain(model_input, call)
+            else:
+                result, lease = await self._endpoint(method, model_input, call), _Lease(None, self._threads)
+            if _is_generator(result):
+                result = ChunkStream(result, lease, encode_chunk, self._read_timeout, self._max_buffered_bytes)
+        except (MethodNotImplemented, ModelError, InputValidationError):
+            raise
+        except Exception as exc:
+            raise ModelError(exc) from exc
+        if not isinstance(result, ChunkStream):
+            yield result
+            return
+        try:
+            yield result
         finally:
-            lease.release()
+            await result.aclose()
 
-    async def _chain(self, lease: _Lease, model_input: Any) -> Any:
-        if self._parse_input is not None:  # raises InputValidationError: the caller's fault
-            model_input = self._parse_input(model_input)
+    @property
+    def checks_health(self) -> bool:
+        return self._is_healthy is not None
+
+    async def is_healthy(self) -> bool:
+        """The model's is_healthy() (True if it has none). Raises ModelError if it raised
+        (unhealthy too, as in Truss)."""
+        method = self._is_healthy
+        if method is None:
+            return True
         try:
-            if self._preprocess is not None:
-                model_input = await _call(lease, self._preprocess, model_input)
-            result = await _call(lease, self._predict, model_input)
-            if self._postprocess is not None:
-                if _is_generator(result):
-                    raise TypeError("postprocess is not supported when predict returns a generator")
-                result = await _call(lease, self._postprocess, result)
-            return result
+            if inspect.iscoroutinefunction(method):
+                return bool(await method())
+            result = await self._threads.run(method)
+            return bool(await result if inspect.isawaitable(result) else result)
         except Exception as exc:
             raise ModelError(exc) from exc
 
+    async def _predict_chain(self, model_input: Any, call: CallState) -> tuple[Any, _Lease]:
+        """The result, and the predict slot: still held if the result is a generator."""
+        if self._predict is None:
+            raise MethodNotImplemented("the model does not implement `predict` (it is a websocket model)")
+        if self._parse_input is not None:  # raises InputValidationError: the caller's fault
+            model_input = self._parse_input(model_input)
+        if self._preprocess is not None:
+            model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input, call)
+        await self._slots.acquire()
+        lease = _Lease(self._slots, self._threads)
+        try:
+            result = await _call(lease, self._predict, model_input, call)
+        except BaseException:
+            lease.release()
+            raise
+        if _is_generator(result):
+            if self._postprocess is not None:
+                lease.release()
+                raise TypeError("postprocess is not supported when predict returns a generator")
+            return result, lease
+        lease.release()
+        if self._postprocess is not None:
+            result = await _call(_Lease(None, self._threads), self._postprocess, result, call)
+        return result, lease
+
+    async def _endpoint(self, method: str, model_input: Any, call: CallState) -> Any:
+        if method not in ENDPOINT_METHODS:
+            raise MethodNotImplemented(f"{method!r} is not a model method that can be called")
+        function = self._endpoints.get(method)
+        if function is None:
+            raise MethodNotImplemented(f"the model does not implement `{method}`")
+        return await _call(_Lease(None, self._threads), function, model_input, call)
+
 
 class _Lease:
-    """One request's predict_concurrency slot.
+    """One request's predict_concurrency slot (none for calls outside the limit).
 
     If the request is cancelled while model code runs in a thread, the slot is
     released only when that code returns: the limit bounds model calls actually
     running, not requests still waiting for them.
     """
 
-    def __init__(self, slots: asyncio.Semaphore, threads: ModelThreads) -> None:
+    def __init__(self, slots: asyncio.Semaphore | None, threads: ModelThreads) -> None:
         self._slots = slots
         self._threads = threads
         self._abandoned: asyncio.Future[Any] | None = None
+        self._released = False
 
     async def run_in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         future = self._threads.submit(fn, *args)
@@ -92,59 +173,110 @@ class _Lease:
             raise
 
     def release(self) -> None:
+        slots = self._slots
+        if slots is None or self._released:
+            return
+        self._released = True
         if self._abandoned is not None and not self._abandoned.done():
-            self._abandoned.add_done_callback(lambda _: self._slots.release())
+            self._abandoned.add_done_callback(lambda _: slots.release())
         else:
-            self._slots.release()
+            slots.release()
 
 
-async def _call(lease: _Lease, method: Callable[[Any], Any], value: Any) -> Any:
+async def _call(lease: _Lease, method: Callable[..., Any], value: Any, call: CallState) -> Any:
+    args = arguments(method_args(method), value, call.request)
     if inspect.iscoroutinefunction(method):
-        return await method(value)
+        return await method(*args)
     if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
-        return method(value)  # only creates the generator; its body runs as it is iterated
-    result = await lease.run_in_thread(method, value)
+        return method(*args)  # only creates the generator; its body runs as it is iterated
+    result = await lease.run_in_thread(method, *args)
     if inspect.isawaitable(result):
         result = await result
     return result
 
 
 class ChunkStream:
-    """Iterates a model's sync or async generator from the event loop.
+    """A model's sync or async generator, pumped into a buffer by a background task.
 
-    A sync generator's steps run in a worker thread so a slow model does not block the loop.
+    Iterating yields encoded chunks (bytes, content type). The producer holds the
+    predict slot (if any) until the generator is exhausted or fails; the buffer holds at
+    most `max_buffered_bytes` (beyond that the producer waits for the reader, a bound Truss
+    does not have). A sync generator's steps run in a worker thread.
     """
 
-    def __init__(self, generator: Any, lease: _Lease) -> None:
+    def __init__(
+        self, generator: Any, lease: _Lease, encode: Encoder, read_timeout: float, max_buffered_bytes: int
+    ) -> None:
         self._generator = generator
         self._lease = lease
+        self._encode = encode
+        self._read_timeout = read_timeout
+        self._budget = max_buffered_bytes
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._buffered = 0
+        self._drained = asyncio.Event()
+        self._failure: Exception | None = None
         self._done = False
+        self._producer = asyncio.create_task(self._produce())
 
     def __aiter__(self) -> ChunkStream:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> tuple[bytes, str]:
         if self._done:
             raise StopAsyncIteration
         try:
-            if inspect.isasyncgen(self._generator):
-                return await self._generator.__anext__()
-            chunk = await self._lease.run_in_thread(next, self._generator, _END)
-        except StopAsyncIteration:
+            item = await asyncio.wait_for(self._queue.get(), self._read_timeout)
+        except TimeoutError:
             self._done = True
-            raise
-        except Exception as exc:
+            self._producer.cancel()
+            raise StreamStalled(self._read_timeout) from None
+        if item is _END:
             self._done = True
-            raise ModelError(exc) from exc
-        if chunk is _END:
-            self._done = True
+            if self._failure is not None:
+                raise self._failure
             raise StopAsyncIteration
-        return chunk
+        self._buffered -= len(item[0])
+        self._drained.set()
+        return item
 
     async def aclose(self) -> None:
-        """Runs the generator's cleanup (its finally blocks) if the stream ended early."""
+        """Stops the generator (running its finally blocks) if the stream ended early."""
         self._done = True
-        # Cleanup runs while another exception (often a cancellation) is propagating;
+        if not self._producer.done():
+            self._producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._producer
+
+    async def _produce(self) -> None:
+        try:
+            while True:
+                chunk = await self._next()
+                if chunk is _END:
+                    return
+                data, content_type = self._encode(chunk)
+                self._queue.put_nowait((data, content_type))
+                self._buffered += len(data)
+                while self._buffered > self._budget:
+                    self._drained.clear()
+                    await self._drained.wait()
+        except Exception as exc:
+            self._failure = exc if isinstance(exc, ResultEncodingError) else ModelError(exc)
+        finally:
+            await self._close_generator()
+            self._lease.release()
+            self._queue.put_nowait(_END)
+
+    async def _next(self) -> Any:
+        if inspect.isasyncgen(self._generator):
+            try:
+                return await self._generator.__anext__()
+            except StopAsyncIteration:
+                return _END
+        return await self._lease.run_in_thread(next, self._generator, _END)
+
+    async def _close_generator(self) -> None:
+        # Cleanup runs while another exception (often a cancellation) may be propagating;
         # an error in the model's cleanup must not replace it.
         with contextlib.suppress(Exception):
             if inspect.isasyncgen(self._generator):
@@ -160,6 +292,6 @@ def _is_generator(value: Any) -> bool:
     return inspect.isgenerator(value) or inspect.isasyncgen(value)
 
 
-def _optional_method(model: Any, name: str) -> Callable[[Any], Any] | None:
+def _optional_method(model: Any, name: str) -> Callable[..., Any] | None:
     method = getattr(model, name, None)
     return method if callable(method) else None

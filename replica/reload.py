@@ -46,9 +46,11 @@ class ModelReloader:
         threads: ModelThreads,
         attach: Callable[[Predictor], None],
         log: Logger,
+        max_buffered_bytes: int,
     ) -> None:
         self._config = config
         self._threads = threads
+        self._max_buffered_bytes = max_buffered_bytes
         self._attach = attach
         self._log = log
         self._lock = asyncio.Lock()
@@ -74,7 +76,7 @@ class ModelReloader:
         imports = ImportSwitch(self._config, config)
         try:
             model = await load_model(config, self._threads)
-            return Predictor(model, config.predict_concurrency, self._threads)
+            return Predictor(model, config, self._threads, self._max_buffered_bytes)
         except BaseException:
             imports.undo()
             raise

@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection
 from replica.loader import describe_failure, load_model, model_traceback, prepare_process
 from replica.log import Logger
 from replica.package import PackageConfig, load_package_config
-from replica.predictor import Predictor
+from replica.predictor import ModelError, Predictor
 from replica.reload import ModelReloader
 from replica.servicer import ReplicaServicer
-from replica.state_file import FAILED, LOADING, READY, StateFile
+from replica.state_file import FAILED, LOADING, READY, UNHEALTHY, StateFile
 from replica.threads import ModelThreads
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
@@ -27,6 +27,8 @@ from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
 SERVICE_NAME = replica_service_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 EXIT_OK = 0
 EXIT_MODEL_FAILED = 3
+# The model's is_healthy() said no (the state file says why): the controller replaces the replica.
+EXIT_UNHEALTHY = 4
 # Threads beyond predict_concurrency, for load() and for generator cleanup.
 SPARE_THREADS = 4
 
@@ -43,6 +45,9 @@ class Options:
     late_arrival_seconds: float = 0.25
     # Largest request body and model answer (a response, or one chunk of a stream).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # How often a model with is_healthy() is asked; the first "no" (False, or an error, or no
+    # answer within this time) takes the replica out of service and ends it with EXIT_UNHEALTHY.
+    health_check_seconds: float = 10.0
 
 
 class Replica:
@@ -51,6 +56,7 @@ class Replica:
         self._log = log
         self._state = StateFile(options.state_file, options.replica_id)
         self._stop = asyncio.Event()
+        self._unhealthy = False
         self.threads: ModelThreads | None = None
 
     async def run(self) -> int:
@@ -82,15 +88,42 @@ class Replica:
             return EXIT_MODEL_FAILED
 
         servicer.attach(predictor)
-        servicer.enable_reload(ModelReloader(config, self.threads, servicer.attach, self._log))
+        servicer.enable_reload(
+            ModelReloader(config, self.threads, servicer.attach, self._log, self._options.max_request_bytes)
+        )
         for service in ("", SERVICE_NAME):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._state.write(READY)
         self._log.info("ready")
 
+        checking = asyncio.create_task(self._watch_health(servicer))
         await self._stop.wait()
+        checking.cancel()
         await self._drain(server, servicer, health_servicer)
-        return EXIT_OK
+        return EXIT_UNHEALTHY if self._unhealthy else EXIT_OK
+
+    async def _watch_health(self, servicer: ReplicaServicer) -> None:
+        """Ask the model's is_healthy() every health_check_seconds (Truss's readiness probe)."""
+        interval = self._options.health_check_seconds
+        while not self._stop.is_set():
+            await asyncio.sleep(interval)
+            predictor = servicer.predictor
+            if predictor is None or not predictor.checks_health:
+                continue
+            try:
+                async with asyncio.timeout(interval):
+                    healthy = await predictor.is_healthy()
+                error = "" if healthy else "is_healthy() returned False"
+            except TimeoutError:
+                error = f"is_healthy() did not answer within {interval:g}s"
+            except ModelError as exc:
+                error = f"is_healthy() raised {type(exc.cause).__name__}: {exc.cause}"
+            if error:
+                self._log.error("model_unhealthy", error=error)
+                self._state.write(UNHEALTHY, error=error)
+                self._unhealthy = True
+                self._stop.set()
+                return
 
     async def _build_server(self) -> tuple[grpc.aio.Server, ReplicaServicer, health.aio.HealthServicer]:
         # Without this, grpc sets SO_REUSEPORT and a second process could silently
@@ -131,7 +164,7 @@ class Replica:
         threads = self.threads
         assert threads is not None, "run() starts the model threads before loading"
         model = await load_model(config, threads)
-        return Predictor(model, config.predict_concurrency, threads)
+        return Predictor(model, config, threads, self._options.max_request_bytes)
 
     async def _drain(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 import traceback
 from collections.abc import Iterator
@@ -15,15 +16,29 @@ from typing import NoReturn
 
 import grpc
 
-from replica import codec, typed
+from replica import codec, typed, websocket
 from replica.log import Logger
-from replica.predictor import ChunkStream, ModelError, Predictor
+from replica.model_request import CallState
+from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
 from replica.reload import ModelReloader
 from slipway import limits
 from slipway.process import wait_event
 from slipway.status import rich_status
 from slipway.v1 import replica_service_pb2 as pb
 from slipway.v1 import replica_service_pb2_grpc as pb_grpc
+
+MODEL_METHOD_NOT_IMPLEMENTED = "MODEL_METHOD_NOT_IMPLEMENTED"
+# InvokeRequest.method asking for the model's Truss schema rather than calling it.
+SCHEMA = "schema"
+NO_SCHEMA = "NO_SCHEMA"
+STREAM_STALLED = "STREAM_STALLED"
+MODEL_CALL_FAILURES = (
+    ModelError,
+    codec.ResultEncodingError,
+    typed.InputValidationError,
+    MethodNotImplemented,
+    StreamStalled,
+)
 
 
 class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
@@ -36,6 +51,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def predictor(self) -> Predictor | None:
+        return self._predictor
 
     def attach(self, predictor: Predictor) -> None:
         """Start serving predictions; until then every call is UNAVAILABLE."""
@@ -56,37 +75,57 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
         with self._tracked():
             predictor = await self._require_predictor(context)
+            if request.method == SCHEMA:
+                if predictor.schema is None:
+                    await abort_rich(context, grpc.StatusCode.NOT_FOUND, NO_SCHEMA, "No schema found")
+                return pb.InvokeResponse(payload=json.dumps(predictor.schema).encode(), content_type=codec.JSON)
             model_input = await self._decode(request, context)
             try:
-                async with predictor.run(model_input) as result:
+                call = _call_state(request, context)
+                async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
                         payload, content_type = await self._join(result, context)
                     else:
-                        payload, content_type = codec.encode_result(result)
-            except (ModelError, codec.ResultEncodingError, typed.InputValidationError) as exc:
-                await self._abort_model_failure(context, exc)
+                        payload, content_type = codec.encode_result(result, request.content_type)
+            except MODEL_CALL_FAILURES as exc:
+                await self._abort_model_call(context, exc)
             await self._check_answer(len(payload), "the model's response", context)
             return pb.InvokeResponse(payload=payload, content_type=content_type)
 
     async def InvokeStream(self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> None:
+        """A model error mid-stream ends the call with INTERNAL after the chunks already sent
+        (the HTTP front then ends its response cleanly, as Truss does)."""
         with self._tracked():
             predictor = await self._require_predictor(context)
             model_input = await self._decode(request, context)
             try:
-                async with predictor.run(model_input) as result:
+                call = _call_state(request, context)
+                async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
-                        async for chunk in result:
-                            data, content_type = codec.encode_chunk(chunk)
+                        async for data, content_type in result:
                             await self._check_answer(len(data), "a chunk of the model's stream", context)
                             await context.write(pb.InvokeStreamResponse(chunk=data, content_type=content_type))
                     else:
-                        data, content_type = codec.encode_result(result)
+                        data, content_type = codec.encode_result(result, request.content_type)
                         await self._check_answer(len(data), "the model's response", context)
                         await context.write(
                             pb.InvokeStreamResponse(chunk=data, content_type=content_type, complete=True)
                         )
-            except (ModelError, codec.ResultEncodingError, typed.InputValidationError) as exc:
-                await self._abort_model_failure(context, exc)
+            except MODEL_CALL_FAILURES as exc:
+                await self._abort_model_call(context, exc)
+
+    async def InvokeWebsocket(self, requests, context: grpc.aio.ServicerContext) -> None:
+        with self._tracked():
+            predictor = await self._require_predictor(context)
+            if predictor.websocket is None:
+                await abort_rich(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    MODEL_METHOD_NOT_IMPLEMENTED,
+                    "the model does not implement `websocket`",
+                )
+            metadata = [(key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)]
+            await websocket.serve(predictor.websocket, aiter(requests), context.write, metadata, self._log)
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
         with self._tracked():
@@ -121,8 +160,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     async def _join(self, stream: ChunkStream, context: grpc.aio.ServicerContext) -> tuple[bytes, str]:
         """A streaming model's chunks as one answer (a unary call), within the size limit."""
         encoded, size = [], 0
-        async for chunk in stream:
-            data, content_type = codec.encode_chunk(chunk)
+        async for data, content_type in stream:
             size += len(data)
             await self._check_answer(size, "the model's stream joined into one response (so far)", context)
             encoded.append((data, content_type))
@@ -147,7 +185,12 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         except codec.PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    async def _abort_model_failure(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    async def _abort_model_call(self, context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+        if isinstance(exc, MethodNotImplemented):
+            await abort_rich(context, grpc.StatusCode.NOT_FOUND, MODEL_METHOD_NOT_IMPLEMENTED, str(exc))
+        if isinstance(exc, StreamStalled):
+            self._log.error("stream_stalled", error=str(exc))
+            await abort_rich(context, grpc.StatusCode.DEADLINE_EXCEEDED, STREAM_STALLED, str(exc))
         if isinstance(exc, typed.InputValidationError):
             status = rich_status(grpc.StatusCode.INVALID_ARGUMENT, typed.INPUT_VALIDATION_FAILED, str(exc))
             await context.abort_with_status(status)
@@ -164,7 +207,21 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             error=str(exc),
             traceback="".join(traceback.format_exception(cause)),
         )
-        await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        await abort(context, grpc.StatusCode.INTERNAL, str(exc))
+
+
+def _call_state(request: pb.InvokeRequest | pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> CallState:
+    """What a model method asking for Truss's `request` sees; disconnected once the call is
+    over (a call still running when it ends was cancelled by its client)."""
+    metadata = [(key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)]
+    call = CallState(request.payload, [("content-type", request.content_type), *metadata])
+    context.add_done_callback(lambda _: call.disconnected.set())
+    return call
+
+
+async def abort_rich(context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str, message: str) -> NoReturn:
+    await context.abort_with_status(rich_status(code, reason, message))
+    raise AssertionError("unreachable: context.abort_with_status raises")
 
 
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

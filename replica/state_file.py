@@ -14,6 +14,8 @@ from typing import Any
 LOADING = "loading"
 READY = "ready"
 FAILED = "failed"
+# The model's is_healthy() failed once it was ready: the replica drains and exits.
+UNHEALTHY = "unhealthy"
 
 
 class StateFile:

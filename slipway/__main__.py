@@ -1,5 +1,5 @@
 """`python -m slipway` runs the CLI."""
 
-from slipway.cli import main
+from slipway.entry import main
 
 main()

@@ -12,17 +12,20 @@ prints one line ("Error: CODE (REASON): message") to stderr and exits with 1.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from slipway import client_commands
+from slipway import client_commands, secret_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
+from slipway.tls import ServerTls, dialable_host
+from slipway.tls_options import checked_ca, server_tls, tls_options
 
 
 class SlipwayGroup(click.Group):
@@ -32,7 +35,7 @@ class SlipwayGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CLIENT_ERRORS as err:
-            raise click.ClickException(error_line(err)) from None
+            raise click.ClickException(error_line(err, with_ca=ctx.params.get("tls_ca") is not None)) from None
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -57,7 +60,16 @@ class SlipwayGroup(click.Group):
     metavar="HOST:PORT",
     help="Address of a gateway's gRPC API (for predict).",
 )
-def cli(controller: str, gateway: str) -> None:
+@click.option(
+    "--tls-ca",
+    envvar="SLIPWAY_TLS_CA",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    callback=lambda ctx, param, value: checked_ca(value),
+    show_envvar=True,
+    metavar="PEM",
+    help="CA certificate that verifies the controller and gateway when they serve TLS (a gateway verifies its controller with it).",
+)
+def cli(controller: str, gateway: str, tls_ca: Path | None) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
 
 
@@ -138,10 +150,69 @@ def server_options(command: Callable) -> Callable:
             show_envvar=True,
             help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
         ),
+        click.option(
+            "--health-check-seconds",
+            envvar="SLIPWAY_HEALTH_CHECK_SECONDS",
+            type=click.FloatRange(min=0.01, max=3600),
+            default=10.0,
+            show_default=True,
+            show_envvar=True,
+            help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return isolation_options(command)
+
+
+def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    from controller.isolation import parse_uid_range
+
+    try:
+        return parse_uid_range(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def isolation_options(command: Callable) -> Callable:
+    """Whom replicas run as (controller/isolation.py); passed on as `isolation`, a dict of settings."""
+    options = [
+        click.option(
+            "--replica-user",
+            envvar="SLIPWAY_REPLICA_USER",
+            default="auto",
+            show_default=True,
+            show_envvar=True,
+            help="auto: as root, each model's replicas run as a uid of their own (from --replica-uid-range); "
+            "controller: as the controller's user; or a user name or uid every replica shares.",
+        ),
+        click.option(
+            "--replica-uid-range",
+            envvar="SLIPWAY_REPLICA_UID_RANGE",
+            default="200000-299999",
+            show_default=True,
+            show_envvar=True,
+            callback=_uid_range,
+            help="The uids (and gids) of per-model replica users: model number N runs as FIRST+N-1.",
+        ),
+        click.option(
+            "--replica-python",
+            envvar="SLIPWAY_REPLICA_PYTHON",
+            default=None,
+            show_envvar=True,
+            help="Interpreter of replicas without built requirements (default: the controller's); "
+            "replica users must be able to read it.",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def gathered(**kwargs: Any) -> Any:
+        isolation = {name: kwargs.pop(name) for name in ("replica_user", "replica_uid_range", "replica_python")}
+        return command(isolation=isolation, **kwargs)
+
+    for option in reversed(options):
+        gathered = option(gathered)
+    return gathered
 
 
 def configure_logs(log_level: str) -> None:
@@ -160,6 +231,9 @@ def controller_settings(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    tls: ServerTls | None,
+    isolation: dict[str, Any],
+    health_check_seconds: float = 10.0,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
     from controller.server import ControllerSettings
@@ -173,6 +247,9 @@ def controller_settings(
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
+        tls=tls,
+        **isolation,
+        health_check_seconds=health_check_seconds,
     )
 
 
@@ -185,6 +262,8 @@ def gateway_settings(
     max_request_bytes: int,
     max_http_connections: int,
     max_buffered_request_bytes: int,
+    tls: ServerTls | None,
+    controller_ca_file: Path | None,
 ) -> Any:
     from gateway.http_limits import HttpLimits
     from gateway.server import GatewaySettings
@@ -199,6 +278,8 @@ def gateway_settings(
         http_limits=HttpLimits(
             max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
         ),
+        tls=tls,
+        controller_ca_file=controller_ca_file,
     )
 
 
@@ -263,15 +344,20 @@ def gateway_options(command: Callable) -> Callable:
 
 
 def run_until_stopped(coroutine: Any) -> None:
+    from controller.isolation import ReplicaUserError
+
     try:
         asyncio.run(coroutine)
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
+    except ReplicaUserError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
 @server_options
 @max_request_bytes_option
+@tls_options
 def controller(
     host: str,
     port: int,
@@ -282,11 +368,16 @@ def controller(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    health_check_seconds: float,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    isolation: dict[str, Any],
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
     settings = controller_settings(
         host,
@@ -298,6 +389,9 @@ def controller(
         fork_replicas,
         drain_seconds,
         max_request_bytes,
+        tls,
+        isolation,
+        health_check_seconds,
     )
     run_until_stopped(run_controller(settings))
 
@@ -314,6 +408,7 @@ def controller(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @max_request_bytes_option
+@tls_options
 @click.pass_context
 def gateway(
     ctx: click.Context,
@@ -325,31 +420,36 @@ def gateway(
     max_buffered_request_bytes: int,
     log_level: str,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
-    """Run a gateway (gRPC and HTTP) that follows the controller's routes."""
+    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca)."""
     from gateway.server import run_gateway
 
+    tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
-    controller_address = ctx.find_root().params["controller"]
+    root = ctx.find_root().params
     settings = gateway_settings(
         host,
         gateway_port,
         http_port,
-        controller_address,
+        root["controller"],
         replica_wait,
         max_request_bytes,
         max_http_connections,
         max_buffered_request_bytes,
+        tls,
+        root["tls_ca"],
     )
     run_until_stopped(run_gateway(settings))
 
 
-def push_example(client: SlipwayClient, example: Path, timeout: float) -> str:
+def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: bool) -> str:
     """Runs in a worker thread; returns an error line, or "" on success."""
     try:
         push_package(client, example, "development", timeout=timeout)
     except CLIENT_ERRORS as err:
-        return error_line(err)
+        return error_line(err, with_ca)
     return ""
 
 
@@ -359,9 +459,13 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     from slipway.process import wait_for_termination_signal
 
     controller_process = await Controller.start(controller_config)
-    gateway_config.controller_address = controller_process.address
+    controller_address = f"{dialable_host(controller_config.host)}:{controller_process.port}"
+    gateway_config.controller_address = controller_address
     gateway_process = await Gateway.start(gateway_config)
-    http = f"http://{gateway_config.host}:{gateway_process.http_port}"
+    ca_file = gateway_config.controller_ca_file
+    gateway_host = dialable_host(gateway_config.host)
+    http = f"{'https' if ca_file else 'http'}://{gateway_host}:{gateway_process.http_port}"
+    curl = f"curl --cacert {ca_file}" if ca_file else "curl"
     try:
         click.echo(
             f"Slipway controller listening on {controller_process.address} (state in {controller_config.data_dir})"
@@ -370,18 +474,20 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
             f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)"
         )
         click.echo(f"Slipway management API as JSON over HTTP (Connect) on {controller_process.http_url}")
-        click.echo(f"  export SLIPWAY_CONTROLLER={controller_process.address}")
-        click.echo(f"  export SLIPWAY_GATEWAY={gateway_config.host}:{gateway_process.grpc_port}")
+        click.echo(f"  export SLIPWAY_CONTROLLER={controller_address}")
+        click.echo(f"  export SLIPWAY_GATEWAY={gateway_host}:{gateway_process.grpc_port}")
+        if ca_file:
+            click.echo(f"  export SLIPWAY_TLS_CA={ca_file}")
         if example is not None:
-            client = SlipwayClient(controller_process.address)
+            client = SlipwayClient(controller_address, ca_file=ca_file)
             try:
-                error = await asyncio.to_thread(push_example, client, example, timeout)
+                error = await asyncio.to_thread(push_example, client, example, timeout, ca_file is not None)
                 if error:
                     click.echo(f"Error: pushing {example} failed: {error}", err=True)
                 else:
                     model = await asyncio.to_thread(client.get_model, read_model_name(example))
                     click.echo(
-                        f"Or over HTTP:  curl -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
+                        f"Or over HTTP:  {curl} -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
                     )
             finally:
                 client.close()
@@ -401,6 +507,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     help="A package directory to push as a development deployment once the platform is up.",
 )
 @max_request_bytes_option
+@tls_options
 @timeout_option
 def up(
     host: str,
@@ -412,6 +519,7 @@ def up(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    health_check_seconds: float,
     gateway_port: int,
     http_port: int,
     replica_wait: float,
@@ -419,9 +527,18 @@ def up(
     max_buffered_request_bytes: int,
     example: Path | None,
     max_request_bytes: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     timeout: float,
+    isolation: dict[str, Any],
 ) -> None:
-    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM."""
+    """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
+
+    With TLS, the gateway and the example's push verify the controller with --tls-ca, or
+    with the certificate itself (a self-signed one) when no CA is given.
+    """
+    tls = server_tls(tls_cert, tls_key)
+    own_ca = click.get_current_context().find_root().params["tls_ca"] or (tls.cert_file if tls else None)
     configure_logs(log_level)
     run_until_stopped(
         run_platform(
@@ -435,6 +552,9 @@ def up(
                 fork_replicas,
                 drain_seconds,
                 max_request_bytes,
+                tls,
+                isolation,
+                health_check_seconds,
             ),
             gateway_settings(
                 host,
@@ -445,6 +565,8 @@ def up(
                 max_request_bytes,
                 max_http_connections,
                 max_buffered_request_bytes,
+                tls,
+                own_ca,
             ),
             example,
             timeout,
@@ -461,6 +583,7 @@ for command in (
     client_commands.usage,
     client_commands.events,
     client_commands.predict,
+    secret_commands.secrets,
 ):
     cli.add_command(command)
 

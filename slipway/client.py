@@ -8,6 +8,9 @@
         for deployment in client.list_deployments(model_id=pushed.model.id):
             print(deployment.name, deployment.state)
 
+A controller or gateway serving TLS is verified with `ca_file=` (a PEM CA certificate;
+SLIPWAY_TLS_CA by default); without one the channel is plaintext.
+
 Every method raises `grpc.RpcError` on a refusal; `format_rpc_error` turns one into
 a readable line ("FAILED_PRECONDITION (PRODUCTION_NOT_DELETABLE): ...") and
 `error_reason` gives the machine-readable reason.
@@ -26,13 +29,16 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from slipway.channels import secure_or_insecure_channel
 from slipway.packaging import archive_package
+from slipway.tls import read_ca
 from slipway.v1 import (
     deployment_service_pb2 as ds,
 )
 from slipway.v1 import (
     deployment_service_pb2_grpc,
     model_service_pb2_grpc,
+    secret_service_pb2_grpc,
 )
 from slipway.v1 import (
     inference_service_pb2 as inf,
@@ -45,6 +51,9 @@ from slipway.v1 import (
 )
 from slipway.v1 import (
     resources_pb2 as res,
+)
+from slipway.v1 import (
+    secret_service_pb2 as ss,
 )
 
 DEFAULT_CONTROLLER = "127.0.0.1:7100"
@@ -78,6 +87,12 @@ AUTOSCALING_FIELDS = tuple(res.AutoscalingSettings.DESCRIPTOR.fields_by_name)
 
 def default_controller_address() -> str:
     return os.environ.get("SLIPWAY_CONTROLLER") or DEFAULT_CONTROLLER
+
+
+def client_ca(ca_file: str | os.PathLike[str] | None) -> bytes | None:
+    """The CA that verifies servers serving TLS: `ca_file`, else SLIPWAY_TLS_CA; None means plaintext."""
+    path = ca_file or os.environ.get("SLIPWAY_TLS_CA")
+    return read_ca(path) if path else None
 
 
 # --- errors ---------------------------------------------------------------------
@@ -160,7 +175,8 @@ class SlipwayClient:
 
     `timeout` is the deadline of each unary call in seconds (pushes get
     `push_timeout`). Mutations take an optional `request_id` (idempotency key: a
-    retried call with the same key is applied once).
+    retried call with the same key is applied once). `ca_file` verifies a controller
+    serving TLS (default SLIPWAY_TLS_CA; plaintext when neither is set).
     """
 
     def __init__(
@@ -170,13 +186,15 @@ class SlipwayClient:
         timeout: float = 30.0,
         push_timeout: float = 600.0,
         channel: grpc.Channel | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
     ):
         self.address = address or default_controller_address()
         self.timeout = timeout
         self.push_timeout = push_timeout
-        self._channel = channel or grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = channel or secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
         self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(self._channel)
+        self.secrets = secret_service_pb2_grpc.SecretServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -219,6 +237,18 @@ class SlipwayClient:
     def delete_model(self, model_id: str, request_id: str = "") -> res.Model:
         request = ms.DeleteModelRequest(model_id=model_id, request_id=request_id)
         return self.models.DeleteModel(request, timeout=self.timeout).model
+
+    # secrets (values go in, never come out)
+
+    def set_secret(self, name: str, value: bytes | str) -> ss.Secret:
+        request = ss.SetSecretRequest(name=name, value=_payload_bytes(value))
+        return self.secrets.SetSecret(request, timeout=self.timeout).secret
+
+    def list_secrets(self) -> list[ss.Secret]:
+        return list(self.secrets.ListSecrets(ss.ListSecretsRequest(), timeout=self.timeout).secrets)
+
+    def delete_secret(self, name: str) -> None:
+        self.secrets.DeleteSecret(ss.DeleteSecretRequest(name=name), timeout=self.timeout)
 
     # deployments
 
@@ -441,9 +471,9 @@ def inference_target(target: str, deployment: str = "") -> inf.Target:
 class InferenceClient:
     """Calls models through a gateway's InferenceService."""
 
-    def __init__(self, address: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, ca_file: str | os.PathLike[str] | None = None) -> None:
         self.address = address or default_gateway_address()
-        self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        self._channel = secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
         self._stub = inf_grpc.InferenceServiceStub(self._channel)
 
     def close(self) -> None:

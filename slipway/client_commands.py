@@ -47,8 +47,33 @@ EXAMPLE_PAYLOAD = '{"text": "hi"}'
 CLIENT_ERRORS = (grpc.RpcError, SlipwayError, PackageError)
 
 
-def error_line(err: Exception) -> str:
-    return format_rpc_error(err) if isinstance(err, grpc.RpcError) else str(err)
+# What a failed connection's details mean for the CLI's TLS options: (text in the details,
+# whether the CLI used a CA, the advice).
+TLS_HINTS = (
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        True,
+        "the server's certificate is not signed by the CA in --tls-ca / SLIPWAY_TLS_CA",
+    ),
+    (
+        "WRONG_VERSION_NUMBER",
+        True,
+        "the server does not serve TLS: drop --tls-ca, or start it with --tls-cert and --tls-key",
+    ),
+    ("not in peer certificate", True, "the server's certificate does not name the host in the address called"),
+    ("Socket closed", False, "if the server serves TLS, pass its CA certificate with --tls-ca / SLIPWAY_TLS_CA"),
+)
+
+
+def error_line(err: Exception, with_ca: bool = False) -> str:
+    if not isinstance(err, grpc.RpcError):
+        return str(err)
+    line = format_rpc_error(err)
+    if hasattr(err, "code") and err.code() is grpc.StatusCode.UNAVAILABLE:
+        hint = next((advice for text, ca, advice in TLS_HINTS if ca == with_ca and text in line), None)
+        if hint:
+            return f"{line}. Hint: {hint}"
+    return line
 
 
 output_option = click.option(
@@ -65,7 +90,8 @@ timeout_option = click.option("--timeout", type=float, default=300.0, show_defau
 def connect() -> SlipwayClient:
     """A client to the controller named on the command line, closed with the command."""
     ctx = click.get_current_context()
-    return ctx.with_resource(SlipwayClient(ctx.find_root().params["controller"]))
+    root = ctx.find_root().params
+    return ctx.with_resource(SlipwayClient(root["controller"], ca_file=root["tls_ca"]))
 
 
 def emit(output: str, value: Message | Sequence[Message], render: Callable[[Any], str]) -> None:
@@ -523,7 +549,8 @@ def predict(target: str, payload: str | None, deployment_id: str, stream: bool, 
         json.loads(payload)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
-    client = InferenceClient(click.get_current_context().find_root().params["gateway"])
+    root = click.get_current_context().find_root().params
+    client = InferenceClient(root["gateway"], ca_file=root["tls_ca"])
     try:
         if not stream:
             click.echo(client.predict(target, payload, deployment_id, timeout).decode("utf-8", "replace"))

@@ -38,3 +38,7 @@ def _human(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.3g} {unit}"
     return f"{size} B"
+
+
+# Largest secret value (controller/secrets.py); the CLI refuses a larger one before sending it.
+MAX_SECRET_BYTES = 64 * 1024

@@ -108,6 +108,12 @@ EVENT_COLUMNS: Columns = [
     ("MESSAGE", lambda e: e.message),
 ]
 
+SECRET_COLUMNS: Columns = [
+    ("NAME", lambda s: s.name),
+    ("CREATED", lambda s: timestamp(s.create_time)),
+    ("UPDATED", lambda s: timestamp(s.update_time)),
+]
+
 
 def table(columns: Columns, empty: str) -> Callable[[Sequence[Any]], str]:
     def render(items: Sequence[Any]) -> str:

@@ -31,12 +31,13 @@ class Platform:
     def __init__(self, api: Api, controller: Controller, http: str, session: aiohttp.ClientSession) -> None:
         self.api, self.controller, self.http, self.session = api, controller, http, session
 
-    def package(self, name: str) -> pathlib.Path:
-        """A copy of a corpus package (a push may not write into the source tree)."""
-        target = self.api.tmp / name
-        if not target.exists():
-            shutil.copytree(CORPUS / name, target)
-        return target
+    def package(self, name: str, *siblings: str) -> pathlib.Path:
+        """A copy of a corpus package, and of the corpus directories it refers to beside it
+        (a push may not write into the source tree)."""
+        for directory in (*siblings, name):
+            if not (self.api.tmp / directory).exists():
+                shutil.copytree(CORPUS / directory, self.api.tmp / directory)
+        return self.api.tmp / name
 
     def cli(self, *args: str):
         from slipway.cli import cli
@@ -186,10 +187,14 @@ async def test_the_environment_kwarg_is_none_outside_production(platform: Platfo
         ("transport-http", {"a": 1}, {"a": 1}),
         ("bundled-packages", {"name": "truss"}, {"greeting": "hello truss"}),
         ("pyproject-requirements", {"text": "Hello Truss World"}, {"slug": "hello-truss-world"}),
+        ("identity", {"any": ["json", 1]}, {"any": ["json", 1]}),
+        ("async-pre-predict-post", {"value": 2}, {"stages": ["pre", "predict", "post"], "value": 29}),
+        ("external-package-dirs", {"text": "hi"}, {"said": "HI!"}),
     ],
 )
 async def test_packaging_keys_are_honoured(platform: Platform, package, body, answer):
-    pushed = await platform.api.push(platform.package(package))
+    siblings = ("external-shared",) if package == "external-package-dirs" else ()
+    pushed = await platform.api.push(platform.package(package, *siblings))
     assert list(pushed.warnings) == []
     await platform.serving(pushed.deployment.id, timeout=240)
     assert await platform.post(pushed.model.id, pushed.deployment.id, body) == (200, answer)
@@ -227,3 +232,11 @@ async def test_a_load_that_raises_an_empty_exception_says_what_and_where(platfor
     assert 'File "model/model.py", line 7, in load' in message
     assert 'File "model/model.py", line 2, in fetch_weights' in message
     assert "replica/" not in message, "only the model's own frames"
+
+
+async def test_a_request_sent_during_a_long_load_is_answered_once_loaded(platform: Platform):
+    pushed = await platform.api.push(platform.package("long-load"))
+    # Sent while load() runs (1.5 s): the gateway holds it until the model has loaded.
+    await platform.api.wait_state(pushed.deployment.id, r.DEPLOYMENT_STATE_LOADING_MODEL)
+    status, answer = await platform.post(pushed.model.id, pushed.deployment.id, {"n": 1})
+    assert (status, answer) == (200, {"loaded": True, "input": {"n": 1}})

@@ -1,16 +1,49 @@
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WebsocketFrame(_message.Message):
+    __slots__ = ("text", "binary", "close")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    BINARY_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    binary: bytes
+    close: WebsocketClose
+    def __init__(self, text: _Optional[str] = ..., binary: _Optional[bytes] = ..., close: _Optional[_Union[WebsocketClose, _Mapping]] = ...) -> None: ...
+
+class WebsocketClose(_message.Message):
+    __slots__ = ("code", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class InvokeWebsocketRequest(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: WebsocketFrame
+    def __init__(self, frame: _Optional[_Union[WebsocketFrame, _Mapping]] = ...) -> None: ...
+
+class InvokeWebsocketResponse(_message.Message):
+    __slots__ = ("frame",)
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    frame: WebsocketFrame
+    def __init__(self, frame: _Optional[_Union[WebsocketFrame, _Mapping]] = ...) -> None: ...
+
 class InvokeRequest(_message.Message):
-    __slots__ = ("payload", "content_type")
+    __slots__ = ("payload", "content_type", "method")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     content_type: str
-    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    method: str
+    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
 
 class InvokeResponse(_message.Message):
     __slots__ = ("payload", "content_type")
@@ -21,12 +54,14 @@ class InvokeResponse(_message.Message):
     def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class InvokeStreamRequest(_message.Message):
-    __slots__ = ("payload", "content_type")
+    __slots__ = ("payload", "content_type", "method")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     content_type: str
-    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+    method: str
+    def __init__(self, payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
 
 class InvokeStreamResponse(_message.Message):
     __slots__ = ("chunk", "content_type", "complete")

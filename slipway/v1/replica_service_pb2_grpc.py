@@ -52,6 +52,11 @@ class ReplicaServiceStub:
                 request_serializer=slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.InvokeWebsocket = channel.stream_stream(
+                '/slipway.v1.ReplicaService/InvokeWebsocket',
+                request_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeWebsocketRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeWebsocketResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServiceServicer:
@@ -83,6 +88,15 @@ class ReplicaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvokeWebsocket(self, request_iterator, context):
+        """A websocket session with a model that has `websocket(ws)` (Truss's websocket
+        models): each message one websocket message, either way. The call ends when
+        either side closes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +114,11 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
                     servicer.Reload,
                     request_deserializer=slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.SerializeToString,
+            ),
+            'InvokeWebsocket': grpc.stream_stream_rpc_method_handler(
+                    servicer.InvokeWebsocket,
+                    request_deserializer=slipway_dot_v1_dot_replica__service__pb2.InvokeWebsocketRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeWebsocketResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +205,33 @@ class ReplicaService:
             '/slipway.v1.ReplicaService/Reload',
             slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.SerializeToString,
             slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeWebsocket(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/slipway.v1.ReplicaService/InvokeWebsocket',
+            slipway_dot_v1_dot_replica__service__pb2.InvokeWebsocketRequest.SerializeToString,
+            slipway_dot_v1_dot_replica__service__pb2.InvokeWebsocketResponse.FromString,
             options,
             channel_credentials,
             insecure,
