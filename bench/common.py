@@ -94,6 +94,8 @@ class Platform:
                 str(ports[1]),
                 "--http-port",
                 str(ports[2]),
+                "--internal-token-file",
+                str(work / "data" / "internal.token"),
                 "--log-level",
                 "WARNING",
             ],

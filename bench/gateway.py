@@ -515,6 +515,8 @@ def main(args: argparse.Namespace) -> int:
                 str(grpc_port),
                 "--http-port",
                 str(http_port),
+                "--internal-token-file",
+                str(work / "data" / "internal.token"),
                 "--log-level",
                 args.log_level,
             ],

@@ -92,7 +92,14 @@ async def run(edits: int) -> None:
         controller = await Controller.start(
             ControllerSettings(data_dir=tmp_path / "data", port=0, http_port=0, drain_seconds=5)
         )
-        gateway = await Gateway.start(GatewaySettings(controller_address=controller.address, grpc_port=0, http_port=0))
+        gateway = await Gateway.start(
+            GatewaySettings(
+                controller_address=controller.address,
+                internal_token=controller.internal_token,
+                grpc_port=0,
+                http_port=0,
+            )
+        )
         package = write_package(tmp_path / "package")
         cli = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import pathlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from controller.domain import Deployment, ReplicaPhase
 from controller.lifecycle import Lifecycle
 from controller.packages import FilePatch
 from controller.runtime import ReplicaHandle
+from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import replica_service_pb2_grpc as rs_grpc
 
@@ -86,8 +86,7 @@ class LiveReloader:
             deployment = await self.lifecycle.get_deployment(deployment_id)
             digest = deployment.patch_base_digest
             replicas = await self._ready_replicas(deployment)
-            package_dir = self.lifecycle.packages.directory(digest)
-            failures = await asyncio.gather(*(self._reload(handle, package_dir) for handle in replicas))
+            failures = await asyncio.gather(*(self._reload(handle, digest) for handle in replicas))
             failure = next((f for f in failures if f is not None), None)
             deployment = await self.lifecycle.record_reload(
                 deployment, digest, len(replicas), failure.error if failure else ""
@@ -116,13 +115,18 @@ class LiveReloader:
                 return [h for h in live if h.phase is ReplicaPhase.READY]
             await asyncio.sleep(SETTLE_POLL_SECONDS)
 
-    async def _reload(self, handle: ReplicaHandle, package_dir: pathlib.Path) -> ReloadFailure | None:
-        readable = await asyncio.to_thread(handle.package_path, package_dir)
-        request = rs.ReloadRequest(package_dir=str(readable))
+    async def _reload(self, handle: ReplicaHandle, digest: str) -> ReloadFailure | None:
+        # A replica running as its model's user loads its own copy of the package: made here.
+        await asyncio.to_thread(handle.package_path, self.lifecycle.packages.directory(digest))
+        request = rs.ReloadRequest(package_digest=digest)
         try:
             async with grpc.aio.insecure_channel(handle.address) as channel:
                 stub = rs_grpc.ReplicaServiceStub(channel)
-                response = await stub.Reload(request, timeout=self.reload_timeout_seconds)
+                response = await stub.Reload(
+                    request,
+                    timeout=self.reload_timeout_seconds,
+                    metadata=((REPLICA_TOKEN_HEADER, handle.token),),
+                )
         except grpc.aio.AioRpcError as err:
             if handle.phase is ReplicaPhase.DRAINING:
                 return None  # stopped on purpose; its successor starts from the new package

@@ -286,7 +286,14 @@ class Reconciler:
         if self.replica_users is not None:
             user = self.replica_users.for_model(await self.store.model_number(deployment.model_id))
         handle = await self.runtime.start(
-            replica_id, deployment.id, deployment.revision, package_dir, environment, python=python, user=user
+            replica_id,
+            deployment.id,
+            deployment.revision,
+            package_dir,
+            environment,
+            python=python,
+            development=deployment.is_development,
+            user=user,
         )
         self.replicas[replica_id] = handle
         async with self.store.write() as tx:

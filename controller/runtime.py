@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controller.domain import ReplicaPhase
 from controller.isolation import ReplicaUser, Sandboxes
 from replica.package import without_secrets
+from slipway.internal_auth import REPLICA_TOKEN_ENV, TokenFileError, new_token, read_token_file, write_private
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger("slipway.runtime")
@@ -60,6 +61,8 @@ class ReplicaHandle:
     exit_time: float | None = None
     adopted: bool = False
     package_dir: pathlib.Path | None = None  # what it was started from (None: adopted)
+    # The credential its ReplicaService demands (x-slipway-replica-token), issued at its start.
+    token: str = field(default="", repr=False)
     # The user it runs as (None: the controller's), and where that user's package copies are.
     user: ReplicaUser | None = None
     sandboxes: Sandboxes | None = field(default=None, repr=False)
@@ -181,9 +184,12 @@ class ForkServer:
 
 
 class LocalProcessRuntime:
+    """Replicas listen on loopback only (the replica's default host; the runtime gives no other)."""
+
     def __init__(
         self,
         data_dir: pathlib.Path,
+        packages_root: pathlib.Path,
         on_change: Callable[[ReplicaHandle], None],
         drain_seconds: float = 30.0,
         python: str = sys.executable,
@@ -194,6 +200,8 @@ class LocalProcessRuntime:
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
+        # Where the controller stores unpacked packages: the only place a development replica reloads from.
+        self.packages_root = packages_root
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Replicas that run as other users (see controller/isolation.py) enter run/ to reach their own directory.
@@ -250,6 +258,10 @@ class LocalProcessRuntime:
         os.chown(own, user.uid, user.gid)
         return own
 
+    def token_file(self, replica_id: str) -> pathlib.Path:
+        """The replica's token, kept (private) so that a restarted controller can adopt it."""
+        return self.run_dir / f"{replica_id}.token"
+
     async def start(
         self,
         replica_id: str,
@@ -258,12 +270,16 @@ class LocalProcessRuntime:
         package_dir: pathlib.Path,
         environment: dict[str, str],
         python: str | None = None,
+        development: bool = False,
         user: ReplicaUser | None = None,
     ) -> ReplicaHandle:
         """Start a replica. `environment` is added to the controller's own, less its
         secrets (so it carries the secrets the replica may see). `python` is the
         interpreter of the deployment's built environment; None means the controller's own.
-        With `user`, the replica runs as that user, from its own copy of the package."""
+        Only a `development` replica accepts Reload. With `user`, the replica runs as that user,
+        from its own copy of the package. Its token never goes on the command line: a forked
+        replica gets it in its environment (set after the fork, cleared by the replica before
+        any model code runs), a new process through an inherited pipe."""
         handle = ReplicaHandle(
             replica_id,
             deployment_id,
@@ -272,12 +288,16 @@ class LocalProcessRuntime:
             package_dir=package_dir,
             user=user,
             sandboxes=self.sandboxes,
+            token=new_token(),
         )
         handle.log_path = self.log_dir / f"{replica_id}.log"
+        write_private(self.token_file(replica_id), handle.token)
+        # What Reload may load from: the stored packages, or this user's copies of them.
+        packages_root = self.packages_root
         home = None
         if user is not None:
             assert self.sandboxes is not None, "replica users need sandboxes"
-            home = self.sandboxes.home(user)
+            home = packages_root = self.sandboxes.home(user)
             package_dir = await asyncio.to_thread(handle.package_path, package_dir)
             state_file = self._own_run_dir(replica_id, user) / "state.json"
             environment = {**environment, "HOME": str(home)}
@@ -297,30 +317,45 @@ class LocalProcessRuntime:
             str(self._max_request_bytes),
             "--health-check-seconds",
             str(self._health_check_seconds),
+            "--packages-root",
+            str(packages_root),
+            *(["--development"] if development else []),
         ]
         interpreter = python or self._python
         exited = None
         if self._fork:
             try:
+                # Set in the forked child after fork: never in its /proc/PID/environ.
                 handle.pid, exited = await self._fork_server(interpreter).spawn(
-                    argv, environment, handle.log_path, replica_id, user, home
+                    argv, {**environment, REPLICA_TOKEN_ENV: handle.token}, handle.log_path, replica_id, user, home
                 )
             except (OSError, RuntimeError, ValueError) as error:
                 log.warning("fork server failed (%s); starting replica %s as a new process", error, replica_id)
         if exited is None:
-            with handle.log_path.open("ab") as log_file:
-                process = await asyncio.create_subprocess_exec(
-                    interpreter,
-                    "-m",
-                    "replica",
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    start_new_session=True,
-                    env={**without_secrets(os.environ), **environment},
-                    **_as_user(user, home),
-                )
+            # A new interpreter's environment stays readable in /proc/PID/environ: the token
+            # comes through an inherited pipe instead (it fits the pipe's buffer).
+            token_read, token_write = os.pipe()
+            try:
+                os.write(token_write, handle.token.encode())
+                os.close(token_write)
+                with handle.log_path.open("ab") as log_file:
+                    process = await asyncio.create_subprocess_exec(
+                        interpreter,
+                        "-m",
+                        "replica",
+                        *argv,
+                        "--token-fd",
+                        str(token_read),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=log_file,
+                        start_new_session=True,
+                        env={**without_secrets(os.environ), **environment},
+                        pass_fds=(token_read,),
+                        **_as_user(user, home),
+                    )
+            finally:
+                os.close(token_read)
             handle.pid = process.pid
             exited = process.wait()
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))
@@ -333,7 +368,14 @@ class LocalProcessRuntime:
         """Take over a replica left running by a previous controller, if it is still alive."""
         if not _is_our_replica(pid, replica_id):
             return None
-        handle = ReplicaHandle(replica_id, deployment_id, revision, start_time=start_time, pid=pid, adopted=True)
+        try:
+            token = read_token_file(self.token_file(replica_id))
+        except TokenFileError:
+            log.warning("replica %s has no token on record; not adopting it", replica_id)
+            return None
+        handle = ReplicaHandle(
+            replica_id, deployment_id, revision, start_time=start_time, pid=pid, adopted=True, token=token
+        )
         handle.log_path = self.log_dir / f"{replica_id}.log"
         if self.sandboxes is not None:
             handle.user, handle.sandboxes = _process_user(pid), self.sandboxes
@@ -414,6 +456,7 @@ class LocalProcessRuntime:
         state_file.unlink(missing_ok=True)
         if state_file.parent != self.run_dir:
             shutil.rmtree(state_file.parent, ignore_errors=True)
+        self.token_file(handle.id).unlink(missing_ok=True)
         self._on_change(handle)
 
 

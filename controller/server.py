@@ -36,6 +36,7 @@ from controller.secret_servicer import SecretServicer
 from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
 from controller.store import Store
+from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
@@ -54,14 +55,15 @@ from slipway.v1 import (
 log = logging.getLogger("slipway.controller")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+ROUTE_SERVICE = route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name
 SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-    route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
+    ROUTE_SERVICE,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 )
 # Services for the platform's own parts only: not on the Connect (JSON over HTTP) surface.
-INTERNAL_SERVICE_NAMES = (route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,)
+INTERNAL_SERVICE_NAMES = (ROUTE_SERVICE,)
 
 
 @dataclass
@@ -122,6 +124,8 @@ class Controller:
         self._loopback: grpc.aio.Channel | None = None
         self._loopback_dir: pathlib.Path | None = None
         self._http: web.AppRunner | None = None
+        # What gateways present on RouteService (kept in <data_dir>/internal.token).
+        self.internal_token = ""
 
     @property
     def address(self) -> str:
@@ -141,6 +145,7 @@ class Controller:
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")
+        self.internal_token = issue_internal_token(data_dir)
         secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
         await secrets.load()
         packages = PackageStore(data_dir / "packages", settings.package_limits)
@@ -162,6 +167,7 @@ class Controller:
             packages,
             lambda on_change: LocalProcessRuntime(
                 data_dir,
+                packages.root,
                 on_change,
                 drain_seconds=settings.drain_seconds,
                 python=python,
@@ -190,12 +196,15 @@ class Controller:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._server = grpc.aio.server(options=options, interceptors=[RefuseUndecodableRequests()])
+        internal_auth = TokenInterceptor(INTERNAL_TOKEN_HEADER, self.internal_token, [ROUTE_SERVICE], "INTERNAL")
+        self._server = grpc.aio.server(options=options, interceptors=[internal_auth, RefuseUndecodableRequests()])
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(lifecycle), self._server)
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
-        route_service_pb2_grpc.add_RouteServiceServicer_to_server(RouteServicer(self.routes, self.load), self._server)
+        route_service_pb2_grpc.add_RouteServiceServicer_to_server(
+            RouteServicer(self.routes, self.load, lifecycle), self._server
+        )
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -235,7 +244,7 @@ class Controller:
         return self
 
     async def _start_http(self, loopback_socket: str) -> None:
-        """The HTTP app: Connect calls go through a loopback channel to this controller's own
+        """The HTTP app: Connect calls go through a local channel to this controller's own
         gRPC server, so they meet the same interceptors, rules and statuses as gRPC calls."""
         self._loopback = grpc.aio.insecure_channel(
             loopback_socket,

@@ -164,9 +164,10 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
 
 @map_domain_errors
 class RouteServicer(rt_grpc.RouteServiceServicer):
-    def __init__(self, routes: RouteBroadcaster, load: LoadTracker) -> None:
+    def __init__(self, routes: RouteBroadcaster, load: LoadTracker, lifecycle: Lifecycle) -> None:
         self.routes = routes
         self.load = load
+        self.lifecycle = lifecycle
 
     async def WatchRoutes(self, request, context):
         async for message in self.routes.subscribe(request.gateway_id):
@@ -179,3 +180,7 @@ class RouteServicer(rt_grpc.RouteServiceServicer):
     async def AckRoutes(self, request, context):
         self.routes.acknowledge(request.gateway_id, request.version)
         return rt.AckRoutesResponse()
+
+    async def WakeRoute(self, request, context):
+        result = await self.lifecycle.wake(request.deployment_id, "")
+        return rt.WakeRouteResponse(state=f"DEPLOYMENT_STATE_{result.deployment.state.value}")

@@ -21,11 +21,18 @@ log = logging.getLogger("slipway.gateway.routes")
 
 class RouteFollower:
     def __init__(
-        self, controller_address: str, gateway_id: str, controller_ca: bytes | None = None, retry_seconds: float = 0.5
+        self,
+        controller_address: str,
+        gateway_id: str,
+        metadata: tuple[tuple[str, str], ...],
+        controller_ca: bytes | None = None,
+        retry_seconds: float = 0.5,
     ) -> None:
         self.controller_address = controller_address
         self.controller_ca = controller_ca
         self.gateway_id = gateway_id
+        # The controller's internal token (RouteService takes nothing else).
+        self.metadata = metadata
         self.retry_seconds = retry_seconds
         self.index = RouteIndex()
         self.synced = asyncio.Event()
@@ -36,7 +43,9 @@ class RouteFollower:
 
     async def _acknowledge(self, stub: rt_grpc.RouteServiceStub, version: int) -> None:
         try:
-            await stub.AckRoutes(rt.AckRoutesRequest(gateway_id=self.gateway_id, version=version), timeout=5)
+            await stub.AckRoutes(
+                rt.AckRoutesRequest(gateway_id=self.gateway_id, version=version), timeout=5, metadata=self.metadata
+            )
         except grpc.aio.AioRpcError as error:
             if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -58,7 +67,7 @@ class RouteFollower:
             try:
                 async with secure_or_insecure_aio_channel(self.controller_address, self.controller_ca) as channel:
                     stub = rt_grpc.RouteServiceStub(channel)
-                    stream = stub.WatchRoutes(rt.WatchRoutesRequest(gateway_id=self.gateway_id))
+                    stream = stub.WatchRoutes(rt.WatchRoutesRequest(gateway_id=self.gateway_id), metadata=self.metadata)
                     async for message in stream:
                         if not self.connected:
                             if not message.reset:
@@ -74,7 +83,8 @@ class RouteFollower:
                         "route stream lost; serving the last table",
                         extra={"fields": {"code": error.code().name, "version": self.index.version}},
                     )
-                elif error.details() != self._last_failure:  # e.g. a TLS handshake refused: say why, once
+                # e.g. a TLS handshake refused, or this gateway's internal token: say why, once
+                elif error.details() != self._last_failure:
                     log.warning(
                         "cannot follow the controller's routes",
                         extra={"fields": {"code": error.code().name, "details": error.details()}},

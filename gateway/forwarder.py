@@ -17,6 +17,7 @@ import grpc
 
 from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
+from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import resources_pb2
@@ -35,6 +36,9 @@ class ReplicaChannel:
 
     def __init__(self, address: str, options: list[tuple[str, int]]) -> None:
         self.address = address
+        # The replica's token, sent on every call; refreshed from the route table (a replica
+        # started later on the same address has another).
+        self.metadata: tuple[tuple[str, str], ...] = ()
         self.channel = grpc.aio.insecure_channel(address, options=options)
         self.invoke = self.channel.unary_unary(
             INVOKE, request_serializer=rs.InvokeRequest.SerializeToString, response_deserializer=None
@@ -113,22 +117,23 @@ class Forwarder:
             channel = self._channels.pop(address)
             asyncio.get_running_loop().create_task(channel.channel.close())
 
-    def _channel(self, address: str) -> ReplicaChannel:
-        channel = self._channels.get(address)
+    def _channel(self, endpoint: rt.Endpoint) -> ReplicaChannel:
+        channel = self._channels.get(endpoint.address)
         if channel is None:
-            channel = self._channels[address] = ReplicaChannel(address, self._channel_options)
+            channel = self._channels[endpoint.address] = ReplicaChannel(endpoint.address, self._channel_options)
+        channel.metadata = ((REPLICA_TOKEN_HEADER, endpoint.token),)
         return channel
 
     def _choose(self, endpoints, excluded: set[str]) -> ReplicaChannel | None:
         """Power of two choices on in-flight counts."""
         if len(endpoints) == 1 and not excluded:
-            return self._channel(endpoints[0].address)
-        candidates = [e.address for e in endpoints if e.address not in excluded]
+            return self._channel(endpoints[0])
+        candidates = [e for e in endpoints if e.address not in excluded]
         if not candidates:
             return None
         if len(candidates) == 1:
             return self._channel(candidates[0])
-        a, b = (self._channel(address) for address in random.sample(candidates, 2))
+        a, b = (self._channel(endpoint) for endpoint in random.sample(candidates, 2))
         return a if a.in_flight <= b.in_flight else b
 
     async def _acquire(
@@ -211,7 +216,9 @@ class Forwarder:
             deployment, channel = await self._acquire(resolve, deadline, excluded)
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
-                    return deployment, await channel.invoke(request, timeout=_remaining(deadline))
+                    return deployment, await channel.invoke(
+                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                    )
                 except grpc.aio.AioRpcError as error:
                     if not is_retriable(error):
                         raise from_replica(error, request.ByteSize()) from None
@@ -233,7 +240,9 @@ class Forwarder:
             started = False
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
-                    async for chunk in channel.invoke_stream(request, timeout=_remaining(deadline)):
+                    async for chunk in channel.invoke_stream(
+                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                    ):
                         started = True
                         yield chunk
                     return
@@ -256,7 +265,9 @@ class Forwarder:
         deployment, channel = await self._acquire(resolve, deadline, set())
         with self._in_flight(deployment, channel, retry=False):
             try:
-                async for response in channel.invoke_websocket(frames, timeout=_remaining(deadline)):
+                async for response in channel.invoke_websocket(
+                    frames, timeout=_remaining(deadline), metadata=channel.metadata
+                ):
                     yield response
             except grpc.aio.AioRpcError as error:
                 raise from_replica(error, 0) from None

@@ -23,11 +23,10 @@ from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from slipway.channels import secure_or_insecure_aio_channel
+from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.process import wait_for_termination_signal
 from slipway.tls import ServerTls, add_grpc_port, read_ca, warn_if_exposed_without_tls
-from slipway.v1 import deployment_service_pb2 as ds
-from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import resources_pb2
 from slipway.v1 import route_service_pb2 as rt
 from slipway.v1 import route_service_pb2_grpc as rt_grpc
@@ -99,13 +98,27 @@ class GatewaySettings:
     tls: ServerTls | None = None
     # Verifies a controller that serves TLS (PEM CA file); plaintext to the controller when unset.
     controller_ca_file: Path | None = None
+    # The controller's internal token (RouteService accepts nothing else): given in-process by
+    # `slipway up`, else read from the file the controller writes (<data-dir>/internal.token).
+    internal_token: str = field(default="", repr=False)
+    internal_token_file: Path | None = None
+
+    def resolved_internal_token(self) -> str:
+        if self.internal_token:
+            return self.internal_token
+        if self.internal_token_file is None:
+            raise TokenFileError("the gateway needs the controller's internal token (--internal-token-file)")
+        return read_token_file(Path(self.internal_token_file))
 
 
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
+        self._internal_metadata = ((INTERNAL_TOKEN_HEADER, settings.resolved_internal_token()),)
         controller_ca = None if settings.controller_ca_file is None else read_ca(settings.controller_ca_file)
-        self.follower = RouteFollower(settings.controller_address, settings.gateway_id, controller_ca)
+        self.follower = RouteFollower(
+            settings.controller_address, settings.gateway_id, self._internal_metadata, controller_ca
+        )
         self.forwarder = Forwarder(
             self.follower,
             settings.replica_wait_seconds,
@@ -136,13 +149,15 @@ class Gateway:
 
     async def wake(self, deployment_id: str) -> dict:
         try:
-            response = await ds_grpc.DeploymentServiceStub(self._controller).WakeDeployment(
-                ds.WakeDeploymentRequest(deployment_id=deployment_id), timeout=10
+            response = await rt_grpc.RouteServiceStub(self._controller).WakeRoute(
+                rt.WakeRouteRequest(gateway_id=self.settings.gateway_id, deployment_id=deployment_id),
+                timeout=10,
+                metadata=self._internal_metadata,
             )
         except grpc.aio.AioRpcError as error:
             reason = error_info_reason(error) or "WAKE_FAILED"
             raise GatewayError(error.code(), reason, error.details() or error.code().name) from None
-        return {"deployment_id": deployment_id, "state": resources_pb2.DeploymentState.Name(response.deployment.state)}
+        return {"deployment_id": deployment_id, "state": resources_pb2.DeploymentState.Name(response.state)}
 
     def _wake_for_request(self, deployment: rt.DeploymentRoute) -> None:
         """A request is waiting for a deployment with no ready replica: ask the controller to
@@ -220,6 +235,7 @@ class Gateway:
                 await stub.ReportLoad(
                     rt.ReportLoadRequest(gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report()),
                     timeout=self.settings.load_report_seconds,
+                    metadata=self._internal_metadata,
                 )
 
     async def stop(self) -> None:

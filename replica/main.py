@@ -11,6 +11,13 @@ Contract with the process that spawns a replica:
 - A model whose is_healthy() fails (False, raises, or hangs) turns PATH to
   "unhealthy" with "error", is drained the same way, then the process exits with code 4.
 - Logs: one JSON object per line on stderr.
+- Credential: read from --token-fd (a pipe, closed once read), else from the
+  environment variable SLIPWAY_REPLICA_TOKEN (removed from the environment before any
+  model code runs); every ReplicaService call must carry it in its
+  x-slipway-replica-token metadata. Without one the replica does not start. Health
+  checks need nothing.
+- Listens on loopback by default; an unspecified address (0.0.0.0, ::) is refused.
+- Reload only with --development, and only of packages under --packages-root.
 """
 
 from __future__ import annotations
@@ -18,13 +25,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import ipaddress
 import os
 import pathlib
 import sys
 
 from replica.log import Logger
 from replica.server import Options, Replica
+from slipway.internal_auth import MAX_TOKEN_FILE_BYTES, REPLICA_TOKEN_ENV
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
+
+
+def _listens_everywhere(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host in ("", "*")
+
+
+def _read_token(fd: int) -> str:
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read(MAX_TOKEN_FILE_BYTES).decode(errors="replace").strip()
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -57,11 +78,33 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=10.0,
         help="how often a model's is_healthy() is asked (the first failure ends the replica with code 4)",
     )
+    parser.add_argument(
+        "--token-fd", type=int, default=None, help="inherited descriptor to read the replica's token from"
+    )
+    parser.add_argument(
+        "--development", action="store_true", help="accept Reload (live reload of a development deployment)"
+    )
+    parser.add_argument(
+        "--packages-root",
+        type=pathlib.Path,
+        default=None,
+        help="the controller's stored packages: the only place Reload loads from (by digest)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
     if not 0 < args.health_check_seconds <= 3600:
         parser.error("--health-check-seconds must be in (0, 3600]")
+    if _listens_everywhere(args.host):
+        parser.error(f"--host {args.host!r} listens on every interface; a replica takes loopback or one address")
+    if args.development and args.packages_root is None:
+        parser.error("--development needs --packages-root (Reload loads only stored packages)")
+    # Out of the environment before any model code runs (or any process it starts inherits it).
+    token = os.environ.pop(REPLICA_TOKEN_ENV, "")
+    if args.token_fd is not None:
+        token = _read_token(args.token_fd)
+    if not token:
+        parser.error(f"the replica's token is missing (--token-fd, or environment variable {REPLICA_TOKEN_ENV})")
     return Options(
         package=args.package,
         state_file=args.state_file,
@@ -71,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         drain_seconds=args.drain_seconds,
         late_arrival_seconds=args.late_arrival_seconds,
         max_request_bytes=args.max_request_bytes,
+        token=token,
+        development=args.development,
+        packages_root=args.packages_root.resolve() if args.packages_root else None,
         health_check_seconds=args.health_check_seconds,
     )
 

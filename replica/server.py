@@ -21,6 +21,7 @@ from replica.reload import ModelReloader
 from replica.servicer import ReplicaServicer
 from replica.state_file import FAILED, LOADING, READY, UNHEALTHY, StateFile
 from replica.threads import ModelThreads
+from slipway.internal_auth import REPLICA_TOKEN_HEADER, TokenInterceptor
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
 
@@ -45,6 +46,11 @@ class Options:
     late_arrival_seconds: float = 0.25
     # Largest request body and model answer (a response, or one chunk of a stream).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Every ReplicaService call must carry it (x-slipway-replica-token).
+    token: str = dataclasses.field(default="", repr=False)
+    # Only a development replica accepts Reload, of packages under packages_root only.
+    development: bool = False
+    packages_root: pathlib.Path | None = None
     # How often a model with is_healthy() is asked; the first "no" (False, or an error, or no
     # answer within this time) takes the replica out of service and ends it with EXIT_UNHEALTHY.
     health_check_seconds: float = 10.0
@@ -129,8 +135,16 @@ class Replica:
         # Without this, grpc sets SO_REUSEPORT and a second process could silently
         # share a fixed --port with this one.
         options = [("grpc.so_reuseport", 0), *grpc_message_options(self._options.max_request_bytes)]
-        server = grpc.aio.server(options=options)
-        servicer = ReplicaServicer(self._log, self._options.max_request_bytes)
+        auth = TokenInterceptor(
+            REPLICA_TOKEN_HEADER,
+            self._options.token,
+            [SERVICE_NAME],
+            "REPLICA",
+            on_refused=lambda fields: self._log.warning("call_refused", **fields),
+        )
+        server = grpc.aio.server(options=options, interceptors=[auth])
+        reload_root = self._options.packages_root if self._options.development else None
+        servicer = ReplicaServicer(self._log, self._options.max_request_bytes, reload_root)
         replica_service_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         for service in ("", SERVICE_NAME):  # "" starts out SERVING otherwise

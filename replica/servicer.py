@@ -2,7 +2,11 @@
 
 A request body, and each answer (a response, or one chunk of a stream), is at most
 `max_request_bytes`; beyond it the call is refused with RESOURCE_EXHAUSTED and the
-ErrorInfo reason REQUEST_TOO_LARGE or RESPONSE_TOO_LARGE."""
+ErrorInfo reason REQUEST_TOO_LARGE or RESPONSE_TOO_LARGE.
+
+Reload is for development replicas only (FAILED_PRECONDITION RELOAD_NOT_DEVELOPMENT
+elsewhere) and loads a package the controller stored, named by its digest and found
+under the packages root the replica was started with: never a path a caller names."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import re
 import traceback
 from collections.abc import Iterator
 from typing import NoReturn
@@ -39,12 +44,20 @@ MODEL_CALL_FAILURES = (
     MethodNotImplemented,
     StreamStalled,
 )
+PACKAGE_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
-    def __init__(self, log: Logger, max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self,
+        log: Logger,
+        max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES,
+        reload_root: pathlib.Path | None = None,
+    ) -> None:
         self._log = log
         self._max_bytes = max_request_bytes
+        # The controller's packages root on a development replica; None: Reload is refused.
+        self._reload_root = reload_root
         self._predictor: Predictor | None = None
         self._reloader: ModelReloader | None = None
         self._refusing = False
@@ -129,15 +142,47 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
         with self._tracked():
+            package_dir = await self._stored_package(request, context)
             reloader = self._reloader
             if self._refusing or reloader is None:
                 await abort(context, grpc.StatusCode.UNAVAILABLE, "replica is not serving a model")
-            if not request.package_dir:
-                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "package_dir is required")
-            outcome = await reloader.reload(pathlib.Path(request.package_dir))
+            outcome = await reloader.reload(package_dir)
             return pb.ReloadResponse(
                 ok=outcome.ok, error=outcome.error, traceback=outcome.traceback, seconds=outcome.seconds
             )
+
+    async def _stored_package(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pathlib.Path:
+        """The directory of the stored package a Reload names, or the call is refused."""
+        if self._reload_root is None:
+            await abort_with(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "RELOAD_NOT_DEVELOPMENT",
+                "this replica serves a published deployment: only development replicas live-reload",
+            )
+        if request.package_dir:
+            await abort_with(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "RELOAD_PATH_REFUSED",
+                "package_dir is not accepted: a replica reloads only stored packages, named by package_digest",
+            )
+        if not PACKAGE_DIGEST.fullmatch(request.package_digest):
+            await abort_with(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "RELOAD_DIGEST_INVALID",
+                "package_digest must be the sha256 of a stored package (64 lowercase hex digits)",
+            )
+        directory = (self._reload_root / request.package_digest).resolve()
+        if directory.parent != self._reload_root or not directory.is_dir():
+            await abort_with(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                "RELOAD_PACKAGE_NOT_FOUND",
+                f"no stored package {request.package_digest} under this replica's packages root",
+            )
+        return directory
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:
@@ -228,3 +273,9 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messag
     """context.abort, typed: it always raises."""
     await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")
+
+
+async def abort_with(context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str, message: str) -> NoReturn:
+    """Abort with an ErrorInfo reason."""
+    await context.abort_with_status(rich_status(code, reason, message))
+    raise AssertionError("unreachable: context.abort_with_status raises")

@@ -408,6 +408,15 @@ def controller(
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @max_request_bytes_option
+@click.option(
+    "--internal-token-file",
+    envvar="SLIPWAY_INTERNAL_TOKEN_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path(".slipway") / "internal.token",
+    show_default=True,
+    show_envvar=True,
+    help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
+)
 @tls_options
 @click.pass_context
 def gateway(
@@ -422,9 +431,11 @@ def gateway(
     max_request_bytes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
+    internal_token_file: Path,
 ) -> None:
     """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca)."""
     from gateway.server import run_gateway
+    from slipway.internal_auth import TokenFileError
 
     tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
@@ -441,7 +452,11 @@ def gateway(
         tls,
         root["tls_ca"],
     )
-    run_until_stopped(run_gateway(settings))
+    settings.internal_token_file = internal_token_file
+    try:
+        run_until_stopped(run_gateway(settings))
+    except TokenFileError as error:
+        raise click.ClickException(f"{error} (set --internal-token-file)") from None
 
 
 def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: bool) -> str:
@@ -461,6 +476,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     controller_process = await Controller.start(controller_config)
     controller_address = f"{dialable_host(controller_config.host)}:{controller_process.port}"
     gateway_config.controller_address = controller_address
+    gateway_config.internal_token = controller_process.internal_token
     gateway_process = await Gateway.start(gateway_config)
     ca_file = gateway_config.controller_ca_file
     gateway_host = dialable_host(gateway_config.host)

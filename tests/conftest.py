@@ -19,6 +19,7 @@ from grpc_status import rpc_status
 
 from controller.reconciler import ReconcilerSettings
 from controller.server import Controller, ControllerSettings
+from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.packaging import archive_package
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
@@ -74,6 +75,19 @@ async def wait_until(check: Callable[[], Awaitable[T] | T], timeout: float = 30.
             return last
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+# Data directories of the controllers tests started, where each replica's token is kept.
+DATA_DIRS: set[pathlib.Path] = set()
+
+
+def replica_metadata(replica_id: str) -> tuple[tuple[str, str], ...]:
+    """What a call to the replica must carry: its token, as the controller stored it."""
+    for data_dir in DATA_DIRS:
+        token_file = data_dir / "run" / f"{replica_id}.token"
+        if token_file.exists():
+            return ((REPLICA_TOKEN_HEADER, token_file.read_text()),)
+    raise AssertionError(f"no token on record for replica {replica_id}")
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
@@ -151,7 +165,9 @@ class Api:
         assert ready, f"no ready replica in {deployment}"
         async with grpc.aio.insecure_channel(ready[0].address) as channel:
             response = await rs_grpc.ReplicaServiceStub(channel).Invoke(
-                rs.InvokeRequest(payload=payload, content_type="application/json"), timeout=10
+                rs.InvokeRequest(payload=payload, content_type="application/json"),
+                timeout=10,
+                metadata=replica_metadata(ready[0].id),
             )
         return response.payload
 
@@ -181,6 +197,7 @@ def _await_chain(awaitable) -> list[str]:
 
 
 def controller_settings(data_dir: pathlib.Path, **overrides) -> ControllerSettings:
+    DATA_DIRS.add(data_dir)
     return ControllerSettings(
         data_dir=data_dir,
         port=0,
@@ -205,13 +222,14 @@ async def api(controller, tmp_path):
         yield Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
 
 
-async def start_gateway(controller_address: str, **overrides):
+async def start_gateway(controller: Controller, **overrides):
     """A gateway on port 0 following the controller, once it has the route table."""
     from gateway.server import Gateway, GatewaySettings
 
     running = await Gateway.start(
         GatewaySettings(
-            controller_address=controller_address,
+            controller_address=controller.address,
+            internal_token=controller.internal_token,
             grpc_port=0,
             http_port=0,
             replica_wait_seconds=10,
@@ -226,6 +244,6 @@ async def start_gateway(controller_address: str, **overrides):
 
 @pytest.fixture
 async def gateway(controller):
-    running = await start_gateway(controller.address)
+    running = await start_gateway(controller)
     yield running
     await stop_or_explain(running.stop(), "gateway")

@@ -74,6 +74,7 @@ async def platform(tmp_path):
     gateway = await Gateway.start(
         GatewaySettings(
             controller_address=controller.address,
+            internal_token=controller.internal_token,
             grpc_port=0,
             http_port=0,
             replica_wait_seconds=20,
@@ -323,6 +324,7 @@ async def test_wake_starts_a_deployment_ahead_of_traffic_and_a_wait_that_runs_ou
     impatient = await Gateway.start(
         GatewaySettings(
             controller_address=platform.gateway.settings.controller_address,
+            internal_token=platform.gateway.settings.internal_token,
             grpc_port=0,
             http_port=0,
             replica_wait_seconds=0.5,

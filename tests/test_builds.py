@@ -21,7 +21,7 @@ import textwrap
 import grpc
 import pytest
 from click.testing import CliRunner
-from conftest import Api, controller_settings, error_reason, wait_until, write_package
+from conftest import Api, controller_settings, error_reason, replica_metadata, wait_until, write_package
 
 from controller import compat
 from controller.builds import MARKER, BuildManager, normalise_requirement
@@ -147,7 +147,9 @@ async def _api_predict(deployment: r.Deployment, payload: bytes) -> bytes:
     assert ready, f"no ready replica in {deployment}"
     async with grpc.aio.insecure_channel(ready[0].address) as channel:
         response = await rs_grpc.ReplicaServiceStub(channel).Invoke(
-            rs.InvokeRequest(payload=payload, content_type="application/json"), timeout=20
+            rs.InvokeRequest(payload=payload, content_type="application/json"),
+            timeout=20,
+            metadata=replica_metadata(ready[0].id),
         )
     return response.payload
 
@@ -382,6 +384,7 @@ async def test_truss_model_features_through_the_controller(secret_env, api: Api)
         stream = rs_grpc.ReplicaServiceStub(channel).InvokeStream(
             rs.InvokeStreamRequest(payload=json.dumps({"text": "Ünö Dös"}).encode(), content_type="application/json"),
             timeout=20,
+            metadata=replica_metadata(ready[0].id),
         )
         chunks = [message.chunk async for message in stream]
     assert chunks == [b"uno;", b"dos;"]

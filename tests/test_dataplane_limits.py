@@ -131,7 +131,7 @@ async def start_platform(tmp_path, controller_limit: int | None, gateway_limit: 
     controller_limits = {} if controller_limit is None else {"max_request_bytes": controller_limit}
     gateway_limits = {} if gateway_limit is None else {"max_request_bytes": gateway_limit}
     controller = await Controller.start(controller_settings(tmp_path / "data", **controller_limits))
-    return controller, await start_gateway(controller.address, **gateway_limits)
+    return controller, await start_gateway(controller, **gateway_limits)
 
 
 @pytest.fixture

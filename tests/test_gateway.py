@@ -255,7 +255,13 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
     try:
         await controller.ready()
         gateway = await Gateway.start(
-            GatewaySettings(controller_address=controller.address, grpc_port=0, http_port=0, replica_wait_seconds=5)
+            GatewaySettings(
+                controller_address=controller.address,
+                internal_token_file=data_dir / "internal.token",
+                grpc_port=0,
+                http_port=0,
+                replica_wait_seconds=5,
+            )
         )
         async with (
             grpc.aio.insecure_channel(controller.address) as channel,

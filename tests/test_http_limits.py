@@ -27,7 +27,7 @@ async def gateway_with(controller):
     started: list[Gateway] = []
 
     async def start(**overrides) -> Gateway:
-        started.append(await start_gateway(controller.address, **overrides))
+        started.append(await start_gateway(controller, **overrides))
         return started[-1]
 
     yield start
@@ -171,6 +171,7 @@ async def test_the_gateway_command_takes_the_connection_cap_and_body_budget(cont
     http_port = free_port()
     command = [sys.executable, "-m", "slipway", "--controller", controller.address, "gateway"]
     flags = ["--gateway-port", "0", "--http-port", str(http_port), "--max-http-connections", "1"]
+    flags += ["--internal-token-file", str(controller.settings.data_dir / "internal.token")]
     with open(tmp_path / "gateway.log", "wb") as log:
         process = subprocess.Popen([*command, *flags, "--max-buffered-request-bytes", "10"], stdout=log, stderr=log)
     try:

@@ -24,7 +24,7 @@ import threading
 
 import grpc
 import pytest
-from conftest import Api, controller_settings, stop_or_explain, wait_until
+from conftest import DATA_DIRS, Api, controller_settings, stop_or_explain, wait_until
 from google.protobuf import json_format
 from test_restart import free_port
 
@@ -248,6 +248,8 @@ def test_replicas_starting_together_share_one_copy_of_the_package(tmp_path, monk
 async def test_a_restarted_controller_reloads_an_adopted_replica_as_its_user(shared_python):
     data_dir = shared_python / "restart"
     port = free_port()
+
+    DATA_DIRS.add(data_dir)  # where api.predict finds the replica's token
 
     def controller_process() -> subprocess.Popen:
         argv = [sys.executable, "-m", "slipway", "controller", "--port", str(port), "--data-dir", str(data_dir)]

@@ -19,6 +19,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from replica.package import load_package_config, secret_env_var, validate_package
+from slipway.internal_auth import REPLICA_TOKEN_ENV, REPLICA_TOKEN_HEADER
 from slipway.v1 import replica_service_pb2 as pb
 from slipway.v1 import replica_service_pb2_grpc as pb_grpc
 
@@ -26,6 +27,21 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 SERVICE = "slipway.v1.ReplicaService"
 TIMEOUT = 10.0
+TOKEN = "test-replica-token"
+
+
+class WithToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds the replica's token to every call, as the gateway and controller do."""
+
+    def _with_token(self, details):
+        metadata = [*(details.metadata or ()), (REPLICA_TOKEN_HEADER, TOKEN)]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._with_token(client_call_details), request)
 
 
 class ReplicaProcess:
@@ -45,7 +61,7 @@ class ReplicaProcess:
                 *args,
             ],
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+            env={**os.environ, "PYTHONPATH": str(REPO), REPLICA_TOKEN_ENV: TOKEN, **env},
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -76,7 +92,8 @@ class ReplicaProcess:
     @property
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(f"127.0.0.1:{self.state()['port']}")
+            plain = grpc.insecure_channel(f"127.0.0.1:{self.state()['port']}")
+            self._channel = grpc.intercept_channel(plain, WithToken())
         return self._channel
 
     @property

@@ -12,10 +12,11 @@ import sys
 
 import grpc
 import pytest
-from conftest import Api, wait_until
+from conftest import DATA_DIRS, Api, wait_until
 from test_lifecycle import pid_alive
 
 from replica.forkserver import SERVER_NAME
+from slipway.internal_auth import REPLICA_TOKEN_ENV
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
@@ -50,6 +51,7 @@ def replica_pids(data_dir: pathlib.Path, include_fork_servers: bool = False) -> 
 
 class ControllerProcess:
     def __init__(self, data_dir: pathlib.Path, port: int) -> None:
+        DATA_DIRS.add(data_dir)
         self.address = f"127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "slipway", "controller", "--port", str(port), "--data-dir", str(data_dir)],
@@ -135,6 +137,7 @@ async def test_stray_replica_processes_are_stopped_on_start(data_dir, tmp_path):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, REPLICA_TOKEN_ENV: "stray-token"},
     )
     try:
         await wait_until(lambda: (data_dir / "run" / "r_stray.json").exists(), what="stray replica to start")

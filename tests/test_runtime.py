@@ -14,7 +14,7 @@ ECHO = pathlib.Path(__file__).resolve().parent.parent / "examples" / "echo"
 
 async def test_a_replica_stopped_right_after_it_was_forked_still_exits(tmp_path):
     """SIGTERM sent the moment the fork server answers must not be lost in the child."""
-    runtime = LocalProcessRuntime(tmp_path, on_change=lambda handle: None, drain_seconds=1)
+    runtime = LocalProcessRuntime(tmp_path, tmp_path / "packages", on_change=lambda handle: None, drain_seconds=1)
     await runtime.prewarm()
     try:
         for n in range(8):

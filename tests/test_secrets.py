@@ -50,7 +50,7 @@ async def platform(tmp_path, monkeypatch):
             tmp_path / "data", replica_user="controller", secret_limits=SecretLimits(max_value_bytes=64, max_secrets=4)
         )
     )
-    gateway = await start_gateway(controller.address)
+    gateway = await start_gateway(controller)
     channel = grpc.aio.insecure_channel(controller.address)
     session = aiohttp.ClientSession()
     api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)

@@ -60,7 +60,7 @@ async def platform(pki, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
     tls = ServerTls.load(pki.cert, pki.key)
     controller = await Controller.start(controller_settings(tmp / "data", tls=tls))
-    gateway = await start_gateway(controller.address, tls=tls, controller_ca_file=pki.ca)
+    gateway = await start_gateway(controller, tls=tls, controller_ca_file=pki.ca)
     package = write_package(tmp / "pkg", "sealed", ECHO_MODEL.format(tag="tls"))
     pushed = await slipway("--controller", controller.address, "--tls-ca", str(pki.ca), "push", str(package))
     assert pushed.exit_code == 0, pushed.output
@@ -164,7 +164,7 @@ async def test_plaintext_to_a_tls_port_fails(platform):
 
 
 async def test_tls_to_a_plaintext_gateway_says_it_serves_no_tls(platform):
-    plaintext = await start_gateway(platform.controller.address, controller_ca_file=platform.pki.ca)
+    plaintext = await start_gateway(platform.controller, controller_ca_file=platform.pki.ca)
     try:
         result = await slipway(
             "--gateway", f"127.0.0.1:{plaintext.grpc_port}", "--tls-ca", str(platform.pki.ca), "predict", "sealed", "{}"
@@ -181,7 +181,11 @@ async def test_a_gateway_without_the_controllers_ca_logs_why_it_has_no_routes(pl
     caplog.set_level(logging.WARNING, "slipway.gateway.routes")
     gateway = await Gateway.start(
         GatewaySettings(
-            controller_address=platform.controller.address, grpc_port=0, http_port=0, shutdown_grace_seconds=1
+            controller_address=platform.controller.address,
+            internal_token=platform.controller.internal_token,
+            grpc_port=0,
+            http_port=0,
+            shutdown_grace_seconds=1,
         )
     )
     try:
@@ -208,6 +212,7 @@ async def test_listening_beyond_loopback_without_tls_is_warned(platform, tmp_pat
         gateway = await Gateway.start(
             GatewaySettings(
                 controller_address=platform.controller.address,
+                internal_token=platform.controller.internal_token,
                 host="0.0.0.0",
                 grpc_port=0,
                 http_port=0,
@@ -298,9 +303,7 @@ async def test_a_client_that_never_completes_its_tls_handshake_is_closed_like_an
 
     tls = ServerTls.load(platform.pki.cert, platform.pki.key)
     limits = HttpLimits(idle_timeout_seconds=0.3)
-    gateway = await start_gateway(
-        platform.controller.address, tls=tls, controller_ca_file=platform.pki.ca, http_limits=limits
-    )
+    gateway = await start_gateway(platform.controller, tls=tls, controller_ca_file=platform.pki.ca, http_limits=limits)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without a byte (asyncio's default: 60 s)
@@ -348,6 +351,8 @@ async def test_the_controller_and_gateway_commands_take_the_tls_flags(pki, tmp_p
             "0",
             "--http-port",
             "0",
+            "--internal-token-file",
+            str(tmp_path / "data" / "internal.token"),
             *tls_flags,
             **pipes,
         )

@@ -57,7 +57,7 @@ class Platform:
 async def platform(tmp_path_factory):
     root = tmp_path_factory.mktemp("truss-config")
     controller = await Controller.start(controller_settings(root / "data"))
-    gateway = await start_gateway(controller.address)
+    gateway = await start_gateway(controller)
     channel = grpc.aio.insecure_channel(controller.address)
     session = aiohttp.ClientSession()
     api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), root)

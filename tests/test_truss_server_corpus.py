@@ -66,7 +66,7 @@ class Platform:
 async def platform(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("truss_server")
     controller = await Controller.start(controller_settings(tmp / "data", health_check_seconds=0.2))
-    gateway = await start_gateway(controller.address)
+    gateway = await start_gateway(controller)
     async with (
         grpc.aio.insecure_channel(controller.address) as control,
         grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as data,

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n slipway/v1/replica_service.proto\x12\nslipway.v1\"h\n\x0eWebsocketFrame\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x10\n\x06\x62inary\x18\x02 \x01(\x0cH\x00\x12+\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1a.slipway.v1.WebsocketCloseH\x00\x42\x07\n\x05\x66rame\".\n\x0eWebsocketClose\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x16InvokeWebsocketRequest\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.slipway.v1.WebsocketFrame\"D\n\x17InvokeWebsocketResponse\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.slipway.v1.WebsocketFrame\"F\n\rInvokeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\"7\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"L\n\x13InvokeStreamRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\"M\n\x14InvokeStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\"$\n\rReloadRequest\x12\x13\n\x0bpackage_dir\x18\x01 \x01(\t\"O\n\x0eReloadResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x32\xc7\x02\n\x0eReplicaService\x12?\n\x06Invoke\x12\x19.slipway.v1.InvokeRequest\x1a\x1a.slipway.v1.InvokeResponse\x12S\n\x0cInvokeStream\x12\x1f.slipway.v1.InvokeStreamRequest\x1a .slipway.v1.InvokeStreamResponse0\x01\x12?\n\x06Reload\x12\x19.slipway.v1.ReloadRequest\x1a\x1a.slipway.v1.ReloadResponse\x12^\n\x0fInvokeWebsocket\x12\".slipway.v1.InvokeWebsocketRequest\x1a#.slipway.v1.InvokeWebsocketResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n slipway/v1/replica_service.proto\x12\nslipway.v1\"h\n\x0eWebsocketFrame\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x10\n\x06\x62inary\x18\x02 \x01(\x0cH\x00\x12+\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1a.slipway.v1.WebsocketCloseH\x00\x42\x07\n\x05\x66rame\".\n\x0eWebsocketClose\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x16InvokeWebsocketRequest\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.slipway.v1.WebsocketFrame\"D\n\x17InvokeWebsocketResponse\x12)\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1a.slipway.v1.WebsocketFrame\"F\n\rInvokeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\"7\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"L\n\x13InvokeStreamRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\"M\n\x14InvokeStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\"@\n\rReloadRequest\x12\x17\n\x0bpackage_dir\x18\x01 \x01(\tB\x02\x18\x01\x12\x16\n\x0epackage_digest\x18\x02 \x01(\t\"O\n\x0eReloadResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x32\xc7\x02\n\x0eReplicaService\x12?\n\x06Invoke\x12\x19.slipway.v1.InvokeRequest\x1a\x1a.slipway.v1.InvokeResponse\x12S\n\x0cInvokeStream\x12\x1f.slipway.v1.InvokeStreamRequest\x1a .slipway.v1.InvokeStreamResponse0\x01\x12?\n\x06Reload\x12\x19.slipway.v1.ReloadRequest\x1a\x1a.slipway.v1.ReloadResponse\x12^\n\x0fInvokeWebsocket\x12\".slipway.v1.InvokeWebsocketRequest\x1a#.slipway.v1.InvokeWebsocketResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slipway.v1.replica_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RELOADREQUEST'].fields_by_name['package_dir']._loaded_options = None
+  _globals['_RELOADREQUEST'].fields_by_name['package_dir']._serialized_options = b'\030\001'
   _globals['_WEBSOCKETFRAME']._serialized_start=48
   _globals['_WEBSOCKETFRAME']._serialized_end=152
   _globals['_WEBSOCKETCLOSE']._serialized_start=154
@@ -48,9 +50,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVOKESTREAMRESPONSE']._serialized_start=548
   _globals['_INVOKESTREAMRESPONSE']._serialized_end=625
   _globals['_RELOADREQUEST']._serialized_start=627
-  _globals['_RELOADREQUEST']._serialized_end=663
-  _globals['_RELOADRESPONSE']._serialized_start=665
-  _globals['_RELOADRESPONSE']._serialized_end=744
-  _globals['_REPLICASERVICE']._serialized_start=747
-  _globals['_REPLICASERVICE']._serialized_end=1074
+  _globals['_RELOADREQUEST']._serialized_end=691
+  _globals['_RELOADRESPONSE']._serialized_start=693
+  _globals['_RELOADRESPONSE']._serialized_end=772
+  _globals['_REPLICASERVICE']._serialized_start=775
+  _globals['_REPLICASERVICE']._serialized_end=1102
 # @@protoc_insertion_point(module_scope)

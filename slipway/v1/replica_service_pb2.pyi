@@ -74,10 +74,12 @@ class InvokeStreamResponse(_message.Message):
     def __init__(self, chunk: _Optional[bytes] = ..., content_type: _Optional[str] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
-    __slots__ = ("package_dir",)
+    __slots__ = ("package_dir", "package_digest")
     PACKAGE_DIR_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     package_dir: str
-    def __init__(self, package_dir: _Optional[str] = ...) -> None: ...
+    package_digest: str
+    def __init__(self, package_dir: _Optional[str] = ..., package_digest: _Optional[str] = ...) -> None: ...
 
 class ReloadResponse(_message.Message):
     __slots__ = ("ok", "error", "traceback", "seconds")

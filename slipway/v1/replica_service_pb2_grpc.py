@@ -27,8 +27,12 @@ if _version_not_supported:
 
 class ReplicaServiceStub:
     """Served by each replica process (the model server). Internal: the controller
-    probes it and gateways forward to it. Health is reported through the standard
-    grpc.health.v1 service: SERVING only once the model's load() has succeeded.
+    probes it and gateways forward to it. Every call carries the replica's token
+    (issued by the controller at start) in the `x-slipway-replica-token` metadata
+    key: UNAUTHENTICATED otherwise, reason REPLICA_TOKEN_MISSING or
+    REPLICA_TOKEN_INVALID. Health is reported through the standard
+    grpc.health.v1 service (open to probes): SERVING only once the model's load()
+    has succeeded.
     """
 
     def __init__(self, channel):
@@ -61,8 +65,12 @@ class ReplicaServiceStub:
 
 class ReplicaServiceServicer:
     """Served by each replica process (the model server). Internal: the controller
-    probes it and gateways forward to it. Health is reported through the standard
-    grpc.health.v1 service: SERVING only once the model's load() has succeeded.
+    probes it and gateways forward to it. Every call carries the replica's token
+    (issued by the controller at start) in the `x-slipway-replica-token` metadata
+    key: UNAUTHENTICATED otherwise, reason REPLICA_TOKEN_MISSING or
+    REPLICA_TOKEN_INVALID. Health is reported through the standard
+    grpc.health.v1 service (open to probes): SERVING only once the model's load()
+    has succeeded.
     """
 
     def Invoke(self, request, context):
@@ -79,7 +87,8 @@ class ReplicaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reload(self, request, context):
-        """Live reload (development): imports the model from another package directory,
+        """Live reload (development replicas only; others answer FAILED_PRECONDITION,
+        reason RELOAD_NOT_DEVELOPMENT): imports the model of another stored package,
         constructs and loads it, then swaps it in; calls in flight finish on the old
         model. On failure the old model keeps serving. Reloading the package the
         replica already serves returns ok at once.
@@ -130,8 +139,12 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ReplicaService:
     """Served by each replica process (the model server). Internal: the controller
-    probes it and gateways forward to it. Health is reported through the standard
-    grpc.health.v1 service: SERVING only once the model's load() has succeeded.
+    probes it and gateways forward to it. Every call carries the replica's token
+    (issued by the controller at start) in the `x-slipway-replica-token` metadata
+    key: UNAUTHENTICATED otherwise, reason REPLICA_TOKEN_MISSING or
+    REPLICA_TOKEN_INVALID. Health is reported through the standard
+    grpc.health.v1 service (open to probes): SERVING only once the model's load()
+    has succeeded.
     """
 
     @staticmethod

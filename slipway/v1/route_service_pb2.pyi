@@ -60,12 +60,14 @@ class DeploymentRoute(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[_resources_pb2.DeploymentState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., status_message: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("replica_id", "address")
+    __slots__ = ("replica_id", "address", "token")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     address: str
-    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    token: str
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class ReportLoadRequest(_message.Message):
     __slots__ = ("gateway_id", "loads")
@@ -104,3 +106,17 @@ class AckRoutesRequest(_message.Message):
 class AckRoutesResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WakeRouteRequest(_message.Message):
+    __slots__ = ("gateway_id", "deployment_id")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    deployment_id: str
+    def __init__(self, gateway_id: _Optional[str] = ..., deployment_id: _Optional[str] = ...) -> None: ...
+
+class WakeRouteResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: _resources_pb2.DeploymentState
+    def __init__(self, state: _Optional[_Union[_resources_pb2.DeploymentState, str]] = ...) -> None: ...

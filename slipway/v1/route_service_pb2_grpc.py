@@ -27,7 +27,10 @@ if _version_not_supported:
 
 class RouteServiceStub:
     """Internal API between the controller and gateways. Gateways hold no durable
-    state: they follow the route table and report the load they see.
+    state: they follow the route table and report the load they see. Every call
+    carries the controller's internal token in the `x-slipway-internal-token`
+    metadata key (UNAUTHENTICATED otherwise, reason INTERNAL_TOKEN_MISSING or
+    INTERNAL_TOKEN_INVALID); user API keys are never accepted here.
     """
 
     def __init__(self, channel):
@@ -51,11 +54,19 @@ class RouteServiceStub:
                 request_serializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesResponse.FromString,
                 _registered_method=True)
+        self.WakeRoute = channel.unary_unary(
+                '/slipway.v1.RouteService/WakeRoute',
+                request_serializer=slipway_dot_v1_dot_route__service__pb2.WakeRouteRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_route__service__pb2.WakeRouteResponse.FromString,
+                _registered_method=True)
 
 
 class RouteServiceServicer:
     """Internal API between the controller and gateways. Gateways hold no durable
-    state: they follow the route table and report the load they see.
+    state: they follow the route table and report the load they see. Every call
+    carries the controller's internal token in the `x-slipway-internal-token`
+    metadata key (UNAUTHENTICATED otherwise, reason INTERNAL_TOKEN_MISSING or
+    INTERNAL_TOKEN_INVALID); user API keys are never accepted here.
     """
 
     def WatchRoutes(self, request, context):
@@ -83,6 +94,15 @@ class RouteServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WakeRoute(self, request, context):
+        """Requests wait at the gateway for a deployment with no ready replica: start
+        one now (as DeploymentService.WakeDeployment does for a user). The gateway
+        authorizes its own caller first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouteServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +121,11 @@ def add_RouteServiceServicer_to_server(servicer, server):
                     request_deserializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_route__service__pb2.AckRoutesResponse.SerializeToString,
             ),
+            'WakeRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.WakeRoute,
+                    request_deserializer=slipway_dot_v1_dot_route__service__pb2.WakeRouteRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_route__service__pb2.WakeRouteResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'slipway.v1.RouteService', rpc_method_handlers)
@@ -111,7 +136,10 @@ def add_RouteServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RouteService:
     """Internal API between the controller and gateways. Gateways hold no durable
-    state: they follow the route table and report the load they see.
+    state: they follow the route table and report the load they see. Every call
+    carries the controller's internal token in the `x-slipway-internal-token`
+    metadata key (UNAUTHENTICATED otherwise, reason INTERNAL_TOKEN_MISSING or
+    INTERNAL_TOKEN_INVALID); user API keys are never accepted here.
     """
 
     @staticmethod
@@ -185,6 +213,33 @@ class RouteService:
             '/slipway.v1.RouteService/AckRoutes',
             slipway_dot_v1_dot_route__service__pb2.AckRoutesRequest.SerializeToString,
             slipway_dot_v1_dot_route__service__pb2.AckRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WakeRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.RouteService/WakeRoute',
+            slipway_dot_v1_dot_route__service__pb2.WakeRouteRequest.SerializeToString,
+            slipway_dot_v1_dot_route__service__pb2.WakeRouteResponse.FromString,
             options,
             channel_credentials,
             insecure,
