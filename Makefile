@@ -64,5 +64,6 @@ bench: setup bench-deps
 	$(PY) bench/gateway.py
 	$(PY) bench/cold_start.py
 	$(PY) bench/reload.py
+	$(PY) bench/auth.py
 	$(PY) bench/proxy_floor.py
 	$(PY) bench/tls.py

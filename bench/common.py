@@ -75,6 +75,8 @@ class Platform:
                 str(work / "data"),
                 "--log-level",
                 "WARNING",
+                # What key checking costs is bench/auth.py's figure; these measure the rest.
+                "--insecure-no-auth",
                 *controller_flags,
             ],
             stdout=log,
@@ -98,6 +100,7 @@ class Platform:
                 str(work / "data" / "internal.token"),
                 "--log-level",
                 "WARNING",
+                "--insecure-no-auth",
             ],
             stdout=log,
             stderr=log,

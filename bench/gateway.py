@@ -493,6 +493,8 @@ def main(args: argparse.Namespace) -> int:
                 str(work / "data"),
                 "--log-level",
                 args.log_level,
+                # The gateway's cost without keys, comparable with earlier runs; bench/auth.py adds them.
+                "--insecure-no-auth",
             ],
             cwd=REPO,
             stdout=controller_log,
@@ -519,6 +521,7 @@ def main(args: argparse.Namespace) -> int:
                 str(work / "data" / "internal.token"),
                 "--log-level",
                 args.log_level,
+                "--insecure-no-auth",
             ],
             cwd=REPO,
             stdout=gateway_log,

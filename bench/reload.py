@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:
 import aiohttp  # noqa: E402
 
 from bench.common import machine_info  # noqa: E402
+from controller.keys import KeySettings  # noqa: E402
 from controller.server import Controller, ControllerSettings  # noqa: E402
 from gateway.server import Gateway, GatewaySettings  # noqa: E402
 
@@ -89,8 +90,15 @@ async def first_answer_with(session: aiohttp.ClientSession, url: str, version: s
 async def run(edits: int) -> None:
     with tempfile.TemporaryDirectory(prefix="slipway-reload-bench-") as tmp:
         tmp_path = pathlib.Path(tmp)
+        # Live reload's latency; what key checking costs is bench/auth.py's figure.
         controller = await Controller.start(
-            ControllerSettings(data_dir=tmp_path / "data", port=0, http_port=0, drain_seconds=5)
+            ControllerSettings(
+                data_dir=tmp_path / "data",
+                port=0,
+                http_port=0,
+                drain_seconds=5,
+                keys=KeySettings(require_api_keys=False),
+            )
         )
         gateway = await Gateway.start(
             GatewaySettings(
@@ -98,6 +106,7 @@ async def run(edits: int) -> None:
                 internal_token=controller.internal_token,
                 grpc_port=0,
                 http_port=0,
+                require_api_keys=False,
             )
         )
         package = write_package(tmp_path / "package")

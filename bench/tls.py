@@ -56,6 +56,8 @@ async def start_platform(work: pathlib.Path, tls_flags: list[str]) -> tuple[asyn
     up = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "slipway", "up", "--port", ports[0], "--gateway-port", ports[1]),
         *("--http-port", ports[2], "--data-dir", str(work / "data"), "--log-level", "WARNING", *tls_flags),
+        # What TLS costs; bench/auth.py measures what key checking costs.
+        "--insecure-no-auth",
         *("--example", str(REPO / "examples" / "echo")),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,

@@ -12,8 +12,10 @@ from controller.errors import InvalidArgument
 from controller.live_reload import PatchOutcome, PatchResult
 from controller.packages import FilePatch
 from controller.runtime import ReplicaHandle
-from controller.store import EventRow, UsageRow
+from controller.store import ApiKeyRow, EventRow, UsageRow
+from slipway.keys import SCOPE_FROM_PROTO, SCOPE_TO_PROTO, Scope, display_prefix
 from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import key_service_pb2 as ks
 from slipway.v1 import resources_pb2 as r
 
 KINDS = {Kind.DEVELOPMENT: r.DEPLOYMENT_KIND_DEVELOPMENT, Kind.PUBLISHED: r.DEPLOYMENT_KIND_PUBLISHED}
@@ -37,6 +39,26 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
     ts = timestamp_pb2.Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
+
+
+def api_key_to_proto(row: ApiKeyRow) -> ks.ApiKey:
+    return ks.ApiKey(
+        id=row.id,
+        name=row.name,
+        scope=SCOPE_TO_PROTO[Scope(row.scope)],
+        model_ids=row.model_ids,
+        display_prefix=display_prefix(row.id),
+        create_time=timestamp(row.create_time),
+        last_used_time=timestamp(row.last_used_time),
+        expire_time=timestamp(row.expire_time),
+        revoke_time=timestamp(row.revoke_time),
+    )
+
+
+def scope_from_proto(value: int) -> Scope:
+    if value in SCOPE_FROM_PROTO:
+        return SCOPE_FROM_PROTO[value]
+    raise InvalidArgument("INVALID_KEY_SCOPE", "scope must be one of admin, deploy, inference, metrics")
 
 
 def model_to_proto(model: Model) -> r.Model:

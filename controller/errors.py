@@ -35,3 +35,11 @@ class AlreadyExists(SlipwayError):
 
 class Aborted(SlipwayError):
     pass
+
+
+class PermissionDenied(SlipwayError):
+    pass
+
+
+class ResourceExhausted(SlipwayError):
+    pass

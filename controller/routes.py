@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from controller.domain import Deployment, Model, ReplicaPhase
 from controller.runtime import ReplicaHandle
-from controller.store import Change, Store
+from controller.store import ApiKeyRow, Change, Store
+from slipway.keys import SCOPE_TO_PROTO, Scope
 from slipway.status import MAX_STATUS_MESSAGE_BYTES
 from slipway.text import shorten
 from slipway.v1 import route_service_pb2 as rt
@@ -41,6 +42,17 @@ def _model_route(model: Model) -> rt.ModelRoute:
     )
 
 
+def _api_key_route(row: ApiKeyRow) -> rt.ApiKeyRoute:
+    return rt.ApiKeyRoute(
+        key_id=row.id,
+        key_sha256=row.key_sha256,
+        scope=SCOPE_TO_PROTO[Scope(row.scope)],
+        model_ids=row.model_ids,
+        expire_time=row.expire_time or 0.0,
+        revoked=row.revoke_time is not None,
+    )
+
+
 class RouteBroadcaster:
     def __init__(self, store: Store, replicas_of: Callable[[str], list[ReplicaHandle]]) -> None:
         self._store = store
@@ -50,9 +62,11 @@ class RouteBroadcaster:
         self.deployments: dict[str, rt.DeploymentRoute] = {}
         self.deleted_models: set[str] = set()
         self.deleted_deployments: set[str] = set()
+        self.api_keys: dict[str, rt.ApiKeyRoute] = {}
         self._history: collections.deque[rt.WatchRoutesResponse] = collections.deque(maxlen=DELTA_HISTORY)
         self._dirty_models: set[str] = set()
         self._dirty_deployments: set[str] = set()
+        self._dirty_api_keys: set[str] = set()
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
         # Per following gateway (gateway_id): its current stream, and the newest version it
@@ -68,6 +82,7 @@ class RouteBroadcaster:
         self.deployments = {d.id: self._deployment_route(d) for d in snapshot.deployments}
         self.deleted_models = set(snapshot.deleted_model_ids)
         self.deleted_deployments = set(snapshot.deleted_deployment_ids)
+        self.api_keys = {row.id: _api_key_route(row) for row in await self._store.all_api_keys()}
         self.version = 1
         self._task = asyncio.create_task(self._run())
 
@@ -80,6 +95,7 @@ class RouteBroadcaster:
     def on_store_change(self, change: Change) -> None:
         self._dirty_deployments |= change.deployments
         self._dirty_models |= change.models
+        self._dirty_api_keys |= change.api_keys
         self._dirty.set()
 
     def on_replica_change(self, handle: ReplicaHandle) -> None:
@@ -108,12 +124,14 @@ class RouteBroadcaster:
             self._dirty.clear()
             deployment_ids, self._dirty_deployments = self._dirty_deployments, set()
             model_ids, self._dirty_models = self._dirty_models, set()
+            api_key_ids, self._dirty_api_keys = self._dirty_api_keys, set()
             try:
-                delta = await self._apply(deployment_ids, model_ids)
+                delta = await self._apply(deployment_ids, model_ids, api_key_ids)
             except Exception:
                 log.exception("could not update the route table; retrying")
                 self._dirty_deployments |= deployment_ids
                 self._dirty_models |= model_ids
+                self._dirty_api_keys |= api_key_ids
                 self._dirty.set()
                 await asyncio.sleep(0.5)
                 continue
@@ -123,7 +141,9 @@ class RouteBroadcaster:
                 self._history.append(delta)
                 self._published.notify_all()
 
-    async def _apply(self, deployment_ids: set[str], model_ids: set[str]) -> rt.WatchRoutesResponse:
+    async def _apply(
+        self, deployment_ids: set[str], model_ids: set[str], api_key_ids: set[str]
+    ) -> rt.WatchRoutesResponse:
         delta = rt.WatchRoutesResponse()
         for model in await self._store.models_by_id(model_ids):
             if model.delete_time is not None:
@@ -141,6 +161,9 @@ class RouteBroadcaster:
             else:
                 deployment_route = self.deployments[deployment.id] = self._deployment_route(deployment)
                 delta.deployments.append(deployment_route)
+        for row in await self._store.api_keys_by_id(api_key_ids):
+            key_route = self.api_keys[row.id] = _api_key_route(row)
+            delta.api_keys.append(key_route)
         return delta
 
     def _published_after(self, version: int) -> Callable[[], bool]:
@@ -154,6 +177,7 @@ class RouteBroadcaster:
             deployments=list(self.deployments.values()),
             deleted_model_ids=sorted(self.deleted_models),
             deleted_deployment_ids=sorted(self.deleted_deployments),
+            api_keys=list(self.api_keys.values()),
         )
 
     def routed(self, replica_id: str, deployment_id: str) -> bool:

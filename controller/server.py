@@ -26,6 +26,7 @@ from controller.connect_api import ConnectApi, ConnectLimits, services_of
 from controller.domain import AutoscalingLimits
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
+from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
 from controller.lifecycle import Lifecycle
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
@@ -34,8 +35,9 @@ from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
 from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
-from controller.servicers import DeploymentServicer, ModelServicer, RouteServicer
+from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
 from controller.store import Store
+from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
@@ -44,6 +46,8 @@ from slipway.tls import ServerTls, add_grpc_port, dialable_host, warn_if_exposed
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
+    key_service_pb2,
+    key_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     route_service_pb2,
@@ -60,8 +64,10 @@ SERVICE_NAMES = (
     deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     ROUTE_SERVICE,
+    key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 )
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 # Services for the platform's own parts only: not on the Connect (JSON over HTTP) surface.
 INTERNAL_SERVICE_NAMES = (ROUTE_SERVICE,)
 
@@ -89,6 +95,7 @@ class ControllerSettings:
     package_limits: PackageLimits = field(default_factory=PackageLimits)
     # Largest request body and model answer a replica accepts (the gateway's setting of the same name).
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    keys: KeySettings = field(default_factory=KeySettings)
     # Serves the gRPC port with TLS when set (replicas stay on loopback plaintext).
     tls: ServerTls | None = None
     # How often replicas ask a model with is_healthy() whether it is healthy.
@@ -118,6 +125,7 @@ class Controller:
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
         self.load: LoadTracker
+        self.keys: KeyManager
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
@@ -149,6 +157,10 @@ class Controller:
         secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
         await secrets.load()
         packages = PackageStore(data_dir / "packages", settings.package_limits)
+        self.keys = KeyManager(self.store, settings.keys)
+        await self.keys.start(data_dir)
+        if not settings.keys.require_api_keys:
+            log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the controller controls it")
         self.autoscaler = Autoscaler(settings.autoscaler)
         lifecycle = Lifecycle(
             self.store,
@@ -197,14 +209,26 @@ class Controller:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
         internal_auth = TokenInterceptor(INTERNAL_TOKEN_HEADER, self.internal_token, [ROUTE_SERVICE], "INTERNAL")
-        self._server = grpc.aio.server(options=options, interceptors=[internal_auth, RefuseUndecodableRequests()])
+        authenticator = Authenticator(
+            lambda: self.keys.records,
+            FailureGuard(settings.keys.failures),
+            on_accept=self.keys.note_used,
+            enabled=settings.keys.require_api_keys,
+        )
+        interceptors = [
+            internal_auth,
+            ApiKeyInterceptor(authenticator, METHOD_SCOPES, OPEN_SERVICES | INTERNAL_SERVICES),
+            RefuseUndecodableRequests(),
+        ]
+        self._server = grpc.aio.server(options=options, interceptors=interceptors)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(lifecycle), self._server)
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(
-            RouteServicer(self.routes, self.load, lifecycle), self._server
+            RouteServicer(self.routes, self.load, lifecycle, self.keys), self._server
         )
+        key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -306,6 +330,7 @@ class Controller:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await self.routes.stop()
+        await self.keys.stop()
         await self.store.close()
         log.info("controller stopped")
 

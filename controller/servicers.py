@@ -13,13 +13,16 @@ from google.protobuf import json_format
 
 from controller import convert
 from controller.domain import Deployment
-from controller.lifecycle import Lifecycle
+from controller.keys import KeyManager, require_model_access
+from controller.lifecycle import Lifecycle, page_size
 from controller.live_reload import LiveReloader
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import ReplicaHandle
 from controller.status import map_domain_errors
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import key_service_pb2 as ks
+from slipway.v1 import key_service_pb2_grpc as ks_grpc
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import route_service_pb2 as rt
@@ -112,6 +115,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         return ds.PromoteDeploymentResponse(deployment=self._proto(result.deployment), completed=result.flag)
 
     async def WakeDeployment(self, request, context):
+        require_model_access((await self.lifecycle.get_deployment(request.deployment_id)).model_id)
         result = await self.lifecycle.wake(request.deployment_id, request.request_id)
         return ds.WakeDeploymentResponse(deployment=self._proto(result.deployment))
 
@@ -164,10 +168,11 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
 
 @map_domain_errors
 class RouteServicer(rt_grpc.RouteServiceServicer):
-    def __init__(self, routes: RouteBroadcaster, load: LoadTracker, lifecycle: Lifecycle) -> None:
+    def __init__(self, routes: RouteBroadcaster, load: LoadTracker, lifecycle: Lifecycle, keys: KeyManager) -> None:
         self.routes = routes
         self.load = load
         self.lifecycle = lifecycle
+        self.keys = keys
 
     async def WatchRoutes(self, request, context):
         async for message in self.routes.subscribe(request.gateway_id):
@@ -175,6 +180,8 @@ class RouteServicer(rt_grpc.RouteServiceServicer):
 
     async def ReportLoad(self, request, context):
         self.load.record(request)
+        for key_id in request.used_api_key_ids:
+            self.keys.note_used(key_id)
         return rt.ReportLoadResponse()
 
     async def AckRoutes(self, request, context):
@@ -184,3 +191,25 @@ class RouteServicer(rt_grpc.RouteServiceServicer):
     async def WakeRoute(self, request, context):
         result = await self.lifecycle.wake(request.deployment_id, "")
         return rt.WakeRouteResponse(state=f"DEPLOYMENT_STATE_{result.deployment.state.value}")
+
+
+@map_domain_errors
+class KeyServicer(ks_grpc.KeyServiceServicer):
+    def __init__(self, keys: KeyManager) -> None:
+        self.keys = keys
+
+    async def CreateKey(self, request, context):
+        ttl = request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else None
+        row, secret = await self.keys.create(
+            request.name, convert.scope_from_proto(request.scope), tuple(request.model_ids), ttl
+        )
+        return ks.CreateKeyResponse(key=convert.api_key_to_proto(row), secret_key=secret)
+
+    async def ListKeys(self, request, context):
+        page = await self.keys.list(request.show_revoked, page_size(request.page_size), request.page_token)
+        return ks.ListKeysResponse(
+            keys=[convert.api_key_to_proto(row) for row in page.items], next_page_token=page.next_page_token
+        )
+
+    async def RevokeKey(self, request, context):
+        return ks.RevokeKeyResponse(key=convert.api_key_to_proto(await self.keys.revoke(request.key_id)))

@@ -12,7 +12,16 @@ import inspect
 
 import grpc
 
-from controller.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, SlipwayError
+from controller.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SlipwayError,
+)
 from slipway.status import rich_status
 
 CODES: dict[type[SlipwayError], grpc.StatusCode] = {
@@ -21,6 +30,8 @@ CODES: dict[type[SlipwayError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     Aborted: grpc.StatusCode.ABORTED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -19,7 +19,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiosqlite
@@ -122,6 +122,21 @@ MIGRATIONS: list[str] = [
         update_time REAL NOT NULL
     )
     """,
+    # 5: user API keys, by hash only (slipway/keys.py)
+    """
+    CREATE TABLE api_keys (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        model_ids TEXT NOT NULL,
+        key_sha256 BLOB NOT NULL,
+        create_time REAL NOT NULL,
+        last_used_time REAL,
+        expire_time REAL,
+        revoke_time REAL
+    )
+    """,
 ]
 
 DEPLOYMENT_COLUMNS = """
@@ -178,6 +193,7 @@ class Change:
 
     deployments: set[str]
     models: set[str]
+    api_keys: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,29 @@ class RouteSnapshot:
     deployments: list[Deployment]
     deleted_model_ids: list[str]
     deleted_deployment_ids: list[str]
+
+
+@dataclass(frozen=True)
+class ApiKeyRow:
+    id: str
+    name: str
+    scope: str
+    model_ids: tuple[str, ...]
+    key_sha256: bytes
+    create_time: float
+    last_used_time: float | None
+    expire_time: float | None
+    revoke_time: float | None
+
+
+API_KEY_SELECT = (
+    "SELECT pk, id, name, scope, model_ids, key_sha256, create_time, last_used_time, expire_time, revoke_time "
+    "FROM api_keys"
+)
+
+
+def _api_key(row: sqlite3.Row | tuple) -> ApiKeyRow:
+    return ApiKeyRow(row[1], row[2], row[3], tuple(json.loads(row[4])), bytes(row[5]), *row[6:10])
 
 
 @dataclass(frozen=True)
@@ -332,6 +371,14 @@ class Reads:
         row = await self._one(f"{DEPLOYMENT_SELECT} WHERE d.id = ?", (deployment_id,))
         return _deployment(row) if row else None
 
+    async def get_api_key(self, key_id: str) -> ApiKeyRow | None:
+        row = await self._one(f"{API_KEY_SELECT} WHERE id = ?", (key_id,))
+        return _api_key(row) if row else None
+
+    async def count_live_api_keys(self) -> int:
+        row = await self._one("SELECT COUNT(*) FROM api_keys WHERE revoke_time IS NULL")
+        return row[0] if row else 0
+
     async def deployment_names(self, model_id: str) -> set[str]:
         rows = await self._all("SELECT name FROM deployments WHERE model_id = ? AND delete_time IS NULL", (model_id,))
         return {r[0] for r in rows}
@@ -382,8 +429,8 @@ class Store(Reads):
             except BaseException:
                 await asyncio.shield(self._writer.rollback())
                 raise
-        if tx.touched or tx.touched_models:
-            change = Change(tx.touched, tx.touched_models)
+        if tx.touched or tx.touched_models or tx.touched_api_keys:
+            change = Change(tx.touched, tx.touched_models, tx.touched_api_keys)
             for listener in list(self._listeners):
                 listener(change)
 
@@ -434,6 +481,25 @@ class Store(Reads):
             [m[0] for m in deleted_models],
             [d[0] for d in deleted_deployments],
         )
+
+    async def list_api_keys(self, show_revoked: bool, page_size: int, page_token: str) -> Page:
+        query = f"api_keys:{int(show_revoked)}"
+        after = decode_page_token(page_token, query)
+        live = "" if show_revoked else "AND revoke_time IS NULL"
+        rows = await self._all(f"{API_KEY_SELECT} WHERE pk > ? {live} ORDER BY pk LIMIT ?", (after, page_size + 1))
+        return _page(rows, page_size, _api_key, query)
+
+    async def all_api_keys(self) -> list[ApiKeyRow]:
+        return [_api_key(r) for r in await self._all(f"{API_KEY_SELECT} ORDER BY pk")]
+
+    async def api_keys_by_id(self, ids: Iterable[str]) -> list[ApiKeyRow]:
+        return await self._by_ids(API_KEY_SELECT, "id", ids, _api_key)
+
+    async def record_api_key_uses(self, last_used: dict[str, float]) -> None:
+        """Last-use times of many keys in one transaction (not a route change)."""
+        async with self.write() as tx:
+            for key_id, used_at in last_used.items():
+                await tx.record_api_key_use(key_id, used_at)
 
     async def _by_ids(self, select: str, column: str, ids: Iterable[str], convert: Callable[[Any], Any]) -> list:
         ids, found = list(ids), []
@@ -506,6 +572,7 @@ class WriteTx(Reads):
         super().__init__(conn)
         self.touched: set[str] = set()
         self.touched_models: set[str] = set()
+        self.touched_api_keys: set[str] = set()
 
     async def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
         await self._conn.execute(sql, tuple(params))
@@ -585,6 +652,23 @@ class WriteTx(Reads):
             "INSERT OR IGNORE INTO packages (digest, size, create_time) VALUES (?, ?, ?)", (digest, size, now)
         )
 
+    async def insert_api_key(self, row: ApiKeyRow) -> None:
+        await self._exec(
+            "INSERT INTO api_keys (id, name, scope, model_ids, key_sha256, create_time, expire_time) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.id, row.name, row.scope, json.dumps(row.model_ids), row.key_sha256, row.create_time, row.expire_time),
+        )
+        self.touched_api_keys.add(row.id)
+
+    async def record_api_key_use(self, key_id: str, used_at: float) -> None:
+        await self._exec(
+            "UPDATE api_keys SET last_used_time = MAX(COALESCE(last_used_time, 0), ?) WHERE id = ?", (used_at, key_id)
+        )
+
+    async def revoke_api_key(self, key_id: str, now: float) -> None:
+        await self._exec("UPDATE api_keys SET revoke_time = ? WHERE id = ? AND revoke_time IS NULL", (now, key_id))
+        self.touched_api_keys.add(key_id)
+
     async def insert_replica(self, row: ReplicaRow) -> None:
         await self._exec(
             "INSERT INTO replicas (id, deployment_id, revision, pid, port, start_time, ready_time, stop_time) "
@@ -629,4 +713,4 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ["Change", "Store", "WriteTx", "Page", "ReplicaRow", "UsageRow", "EventRow", "new_id", "now"]
+__all__ = ["ApiKeyRow", "Change", "Store", "WriteTx", "Page", "ReplicaRow", "UsageRow", "EventRow", "new_id", "now"]

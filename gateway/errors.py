@@ -10,6 +10,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from slipway import limits
+from slipway.auth import grpc_code
+from slipway.keys import AuthError
 from slipway.status import ERROR_DOMAIN
 
 RETRIABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
@@ -24,6 +26,8 @@ HTTP_STATUS = {
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
 }
 # Reasons whose HTTP status is not their code's: RESOURCE_EXHAUSTED is also a full wake
 # queue (429, try later), but a message over the size limit never fits (413, or 500 when
@@ -80,6 +84,10 @@ class ModelHttpError(GatewayError):
 
 def not_found(reason: str, message: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.NOT_FOUND, reason, message)
+
+
+def refused_key(error: AuthError) -> GatewayError:
+    return GatewayError(grpc_code(error), error.reason, error.message)
 
 
 def request_too_large(size: int | None, limit: int) -> GatewayError:

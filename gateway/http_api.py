@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.errors import MODEL_FAILURES, GatewayError, response_too_large
 from gateway.forwarder import Forwarder
@@ -42,6 +43,7 @@ def build_app(
     wake: Callable[[str], Awaitable[dict]],
     timeout: float,
     bodies: BodyReader,
+    authenticate: Middleware,
 ) -> web.Application:
     def target(request: web.Request) -> Callable[[], rt.DeploymentRoute]:
         model_id = request.match_info["model_id"]
@@ -77,7 +79,8 @@ def build_app(
         except GatewayError as error:
             return error_response(error)
 
-    app = web.Application(middlewares=[json_http_errors])
+    # Keys are checked inside json_http_errors: an unknown path asked without a key is 401, not 404.
+    app = web.Application(middlewares=[json_http_errors, authenticate])
     for verb, handler, expect in (("predict", call, bodies.defer_continue), ("wake", wake_route, None)):
         app.router.add_post(f"{ENVIRONMENT_PREFIX}/{verb}", handler, expect_handler=expect)
         app.router.add_post(f"{DEPLOYMENT_PREFIX}/{verb}", handler, expect_handler=expect)

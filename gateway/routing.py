@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 
 from gateway.errors import GatewayError, not_found
+from slipway.keys import SCOPE_FROM_PROTO, KeyRecord
 from slipway.v1 import resources_pb2 as r
 from slipway.v1 import route_service_pb2 as rt
 
@@ -36,6 +37,7 @@ class RouteIndex:
         self.deployments: dict[str, rt.DeploymentRoute] = {}
         self.deleted_models: set[str] = set()
         self.deleted_deployments: set[str] = set()
+        self.api_keys: dict[str, KeyRecord] = {}
 
     def apply(self, message: rt.WatchRoutesResponse) -> None:
         if message.reset:
@@ -55,6 +57,15 @@ class RouteIndex:
         for deployment_id in message.deleted_deployment_ids:
             self.deployments.pop(deployment_id, None)
             self.deleted_deployments.add(deployment_id)
+        for key in message.api_keys:
+            self.api_keys[key.key_id] = KeyRecord(
+                key.key_id,
+                key.key_sha256,
+                SCOPE_FROM_PROTO[key.scope],
+                frozenset(key.model_ids),
+                key.expire_time or None,
+                key.revoked,
+            )
         self.version = message.version
 
     def model(self, model_ref: str) -> rt.ModelRoute:

@@ -16,12 +16,13 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway import grpc_api
+from gateway import auth, grpc_api
 from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
+from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits
 from slipway.channels import secure_or_insecure_aio_channel
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
@@ -110,6 +111,13 @@ class GatewaySettings:
             raise TokenFileError("the gateway needs the controller's internal token (--internal-token-file)")
         return read_token_file(Path(self.internal_token_file))
 
+    # False (--insecure-no-auth): inference is open to anyone who reaches the gateway.
+    require_api_keys: bool = True
+    key_failures: FailureLimits = field(default_factory=FailureLimits)
+
+
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
+
 
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
@@ -125,6 +133,13 @@ class Gateway:
             settings.max_queued_per_deployment,
             self._wake_for_request,
             settings.max_request_bytes,
+        )
+        self._used_keys: set[str] = set()
+        self.authenticator = Authenticator(
+            lambda: self.follower.index.api_keys if self.follower.synced.is_set() else None,
+            FailureGuard(settings.key_failures),
+            on_accept=self._used_keys.add,
+            enabled=settings.require_api_keys,
         )
         self._wakes_sent: dict[str, float] = {}
         self._waking: set[str] = set()
@@ -145,9 +160,11 @@ class Gateway:
                 "ROUTES_UNAVAILABLE",
                 f"the gateway has no route table yet (controller {self.settings.controller_address} unreachable)",
             )
-        return self.follower.index.resolve(model_ref, deployment_id, environment)
+        return auth.require_model_access(self.follower.index.resolve(model_ref, deployment_id, environment))
 
     async def wake(self, deployment_id: str) -> dict:
+        """Asks the controller to wake a deployment (the caller's key was checked for it when
+        its target was resolved)."""
         try:
             response = await rt_grpc.RouteServiceStub(self._controller).WakeRoute(
                 rt.WakeRouteRequest(gateway_id=self.settings.gateway_id, deployment_id=deployment_id),
@@ -184,12 +201,15 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self.follower.run()))
         self._tasks.append(asyncio.create_task(self._report_load()))
 
+        if not settings.require_api_keys:
+            log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the gateway calls every model")
         self._grpc = grpc.aio.server(
             options=[
                 *grpc_message_options(settings.max_request_bytes),
                 *settings.grpc_limits.server_options(settings.request_timeout_seconds),
             ],
             maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs,
+            interceptors=[ApiKeyInterceptor(self.authenticator, auth.METHOD_SCOPES, OPEN_SERVICES)],
         )
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
         self._grpc.add_generic_rpc_handlers((api.handler(),))
@@ -202,7 +222,14 @@ class Gateway:
         await self._grpc.start()
 
         self.http_bodies = BodyReader(settings.http_limits, settings.max_request_bytes)
-        app = build_app(self.forwarder, self.resolve, self.wake, settings.request_timeout_seconds, self.http_bodies)
+        app = build_app(
+            self.forwarder,
+            self.resolve,
+            self.wake,
+            settings.request_timeout_seconds,
+            self.http_bodies,
+            auth.http_middleware(self.authenticator),
+        )
         # handler_cancellation: a client that disconnects cancels its call to the replica, so
         # the model stops (and can see it, as Truss's request.is_disconnected()).
         self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)
@@ -231,11 +258,14 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.load_report_seconds)
             self.forwarder.prune()
+            used_keys = sorted(self._used_keys)
+            self._used_keys.clear()
+            request = rt.ReportLoadRequest(
+                gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report(), used_api_key_ids=used_keys
+            )
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await stub.ReportLoad(
-                    rt.ReportLoadRequest(gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report()),
-                    timeout=self.settings.load_report_seconds,
-                    metadata=self._internal_metadata,
+                    request, timeout=self.settings.load_report_seconds, metadata=self._internal_metadata
                 )
 
     async def stop(self) -> None:

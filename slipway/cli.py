@@ -19,9 +19,10 @@ from typing import Any
 
 import click
 
-from slipway import client_commands, secret_commands
+from slipway import client_commands, key_commands, secret_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
+from slipway.credentials import ADMIN_KEY_FILE, find_api_key
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.packaging import read_model_name
 from slipway.tls import ServerTls, dialable_host
@@ -61,6 +62,20 @@ class SlipwayGroup(click.Group):
     help="Address of a gateway's gRPC API (for predict).",
 )
 @click.option(
+    "--api-key",
+    envvar="SLIPWAY_API_KEY",
+    show_envvar=True,
+    help="API key to send (default: the admin key a local controller wrote in <data dir>/admin.key).",
+)
+@click.option(
+    "--data-dir",
+    envvar="SLIPWAY_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    show_envvar=True,
+    help="Where a local controller keeps its state; clients read its admin.key "
+    "(default: the nearest .slipway in this directory or a parent).",
+)
+@click.option(
     "--tls-ca",
     envvar="SLIPWAY_TLS_CA",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -69,9 +84,17 @@ class SlipwayGroup(click.Group):
     metavar="PEM",
     help="CA certificate that verifies the controller and gateway when they serve TLS (a gateway verifies its controller with it).",
 )
-def cli(controller: str, gateway: str, tls_ca: Path | None) -> None:
+def cli(controller: str, gateway: str, api_key: str | None, data_dir: Path | None, tls_ca: Path | None) -> None:
     """Slipway: deploy model packages, promote them to production, scale them."""
 
+
+insecure_no_auth_option = click.option(
+    "--insecure-no-auth",
+    envvar="SLIPWAY_INSECURE_NO_AUTH",
+    is_flag=True,
+    show_envvar=True,
+    help="Accept every call without an API key. Anyone who reaches the ports controls the platform.",
+)
 
 max_request_bytes_option = click.option(
     "--max-request-bytes",
@@ -150,6 +173,7 @@ def server_options(command: Callable) -> Callable:
             show_envvar=True,
             help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
         ),
+        insecure_no_auth_option,
         click.option(
             "--health-check-seconds",
             envvar="SLIPWAY_HEALTH_CHECK_SECONDS",
@@ -231,11 +255,13 @@ def controller_settings(
     fork_replicas: bool,
     drain_seconds: float,
     max_request_bytes: int,
+    insecure_no_auth: bool,
     tls: ServerTls | None,
     isolation: dict[str, Any],
     health_check_seconds: float = 10.0,
 ) -> Any:
     from controller.autoscaler import AutoscalerConfig
+    from controller.keys import KeySettings
     from controller.server import ControllerSettings
 
     return ControllerSettings(
@@ -247,6 +273,7 @@ def controller_settings(
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
         max_request_bytes=max_request_bytes,
+        keys=KeySettings(require_api_keys=not insecure_no_auth),
         tls=tls,
         **isolation,
         health_check_seconds=health_check_seconds,
@@ -260,6 +287,7 @@ def gateway_settings(
     controller: str,
     replica_wait: float,
     max_request_bytes: int,
+    insecure_no_auth: bool,
     max_http_connections: int,
     max_buffered_request_bytes: int,
     tls: ServerTls | None,
@@ -275,6 +303,7 @@ def gateway_settings(
         http_port=http_port,
         replica_wait_seconds=replica_wait,
         max_request_bytes=max_request_bytes,
+        require_api_keys=not insecure_no_auth,
         http_limits=HttpLimits(
             max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
         ),
@@ -368,6 +397,7 @@ def controller(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    insecure_no_auth: bool,
     health_check_seconds: float,
     max_request_bytes: int,
     tls_cert: Path | None,
@@ -389,6 +419,7 @@ def controller(
         fork_replicas,
         drain_seconds,
         max_request_bytes,
+        insecure_no_auth,
         tls,
         isolation,
         health_check_seconds,
@@ -417,6 +448,7 @@ def controller(
     show_envvar=True,
     help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
 )
+@insecure_no_auth_option
 @tls_options
 @click.pass_context
 def gateway(
@@ -429,6 +461,7 @@ def gateway(
     max_buffered_request_bytes: int,
     log_level: str,
     max_request_bytes: int,
+    insecure_no_auth: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
     internal_token_file: Path,
@@ -447,6 +480,7 @@ def gateway(
         root["controller"],
         replica_wait,
         max_request_bytes,
+        insecure_no_auth,
         max_http_connections,
         max_buffered_request_bytes,
         tls,
@@ -494,8 +528,19 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
         click.echo(f"  export SLIPWAY_GATEWAY={gateway_host}:{gateway_process.grpc_port}")
         if ca_file:
             click.echo(f"  export SLIPWAY_TLS_CA={ca_file}")
+        key_file = controller_config.data_dir / ADMIN_KEY_FILE
+        authorization = ""
+        if controller_config.keys.require_api_keys:
+            click.echo(f"  export SLIPWAY_DATA_DIR={controller_config.data_dir.resolve()}   # the CLI's key: admin.key")
+            authorization = f' -H "Authorization: Api-Key $(cat {key_file})"'
+        else:
+            click.echo(
+                "WARNING: authentication is off (--insecure-no-auth): anyone who reaches these ports has full control"
+            )
         if example is not None:
-            client = SlipwayClient(controller_address, ca_file=ca_file)
+            client = SlipwayClient(
+                controller_address, ca_file=ca_file, api_key=find_api_key(data_dir=controller_config.data_dir)
+            )
             try:
                 error = await asyncio.to_thread(push_example, client, example, timeout, ca_file is not None)
                 if error:
@@ -503,7 +548,8 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
                 else:
                     model = await asyncio.to_thread(client.get_model, read_model_name(example))
                     click.echo(
-                        f"Or over HTTP:  {curl} -X POST {http}/model/{model.id}/development/predict -d '{EXAMPLE_PAYLOAD}'"
+                        f"Or over HTTP:  {curl} -X POST {http}/model/{model.id}/development/predict{authorization} "
+                        f"-d '{EXAMPLE_PAYLOAD}'"
                     )
             finally:
                 client.close()
@@ -535,6 +581,7 @@ def up(
     wake_hold_seconds: float,
     fork_replicas: bool,
     drain_seconds: float,
+    insecure_no_auth: bool,
     health_check_seconds: float,
     gateway_port: int,
     http_port: int,
@@ -568,6 +615,7 @@ def up(
                 fork_replicas,
                 drain_seconds,
                 max_request_bytes,
+                insecure_no_auth,
                 tls,
                 isolation,
                 health_check_seconds,
@@ -579,6 +627,7 @@ def up(
                 "",
                 replica_wait,
                 max_request_bytes,
+                insecure_no_auth,
                 max_http_connections,
                 max_buffered_request_bytes,
                 tls,
@@ -599,6 +648,7 @@ for command in (
     client_commands.usage,
     client_commands.events,
     client_commands.predict,
+    key_commands.keys,
     secret_commands.secrets,
 ):
     cli.add_command(command)

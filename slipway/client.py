@@ -18,9 +18,10 @@ a readable line ("FAILED_PRECONDITION (PRODUCTION_NOT_DELETABLE): ...") and
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from slipway.channels import secure_or_insecure_channel
+from slipway.credentials import find_api_key, with_api_key
 from slipway.packaging import archive_package
 from slipway.tls import read_ca
 from slipway.v1 import (
@@ -37,6 +39,7 @@ from slipway.v1 import (
 )
 from slipway.v1 import (
     deployment_service_pb2_grpc,
+    key_service_pb2_grpc,
     model_service_pb2_grpc,
     secret_service_pb2_grpc,
 )
@@ -45,6 +48,9 @@ from slipway.v1 import (
 )
 from slipway.v1 import (
     inference_service_pb2_grpc as inf_grpc,
+)
+from slipway.v1 import (
+    key_service_pb2 as ks,
 )
 from slipway.v1 import (
     model_service_pb2 as ms,
@@ -83,6 +89,12 @@ PUSH_TARGETS: dict[str, ds.PushTarget] = {
     "production": ds.PUSH_TARGET_PRODUCTION,
 }
 AUTOSCALING_FIELDS = tuple(res.AutoscalingSettings.DESCRIPTOR.fields_by_name)
+KEY_SCOPES: dict[str, ks.KeyScope] = {
+    "admin": ks.KEY_SCOPE_ADMIN,
+    "deploy": ks.KEY_SCOPE_DEPLOY,
+    "inference": ks.KEY_SCOPE_INFERENCE,
+    "metrics": ks.KEY_SCOPE_METRICS,
+}
 
 
 def default_controller_address() -> str:
@@ -176,7 +188,8 @@ class SlipwayClient:
     `timeout` is the deadline of each unary call in seconds (pushes get
     `push_timeout`). Mutations take an optional `request_id` (idempotency key: a
     retried call with the same key is applied once). `ca_file` verifies a controller
-    serving TLS (default SLIPWAY_TLS_CA; plaintext when neither is set).
+    serving TLS (default SLIPWAY_TLS_CA; plaintext when neither is set). `api_key`: see
+    slipway/credentials.py (by default SLIPWAY_API_KEY, else a local controller's admin key).
     """
 
     def __init__(
@@ -187,14 +200,17 @@ class SlipwayClient:
         push_timeout: float = 600.0,
         channel: grpc.Channel | None = None,
         ca_file: str | os.PathLike[str] | None = None,
+        api_key: str | None = None,
     ):
         self.address = address or default_controller_address()
         self.timeout = timeout
         self.push_timeout = push_timeout
         self._channel = channel or secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
-        self.models = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(self._channel)
-        self.secrets = secret_service_pb2_grpc.SecretServiceStub(self._channel)
+        authorized = with_api_key(self._channel, find_api_key(api_key))
+        self.models = model_service_pb2_grpc.ModelServiceStub(authorized)
+        self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(authorized)
+        self.keys = key_service_pb2_grpc.KeyServiceStub(authorized)
+        self.secrets = secret_service_pb2_grpc.SecretServiceStub(authorized)
 
     def close(self) -> None:
         self._channel.close()
@@ -221,6 +237,23 @@ class SlipwayClient:
                 return
             seen.add(token)
             request.page_token = token
+
+    # API keys (admin scope)
+
+    def create_key(
+        self, scope: str, model_ids: Sequence[str] = (), ttl_seconds: float | None = None, name: str = ""
+    ) -> ks.CreateKeyResponse:
+        """`scope`: admin, deploy, inference or metrics. The response's secret_key is shown only here."""
+        request = ks.CreateKeyRequest(name=name, scope=KEY_SCOPES[scope], model_ids=list(model_ids))
+        if ttl_seconds is not None:
+            request.ttl.FromTimedelta(datetime.timedelta(seconds=ttl_seconds))
+        return self.keys.CreateKey(request, timeout=self.timeout)
+
+    def list_keys(self, show_revoked: bool = False) -> list[ks.ApiKey]:
+        return list(self._paginate(self.keys.ListKeys, ks.ListKeysRequest(show_revoked=show_revoked), "keys"))
+
+    def revoke_key(self, key_id: str) -> ks.ApiKey:
+        return self.keys.RevokeKey(ks.RevokeKeyRequest(key_id=key_id), timeout=self.timeout).key
 
     # models
 
@@ -469,12 +502,14 @@ def inference_target(target: str, deployment: str = "") -> inf.Target:
 
 
 class InferenceClient:
-    """Calls models through a gateway's InferenceService."""
+    """Calls models through a gateway's InferenceService (`api_key` as for SlipwayClient)."""
 
-    def __init__(self, address: str | None = None, *, ca_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, *, ca_file: str | os.PathLike[str] | None = None, api_key: str | None = None
+    ) -> None:
         self.address = address or default_gateway_address()
         self._channel = secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
-        self._stub = inf_grpc.InferenceServiceStub(self._channel)
+        self._stub = inf_grpc.InferenceServiceStub(with_api_key(self._channel, find_api_key(api_key)))
 
     def close(self) -> None:
         self._channel.close()

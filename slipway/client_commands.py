@@ -27,6 +27,7 @@ from slipway.client import (
     format_rpc_error,
     state_name,
 )
+from slipway.credentials import find_api_key
 from slipway.packaging import PackageError, read_model_name
 from slipway.render import (
     DEPLOYMENT_COLUMNS,
@@ -87,11 +88,17 @@ output_option = click.option(
 timeout_option = click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait.")
 
 
+def root_api_key() -> str:
+    """The key the root options name (--api-key, SLIPWAY_API_KEY, or <--data-dir>/admin.key)."""
+    params = click.get_current_context().find_root().params
+    return find_api_key(params.get("api_key"), params.get("data_dir"))
+
+
 def connect() -> SlipwayClient:
     """A client to the controller named on the command line, closed with the command."""
     ctx = click.get_current_context()
     root = ctx.find_root().params
-    return ctx.with_resource(SlipwayClient(root["controller"], ca_file=root["tls_ca"]))
+    return ctx.with_resource(SlipwayClient(root["controller"], ca_file=root["tls_ca"], api_key=root_api_key()))
 
 
 def emit(output: str, value: Message | Sequence[Message], render: Callable[[Any], str]) -> None:
@@ -550,7 +557,7 @@ def predict(target: str, payload: str | None, deployment_id: str, stream: bool, 
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
     root = click.get_current_context().find_root().params
-    client = InferenceClient(root["gateway"], ca_file=root["tls_ca"])
+    client = InferenceClient(root["gateway"], ca_file=root["tls_ca"], api_key=root_api_key())
     try:
         if not stream:
             click.echo(client.predict(target, payload, deployment_id, timeout).decode("utf-8", "replace"))

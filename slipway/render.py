@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from slipway.client import state_name
+from slipway.v1 import key_service_pb2 as ks
 from slipway.v1 import resources_pb2 as res
 
 
@@ -108,6 +109,17 @@ EVENT_COLUMNS: Columns = [
     ("MESSAGE", lambda e: e.message),
 ]
 
+KEY_COLUMNS: Columns = [
+    ("ID", lambda k: k.id),
+    ("PREFIX", lambda k: k.display_prefix + "…"),
+    ("NAME", lambda k: k.name or "-"),
+    ("SCOPE", lambda k: ks.KeyScope.Name(k.scope).removeprefix("KEY_SCOPE_").lower()),
+    ("MODELS", lambda k: ",".join(k.model_ids) or "-"),
+    ("CREATED", lambda k: timestamp(k.create_time)),
+    ("LAST USED", lambda k: timestamp(k.last_used_time) or "-"),
+    ("EXPIRES", lambda k: timestamp(k.expire_time) or "never"),
+    ("REVOKED", lambda k: timestamp(k.revoke_time) or "-"),
+]
 SECRET_COLUMNS: Columns = [
     ("NAME", lambda s: s.name),
     ("CREATED", lambda s: timestamp(s.create_time)),

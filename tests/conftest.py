@@ -17,6 +17,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from controller.keys import KeySettings
 from controller.reconciler import ReconcilerSettings
 from controller.server import Controller, ControllerSettings
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
@@ -197,7 +198,10 @@ def _await_chain(awaitable) -> list[str]:
 
 
 def controller_settings(data_dir: pathlib.Path, **overrides) -> ControllerSettings:
+    """Settings for a test controller; without API keys unless `keys=` says otherwise (the
+    tests of keys and scopes are in test_api_keys.py)."""
     DATA_DIRS.add(data_dir)
+    overrides.setdefault("keys", KeySettings(require_api_keys=False))
     return ControllerSettings(
         data_dir=data_dir,
         port=0,
@@ -223,9 +227,11 @@ async def api(controller, tmp_path):
 
 
 async def start_gateway(controller: Controller, **overrides):
-    """A gateway on port 0 following the controller, once it has the route table."""
+    """A gateway on port 0 following the controller, once it has the route table (without
+    API keys unless `require_api_keys=True`)."""
     from gateway.server import Gateway, GatewaySettings
 
+    overrides.setdefault("require_api_keys", False)
     running = await Gateway.start(
         GatewaySettings(
             controller_address=controller.address,

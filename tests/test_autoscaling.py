@@ -80,6 +80,7 @@ async def platform(tmp_path):
             replica_wait_seconds=20,
             load_report_seconds=0.05,
             max_queued_per_deployment=2,
+            require_api_keys=False,
         )
     )
     async with (
@@ -328,6 +329,7 @@ async def test_wake_starts_a_deployment_ahead_of_traffic_and_a_wait_that_runs_ou
             grpc_port=0,
             http_port=0,
             replica_wait_seconds=0.5,
+            require_api_keys=False,
         )
     )
     try:

@@ -261,6 +261,7 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
                 grpc_port=0,
                 http_port=0,
                 replica_wait_seconds=5,
+                require_api_keys=False,
             )
         )
         async with (

@@ -255,6 +255,7 @@ async def test_a_restarted_controller_reloads_an_adopted_replica_as_its_user(sha
         argv = [sys.executable, "-m", "slipway", "controller", "--port", str(port), "--data-dir", str(data_dir)]
         argv += ["--replica-python", str(shared_python / "python" / "bin" / "python")]
         argv += ["--replica-uid-range", f"{UID_RANGE[0]}-{UID_RANGE[1]}"]
+        argv += ["--insecure-no-auth"]  # isolation is under test here; API keys are test_api_keys.py's
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     first, second, running = controller_process(), None, None

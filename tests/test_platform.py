@@ -4,12 +4,15 @@ process, called over HTTP and through the CLI, then stopped with SIGTERM."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
+import pytest
 from test_restart import free_port, replica_pids
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -54,18 +57,25 @@ def test_up_runs_the_platform_with_the_example_deployed(tmp_path):
         output = "".join(lines)
         assert "Deployment development is ACTIVE." in output, output
         curl = next(line for line in lines if "curl -X POST" in line)
-        url = curl.split("curl -X POST ")[1].split(" -d ")[0]
-        request = urllib.request.Request(url, data=b'{"text": "hi"}', headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert json.loads(response.read()) == {"echo": {"text": "hi"}}
+        # The printed example as a shell runs it: the header's key is read from the data dir.
+        answer = subprocess.run(["sh", "-c", curl.split("Or over HTTP:", 1)[1]], capture_output=True, timeout=10)
+        assert json.loads(answer.stdout) == {"echo": {"text": "hi"}}, answer
+        url = curl.split("curl -X POST ")[1].split(" ")[0]
+        anonymous = urllib.request.Request(url, data=b'{"text": "hi"}', headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused_anonymous:
+            urllib.request.urlopen(anonymous, timeout=10)
+        assert refused_anonymous.value.code == 401
+        assert (data_dir / "admin.key").stat().st_mode & 0o777 == 0o600
 
         env_args = ["--controller", f"127.0.0.1:{ports[0]}", "--gateway", f"127.0.0.1:{ports[1]}"]
-        called = slipway(*env_args, "predict", "echo", "--deployment", "development", '{"n": 1}')
+        # The CLI finds the admin key of the data dir by itself.
+        key_env = {**os.environ, "SLIPWAY_DATA_DIR": str(data_dir)}
+        called = slipway(*env_args, "predict", "echo", "--deployment", "development", '{"n": 1}', env=key_env)
         assert called.returncode == 0, called.stderr
         assert json.loads(called.stdout) == {"echo": {"n": 1}}
-        listed = slipway(*env_args, "deployments", "list", "--output", "json")
+        listed = slipway(*env_args, "deployments", "list", "--output", "json", env=key_env)
         assert [d["name"] for d in json.loads(listed.stdout)] == ["development"]
-        refused = slipway(*env_args, "predict", "echo", "{}")
+        refused = slipway(*env_args, "predict", "echo", "{}", env=key_env)
         assert refused.returncode == 1 and "NO_PRODUCTION_DEPLOYMENT" in refused.stderr
 
         process.send_signal(signal.SIGTERM)

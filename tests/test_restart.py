@@ -54,7 +54,17 @@ class ControllerProcess:
         DATA_DIRS.add(data_dir)
         self.address = f"127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "slipway", "controller", "--port", str(port), "--data-dir", str(data_dir)],
+            [
+                sys.executable,
+                "-m",
+                "slipway",
+                "controller",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--insecure-no-auth",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=open(data_dir.parent / f"controller-{port}.log", "ab"),
         )

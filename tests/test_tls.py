@@ -274,7 +274,11 @@ async def test_slipway_up_serves_tls_with_a_self_signed_certificate_and_says_how
         assert any("(gRPC) and https://127.0.0.1:" in line for line in lines), lines
         controller = next(line.split("=", 1)[1] for line in lines if "SLIPWAY_CONTROLLER=" in line)
         gateway = next(line.split("=", 1)[1] for line in lines if "SLIPWAY_GATEWAY=" in line)
-        listed = await slipway("--controller", controller, "--tls-ca", str(pki.self_signed_cert), "models", "list")
+        # --data-dir: where the CLI finds the admin key the first start wrote.
+        key = ("--data-dir", str(tmp_path / "data"))
+        listed = await slipway(
+            "--controller", controller, *key, "--tls-ca", str(pki.self_signed_cert), "models", "list"
+        )
         assert listed.output == "No models.\n"
         # The real command, without the CA: one line on stderr, none of grpc core's own.
         refused = await asyncio.create_subprocess_exec(
@@ -287,7 +291,9 @@ async def test_slipway_up_serves_tls_with_a_self_signed_certificate_and_says_how
         assert err.decode().splitlines() == [err.decode().strip()] and err.startswith(b"Error: UNAVAILABLE"), err
 
         async def gateway_answers_from_its_routes() -> str:
-            result = await slipway("--gateway", gateway, "--tls-ca", str(pki.self_signed_cert), "predict", "nope", "{}")
+            result = await slipway(
+                "--gateway", gateway, *key, "--tls-ca", str(pki.self_signed_cert), "predict", "nope", "{}"
+            )
             return "ROUTES_UNAVAILABLE" not in result.output and result.output
 
         # The gateway followed its controller over TLS: it knows there is no such model.
@@ -359,7 +365,8 @@ async def test_the_controller_and_gateway_commands_take_the_tls_flags(pki, tmp_p
         processes.append(gateway)
         http = (await _json_log_line(gateway, "gateway listening"))["http"]
         await _json_log_line(gateway, "following routes")
-        async with aiohttp.ClientSession() as session:
+        admin_key = (tmp_path / "data" / "admin.key").read_text().strip()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Api-Key {admin_key}"}) as session:
             url = f"https://{http}/model/nope/production/predict"
             async with session.post(url, json={}, ssl=ssl.create_default_context(cafile=pki.ca)) as response:
                 assert response.status == 404

@@ -1,3 +1,4 @@
+from slipway.v1 import key_service_pb2 as _key_service_pb2
 from slipway.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -14,20 +15,38 @@ class WatchRoutesRequest(_message.Message):
     def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
 
 class WatchRoutesResponse(_message.Message):
-    __slots__ = ("version", "reset", "models", "deployments", "deleted_model_ids", "deleted_deployment_ids")
+    __slots__ = ("version", "reset", "models", "deployments", "deleted_model_ids", "deleted_deployment_ids", "api_keys")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
     DELETED_MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     DELETED_DEPLOYMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
     version: int
     reset: bool
     models: _containers.RepeatedCompositeFieldContainer[ModelRoute]
     deployments: _containers.RepeatedCompositeFieldContainer[DeploymentRoute]
     deleted_model_ids: _containers.RepeatedScalarFieldContainer[str]
     deleted_deployment_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., reset: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., deployments: _Optional[_Iterable[_Union[DeploymentRoute, _Mapping]]] = ..., deleted_model_ids: _Optional[_Iterable[str]] = ..., deleted_deployment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    api_keys: _containers.RepeatedCompositeFieldContainer[ApiKeyRoute]
+    def __init__(self, version: _Optional[int] = ..., reset: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., deployments: _Optional[_Iterable[_Union[DeploymentRoute, _Mapping]]] = ..., deleted_model_ids: _Optional[_Iterable[str]] = ..., deleted_deployment_ids: _Optional[_Iterable[str]] = ..., api_keys: _Optional[_Iterable[_Union[ApiKeyRoute, _Mapping]]] = ...) -> None: ...
+
+class ApiKeyRoute(_message.Message):
+    __slots__ = ("key_id", "key_sha256", "scope", "model_ids", "expire_time", "revoked")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_sha256: bytes
+    scope: _key_service_pb2.KeyScope
+    model_ids: _containers.RepeatedScalarFieldContainer[str]
+    expire_time: float
+    revoked: bool
+    def __init__(self, key_id: _Optional[str] = ..., key_sha256: _Optional[bytes] = ..., scope: _Optional[_Union[_key_service_pb2.KeyScope, str]] = ..., model_ids: _Optional[_Iterable[str]] = ..., expire_time: _Optional[float] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
     __slots__ = ("model_id", "model_name", "production_deployment_id", "development_deployment_id")
@@ -70,12 +89,14 @@ class Endpoint(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class ReportLoadRequest(_message.Message):
-    __slots__ = ("gateway_id", "loads")
+    __slots__ = ("gateway_id", "loads", "used_api_key_ids")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     LOADS_FIELD_NUMBER: _ClassVar[int]
+    USED_API_KEY_IDS_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     loads: _containers.RepeatedCompositeFieldContainer[DeploymentLoad]
-    def __init__(self, gateway_id: _Optional[str] = ..., loads: _Optional[_Iterable[_Union[DeploymentLoad, _Mapping]]] = ...) -> None: ...
+    used_api_key_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gateway_id: _Optional[str] = ..., loads: _Optional[_Iterable[_Union[DeploymentLoad, _Mapping]]] = ..., used_api_key_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeploymentLoad(_message.Message):
     __slots__ = ("deployment_id", "in_flight", "requests_total", "queued", "average_concurrency")
