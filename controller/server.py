@@ -68,8 +68,6 @@ SERVICE_NAMES = (
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
-# Services for the platform's own parts only: not on the Connect (JSON over HTTP) surface.
-INTERNAL_SERVICE_NAMES = (ROUTE_SERVICE,)
 
 
 @dataclass
@@ -277,7 +275,8 @@ class Controller:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        public = [name for name in SERVICE_NAMES if name not in INTERNAL_SERVICE_NAMES]
+        # Internal services (the platform's own parts only) stay off the JSON surface.
+        public = [name for name in SERVICE_NAMES if name not in INTERNAL_SERVICES]
         document = openapi_document(services_of(public), "Slipway management API", "v1")
         app = web.Application(client_max_size=self.settings.connect.max_request_bytes)
 

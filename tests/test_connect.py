@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from controller.connect_api import ConnectLimits
+from controller.keys import KeySettings
 from controller.server import Controller
 from slipway.packaging import archive_package
 from slipway.v1 import model_service_pb2 as ms
@@ -319,3 +320,22 @@ async def test_a_taken_http_port_fails_the_start_and_stops_the_grpc_server(contr
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await ms_grpc.ModelServiceStub(channel).ListModels(ms.ListModelsRequest(), timeout=2)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_api_keys_apply_to_connect_calls_as_to_grpc_calls(tmp_path):
+    running = await Controller.start(controller_settings(tmp_path / "data", keys=KeySettings()))
+    try:
+        admin_key = (tmp_path / "data" / "admin.key").read_text().strip()
+        async with aiohttp.ClientSession(base_url=running.http_url) as http:
+            status, error = await call(http, "ModelService/ListModels", {})
+            assert (status, error["code"], reason(error)) == (401, "unauthenticated", "API_KEY_MISSING")
+            status, error = await call(
+                http, "ModelService/ListModels", {}, headers={**JSON, "Authorization": "Api-Key x"}
+            )
+            assert (status, error["code"]) == (401, "unauthenticated")
+            status, listed = await call(
+                http, "ModelService/ListModels", {}, headers={**JSON, "Authorization": f"Api-Key {admin_key}"}
+            )
+            assert (status, listed) == (200, {})
+    finally:
+        await stop_or_explain(running.stop(), "controller")
