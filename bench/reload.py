@@ -93,7 +93,11 @@ async def run(edits: int) -> None:
         # Live reload's latency; what key checking costs is bench/auth.py's figure.
         controller = await Controller.start(
             ControllerSettings(
-                data_dir=tmp_path / "data", port=0, drain_seconds=5, keys=KeySettings(require_api_keys=False)
+                data_dir=tmp_path / "data",
+                port=0,
+                http_port=0,
+                drain_seconds=5,
+                keys=KeySettings(require_api_keys=False),
             )
         )
         gateway = await Gateway.start(

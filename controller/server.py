@@ -7,23 +7,28 @@ import contextlib
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
 from controller.compat import Machine
+from controller.connect_api import ConnectApi, ConnectLimits, services_of
 from controller.domain import AutoscalingLimits
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
 from controller.lifecycle import Lifecycle
+from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.routes import LoadTracker, RouteBroadcaster
@@ -37,7 +42,7 @@ from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
 from slipway.status import RefuseUndecodableRequests
-from slipway.tls import ServerTls, add_grpc_port, warn_if_exposed_without_tls
+from slipway.tls import ServerTls, add_grpc_port, dialable_host, warn_if_exposed_without_tls
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
@@ -70,6 +75,9 @@ class ControllerSettings:
     data_dir: pathlib.Path = pathlib.Path(".slipway")
     host: str = "127.0.0.1"
     port: int = 7100
+    # The HTTP port: the management API as JSON over HTTP (Connect) and its /openapi.json.
+    http_port: int = 7180
+    connect: ConnectLimits = field(default_factory=ConnectLimits)
     drain_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     # Fork replicas from a pre-imported model server (fast cold starts) rather than exec a new interpreter.
@@ -109,6 +117,7 @@ class Controller:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         self.port = 0
+        self.http_port = 0
         self.store: Store
         self.reconciler: Reconciler
         self.autoscaler: Autoscaler
@@ -118,12 +127,20 @@ class Controller:
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
+        self._loopback: grpc.aio.Channel | None = None
+        self._loopback_dir: pathlib.Path | None = None
+        self._http: web.AppRunner | None = None
         # What gateways present on RouteService (kept in <data_dir>/internal.token).
         self.internal_token = ""
 
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{dialable_host(self.settings.host)}:{self.http_port}"
 
     @classmethod
     async def start(cls, settings: ControllerSettings) -> Controller:
@@ -217,11 +234,21 @@ class Controller:
         )
         warn_if_exposed_without_tls(settings.host, settings.tls, "the controller")
         self.port = add_grpc_port(self._server, f"{settings.host}:{settings.port}", settings.tls)
+        # The Connect surface's way in: a Unix socket in a directory only this process's user
+        # can enter, so the hop needs no TLS (and no certificate that names a loopback host).
+        self._loopback_dir = pathlib.Path(tempfile.mkdtemp(prefix="slipway-controller-"))
+        loopback_socket = f"unix:{self._loopback_dir / 'grpc.sock'}"
+        self._server.add_insecure_port(loopback_socket)
         await self.reconciler.adopt_existing()
         await self.reconciler.runtime.prewarm()
         await self.routes.start()
         self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
         await self._server.start()
+        try:
+            await self._start_http(loopback_socket)
+        except BaseException:
+            await self.stop()
+            raise
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -229,6 +256,7 @@ class Controller:
             extra={
                 "fields": {
                     "address": self.address,
+                    "http": self.http_url,
                     "tls": settings.tls is not None,
                     "data_dir": str(data_dir),
                     "replica_users": _describe(replica_users),
@@ -236,6 +264,36 @@ class Controller:
             },
         )
         return self
+
+    async def _start_http(self, loopback_socket: str) -> None:
+        """The HTTP app: Connect calls go through a local channel to this controller's own
+        gRPC server, so they meet the same interceptors, rules and statuses as gRPC calls."""
+        self._loopback = grpc.aio.insecure_channel(
+            loopback_socket,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        # Internal services (the platform's own parts only) stay off the JSON surface.
+        public = [name for name in SERVICE_NAMES if name not in INTERNAL_SERVICES]
+        document = openapi_document(services_of(public), "Slipway management API", "v1")
+        app = web.Application(client_max_size=self.settings.connect.max_request_bytes)
+
+        async def openapi(_request: web.Request) -> web.Response:
+            return web.json_response(document)
+
+        app.router.add_get("/openapi.json", openapi)
+        ConnectApi(self._loopback, public, self.settings.connect).add_routes(app)
+        runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_grace_seconds, access_log=None)
+        await runner.setup()
+        self._http = runner
+        tls = self.settings.tls
+        site = web.TCPSite(
+            runner, self.settings.host, self.settings.http_port, ssl_context=tls.http_context() if tls else None
+        )
+        await site.start()
+        self.http_port = runner.addresses[0][1]
 
     def _wake(self, deployment_id: str) -> None:
         self.autoscaler.wake(deployment_id, time.monotonic())
@@ -251,7 +309,15 @@ class Controller:
     async def stop(self) -> None:
         """Graceful: stop taking RPCs, finish in-flight ones, drain and stop replicas."""
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.shutdown_grace_seconds)
+        try:
+            if self._http is not None:
+                await self._http.cleanup()
+        finally:
+            await self._server.stop(self.settings.shutdown_grace_seconds)
+            if self._loopback is not None:
+                await self._loopback.close()
+            if self._loopback_dir is not None:
+                shutil.rmtree(self._loopback_dir, ignore_errors=True)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

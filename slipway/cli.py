@@ -114,6 +114,15 @@ def server_options(command: Callable) -> Callable:
             "--port", envvar="SLIPWAY_CONTROLLER_PORT", type=int, default=7100, show_default=True, show_envvar=True
         ),
         click.option(
+            "--controller-http-port",
+            envvar="SLIPWAY_CONTROLLER_HTTP_PORT",
+            type=int,
+            default=7180,
+            show_default=True,
+            show_envvar=True,
+            help="HTTP port of the controller: the management API as JSON over HTTP (Connect), /openapi.json.",
+        ),
+        click.option(
             "--data-dir",
             envvar="SLIPWAY_DATA_DIR",
             type=click.Path(file_okay=False, path_type=Path),
@@ -239,6 +248,7 @@ def configure_logs(log_level: str) -> None:
 def controller_settings(
     host: str,
     port: int,
+    http_port: int,
     data_dir: Path,
     time_scale: float,
     wake_hold: float,
@@ -258,6 +268,7 @@ def controller_settings(
         data_dir=data_dir,
         host=host,
         port=port,
+        http_port=http_port,
         autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
         fork_replicas=fork_replicas,
         drain_seconds=drain_seconds,
@@ -379,6 +390,7 @@ def run_until_stopped(coroutine: Any) -> None:
 def controller(
     host: str,
     port: int,
+    controller_http_port: int,
     data_dir: Path,
     log_level: str,
     autoscaling_time_scale: float,
@@ -400,6 +412,7 @@ def controller(
     settings = controller_settings(
         host,
         port,
+        controller_http_port,
         data_dir,
         autoscaling_time_scale,
         wake_hold_seconds,
@@ -510,6 +523,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
         click.echo(
             f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)"
         )
+        click.echo(f"Slipway management API as JSON over HTTP (Connect) on {controller_process.http_url}")
         click.echo(f"  export SLIPWAY_CONTROLLER={controller_address}")
         click.echo(f"  export SLIPWAY_GATEWAY={gateway_host}:{gateway_process.grpc_port}")
         if ca_file:
@@ -560,6 +574,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
 def up(
     host: str,
     port: int,
+    controller_http_port: int,
     data_dir: Path,
     log_level: str,
     autoscaling_time_scale: float,
@@ -593,6 +608,7 @@ def up(
             controller_settings(
                 host,
                 port,
+                controller_http_port,
                 data_dir,
                 autoscaling_time_scale,
                 wake_hold_seconds,

@@ -205,6 +205,7 @@ def controller_settings(data_dir: pathlib.Path, **overrides) -> ControllerSettin
     return ControllerSettings(
         data_dir=data_dir,
         port=0,
+        http_port=overrides.pop("http_port", 0),
         drain_seconds=5,
         shutdown_grace_seconds=2,
         reconciler=ReconcilerSettings(interval_seconds=0.2, crash_backoff_seconds=0.1),

@@ -115,6 +115,18 @@ async def test_predict_over_https_with_the_ca(platform):
         assert await response.json() == {"tag": "tls", "input": {"text": "hi"}}
 
 
+async def test_the_controllers_connect_api_serves_https_with_the_ca(platform):
+    assert platform.controller.http_url.startswith("https://")
+    context = ssl.create_default_context(cafile=platform.pki.ca)
+    url = f"{platform.controller.http_url}/slipway.v1.ModelService/GetModel"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json={"modelId": "sealed"}, ssl=context) as response,
+    ):
+        assert response.status == 200, await response.text()
+        assert (await response.json())["model"]["id"] == platform.model_id
+
+
 async def test_a_client_without_the_ca_gets_one_clear_line(platform):
     address = platform.controller.address
     plaintext = await slipway("--controller", address, "models", "list")
