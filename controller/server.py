@@ -108,7 +108,9 @@ class ControllerSettings:
     secret_limits: SecretLimits = field(default_factory=SecretLimits)
 
     def __post_init__(self) -> None:
-        self.data_dir = pathlib.Path(self.data_dir)
+        # Absolute: replicas run in directories of their own (a relative package path given
+        # to a replica in its sandbox named nothing there).
+        self.data_dir = pathlib.Path(self.data_dir).absolute()
 
 
 class Controller:

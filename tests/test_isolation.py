@@ -89,7 +89,7 @@ def shared_python():
 
 async def start(shared_python: pathlib.Path, name: str, **overrides):
     settings = controller_settings(
-        shared_python / name,
+        overrides.pop("data_dir", shared_python / name),
         replica_python=str(shared_python / "python" / "bin" / "python"),
         replica_uid_range=UID_RANGE,
         **overrides,
@@ -110,6 +110,18 @@ async def deploy(api: Api, secrets, name: str):
 async def probe(api: Api, deployment: r.Deployment, secret: str, paths: list[pathlib.Path | str]) -> dict:
     payload = {"secret": secret, "read": [str(p) for p in paths]}
     return json_format.json.loads(await api.predict(deployment, json_format.json.dumps(payload).encode()))
+
+
+async def test_a_relative_data_dir_serves_models_as_their_users(shared_python, monkeypatch):
+    """`--data-dir .slipway` (the default) is relative; a replica runs in its own directory."""
+    monkeypatch.chdir(shared_python)
+    controller, api, secrets = await start(shared_python, "relative", data_dir=pathlib.Path("relative-data"))
+    try:
+        deployment = await deploy(api, secrets, "gamma")
+        answer = await probe(api, deployment, "gamma_token", [])
+        assert answer["uid"] == UID_RANGE[0] and answer["secret"] == "gamma-secret-value"
+    finally:
+        await stop_or_explain(controller.stop(), "controller")
 
 
 async def test_a_model_reads_neither_another_models_secrets_and_files_nor_the_controllers(shared_python):
