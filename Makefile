@@ -1,6 +1,10 @@
 # Two entry points: `make run` (set up, then run the platform with the example model
 # deployed) and `make test` (set up, then run every check and test).
-PYTHON ?= python3
+# A controller running as root runs replicas as unprivileged users (README: Replica
+# isolation), who must be able to read the interpreter: a system Python 3.11+ with venv is
+# preferred to one under a private home (pyenv's in /root), else whatever python3 is.
+PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo /usr/bin/python3 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
@@ -11,7 +15,7 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP) $(BUF)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
