@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import pathlib
 import textwrap
 import time
@@ -29,6 +30,10 @@ from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import replica_service_pb2_grpc as rs_grpc
 from slipway.v1 import resources_pb2 as r
+
+# Controllers the tests start as subprocesses (`slipway up`, `slipway controller`) take an
+# ephemeral HTTP port rather than the default 7180, which anything else on the machine may hold.
+os.environ.setdefault("SLIPWAY_CONTROLLER_HTTP_PORT", "0")
 
 T = TypeVar("T")
 

@@ -1,0 +1,309 @@
+"""Flags of the server commands (`slipway controller`, `gateway`, `up`) and the settings
+they become; slipway/cli.py holds the commands themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
+from slipway.tls import ServerTls
+
+insecure_no_auth_option = click.option(
+    "--insecure-no-auth",
+    envvar="SLIPWAY_INSECURE_NO_AUTH",
+    is_flag=True,
+    show_envvar=True,
+    help="Accept every call without an API key. Anyone who reaches the ports controls the platform.",
+)
+
+max_request_bytes_option = click.option(
+    "--max-request-bytes",
+    envvar="SLIPWAY_MAX_REQUEST_BYTES",
+    type=click.IntRange(min=1, max=LARGEST_MAX_REQUEST_BYTES),
+    default=DEFAULT_MAX_REQUEST_BYTES,
+    show_default=True,
+    show_envvar=True,
+    help="Largest request body and model answer (a response, or one stream chunk) in bytes, in gateway and replicas.",
+)
+
+
+def server_options(command: Callable) -> Callable:
+    options = [
+        click.option("--host", envvar="SLIPWAY_HOST", default="127.0.0.1", show_default=True, show_envvar=True),
+        click.option(
+            "--port", envvar="SLIPWAY_CONTROLLER_PORT", type=int, default=7100, show_default=True, show_envvar=True
+        ),
+        click.option(
+            "--controller-http-port",
+            envvar="SLIPWAY_CONTROLLER_HTTP_PORT",
+            type=int,
+            default=7180,
+            show_default=True,
+            show_envvar=True,
+            help="HTTP port of the controller: the management API as JSON over HTTP (Connect), /openapi.json.",
+        ),
+        click.option(
+            "--data-dir",
+            envvar="SLIPWAY_DATA_DIR",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path(".slipway"),
+            show_default=True,
+            show_envvar=True,
+        ),
+        click.option(
+            "--log-level",
+            envvar="SLIPWAY_LOG_LEVEL",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+            default="INFO",
+            show_default=True,
+            show_envvar=True,
+        ),
+        click.option(
+            "--autoscaling-time-scale",
+            envvar="SLIPWAY_AUTOSCALING_TIME_SCALE",
+            type=click.FloatRange(min=0.0001),
+            default=1.0,
+            show_default=True,
+            show_envvar=True,
+            help="Multiplies every autoscaling duration (window, scale-down delay); below 1 for demos and tests.",
+        ),
+        click.option(
+            "--wake-hold-seconds",
+            envvar="SLIPWAY_WAKE_HOLD_SECONDS",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            show_envvar=True,
+            help="How long a woken deployment keeps at least one replica.",
+        ),
+        click.option(
+            "--fork-replicas/--no-fork-replicas",
+            envvar="SLIPWAY_FORK_REPLICAS",
+            default=True,
+            show_default=True,
+            show_envvar=True,
+            help="Fork replicas from a pre-imported model server (fast cold starts) instead of new interpreters.",
+        ),
+        click.option(
+            "--drain-seconds",
+            envvar="SLIPWAY_DRAIN_SECONDS",
+            type=click.FloatRange(min=0),
+            default=30.0,
+            show_default=True,
+            show_envvar=True,
+            help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
+        ),
+        insecure_no_auth_option,
+        click.option(
+            "--health-check-seconds",
+            envvar="SLIPWAY_HEALTH_CHECK_SECONDS",
+            type=click.FloatRange(min=0.01, max=3600),
+            default=10.0,
+            show_default=True,
+            show_envvar=True,
+            help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return isolation_options(command)
+
+
+def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    from controller.isolation import parse_uid_range
+
+    try:
+        return parse_uid_range(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def isolation_options(command: Callable) -> Callable:
+    """Whom replicas run as (controller/isolation.py); passed on as `isolation`, a dict of settings."""
+    options = [
+        click.option(
+            "--replica-user",
+            envvar="SLIPWAY_REPLICA_USER",
+            default="auto",
+            show_default=True,
+            show_envvar=True,
+            help="auto: as root, each model's replicas run as a uid of their own (from --replica-uid-range); "
+            "controller: as the controller's user; or a user name or uid every replica shares.",
+        ),
+        click.option(
+            "--replica-uid-range",
+            envvar="SLIPWAY_REPLICA_UID_RANGE",
+            default="200000-299999",
+            show_default=True,
+            show_envvar=True,
+            callback=_uid_range,
+            help="The uids (and gids) of per-model replica users: model number N runs as FIRST+N-1.",
+        ),
+        click.option(
+            "--replica-python",
+            envvar="SLIPWAY_REPLICA_PYTHON",
+            default=None,
+            show_envvar=True,
+            help="Interpreter of replicas without built requirements (default: the controller's); "
+            "replica users must be able to read it.",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def gathered(**kwargs: Any) -> Any:
+        isolation = {name: kwargs.pop(name) for name in ("replica_user", "replica_uid_range", "replica_python")}
+        return command(isolation=isolation, **kwargs)
+
+    for option in reversed(options):
+        gathered = option(gathered)
+    return gathered
+
+
+def configure_logs(log_level: str) -> None:
+    from slipway.logs import configure
+
+    configure(log_level.upper())
+
+
+def controller_settings(
+    host: str,
+    port: int,
+    http_port: int,
+    data_dir: Path,
+    time_scale: float,
+    wake_hold: float,
+    fork_replicas: bool,
+    drain_seconds: float,
+    max_request_bytes: int,
+    insecure_no_auth: bool,
+    tls: ServerTls | None,
+    isolation: dict[str, Any],
+    health_check_seconds: float = 10.0,
+) -> Any:
+    from controller.autoscaler import AutoscalerConfig
+    from controller.keys import KeySettings
+    from controller.server import ControllerSettings
+
+    return ControllerSettings(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        http_port=http_port,
+        autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
+        fork_replicas=fork_replicas,
+        drain_seconds=drain_seconds,
+        max_request_bytes=max_request_bytes,
+        keys=KeySettings(require_api_keys=not insecure_no_auth),
+        tls=tls,
+        **isolation,
+        health_check_seconds=health_check_seconds,
+    )
+
+
+def gateway_settings(
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    controller: str,
+    replica_wait: float,
+    max_request_bytes: int,
+    insecure_no_auth: bool,
+    max_http_connections: int,
+    max_buffered_request_bytes: int,
+    tls: ServerTls | None,
+    controller_ca_file: Path | None,
+) -> Any:
+    from gateway.http_limits import HttpLimits
+    from gateway.server import GatewaySettings
+
+    return GatewaySettings(
+        controller_address=controller,
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        replica_wait_seconds=replica_wait,
+        max_request_bytes=max_request_bytes,
+        require_api_keys=not insecure_no_auth,
+        http_limits=HttpLimits(
+            max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
+        ),
+        tls=tls,
+        controller_ca_file=controller_ca_file,
+    )
+
+
+def http_limit_default(name: str) -> int:
+    """Imported only when a gateway starts: a client command should not pay for aiohttp."""
+    from gateway.http_limits import HttpLimits
+
+    return getattr(HttpLimits(), name)
+
+
+def gateway_options(command: Callable) -> Callable:
+    options = [
+        click.option(
+            "--gateway-port",
+            envvar="SLIPWAY_GATEWAY_PORT",
+            type=int,
+            default=7200,
+            show_default=True,
+            show_envvar=True,
+            help="gRPC port of the gateway's InferenceService.",
+        ),
+        click.option(
+            "--http-port",
+            envvar="SLIPWAY_HTTP_PORT",
+            type=int,
+            default=7280,
+            show_default=True,
+            show_envvar=True,
+            help="HTTP port of the gateway.",
+        ),
+        click.option(
+            "--replica-wait",
+            envvar="SLIPWAY_REPLICA_WAIT",
+            type=float,
+            default=60.0,
+            show_default=True,
+            show_envvar=True,
+            help="Seconds a request waits for a ready replica before 503.",
+        ),
+        click.option(
+            "--max-http-connections",
+            envvar="SLIPWAY_MAX_HTTP_CONNECTIONS",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_connections"),
+            show_default=True,
+            show_envvar=True,
+            help="Open HTTP connections the gateway keeps; one more is answered 503 and closed.",
+        ),
+        click.option(
+            "--max-buffered-request-bytes",
+            envvar="SLIPWAY_MAX_BUFFERED_REQUEST_BYTES",
+            type=click.IntRange(min=1),
+            default=lambda: http_limit_default("max_buffered_body_bytes"),
+            show_default=True,
+            show_envvar=True,
+            help="Request-body bytes all HTTP requests in flight may hold together; beyond, 503 GATEWAY_BUSY.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def run_until_stopped(coroutine: Any) -> None:
+    from controller.isolation import ReplicaUserError
+
+    try:
+        asyncio.run(coroutine)
+    except KeyboardInterrupt:
+        click.echo("Stopped.", err=True)
+    except ReplicaUserError as exc:
+        raise click.ClickException(str(exc)) from None
