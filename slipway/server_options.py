@@ -172,6 +172,7 @@ def configure_logs(log_level: str) -> None:
 
 
 def controller_settings(
+    *,
     host: str,
     port: int,
     http_port: int,
@@ -207,6 +208,7 @@ def controller_settings(
 
 
 def gateway_settings(
+    *,
     host: str,
     grpc_port: int,
     http_port: int,
