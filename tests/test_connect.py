@@ -293,7 +293,16 @@ async def test_stream_limits_and_shutdown_end_streams_with_a_frame(tmp_path):
             error = received[-1][1]["error"]
             assert (error["code"], reason(error)) == ("resource_exhausted", "STREAM_MESSAGE_LIMIT")
 
-            one = envelope({"deploymentId": created["deployment"]["id"]})
+            # Settled first: a state change while the next stream is open would be its second
+            # message, over the limit of one, and end it before the shutdown does.
+            deployment_id = created["deployment"]["id"]
+
+            async def active() -> bool:
+                _, body = await call(http, "DeploymentService/GetDeployment", {"deploymentId": deployment_id})
+                return body["deployment"].get("state") == "DEPLOYMENT_STATE_ACTIVE"
+
+            await wait_until(active, what="the deployment to settle")
+            one = envelope({"deploymentId": deployment_id})
             async with http.post(path, data=one, headers=STREAM) as watch:
                 stream = frames(watch)
                 assert (await anext(stream))[0] == 0
