@@ -49,6 +49,7 @@ import yaml  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench.common import free_port, machine_info  # noqa: E402
+from slipway.internal_auth import REPLICA_TOKEN_HEADER  # noqa: E402
 from slipway.v1 import inference_service_pb2 as inf  # noqa: E402
 from slipway.v1 import replica_service_pb2 as rs  # noqa: E402
 
@@ -239,7 +240,13 @@ def grpc_frame(message: bytes) -> bytes:
 
 
 def sanity_checks(
-    work: pathlib.Path, replica_address: str, gateway_grpc: str, http_base: str, model_id: str, deployment_id: str
+    work: pathlib.Path,
+    replica_address: str,
+    replica_token: str,
+    gateway_grpc: str,
+    http_base: str,
+    model_id: str,
+    deployment_id: str,
 ) -> list[Target]:
     """Write the request bodies h2load sends, and send those exact bytes once with Python
     clients that see the gRPC status (h2load only sees HTTP status codes)."""
@@ -253,7 +260,9 @@ def sanity_checks(
 
     with grpc.insecure_channel(replica_address) as channel:
         call = channel.unary_unary(INVOKE, request_serializer=None, response_deserializer=None)
-        raw_invoke = call((work / "invoke.bin").read_bytes()[5:], timeout=10)
+        raw_invoke = call(
+            (work / "invoke.bin").read_bytes()[5:], timeout=10, metadata=((REPLICA_TOKEN_HEADER, replica_token),)
+        )
     answer = rs.InvokeResponse.FromString(raw_invoke)
     if json.loads(answer.payload) != EXPECTED_OUTPUT:
         raise RuntimeError(f"replica answered {answer.payload!r}")
@@ -291,7 +300,7 @@ def sanity_checks(
             "direct replica, gRPC Invoke",
             f"http://{replica_address}{INVOKE}",
             work / "invoke.bin",
-            GRPC_HEADERS,
+            [*GRPC_HEADERS, "-H", f"{REPLICA_TOKEN_HEADER}: {replica_token}"],
             False,
             5 + len(raw_invoke),
         ),
@@ -539,13 +548,21 @@ def main(args: argparse.Namespace) -> int:
         if len(replicas) != 1:
             raise RuntimeError(f"expected one replica, got {deployment.get('replicas')}")
         replica_address, replica_pid = replicas[0]["address"], int(replicas[0]["pid"])
+        # Direct calls to the replica carry its token, as the gateway's do.
+        replica_token = (work / "data" / "run" / f"{replicas[0]['id']}.token").read_text().strip()
         say(
             f"  model {model_id}, production deployment {deployment_id} ({deployment['state']}), "
             f"replica {replica_address} pid {replica_pid}; gateway pid {gateway.pid}"
         )
 
         targets = sanity_checks(
-            work, replica_address, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", model_id, deployment_id
+            work,
+            replica_address,
+            replica_token,
+            f"127.0.0.1:{grpc_port}",
+            f"http://127.0.0.1:{http_port}",
+            model_id,
+            deployment_id,
         )
         pids = {"gateway": gateway.pid, "replica": replica_pid, "controller": controller.pid}
         runs = []
