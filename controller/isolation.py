@@ -162,9 +162,11 @@ class Sandboxes:
 
     def home(self, user: ReplicaUser) -> pathlib.Path:
         home = self.root / str(user.uid)
-        if not home.is_dir():
+        try:
             home.mkdir(mode=0o700)
-            os.chown(home, user.uid, user.gid)
+        except FileExistsError:
+            return home  # made before, or by a replica of the same model starting at the same time
+        os.chown(home, user.uid, user.gid)
         return home
 
     def package(self, user: ReplicaUser, package_dir: pathlib.Path) -> pathlib.Path:

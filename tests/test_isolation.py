@@ -235,6 +235,24 @@ async def test_a_replica_user_that_cannot_work_refuses_the_start_and_writes_noth
     assert not (tmp_path / "data").exists()
 
 
+def test_replicas_of_one_model_starting_together_share_its_home(tmp_path, monkeypatch):
+    sandboxes = Sandboxes(tmp_path / "sandboxes")
+    user = ReplicaUser(UID_RANGE[0], UID_RANGE[0])
+    together = threading.Barrier(2, timeout=10)
+    mkdir = pathlib.Path.mkdir
+
+    def mkdir_together(self, *args, **kwargs):
+        if self.parent == sandboxes.root:
+            together.wait()  # both make the model's home at the same moment
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir_together)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        homes = set(pool.map(lambda _: sandboxes.home(user), range(2)))
+    assert homes == {sandboxes.root / str(user.uid)}
+    assert (sandboxes.root / str(user.uid)).stat().st_uid == user.uid
+
+
 def test_replicas_starting_together_share_one_copy_of_the_package(tmp_path, monkeypatch):
     stored = tmp_path / "packages" / ("ab" * 32)
     (stored / "model").mkdir(parents=True)
