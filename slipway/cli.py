@@ -115,28 +115,16 @@ def controller(
     max_request_bytes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
-    isolation: dict[str, Any],
+    replica_user: str,
+    replica_uid_range: tuple[int, int],
+    replica_python: str | None,
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
 
     tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
-    settings = controller_settings(
-        host=host,
-        port=port,
-        http_port=controller_http_port,
-        data_dir=data_dir,
-        time_scale=autoscaling_time_scale,
-        wake_hold=wake_hold_seconds,
-        fork_replicas=fork_replicas,
-        drain_seconds=drain_seconds,
-        max_request_bytes=max_request_bytes,
-        insecure_no_auth=insecure_no_auth,
-        tls=tls,
-        isolation=isolation,
-        health_check_seconds=health_check_seconds,
-    )
+    settings = controller_settings(click.get_current_context().params, tls)
     run_until_stopped(run_controller(settings))
 
 
@@ -186,19 +174,7 @@ def gateway(
     tls = server_tls(tls_cert, tls_key)
     configure_logs(log_level)
     root = ctx.find_root().params
-    settings = gateway_settings(
-        host=host,
-        grpc_port=gateway_port,
-        http_port=http_port,
-        controller=root["controller"],
-        replica_wait=replica_wait,
-        max_request_bytes=max_request_bytes,
-        insecure_no_auth=insecure_no_auth,
-        max_http_connections=max_http_connections,
-        max_buffered_request_bytes=max_buffered_request_bytes,
-        tls=tls,
-        controller_ca_file=root["tls_ca"],
-    )
+    settings = gateway_settings(ctx.params, tls, controller=root["controller"], controller_ca_file=root["tls_ca"])
     settings.internal_token_file = internal_token_file
     try:
         run_until_stopped(run_gateway(settings))
@@ -306,7 +282,9 @@ def up(
     tls_cert: Path | None,
     tls_key: Path | None,
     timeout: float,
-    isolation: dict[str, Any],
+    replica_user: str,
+    replica_uid_range: tuple[int, int],
+    replica_python: str | None,
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
 
@@ -314,38 +292,14 @@ def up(
     with the certificate itself (a self-signed one) when no CA is given.
     """
     tls = server_tls(tls_cert, tls_key)
-    own_ca = click.get_current_context().find_root().params["tls_ca"] or (tls.cert_file if tls else None)
+    context = click.get_current_context()
+    flags = context.params
+    own_ca = context.find_root().params["tls_ca"] or (tls.cert_file if tls else None)
     configure_logs(log_level)
     run_until_stopped(
         run_platform(
-            controller_settings(
-                host=host,
-                port=port,
-                http_port=controller_http_port,
-                data_dir=data_dir,
-                time_scale=autoscaling_time_scale,
-                wake_hold=wake_hold_seconds,
-                fork_replicas=fork_replicas,
-                drain_seconds=drain_seconds,
-                max_request_bytes=max_request_bytes,
-                insecure_no_auth=insecure_no_auth,
-                tls=tls,
-                isolation=isolation,
-                health_check_seconds=health_check_seconds,
-            ),
-            gateway_settings(
-                host=host,
-                grpc_port=gateway_port,
-                http_port=http_port,
-                controller="",
-                replica_wait=replica_wait,
-                max_request_bytes=max_request_bytes,
-                insecure_no_auth=insecure_no_auth,
-                max_http_connections=max_http_connections,
-                max_buffered_request_bytes=max_buffered_request_bytes,
-                tls=tls,
-                controller_ca_file=own_ca,
-            ),
+            controller_settings(flags, tls),
+            gateway_settings(flags, tls, controller="", controller_ca_file=own_ca),
             example,
             timeout,
         )

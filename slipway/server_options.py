@@ -4,8 +4,7 @@ they become; slipway/cli.py holds the commands themselves."""
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -155,14 +154,9 @@ def isolation_options(command: Callable) -> Callable:
         ),
     ]
 
-    @functools.wraps(command)
-    def gathered(**kwargs: Any) -> Any:
-        isolation = {name: kwargs.pop(name) for name in ("replica_user", "replica_uid_range", "replica_python")}
-        return command(isolation=isolation, **kwargs)
-
     for option in reversed(options):
-        gathered = option(gathered)
-    return gathered
+        command = option(command)
+    return command
 
 
 def configure_logs(log_level: str) -> None:
@@ -171,69 +165,49 @@ def configure_logs(log_level: str) -> None:
     configure(log_level.upper())
 
 
-def controller_settings(
-    *,
-    host: str,
-    port: int,
-    http_port: int,
-    data_dir: Path,
-    time_scale: float,
-    wake_hold: float,
-    fork_replicas: bool,
-    drain_seconds: float,
-    max_request_bytes: int,
-    insecure_no_auth: bool,
-    tls: ServerTls | None,
-    isolation: dict[str, Any],
-    health_check_seconds: float = 10.0,
-) -> Any:
+def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
+    """The controller's settings from the flags of `slipway controller` / `up` (click's params)."""
     from controller.autoscaler import AutoscalerConfig
     from controller.keys import KeySettings
     from controller.server import ControllerSettings
 
     return ControllerSettings(
-        data_dir=data_dir,
-        host=host,
-        port=port,
-        http_port=http_port,
-        autoscaler=AutoscalerConfig(time_scale=time_scale, wake_hold_seconds=wake_hold),
-        fork_replicas=fork_replicas,
-        drain_seconds=drain_seconds,
-        max_request_bytes=max_request_bytes,
-        keys=KeySettings(require_api_keys=not insecure_no_auth),
+        data_dir=flags["data_dir"],
+        host=flags["host"],
+        port=flags["port"],
+        http_port=flags["controller_http_port"],
+        autoscaler=AutoscalerConfig(
+            time_scale=flags["autoscaling_time_scale"], wake_hold_seconds=flags["wake_hold_seconds"]
+        ),
+        fork_replicas=flags["fork_replicas"],
+        drain_seconds=flags["drain_seconds"],
+        max_request_bytes=flags["max_request_bytes"],
+        keys=KeySettings(require_api_keys=not flags["insecure_no_auth"]),
         tls=tls,
-        **isolation,
-        health_check_seconds=health_check_seconds,
+        replica_user=flags["replica_user"],
+        replica_uid_range=flags["replica_uid_range"],
+        replica_python=flags["replica_python"],
+        health_check_seconds=flags["health_check_seconds"],
     )
 
 
 def gateway_settings(
-    *,
-    host: str,
-    grpc_port: int,
-    http_port: int,
-    controller: str,
-    replica_wait: float,
-    max_request_bytes: int,
-    insecure_no_auth: bool,
-    max_http_connections: int,
-    max_buffered_request_bytes: int,
-    tls: ServerTls | None,
-    controller_ca_file: Path | None,
+    flags: Mapping[str, Any], tls: ServerTls | None, controller: str, controller_ca_file: Path | None
 ) -> Any:
+    """A gateway's settings from the flags of `slipway gateway` / `up` (click's params)."""
     from gateway.http_limits import HttpLimits
     from gateway.server import GatewaySettings
 
     return GatewaySettings(
         controller_address=controller,
-        host=host,
-        grpc_port=grpc_port,
-        http_port=http_port,
-        replica_wait_seconds=replica_wait,
-        max_request_bytes=max_request_bytes,
-        require_api_keys=not insecure_no_auth,
+        host=flags["host"],
+        grpc_port=flags["gateway_port"],
+        http_port=flags["http_port"],
+        replica_wait_seconds=flags["replica_wait"],
+        max_request_bytes=flags["max_request_bytes"],
+        require_api_keys=not flags["insecure_no_auth"],
         http_limits=HttpLimits(
-            max_connections=max_http_connections, max_buffered_body_bytes=max_buffered_request_bytes
+            max_connections=flags["max_http_connections"], max_buffered_body_bytes=flags["max_buffered_request_bytes"]
         ),
         tls=tls,
         controller_ca_file=controller_ca_file,
