@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pathlib
 import time
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ from controller.errors import InvalidArgument, NotFound, PermissionDenied, Resou
 from controller.store import ApiKeyRow, Page, Store
 from slipway import keys
 from slipway.auth import FailureLimits, current_caller
+from slipway.internal_auth import write_private
 from slipway.keys import KeyRecord, Scope
 from slipway.v1 import deployment_service_pb2, key_service_pb2, model_service_pb2, route_service_pb2
 
@@ -91,11 +91,7 @@ class KeyManager:
             return
         row, secret = await self.create("admin", Scope.ADMIN, (), None)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as file:
-            os.fchmod(file.fileno(), 0o600)
-            file.write(secret + "\n")
+        write_private(path, secret + "\n")
         log.info("created an admin API key", extra={"fields": {"key_id": row.id, "file": str(path)}})
 
     async def create(

@@ -26,9 +26,12 @@ from slipway.packaging import read_model_name
 from slipway.server_options import (
     configure_logs,
     controller_settings,
+    flag,
     gateway_options,
     gateway_settings,
+    host_option,
     insecure_no_auth_option,
+    log_level_option,
     max_request_bytes_option,
     run_until_stopped,
     server_options,
@@ -129,24 +132,15 @@ def controller(
 
 
 @cli.command()
-@click.option("--host", envvar="SLIPWAY_HOST", default="127.0.0.1", show_default=True, show_envvar=True)
+@host_option
 @gateway_options
-@click.option(
-    "--log-level",
-    envvar="SLIPWAY_LOG_LEVEL",
-    default="INFO",
-    show_default=True,
-    show_envvar=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@log_level_option
 @max_request_bytes_option
-@click.option(
+@flag(
     "--internal-token-file",
     envvar="SLIPWAY_INTERNAL_TOKEN_FILE",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path(".slipway") / "internal.token",
-    show_default=True,
-    show_envvar=True,
     help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
 )
 @insecure_no_auth_option

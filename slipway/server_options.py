@@ -13,105 +13,107 @@ import click
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.tls import ServerTls
 
-insecure_no_auth_option = click.option(
+
+def flag(*names: str, **settings: Any) -> Callable:
+    """A server flag: also read from its environment variable, both shown in --help."""
+    return click.option(*names, show_envvar=True, **{"show_default": True, **settings})
+
+
+def with_options(command: Callable, options: list[Callable]) -> Callable:
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+host_option = flag(
+    "--host",
+    envvar="SLIPWAY_HOST",
+    default="127.0.0.1",
+)
+log_level_option = flag(
+    "--log-level",
+    envvar="SLIPWAY_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+)
+
+insecure_no_auth_option = flag(
     "--insecure-no-auth",
     envvar="SLIPWAY_INSECURE_NO_AUTH",
     is_flag=True,
-    show_envvar=True,
     help="Accept every call without an API key. Anyone who reaches the ports controls the platform.",
+    show_default=False,
 )
 
-max_request_bytes_option = click.option(
+max_request_bytes_option = flag(
     "--max-request-bytes",
     envvar="SLIPWAY_MAX_REQUEST_BYTES",
     type=click.IntRange(min=1, max=LARGEST_MAX_REQUEST_BYTES),
     default=DEFAULT_MAX_REQUEST_BYTES,
-    show_default=True,
-    show_envvar=True,
     help="Largest request body and model answer (a response, or one stream chunk) in bytes, in gateway and replicas.",
 )
 
 
 def server_options(command: Callable) -> Callable:
     options = [
-        click.option("--host", envvar="SLIPWAY_HOST", default="127.0.0.1", show_default=True, show_envvar=True),
-        click.option(
-            "--port", envvar="SLIPWAY_CONTROLLER_PORT", type=int, default=7100, show_default=True, show_envvar=True
+        host_option,
+        flag(
+            "--port",
+            envvar="SLIPWAY_CONTROLLER_PORT",
+            type=int,
+            default=7100,
         ),
-        click.option(
+        flag(
             "--controller-http-port",
             envvar="SLIPWAY_CONTROLLER_HTTP_PORT",
             type=int,
             default=7180,
-            show_default=True,
-            show_envvar=True,
             help="HTTP port of the controller: the management API as JSON over HTTP (Connect), /openapi.json.",
         ),
-        click.option(
+        flag(
             "--data-dir",
             envvar="SLIPWAY_DATA_DIR",
             type=click.Path(file_okay=False, path_type=Path),
             default=Path(".slipway"),
-            show_default=True,
-            show_envvar=True,
         ),
-        click.option(
-            "--log-level",
-            envvar="SLIPWAY_LOG_LEVEL",
-            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-            default="INFO",
-            show_default=True,
-            show_envvar=True,
-        ),
-        click.option(
+        log_level_option,
+        flag(
             "--autoscaling-time-scale",
             envvar="SLIPWAY_AUTOSCALING_TIME_SCALE",
             type=click.FloatRange(min=0.0001),
             default=1.0,
-            show_default=True,
-            show_envvar=True,
             help="Multiplies every autoscaling duration (window, scale-down delay); below 1 for demos and tests.",
         ),
-        click.option(
+        flag(
             "--wake-hold-seconds",
             envvar="SLIPWAY_WAKE_HOLD_SECONDS",
             type=click.FloatRange(min=0),
             default=10.0,
-            show_default=True,
-            show_envvar=True,
             help="How long a woken deployment keeps at least one replica.",
         ),
-        click.option(
+        flag(
             "--fork-replicas/--no-fork-replicas",
             envvar="SLIPWAY_FORK_REPLICAS",
             default=True,
-            show_default=True,
-            show_envvar=True,
             help="Fork replicas from a pre-imported model server (fast cold starts) instead of new interpreters.",
         ),
-        click.option(
+        flag(
             "--drain-seconds",
             envvar="SLIPWAY_DRAIN_SECONDS",
             type=click.FloatRange(min=0),
             default=30.0,
-            show_default=True,
-            show_envvar=True,
             help="How long a published replica being stopped may finish its requests in flight (raise it for long requests).",
         ),
         insecure_no_auth_option,
-        click.option(
+        flag(
             "--health-check-seconds",
             envvar="SLIPWAY_HEALTH_CHECK_SECONDS",
             type=click.FloatRange(min=0.01, max=3600),
             default=10.0,
-            show_default=True,
-            show_envvar=True,
             help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return isolation_options(command)
+    return isolation_options(with_options(command, options))
 
 
 def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -124,39 +126,32 @@ def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 
 
 def isolation_options(command: Callable) -> Callable:
-    """Whom replicas run as (controller/isolation.py); passed on as `isolation`, a dict of settings."""
+    """Whom replicas run as (controller/isolation.py)."""
     options = [
-        click.option(
+        flag(
             "--replica-user",
             envvar="SLIPWAY_REPLICA_USER",
             default="auto",
-            show_default=True,
-            show_envvar=True,
             help="auto: as root, each model's replicas run as a uid of their own (from --replica-uid-range); "
             "controller: as the controller's user; or a user name or uid every replica shares.",
         ),
-        click.option(
+        flag(
             "--replica-uid-range",
             envvar="SLIPWAY_REPLICA_UID_RANGE",
             default="200000-299999",
-            show_default=True,
-            show_envvar=True,
             callback=_uid_range,
             help="The uids (and gids) of per-model replica users: model number N runs as FIRST+N-1.",
         ),
-        click.option(
+        flag(
             "--replica-python",
             envvar="SLIPWAY_REPLICA_PYTHON",
             default=None,
-            show_envvar=True,
             help="Interpreter of replicas without built requirements (default: the controller's); "
             "replica users must be able to read it.",
+            show_default=False,
         ),
     ]
-
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def configure_logs(log_level: str) -> None:
@@ -223,55 +218,43 @@ def http_limit_default(name: str) -> int:
 
 def gateway_options(command: Callable) -> Callable:
     options = [
-        click.option(
+        flag(
             "--gateway-port",
             envvar="SLIPWAY_GATEWAY_PORT",
             type=int,
             default=7200,
-            show_default=True,
-            show_envvar=True,
             help="gRPC port of the gateway's InferenceService.",
         ),
-        click.option(
+        flag(
             "--http-port",
             envvar="SLIPWAY_HTTP_PORT",
             type=int,
             default=7280,
-            show_default=True,
-            show_envvar=True,
             help="HTTP port of the gateway.",
         ),
-        click.option(
+        flag(
             "--replica-wait",
             envvar="SLIPWAY_REPLICA_WAIT",
             type=float,
             default=60.0,
-            show_default=True,
-            show_envvar=True,
             help="Seconds a request waits for a ready replica before 503.",
         ),
-        click.option(
+        flag(
             "--max-http-connections",
             envvar="SLIPWAY_MAX_HTTP_CONNECTIONS",
             type=click.IntRange(min=1),
             default=lambda: http_limit_default("max_connections"),
-            show_default=True,
-            show_envvar=True,
             help="Open HTTP connections the gateway keeps; one more is answered 503 and closed.",
         ),
-        click.option(
+        flag(
             "--max-buffered-request-bytes",
             envvar="SLIPWAY_MAX_BUFFERED_REQUEST_BYTES",
             type=click.IntRange(min=1),
             default=lambda: http_limit_default("max_buffered_body_bytes"),
-            show_default=True,
-            show_envvar=True,
             help="Request-body bytes all HTTP requests in flight may hold together; beyond, 503 GATEWAY_BUSY.",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(command, options)
 
 
 def run_until_stopped(coroutine: Any) -> None:
