@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from slipway import client_commands, key_commands, secret_commands
+from slipway import client_commands, key_commands, log_commands, secret_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
@@ -311,6 +311,7 @@ for command in (
     client_commands.predict,
     key_commands.keys,
     secret_commands.secrets,
+    log_commands.logs,
 ):
     cli.add_command(command)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 import aiohttp
 import grpc
 import pytest
+from click.testing import CliRunner
 from conftest import Api, error_reason, wait_until
 
 from slipway import request_ids
+from slipway.cli import cli
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
@@ -230,3 +233,64 @@ async def test_connect_json_lists_logs_and_openapi_names_the_service(api: Api, c
             document = await response.json()
         assert "/slipway.v1.LogService/ListLogs" in document["paths"]
         assert "/slipway.v1.LogService/TailLogs" in document["paths"]
+
+
+async def test_cli_finds_a_request_s_lines_and_follows_new_ones(api: Api, controller, gateway, logs):
+    deployment = await talker(api)
+    path = f"/model/{deployment.model_id}/deployment/{deployment.id}/predict"
+    answered = await post(gateway, path, '"cli"')
+    await post(gateway, path, '"other"')
+    request_id = answered.headers[request_ids.RESPONSE_HEADER]
+    await request_records(logs, deployment.id, request_id, 4)
+    base = ["--controller", controller.address, "logs"]
+    result = await asyncio.to_thread(CliRunner().invoke, cli, [*base, deployment.id, "--request-id", request_id])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert [line.split(f" {request_id} ", 1)[-1] for line in lines] == [
+        "handling cli",
+        "stderr for cli",
+        "info for cli",
+        "warning for cli",
+    ]
+    assert all(request_id in line for line in lines) and "WARNING" in lines[-1]
+    as_json = await asyncio.to_thread(
+        CliRunner().invoke, cli, [*base, "--model", "talker", "--level", "warning", "--since", "10m", "-o", "json"]
+    )
+    assert as_json.exit_code == 0, as_json.output
+    assert [json.loads(line)["message"] for line in as_json.output.splitlines()] == [
+        "warning for cli",
+        "warning for other",
+    ]
+
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "slipway",
+        *base,
+        deployment.id,
+        "--follow",
+        "--grep",
+        "handling",
+        "-n",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert follower.stdout is not None
+        first = await asyncio.wait_for(follower.stdout.readline(), 20)
+        assert first.decode().rstrip().endswith("handling other")
+        later = await post(gateway, path, '"later"')
+        line = (await asyncio.wait_for(follower.stdout.readline(), 20)).decode()
+        assert line.rstrip().endswith(f"{later.headers[request_ids.RESPONSE_HEADER]} handling later")
+    finally:
+        follower.kill()
+        await follower.wait()
+
+
+async def test_usage_errors_of_the_cli(controller):
+    both = await asyncio.to_thread(CliRunner().invoke, cli, ["--controller", controller.address, "logs"])
+    assert both.exit_code == 2 and "DEPLOYMENT_ID or --model" in both.output
+    since = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["--controller", controller.address, "logs", "d-x", "--since", "soon"]
+    )
+    assert since.exit_code == 2 and "--since" in since.output
