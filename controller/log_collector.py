@@ -73,6 +73,8 @@ class LogCollector:
         self._offsets: dict[str, Offset] = {}
         self._task: asyncio.Task | None = None
         self._last_retention = 0.0
+        # Files in the middle of a line too long to keep whole (its start is stored, cut).
+        self._rest_of_line: set[str] = set()
 
     async def start(self) -> None:
         self._offsets = await self.store.offsets()
@@ -137,11 +139,22 @@ class LogCollector:
             offset += skipped
             records.append(log_records.note(source, now, f"{skipped} bytes of log skipped: the collector fell behind"))
         chunk = await asyncio.to_thread(_read, path, offset, self.settings.read_bytes)
+        if records or str(path) in self._rest_of_line:
+            # Skipped into a line, or past the part of one kept: resume at the next line.
+            start = chunk.find(b"\n") + 1
+            if start == 0:
+                await self.store.add(records, (str(path), Offset(stat.st_ino, offset + len(chunk))))
+                self._offsets[str(path)] = Offset(stat.st_ino, offset + len(chunk))
+                return len(records)
+            self._rest_of_line.discard(str(path))
+            chunk, offset = chunk[start:], offset + start
         end = chunk.rfind(b"\n") + 1
         if end == 0:
-            still = now - stat.st_mtime >= self.settings.settle_seconds
-            if len(chunk) >= self.settings.read_bytes or still:
-                end = len(chunk)  # one long line (cut below), or a last line that will not get its end
+            if len(chunk) >= self.settings.read_bytes:
+                end = len(chunk)  # the start of one long line (cut below); the rest is skipped
+                self._rest_of_line.add(str(path))
+            elif now - stat.st_mtime >= self.settings.settle_seconds:
+                end = len(chunk)  # a last line that will not get its end
             elif not records:
                 return 0
         limit = self.settings.max_line_bytes

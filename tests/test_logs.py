@@ -294,3 +294,34 @@ async def test_usage_errors_of_the_cli(controller):
         CliRunner().invoke, cli, ["--controller", controller.address, "logs", "d-x", "--since", "soon"]
     )
     assert since.exit_code == 2 and "--since" in since.output
+
+
+async def test_logs_of_a_deleted_deployment_stay_and_build_logs_come_through_the_same_api(
+    api: Api, controller, gateway, logs
+):
+    pushed = await api.push(api.package("talker", source=TALKING_MODEL))
+    development = await api.wait_state(pushed.deployment.id, r.DEPLOYMENT_STATE_ACTIVE)
+    answered = await post(gateway, f"/model/{development.model_id}/development/predict", '"gone"')
+    request_id = answered.headers[request_ids.RESPONSE_HEADER]
+    await request_records(logs, development.id, request_id, 4)
+    await api.deployments.DeleteDeployment(ds.DeleteDeploymentRequest(deployment_id=development.id))
+    kept = await logs.ListLogs(ls.ListLogsRequest(filter=ls.LogFilter(deployment_id=development.id)))
+    assert request_id in {rec.request_id for rec in kept.records}
+
+    # A build's output (controller/builds.py writes it there) is listed with build=true only.
+    build_log = controller.settings.data_dir / "builds" / "logs" / f"{development.id}.log"
+    build_log.parent.mkdir(parents=True, exist_ok=True)
+    build_log.write_text("Collecting tinylib\nSuccessfully installed tinylib\n")
+    build = ls.LogFilter(deployment_id=development.id, build=True)
+
+    async def built():
+        records = (await logs.ListLogs(ls.ListLogsRequest(filter=build, order=ls.LOG_ORDER_OLDEST_FIRST))).records
+        return records if len(records) == 2 else None
+
+    records = await wait_until(built, 20, "the build's lines")
+    assert [(rec.stream, rec.message, rec.replica_id) for rec in records] == [
+        (ls.LOG_STREAM_BUILD, "Collecting tinylib", ""),
+        (ls.LOG_STREAM_BUILD, "Successfully installed tinylib", ""),
+    ]
+    runtime = await logs.ListLogs(ls.ListLogsRequest(filter=ls.LogFilter(deployment_id=development.id)))
+    assert ls.LOG_STREAM_BUILD not in {rec.stream for rec in runtime.records}
