@@ -262,7 +262,8 @@ def _where(query: LogQuery, by_id: bool = False) -> tuple[list[str], list[Any]]:
     caller's narrow range of IDs is the better way in."""
     where: list[str] = []
     params: list[Any] = []
-    plus = "+" if by_id else ""
+    # One request's records are few: its index is the way in (the target's would scan them all).
+    plus = "+" if by_id or query.request_id else ""
     if query.deployment_id:
         where.append(f"{plus}deployment_id = ?")
         params.append(query.deployment_id)
@@ -281,7 +282,7 @@ def _where(query: LogQuery, by_id: bool = False) -> tuple[list[str], list[Any]]:
         where.append("level >= ?")
         params.append(query.min_level)
     if query.request_id:
-        where.append("request_id = ?")
+        where.append("request_id = ? AND request_id != ''")  # the second: the partial index applies
         params.append(query.request_id)
     if query.text:
         escaped = query.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
