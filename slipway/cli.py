@@ -121,6 +121,7 @@ def controller(
     replica_user: str,
     replica_uid_range: tuple[int, int],
     replica_python: str | None,
+    **log_flags: Any,  # --log-retention-bytes etc.: read by controller_settings from the params
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
@@ -279,6 +280,7 @@ def up(
     replica_user: str,
     replica_uid_range: tuple[int, int],
     replica_python: str | None,
+    **log_flags: Any,  # --log-retention-bytes etc.: read by controller_settings from the params
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
 

@@ -277,3 +277,26 @@ async def test_a_model_that_floods_its_log_is_cut_and_rate_limited(tmp_path):
             assert kept + dropped == 20_000 and kept < 2_000
     finally:
         await stop_or_explain(controller.stop(), "controller")
+
+
+def test_the_log_flags_reach_the_controller_s_settings(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from slipway import cli
+
+    seen = []
+
+    async def run_controller(settings):
+        seen.append(settings.logs)
+
+    monkeypatch.setattr("controller.server.run_controller", run_controller)
+    monkeypatch.setattr(cli, "configure_logs", lambda level: None)
+    flags = ["--log-retention-bytes", "2000000", "--log-retention-seconds", "3600", "--log-line-bytes", "512"]
+    env = {"SLIPWAY_LOG_RATE_BYTES": "4096"}
+    result = CliRunner().invoke(cli.cli, ["controller", "--data-dir", str(tmp_path / "d"), *flags], env=env)
+    assert result.exit_code == 0, result.output
+    assert seen == [
+        LogSettings(Retention(2_000_000, 3600.0), CollectorSettings(max_line_bytes=512), replica_rate_bytes=4096)
+    ]
+    refused = CliRunner().invoke(cli.cli, ["controller", "--log-line-bytes", "10"])
+    assert refused.exit_code == 2 and "--log-line-bytes" in refused.output
