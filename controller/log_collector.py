@@ -98,9 +98,18 @@ class LogCollector:
                     removed = await self.store.enforce_retention(now)
                     if removed:
                         log.info("log retention removed %d records", removed)
+                    await self._forget_removed_files()
             except Exception:
                 log.exception("collecting logs failed; trying again")
             await asyncio.sleep(self.settings.poll_seconds)
+
+    async def _forget_removed_files(self) -> None:
+        """Offsets of files garbage collection removed (so the table does not grow for ever)."""
+        gone = [path for path in self._offsets if not os.path.exists(path)]
+        if gone:
+            await self.store.forget_sources(gone)
+            for path in gone:
+                del self._offsets[path]
 
     def _files(self) -> list[tuple[pathlib.Path, bool]]:
         files = [(p, False) for p in self.replica_logs.glob("*.log") if not p.name.startswith("forkserver")]

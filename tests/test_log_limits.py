@@ -205,6 +205,14 @@ async def test_the_collector_skips_a_backlog_and_resumes_where_it_stopped(tmp_pa
         await again.stop()
         long = await store.list_records(LogQuery(deployment_id="r-long", newest_first=False), 10, "")
         assert [rec.message for rec in long.records][1:] == ["short", "partial now ends"]
+
+        # A file garbage collection removed leaves no offset behind (its records stay).
+        (logs / "r-long.log").unlink()
+        await again._forget_removed_files()
+        assert (
+            str(logs / "r-long.log") not in await store.offsets() and str(logs / "r-big.log") in await store.offsets()
+        )
+        assert len((await store.list_records(LogQuery(deployment_id="r-long"), 10, "")).records) == 3
     finally:
         await store.close()
 

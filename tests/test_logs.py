@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import sys
 
 import aiohttp
@@ -229,6 +230,20 @@ async def test_connect_json_lists_logs_and_openapi_names_the_service(api: Api, c
         body = await wait_until(listed, 20, "the request's records over Connect")
         assert body["records"][0]["message"] == "handling json"
         assert body["records"][0]["stream"] == "LOG_STREAM_STDOUT"
+        # TailLogs as a Connect stream: enveloped JSON frames, the stored line first.
+        request = json.dumps(
+            {"filter": {"deploymentId": deployment.id, "text": "handling"}, "initialCount": 1}
+        ).encode()
+        async with session.post(
+            f"{url}/slipway.v1.LogService/TailLogs",
+            data=struct.pack(">BI", 0, len(request)) + request,
+            headers={"Content-Type": "application/connect+json", "Connect-Timeout-Ms": "10000"},
+        ) as response:
+            assert response.status == 200
+            flags, length = struct.unpack(">BI", await response.content.readexactly(5))
+            frame = json.loads(await response.content.readexactly(length))
+            assert flags == 0 and frame["record"]["message"] == "handling json"
+            assert frame["record"]["requestId"] == request_id
         async with session.get(f"{url}/openapi.json") as response:
             document = await response.json()
         assert "/slipway.v1.LogService/ListLogs" in document["paths"]
