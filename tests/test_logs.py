@@ -340,3 +340,32 @@ async def test_logs_of_a_deleted_deployment_stay_and_build_logs_come_through_the
     ]
     runtime = await logs.ListLogs(ls.ListLogsRequest(filter=ls.LogFilter(deployment_id=development.id)))
     assert ls.LOG_STREAM_BUILD not in {rec.stream for rec in runtime.records}
+
+
+WEBSOCKET_MODEL = """
+import fastapi
+
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    async def websocket(self, websocket: fastapi.WebSocket):
+        text = await websocket.receive_text()
+        print(f"session says {text}")
+        await websocket.send_text(f"echo: {text}")
+"""
+
+
+async def test_a_websocket_session_s_handshake_and_lines_carry_its_request_id(api: Api, gateway, logs):
+    pushed = await api.push(
+        api.package("sockets", source=WEBSOCKET_MODEL, extra_config="runtime:\n  transport:\n    kind: websocket\n"),
+        target=ds.PUSH_TARGET_PUBLISHED,
+    )
+    deployment = await api.wait_state(pushed.deployment.id, r.DEPLOYMENT_STATE_ACTIVE)
+    url = f"http://127.0.0.1:{gateway.http_port}/model/{deployment.model_id}/deployment/{deployment.id}/websocket"
+    async with aiohttp.ClientSession() as session, session.ws_connect(url, headers={"X-Request-Id": "ws-1"}) as ws:
+        assert ws._response.headers[request_ids.RESPONSE_HEADER] == "ws-1"  # the handshake (aiohttp keeps it private)
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=10) == "echo: hello"
+    [line] = await request_records(logs, deployment.id, "ws-1", 1)
+    assert line.message == "session says hello"
