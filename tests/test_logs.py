@@ -164,8 +164,8 @@ async def test_grpc_answers_carry_the_request_id_in_trailing_metadata(api: Api, 
 async def test_tail_follows_new_lines(api: Api, gateway, logs):
     deployment = await talker(api)
     path = f"/model/{deployment.model_id}/deployment/{deployment.id}/predict"
-    await post(gateway, path, '"before"')
-    await request_records(logs, deployment.id, "", 0)
+    before = await post(gateway, path, '"before"')
+    await request_records(logs, deployment.id, before.headers[request_ids.RESPONSE_HEADER], 4)  # stored
     tail = logs.TailLogs(
         ls.TailLogsRequest(filter=ls.LogFilter(deployment_id=deployment.id, text="handling"), initial_count=1)
     )
