@@ -1,6 +1,9 @@
 """The gRPC InferenceService. Replies are passed through as the replica's bytes:
 InvokeResponse and PredictResponse share field numbers, so the gateway only appends
-the answering deployment's ID (concatenated protobuf messages merge)."""
+the answering deployment's ID (concatenated protobuf messages merge).
+
+Every call's trailing metadata carries its request ID (x-slipway-request-id): the
+caller's valid x-request-id, or a fresh one; errors carry it too."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import grpc
 from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
 from gateway.routing import DEVELOPMENT, PRODUCTION
+from slipway import request_ids
 from slipway.status import refuse_undecodable_requests, rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
@@ -57,23 +61,46 @@ class InferenceApi:
         return lambda: self.resolver(target.model_id, target.deployment_id, environment)
 
     async def predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
+        request_id = _request_id(context)
         try:
             deployment, raw = await self.forwarder.unary(
                 self._resolve(request.target),
                 rs.InvokeRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
+                request_id,
             )
         except GatewayError as error:
-            await context.abort_with_status(rich_status(error.code, error.reason, error.message))
+            await _abort(context, error, request_id)
         return raw + _answered_by(deployment.deployment_id)
 
     async def predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
+        request_id = _request_id(context)
         try:
             async for chunk in self.forwarder.stream(
                 self._resolve(request.target),
                 rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
+                request_id,
             ):
                 yield chunk
         except GatewayError as error:
-            await context.abort_with_status(rich_status(error.code, error.reason, error.message))
+            await _abort(context, error, request_id)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The call's request ID, already set as its trailing metadata."""
+    caller = next(
+        (value for key, value in context.invocation_metadata() or () if key == request_ids.CALLER_METADATA_KEY),
+        None,
+    )
+    request_id = request_ids.adopt(caller if isinstance(caller, str) else None)
+    context.set_trailing_metadata(((request_ids.METADATA_KEY, request_id),))
+    return request_id
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: GatewayError, request_id: str) -> None:
+    # abort replaces the trailing metadata set before: the ID goes in again, beside the status details.
+    status = rich_status(error.code, error.reason, error.message)
+    await context.abort(
+        status.code, status.details, (*status.trailing_metadata, (request_ids.METADATA_KEY, request_id))
+    )
