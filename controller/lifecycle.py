@@ -213,6 +213,10 @@ class Lifecycle:
         domain.require_not_deleted(deployment)
         return deployment
 
+    async def find_deployment(self, deployment_id: str) -> Deployment:
+        """A deployment, deleted ones included (their usage and history remain)."""
+        return await _require_deployment(self.store, deployment_id)
+
     async def list_deployments(self, model_id: str, show_deleted: bool, size: int, token: str) -> Page:
         if model_id:
             # With show_deleted, a deleted model's deployments too (by its ID).

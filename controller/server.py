@@ -28,6 +28,8 @@ from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
 from controller.lifecycle import Lifecycle
+from controller.metric_history import HistorySettings, MetricHistory
+from controller.metric_servicer import MetricServicer, record_report
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
@@ -48,6 +50,8 @@ from slipway.v1 import (
     deployment_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
+    metric_service_pb2,
+    metric_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     route_service_pb2,
@@ -66,6 +70,7 @@ SERVICE_NAMES = (
     ROUTE_SERVICE,
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
+    metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
@@ -106,6 +111,8 @@ class ControllerSettings:
     # replicas that run as other users need one every user can read.
     replica_python: str | None = None
     secret_limits: SecretLimits = field(default_factory=SecretLimits)
+    # The in-memory history of deployments' figures (MetricService, the dashboard's charts).
+    metrics: HistorySettings = field(default_factory=HistorySettings)
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -125,6 +132,7 @@ class Controller:
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
         self.load: LoadTracker
+        self.metrics = MetricHistory(settings.metrics)
         self.keys: KeyManager
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
@@ -171,7 +179,10 @@ class Controller:
             machine=lambda: Machine(secret_variables=secrets.available_variables()),
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
-        self.load = LoadTracker(on_report=lambda: self.reconciler.poke())
+        self.load = LoadTracker(
+            on_report=lambda: self.reconciler.poke(),
+            on_loads=lambda request: record_report(self.metrics, request, time.time()),
+        )
         self.store.add_listener(self.routes.on_store_change)
         self.reconciler = Reconciler(
             self.store,
@@ -203,6 +214,9 @@ class Controller:
             ),
             secrets=secrets,
             replica_users=replica_users,
+            on_observed=lambda deployment_id, desired, ready: self.metrics.record_replicas(
+                deployment_id, desired, ready, self.load.observe(deployment_id)[0], time.time()
+            ),
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -230,6 +244,9 @@ class Controller:
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
+        metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
+            MetricServicer(self.metrics, lifecycle), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
