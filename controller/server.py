@@ -23,6 +23,7 @@ from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
 from controller.compat import Machine
 from controller.connect_api import ConnectApi, ConnectLimits, services_of
+from controller.dashboard import Dashboard
 from controller.domain import AutoscalingLimits
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
@@ -113,6 +114,8 @@ class ControllerSettings:
     secret_limits: SecretLimits = field(default_factory=SecretLimits)
     # The in-memory history of deployments' figures (MetricService, the dashboard's charts).
     metrics: HistorySettings = field(default_factory=HistorySettings)
+    # The web dashboard served at / on the HTTP port (its built files, web/dist by default).
+    dashboard: Dashboard = field(default_factory=Dashboard)
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -303,6 +306,7 @@ class Controller:
             return web.json_response(document)
 
         app.router.add_get("/openapi.json", openapi)
+        self.settings.dashboard.add_routes(app)
         ConnectApi(self._loopback, public, self.settings.connect).add_routes(app)
         runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_grace_seconds, access_log=None)
         await runner.setup()
