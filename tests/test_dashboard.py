@@ -204,6 +204,8 @@ async def test_model_page_follows_pushes_and_actions_live(browser, platform, tmp
     await page.click('nav a[data-nav="usage"]')
     await page.wait_for_selector(f'tr[data-usage="{first}"] [data-badge="deleted"]', timeout=WAIT_MS)
     assert await page.query_selector(f'tr[data-usage="{second}"] [data-badge="deleted"]') is None
+    today = await page.evaluate("new Date().toISOString().slice(0, 10)")
+    await page.wait_for_selector(f'tr[data-usage-day="{today}/{first}"].deleted', timeout=WAIT_MS)
     await shot(page, "usage")
 
     # The models page lists the model with its production deployment.
