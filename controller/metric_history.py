@@ -26,7 +26,7 @@ class HistorySettings:
     coarse_seconds: float = 300.0
     coarse_slots: int = 288  # 24 hours at 5 min
     # Deployments with a history; past it the one updated longest ago is forgotten.
-    max_deployments: int = 2000
+    max_deployments: int = 1000
     max_points: int = 1000
 
     @property

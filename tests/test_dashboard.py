@@ -6,6 +6,7 @@ Playwright (never a browser of its own). Each page's screenshot is written under
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import shutil
@@ -96,8 +97,6 @@ async def push(platform, tmp_path: pathlib.Path, model: str, tag: str, *flags: s
 async def model_id(platform, name: str) -> str:
     controller, _, key = platform
     result = await slipway(controller, key, "models", "get", name, "--output", "json")
-    import json
-
     return json.loads(result.output)["id"]
 
 
@@ -246,6 +245,29 @@ async def test_deployment_page_charts_traffic(browser, platform, tmp_path):
     assert drawn > 0
     assert "deployment." in await page.inner_text("table.events")
     await shot(page, "deployment")
+
+    # The autoscaling form: development's is fixed (the rule's refusal is shown) ...
+    await page.fill('[data-form="autoscaling"] input[name=maxReplica]', "3")
+    await page.click('[data-form="autoscaling"] button[type=submit]')
+    await page.wait_for_selector(".notice-error", timeout=WAIT_MS)
+    assert "DEVELOPMENT_AUTOSCALING_FIXED" in await page.inner_text(".notice-error")
+    # ... a published deployment's changes, only the fields changed (their mask paths).
+    await push(platform, tmp_path, "charted", "v2", "--publish")
+    listed = await slipway(
+        controller, platform[2], "deployments", "get", "--model", model, "deployment-1", "--output", "json"
+    )
+    published = json.loads(listed.output)["id"]
+    await page.goto(f"{controller.http_url}/#/deployment/{published}")
+    await page.wait_for_selector('[data-form="autoscaling"] input[name=maxReplica]', timeout=WAIT_MS)
+    await page.fill('[data-form="autoscaling"] input[name=maxReplica]', "3")
+    await page.fill('[data-form="autoscaling"] input[name=scaleDownDelay]', "120")
+    await page.click('[data-form="autoscaling"] button[type=submit]')
+    await page.wait_for_selector(".notice-ok", timeout=WAIT_MS)
+    updated = json.loads(
+        (await slipway(controller, platform[2], "deployments", "get", published, "--output", "json")).output
+    )
+    settings = updated["autoscaling_settings"]
+    assert (settings["max_replica"], settings["scale_down_delay"], settings.get("min_replica", 0)) == (3, 120, 0)
 
 
 async def test_keys_page_creates_once_lists_and_revokes(browser, platform):
