@@ -51,7 +51,9 @@ def main() -> None:
     now = 1_700_000_000.0 + hours * 3600
     print(f"history: {args.deployments} deployments, {hours} h of reports from {args.gateways} gateways each second")
     print(f"memory: {current / 1024:.0f} KiB in all, {current / args.deployments / 1024:.0f} KiB per deployment")
-    print(f"record: {elapsed / reports * 1e6:.2f} µs per gateway report (with the reconcile readings and the making of the fake report)")
+    print(
+        f"record: {elapsed / reports * 1e6:.2f} µs per gateway report (with the reconcile readings and the making of the fake report)"
+    )
     for window, step in ((3600, 0), (3600, 60), (86400, 0)):
         started = time.perf_counter()
         for _ in range(20):

@@ -25,7 +25,9 @@ class HistorySettings:
     fine_slots: int = 360  # one hour at 10 s
     coarse_seconds: float = 300.0
     coarse_slots: int = 288  # 24 hours at 5 min
-    # Deployments with a history; past it the one updated longest ago is forgotten.
+    # Deployments with a history. When full, the one updated longest ago is forgotten if it
+    # has had no figure for `fine_span` (a deleted or idle one); otherwise a new deployment
+    # gets no history until room is made (a full table never churns).
     max_deployments: int = 1000
     max_points: int = 1000
 
@@ -82,6 +84,7 @@ class DeploymentHistory:
         self.current: Sample | None = None
         self.coarse_current: Sample | None = None
         self.last_ready = 0
+        self.updated = 0.0
 
     def slot(self, now: float) -> Sample:
         """The sample `now` falls in (closing the previous one)."""
@@ -153,14 +156,18 @@ class MetricHistory:
     def __len__(self) -> int:
         return len(self._deployments)
 
-    def _history(self, deployment_id: str) -> DeploymentHistory:
+    def _history(self, deployment_id: str, now: float) -> DeploymentHistory | None:
         history = self._deployments.get(deployment_id)
         if history is None:
+            if len(self._deployments) >= self.settings.max_deployments:
+                oldest_id, oldest = next(iter(self._deployments.items()))
+                if oldest.updated > now - self.settings.fine_span:
+                    return None
+                del self._deployments[oldest_id]
             history = self._deployments[deployment_id] = DeploymentHistory(self.settings)
-            while len(self._deployments) > self.settings.max_deployments:
-                self._deployments.popitem(last=False)
         else:
             self._deployments.move_to_end(deployment_id)
+        history.updated = now
         return history
 
     def record_answers(self, deployment_id: str, responses: Sequence[int], buckets: Sequence[int], now: float) -> None:
@@ -168,7 +175,10 @@ class MetricHistory:
         latency.BUCKETS counts, or empty; another length is ignored)."""
         if not any(responses) and not any(buckets):
             return
-        sample = self._history(deployment_id).slot(now)
+        history = self._history(deployment_id, now)
+        if history is None:
+            return
+        sample = history.slot(now)
         for index in range(3):
             sample.responses[index] += max(int(responses[index]), 0)
         if len(buckets) == latency.BUCKETS and any(buckets):
@@ -179,10 +189,11 @@ class MetricHistory:
     def record_replicas(self, deployment_id: str, desired: int, ready: int, in_flight: float, now: float) -> None:
         """What one reconcile pass saw. A change from no ready replica to some, while
         replicas were wanted, is a cold start."""
-        history = self._deployments.get(deployment_id)
-        if history is None and not (desired or ready or in_flight):
+        if deployment_id not in self._deployments and not (desired or ready or in_flight):
             return  # an idle deployment with no history costs nothing
-        history = history or self._history(deployment_id)
+        history = self._history(deployment_id, now)
+        if history is None:
+            return
         sample = history.slot(now)
         if ready > 0 and history.last_ready == 0 and desired > 0:
             sample.cold_starts += 1

@@ -89,10 +89,18 @@ def test_history_is_bounded_and_windows_past_an_hour_read_coarse_slots():
     coarse_step, coarse = history.points("d", 240, 0, t0 + 600)
     assert coarse_step == 60 and 4 <= len(coarse) <= 5
     assert all(p.responses[0] == 12 for p in coarse[:-1])  # one answer every 5 s
-    for name in ("a", "b", "c"):
-        history.record_replicas(name, 1, 1, 0.0, t0)
-    assert len(history) == 3 and history.points("d", 60, 0, t0 + 600)[1] == []  # the oldest went
-    history.record_replicas("idle", 0, 0, 0.0, t0)
+    for name in ("a", "b"):
+        history.record_replicas(name, 1, 1, 0.0, t0 + 600)
+    # Full, and every history is live: a newcomer waits (the table never churns) ...
+    history.record_replicas("c", 1, 1, 0.0, t0 + 601)
+    assert len(history) == 3 and history.points("c", 60, 0, t0 + 601)[1] == []
+    assert history.points("d", 60, 0, t0 + 601)[1]
+    # ... until the one updated longest ago has had no figure for an hour.
+    later = t0 + 600 + settings.fine_span + 1
+    history.record_replicas("c", 1, 1, 0.0, later)
+    assert len(history) == 3 and history.points("d", 60, 0, later)[1] == []
+    assert history.points("c", 60, 0, later)[1]
+    history.record_replicas("idle", 0, 0, 0.0, later)
     assert len(history) == 3  # an idle deployment takes no room
 
 
