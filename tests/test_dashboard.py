@@ -194,6 +194,17 @@ async def test_model_page_follows_pushes_and_actions_live(browser, platform, tmp
         state="detached", timeout=WAIT_MS
     )
 
+    # Rename: a reserved name is refused with its rule; another name is taken.
+    for name in ("development", "blue"):
+        await page.click(f'tr[data-deployment="{second}"] [data-action="rename"]')
+        await page.fill("input[name=new-name]", name)
+        await page.click(".panel button[type=submit]")
+        if name == "development":
+            await page.wait_for_selector(".notice-error", timeout=WAIT_MS)
+            refusal = await page.inner_text(".notice-error")
+            assert "Rename deployment-2 refused" in refusal and "RESERVED_DEPLOYMENT_NAME" in refusal, refusal
+    await page.wait_for_selector(f'tr[data-deployment="{second}"][data-name="blue"]', timeout=WAIT_MS)
+
     # The former production can now be deleted (typed confirmation); usage still lists it, marked.
     await page.click(f'tr[data-deployment="{first}"] [data-action="delete"]')
     await page.fill("input[name=confirm-name]", "deployment-1")

@@ -48,13 +48,13 @@ export function modelPage(modelId: string): Page {
     renderEndpoints(sorted);
   };
 
-  const act = async (what: string, d: Deployment, call: () => Promise<unknown>) => {
+  const act = async (verb: string, d: Deployment, call: () => Promise<unknown>) => {
     status.clear();
     try {
       await call();
-      status.ok(`${what}: ${d.name} (${d.id})`);
+      status.ok(`${verb}: done for ${d.name} (${d.id})`);
     } catch (error) {
-      if (!signInAgain(error)) status.error(`${what} ${d.name} refused: ${describe(error)}`);
+      if (!signInAgain(error)) status.error(`${verb} ${d.name} refused: ${describe(error)}`);
     }
   };
 
@@ -69,7 +69,7 @@ export function modelPage(modelId: string): Page {
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       panel.hidden = true;
-      void act("Renamed", d, () =>
+      void act("Rename", d, () =>
         deployments.updateDeployment({ deployment: { id: d.id, name: input.value.trim() }, updateMask: { paths: ["name"] } }),
       );
     });
@@ -92,7 +92,7 @@ export function modelPage(modelId: string): Page {
       event.preventDefault();
       if (input.value !== d.name) return;
       panel.hidden = true;
-      void act("Deleted", d, () => deployments.deleteDeployment({ deploymentId: d.id }));
+      void act("Delete", d, () => deployments.deleteDeployment({ deploymentId: d.id }));
     });
     openPanel(form);
     input.focus();
@@ -102,10 +102,10 @@ export function modelPage(modelId: string): Page {
     const actions: HTMLElement[] = [];
     const button = (label: string, onclick: () => void, title = "") =>
       actions.push(h("button", { "data-action": label.toLowerCase(), title: title || undefined, onclick }, label));
-    if (!d.isProduction) button("Promote", () => void act("Promoted", d, () => deployments.promoteDeployment({ deploymentId: d.id })));
-    if (d.active) button("Deactivate", () => void act("Deactivated", d, () => deployments.deactivateDeployment({ deploymentId: d.id })));
-    else button("Activate", () => void act("Activated", d, () => deployments.activateDeployment({ deploymentId: d.id })));
-    if (d.state === DeploymentState.SCALED_TO_ZERO) button("Wake", () => void act("Woken", d, () => deployments.wakeDeployment({ deploymentId: d.id })));
+    if (!d.isProduction) button("Promote", () => void act("Promote", d, () => deployments.promoteDeployment({ deploymentId: d.id })));
+    if (d.active) button("Deactivate", () => void act("Deactivate", d, () => deployments.deactivateDeployment({ deploymentId: d.id })));
+    else button("Activate", () => void act("Activate", d, () => deployments.activateDeployment({ deploymentId: d.id })));
+    if (d.state === DeploymentState.SCALED_TO_ZERO) button("Wake", () => void act("Wake", d, () => deployments.wakeDeployment({ deploymentId: d.id })));
     if (d.kind !== DeploymentKind.DEVELOPMENT) button("Rename", () => rename(d));
     button("Delete", () => remove(d), d.isProduction ? "Production cannot be deleted: promote another deployment first" : "");
     return h(
