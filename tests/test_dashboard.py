@@ -71,11 +71,15 @@ async def browser(platform, tmp_path_factory):
         page = await context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # Every asset is bundled (machines may be offline): the page asks nothing of any other origin.
+        elsewhere: list[str] = []
+        page.on("request", lambda r: None if r.url.startswith(controller.http_url) else elsewhere.append(r.url))
         # The one-click link `slipway up` prints signs the admin in.
         await page.goto(f"{controller.http_url}/#key={key}")
         await page.wait_for_selector('[data-page="models"]', timeout=WAIT_MS)
         yield page
         assert not errors, f"the page raised: {errors}"
+        assert not elsewhere, f"the page fetched from other origins: {elsewhere}"
         await context.close()
 
 
