@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -95,6 +97,35 @@ class LoadMeter:
         average = self._area / elapsed if elapsed > 0 else float(self.in_flight + self.queued)
         self._area, self._since = 0.0, self._last
         return average
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def counts_answers(method: F) -> F:
+    """Counts the call's answer (status class, latency) on the deployment its target
+    resolved to (DeploymentLoad): the method gets a `resolve` that notes the deployment."""
+
+    @functools.wraps(method)
+    async def counted(self: Forwarder, resolve: Callable[[], rt.DeploymentRoute], *args: Any, **kwargs: Any) -> Any:
+        with self._answering(resolve) as answer:
+            return await method(self, answer.resolve, *args, **kwargs)
+
+    return cast(F, counted)
+
+
+def counts_streamed_answers(method: F) -> F:
+    """counts_answers for a stream: a caller that closes it once a chunk went out had its answer."""
+
+    @functools.wraps(method)
+    async def counted(self: Forwarder, resolve: Callable[[], rt.DeploymentRoute], *args: Any, **kwargs: Any) -> Any:
+        with self._answering(resolve) as answer:
+            async with contextlib.aclosing(method(self, answer.resolve, *args, **kwargs)) as items:
+                async for item in items:
+                    answer.delivering = True
+                    yield item
+
+    return cast(F, counted)
 
 
 class Answer:
@@ -263,6 +294,7 @@ class Forwarder:
             channel.in_flight -= 1
             load.change(in_flight=-1)
 
+    @counts_answers
     async def unary(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeRequest, timeout: float
     ) -> tuple[rt.DeploymentRoute, bytes]:
@@ -270,20 +302,20 @@ class Forwarder:
         self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
-        with self._answering(resolve) as answer:
-            while True:
-                deployment, channel = await self._acquire(answer.resolve, deadline, excluded)
-                with self._in_flight(deployment, channel, retry=bool(excluded)):
-                    try:
-                        return deployment, await channel.invoke(
-                            request, timeout=_remaining(deadline), metadata=channel.metadata
-                        )
-                    except grpc.aio.AioRpcError as error:
-                        if not is_retriable(error):
-                            raise from_replica(error, request.ByteSize()) from None
-                        excluded.add(channel.address)
-                        self.retries += 1
+        while True:
+            deployment, channel = await self._acquire(resolve, deadline, excluded)
+            with self._in_flight(deployment, channel, retry=bool(excluded)):
+                try:
+                    return deployment, await channel.invoke(
+                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                    )
+                except grpc.aio.AioRpcError as error:
+                    if not is_retriable(error):
+                        raise from_replica(error, request.ByteSize()) from None
+                    excluded.add(channel.address)
+                    self.retries += 1
 
+    @counts_streamed_answers
     async def stream(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeStreamRequest, timeout: float
     ) -> AsyncGenerator[bytes, None]:
@@ -294,24 +326,24 @@ class Forwarder:
         self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
-        with self._answering(resolve) as answer:
-            while True:
-                deployment, channel = await self._acquire(answer.resolve, deadline, excluded)
-                started = False
-                with self._in_flight(deployment, channel, retry=bool(excluded)):
-                    try:
-                        async for chunk in channel.invoke_stream(
-                            request, timeout=_remaining(deadline), metadata=channel.metadata
-                        ):
-                            started = answer.delivering = True
-                            yield chunk
-                        return
-                    except grpc.aio.AioRpcError as error:
-                        if not is_retriable(error) or started:
-                            raise from_replica(error, request.ByteSize()) from None
-                        excluded.add(channel.address)
-                        self.retries += 1
+        while True:
+            deployment, channel = await self._acquire(resolve, deadline, excluded)
+            started = False
+            with self._in_flight(deployment, channel, retry=bool(excluded)):
+                try:
+                    async for chunk in channel.invoke_stream(
+                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                    ):
+                        started = True
+                        yield chunk
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if not is_retriable(error) or started:
+                        raise from_replica(error, request.ByteSize()) from None
+                    excluded.add(channel.address)
+                    self.retries += 1
 
+    @counts_streamed_answers
     async def websocket(
         self,
         resolve: Callable[[], rt.DeploymentRoute],
@@ -322,16 +354,15 @@ class Forwarder:
         retry, as the replica may have acted on the first frame. Counts as one request in
         flight while it lasts."""
         deadline = time.monotonic() + timeout
-        with self._answering(resolve) as answer:
-            deployment, channel = await self._acquire(answer.resolve, deadline, set())
-            with self._in_flight(deployment, channel, retry=False):
-                try:
-                    async for response in channel.invoke_websocket(
-                        frames, timeout=_remaining(deadline), metadata=channel.metadata
-                    ):
-                        yield response
-                except grpc.aio.AioRpcError as error:
-                    raise from_replica(error, 0) from None
+        deployment, channel = await self._acquire(resolve, deadline, set())
+        with self._in_flight(deployment, channel, retry=False):
+            try:
+                async for response in channel.invoke_websocket(
+                    frames, timeout=_remaining(deadline), metadata=channel.metadata
+                ):
+                    yield response
+            except grpc.aio.AioRpcError as error:
+                raise from_replica(error, 0) from None
 
     def load_report(self) -> list[rt.DeploymentLoad]:
         report = []
