@@ -9,10 +9,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
+# The dashboard (web/): built into web/dist by setup, served by the controller at /.
+WEB := web/dist/index.html
+WEB_SOURCES := $(shell find web/src web/index.html web/vite.config.ts web/tsconfig.json protos -type f \
+	-not -path 'web/src/gen/*' 2>/dev/null)
 
-.PHONY: setup run test generate check-generated lint clean
+.PHONY: setup run test generate check-generated lint clean web browser
 
-setup: $(STAMP) $(BUF)
+setup: $(STAMP) $(BUF) $(WEB)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
@@ -29,6 +33,22 @@ $(BUF): package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $(BUF)
 
+# Its typed client is generated from the protos (buf.gen.yaml, protoc-gen-es) before each
+# build, type-checked, then bundled with every asset (no CDN).
+$(WEB): $(BUF) buf.gen.yaml package.json $(WEB_SOURCES)
+	rm -rf web/src/gen
+	$(BUF) generate
+	node_modules/.bin/tsc -p web/tsconfig.json
+	node_modules/.bin/vite build web --logLevel warn
+
+web: $(WEB)
+
+# The dashboard's end-to-end tests drive Debian's chromium (Playwright never downloads one).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+
 generate: $(STAMP)
 	$(PY) scripts/generate.py
 
@@ -44,14 +64,14 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	@if git rev-parse --verify -q main >/dev/null; then $(BUF) breaking --against '.git#branch=main'; fi
 
-test: setup check-generated lint
+test: setup browser check-generated lint
 	$(PY) -m pytest -q
 
 run: setup
 	$(PY) -m slipway up --example examples/echo
 
 clean:
-	rm -rf $(VENV) node_modules .slipway
+	rm -rf $(VENV) node_modules .slipway web/dist web/src/gen .artifacts
 
 # Benchmarks print figures, never assert on timing (bench/README.md). The gateway
 # benchmark drives load with h2load (package nghttp2-client), installed when missing.

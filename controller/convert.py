@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from google.protobuf import timestamp_pb2
 
@@ -109,8 +109,11 @@ def deployment_to_proto(deployment: Deployment, replicas: Sequence[ReplicaHandle
     )
 
 
-def usage_to_proto(row: UsageRow) -> r.UsageRecord:
+def usage_to_proto(row: UsageRow, days: Iterable[tuple[str, float, int]] = ()) -> r.UsageRecord:
     return r.UsageRecord(
+        days=[
+            r.DailyUsage(date=date, replica_seconds=seconds, replica_starts=starts) for date, seconds, starts in days
+        ],
         model_id=row.model_id,
         deployment_id=row.deployment_id,
         deployment_name=row.deployment_name,

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from controller import compat, domain
+from controller import compat, domain, usage
 from controller.domain import (
     DEVELOPMENT_AUTOSCALING,
     DEVELOPMENT_NAME,
@@ -213,6 +213,10 @@ class Lifecycle:
         domain.require_not_deleted(deployment)
         return deployment
 
+    async def find_deployment(self, deployment_id: str) -> Deployment:
+        """A deployment, deleted ones included (their usage and history remain)."""
+        return await _require_deployment(self.store, deployment_id)
+
     async def list_deployments(self, model_id: str, show_deleted: bool, size: int, token: str) -> Page:
         if model_id:
             # With show_deleted, a deleted model's deployments too (by its ID).
@@ -234,10 +238,20 @@ class Lifecycle:
             if not token:
                 return model_id, deployments
 
-    async def list_usage(self, model_id: str, size: int, token: str) -> Page:
+    async def list_usage(
+        self, model_id: str, size: int, token: str, days: int = 0
+    ) -> tuple[Page, dict[str, list[tuple[str, float, int]]]]:
+        """A page of usage records, and (with `days`) each one's usage by UTC day."""
+        usage.check_days(days)
         if model_id:
             model_id = (await _find_model(self.store, model_id)).id
-        return await self.store.list_usage(model_id, page_size(size), token, now())
+        at = now()
+        page = await self.store.list_usage(model_id, page_size(size), token, at)
+        if not days:
+            return page, {}
+        since = usage.first_day(days, at)
+        intervals = await self.store.replica_intervals([row.deployment_id for row in page.items], since)
+        return page, {d: usage.by_day(spans, since, at) for d, spans in intervals.items()}
 
     async def list_events(self, model_id: str, deployment_id: str, size: int, token: str) -> Page:
         if model_id:

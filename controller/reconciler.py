@@ -76,8 +76,11 @@ class Reconciler:
         *,
         secrets: Secrets,
         replica_users: ReplicaUsers | None = None,
+        on_observed: Callable[[str, int, int], None] = lambda deployment_id, desired, ready: None,
     ) -> None:
         self.store = store
+        # Every pass's replica counts per deployment (desired, ready): the metric history.
+        self.on_observed = on_observed
         self.secrets = secrets
         # Whom replicas run as (None: the controller's own user).
         self.replica_users = replica_users
@@ -236,6 +239,7 @@ class Reconciler:
             build_failed=deployment.load_failed and deployment.state is State.BUILD_FAILED,
         )
         ready = sum(1 for v in views if v.phase is ReplicaPhase.READY)
+        self.on_observed(deployment.id, desired, ready)
         if (state, message, desired, ready) != (
             deployment.state,
             deployment.status_message,

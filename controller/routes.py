@@ -245,9 +245,16 @@ class GatewayLoad:
 class LoadTracker:
     """Latest load report per gateway and deployment. Reports older than `ttl` are ignored."""
 
-    def __init__(self, ttl_seconds: float = 10.0, on_report: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float = 10.0,
+        on_report: Callable[[], None] = lambda: None,
+        on_loads: Callable[[rt.ReportLoadRequest], None] = lambda request: None,
+    ) -> None:
         self._ttl = ttl_seconds
         self._on_report = on_report
+        # Every report as it arrives (the metric history sums its answers over gateways).
+        self._on_loads = on_loads
         self._reports: dict[tuple[str, str], GatewayLoad] = {}
 
     def record(self, request: rt.ReportLoadRequest) -> None:
@@ -256,6 +263,7 @@ class LoadTracker:
             self._reports[(request.gateway_id, load.deployment_id)] = GatewayLoad(
                 load.in_flight, load.queued, load.requests_total, load.average_concurrency, now
             )
+        self._on_loads(request)
         self._on_report()
 
     def observe(self, deployment_id: str) -> tuple[float, int]:

@@ -23,6 +23,7 @@ from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
 from controller.compat import Machine
 from controller.connect_api import ConnectApi, ConnectLimits, services_of
+from controller.dashboard import Dashboard
 from controller.domain import AutoscalingLimits
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
@@ -31,6 +32,8 @@ from controller.lifecycle import Lifecycle
 from controller.log_collector import LogCollector, LogSettings
 from controller.log_servicer import LogServicer, SourceResolver
 from controller.log_store import SqliteLogStore
+from controller.metric_history import HistorySettings, MetricHistory
+from controller.metric_servicer import MetricServicer, record_report
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
@@ -53,6 +56,8 @@ from slipway.v1 import (
     key_service_pb2_grpc,
     log_service_pb2,
     log_service_pb2_grpc,
+    metric_service_pb2,
+    metric_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     route_service_pb2,
@@ -72,6 +77,7 @@ SERVICE_NAMES = (
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
+    metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
@@ -114,6 +120,10 @@ class ControllerSettings:
     secret_limits: SecretLimits = field(default_factory=SecretLimits)
     # Replica and build logs: retention, limits (controller/log_collector.py).
     logs: LogSettings = field(default_factory=LogSettings)
+    # The in-memory history of deployments' figures (MetricService, the dashboard's charts).
+    metrics: HistorySettings = field(default_factory=HistorySettings)
+    # The web dashboard served at / on the HTTP port (its built files, web/dist by default).
+    dashboard: Dashboard = field(default_factory=Dashboard)
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -133,6 +143,7 @@ class Controller:
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
         self.load: LoadTracker
+        self.metrics = MetricHistory(settings.metrics)
         self.keys: KeyManager
         self.logs: SqliteLogStore
         self.log_collector: LogCollector | None = None
@@ -183,7 +194,10 @@ class Controller:
             machine=lambda: Machine(secret_variables=secrets.available_variables()),
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
-        self.load = LoadTracker(on_report=lambda: self.reconciler.poke())
+        self.load = LoadTracker(
+            on_report=lambda: self.reconciler.poke(),
+            on_loads=lambda request: record_report(self.metrics, request, time.time()),
+        )
         self.store.add_listener(self.routes.on_store_change)
         self.reconciler = Reconciler(
             self.store,
@@ -217,6 +231,9 @@ class Controller:
             ),
             secrets=secrets,
             replica_users=replica_users,
+            on_observed=lambda deployment_id, desired, ready: self.metrics.record_replicas(
+                deployment_id, desired, ready, self.load.observe(deployment_id)[0], time.time()
+            ),
         )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -245,6 +262,9 @@ class Controller:
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
         log_service_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs, self.store), self._server)
+        metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
+            MetricServicer(self.metrics, lifecycle), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -309,6 +329,7 @@ class Controller:
             return web.json_response(document)
 
         app.router.add_get("/openapi.json", openapi)
+        self.settings.dashboard.add_routes(app)
         ConnectApi(self._loopback, public, self.settings.connect).add_routes(app)
         runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_grace_seconds, access_log=None)
         await runner.setup()

@@ -129,9 +129,12 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         return convert.patch_response(outcome, self._proto(outcome.deployment))
 
     async def ListUsageRecords(self, request, context):
-        page = await self.lifecycle.list_usage(request.model_id, request.page_size, request.page_token)
+        page, days = await self.lifecycle.list_usage(
+            request.model_id, request.page_size, request.page_token, request.days
+        )
         return ds.ListUsageRecordsResponse(
-            usage_records=[convert.usage_to_proto(u) for u in page.items], next_page_token=page.next_page_token
+            usage_records=[convert.usage_to_proto(u, days.get(u.deployment_id, ())) for u in page.items],
+            next_page_token=page.next_page_token,
         )
 
     async def ListEvents(self, request, context):

@@ -551,6 +551,23 @@ class Store(Reads):
         )
         return _page(rows, page_size, lambda r: UsageRow(r[1], r[2], r[3], float(r[4]), r[5], bool(r[6])), query)
 
+    async def replica_intervals(
+        self, deployment_ids: list[str], since: float
+    ) -> dict[str, list[tuple[float, float | None]]]:
+        """(start, stop) of each replica of these deployments that ran after `since`."""
+        intervals: dict[str, list[tuple[float, float | None]]] = {d: [] for d in deployment_ids}
+        if not deployment_ids:
+            return intervals
+        marks = ",".join("?" * len(deployment_ids))
+        rows = await self._all(
+            f"SELECT deployment_id, start_time, stop_time FROM replicas "
+            f"WHERE deployment_id IN ({marks}) AND (stop_time IS NULL OR stop_time >= ?) ORDER BY start_time",
+            (*deployment_ids, since),
+        )
+        for deployment_id, start, stop in rows:
+            intervals[deployment_id].append((float(start), None if stop is None else float(stop)))
+        return intervals
+
     async def list_events(self, model_id: str, deployment_id: str, page_size: int, page_token: str) -> Page:
         query = json.dumps(["events", model_id, deployment_id])
         after = decode_page_token(page_token, query)

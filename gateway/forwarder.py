@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import grpc
 
 from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
+from slipway import latency
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.request_ids import METADATA_KEY as REQUEST_ID_KEY
@@ -62,6 +65,9 @@ class LoadMeter:
         self.in_flight = 0
         self.queued = 0
         self.requests_total = 0
+        # Answers since the previous report: by HTTP status class (2, 4, 5) and latency bucket.
+        self.answered: dict[int, int] = {2: 0, 4: 0, 5: 0}
+        self.latency = latency.empty()
         self._area = 0.0
         self._since = self._last = time.monotonic()
 
@@ -75,6 +81,16 @@ class LoadMeter:
         self.in_flight += in_flight
         self.queued += queued
 
+    def answer(self, status_class: int, seconds: float) -> None:
+        self.answered[status_class if status_class in (2, 4) else 5] += 1
+        self.latency[latency.bucket_of(seconds)] += 1
+
+    def take_answers(self) -> tuple[dict[int, int], list[int]]:
+        """Answers since the previous call (by status class, by latency bucket)."""
+        answered, counts = self.answered, self.latency
+        self.answered, self.latency = {2: 0, 4: 0, 5: 0}, latency.empty()
+        return answered, counts
+
     def take_average(self) -> float:
         """Average concurrency since the previous call."""
         self._advance()
@@ -82,6 +98,58 @@ class LoadMeter:
         average = self._area / elapsed if elapsed > 0 else float(self.in_flight + self.queued)
         self._area, self._since = 0.0, self._last
         return average
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def counts_answers(method: F) -> F:
+    """Counts the call's answer (status class, latency) on the deployment its target
+    resolved to (DeploymentLoad): the method gets a `resolve` that notes the deployment."""
+
+    @functools.wraps(method)
+    async def counted(self: Forwarder, resolve: Callable[[], rt.DeploymentRoute], *args: Any, **kwargs: Any) -> Any:
+        with self._answering(resolve) as answer:
+            return await method(self, answer.resolve, *args, **kwargs)
+
+    return cast(F, counted)
+
+
+def counts_streamed_answers(method: F) -> F:
+    """counts_answers for a stream: a caller that closes it once a chunk went out had its answer."""
+
+    @functools.wraps(method)
+    async def counted(self: Forwarder, resolve: Callable[[], rt.DeploymentRoute], *args: Any, **kwargs: Any) -> Any:
+        with self._answering(resolve) as answer:
+            async with contextlib.aclosing(method(self, answer.resolve, *args, **kwargs)) as items:
+                async for item in items:
+                    answer.delivering = True
+                    yield item
+
+    return cast(F, counted)
+
+
+class Answer:
+    """One request's outcome, counted on the deployment it was last resolved to (a request
+    whose target never resolved, an unknown or deleted one, is no deployment's answer)."""
+
+    def __init__(self, loads: defaultdict[str, LoadMeter], resolve: Callable[[], rt.DeploymentRoute]) -> None:
+        self._loads = loads
+        self._resolve = resolve
+        self._started = time.monotonic()
+        self.deployment_id = ""
+        # A stream's first chunk went out: a caller that closes the stream then has its answer
+        # (the HTTP front closes it after a complete first chunk).
+        self.delivering = False
+
+    def resolve(self) -> rt.DeploymentRoute:
+        deployment = self._resolve()
+        self.deployment_id = deployment.deployment_id
+        return deployment
+
+    def done(self, status_class: int) -> None:
+        if self.deployment_id:
+            self._loads[self.deployment_id].answer(status_class, time.monotonic() - self._started)
 
 
 class Forwarder:
@@ -195,6 +263,27 @@ class Forwarder:
             raise request_too_large(len(request.payload), self.max_request_bytes)
 
     @contextlib.contextmanager
+    def _answering(self, resolve: Callable[[], rt.DeploymentRoute]) -> Iterator[Answer]:
+        """Counts the request's answer by status class and latency (DeploymentLoad)."""
+        answer = Answer(self.loads, resolve)
+        try:
+            yield answer
+        except GatewayError as error:
+            answer.done(error.http_status // 100)
+            raise
+        except GeneratorExit:
+            answer.done(2 if answer.delivering else 4)
+            raise
+        except asyncio.CancelledError:  # the caller went away (HTTP 499)
+            answer.done(4)
+            raise
+        except Exception:
+            answer.done(5)
+            raise
+        else:
+            answer.done(2)
+
+    @contextlib.contextmanager
     def _in_flight(self, deployment: rt.DeploymentRoute, channel: ReplicaChannel, retry: bool) -> Iterator[None]:
         load = self.loads[deployment.deployment_id]
         load.requests_total += 0 if retry else 1
@@ -206,6 +295,7 @@ class Forwarder:
             channel.in_flight -= 1
             load.change(in_flight=-1)
 
+    @counts_answers
     async def unary(
         self,
         resolve: Callable[[], rt.DeploymentRoute],
@@ -231,6 +321,7 @@ class Forwarder:
                     excluded.add(channel.address)
                     self.retries += 1
 
+    @counts_streamed_answers
     async def stream(
         self,
         resolve: Callable[[], rt.DeploymentRoute],
@@ -262,6 +353,7 @@ class Forwarder:
                     excluded.add(channel.address)
                     self.retries += 1
 
+    @counts_streamed_answers
     async def websocket(
         self,
         resolve: Callable[[], rt.DeploymentRoute],
@@ -284,16 +376,23 @@ class Forwarder:
                 raise from_replica(error, 0) from None
 
     def load_report(self) -> list[rt.DeploymentLoad]:
-        return [
-            rt.DeploymentLoad(
-                deployment_id=deployment_id,
-                in_flight=load.in_flight,
-                queued=load.queued,
-                requests_total=load.requests_total,
-                average_concurrency=load.take_average(),
+        report = []
+        for deployment_id, load in self.loads.items():
+            answered, counts = load.take_answers()
+            report.append(
+                rt.DeploymentLoad(
+                    deployment_id=deployment_id,
+                    in_flight=load.in_flight,
+                    queued=load.queued,
+                    requests_total=load.requests_total,
+                    average_concurrency=load.take_average(),
+                    responses_2xx=answered[2],
+                    responses_4xx=answered[4],
+                    responses_5xx=answered[5],
+                    latency_bucket_counts=counts if any(counts) else (),
+                )
             )
-            for deployment_id, load in self.loads.items()
-        ]
+        return report
 
 
 def _with_id(metadata: tuple[tuple[str, str], ...], request_id: str) -> tuple[tuple[str, str], ...]:

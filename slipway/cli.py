@@ -22,6 +22,7 @@ from slipway import client_commands, key_commands, log_commands, secret_commands
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
+from slipway.dashboard_link import dashboard_link
 from slipway.packaging import read_model_name
 from slipway.server_options import (
     configure_logs,
@@ -208,12 +209,14 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
             f"Slipway gateway listening on {gateway_config.host}:{gateway_process.grpc_port} (gRPC) and {http} (HTTP)"
         )
         click.echo(f"Slipway management API as JSON over HTTP (Connect) on {controller_process.http_url}")
+        controller_config.dashboard.gateway_http_url = http
         click.echo(f"  export SLIPWAY_CONTROLLER={controller_address}")
         click.echo(f"  export SLIPWAY_GATEWAY={gateway_host}:{gateway_process.grpc_port}")
         if ca_file:
             click.echo(f"  export SLIPWAY_TLS_CA={ca_file}")
         key_file = controller_config.data_dir / ADMIN_KEY_FILE
         authorization = ""
+        click.echo(f"Dashboard: {dashboard_link(controller_process.http_url, controller_config)}")
         if controller_config.keys.require_api_keys:
             click.echo(f"  export SLIPWAY_DATA_DIR={controller_config.data_dir.resolve()}   # the CLI's key: admin.key")
             authorization = f' -H "Authorization: Api-Key $(cat {key_file})"'

@@ -66,6 +66,15 @@ def test_up_runs_the_platform_with_the_example_deployed(tmp_path):
             urllib.request.urlopen(anonymous, timeout=10)
         assert refused_anonymous.value.code == 401
         assert (data_dir / "admin.key").stat().st_mode & 0o777 == 0o600
+        # The one-click dashboard link signs the local admin in (the key rides in the fragment,
+        # which the browser keeps to itself); the page and its gateway address are served.
+        link = next(line for line in lines if line.startswith("Dashboard: ")).split()[1]
+        page_url, _, fragment = link.partition("#")
+        assert fragment == f"key={(data_dir / 'admin.key').read_text().strip()}"
+        with urllib.request.urlopen(page_url, timeout=10) as page:
+            assert b'<main id="app">' in page.read()
+        with urllib.request.urlopen(f"{page_url}dashboard.json", timeout=10) as config:
+            assert json.load(config) == {"gatewayHttpUrl": url.split("/model/")[0]}
 
         env_args = ["--controller", f"127.0.0.1:{ports[0]}", "--gateway", f"127.0.0.1:{ports[1]}"]
         # The CLI finds the admin key of the data dir by itself.

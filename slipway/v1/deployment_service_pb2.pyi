@@ -201,14 +201,16 @@ class WatchDeploymentsResponse(_message.Message):
     def __init__(self, deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ..., initial: _Optional[bool] = ...) -> None: ...
 
 class ListUsageRecordsRequest(_message.Message):
-    __slots__ = ("model_id", "page_size", "page_token")
+    __slots__ = ("model_id", "page_size", "page_token", "days")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     page_size: int
     page_token: str
-    def __init__(self, model_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    days: int
+    def __init__(self, model_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., days: _Optional[int] = ...) -> None: ...
 
 class ListUsageRecordsResponse(_message.Message):
     __slots__ = ("usage_records", "next_page_token")

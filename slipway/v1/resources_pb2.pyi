@@ -158,20 +158,32 @@ class Replica(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("model_id", "deployment_id", "deployment_name", "replica_seconds", "replica_starts", "deployment_deleted")
+    __slots__ = ("model_id", "deployment_id", "deployment_name", "replica_seconds", "replica_starts", "deployment_deleted", "days")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_NAME_FIELD_NUMBER: _ClassVar[int]
     REPLICA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_STARTS_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_DELETED_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     deployment_id: str
     deployment_name: str
     replica_seconds: float
     replica_starts: int
     deployment_deleted: bool
-    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., deployment_name: _Optional[str] = ..., replica_seconds: _Optional[float] = ..., replica_starts: _Optional[int] = ..., deployment_deleted: _Optional[bool] = ...) -> None: ...
+    days: _containers.RepeatedCompositeFieldContainer[DailyUsage]
+    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., deployment_name: _Optional[str] = ..., replica_seconds: _Optional[float] = ..., replica_starts: _Optional[int] = ..., deployment_deleted: _Optional[bool] = ..., days: _Optional[_Iterable[_Union[DailyUsage, _Mapping]]] = ...) -> None: ...
+
+class DailyUsage(_message.Message):
+    __slots__ = ("date", "replica_seconds", "replica_starts")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_STARTS_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    replica_seconds: float
+    replica_starts: int
+    def __init__(self, date: _Optional[str] = ..., replica_seconds: _Optional[float] = ..., replica_starts: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("sequence", "create_time", "model_id", "deployment_id", "type", "message")

@@ -99,18 +99,26 @@ class ReportLoadRequest(_message.Message):
     def __init__(self, gateway_id: _Optional[str] = ..., loads: _Optional[_Iterable[_Union[DeploymentLoad, _Mapping]]] = ..., used_api_key_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeploymentLoad(_message.Message):
-    __slots__ = ("deployment_id", "in_flight", "requests_total", "queued", "average_concurrency")
+    __slots__ = ("deployment_id", "in_flight", "requests_total", "queued", "average_concurrency", "responses_2xx", "responses_4xx", "responses_5xx", "latency_bucket_counts")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     AVERAGE_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_2XX_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_4XX_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_5XX_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     in_flight: int
     requests_total: int
     queued: int
     average_concurrency: float
-    def __init__(self, deployment_id: _Optional[str] = ..., in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., queued: _Optional[int] = ..., average_concurrency: _Optional[float] = ...) -> None: ...
+    responses_2xx: int
+    responses_4xx: int
+    responses_5xx: int
+    latency_bucket_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, deployment_id: _Optional[str] = ..., in_flight: _Optional[int] = ..., requests_total: _Optional[int] = ..., queued: _Optional[int] = ..., average_concurrency: _Optional[float] = ..., responses_2xx: _Optional[int] = ..., responses_4xx: _Optional[int] = ..., responses_5xx: _Optional[int] = ..., latency_bucket_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReportLoadResponse(_message.Message):
     __slots__ = ()
