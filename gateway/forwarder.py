@@ -17,6 +17,7 @@ import grpc
 
 from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
+from gateway.metrics import UNOBSERVED, GatewayMetrics, Observation
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2 as rs
@@ -61,6 +62,7 @@ class LoadMeter:
         self.in_flight = 0
         self.queued = 0
         self.requests_total = 0
+        self.retries = 0
         self._area = 0.0
         self._since = self._last = time.monotonic()
 
@@ -91,8 +93,11 @@ class Forwarder:
         max_queued: int,
         on_waiting: Callable[[rt.DeploymentRoute], None] = lambda deployment: None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.follower = follower
+        self.metrics = metrics or GatewayMetrics(lambda: follower.index, enabled=False)
+        self.metrics.watch_loads(self._load_counts)
         self.replica_wait_seconds = replica_wait_seconds
         self.max_queued = max_queued
         # The largest request body forwarded (and model answer accepted: the channels' limit).
@@ -137,16 +142,39 @@ class Forwarder:
         return a if a.in_flight <= b.in_flight else b
 
     async def _acquire(
-        self, resolve: Callable[[], rt.DeploymentRoute], deadline: float, excluded: set[str]
+        self,
+        resolve: Callable[[], rt.DeploymentRoute],
+        deadline: float,
+        excluded: set[str],
+        observation: Observation,
     ) -> tuple[rt.DeploymentRoute, ReplicaChannel]:
         """Resolve the target and pick a replica, waiting (bounded) for one to be ready.
-
-        The target is resolved again on every route change, so a request waiting for a
-        deployment that fails (or is deleted, or deactivated) is answered at once."""
-        deployment = resolve()
+        A refusal (no such target, no replica in time, a full queue) is counted by reason."""
+        try:
+            deployment = resolve()
+        except GatewayError as error:
+            self.metrics.refused(error.reason)
+            raise
+        observation.routed(deployment)
         channel = self._choose(deployment.endpoints, excluded)
         if channel is not None:
             return deployment, channel
+        try:
+            return await self._wait_for_replica(resolve, deployment, deadline, excluded, observation)
+        except GatewayError as error:
+            self.metrics.refused(error.reason)
+            raise
+
+    async def _wait_for_replica(
+        self,
+        resolve: Callable[[], rt.DeploymentRoute],
+        deployment: rt.DeploymentRoute,
+        deadline: float,
+        excluded: set[str],
+        observation: Observation,
+    ) -> tuple[rt.DeploymentRoute, ReplicaChannel]:
+        """The target is resolved again on every route change, so a request waiting for a
+        deployment that fails (or is deleted, or deactivated) is answered at once."""
         started = time.monotonic()
         caller_limit = deadline - DEADLINE_MARGIN_SECONDS
         wait_until = min(caller_limit, started + self.replica_wait_seconds)
@@ -173,9 +201,11 @@ class Forwarder:
                 self.on_waiting(deployment)
                 await self.follower.changed(remaining)
                 deployment = resolve()
+                observation.routed(deployment)
         finally:
             if queued is not None:
                 queued.change(queued=-1)
+            self.metrics.waited(deployment, time.monotonic() - started)
 
     def _no_ready_replica(self, deployment: rt.DeploymentRoute, waited: float, by_deadline: bool) -> GatewayError:
         if by_deadline:
@@ -191,7 +221,9 @@ class Forwarder:
 
     def _check_size(self, request: rs.InvokeRequest | rs.InvokeStreamRequest) -> None:
         if len(request.payload) > self.max_request_bytes:
-            raise request_too_large(len(request.payload), self.max_request_bytes)
+            error = request_too_large(len(request.payload), self.max_request_bytes)
+            self.metrics.refused(error.reason)
+            raise error
 
     @contextlib.contextmanager
     def _in_flight(self, deployment: rt.DeploymentRoute, channel: ReplicaChannel, retry: bool) -> Iterator[None]:
@@ -206,14 +238,18 @@ class Forwarder:
             load.change(in_flight=-1)
 
     async def unary(
-        self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeRequest, timeout: float
+        self,
+        resolve: Callable[[], rt.DeploymentRoute],
+        request: rs.InvokeRequest,
+        timeout: float,
+        observation: Observation = UNOBSERVED,
     ) -> tuple[rt.DeploymentRoute, bytes]:
         """Forward one request; returns the deployment that answered and the raw InvokeResponse bytes."""
         self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
         while True:
-            deployment, channel = await self._acquire(resolve, deadline, excluded)
+            deployment, channel = await self._acquire(resolve, deadline, excluded, observation)
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
                     return deployment, await channel.invoke(
@@ -224,9 +260,14 @@ class Forwarder:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
+                    self.loads[deployment.deployment_id].retries += 1
 
     async def stream(
-        self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeStreamRequest, timeout: float
+        self,
+        resolve: Callable[[], rt.DeploymentRoute],
+        request: rs.InvokeStreamRequest,
+        timeout: float,
+        observation: Observation = UNOBSERVED,
     ) -> AsyncGenerator[bytes, None]:
         """Forward a streaming request; yields raw InvokeStreamResponse bytes.
 
@@ -236,7 +277,7 @@ class Forwarder:
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
         while True:
-            deployment, channel = await self._acquire(resolve, deadline, excluded)
+            deployment, channel = await self._acquire(resolve, deadline, excluded, observation)
             started = False
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
@@ -251,6 +292,7 @@ class Forwarder:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
+                    self.loads[deployment.deployment_id].retries += 1
 
     async def websocket(
         self,
@@ -262,7 +304,7 @@ class Forwarder:
         retry, as the replica may have acted on the first frame. Counts as one request in
         flight while it lasts."""
         deadline = time.monotonic() + timeout
-        deployment, channel = await self._acquire(resolve, deadline, set())
+        deployment, channel = await self._acquire(resolve, deadline, set(), UNOBSERVED)
         with self._in_flight(deployment, channel, retry=False):
             try:
                 async for response in channel.invoke_websocket(
@@ -271,6 +313,10 @@ class Forwarder:
                     yield response
             except grpc.aio.AioRpcError as error:
                 raise from_replica(error, 0) from None
+
+    def _load_counts(self) -> Iterator[tuple[str, int, int, int]]:
+        for deployment_id, load in self.loads.items():
+            yield deployment_id, load.in_flight, load.queued, load.retries
 
     def load_report(self) -> list[rt.DeploymentLoad]:
         return [

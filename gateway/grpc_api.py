@@ -4,17 +4,21 @@ the answering deployment's ID (concatenated protobuf messages merge)."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import grpc
 
 from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
+from gateway.metrics import GRPC
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from slipway.status import refuse_undecodable_requests, rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
 
+OK = grpc.StatusCode.OK.name
+CANCELLED = grpc.StatusCode.CANCELLED.name
 SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
@@ -56,24 +60,40 @@ class InferenceApi:
         environment = DEVELOPMENT if target.environment == inf.ENVIRONMENT_DEVELOPMENT else PRODUCTION
         return lambda: self.resolver(target.model_id, target.deployment_id, environment)
 
+    # The two places a gRPC inference call is observed (gateway/metrics.py), by the code the caller gets.
     async def predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
+        observation = self.forwarder.metrics.start(GRPC)
         try:
             deployment, raw = await self.forwarder.unary(
                 self._resolve(request.target),
                 rs.InvokeRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
+                observation,
             )
         except GatewayError as error:
+            observation.done(error.code.name)
             await context.abort_with_status(rich_status(error.code, error.reason, error.message))
+        except asyncio.CancelledError:
+            observation.done(CANCELLED)
+            raise
+        observation.done(OK)
         return raw + _answered_by(deployment.deployment_id)
 
     async def predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
+        observation = self.forwarder.metrics.start(GRPC)
         try:
             async for chunk in self.forwarder.stream(
                 self._resolve(request.target),
                 rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
+                observation,
             ):
                 yield chunk
+                observation.streamed()
         except GatewayError as error:
+            observation.done(error.code.name)
             await context.abort_with_status(rich_status(error.code, error.reason, error.message))
+        except (asyncio.CancelledError, GeneratorExit):
+            observation.done(CANCELLED)
+            raise
+        observation.done(OK)
