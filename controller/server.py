@@ -28,6 +28,8 @@ from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
 from controller.lifecycle import Lifecycle
+from controller.metrics import ControllerMetrics
+from controller.metrics_http import MetricsEndpoint
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
@@ -132,6 +134,8 @@ class Controller:
         self._loopback: grpc.aio.Channel | None = None
         self._loopback_dir: pathlib.Path | None = None
         self._http: web.AppRunner | None = None
+        self.metrics = ControllerMetrics()
+        self._metrics_endpoint: MetricsEndpoint
         # What gateways present on RouteService (kept in <data_dir>/internal.token).
         self.internal_token = ""
 
@@ -153,6 +157,8 @@ class Controller:
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")
+        self.store.on_write = self.metrics.sqlite_write_seconds.observe
+        self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))
         self.internal_token = issue_internal_token(data_dir)
         secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
         await secrets.load()
@@ -200,10 +206,13 @@ class Controller:
                 python=python,
                 timeout_seconds=settings.build_timeout_seconds,
                 shared=replica_users is not None,
+                on_built=lambda outcome, seconds: self.metrics.build_seconds.labels(outcome).observe(seconds),
             ),
             secrets=secrets,
             replica_users=replica_users,
+            metrics=self.metrics,
         )
+        self.metrics.watch(lambda: self.reconciler.replicas.values(), self.autoscaler.panicking)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -215,7 +224,11 @@ class Controller:
             on_accept=self.keys.note_used,
             enabled=settings.keys.require_api_keys,
         )
+        self._metrics_endpoint = MetricsEndpoint(
+            self.metrics, authenticator, lambda: list(self.reconciler.replicas.values())
+        )
         interceptors = [
+            self.metrics.interceptor(),
             internal_auth,
             ApiKeyInterceptor(authenticator, METHOD_SCOPES, OPEN_SERVICES | INTERNAL_SERVICES),
             RefuseUndecodableRequests(),
@@ -286,6 +299,7 @@ class Controller:
             return web.json_response(document)
 
         app.router.add_get("/openapi.json", openapi)
+        self._metrics_endpoint.add_route(app)
         ConnectApi(self._loopback, public, self.settings.connect).add_routes(app)
         runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_grace_seconds, access_log=None)
         await runner.setup()
@@ -298,6 +312,7 @@ class Controller:
         self.http_port = runner.addresses[0][1]
 
     def _wake(self, deployment_id: str) -> None:
+        self.metrics.woken(deployment_id)
         self.autoscaler.wake(deployment_id, time.monotonic())
         self.reconciler.poke()
 
