@@ -511,6 +511,55 @@ def metrics_cost(runs: list[Run], direct: Run | None) -> None:
     say("(throughput cost: how much lower req/s is with metrics on; negative means higher, i.e. noise)")
     say()
 
+    def cpu_per_request(path: str, c: int) -> float:
+        turns = [r for r in runs if r.path == path and r.concurrency == c]
+        requests = sum(r.requests for r in turns)
+        return sum(r.cpu.get("gateway", 0.0) for r in turns) * 1000 / requests if requests else math.nan
+
+    say("Gateway CPU per request, metrics on vs off (less sensitive to other load than req/s):")
+    for path in ("gateway, gRPC Predict", "gateway, HTTP/1.1 POST"):
+        off_path = path.replace("gateway", f"gateway{NO_METRICS}", 1)
+        for c in sorted({r.concurrency for r in runs if r.path == path}):
+            on, off = cpu_per_request(path, c), cpu_per_request(off_path, c)
+            say(f"- {path} c={c}: {on:.3f} vs {off:.3f} ms CPU/req ({(on - off) / off * 100:+.1f}%)")
+    per_request_us = observation_cost_us()
+    gateway_cpu = cpu_per_request("gateway, gRPC Predict", 32)
+    say(
+        f"- in-process, one request's observation (start, routed, done: labels looked up, counter, histogram): "
+        f"{per_request_us:.2f} us, {per_request_us / 1000 / gateway_cpu * 100:.2f}% of the gateway's CPU per "
+        "gRPC request at c=32"
+    )
+    say()
+
+
+def observation_cost_us(iterations: int = 200_000) -> float:
+    """Microseconds the gateway's metrics add to one request, timed in this process on
+    the gateway's own code (gateway/metrics.py), against metrics off."""
+    from gateway.metrics import GRPC, GatewayMetrics
+    from gateway.routing import RouteIndex
+    from slipway.v1 import route_service_pb2 as rt
+
+    index = RouteIndex()
+    index.apply(
+        rt.WatchRoutesResponse(
+            reset=True,
+            models=[rt.ModelRoute(model_id="m1", model_name="m", production_deployment_id="d1")],
+            deployments=[rt.DeploymentRoute(deployment_id="d1", model_id="m1", active=True)],
+        )
+    )
+    deployment = index.deployments["d1"]
+
+    def timed(enabled: bool) -> float:
+        metrics = GatewayMetrics(lambda: index, enabled=enabled)
+        started = time.perf_counter()
+        for _ in range(iterations):
+            observation = metrics.start(GRPC)
+            observation.routed(deployment)
+            observation.done("OK")
+        return (time.perf_counter() - started) / iterations * 1e6
+
+    return min(timed(True) for _ in range(3)) - min(timed(False) for _ in range(3))
+
 
 def scraped_requests(http_base: str) -> float:
     """The sum of slipway_inference_requests_total on a gateway's /metrics."""
