@@ -6,9 +6,13 @@ several servers in one process, and a registry outlives nothing it does not own)
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+if TYPE_CHECKING:  # replicas import the buckets and never serve HTTP: aiohttp stays off their start
+    from aiohttp import web
 
 METRICS_PATH = "/metrics"
 # Labels naming a deployment on every per-deployment series.
@@ -37,6 +41,8 @@ def environment_label(deployment_id: str, production_id: str, development_id: st
 
 def exposition(registry: CollectorRegistry) -> web.Response:
     """The registry in Prometheus's text format (prometheus_client writes it)."""
+    from aiohttp import web
+
     response = web.Response(body=generate_latest(registry))
     # Text format 0.0.4, which every Prometheus reads (the names and labels here are all plain ASCII).
     response.headers["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
