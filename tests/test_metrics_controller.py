@@ -4,6 +4,7 @@ deployment; and the metrics scope on both /metrics endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -43,6 +44,24 @@ class Model:
 
     def postprocess(self, output):
         return output
+"""
+
+
+GATED_MODEL = """
+import pathlib, time
+
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    def load(self):
+        while not pathlib.Path({loaded!r}).exists():
+            time.sleep(0.01)
+
+    def predict(self, model_input):
+        while not pathlib.Path({answer!r}).exists():
+            time.sleep(0.01)
+        return model_input
 """
 
 
@@ -130,9 +149,13 @@ async def test_replicas_calls_replica_phases_a_kill_and_a_deletion(platform):
     await wait_until(forgotten, timeout=30, what="the deleted deployment's series to go")
 
 
-async def test_cold_starts_from_a_wake_call_and_from_a_request(platform):
+async def test_cold_starts_from_a_wake_call_and_from_a_request(platform, tmp_path):
     controller, gateway, api = platform
-    pushed = await api.push(api.package("m"), target=ds.PUSH_TARGET_PUBLISHED)
+    loaded, answer = tmp_path / "loaded", tmp_path / "answer"
+    loaded.touch()
+    answer.touch()
+    source = GATED_MODEL.format(loaded=str(loaded), answer=str(answer))
+    pushed = await api.push(api.package("m", source=source), target=ds.PUSH_TARGET_PUBLISHED)
     deployment_id = pushed.deployment.id
     await api.wait_state(deployment_id, ACTIVE)
     await autoscale(api, deployment_id, min_replica=0, autoscaling_window=10, scale_down_delay=50)
@@ -147,13 +170,27 @@ async def test_cold_starts_from_a_wake_call_and_from_a_request(platform):
     await wait_until(lambda: _value(url, cold, labels, 1), what="the woken start to be counted")
     await api.wait_state(deployment_id, SCALED_TO_ZERO)
 
-    await predict(gateway, deployment_id)  # waits in the gateway while the deployment wakes
+    # A request waits in the gateway's wake queue while the model loads, then in the model.
+    loaded.unlink()
+    answer.unlink()
+    gateway_url = f"http://127.0.0.1:{gateway.http_port}/metrics"
+    waiting = asyncio.create_task(predict(gateway, deployment_id))
+    await wait_until(lambda: _value(gateway_url, "slipway_wake_queue_depth", labels, 1), what="a queued request")
+    await wait_until(lambda: _value(url, "slipway_deployment_replicas", {**labels, "phase": "loading"}, 1))
+    loaded.touch()
+    await wait_until(lambda: _value(gateway_url, "slipway_inference_in_flight", labels, 1), what="one in flight")
+    replica = (await scrape(url)).matching("slipway_replica_in_flight", **labels)
+    assert list(replica.values()) == [1], replica
+    answer.touch()
+    await waiting
     metrics = await wait_until(lambda: _value(url, cold, labels, 2), what="the request's cold start")
     seconds = metrics.value("slipway_cold_start_seconds_sum", **labels)
     assert seconds is not None and seconds > 0
     assert metrics.value("slipway_cold_start_seconds_bucket", **labels, le="+Inf") == 2
-    gateway_metrics = await scrape(f"http://127.0.0.1:{gateway.http_port}/metrics")
+    gateway_metrics = await scrape(gateway_url)
     assert gateway_metrics.value("slipway_wake_wait_seconds_count", **labels) == 1
+    assert gateway_metrics.value("slipway_wake_queue_depth", **labels) == 0
+    assert gateway_metrics.value("slipway_inference_in_flight", **labels) == 0
 
 
 async def _value(url: str, name: str, labels: dict, expected: float) -> Scrape | None:
