@@ -61,7 +61,7 @@ def build_app(
         observation = forwarder.metrics.start(HTTP)
         try:
             response = await forward(request, method, observation)
-        except asyncio.CancelledError:  # the client went away
+        except (asyncio.CancelledError, ConnectionError):  # the client went away
             observation.done("499")
             raise
         except BaseException:
