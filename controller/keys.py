@@ -18,7 +18,7 @@ from slipway import keys
 from slipway.auth import FailureLimits, current_caller
 from slipway.internal_auth import write_private
 from slipway.keys import KeyRecord, Scope
-from slipway.v1 import deployment_service_pb2, key_service_pb2, model_service_pb2, route_service_pb2
+from slipway.v1 import deployment_service_pb2, key_service_pb2, log_service_pb2, model_service_pb2, route_service_pb2
 
 log = logging.getLogger("slipway.keys")
 
@@ -30,6 +30,8 @@ METHOD_SCOPES: dict[str, Scope] = {
     _DEPLOYMENTS: Scope.DEPLOY,
     f"{_DEPLOYMENTS}/WakeDeployment": Scope.INFERENCE,
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name: Scope.ADMIN,
+    # A model's logs: read like its deployments.
+    log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name: Scope.DEPLOY,
 }
 # Not user surfaces: gateways' credentials guard it (not user keys).
 INTERNAL_SERVICES = frozenset({route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name})

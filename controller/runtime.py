@@ -197,6 +197,8 @@ class LocalProcessRuntime:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         health_check_seconds: float = 10.0,
         sandboxes: Sandboxes | None = None,
+        log_line_bytes: int = 16 * 1024,
+        log_rate_bytes: int = 1024 * 1024,
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
@@ -212,6 +214,8 @@ class LocalProcessRuntime:
         self._drain_seconds = drain_seconds
         self._max_request_bytes = max_request_bytes
         self._health_check_seconds = health_check_seconds
+        # Bounds of what a replica's log keeps (replica/capture.py).
+        self._log_limits = ["--log-line-bytes", str(log_line_bytes), "--log-rate-bytes", str(log_rate_bytes)]
         self._python = python
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
         self._fork = fork
@@ -319,6 +323,7 @@ class LocalProcessRuntime:
             str(self._health_check_seconds),
             "--packages-root",
             str(packages_root),
+            *self._log_limits,
             *(["--development"] if development else []),
         ]
         interpreter = python or self._python

@@ -28,6 +28,9 @@ from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
 from controller.lifecycle import Lifecycle
+from controller.log_collector import LogCollector, LogSettings
+from controller.log_servicer import LogServicer, SourceResolver
+from controller.log_store import SqliteLogStore
 from controller.metrics import ControllerMetrics
 from controller.metrics_http import MetricsEndpoint
 from controller.openapi import openapi_document
@@ -50,6 +53,8 @@ from slipway.v1 import (
     deployment_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
+    log_service_pb2,
+    log_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
     route_service_pb2,
@@ -68,6 +73,7 @@ SERVICE_NAMES = (
     ROUTE_SERVICE,
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
+    log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
@@ -108,6 +114,8 @@ class ControllerSettings:
     # replicas that run as other users need one every user can read.
     replica_python: str | None = None
     secret_limits: SecretLimits = field(default_factory=SecretLimits)
+    # Replica and build logs: retention, limits (controller/log_collector.py).
+    logs: LogSettings = field(default_factory=LogSettings)
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -128,6 +136,8 @@ class Controller:
         self.routes: RouteBroadcaster
         self.load: LoadTracker
         self.keys: KeyManager
+        self.logs: SqliteLogStore
+        self.log_collector: LogCollector | None = None
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
@@ -159,6 +169,8 @@ class Controller:
         self.store = await Store.open(data_dir / "controller.db")
         self.store.on_write = self.metrics.sqlite_write_seconds.observe
         self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))
+        # Apart from the lifecycle database: log volume never holds up a lifecycle write.
+        self.logs = await SqliteLogStore.open(data_dir / "logs.db", settings.logs.retention)
         self.internal_token = issue_internal_token(data_dir)
         secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
         await secrets.load()
@@ -192,6 +204,8 @@ class Controller:
                 fork=settings.fork_replicas,
                 max_request_bytes=settings.max_request_bytes,
                 health_check_seconds=settings.health_check_seconds,
+                log_line_bytes=settings.logs.collector.max_line_bytes,
+                log_rate_bytes=settings.logs.replica_rate_bytes,
                 sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
             ),
             settings.reconciler,
@@ -243,6 +257,7 @@ class Controller:
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
+        log_service_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs, self.store), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -254,6 +269,14 @@ class Controller:
         self._loopback_dir = pathlib.Path(tempfile.mkdtemp(prefix="slipway-controller-"))
         loopback_socket = f"unix:{self._loopback_dir / 'grpc.sock'}"
         self._server.add_insecure_port(loopback_socket)
+        self.log_collector = LogCollector(
+            self.logs,
+            data_dir / "logs",
+            (settings.builds_dir or data_dir / "builds") / "logs",
+            SourceResolver(self.store),
+            settings.logs.collector,
+        )
+        await self.log_collector.start()
         await self.reconciler.adopt_existing()
         await self.reconciler.runtime.prewarm()
         await self.routes.start()
@@ -347,6 +370,9 @@ class Controller:
                 os.kill(pid, signal.SIGKILL)
         await self.routes.stop()
         await self.keys.stop()
+        if self.log_collector is not None:
+            await self.log_collector.stop()  # with the lines of the replicas that just stopped
+        await self.logs.close()
         await self.store.close()
         log.info("controller stopped")
 

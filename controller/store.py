@@ -535,6 +535,11 @@ class Store(Reads):
         )
         return [ReplicaRow(*r) for r in rows]
 
+    async def replica_deployment_id(self, replica_id: str) -> str | None:
+        """The deployment a replica (running or not) was started for."""
+        row = await self._one("SELECT deployment_id FROM replicas WHERE id = ?", (replica_id,))
+        return row[0] if row else None
+
     async def list_usage(self, model_id: str, page_size: int, page_token: str, now: float) -> Page:
         query = json.dumps(["usage", model_id])
         after = decode_page_token(page_token, query)

@@ -20,6 +20,7 @@ from gateway.follower import RouteFollower
 from gateway.metrics import UNOBSERVED, GatewayMetrics, Observation
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
+from slipway.request_ids import METADATA_KEY as REQUEST_ID_KEY
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import resources_pb2
 from slipway.v1 import route_service_pb2 as rt
@@ -242,9 +243,11 @@ class Forwarder:
         resolve: Callable[[], rt.DeploymentRoute],
         request: rs.InvokeRequest,
         timeout: float,
+        request_id: str = "",
         observation: Observation = UNOBSERVED,
     ) -> tuple[rt.DeploymentRoute, bytes]:
-        """Forward one request; returns the deployment that answered and the raw InvokeResponse bytes."""
+        """Forward one request; returns the deployment that answered and the raw InvokeResponse bytes.
+        `request_id` goes to the replica (x-slipway-request-id), which stamps the model's log lines with it."""
         self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
@@ -253,7 +256,7 @@ class Forwarder:
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
                     return deployment, await channel.invoke(
-                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                        request, timeout=_remaining(deadline), metadata=_with_id(channel.metadata, request_id)
                     )
                 except grpc.aio.AioRpcError as error:
                     if not is_retriable(error):
@@ -267,6 +270,7 @@ class Forwarder:
         resolve: Callable[[], rt.DeploymentRoute],
         request: rs.InvokeStreamRequest,
         timeout: float,
+        request_id: str = "",
         observation: Observation = UNOBSERVED,
     ) -> AsyncGenerator[bytes, None]:
         """Forward a streaming request; yields raw InvokeStreamResponse bytes.
@@ -282,7 +286,7 @@ class Forwarder:
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
                     async for chunk in channel.invoke_stream(
-                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                        request, timeout=_remaining(deadline), metadata=_with_id(channel.metadata, request_id)
                     ):
                         started = True
                         yield chunk
@@ -299,6 +303,7 @@ class Forwarder:
         resolve: Callable[[], rt.DeploymentRoute],
         frames: AsyncIterator[rs.InvokeWebsocketRequest],
         timeout: float,
+        request_id: str = "",
     ) -> AsyncGenerator[rs.InvokeWebsocketResponse, None]:
         """A websocket session with one replica (`timeout` bounds the whole session); no
         retry, as the replica may have acted on the first frame. Counts as one request in
@@ -308,7 +313,7 @@ class Forwarder:
         with self._in_flight(deployment, channel, retry=False):
             try:
                 async for response in channel.invoke_websocket(
-                    frames, timeout=_remaining(deadline), metadata=channel.metadata
+                    frames, timeout=_remaining(deadline), metadata=_with_id(channel.metadata, request_id)
                 ):
                     yield response
             except grpc.aio.AioRpcError as error:
@@ -329,6 +334,10 @@ class Forwarder:
             )
             for deployment_id, load in self.loads.items()
         ]
+
+
+def _with_id(metadata: tuple[tuple[str, str], ...], request_id: str) -> tuple[tuple[str, str], ...]:
+    return (*metadata, (REQUEST_ID_KEY, request_id)) if request_id else metadata
 
 
 def _remaining(deadline: float) -> float:

@@ -1,6 +1,9 @@
 """The gRPC InferenceService. Replies are passed through as the replica's bytes:
 InvokeResponse and PredictResponse share field numbers, so the gateway only appends
-the answering deployment's ID (concatenated protobuf messages merge)."""
+the answering deployment's ID (concatenated protobuf messages merge).
+
+Every call's trailing metadata carries its request ID (x-slipway-request-id): the
+caller's valid x-request-id, or a fresh one; errors carry it too."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
 from gateway.metrics import GRPC
 from gateway.routing import DEVELOPMENT, PRODUCTION
+from slipway import request_ids
 from slipway.status import refuse_undecodable_requests, rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
@@ -63,16 +67,18 @@ class InferenceApi:
     # The two places a gRPC inference call is observed (gateway/metrics.py), by the code the caller gets.
     async def predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
         observation = self.forwarder.metrics.start(GRPC)
+        request_id = _request_id(context)
         try:
             deployment, raw = await self.forwarder.unary(
                 self._resolve(request.target),
                 rs.InvokeRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
+                request_id,
                 observation,
             )
         except GatewayError as error:
             observation.done(error.code.name)
-            await context.abort_with_status(rich_status(error.code, error.reason, error.message))
+            await _abort(context, error, request_id)
         except asyncio.CancelledError:
             observation.done(CANCELLED)
             raise
@@ -81,19 +87,40 @@ class InferenceApi:
 
     async def predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
         observation = self.forwarder.metrics.start(GRPC)
+        request_id = _request_id(context)
         try:
             async for chunk in self.forwarder.stream(
                 self._resolve(request.target),
                 rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
+                request_id,
                 observation,
             ):
                 yield chunk
                 observation.streamed()
         except GatewayError as error:
             observation.done(error.code.name)
-            await context.abort_with_status(rich_status(error.code, error.reason, error.message))
+            await _abort(context, error, request_id)
         except (asyncio.CancelledError, GeneratorExit):
             observation.done(CANCELLED)
             raise
         observation.done(OK)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The call's request ID, already set as its trailing metadata."""
+    caller = next(
+        (value for key, value in context.invocation_metadata() or () if key == request_ids.CALLER_METADATA_KEY),
+        None,
+    )
+    request_id = request_ids.adopt(caller if isinstance(caller, str) else None)
+    context.set_trailing_metadata(((request_ids.METADATA_KEY, request_id),))
+    return request_id
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: GatewayError, request_id: str) -> None:
+    # abort replaces the trailing metadata set before: the ID goes in again, beside the status details.
+    status = rich_status(error.code, error.reason, error.message)
+    await context.abort(
+        status.code, status.details, (*status.trailing_metadata, (request_ids.METADATA_KEY, request_id))
+    )

@@ -26,6 +26,8 @@ from gateway.errors import MODEL_FAILURES, GatewayError, response_too_large
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.metrics import HTTP, UNOBSERVED, GatewayMetrics, Observation
+from gateway.request_id import assign_request_id, request_id_of
+from gateway.request_id import install as stamp_request_ids
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from gateway.truss_routes import add_truss_routes, schema_answer, websocket_session
 from slipway.metrics import METRICS_PATH, exposition
@@ -87,10 +89,10 @@ def build_app(
             return error_response(error)
 
     async def websocket(request: web.Request) -> web.StreamResponse:
-        return await websocket_session(request, forwarder, target(request), timeout)
+        return await websocket_session(request, forwarder, target(request), timeout, request_id_of(request))
 
     async def schema(request: web.Request) -> web.StreamResponse:
-        return await schema_answer(forwarder, target(request), timeout)
+        return await schema_answer(forwarder, target(request), timeout, request_id_of(request))
 
     async def wake_route(request: web.Request) -> web.Response:
         try:
@@ -100,7 +102,9 @@ def build_app(
             return error_response(error)
 
     # Keys are checked inside json_http_errors: an unknown path asked without a key is 401, not 404.
-    app = web.Application(middlewares=[json_http_errors, authenticate])
+    # The request ID comes first, so that every answer (a refusal too) carries it.
+    app = web.Application(middlewares=[assign_request_id, json_http_errors, authenticate])
+    stamp_request_ids(app)
     if metrics is not None and metrics.enabled:
         registry = metrics.registry
 
@@ -145,7 +149,7 @@ async def relay(
         content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type,
         method=method,
     )
-    chunks = forwarder.stream(resolve, invoke, timeout, observation)
+    chunks = forwarder.stream(resolve, invoke, timeout, request_id_of(request), observation)
     try:
         first = rs.InvokeStreamResponse.FromString(await anext(chunks))
     except StopAsyncIteration:

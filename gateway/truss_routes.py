@@ -59,7 +59,11 @@ def add_truss_routes(
 
 
 async def websocket_session(
-    request: web.Request, forwarder: Forwarder, resolve: Callable[[], rt.DeploymentRoute], timeout: float
+    request: web.Request,
+    forwarder: Forwarder,
+    resolve: Callable[[], rt.DeploymentRoute],
+    timeout: float,
+    request_id: str = "",
 ) -> web.StreamResponse:
     """Bridge a client's websocket to the model's, frame for frame; `timeout` bounds the session."""
     try:
@@ -79,7 +83,7 @@ async def websocket_session(
         yield rs.InvokeWebsocketRequest(frame=rs.WebsocketFrame(close=close))
 
     try:
-        async for response in forwarder.websocket(resolve, from_client(), timeout):
+        async for response in forwarder.websocket(resolve, from_client(), timeout, request_id):
             frame = response.frame
             kind = frame.WhichOneof("frame")
             if kind == "text":
@@ -102,10 +106,10 @@ def _reason(text: str) -> bytes:
 
 
 async def schema_answer(
-    forwarder: Forwarder, resolve: Callable[[], rt.DeploymentRoute], timeout: float
+    forwarder: Forwarder, resolve: Callable[[], rt.DeploymentRoute], timeout: float, request_id: str = ""
 ) -> web.StreamResponse:
     try:
-        _, raw = await forwarder.unary(resolve, rs.InvokeRequest(method="schema"), timeout)
+        _, raw = await forwarder.unary(resolve, rs.InvokeRequest(method="schema"), timeout, request_id)
     except GatewayError as error:
         return web.json_response(error.to_json(), status=error.http_status)
     return web.Response(body=rs.InvokeResponse.FromString(raw).payload, content_type="application/json")

@@ -10,7 +10,9 @@ Contract with the process that spawns a replica:
   ones get up to --drain-seconds, then exit 0.
 - A model whose is_healthy() fails (False, raises, or hangs) turns PATH to
   "unhealthy" with "error", is drained the same way, then the process exits with code 4.
-- Logs: one JSON object per line on stderr.
+- Logs: one JSON object per line on stderr (descriptor 2): the server's events, and the
+  model's stdout, stderr and logging, captured (replica/capture.py) within
+  --log-line-bytes per line and --log-rate-bytes per second.
 - Credential: read from --token-fd (a pipe, closed once read), else from the
   environment variable SLIPWAY_REPLICA_TOKEN (removed from the environment before any
   model code runs); every ReplicaService call must carry it in its
@@ -30,6 +32,7 @@ import os
 import pathlib
 import sys
 
+from replica import capture
 from replica.log import Logger
 from replica.server import Options, Replica
 from slipway.internal_auth import MAX_TOKEN_FILE_BYTES, REPLICA_TOKEN_ENV
@@ -90,7 +93,23 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=None,
         help="the controller's stored packages: the only place Reload loads from (by digest)",
     )
+    parser.add_argument(
+        "--log-line-bytes",
+        type=int,
+        default=capture.DEFAULT_MAX_LINE_BYTES,
+        help="longest log line kept whole (longer ones are cut)",
+    )
+    parser.add_argument(
+        "--log-rate-bytes",
+        type=int,
+        default=capture.DEFAULT_RATE_BYTES,
+        help="log bytes per second kept, after a burst of 8 times as much (beyond: dropped and counted)",
+    )
     args = parser.parse_args(argv)
+    if not 256 <= args.log_line_bytes <= 1024 * 1024:
+        parser.error("--log-line-bytes must be between 256 and 1048576")
+    if not 1024 <= args.log_rate_bytes <= 1024**3:
+        parser.error("--log-rate-bytes must be between 1024 and 1073741824")
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
     if not 0 < args.health_check_seconds <= 3600:
@@ -118,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         development=args.development,
         packages_root=args.packages_root.resolve() if args.packages_root else None,
         health_check_seconds=args.health_check_seconds,
+        log_line_bytes=args.log_line_bytes,
+        log_rate_bytes=args.log_rate_bytes,
     )
 
 
@@ -136,9 +157,16 @@ def _not_dumpable() -> None:
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     _not_dumpable()
-    log = Logger(options.replica_id)
+    sink = capture.LogSink(2, options.log_line_bytes, options.log_rate_bytes, burst_bytes=8 * options.log_rate_bytes)
+    stdout, stderr = capture.install(sink)
+    log = Logger(options.replica_id, sink=sink)
     replica = Replica(options, log)
-    code = asyncio.run(replica.run())
+    try:
+        code = asyncio.run(replica.run())
+    finally:
+        for stream in (stdout, stderr):
+            stream.close_partial()
+        sink.flush_dropped()
     if replica.threads is not None:
         if replica.threads.busy:
             # Model code still running in a thread (a stuck load or predict) would keep

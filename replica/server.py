@@ -55,6 +55,9 @@ class Options:
     # How often a model with is_healthy() is asked; the first "no" (False, or an error, or no
     # answer within this time) takes the replica out of service and ends it with EXIT_UNHEALTHY.
     health_check_seconds: float = 10.0
+    # Bounds of the captured log (replica/capture.py).
+    log_line_bytes: int = 16 * 1024
+    log_rate_bytes: int = 1024 * 1024
 
 
 class Replica:

@@ -22,12 +22,13 @@ from typing import NoReturn
 import grpc
 
 from replica import codec, typed, websocket
+from replica.capture import REQUEST_ID
 from replica.log import Logger
 from replica.metrics import METRICS
 from replica.model_request import CallState
 from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
 from replica.reload import ModelReloader
-from slipway import limits
+from slipway import limits, request_ids
 from slipway.process import wait_event
 from slipway.status import rich_status
 from slipway.v1 import replica_service_pb2 as pb
@@ -88,7 +89,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         return await wait_event(self._idle, timeout)
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
-        with self._tracked():
+        with self._tracked(context):
             predictor = await self._require_predictor(context)
             if request.method == SCHEMA:
                 if predictor.schema is None:
@@ -110,7 +111,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     async def InvokeStream(self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> None:
         """A model error mid-stream ends the call with INTERNAL after the chunks already sent
         (the HTTP front then ends its response cleanly, as Truss does)."""
-        with self._tracked():
+        with self._tracked(context):
             predictor = await self._require_predictor(context)
             model_input = await self._decode(request, context)
             try:
@@ -130,7 +131,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                 await self._abort_model_call(context, exc)
 
     async def InvokeWebsocket(self, requests, context: grpc.aio.ServicerContext) -> None:
-        with self._tracked():
+        with self._tracked(context):
             predictor = await self._require_predictor(context)
             if predictor.websocket is None:
                 await abort_rich(
@@ -192,12 +193,17 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         return directory
 
     @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
+    def _tracked(self, context: grpc.aio.ServicerContext | None = None) -> Iterator[None]:
+        """Counts the call in flight; with `context`, the request ID the gateway sent
+        (x-slipway-request-id) stamps every log line written while the call runs."""
         self._in_flight += 1
         self._idle.clear()
+        token = REQUEST_ID.set(_request_id(context)) if context is not None else None
         try:
             yield
         finally:
+            if token is not None:
+                REQUEST_ID.reset(token)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
@@ -260,6 +266,13 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             traceback="".join(traceback.format_exception(cause)),
         )
         await abort(context, grpc.StatusCode.INTERNAL, str(exc))
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == request_ids.METADATA_KEY and isinstance(value, str) and request_ids.is_valid(value):
+            return value
+    return ""
 
 
 def _call_state(request: pb.InvokeRequest | pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> CallState:

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from slipway import client_commands, key_commands, secret_commands, top_command
+from slipway import client_commands, key_commands, log_commands, secret_commands, top_command
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
@@ -121,6 +121,7 @@ def controller(
     replica_user: str,
     replica_uid_range: tuple[int, int],
     replica_python: str | None,
+    **log_flags: Any,  # --log-retention-bytes etc.: read by controller_settings from the params
 ) -> None:
     """Run the controller until SIGTERM / Ctrl-C."""
     from controller.server import run_controller
@@ -281,6 +282,7 @@ def up(
     replica_user: str,
     replica_uid_range: tuple[int, int],
     replica_python: str | None,
+    **log_flags: Any,  # --log-retention-bytes etc.: read by controller_settings from the params
 ) -> None:
     """Run the whole platform (controller and gateway) in the foreground until Ctrl-C / SIGTERM.
 
@@ -314,6 +316,7 @@ for command in (
     key_commands.keys,
     secret_commands.secrets,
     top_command.top,
+    log_commands.logs,
 ):
     cli.add_command(command)
 

@@ -40,6 +40,7 @@ from slipway.v1 import (
 from slipway.v1 import (
     deployment_service_pb2_grpc,
     key_service_pb2_grpc,
+    log_service_pb2_grpc,
     model_service_pb2_grpc,
     secret_service_pb2_grpc,
 )
@@ -211,6 +212,8 @@ class SlipwayClient:
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(authorized)
         self.keys = key_service_pb2_grpc.KeyServiceStub(authorized)
         self.secrets = secret_service_pb2_grpc.SecretServiceStub(authorized)
+        # LogService: used as it is (slipway/log_commands.py).
+        self.logs = log_service_pb2_grpc.LogServiceStub(authorized)
 
     def close(self) -> None:
         self._channel.close()

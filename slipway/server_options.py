@@ -112,8 +112,42 @@ def server_options(command: Callable) -> Callable:
             default=10.0,
             help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
         ),
+        *LOG_OPTIONS,
     ]
     return isolation_options(with_options(command, options))
+
+
+# Replica and build logs (controller/log_collector.py, replica/capture.py).
+LOG_OPTIONS = [
+    flag(
+        "--log-retention-bytes",
+        envvar="SLIPWAY_LOG_RETENTION_BYTES",
+        type=click.IntRange(min=1024 * 1024),
+        default=1024**3,
+        help="Size of the logs kept (<data-dir>/logs.db); beyond it the oldest records go.",
+    ),
+    flag(
+        "--log-retention-seconds",
+        envvar="SLIPWAY_LOG_RETENTION_SECONDS",
+        type=click.FloatRange(min=60),
+        default=7 * 86400.0,
+        help="Age of the oldest log record kept (of deleted deployments too).",
+    ),
+    flag(
+        "--log-line-bytes",
+        envvar="SLIPWAY_LOG_LINE_BYTES",
+        type=click.IntRange(min=256, max=1024 * 1024),
+        default=16 * 1024,
+        help="Longest log line kept whole; a longer one is cut, with a note of how much.",
+    ),
+    flag(
+        "--log-rate-bytes",
+        envvar="SLIPWAY_LOG_RATE_BYTES",
+        type=click.IntRange(min=1024, max=1024**3),
+        default=1024 * 1024,
+        help="Log bytes per second one replica may write (after a burst of 8 times as much); the rest is dropped and counted.",
+    ),
+]
 
 
 def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -164,6 +198,8 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
     """The controller's settings from the flags of `slipway controller` / `up` (click's params)."""
     from controller.autoscaler import AutoscalerConfig
     from controller.keys import KeySettings
+    from controller.log_collector import CollectorSettings, LogSettings
+    from controller.log_store import Retention
     from controller.server import ControllerSettings
 
     return ControllerSettings(
@@ -183,6 +219,11 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
         replica_uid_range=flags["replica_uid_range"],
         replica_python=flags["replica_python"],
         health_check_seconds=flags["health_check_seconds"],
+        logs=LogSettings(
+            retention=Retention(flags["log_retention_bytes"], flags["log_retention_seconds"]),
+            collector=CollectorSettings(max_line_bytes=flags["log_line_bytes"]),
+            replica_rate_bytes=flags["log_rate_bytes"],
+        ),
     )
 
 
