@@ -12,6 +12,11 @@ replica), and drives three paths with h2load, the load generator (not Python):
 2. through the gateway over gRPC: slipway.v1.InferenceService/Predict by model ID;
 3. through the gateway over HTTP/1.1: POST /model/{id}/production/predict (JSON).
 
+Paths 2 and 3 run through two gateways following the same controller: one with its
+Prometheus metrics (the default) and one started with --no-metrics, measured in turns
+(on, off, off, on, ... `--repeats` pairs) so that drift on a shared machine falls on both;
+the report gives the throughput and the p50 of each with metrics on against off.
+
 Each at concurrency 1 and 32 (one stream per connection), a warm-up then a fixed
 request count. Latency percentiles come from h2load's --log-file (per request),
 req/s from its summary. CPU per request is read from /proc/PID/stat (utime+stime) of
@@ -233,6 +238,7 @@ class Target:
     headers: list[str]
     h1: bool
     response_bytes: int  # one good response body as h2load counts DATA (gRPC frame or JSON body)
+    gateway_pid: int = 0
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -247,6 +253,8 @@ def sanity_checks(
     http_base: str,
     model_id: str,
     deployment_id: str,
+    gateway_pid: int,
+    label: str = "",
 ) -> list[Target]:
     """Write the request bodies h2load sends, and send those exact bytes once with Python
     clients that see the gRPC status (h2load only sees HTTP status codes)."""
@@ -305,20 +313,22 @@ def sanity_checks(
             5 + len(raw_invoke),
         ),
         Target(
-            "gateway, gRPC Predict",
+            f"gateway{label}, gRPC Predict",
             f"http://{gateway_grpc}{PREDICT}",
             work / "predict.bin",
             GRPC_HEADERS,
             False,
             5 + len(raw_predict),
+            gateway_pid,
         ),
         Target(
-            "gateway, HTTP/1.1 POST",
+            f"gateway{label}, HTTP/1.1 POST",
             http_url,
             work / "predict.json",
             ["-H", "content-type: application/json"],
             True,
             len(http_body),
+            gateway_pid,
         ),
     ]
 
@@ -326,6 +336,8 @@ def sanity_checks(
 def measure(
     target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, int], work: pathlib.Path
 ) -> Run:
+    if target.gateway_pid:
+        pids = {**pids, "gateway": target.gateway_pid}
     h2load(target.url, target.body, target.headers, warmup, concurrency, None, target.h1)
     run = Run(target.name, concurrency, requests, expected_bytes=requests * target.response_bytes)
     log_file = work / f"h2load-{len(list(work.glob('h2load-*')))}.log"
@@ -347,7 +359,7 @@ def measure(
     parse_log(log_file, run)
     bad = run.failed + run.non_2xx + run.bad_bodies
     say(
-        f"  {target.name:<28} c={concurrency:<3} n={requests:<6} {run.req_per_s:8.1f} req/s  "
+        f"  {target.name:<40} c={concurrency:<3} n={requests:<6} {run.req_per_s:8.1f} req/s  "
         f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  bad {bad}"
     )
     return run
@@ -406,9 +418,9 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
     def run_of(path_prefix: str, c: int) -> Run | None:
         return next((r for r in runs if r.path.startswith(path_prefix) and r.concurrency == c), None)
 
-    say("Added latency of the gateway at concurrency 1 (p50, vs direct gRPC to the replica):")
+    say("Added latency of the gateway at concurrency 1 (p50, vs direct gRPC to the replica; first turn):")
     direct = run_of("direct", 1)
-    for prefix in ("gateway, gRPC", "gateway, HTTP"):
+    for prefix in ("gateway, gRPC", "gateway, HTTP", f"gateway{NO_METRICS}, gRPC", f"gateway{NO_METRICS}, HTTP"):
         through = run_of(prefix, 1)
         if direct and through:
             say(
@@ -417,6 +429,7 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
             )
     say("  (the HTTP path calls the replica's InvokeStream, the gRPC paths its unary Invoke)")
     say()
+    metrics_cost(runs, direct)
     say(
         "CPU per request (utime+stime from /proc/PID/stat around the measured run, all threads; "
         f"clock tick {1000 / CLOCK_TICKS:g} ms):"
@@ -462,6 +475,106 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
     )
 
 
+NO_METRICS = " (--no-metrics)"
+
+
+def metrics_cost(runs: list[Run], direct: Run | None) -> None:
+    """Metrics on against off, from every measured turn of each (throughput: all requests
+    over all seconds; p50: the mean of the turns' p50s)."""
+
+    def pooled(path: str, c: int) -> tuple[float, float, int]:
+        turns = [r for r in runs if r.path == path and r.concurrency == c]
+        seconds = sum(r.seconds for r in turns)
+        rate = sum(r.requests for r in turns) / seconds if seconds else math.nan
+        p50 = sum(r.p50_ms for r in turns) / len(turns) if turns else math.nan
+        return rate, p50, len(turns)
+
+    say("Cost of the gateway's metrics (the same gateway with metrics on, and off with --no-metrics):")
+    say()
+    say(
+        "| path | concurrency | turns | req/s on | req/s off | throughput cost | p50 ms on | p50 ms off | "
+        "p50 added by metrics |"
+    )
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for path in ("gateway, gRPC Predict", "gateway, HTTP/1.1 POST"):
+        off_path = path.replace("gateway", f"gateway{NO_METRICS}", 1)
+        for c in sorted({r.concurrency for r in runs}):
+            on_rate, on_p50, turns = pooled(path, c)
+            off_rate, off_p50, _ = pooled(off_path, c)
+            if not turns:
+                continue
+            cost = (off_rate - on_rate) / off_rate * 100 if off_rate else math.nan
+            say(
+                f"| {path} | {c} | {turns} | {on_rate:.0f} | {off_rate:.0f} | {cost:+.1f}% | {fmt(on_p50, 3)} | "
+                f"{fmt(off_p50, 3)} | {on_p50 - off_p50:+.3f} ms |"
+            )
+    say("(throughput cost: how much lower req/s is with metrics on; negative means higher, i.e. noise)")
+    say()
+
+    def cpu_per_request(path: str, c: int) -> float:
+        turns = [r for r in runs if r.path == path and r.concurrency == c]
+        requests = sum(r.requests for r in turns)
+        return sum(r.cpu.get("gateway", 0.0) for r in turns) * 1000 / requests if requests else math.nan
+
+    say("Gateway CPU per request, metrics on vs off (less sensitive to other load than req/s):")
+    for path in ("gateway, gRPC Predict", "gateway, HTTP/1.1 POST"):
+        off_path = path.replace("gateway", f"gateway{NO_METRICS}", 1)
+        for c in sorted({r.concurrency for r in runs if r.path == path}):
+            on, off = cpu_per_request(path, c), cpu_per_request(off_path, c)
+            say(f"- {path} c={c}: {on:.3f} vs {off:.3f} ms CPU/req ({(on - off) / off * 100:+.1f}%)")
+    per_request_us = observation_cost_us()
+    gateway_cpu = cpu_per_request("gateway, gRPC Predict", 32)
+    say(
+        f"- in-process, one request's observation (start, routed, done: labels looked up, counter, histogram): "
+        f"{per_request_us:.2f} us, {per_request_us / 1000 / gateway_cpu * 100:.2f}% of the gateway's CPU per "
+        "gRPC request at c=32"
+    )
+    say()
+
+
+def observation_cost_us(iterations: int = 200_000) -> float:
+    """Microseconds the gateway's metrics add to one request, timed in this process on
+    the gateway's own code (gateway/metrics.py), against metrics off."""
+    from gateway.metrics import GRPC, GatewayMetrics
+    from gateway.routing import RouteIndex
+    from slipway.v1 import route_service_pb2 as rt
+
+    index = RouteIndex()
+    index.apply(
+        rt.WatchRoutesResponse(
+            reset=True,
+            models=[rt.ModelRoute(model_id="m1", model_name="m", production_deployment_id="d1")],
+            deployments=[rt.DeploymentRoute(deployment_id="d1", model_id="m1", active=True)],
+        )
+    )
+    deployment = index.deployments["d1"]
+
+    def timed(enabled: bool) -> float:
+        metrics = GatewayMetrics(lambda: index, enabled=enabled)
+        started = time.perf_counter()
+        for _ in range(iterations):
+            observation = metrics.start(GRPC)
+            observation.routed(deployment)
+            observation.done("OK")
+        return (time.perf_counter() - started) / iterations * 1e6
+
+    return min(timed(True) for _ in range(3)) - min(timed(False) for _ in range(3))
+
+
+def scraped_requests(http_base: str) -> float:
+    """The sum of slipway_inference_requests_total on a gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{http_base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "slipway_inference_requests_total"
+    )
+
+
 def make_package(work: pathlib.Path, concurrency: int) -> pathlib.Path:
     package = work / "echo"
     shutil.copytree(REPO / "examples" / "echo", package)
@@ -472,6 +585,36 @@ def make_package(work: pathlib.Path, concurrency: int) -> pathlib.Path:
     return package
 
 
+def start_gateway(
+    controller: str, grpc_port: int, http_port: int, work: pathlib.Path, args: argparse.Namespace, log, *extra: str
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "slipway",
+            "--controller",
+            controller,
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--gateway-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--internal-token-file",
+            str(work / "data" / "internal.token"),
+            "--log-level",
+            args.log_level,
+            "--insecure-no-auth",
+            *extra,
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     if shutil.which("h2load") is None:
         print("h2load not found: run `make bench-deps` (apt-get install nghttp2-client)", file=sys.stderr)
@@ -480,7 +623,8 @@ def main(args: argparse.Namespace) -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="slipway-bench-gateway-"))
     controller_port, grpc_port, http_port = free_port(), free_port(), free_port()
     controller_address = f"127.0.0.1:{controller_port}"
-    controller = gateway = None
+    controller = gateway = bare = None
+    bare_grpc_port, bare_http_port = free_port(), free_port()
     replica_pid = 0
     logs: list[pathlib.Path] = []
     ok = False
@@ -498,6 +642,9 @@ def main(args: argparse.Namespace) -> int:
                 "127.0.0.1",
                 "--port",
                 str(controller_port),
+                # Any free HTTP port (its /metrics is not measured here), not 7180, which another may hold.
+                "--controller-http-port",
+                "0",
                 "--data-dir",
                 str(work / "data"),
                 "--log-level",
@@ -512,31 +659,12 @@ def main(args: argparse.Namespace) -> int:
         wait_serving(controller_address, controller, "controller")
         gateway_log = open(work / "gateway.log", "wb")
         logs.append(work / "gateway.log")
-        gateway = subprocess.Popen(
-            [
-                PY,
-                "-m",
-                "slipway",
-                "--controller",
-                controller_address,
-                "gateway",
-                "--host",
-                "127.0.0.1",
-                "--gateway-port",
-                str(grpc_port),
-                "--http-port",
-                str(http_port),
-                "--internal-token-file",
-                str(work / "data" / "internal.token"),
-                "--log-level",
-                args.log_level,
-                "--insecure-no-auth",
-            ],
-            cwd=REPO,
-            stdout=gateway_log,
-            stderr=subprocess.STDOUT,
-        )
+        gateway = start_gateway(controller_address, grpc_port, http_port, work, args, gateway_log)
         wait_serving(f"127.0.0.1:{grpc_port}", gateway, "gateway")
+        bare_log = open(work / "gateway-no-metrics.log", "wb")
+        logs.append(work / "gateway-no-metrics.log")
+        bare = start_gateway(controller_address, bare_grpc_port, bare_http_port, work, args, bare_log, "--no-metrics")
+        wait_serving(f"127.0.0.1:{bare_grpc_port}", bare, "gateway --no-metrics")
 
         package = make_package(work, args.predict_concurrency)
         pushed = json.loads(
@@ -563,17 +691,40 @@ def main(args: argparse.Namespace) -> int:
             f"http://127.0.0.1:{http_port}",
             model_id,
             deployment_id,
+            gateway.pid,
         )
+        bare_targets = sanity_checks(
+            work,
+            replica_address,
+            replica_token,
+            f"127.0.0.1:{bare_grpc_port}",
+            f"http://127.0.0.1:{bare_http_port}",
+            model_id,
+            deployment_id,
+            bare.pid,
+            NO_METRICS,
+        )[1:]
         pids = {"gateway": gateway.pid, "replica": replica_pid, "controller": controller.pid}
         runs = []
-        for target in targets:
-            for concurrency, requests in ((1, args.c1_requests), (args.concurrency, args.cn_requests)):
-                runs.append(measure(target, concurrency, requests, args.warmup, pids, work))
+        direct, through = targets[0], targets[1:]
+        counts = ((1, args.c1_requests), (args.concurrency, args.cn_requests))
+        for concurrency, requests in counts:
+            runs.append(measure(direct, concurrency, requests, args.warmup, pids, work))
+        for on, off in zip(through, bare_targets, strict=True):
+            for concurrency, requests in counts:
+                for turn in range(args.repeats):  # on, off, off, on, ...
+                    for target in (on, off) if turn % 2 == 0 else (off, on):
+                        runs.append(measure(target, concurrency, requests, args.warmup, pids, work))
+        counted = scraped_requests(f"http://127.0.0.1:{http_port}")
+        sent = sum(r.requests for r in runs if r.path.startswith("gateway,"))
+        sent += args.warmup * sum(1 for r in runs if r.path.startswith("gateway,")) + 2  # + warm-ups, sanity calls
+        say(f"  the metrics gateway's slipway_inference_requests_total: {counted:.0f} (requests sent to it: {sent})")
         report(runs, args, time.monotonic() - started)
         ok = True
         return 0
     finally:
         stop(gateway, "gateway")
+        stop(bare, "gateway --no-metrics")
         stop(controller, "controller")  # it drains and stops its replicas
         if replica_pid and pathlib.Path(f"/proc/{replica_pid}").exists():
             with contextlib.suppress(OSError):
@@ -605,6 +756,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--predict-concurrency", type=int, default=64, help="the replica's runtime.predict_concurrency")
     parser.add_argument(
         "--log-level", default="WARNING", help="controller/gateway log level (to files; default WARNING)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="turns of each gateway path with metrics on and off (default 2)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, h2load logs)")
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 from dataclasses import dataclass, field
 
 from controller.domain import AutoscalingSettings
@@ -109,6 +110,11 @@ class Autoscaler:
 
     def forget(self, deployment_id: str) -> None:
         self._states.pop(deployment_id, None)
+
+    def panicking(self, deployment_id: str, now: float | None = None) -> bool:
+        """In a panic period (a burst drives scale-up, nothing scales down)."""
+        state = self._states.get(deployment_id)
+        return state is not None and (time.monotonic() if now is None else now) < state.panic_until
 
     def wake(self, deployment_id: str, now: float) -> None:
         state = self._states.get(deployment_id)

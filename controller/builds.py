@@ -148,8 +148,11 @@ class BuildManager:
         python: str = sys.executable,
         timeout_seconds: float = 1800.0,
         shared: bool = False,
+        on_built: Callable[[str, float], None] = lambda outcome, seconds: None,
     ) -> None:
         self.root = pathlib.Path(root)
+        # Told ("succeeded" or "failed", seconds) of every build that ran to an end: metrics.
+        self._on_built = on_built
         self.envs_dir = self.root / "envs"
         self.logs_dir = self.root / "logs"
         self.envs_dir.mkdir(parents=True, exist_ok=True)
@@ -309,6 +312,7 @@ class BuildManager:
         assert task is not None
         task.set_name(deployment.id)
         started = time.monotonic()
+        outcome = "failed"
         log_path = self.log_path(deployment.id)
         tmp = self.envs_dir / f".tmp-{spec.key}-{os.getpid()}-{next(self._counter)}"
         waiting = self._builds.get(spec.key)
@@ -375,6 +379,7 @@ class BuildManager:
                 self.installs += 1
                 out.write(f"=== environment {spec.key} ready in {seconds:.1f} s\n")
             log.info("built environment %s in %.1f s for deployment %s", spec.key[:12], seconds, deployment.id)
+            outcome = "succeeded"
             told = {deployment.id: deployment.model_id}
             told.update({w[0]: model_id for w, model_id in (waiting.waiters.items() if waiting else ())})
             for waiter, model_id in sorted(told.items()):
@@ -387,12 +392,15 @@ class BuildManager:
         except BuildError:
             raise
         except asyncio.CancelledError:
+            outcome = ""  # stopped, not ended
             raise
         except Exception as exc:  # anything unexpected is a failed build, reported to the user
             log.exception("building environment %s failed", spec.key[:12])
             raise BuildError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if outcome:
+                self._on_built(outcome, time.monotonic() - started)
 
     async def _step(self, out, what: str, argv: list[str], cwd: pathlib.Path) -> None:
         out.write(f"$ {' '.join(argv)}\n")

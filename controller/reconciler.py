@@ -29,6 +29,7 @@ from controller.builds import BuildManager, EnvironmentStatus, plural
 from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
 from controller.isolation import ReplicaUsers
 from controller.lifecycle import Lifecycle
+from controller.metrics import ControllerMetrics
 from controller.packages import PackageStore
 from controller.routes import LoadTracker
 from controller.runtime import LocalProcessRuntime, ReplicaHandle, exit_description
@@ -77,10 +78,12 @@ class Reconciler:
         secrets: Secrets,
         replica_users: ReplicaUsers | None = None,
         on_observed: Callable[[str, int, int], None] = lambda deployment_id, desired, ready: None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.store = store
         # Every pass's replica counts per deployment (desired, ready): the metric history.
         self.on_observed = on_observed
+        self.metrics = metrics or ControllerMetrics()
         self.secrets = secrets
         # Whom replicas run as (None: the controller's own user).
         self.replica_users = replica_users
@@ -144,6 +147,13 @@ class Reconciler:
                 os.kill(pid, signal.SIGKILL)
 
     async def reconcile_once(self) -> None:
+        started = time.perf_counter()
+        try:
+            await self._pass()
+        finally:
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    async def _pass(self) -> None:
         if time.monotonic() >= self._next_collection:
             self._next_collection = time.monotonic() + self.settings.garbage_interval_seconds
             try:
@@ -155,9 +165,22 @@ class Reconciler:
         wanted = {d.id for d in deployments}
         for deployment in deployments:
             await self._reconcile(deployment)
+        await self._forget_deleted(wanted)
         for handle in list(self.replicas.values()):
             if handle.deployment_id not in wanted:
                 self._stop(handle)
+
+    async def _forget_deleted(self, wanted: set[str]) -> None:
+        """Metrics: deployments no longer reconciled want no replicas; deleted ones lose
+        their series (checked for those a commit touched since the last pass)."""
+        metrics = self.metrics
+        touched, metrics.touched = metrics.touched, set()
+        for deployment_id in [d for d in metrics.labels if d not in wanted]:
+            metrics.idle(deployment_id)
+            if deployment_id in touched:
+                deployment = await self.store.get_deployment(deployment_id)
+                if deployment is None or deployment.delete_time is not None:
+                    metrics.forget(deployment_id)
 
     async def collect_garbage(self, grace_seconds: float) -> int:
         """Delete stored packages and built environments that no deployment (unless
@@ -206,6 +229,11 @@ class Reconciler:
         desired = self._desired(deployment)
         live = [h for h in handles if h.phase is not ReplicaPhase.DRAINING and not h.exited]
         current = [h for h in live if h.revision == deployment.revision]
+        if deployment.delete_time is not None:
+            self.metrics.forget(deployment.id)
+        else:
+            cold = deployment.state in (State.SCALED_TO_ZERO, State.WAKING_UP) and not live
+            self.metrics.observed(deployment, desired, cold)
         outdated = [h for h in live if h.revision != deployment.revision]
         if outdated and (deployment.is_development or any(h.phase is ReplicaPhase.READY for h in current)):
             # Development updates in place (its requests in flight may fail, as the spec allows);
@@ -343,12 +371,14 @@ class Reconciler:
                     await tx.update_replica(handle.id, stop_time=handle.exit_time or time.time(), port=handle.port)
             elif handle.phase is ReplicaPhase.READY and not handle.ready_recorded:
                 handle.ready_recorded = True
+                self.metrics.replica_ready(handle.deployment_id, handle.ready_time or time.time())
                 async with self.store.write() as tx:
                     await tx.update_replica(handle.id, port=handle.port, ready_time=handle.ready_time)
 
     def _note_crash(self, handle: ReplicaHandle) -> None:
         crash = self._crashes[handle.deployment_id]
         crash.count += 1
+        self.metrics.restarted(handle.deployment_id)
         delay = min(
             self.settings.crash_backoff_seconds * 2 ** (crash.count - 1), self.settings.crash_backoff_max_seconds
         )

@@ -34,6 +34,8 @@ from controller.log_servicer import LogServicer, SourceResolver
 from controller.log_store import SqliteLogStore
 from controller.metric_history import HistorySettings, MetricHistory
 from controller.metric_servicer import MetricServicer, record_report
+from controller.metrics import ControllerMetrics
+from controller.metrics_http import MetricsEndpoint
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
@@ -121,7 +123,7 @@ class ControllerSettings:
     # Replica and build logs: retention, limits (controller/log_collector.py).
     logs: LogSettings = field(default_factory=LogSettings)
     # The in-memory history of deployments' figures (MetricService, the dashboard's charts).
-    metrics: HistorySettings = field(default_factory=HistorySettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
     # The web dashboard served at / on the HTTP port (its built files, web/dist by default).
     dashboard: Dashboard = field(default_factory=Dashboard)
 
@@ -143,7 +145,7 @@ class Controller:
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
         self.load: LoadTracker
-        self.metrics = MetricHistory(settings.metrics)
+        self.history = MetricHistory(settings.history)
         self.keys: KeyManager
         self.logs: SqliteLogStore
         self.log_collector: LogCollector | None = None
@@ -153,6 +155,8 @@ class Controller:
         self._loopback: grpc.aio.Channel | None = None
         self._loopback_dir: pathlib.Path | None = None
         self._http: web.AppRunner | None = None
+        self.metrics = ControllerMetrics()
+        self._metrics_endpoint: MetricsEndpoint
         # What gateways present on RouteService (kept in <data_dir>/internal.token).
         self.internal_token = ""
 
@@ -174,6 +178,8 @@ class Controller:
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
         self.store = await Store.open(data_dir / "controller.db")
+        self.store.on_write = self.metrics.sqlite_write_seconds.observe
+        self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))
         # Apart from the lifecycle database: log volume never holds up a lifecycle write.
         self.logs = await SqliteLogStore.open(data_dir / "logs.db", settings.logs.retention)
         self.internal_token = issue_internal_token(data_dir)
@@ -196,7 +202,7 @@ class Controller:
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(
             on_report=lambda: self.reconciler.poke(),
-            on_loads=lambda request: record_report(self.metrics, request, time.time()),
+            on_loads=lambda request: record_report(self.history, request, time.time()),
         )
         self.store.add_listener(self.routes.on_store_change)
         self.reconciler = Reconciler(
@@ -228,13 +234,16 @@ class Controller:
                 python=python,
                 timeout_seconds=settings.build_timeout_seconds,
                 shared=replica_users is not None,
+                on_built=lambda outcome, seconds: self.metrics.build_seconds.labels(outcome).observe(seconds),
             ),
             secrets=secrets,
             replica_users=replica_users,
-            on_observed=lambda deployment_id, desired, ready: self.metrics.record_replicas(
+            on_observed=lambda deployment_id, desired, ready: self.history.record_replicas(
                 deployment_id, desired, ready, self.load.observe(deployment_id)[0], time.time()
             ),
+            metrics=self.metrics,
         )
+        self.metrics.watch(lambda: self.reconciler.replicas.values(), self.autoscaler.panicking)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -246,7 +255,11 @@ class Controller:
             on_accept=self.keys.note_used,
             enabled=settings.keys.require_api_keys,
         )
+        self._metrics_endpoint = MetricsEndpoint(
+            self.metrics, authenticator, lambda: list(self.reconciler.replicas.values())
+        )
         interceptors = [
+            self.metrics.interceptor(),
             internal_auth,
             ApiKeyInterceptor(authenticator, METHOD_SCOPES, OPEN_SERVICES | INTERNAL_SERVICES),
             RefuseUndecodableRequests(),
@@ -263,7 +276,7 @@ class Controller:
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
         log_service_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs, self.store), self._server)
         metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
-            MetricServicer(self.metrics, lifecycle), self._server
+            MetricServicer(self.history, lifecycle), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
@@ -330,6 +343,7 @@ class Controller:
 
         app.router.add_get("/openapi.json", openapi)
         self.settings.dashboard.add_routes(app)
+        self._metrics_endpoint.add_route(app)
         ConnectApi(self._loopback, public, self.settings.connect).add_routes(app)
         runner = web.AppRunner(app, shutdown_timeout=self.settings.shutdown_grace_seconds, access_log=None)
         await runner.setup()
@@ -342,6 +356,7 @@ class Controller:
         self.http_port = runner.addresses[0][1]
 
     def _wake(self, deployment_id: str) -> None:
+        self.metrics.woken(deployment_id)
         self.autoscaler.wake(deployment_id, time.monotonic())
         self.reconciler.poke()
 

@@ -396,6 +396,8 @@ class Store(Reads):
         self._writer = writer
         self._write_lock = asyncio.Lock()
         self._listeners: list[Callable[[Change], None]] = []
+        # Told the seconds of every committed write transaction (BEGIN to COMMIT): metrics.
+        self.on_write: Callable[[float], None] = lambda seconds: None
 
     @classmethod
     async def open(cls, path: pathlib.Path) -> Store:
@@ -423,9 +425,11 @@ class Store(Reads):
             try:
                 # The connection's thread runs statements in order, so even if this task is
                 # cancelled mid-way the ROLLBACK below lands after whatever was queued.
+                started = time.perf_counter()
                 await self._writer.execute("BEGIN IMMEDIATE")
                 yield tx
                 await self._writer.commit()
+                self.on_write(time.perf_counter() - started)
             except BaseException:
                 await asyncio.shield(self._writer.rollback())
                 raise

@@ -1,5 +1,6 @@
 """User API keys on the gateway: the gRPC InferenceService and every HTTP route need a
-key with the inference scope (admin and deploy keys include it), checked against the
+key with the inference scope (admin and deploy keys include it), GET /metrics one with the
+metrics scope (or admin), checked against the
 key records of the controller's route stream, so a revocation arrives with the next
 route version. An inference key limited to some models is checked once the request's
 target is resolved, whichever way it was named (model ID or name, deployment ID,
@@ -14,6 +15,7 @@ from gateway.errors import refused_key
 from slipway import keys
 from slipway.auth import Authenticator, current_caller
 from slipway.keys import AuthError, Scope
+from slipway.metrics import METRICS_PATH
 from slipway.v1 import inference_service_pb2
 from slipway.v1 import route_service_pb2 as rt
 
@@ -38,7 +40,7 @@ def http_middleware(authenticator: Authenticator) -> Middleware:
             caller = await authenticator.check(
                 request.headers.get("Authorization"),
                 request.remote or "",
-                Scope.INFERENCE,
+                Scope.METRICS if request.path == METRICS_PATH else Scope.INFERENCE,
                 f"{request.method} {request.path}",
             )
         except AuthError as error:

@@ -19,6 +19,7 @@ import grpc
 
 from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
+from gateway.metrics import UNOBSERVED, GatewayMetrics, Observation
 from slipway import latency
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
@@ -68,6 +69,7 @@ class LoadMeter:
         # Answers since the previous report: by HTTP status class (2, 4, 5) and latency bucket.
         self.answered: dict[int, int] = {2: 0, 4: 0, 5: 0}
         self.latency = latency.empty()
+        self.retries = 0
         self._area = 0.0
         self._since = self._last = time.monotonic()
 
@@ -160,8 +162,11 @@ class Forwarder:
         max_queued: int,
         on_waiting: Callable[[rt.DeploymentRoute], None] = lambda deployment: None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.follower = follower
+        self.metrics = metrics or GatewayMetrics(lambda: follower.index, enabled=False)
+        self.metrics.watch_loads(self._load_counts)
         self.replica_wait_seconds = replica_wait_seconds
         self.max_queued = max_queued
         # The largest request body forwarded (and model answer accepted: the channels' limit).
@@ -206,16 +211,39 @@ class Forwarder:
         return a if a.in_flight <= b.in_flight else b
 
     async def _acquire(
-        self, resolve: Callable[[], rt.DeploymentRoute], deadline: float, excluded: set[str]
+        self,
+        resolve: Callable[[], rt.DeploymentRoute],
+        deadline: float,
+        excluded: set[str],
+        observation: Observation,
     ) -> tuple[rt.DeploymentRoute, ReplicaChannel]:
         """Resolve the target and pick a replica, waiting (bounded) for one to be ready.
-
-        The target is resolved again on every route change, so a request waiting for a
-        deployment that fails (or is deleted, or deactivated) is answered at once."""
-        deployment = resolve()
+        A refusal (no such target, no replica in time, a full queue) is counted by reason."""
+        try:
+            deployment = resolve()
+        except GatewayError as error:
+            self.metrics.refused(error.reason)
+            raise
+        observation.routed(deployment)
         channel = self._choose(deployment.endpoints, excluded)
         if channel is not None:
             return deployment, channel
+        try:
+            return await self._wait_for_replica(resolve, deployment, deadline, excluded, observation)
+        except GatewayError as error:
+            self.metrics.refused(error.reason)
+            raise
+
+    async def _wait_for_replica(
+        self,
+        resolve: Callable[[], rt.DeploymentRoute],
+        deployment: rt.DeploymentRoute,
+        deadline: float,
+        excluded: set[str],
+        observation: Observation,
+    ) -> tuple[rt.DeploymentRoute, ReplicaChannel]:
+        """The target is resolved again on every route change, so a request waiting for a
+        deployment that fails (or is deleted, or deactivated) is answered at once."""
         started = time.monotonic()
         caller_limit = deadline - DEADLINE_MARGIN_SECONDS
         wait_until = min(caller_limit, started + self.replica_wait_seconds)
@@ -242,9 +270,11 @@ class Forwarder:
                 self.on_waiting(deployment)
                 await self.follower.changed(remaining)
                 deployment = resolve()
+                observation.routed(deployment)
         finally:
             if queued is not None:
                 queued.change(queued=-1)
+            self.metrics.waited(deployment, time.monotonic() - started)
 
     def _no_ready_replica(self, deployment: rt.DeploymentRoute, waited: float, by_deadline: bool) -> GatewayError:
         if by_deadline:
@@ -260,7 +290,9 @@ class Forwarder:
 
     def _check_size(self, request: rs.InvokeRequest | rs.InvokeStreamRequest) -> None:
         if len(request.payload) > self.max_request_bytes:
-            raise request_too_large(len(request.payload), self.max_request_bytes)
+            error = request_too_large(len(request.payload), self.max_request_bytes)
+            self.metrics.refused(error.reason)
+            raise error
 
     @contextlib.contextmanager
     def _answering(self, resolve: Callable[[], rt.DeploymentRoute]) -> Iterator[Answer]:
@@ -302,6 +334,7 @@ class Forwarder:
         request: rs.InvokeRequest,
         timeout: float,
         request_id: str = "",
+        observation: Observation = UNOBSERVED,
     ) -> tuple[rt.DeploymentRoute, bytes]:
         """Forward one request; returns the deployment that answered and the raw InvokeResponse bytes.
         `request_id` goes to the replica (x-slipway-request-id), which stamps the model's log lines with it."""
@@ -309,7 +342,7 @@ class Forwarder:
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
         while True:
-            deployment, channel = await self._acquire(resolve, deadline, excluded)
+            deployment, channel = await self._acquire(resolve, deadline, excluded, observation)
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
                     return deployment, await channel.invoke(
@@ -320,6 +353,7 @@ class Forwarder:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
+                    self.loads[deployment.deployment_id].retries += 1
 
     @counts_streamed_answers
     async def stream(
@@ -328,6 +362,7 @@ class Forwarder:
         request: rs.InvokeStreamRequest,
         timeout: float,
         request_id: str = "",
+        observation: Observation = UNOBSERVED,
     ) -> AsyncGenerator[bytes, None]:
         """Forward a streaming request; yields raw InvokeStreamResponse bytes.
 
@@ -337,7 +372,7 @@ class Forwarder:
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
         while True:
-            deployment, channel = await self._acquire(resolve, deadline, excluded)
+            deployment, channel = await self._acquire(resolve, deadline, excluded, observation)
             started = False
             with self._in_flight(deployment, channel, retry=bool(excluded)):
                 try:
@@ -352,6 +387,7 @@ class Forwarder:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
                     self.retries += 1
+                    self.loads[deployment.deployment_id].retries += 1
 
     @counts_streamed_answers
     async def websocket(
@@ -365,7 +401,7 @@ class Forwarder:
         retry, as the replica may have acted on the first frame. Counts as one request in
         flight while it lasts."""
         deadline = time.monotonic() + timeout
-        deployment, channel = await self._acquire(resolve, deadline, set())
+        deployment, channel = await self._acquire(resolve, deadline, set(), UNOBSERVED)
         with self._in_flight(deployment, channel, retry=False):
             try:
                 async for response in channel.invoke_websocket(
@@ -374,6 +410,10 @@ class Forwarder:
                     yield response
             except grpc.aio.AioRpcError as error:
                 raise from_replica(error, 0) from None
+
+    def _load_counts(self) -> Iterator[tuple[str, int, int, int]]:
+        for deployment_id, load in self.loads.items():
+            yield deployment_id, load.in_flight, load.queued, load.retries
 
     def load_report(self) -> list[rt.DeploymentLoad]:
         report = []

@@ -7,18 +7,22 @@ caller's valid x-request-id, or a fresh one; errors carry it too."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import grpc
 
 from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
+from gateway.metrics import GRPC
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from slipway import request_ids
 from slipway.status import refuse_undecodable_requests, rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
 
+OK = grpc.StatusCode.OK.name
+CANCELLED = grpc.StatusCode.CANCELLED.name
 SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
@@ -60,7 +64,9 @@ class InferenceApi:
         environment = DEVELOPMENT if target.environment == inf.ENVIRONMENT_DEVELOPMENT else PRODUCTION
         return lambda: self.resolver(target.model_id, target.deployment_id, environment)
 
+    # The two places a gRPC inference call is observed (gateway/metrics.py), by the code the caller gets.
     async def predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
+        observation = self.forwarder.metrics.start(GRPC)
         request_id = _request_id(context)
         try:
             deployment, raw = await self.forwarder.unary(
@@ -68,12 +74,19 @@ class InferenceApi:
                 rs.InvokeRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
                 request_id,
+                observation,
             )
         except GatewayError as error:
+            observation.done(error.code.name)
             await _abort(context, error, request_id)
+        except asyncio.CancelledError:
+            observation.done(CANCELLED)
+            raise
+        observation.done(OK)
         return raw + _answered_by(deployment.deployment_id)
 
     async def predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
+        observation = self.forwarder.metrics.start(GRPC)
         request_id = _request_id(context)
         try:
             async for chunk in self.forwarder.stream(
@@ -81,10 +94,17 @@ class InferenceApi:
                 rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
                 request_id,
+                observation,
             ):
                 yield chunk
+                observation.streamed()
         except GatewayError as error:
+            observation.done(error.code.name)
             await _abort(context, error, request_id)
+        except (asyncio.CancelledError, GeneratorExit):
+            observation.done(CANCELLED)
+            raise
+        observation.done(OK)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

@@ -13,6 +13,7 @@ answer, as Truss does. Every error is a JSON body {"error": {"code", "reason", "
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -24,10 +25,12 @@ from aiohttp.typedefs import Middleware
 from gateway.errors import MODEL_FAILURES, GatewayError, response_too_large
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
+from gateway.metrics import HTTP, UNOBSERVED, GatewayMetrics, Observation
 from gateway.request_id import assign_request_id, request_id_of
 from gateway.request_id import install as stamp_request_ids
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from gateway.truss_routes import add_truss_routes, schema_answer, websocket_session
+from slipway.metrics import METRICS_PATH, exposition
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
 
@@ -46,6 +49,7 @@ def build_app(
     timeout: float,
     bodies: BodyReader,
     authenticate: Middleware,
+    metrics: GatewayMetrics | None = None,
 ) -> web.Application:
     def target(request: web.Request) -> Callable[[], rt.DeploymentRoute]:
         model_id = request.match_info["model_id"]
@@ -54,18 +58,34 @@ def build_app(
         return lambda: resolver(model_id, deployment_id, environment)
 
     async def call(request: web.Request, method: str = "") -> web.StreamResponse:
-        """Forward the request to model method `method` ("" is predict) and relay its answer."""
+        """Forward the request to model method `method` ("" is predict) and relay its answer;
+        the one place an HTTP inference request is observed (gateway/metrics.py)."""
+        observation = forwarder.metrics.start(HTTP)
+        try:
+            response = await forward(request, method, observation)
+        except (asyncio.CancelledError, ConnectionError):  # the client went away
+            observation.done("499")
+            raise
+        except BaseException:
+            observation.done("500")
+            raise
+        observation.done(str(response.status))
+        return response
+
+    async def forward(request: web.Request, method: str, observation: Observation) -> web.StreamResponse:
         try:
             async with bodies.read(request) as payload:
-                return await relay(request, payload, forwarder, target(request), timeout, method)
+                return await relay(request, payload, forwarder, target(request), timeout, method, observation)
         except BodyTimeout as error:
+            forwarder.metrics.refused(error.reason)
             # The client stopped sending: answer, and close rather than wait for the rest.
             response = error_response(error)
             await response.prepare(request)
             await response.write_eof()
             request.protocol.force_close()
             return response
-        except GatewayError as error:
+        except GatewayError as error:  # the body was refused (too large)
+            forwarder.metrics.refused(error.reason)
             return error_response(error)
 
     async def websocket(request: web.Request) -> web.StreamResponse:
@@ -85,6 +105,13 @@ def build_app(
     # The request ID comes first, so that every answer (a refusal too) carries it.
     app = web.Application(middlewares=[assign_request_id, json_http_errors, authenticate])
     stamp_request_ids(app)
+    if metrics is not None and metrics.enabled:
+        registry = metrics.registry
+
+        async def scrape(_request: web.Request) -> web.Response:
+            return exposition(registry)
+
+        app.router.add_get(METRICS_PATH, scrape)
     for verb, handler, expect in (("predict", call, bodies.defer_continue), ("wake", wake_route, None)):
         app.router.add_post(f"{ENVIRONMENT_PREFIX}/{verb}", handler, expect_handler=expect)
         app.router.add_post(f"{DEPLOYMENT_PREFIX}/{verb}", handler, expect_handler=expect)
@@ -111,6 +138,7 @@ async def relay(
     resolve: Callable[[], rt.DeploymentRoute],
     timeout: float,
     method: str,
+    observation: Observation = UNOBSERVED,
 ) -> web.StreamResponse:
     """A model error after the stream has started ends the response cleanly (the error is
     in the replica's log), as Truss does; any other failure mid-stream (a stalled model,
@@ -121,7 +149,7 @@ async def relay(
         content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type,
         method=method,
     )
-    chunks = forwarder.stream(resolve, invoke, timeout, request_id_of(request))
+    chunks = forwarder.stream(resolve, invoke, timeout, request_id_of(request), observation)
     try:
         first = rs.InvokeStreamResponse.FromString(await anext(chunks))
     except StopAsyncIteration:
@@ -141,6 +169,7 @@ async def relay(
     response.enable_chunked_encoding()
     await response.prepare(request)
     await response.write(first.chunk)
+    observation.streamed()
     try:
         async for raw in chunks:
             await response.write(rs.InvokeStreamResponse.FromString(raw).chunk)

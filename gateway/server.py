@@ -22,6 +22,7 @@ from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
+from gateway.metrics import GatewayMetrics
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits
 from slipway.channels import secure_or_insecure_aio_channel
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
@@ -114,6 +115,8 @@ class GatewaySettings:
     # False (--insecure-no-auth): inference is open to anyone who reaches the gateway.
     require_api_keys: bool = True
     key_failures: FailureLimits = field(default_factory=FailureLimits)
+    # False (--no-metrics, for measuring their cost only): no metrics, and no GET /metrics.
+    metrics: bool = True
 
 
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
@@ -127,12 +130,14 @@ class Gateway:
         self.follower = RouteFollower(
             settings.controller_address, settings.gateway_id, self._internal_metadata, controller_ca
         )
+        self.metrics = GatewayMetrics(lambda: self.follower.index, enabled=settings.metrics)
         self.forwarder = Forwarder(
             self.follower,
             settings.replica_wait_seconds,
             settings.max_queued_per_deployment,
             self._wake_for_request,
             settings.max_request_bytes,
+            self.metrics,
         )
         self._used_keys: set[str] = set()
         self.authenticator = Authenticator(
@@ -140,6 +145,7 @@ class Gateway:
             FailureGuard(settings.key_failures),
             on_accept=self._used_keys.add,
             enabled=settings.require_api_keys,
+            on_refuse=self.metrics.refused,
         )
         self._wakes_sent: dict[str, float] = {}
         self._waking: set[str] = set()
@@ -229,6 +235,7 @@ class Gateway:
             settings.request_timeout_seconds,
             self.http_bodies,
             auth.http_middleware(self.authenticator),
+            self.metrics,
         )
         # handler_cancellation: a client that disconnects cancels its call to the replica, so
         # the model stops (and can see it, as Truss's request.is_disconnected()).
@@ -258,6 +265,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.load_report_seconds)
             self.forwarder.prune()
+            self.metrics.prune()
             used_keys = sorted(self._used_keys)
             self._used_keys.clear()
             request = rt.ReportLoadRequest(

@@ -16,7 +16,9 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from replica import metrics
 from replica.codec import ResultEncodingError
+from replica.metrics import METRICS, POSTPROCESS, PREPROCESS
 from replica.model_request import CallState, arguments, method_args
 from replica.package import PackageConfig
 from replica.schema import truss_schema
@@ -123,11 +125,13 @@ class Predictor:
         if self._parse_input is not None:  # raises InputValidationError: the caller's fault
             model_input = self._parse_input(model_input)
         if self._preprocess is not None:
-            model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input, call)
+            with METRICS.phase(PREPROCESS):
+                model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input, call)
         await self._slots.acquire()
         lease = _Lease(self._slots, self._threads)
         try:
-            result = await _call(lease, self._predict, model_input, call)
+            with METRICS.phase(metrics.PREDICT):
+                result = await _call(lease, self._predict, model_input, call)
         except BaseException:
             lease.release()
             raise
@@ -138,7 +142,8 @@ class Predictor:
             return result, lease
         lease.release()
         if self._postprocess is not None:
-            result = await _call(_Lease(None, self._threads), self._postprocess, result, call)
+            with METRICS.phase(POSTPROCESS):
+                result = await _call(_Lease(None, self._threads), self._postprocess, result, call)
         return result, lease
 
     async def _endpoint(self, method: str, model_input: Any, call: CallState) -> Any:

@@ -26,6 +26,7 @@ from types import ModuleType
 
 from replica.loader import describe_failure, import_paths, load_model, model_traceback
 from replica.log import Logger
+from replica.metrics import METRICS
 from replica.package import PackageConfig, load_package_config
 from replica.predictor import Predictor
 from replica.threads import ModelThreads
@@ -69,6 +70,7 @@ class ModelReloader:
             self._config = config
             self._attach(predictor)
             seconds = time.monotonic() - started
+            METRICS.load_seconds.set(seconds)
             self._log.info("model_reloaded", package=str(config.package_dir), seconds=round(seconds, 3))
             return ReloadOutcome(ok=True, seconds=seconds)
 

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from replica.loader import describe_failure, load_model, model_traceback, prepare_process
 from replica.log import Logger
+from replica.metrics import METRICS
 from replica.package import PackageConfig, load_package_config
 from replica.predictor import ModelError, Predictor
 from replica.reload import ModelReloader
@@ -174,7 +175,9 @@ class Replica:
         except (Exception, SystemExit) as exc:  # a model module may call sys.exit()
             self._fail("model_load_failed", exc, config)
             return None
-        self._log.info("model_loaded", seconds=round(time.monotonic() - started, 3))
+        seconds = time.monotonic() - started
+        METRICS.load_seconds.set(seconds)
+        self._log.info("model_loaded", seconds=round(seconds, 3))
         return predictor
 
     async def _load_predictor(self, config: PackageConfig) -> Predictor:

@@ -24,6 +24,7 @@ import grpc
 from replica import codec, typed, websocket
 from replica.capture import REQUEST_ID
 from replica.log import Logger
+from replica.metrics import METRICS
 from replica.model_request import CallState
 from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
 from replica.reload import ModelReloader
@@ -65,6 +66,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        METRICS.watch_in_flight(lambda: self._in_flight)
 
     @property
     def predictor(self) -> Predictor | None:
@@ -140,6 +142,11 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                 )
             metadata = [(key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)]
             await websocket.serve(predictor.websocket, aiter(requests), context.write, metadata, self._log)
+
+    async def GetMetrics(
+        self, request: pb.GetMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMetricsResponse:
+        return pb.GetMetricsResponse(text=METRICS.text())
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
         with self._tracked():

@@ -87,8 +87,11 @@ class Authenticator:
         guard: FailureGuard | None = None,
         on_accept: Callable[[str], None] = lambda key_id: None,
         enabled: bool = True,
+        on_refuse: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._records = records
+        # Called with the reason of every refused credential (the gateway counts them).
+        self._on_refuse = on_refuse
         self.guard = guard or FailureGuard()
         self._on_accept = on_accept
         self.enabled = enabled
@@ -104,6 +107,7 @@ class Authenticator:
             record = keys.verify(header, records, time.time())
             keys.require(record, scope, what)
         except AuthError as error:
+            self._on_refuse(error.reason)
             count, delay = self.guard.failed(peer, time.monotonic())
             if count <= self.guard.free_failures or count & (count - 1) == 0:
                 log.warning(

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from slipway import client_commands, key_commands, log_commands, secret_commands
+from slipway import client_commands, key_commands, log_commands, secret_commands, top_command
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
@@ -156,6 +156,7 @@ def gateway(
     replica_wait: float,
     max_http_connections: int,
     max_buffered_request_bytes: int,
+    no_metrics: bool,
     log_level: str,
     max_request_bytes: int,
     insecure_no_auth: bool,
@@ -275,6 +276,7 @@ def up(
     replica_wait: float,
     max_http_connections: int,
     max_buffered_request_bytes: int,
+    no_metrics: bool,
     example: Path | None,
     max_request_bytes: int,
     tls_cert: Path | None,
@@ -316,6 +318,7 @@ for command in (
     client_commands.predict,
     key_commands.keys,
     secret_commands.secrets,
+    top_command.top,
     log_commands.logs,
 ):
     cli.add_command(command)

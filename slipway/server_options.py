@@ -242,6 +242,7 @@ def gateway_settings(
         replica_wait_seconds=flags["replica_wait"],
         max_request_bytes=flags["max_request_bytes"],
         require_api_keys=not flags["insecure_no_auth"],
+        metrics=not flags["no_metrics"],
         http_limits=HttpLimits(
             max_connections=flags["max_http_connections"], max_buffered_body_bytes=flags["max_buffered_request_bytes"]
         ),
@@ -293,6 +294,13 @@ def gateway_options(command: Callable) -> Callable:
             type=click.IntRange(min=1),
             default=lambda: http_limit_default("max_buffered_body_bytes"),
             help="Request-body bytes all HTTP requests in flight may hold together; beyond, 503 GATEWAY_BUSY.",
+        ),
+        flag(
+            "--no-metrics",
+            envvar="SLIPWAY_NO_METRICS",
+            is_flag=True,
+            show_default=False,
+            help="Keep no gateway metrics and serve no /metrics (to measure what metrics cost; bench/gateway.py).",
         ),
     ]
     return with_options(command, options)

@@ -206,6 +206,9 @@ async def test_requirements_are_built_into_an_isolated_environment_and_used(api:
     assert "python-slugify" in log and "pip install" in log
     (env,) = [p for p in envs.iterdir() if not p.name.startswith(".")]
     assert (env / MARKER).is_file()
+    builds = controller.metrics.registry
+    assert builds.get_sample_value("slipway_build_duration_seconds_count", {"outcome": "succeeded"}) == 1
+    assert builds.get_sample_value("slipway_build_duration_seconds_count", {"outcome": "failed"}) is None
 
 
 async def test_identical_requirements_share_one_build(api: Api, controller):
@@ -264,6 +267,10 @@ async def test_unresolvable_requirement_is_build_failed_with_the_installer_messa
     log = builds_of(controller).log_path(failed.id).read_text()
     assert "slipway-no-such-package-xyz" in log and "FAILED" in log
     assert not [p for p in builds_of(controller).envs_dir.iterdir()]  # nothing half-built left behind
+    failures = controller.metrics.registry.get_sample_value(
+        "slipway_build_duration_seconds_count", {"outcome": "failed"}
+    )
+    assert failures == 1
 
     # Not retried by itself; retried when activated again.
     await api.deployments.ActivateDeployment(ds.ActivateDeploymentRequest(deployment_id=failed.id))

@@ -164,6 +164,7 @@ async def test_replicas_take_only_their_own_token(controller: Controller, api: A
             "Reload": lambda metadata: stub.Reload(
                 rs.ReloadRequest(package_digest=first.deployment.package_digest), metadata=metadata
             ),
+            "GetMetrics": lambda metadata: stub.GetMetrics(rs.GetMetricsRequest(), metadata=metadata),
         }
         for name, call in calls.items():
             assert await refused(call(())) == "REPLICA_TOKEN_MISSING", name
@@ -184,7 +185,7 @@ async def test_replicas_take_only_their_own_token(controller: Controller, api: A
         lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
         return [line for line in lines if line["event"] == "call_refused"]
 
-    logged = await wait_until(lambda: len(refusals()) == 12 and refusals(), what="12 refusals in the replica's log")
+    logged = await wait_until(lambda: len(refusals()) == 16 and refusals(), what="16 refusals in the replica's log")
     assert {line["reason"] for line in logged} == {"REPLICA_TOKEN_MISSING", "REPLICA_TOKEN_INVALID"}
     assert token_of(controller, other.id) not in log_path.read_text()
     assert json.loads(answer.payload)["input"] == "hi"

@@ -92,3 +92,13 @@ class ReloadResponse(_message.Message):
     traceback: str
     seconds: float
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., traceback: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class GetMetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetMetricsResponse(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: bytes
+    def __init__(self, text: _Optional[bytes] = ...) -> None: ...

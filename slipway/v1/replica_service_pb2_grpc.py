@@ -56,6 +56,11 @@ class ReplicaServiceStub:
                 request_serializer=slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.GetMetrics = channel.unary_unary(
+                '/slipway.v1.ReplicaService/GetMetrics',
+                request_serializer=slipway_dot_v1_dot_replica__service__pb2.GetMetricsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_replica__service__pb2.GetMetricsResponse.FromString,
+                _registered_method=True)
         self.InvokeWebsocket = channel.stream_stream(
                 '/slipway.v1.ReplicaService/InvokeWebsocket',
                 request_serializer=slipway_dot_v1_dot_replica__service__pb2.InvokeWebsocketRequest.SerializeToString,
@@ -97,6 +102,14 @@ class ReplicaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMetrics(self, request, context):
+        """The replica's Prometheus metrics (predict phases, in flight, model load), which
+        the controller asks for when its own /metrics is scraped and serves with its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def InvokeWebsocket(self, request_iterator, context):
         """A websocket session with a model that has `websocket(ws)` (Truss's websocket
         models): each message one websocket message, either way. The call ends when
@@ -123,6 +136,11 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
                     servicer.Reload,
                     request_deserializer=slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.SerializeToString,
+            ),
+            'GetMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetrics,
+                    request_deserializer=slipway_dot_v1_dot_replica__service__pb2.GetMetricsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_replica__service__pb2.GetMetricsResponse.SerializeToString,
             ),
             'InvokeWebsocket': grpc.stream_stream_rpc_method_handler(
                     servicer.InvokeWebsocket,
@@ -218,6 +236,33 @@ class ReplicaService:
             '/slipway.v1.ReplicaService/Reload',
             slipway_dot_v1_dot_replica__service__pb2.ReloadRequest.SerializeToString,
             slipway_dot_v1_dot_replica__service__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.ReplicaService/GetMetrics',
+            slipway_dot_v1_dot_replica__service__pb2.GetMetricsRequest.SerializeToString,
+            slipway_dot_v1_dot_replica__service__pb2.GetMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

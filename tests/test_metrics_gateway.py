@@ -1,0 +1,109 @@
+"""The gateway's /metrics after known traffic: exact counts, labels and buckets."""
+
+from __future__ import annotations
+
+import aiohttp
+import grpc
+import pytest
+from conftest import Api, wait_until
+from metrics_scrape import Scrape, scrape
+
+from slipway.metrics import REQUEST_BUCKETS
+from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import inference_service_pb2 as inf
+from slipway.v1 import inference_service_pb2_grpc as inf_grpc
+from slipway.v1 import resources_pb2 as r
+
+ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
+JSON = {"Content-Type": "application/json"}
+
+STREAMING_MODEL = """
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    def predict(self, model_input):
+        yield "a;"
+        yield "b"
+"""
+
+
+async def routable(gateway, deployment_id: str) -> None:
+    await wait_until(
+        lambda: (d := gateway.follower.index.deployments.get(deployment_id)) is not None and d.endpoints,
+        what=f"{deployment_id} to have a routed replica",
+    )
+
+
+async def test_counts_labels_buckets_and_a_404_after_known_traffic(api: Api, gateway):
+    production = await api.push(api.package("m"), target=ds.PUSH_TARGET_PRODUCTION)
+    streaming = await api.push(api.package("m", source=STREAMING_MODEL), target=ds.PUSH_TARGET_PUBLISHED)
+    model_id, deployment_id = production.model.id, production.deployment.id
+    await api.wait_production(model_id, deployment_id)
+    await routable(gateway, deployment_id)
+    await routable(gateway, streaming.deployment.id)
+    base = f"http://127.0.0.1:{gateway.http_port}"
+    async with (
+        aiohttp.ClientSession() as session,
+        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel,
+    ):
+        for _ in range(3):
+            async with session.post(
+                f"{base}/model/{model_id}/production/predict", data=b'"hi"', headers=JSON
+            ) as response:
+                assert response.status == 200, await response.text()
+        stub = inf_grpc.InferenceServiceStub(channel)
+        for _ in range(2):
+            await stub.Predict(inf.PredictRequest(target=inf.Target(model_id=model_id), payload=b'"x"'), timeout=10)
+        async with session.post(f"{base}/model/m_nothing/production/predict", data=b'"hi"', headers=JSON) as response:
+            assert response.status == 404
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Predict(inf.PredictRequest(target=inf.Target(deployment_id="d_nothing")), timeout=10)
+        path = f"{base}/model/{model_id}/deployment/{streaming.deployment.id}/predict"
+        async with session.post(path, data=b'"hi"', headers=JSON) as response:
+            assert response.status == 200 and await response.read() == b"a;b"
+
+    metrics = await scrape(f"{base}/metrics")
+    labels = {"model_id": model_id, "deployment_id": deployment_id, "environment": "production"}
+    requests = "slipway_inference_requests_total"
+    assert metrics.value(requests, **labels, protocol="http", status_code="200", grpc_code="") == 3
+    assert metrics.value(requests, **labels, protocol="grpc", status_code="", grpc_code="OK") == 2
+    unrouted = {"model_id": "", "deployment_id": "", "environment": ""}
+    assert metrics.value(requests, **unrouted, protocol="http", status_code="404", grpc_code="") == 1
+    assert metrics.value(requests, **unrouted, protocol="grpc", status_code="", grpc_code="NOT_FOUND") == 1
+    # Nothing else was counted: no series of the request's own (caller-chosen) names.
+    assert sum(metrics.matching(requests).values()) == 3 + 2 + 1 + 1 + 1
+    assert not metrics.mentions("m_nothing") and not metrics.mentions("d_nothing")
+
+    http = {**labels, "protocol": "http"}
+    assert metrics.value("slipway_inference_duration_seconds_count", **http) == 3
+    buckets = metrics.matching("slipway_inference_duration_seconds_bucket", **http)
+    bounds = sorted(float(dict(key)["le"]) for key in buckets)
+    assert bounds == [*REQUEST_BUCKETS, float("inf")]
+    counts = [buckets[frozenset({**http, "le": _le(bound)}.items())] for bound in bounds]
+    assert counts == sorted(counts) and counts[-1] == 3
+    assert metrics.value("slipway_inference_duration_seconds_sum", **http) > 0
+
+    streamed = {"model_id": model_id, "deployment_id": streaming.deployment.id, "environment": "published"}
+    assert metrics.value("slipway_inference_time_to_first_byte_seconds_count", **streamed, protocol="http") == 1
+    assert metrics.value("slipway_inference_time_to_first_byte_seconds_count", **http) == 0
+    assert metrics.value("slipway_gateway_refusals_total", reason="MODEL_NOT_FOUND") == 1
+    assert metrics.value("slipway_gateway_refusals_total", reason="DEPLOYMENT_NOT_FOUND") == 1
+    assert metrics.value("slipway_inference_in_flight", **labels) == 0
+    assert metrics.value("slipway_wake_queue_depth", **labels) == 0
+    assert metrics.value("slipway_inference_retries_total", **labels) == 0
+
+    # A deleted deployment's series leave the gateway's /metrics.
+    assert metrics.mentions(streaming.deployment.id)
+    await api.deployments.DeleteDeployment(ds.DeleteDeploymentRequest(deployment_id=streaming.deployment.id))
+
+    async def forgotten() -> Scrape | None:
+        now = await scrape(f"{base}/metrics")
+        return None if now.mentions(streaming.deployment.id) else now
+
+    after = await wait_until(forgotten, timeout=10, what="the deleted deployment's series to go")
+    assert after.value(requests, **labels, protocol="http", status_code="200", grpc_code="") == 3
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
