@@ -94,7 +94,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                 return pb.InvokeResponse(payload=json.dumps(predictor.schema).encode(), content_type=codec.JSON)
             model_input = await self._decode(request, context)
             try:
-                call = _call_state(request, context)
+                call = _call_state(request, context) if predictor.wants_request(request.method) else None
                 async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
                         payload, content_type = await self._join(result, context)
@@ -112,7 +112,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
             predictor = await self._require_predictor(context)
             model_input = await self._decode(request, context)
             try:
-                call = _call_state(request, context)
+                call = _call_state(request, context) if predictor.wants_request(request.method) else None
                 async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
                         async for data, content_type in result:
