@@ -197,6 +197,7 @@ class LocalProcessRuntime:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         health_check_seconds: float = 10.0,
         sandboxes: Sandboxes | None = None,
+        otlp_endpoint: str | None = None,
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
@@ -212,6 +213,7 @@ class LocalProcessRuntime:
         self._drain_seconds = drain_seconds
         self._max_request_bytes = max_request_bytes
         self._health_check_seconds = health_check_seconds
+        self._otlp_endpoint = otlp_endpoint
         self._python = python
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
         self._fork = fork
@@ -258,6 +260,12 @@ class LocalProcessRuntime:
         os.chown(own, user.uid, user.gid)
         return own
 
+    def _tracing_args(self, deployment_id: str, model_id: str) -> list[str]:
+        """The replica exports traces where the controller was told to, labelled with what it serves."""
+        if not self._otlp_endpoint:
+            return []
+        return ["--otlp-endpoint", self._otlp_endpoint, "--deployment-id", deployment_id, "--model-id", model_id]
+
     def token_file(self, replica_id: str) -> pathlib.Path:
         """The replica's token, kept (private) so that a restarted controller can adopt it."""
         return self.run_dir / f"{replica_id}.token"
@@ -272,6 +280,7 @@ class LocalProcessRuntime:
         python: str | None = None,
         development: bool = False,
         user: ReplicaUser | None = None,
+        model_id: str = "",
     ) -> ReplicaHandle:
         """Start a replica. `environment` is added to the controller's own, less its
         secrets (so it carries the secrets the replica may see). `python` is the
@@ -320,6 +329,7 @@ class LocalProcessRuntime:
             "--packages-root",
             str(packages_root),
             *(["--development"] if development else []),
+            *self._tracing_args(deployment_id, model_id),
         ]
         interpreter = python or self._python
         exited = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -17,6 +18,7 @@ import grpc
 
 from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
+from slipway import tracing
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2 as rs
@@ -39,6 +41,7 @@ class ReplicaChannel:
         # The replica's token, sent on every call; refreshed from the route table (a replica
         # started later on the same address has another).
         self.metadata: tuple[tuple[str, str], ...] = ()
+        self.replica_id = ""
         self.channel = grpc.aio.insecure_channel(address, options=options)
         self.invoke = self.channel.unary_unary(
             INVOKE, request_serializer=rs.InvokeRequest.SerializeToString, response_deserializer=None
@@ -122,6 +125,7 @@ class Forwarder:
         if channel is None:
             channel = self._channels[endpoint.address] = ReplicaChannel(endpoint.address, self._channel_options)
         channel.metadata = ((REPLICA_TOKEN_HEADER, endpoint.token),)
+        channel.replica_id = endpoint.replica_id
         return channel
 
     def _choose(self, endpoints, excluded: set[str]) -> ReplicaChannel | None:
@@ -143,11 +147,15 @@ class Forwarder:
 
         The target is resolved again on every route change, so a request waiting for a
         deployment that fails (or is deleted, or deactivated) is answered at once."""
-        deployment = resolve()
+        with tracing.span("route resolution"):
+            deployment = resolve()
+            tracing.annotate(**{tracing.DEPLOYMENT_ID: deployment.deployment_id, tracing.MODEL_ID: deployment.model_id})
         channel = self._choose(deployment.endpoints, excluded)
         if channel is not None:
             return deployment, channel
         started = time.monotonic()
+        waiting = tracing.span("wake wait", **{tracing.DEPLOYMENT_ID: deployment.deployment_id})
+        waiting.__enter__()
         caller_limit = deadline - DEADLINE_MARGIN_SECONDS
         wait_until = min(caller_limit, started + self.replica_wait_seconds)
         queued: LoadMeter | None = None
@@ -176,6 +184,7 @@ class Forwarder:
         finally:
             if queued is not None:
                 queued.change(queued=-1)
+            waiting.__exit__(*sys.exc_info())
 
     def _no_ready_replica(self, deployment: rt.DeploymentRoute, waited: float, by_deadline: bool) -> GatewayError:
         if by_deadline:
@@ -214,10 +223,10 @@ class Forwarder:
         excluded: set[str] = set()
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded)
-            with self._in_flight(deployment, channel, retry=bool(excluded)):
+            with self._in_flight(deployment, channel, retry=bool(excluded)), _forward_span(deployment, channel):
                 try:
                     return deployment, await channel.invoke(
-                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                        request, timeout=_remaining(deadline), metadata=tracing.outgoing(channel.metadata)
                     )
                 except grpc.aio.AioRpcError as error:
                     if not is_retriable(error):
@@ -238,10 +247,10 @@ class Forwarder:
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded)
             started = False
-            with self._in_flight(deployment, channel, retry=bool(excluded)):
+            with self._in_flight(deployment, channel, retry=bool(excluded)), _forward_span(deployment, channel):
                 try:
                     async for chunk in channel.invoke_stream(
-                        request, timeout=_remaining(deadline), metadata=channel.metadata
+                        request, timeout=_remaining(deadline), metadata=tracing.outgoing(channel.metadata)
                     ):
                         started = True
                         yield chunk
@@ -266,7 +275,7 @@ class Forwarder:
         with self._in_flight(deployment, channel, retry=False):
             try:
                 async for response in channel.invoke_websocket(
-                    frames, timeout=_remaining(deadline), metadata=channel.metadata
+                    frames, timeout=_remaining(deadline), metadata=tracing.outgoing(channel.metadata)
                 ):
                     yield response
             except grpc.aio.AioRpcError as error:
@@ -283,6 +292,21 @@ class Forwarder:
             )
             for deployment_id, load in self.loads.items()
         ]
+
+
+def _forward_span(deployment: rt.DeploymentRoute, channel: ReplicaChannel) -> contextlib.AbstractContextManager:
+    """One attempt at the replica (a retry elsewhere is another)."""
+    if not tracing.enabled():
+        return tracing.span("forward")  # the shared no-op: no attributes built
+    return tracing.client_span(
+        "forward",
+        **{
+            tracing.DEPLOYMENT_ID: deployment.deployment_id,
+            tracing.MODEL_ID: deployment.model_id,
+            tracing.REPLICA_ID: channel.replica_id,
+            tracing.REPLICA_ADDRESS: channel.address,
+        },
+    )
 
 
 def _remaining(deadline: float) -> float:

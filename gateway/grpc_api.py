@@ -11,11 +11,13 @@ import grpc
 from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
 from gateway.routing import DEVELOPMENT, PRODUCTION
+from slipway import tracing
 from slipway.status import refuse_undecodable_requests, rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
 
 SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
+PREDICT_SPAN, PREDICT_STREAM_SPAN = f"{SERVICE}/Predict", f"{SERVICE}/PredictStream"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -57,6 +59,10 @@ class InferenceApi:
         return lambda: self.resolver(target.model_id, target.deployment_id, environment)
 
     async def predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
+        with tracing.grpc_server_span(PREDICT_SPAN, context, request.target.model_id):
+            return await self._predict(request, context)
+
+    async def _predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
         try:
             deployment, raw = await self.forwarder.unary(
                 self._resolve(request.target),
@@ -68,6 +74,11 @@ class InferenceApi:
         return raw + _answered_by(deployment.deployment_id)
 
     async def predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
+        with tracing.grpc_server_span(PREDICT_STREAM_SPAN, context, request.target.model_id):
+            async for chunk in self._predict_stream(request, context):
+                yield chunk
+
+    async def _predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
         try:
             async for chunk in self.forwarder.stream(
                 self._resolve(request.target),

@@ -26,6 +26,7 @@ from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from gateway.truss_routes import add_truss_routes, schema_answer, websocket_session
+from slipway import tracing
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
 
@@ -53,6 +54,10 @@ def build_app(
 
     async def call(request: web.Request, method: str = "") -> web.StreamResponse:
         """Forward the request to model method `method` ("" is predict) and relay its answer."""
+        with tracing.http_server_span(request, request.match_info["model_id"]):
+            return await forward(request, method)
+
+    async def forward(request: web.Request, method: str) -> web.StreamResponse:
         try:
             async with bodies.read(request) as payload:
                 return await relay(request, payload, forwarder, target(request), timeout, method)

@@ -32,6 +32,7 @@ import sys
 
 from replica.log import Logger
 from replica.server import Options, Replica
+from slipway import tracing
 from slipway.internal_auth import MAX_TOKEN_FILE_BYTES, REPLICA_TOKEN_ENV
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 
@@ -90,7 +91,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=None,
         help="the controller's stored packages: the only place Reload loads from (by digest)",
     )
+    parser.add_argument("--otlp-endpoint", default=None, help="export traces over OTLP/gRPC (http[s]://HOST:PORT)")
+    parser.add_argument("--deployment-id", default="", help="the deployment this replica serves (trace attributes)")
+    parser.add_argument("--model-id", default="", help="the model this replica serves (trace attributes)")
     args = parser.parse_args(argv)
+    if args.otlp_endpoint:
+        try:
+            tracing.check_endpoint(args.otlp_endpoint)
+        except tracing.TracingError as exc:
+            parser.error(str(exc))
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
     if not 0 < args.health_check_seconds <= 3600:
@@ -118,6 +127,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         development=args.development,
         packages_root=args.packages_root.resolve() if args.packages_root else None,
         health_check_seconds=args.health_check_seconds,
+        otlp_endpoint=args.otlp_endpoint,
+        deployment_id=args.deployment_id,
+        model_id=args.model_id,
     )
 
 
@@ -139,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     log = Logger(options.replica_id)
     replica = Replica(options, log)
     code = asyncio.run(replica.run())
+    tracing.shutdown()  # exports the spans still buffered
     if replica.threads is not None:
         if replica.threads.busy:
             # Model code still running in a thread (a stuck load or predict) would keep

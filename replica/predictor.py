@@ -23,6 +23,7 @@ from replica.package import PackageConfig
 from replica.schema import truss_schema
 from replica.threads import ModelThreads
 from replica.typed import InputValidationError, input_parser
+from slipway import tracing
 
 PREDICT = "predict"
 # Truss's OpenAI-compatible model methods, each served on its own route.
@@ -135,11 +136,14 @@ class Predictor:
         if self._parse_input is not None:  # raises InputValidationError: the caller's fault
             model_input = self._parse_input(model_input)
         if self._preprocess is not None:
-            model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input, call)
-        await self._slots.acquire()
+            with tracing.span("preprocess"):
+                model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input, call)
+        with tracing.span("queue wait"):  # for a predict_concurrency slot
+            await self._slots.acquire()
         lease = _Lease(self._slots, self._threads)
         try:
-            result = await _call(lease, self._predict, model_input, call)
+            with tracing.span("predict"):  # a generator's body runs later, as it is read
+                result = await _call(lease, self._predict, model_input, call)
         except BaseException:
             lease.release()
             raise
@@ -150,7 +154,8 @@ class Predictor:
             return result, lease
         lease.release()
         if self._postprocess is not None:
-            result = await _call(_Lease(None, self._threads), self._postprocess, result, call)
+            with tracing.span("postprocess"):
+                result = await _call(_Lease(None, self._threads), self._postprocess, result, call)
         return result, lease
 
     async def _endpoint(self, method: str, model_input: Any, call: CallState | None) -> Any:
@@ -159,7 +164,8 @@ class Predictor:
         function = self._endpoints.get(method)
         if function is None:
             raise MethodNotImplemented(f"the model does not implement `{method}`")
-        return await _call(_Lease(None, self._threads), function, model_input, call)
+        with tracing.span(method):
+            return await _call(_Lease(None, self._threads), function, model_input, call)
 
 
 class _Lease:

@@ -21,6 +21,7 @@ from replica.reload import ModelReloader
 from replica.servicer import ReplicaServicer
 from replica.state_file import FAILED, LOADING, READY, UNHEALTHY, StateFile
 from replica.threads import ModelThreads
+from slipway import tracing
 from slipway.internal_auth import REPLICA_TOKEN_HEADER, TokenInterceptor
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
@@ -54,6 +55,10 @@ class Options:
     # How often a model with is_healthy() is asked; the first "no" (False, or an error, or no
     # answer within this time) takes the replica out of service and ends it with EXIT_UNHEALTHY.
     health_check_seconds: float = 10.0
+    # Traces exported over OTLP/gRPC (slipway/tracing.py), with what this replica serves.
+    otlp_endpoint: str | None = None
+    deployment_id: str = ""
+    model_id: str = ""
 
 
 class Replica:
@@ -72,6 +77,16 @@ class Replica:
         except ValueError as exc:
             return self._fail("package_invalid", exc)
         prepare_process(config)
+        tracing.configure(
+            "slipway-replica",
+            self._options.otlp_endpoint,
+            {
+                tracing.REPLICA_ID: self._options.replica_id or "",
+                tracing.DEPLOYMENT_ID: self._options.deployment_id,
+                tracing.MODEL_ID: self._options.model_id,
+                tracing.MODEL_NAME: config.model_name or "",
+            },
+        )
         self.threads = ModelThreads(config.predict_concurrency + SPARE_THREADS)
 
         server, servicer, health_servicer = await self._build_server()

@@ -26,7 +26,7 @@ from replica.log import Logger
 from replica.model_request import CallState
 from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
 from replica.reload import ModelReloader
-from slipway import limits
+from slipway import limits, tracing
 from slipway.process import wait_event
 from slipway.status import rich_status
 from slipway.v1 import replica_service_pb2 as pb
@@ -45,6 +45,7 @@ MODEL_CALL_FAILURES = (
     StreamStalled,
 )
 PACKAGE_DIGEST = re.compile(r"[0-9a-f]{64}")
+INVOKE_SPAN, INVOKE_STREAM_SPAN = "slipway.v1.ReplicaService/Invoke", "slipway.v1.ReplicaService/InvokeStream"
 
 
 class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
@@ -86,7 +87,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         return await wait_event(self._idle, timeout)
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
-        with self._tracked():
+        with self._tracked(), tracing.grpc_server_span(INVOKE_SPAN, context):
             predictor = await self._require_predictor(context)
             if request.method == SCHEMA:
                 if predictor.schema is None:
@@ -108,7 +109,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     async def InvokeStream(self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> None:
         """A model error mid-stream ends the call with INTERNAL after the chunks already sent
         (the HTTP front then ends its response cleanly, as Truss does)."""
-        with self._tracked():
+        with self._tracked(), tracing.grpc_server_span(INVOKE_STREAM_SPAN, context):
             predictor = await self._require_predictor(context)
             model_input = await self._decode(request, context)
             try:

@@ -33,6 +33,7 @@ from slipway.server_options import (
     insecure_no_auth_option,
     log_level_option,
     max_request_bytes_option,
+    otlp_endpoint_option,
     run_until_stopped,
     server_options,
 )
@@ -115,6 +116,7 @@ def controller(
     drain_seconds: float,
     insecure_no_auth: bool,
     health_check_seconds: float,
+    otlp_endpoint: str | None,
     max_request_bytes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -144,6 +146,7 @@ def controller(
     help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
 )
 @insecure_no_auth_option
+@otlp_endpoint_option
 @tls_options
 @click.pass_context
 def gateway(
@@ -157,6 +160,7 @@ def gateway(
     log_level: str,
     max_request_bytes: int,
     insecure_no_auth: bool,
+    otlp_endpoint: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     internal_token_file: Path,
@@ -266,6 +270,7 @@ def up(
     drain_seconds: float,
     insecure_no_auth: bool,
     health_check_seconds: float,
+    otlp_endpoint: str | None,
     gateway_port: int,
     http_port: int,
     replica_wait: float,
