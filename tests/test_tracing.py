@@ -165,6 +165,42 @@ async def test_without_a_caller_trace_the_gateway_starts_one(controller, api, tm
         assert forward.context.trace_id == server.context.trace_id
 
 
+async def test_a_request_that_wakes_a_deployment_has_a_wake_wait_span(tmp_path):
+    from test_autoscaling import Platform
+
+    from controller.autoscaler import AutoscalerConfig
+    from slipway.v1 import resources_pb2 as r
+
+    settings = controller_settings(tmp_path / "data", autoscaler=AutoscalerConfig(time_scale=0.01, wake_hold_seconds=0))
+    controller = await Controller.start(settings)
+    try:
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            pushed = await api.push(api.package("sleepy"), target=ds.PUSH_TARGET_PRODUCTION)
+            await api.wait_production(pushed.model.id, pushed.deployment.id)
+            await Platform(api, None, None, tmp_path).autoscale(pushed.deployment.id, scale_down_delay=0)
+            await api.wait_state(pushed.deployment.id, r.DEPLOYMENT_STATE_SCALED_TO_ZERO)
+            with tracing.collecting("slipway-gateway") as exported:
+                gateway = await start_gateway(controller)
+                try:
+                    trace_id, _, traceparent = caller_context()
+                    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gateway_channel:
+                        await inf_grpc.InferenceServiceStub(gateway_channel).Predict(
+                            inf.PredictRequest(target=inf.Target(model_id=pushed.model.id), payload=b'"wake"'),
+                            metadata=(("traceparent", traceparent),),
+                            timeout=30,
+                        )
+                finally:
+                    await stop_or_explain(gateway.stop(), "gateway")
+                spans = {s.name: s for s in exported.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id}
+    finally:
+        await stop_or_explain(controller.stop(), "controller")
+    server, waited = spans["slipway.v1.InferenceService/Predict"], spans["wake wait"]
+    assert waited.parent.span_id == server.context.span_id
+    assert waited.attributes[tracing.DEPLOYMENT_ID] == pushed.deployment.id
+    assert waited.end_time <= spans["forward"].start_time
+
+
 def test_off_by_default_the_hooks_make_no_spans():
     assert not tracing.enabled()
     assert tracing.span("a") is tracing.span("b") is tracing.client_span("c")
