@@ -154,15 +154,20 @@ async def test_without_a_caller_trace_the_gateway_starts_one(controller, api, tm
             pushed = await api.push(api.package("untraced"), ds.PUSH_TARGET_PRODUCTION)
             await api.wait_production(pushed.model.id, pushed.deployment.id)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
-                await inf_grpc.InferenceServiceStub(channel).Predict(
-                    inf.PredictRequest(target=inf.Target(model_id=pushed.model.id), payload=b'"z"'), timeout=20
-                )
+                stub = inf_grpc.InferenceServiceStub(channel)
+                request = inf.PredictRequest(target=inf.Target(model_id=pushed.model.id), payload=b'"z"')
+                await stub.Predict(request, timeout=20)
+                # A caller that did not sample its trace: nothing is recorded for it.
+                unsampled, _, traceparent = caller_context()
+                await stub.Predict(request, timeout=20, metadata=(("traceparent", traceparent[:-2] + "00"),))
         finally:
             await stop_or_explain(gateway.stop(), "gateway")
         server = next(s for s in exported.get_finished_spans() if s.name == "slipway.v1.InferenceService/Predict")
         assert server.parent is None
         forward = next(s for s in exported.get_finished_spans() if s.name == "forward")
         assert forward.context.trace_id == server.context.trace_id
+        assert len(exported.get_finished_spans()) == 3  # server, route resolution, forward: the sampled call's
+        assert all(f"{s.context.trace_id:032x}" != unsampled for s in exported.get_finished_spans())
 
 
 async def test_a_request_that_wakes_a_deployment_has_a_wake_wait_span(tmp_path):
