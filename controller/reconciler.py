@@ -326,6 +326,7 @@ class Reconciler:
             python=python,
             development=deployment.is_development,
             user=user,
+            model_id=deployment.model_id,
         )
         self.replicas[replica_id] = handle
         async with self.store.write() as tx:

@@ -199,6 +199,7 @@ class LocalProcessRuntime:
         sandboxes: Sandboxes | None = None,
         log_line_bytes: int = 16 * 1024,
         log_rate_bytes: int = 1024 * 1024,
+        otlp_endpoint: str | None = None,
     ) -> None:
         self.run_dir = data_dir / "run"
         self.log_dir = data_dir / "logs"
@@ -216,6 +217,7 @@ class LocalProcessRuntime:
         self._health_check_seconds = health_check_seconds
         # Bounds of what a replica's log keeps (replica/capture.py).
         self._log_limits = ["--log-line-bytes", str(log_line_bytes), "--log-rate-bytes", str(log_rate_bytes)]
+        self._otlp_endpoint = otlp_endpoint
         self._python = python
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
         self._fork = fork
@@ -262,6 +264,12 @@ class LocalProcessRuntime:
         os.chown(own, user.uid, user.gid)
         return own
 
+    def _tracing_args(self, deployment_id: str, model_id: str) -> list[str]:
+        """The replica exports traces where the controller was told to, labelled with what it serves."""
+        if not self._otlp_endpoint:
+            return []
+        return ["--otlp-endpoint", self._otlp_endpoint, "--deployment-id", deployment_id, "--model-id", model_id]
+
     def token_file(self, replica_id: str) -> pathlib.Path:
         """The replica's token, kept (private) so that a restarted controller can adopt it."""
         return self.run_dir / f"{replica_id}.token"
@@ -276,6 +284,7 @@ class LocalProcessRuntime:
         python: str | None = None,
         development: bool = False,
         user: ReplicaUser | None = None,
+        model_id: str = "",
     ) -> ReplicaHandle:
         """Start a replica. `environment` is added to the controller's own, less its
         secrets (so it carries the secrets the replica may see). `python` is the
@@ -325,6 +334,7 @@ class LocalProcessRuntime:
             str(packages_root),
             *self._log_limits,
             *(["--development"] if development else []),
+            *self._tracing_args(deployment_id, model_id),
         ]
         interpreter = python or self._python
         exited = None

@@ -112,6 +112,8 @@ class ControllerSettings:
     tls: ServerTls | None = None
     # How often replicas ask a model with is_healthy() whether it is healthy.
     health_check_seconds: float = 10.0
+    # Replicas export traces over OTLP/gRPC here (slipway/tracing.py); off when unset.
+    otlp_endpoint: str | None = None
     # Whom replicas run as (controller/isolation.py): `auto` (per-model uids from
     # replica_uid_range when the controller is root), `controller`, or one user's name or uid.
     replica_user: str = AUTO
@@ -220,6 +222,7 @@ class Controller:
                 health_check_seconds=settings.health_check_seconds,
                 log_line_bytes=settings.logs.collector.max_line_bytes,
                 log_rate_bytes=settings.logs.replica_rate_bytes,
+                otlp_endpoint=settings.otlp_endpoint,
                 sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
             ),
             settings.reconciler,

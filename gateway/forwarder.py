@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -20,7 +21,7 @@ import grpc
 from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
 from gateway.metrics import UNOBSERVED, GatewayMetrics, Observation
-from slipway import latency
+from slipway import latency, tracing
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.request_ids import METADATA_KEY as REQUEST_ID_KEY
@@ -44,6 +45,7 @@ class ReplicaChannel:
         # The replica's token, sent on every call; refreshed from the route table (a replica
         # started later on the same address has another).
         self.metadata: tuple[tuple[str, str], ...] = ()
+        self.replica_id = ""
         self.channel = grpc.aio.insecure_channel(address, options=options)
         self.invoke = self.channel.unary_unary(
             INVOKE, request_serializer=rs.InvokeRequest.SerializeToString, response_deserializer=None
@@ -196,6 +198,7 @@ class Forwarder:
         if channel is None:
             channel = self._channels[endpoint.address] = ReplicaChannel(endpoint.address, self._channel_options)
         channel.metadata = ((REPLICA_TOKEN_HEADER, endpoint.token),)
+        channel.replica_id = endpoint.replica_id
         return channel
 
     def _choose(self, endpoints, excluded: set[str]) -> ReplicaChannel | None:
@@ -220,7 +223,11 @@ class Forwarder:
         """Resolve the target and pick a replica, waiting (bounded) for one to be ready.
         A refusal (no such target, no replica in time, a full queue) is counted by reason."""
         try:
-            deployment = resolve()
+            with tracing.span("route resolution"):
+                deployment = resolve()
+                tracing.annotate(
+                    **{tracing.DEPLOYMENT_ID: deployment.deployment_id, tracing.MODEL_ID: deployment.model_id}
+                )
         except GatewayError as error:
             self.metrics.refused(error.reason)
             raise
@@ -245,6 +252,8 @@ class Forwarder:
         """The target is resolved again on every route change, so a request waiting for a
         deployment that fails (or is deleted, or deactivated) is answered at once."""
         started = time.monotonic()
+        waiting = tracing.span("wake wait", **{tracing.DEPLOYMENT_ID: deployment.deployment_id})
+        waiting.__enter__()
         caller_limit = deadline - DEADLINE_MARGIN_SECONDS
         wait_until = min(caller_limit, started + self.replica_wait_seconds)
         queued: LoadMeter | None = None
@@ -275,6 +284,7 @@ class Forwarder:
             if queued is not None:
                 queued.change(queued=-1)
             self.metrics.waited(deployment, time.monotonic() - started)
+            waiting.__exit__(*sys.exc_info())
 
     def _no_ready_replica(self, deployment: rt.DeploymentRoute, waited: float, by_deadline: bool) -> GatewayError:
         if by_deadline:
@@ -343,10 +353,12 @@ class Forwarder:
         excluded: set[str] = set()
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded, observation)
-            with self._in_flight(deployment, channel, retry=bool(excluded)):
+            with self._in_flight(deployment, channel, retry=bool(excluded)), _forward_span(deployment, channel):
                 try:
                     return deployment, await channel.invoke(
-                        request, timeout=_remaining(deadline), metadata=_with_id(channel.metadata, request_id)
+                        request,
+                        timeout=_remaining(deadline),
+                        metadata=tracing.outgoing(_with_id(channel.metadata, request_id)),
                     )
                 except grpc.aio.AioRpcError as error:
                     if not is_retriable(error):
@@ -374,10 +386,12 @@ class Forwarder:
         while True:
             deployment, channel = await self._acquire(resolve, deadline, excluded, observation)
             started = False
-            with self._in_flight(deployment, channel, retry=bool(excluded)):
+            with self._in_flight(deployment, channel, retry=bool(excluded)), _forward_span(deployment, channel):
                 try:
                     async for chunk in channel.invoke_stream(
-                        request, timeout=_remaining(deadline), metadata=_with_id(channel.metadata, request_id)
+                        request,
+                        timeout=_remaining(deadline),
+                        metadata=tracing.outgoing(_with_id(channel.metadata, request_id)),
                     ):
                         started = True
                         yield chunk
@@ -405,7 +419,9 @@ class Forwarder:
         with self._in_flight(deployment, channel, retry=False):
             try:
                 async for response in channel.invoke_websocket(
-                    frames, timeout=_remaining(deadline), metadata=_with_id(channel.metadata, request_id)
+                    frames,
+                    timeout=_remaining(deadline),
+                    metadata=tracing.outgoing(_with_id(channel.metadata, request_id)),
                 ):
                     yield response
             except grpc.aio.AioRpcError as error:
@@ -437,6 +453,21 @@ class Forwarder:
 
 def _with_id(metadata: tuple[tuple[str, str], ...], request_id: str) -> tuple[tuple[str, str], ...]:
     return (*metadata, (REQUEST_ID_KEY, request_id)) if request_id else metadata
+
+
+def _forward_span(deployment: rt.DeploymentRoute, channel: ReplicaChannel) -> contextlib.AbstractContextManager:
+    """One attempt at the replica (a retry elsewhere is another)."""
+    if not tracing.enabled():
+        return tracing.span("forward")  # the shared no-op: no attributes built
+    return tracing.client_span(
+        "forward",
+        **{
+            tracing.DEPLOYMENT_ID: deployment.deployment_id,
+            tracing.MODEL_ID: deployment.model_id,
+            tracing.REPLICA_ID: channel.replica_id,
+            tracing.REPLICA_ADDRESS: channel.address,
+        },
+    )
 
 
 def _remaining(deadline: float) -> float:

@@ -16,7 +16,7 @@ from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
 from gateway.metrics import GRPC
 from gateway.routing import DEVELOPMENT, PRODUCTION
-from slipway import request_ids
+from slipway import request_ids, tracing
 from slipway.status import refuse_undecodable_requests, rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
@@ -24,6 +24,7 @@ from slipway.v1 import replica_service_pb2 as rs
 OK = grpc.StatusCode.OK.name
 CANCELLED = grpc.StatusCode.CANCELLED.name
 SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
+PREDICT_SPAN, PREDICT_STREAM_SPAN = f"{SERVICE}/Predict", f"{SERVICE}/PredictStream"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -66,6 +67,10 @@ class InferenceApi:
 
     # The two places a gRPC inference call is observed (gateway/metrics.py), by the code the caller gets.
     async def predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
+        with tracing.grpc_server_span(PREDICT_SPAN, context, request.target.model_id):
+            return await self._predict(request, context)
+
+    async def _predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
         observation = self.forwarder.metrics.start(GRPC)
         request_id = _request_id(context)
         try:
@@ -86,6 +91,11 @@ class InferenceApi:
         return raw + _answered_by(deployment.deployment_id)
 
     async def predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
+        with tracing.grpc_server_span(PREDICT_STREAM_SPAN, context, request.target.model_id):
+            async for chunk in self._predict_stream(request, context):
+                yield chunk
+
+    async def _predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
         observation = self.forwarder.metrics.start(GRPC)
         request_id = _request_id(context)
         try:

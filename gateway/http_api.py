@@ -30,6 +30,7 @@ from gateway.request_id import assign_request_id, request_id_of
 from gateway.request_id import install as stamp_request_ids
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from gateway.truss_routes import add_truss_routes, schema_answer, websocket_session
+from slipway import tracing
 from slipway.metrics import METRICS_PATH, exposition
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import route_service_pb2 as rt
@@ -62,7 +63,8 @@ def build_app(
         the one place an HTTP inference request is observed (gateway/metrics.py)."""
         observation = forwarder.metrics.start(HTTP)
         try:
-            response = await forward(request, method, observation)
+            with tracing.http_server_span(request, request.match_info["model_id"]):
+                response = await forward(request, method, observation)
         except (asyncio.CancelledError, ConnectionError):  # the client went away
             observation.done("499")
             raise

@@ -23,6 +23,7 @@ from gateway.forwarder import Forwarder
 from gateway.http_api import build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from gateway.metrics import GatewayMetrics
+from slipway import tracing
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits
 from slipway.channels import secure_or_insecure_aio_channel
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
@@ -104,6 +105,8 @@ class GatewaySettings:
     # `slipway up`, else read from the file the controller writes (<data-dir>/internal.token).
     internal_token: str = field(default="", repr=False)
     internal_token_file: Path | None = None
+    # Traces exported over OTLP/gRPC here (slipway/tracing.py); off when unset.
+    otlp_endpoint: str | None = None
 
     def resolved_internal_token(self) -> str:
         if self.internal_token:
@@ -125,6 +128,7 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 class Gateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
+        self._traced = False  # this gateway turned tracing on (start) and turns it off (stop)
         self._internal_metadata = ((INTERNAL_TOKEN_HEADER, settings.resolved_internal_token()),)
         controller_ca = None if settings.controller_ca_file is None else read_ca(settings.controller_ca_file)
         self.follower = RouteFollower(
@@ -204,6 +208,9 @@ class Gateway:
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
         self = cls(settings)
+        self._traced = tracing.configure(
+            "slipway-gateway", settings.otlp_endpoint, {"slipway.gateway_id": settings.gateway_id}
+        )
         self._tasks.append(asyncio.create_task(self.follower.run()))
         self._tasks.append(asyncio.create_task(self._report_load()))
 
@@ -285,6 +292,8 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.forwarder.close()
         await self._controller.close()
+        if self._traced:
+            tracing.shutdown()
         log.info("gateway stopped")
 
 

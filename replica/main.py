@@ -35,6 +35,7 @@ import sys
 from replica import capture
 from replica.log import Logger
 from replica.server import Options, Replica
+from slipway import tracing
 from slipway.internal_auth import MAX_TOKEN_FILE_BYTES, REPLICA_TOKEN_ENV
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 
@@ -105,11 +106,19 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=capture.DEFAULT_RATE_BYTES,
         help="log bytes per second kept, after a burst of 8 times as much (beyond: dropped and counted)",
     )
+    parser.add_argument("--otlp-endpoint", default=None, help="export traces over OTLP/gRPC (http[s]://HOST:PORT)")
+    parser.add_argument("--deployment-id", default="", help="the deployment this replica serves (trace attributes)")
+    parser.add_argument("--model-id", default="", help="the model this replica serves (trace attributes)")
     args = parser.parse_args(argv)
     if not 256 <= args.log_line_bytes <= 1024 * 1024:
         parser.error("--log-line-bytes must be between 256 and 1048576")
     if not 1024 <= args.log_rate_bytes <= 1024**3:
         parser.error("--log-rate-bytes must be between 1024 and 1073741824")
+    if args.otlp_endpoint:
+        try:
+            tracing.check_endpoint(args.otlp_endpoint)
+        except tracing.TracingError as exc:
+            parser.error(str(exc))
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
     if not 0 < args.health_check_seconds <= 3600:
@@ -139,6 +148,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         health_check_seconds=args.health_check_seconds,
         log_line_bytes=args.log_line_bytes,
         log_rate_bytes=args.log_rate_bytes,
+        otlp_endpoint=args.otlp_endpoint,
+        deployment_id=args.deployment_id,
+        model_id=args.model_id,
     )
 
 
@@ -163,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     replica = Replica(options, log)
     try:
         code = asyncio.run(replica.run())
+        tracing.shutdown()  # exports the spans still buffered
     finally:
         for stream in (stdout, stderr):
             stream.close_partial()

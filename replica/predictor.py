@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,11 +20,12 @@ from typing import Any
 from replica import metrics
 from replica.codec import ResultEncodingError
 from replica.metrics import METRICS, POSTPROCESS, PREPROCESS
-from replica.model_request import CallState, arguments, method_args
+from replica.model_request import Args, CallState, arguments, method_args
 from replica.package import PackageConfig
 from replica.schema import truss_schema
 from replica.threads import ModelThreads
 from replica.typed import InputValidationError, input_parser
+from slipway import tracing
 
 PREDICT = "predict"
 # Truss's OpenAI-compatible model methods, each served on its own route.
@@ -64,6 +66,10 @@ class Predictor:
         self._parse_input = input_parser(self._preprocess or predict)
         self._endpoints = {name: m for name in ENDPOINT_METHODS if (m := _optional_method(model, name))}
         self._is_healthy = _optional_method(model, "is_healthy")
+        # Which calls need Truss's `request` argument: only those build a CallState.
+        chain = [m for m in (self._preprocess, predict, self._postprocess) if m is not None]
+        self._wants_request = {name: _wants_request(m) for name, m in self._endpoints.items()}
+        self._wants_request[""] = self._wants_request[PREDICT] = any(_wants_request(m) for m in chain)
         self.schema = truss_schema(predict, self._preprocess, self._postprocess)
         self._slots = asyncio.Semaphore(config.predict_concurrency)
         self._threads = threads
@@ -77,10 +83,12 @@ class Predictor:
         """Yields the model's result, or a ChunkStream of encoded chunks if it returned a generator.
 
         `method` is "" or "predict" for the predict chain, else one of ENDPOINT_METHODS.
-        `call` is what a method that asks for Truss's `request` argument is given.
+        `call` is what a method that asks for Truss's `request` argument is given (see
+        wants_request: callers need not build one otherwise).
         Leaving the block early stops the model's generator (its finally blocks run).
         """
-        call = call or CallState(b"", [])
+        if call is None and self.wants_request(method):
+            call = CallState(b"", [])
         try:
             if method in ("", PREDICT):
                 result, lease = await self._predict_chain(model_input, call)
@@ -100,6 +108,11 @@ class Predictor:
         finally:
             await result.aclose()
 
+    def wants_request(self, method: str = "") -> bool:
+        """Whether the call of `method` ("" / predict: the predict chain) gives a model method
+        Truss's `request` argument."""
+        return self._wants_request.get(method, False)
+
     @property
     def checks_health(self) -> bool:
         return self._is_healthy is not None
@@ -118,19 +131,23 @@ class Predictor:
         except Exception as exc:
             raise ModelError(exc) from exc
 
-    async def _predict_chain(self, model_input: Any, call: CallState) -> tuple[Any, _Lease]:
+    async def _predict_chain(self, model_input: Any, call: CallState | None) -> tuple[Any, _Lease]:
         """The result, and the predict slot: still held if the result is a generator."""
         if self._predict is None:
             raise MethodNotImplemented("the model does not implement `predict` (it is a websocket model)")
         if self._parse_input is not None:  # raises InputValidationError: the caller's fault
             model_input = self._parse_input(model_input)
         if self._preprocess is not None:
-            with METRICS.phase(PREPROCESS):
+            with METRICS.phase(PREPROCESS), tracing.span("preprocess"):
                 model_input = await _call(_Lease(None, self._threads), self._preprocess, model_input, call)
-        await self._slots.acquire()
+        with tracing.span("queue wait"):  # for a predict_concurrency slot
+            await self._slots.acquire()
         lease = _Lease(self._slots, self._threads)
         try:
-            with METRICS.phase(metrics.PREDICT):
+            with (
+                METRICS.phase(metrics.PREDICT),
+                tracing.span("predict"),
+            ):  # a generator's body runs later, as it is read
                 result = await _call(lease, self._predict, model_input, call)
         except BaseException:
             lease.release()
@@ -142,17 +159,18 @@ class Predictor:
             return result, lease
         lease.release()
         if self._postprocess is not None:
-            with METRICS.phase(POSTPROCESS):
+            with METRICS.phase(POSTPROCESS), tracing.span("postprocess"):
                 result = await _call(_Lease(None, self._threads), self._postprocess, result, call)
         return result, lease
 
-    async def _endpoint(self, method: str, model_input: Any, call: CallState) -> Any:
+    async def _endpoint(self, method: str, model_input: Any, call: CallState | None) -> Any:
         if method not in ENDPOINT_METHODS:
             raise MethodNotImplemented(f"{method!r} is not a model method that can be called")
         function = self._endpoints.get(method)
         if function is None:
             raise MethodNotImplemented(f"the model does not implement `{method}`")
-        return await _call(_Lease(None, self._threads), function, model_input, call)
+        with tracing.span(method):
+            return await _call(_Lease(None, self._threads), function, model_input, call)
 
 
 class _Lease:
@@ -188,11 +206,12 @@ class _Lease:
             slots.release()
 
 
-async def _call(lease: _Lease, method: Callable[..., Any], value: Any, call: CallState) -> Any:
-    args = arguments(method_args(method), value, call.request)
-    if inspect.iscoroutinefunction(method):
+async def _call(lease: _Lease, method: Callable[..., Any], value: Any, call: CallState | None) -> Any:
+    args = arguments(method_args(method), value, call.request if call is not None else _no_request)
+    kind = _kind(getattr(method, "__func__", method))
+    if kind is _COROUTINE:
         return await method(*args)
-    if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
+    if kind is _GENERATOR:
         return method(*args)  # only creates the generator; its body runs as it is iterated
     result = await lease.run_in_thread(method, *args)
     if inspect.isawaitable(result):
@@ -291,6 +310,27 @@ class ChunkStream:
 
 
 _END = object()
+_COROUTINE, _GENERATOR, _PLAIN = "coroutine", "generator", "plain"
+
+
+@functools.lru_cache(maxsize=1024)
+def _kind(function: Callable[..., Any]) -> str:
+    """How a model method is called; asked once per function (bound methods are new objects
+    on every access, so the cache is keyed on the function)."""
+    if inspect.iscoroutinefunction(function):
+        return _COROUTINE
+    if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
+        return _GENERATOR
+    return _PLAIN
+
+
+def _no_request() -> Any:
+    """The request of a call made without a CallState (its caller had none to give)."""
+    return CallState(b"", []).request()
+
+
+def _wants_request(method: Callable[..., Any]) -> bool:
+    return method_args(method) in (Args.REQUEST, Args.INPUTS_AND_REQUEST)
 
 
 def _is_generator(value: Any) -> bool:

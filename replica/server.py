@@ -22,6 +22,7 @@ from replica.reload import ModelReloader
 from replica.servicer import ReplicaServicer
 from replica.state_file import FAILED, LOADING, READY, UNHEALTHY, StateFile
 from replica.threads import ModelThreads
+from slipway import tracing
 from slipway.internal_auth import REPLICA_TOKEN_HEADER, TokenInterceptor
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
@@ -58,6 +59,10 @@ class Options:
     # Bounds of the captured log (replica/capture.py).
     log_line_bytes: int = 16 * 1024
     log_rate_bytes: int = 1024 * 1024
+    # Traces exported over OTLP/gRPC (slipway/tracing.py), with what this replica serves.
+    otlp_endpoint: str | None = None
+    deployment_id: str = ""
+    model_id: str = ""
 
 
 class Replica:
@@ -76,6 +81,16 @@ class Replica:
         except ValueError as exc:
             return self._fail("package_invalid", exc)
         prepare_process(config)
+        tracing.configure(
+            "slipway-replica",
+            self._options.otlp_endpoint,
+            {
+                tracing.REPLICA_ID: self._options.replica_id or "",
+                tracing.DEPLOYMENT_ID: self._options.deployment_id,
+                tracing.MODEL_ID: self._options.model_id,
+                tracing.MODEL_NAME: config.model_name or "",
+            },
+        )
         self.threads = ModelThreads(config.predict_concurrency + SPARE_THREADS)
 
         server, servicer, health_servicer = await self._build_server()

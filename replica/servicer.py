@@ -28,7 +28,7 @@ from replica.metrics import METRICS
 from replica.model_request import CallState
 from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
 from replica.reload import ModelReloader
-from slipway import limits, request_ids
+from slipway import limits, request_ids, tracing
 from slipway.process import wait_event
 from slipway.status import rich_status
 from slipway.v1 import replica_service_pb2 as pb
@@ -47,6 +47,7 @@ MODEL_CALL_FAILURES = (
     StreamStalled,
 )
 PACKAGE_DIGEST = re.compile(r"[0-9a-f]{64}")
+INVOKE_SPAN, INVOKE_STREAM_SPAN = "slipway.v1.ReplicaService/Invoke", "slipway.v1.ReplicaService/InvokeStream"
 
 
 class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
@@ -89,7 +90,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         return await wait_event(self._idle, timeout)
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
-        with self._tracked(context):
+        with self._tracked(context), tracing.grpc_server_span(INVOKE_SPAN, context):
             predictor = await self._require_predictor(context)
             if request.method == SCHEMA:
                 if predictor.schema is None:
@@ -97,7 +98,7 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                 return pb.InvokeResponse(payload=json.dumps(predictor.schema).encode(), content_type=codec.JSON)
             model_input = await self._decode(request, context)
             try:
-                call = _call_state(request, context)
+                call = _call_state(request, context) if predictor.wants_request(request.method) else None
                 async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
                         payload, content_type = await self._join(result, context)
@@ -111,11 +112,11 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
     async def InvokeStream(self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> None:
         """A model error mid-stream ends the call with INTERNAL after the chunks already sent
         (the HTTP front then ends its response cleanly, as Truss does)."""
-        with self._tracked(context):
+        with self._tracked(context), tracing.grpc_server_span(INVOKE_STREAM_SPAN, context):
             predictor = await self._require_predictor(context)
             model_input = await self._decode(request, context)
             try:
-                call = _call_state(request, context)
+                call = _call_state(request, context) if predictor.wants_request(request.method) else None
                 async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
                     if isinstance(result, ChunkStream):
                         async for data, content_type in result:

@@ -34,6 +34,7 @@ from slipway.server_options import (
     insecure_no_auth_option,
     log_level_option,
     max_request_bytes_option,
+    otlp_endpoint_option,
     run_until_stopped,
     server_options,
 )
@@ -116,6 +117,7 @@ def controller(
     drain_seconds: float,
     insecure_no_auth: bool,
     health_check_seconds: float,
+    otlp_endpoint: str | None,
     max_request_bytes: int,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -146,6 +148,7 @@ def controller(
     help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
 )
 @insecure_no_auth_option
+@otlp_endpoint_option
 @tls_options
 @click.pass_context
 def gateway(
@@ -160,6 +163,7 @@ def gateway(
     log_level: str,
     max_request_bytes: int,
     insecure_no_auth: bool,
+    otlp_endpoint: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     internal_token_file: Path,
@@ -271,6 +275,7 @@ def up(
     drain_seconds: float,
     insecure_no_auth: bool,
     health_check_seconds: float,
+    otlp_endpoint: str | None,
     gateway_port: int,
     http_port: int,
     replica_wait: float,

@@ -45,6 +45,26 @@ insecure_no_auth_option = flag(
     show_default=False,
 )
 
+
+def _otlp_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from slipway.tracing import TracingError, check_endpoint
+
+    try:
+        return check_endpoint(value) if value else None
+    except TracingError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+otlp_endpoint_option = flag(
+    "--otlp-endpoint",
+    envvar="SLIPWAY_OTLP_ENDPOINT",
+    default=None,
+    callback=_otlp_endpoint,
+    help="Export traces (OpenTelemetry, OTLP/gRPC) to http[s]://HOST:PORT, from the gateway and every replica; "
+    "off when unset.",
+    show_default=False,
+)
+
 max_request_bytes_option = flag(
     "--max-request-bytes",
     envvar="SLIPWAY_MAX_REQUEST_BYTES",
@@ -113,6 +133,7 @@ def server_options(command: Callable) -> Callable:
             help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
         ),
         *LOG_OPTIONS,
+        otlp_endpoint_option,
     ]
     return isolation_options(with_options(command, options))
 
@@ -224,6 +245,7 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
             collector=CollectorSettings(max_line_bytes=flags["log_line_bytes"]),
             replica_rate_bytes=flags["log_rate_bytes"],
         ),
+        otlp_endpoint=flags["otlp_endpoint"],
     )
 
 
@@ -248,6 +270,7 @@ def gateway_settings(
         ),
         tls=tls,
         controller_ca_file=controller_ca_file,
+        otlp_endpoint=flags["otlp_endpoint"],
     )
 
 
