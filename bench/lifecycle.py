@@ -49,7 +49,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from bench.common import free_port, machine_info  # noqa: E402
 from controller.domain import AutoscalingSettings, Deployment, Kind, State  # noqa: E402
 from controller.packages import PackageStore  # noqa: E402
-from controller.store import Store, new_id  # noqa: E402
+from controller.store import default_database_url, new_id, open_store  # noqa: E402
 from slipway.packaging import archive_package  # noqa: E402
 from slipway.v1 import deployment_service_pb2 as ds  # noqa: E402
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc  # noqa: E402
@@ -150,12 +150,12 @@ async def seed(data_dir: pathlib.Path, package_dir: pathlib.Path, models: int, p
     """Insert inactive published deployments with the controller's own store module.
 
     Runs before the controller starts, on the same data directory, so the controller
-    opens a database that already holds them (the schema is the one Store.open migrates).
+    opens a database that already holds them (the schema is the one open_store migrates).
     The package is stored for real, so each seeded deployment could be activated.
     """
     archive, digest = archive_package(package_dir)
     PackageStore(data_dir / "packages").add(archive, digest)
-    store = await Store.open(data_dir / "controller.db")
+    store = await open_store(default_database_url(data_dir))
     model_ids: list[str] = []
     deployment_ids: list[str] = []
     start = time.perf_counter()
@@ -394,7 +394,7 @@ async def time_route_table(data_dir: pathlib.Path, rounds: int = 3) -> Figure | 
         from controller.routes import RouteBroadcaster
     except ImportError:
         return None
-    store = await Store.open(data_dir / "controller.db")
+    store = await open_store(default_database_url(data_dir))
     try:
         broadcaster = RouteBroadcaster(store, lambda: [])
         build = getattr(broadcaster, "_build", None)

@@ -36,7 +36,7 @@ from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
 from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
-from controller.store import Store
+from controller.store import Store, default_database_url, open_store
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
@@ -73,6 +73,9 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 @dataclass
 class ControllerSettings:
     data_dir: pathlib.Path = pathlib.Path(".slipway")
+    # Where lifecycle state lives (controller/store): sqlite:///PATH or postgresql://…;
+    # empty means the embedded default, sqlite:///<data_dir>/controller.db.
+    database: str = ""
     host: str = "127.0.0.1"
     port: int = 7100
     # The HTTP port: the management API as JSON over HTTP (Connect) and its /openapi.json.
@@ -152,7 +155,8 @@ class Controller:
         replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python, data_dir)
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
-        self.store = await Store.open(data_dir / "controller.db")
+        self.store = await open_store(settings.database or default_database_url(data_dir))
+        log.info("state in %s", self.store.description)
         self.internal_token = issue_internal_token(data_dir)
         secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
         await secrets.load()
