@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pathlib
 
+from controller.store.backend import StoreOpenError
 from controller.store.interface import Store, WriteTx
 from controller.store.queries import SqlStore
 from controller.store.rows import (
@@ -26,7 +27,7 @@ from controller.store.schema import SchemaTooNew
 SQLITE_FILENAME = "controller.db"
 
 
-class BadDatabaseUrl(ValueError):
+class BadDatabaseUrl(StoreOpenError):
     pass
 
 
@@ -76,6 +77,7 @@ __all__ = [
     "SchemaTooNew",
     "SecretRow",
     "SqlStore",
+    "StoreOpenError",
     "Store",
     "UsageRow",
     "WriteTx",

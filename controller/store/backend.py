@@ -18,6 +18,11 @@ from typing import Any
 Row = tuple[Any, ...]
 
 
+class StoreOpenError(RuntimeError):
+    """The database cannot be used (unreachable, refused, or migrated by a newer Slipway);
+    the message says which database and why."""
+
+
 class Executor(abc.ABC):
     """Runs statements written with `?` placeholders; rows come back as tuples."""
 
@@ -48,5 +53,3 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
-
-

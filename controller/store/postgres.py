@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from controller.store.backend import Backend, Executor, Row
+from controller.store.backend import Backend, Executor, Row, StoreOpenError
 from controller.store.schema import for_postgres, pending, statements
 
 # pg_advisory_xact_lock's key for "a Slipway write transaction" (any 64-bit number that
@@ -29,6 +29,7 @@ from controller.store.schema import for_postgres, pending, statements
 WRITE_LOCK = 0x736C697077617900
 READ_POOL_SIZE = 4
 COMMAND_TIMEOUT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 10.0
 _PLACEHOLDER = re.compile(r"\?")
 
 
@@ -77,12 +78,21 @@ class PostgresBackend(Backend):
     @classmethod
     async def open(cls, url: str) -> PostgresBackend:
         # The writer is a pool of one so that a connection the server dropped is replaced.
-        writer = await asyncpg.create_pool(url, min_size=1, max_size=1, command_timeout=COMMAND_TIMEOUT_SECONDS)
+        try:
+            writer = await asyncpg.create_pool(
+                url, min_size=1, max_size=1, command_timeout=COMMAND_TIMEOUT_SECONDS, timeout=CONNECT_TIMEOUT_SECONDS
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            raise StoreOpenError(f"cannot connect to {describe(url)}: {exc}") from exc
         try:
             async with writer.acquire() as conn:
                 await _migrate(conn, describe(url))
             readers = await asyncpg.create_pool(
-                url, min_size=1, max_size=READ_POOL_SIZE, command_timeout=COMMAND_TIMEOUT_SECONDS
+                url,
+                min_size=1,
+                max_size=READ_POOL_SIZE,
+                command_timeout=COMMAND_TIMEOUT_SECONDS,
+                timeout=CONNECT_TIMEOUT_SECONDS,
             )
         except BaseException:
             await writer.close()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from controller.store.backend import StoreOpenError
+
 MIGRATIONS: list[str] = [
     # 1: initial schema
     """
@@ -124,7 +126,7 @@ MIGRATIONS: list[str] = [
 ]
 
 
-class SchemaTooNew(RuntimeError):
+class SchemaTooNew(StoreOpenError):
     """The database was migrated by a newer Slipway: this one must not touch it."""
 
     def __init__(self, found: int, where: str) -> None:
