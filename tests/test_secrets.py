@@ -24,6 +24,9 @@ from slipway.v1 import resources_pb2 as r
 from slipway.v1 import secret_service_pb2 as ss
 from slipway.v1 import secret_service_pb2_grpc as ss_grpc
 
+# Secrets live in the store: every test that starts a controller runs on SQLite and PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 VALUE = "s3cr3t-value-4b1d"
 
@@ -43,11 +46,14 @@ class Model:
 
 
 @pytest.fixture
-async def platform(tmp_path, monkeypatch):
+async def platform(tmp_path, monkeypatch, database):
     monkeypatch.setenv("SLIPWAY_SECRET_FROM_ENV", "operator-value")
     controller = await Controller.start(
         controller_settings(
-            tmp_path / "data", replica_user="controller", secret_limits=SecretLimits(max_value_bytes=64, max_secrets=4)
+            tmp_path / "data",
+            database=database,
+            replica_user="controller",
+            secret_limits=SecretLimits(max_value_bytes=64, max_secrets=4),
         )
     )
     gateway = await start_gateway(controller)
