@@ -122,6 +122,12 @@ class PostgresServer:
                 f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}\n{tail}"
             )
 
+    def version(self) -> str:
+        done = subprocess.run(
+            [str(self.bin_dir / "postgres"), "--version"], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip().replace("postgres (PostgreSQL) ", "PostgreSQL ") or "PostgreSQL (version unknown)"
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.root}&port={SOCKET_PORT}"
 

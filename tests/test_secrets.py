@@ -83,7 +83,10 @@ async def test_secrets_are_write_only_encrypted_and_refused_clearly(platform):
     assert b"replaced-value" not in listed.SerializeToString()
 
     data_dir = controller.settings.data_dir
-    stored = b"".join(path.read_bytes() for path in data_dir.glob("controller.db*"))
+    rows = await controller.store.backend.reader.fetchall("SELECT name, ciphertext FROM secrets")
+    stored = b"".join(name.encode() + bytes(ciphertext) for name, ciphertext in rows)
+    if not controller.settings.database:  # SQLite: not in the file (or its WAL) either
+        stored += b"".join(path.read_bytes() for path in data_dir.glob("controller.db*"))
     assert b"replaced-value" not in stored and VALUE.encode() not in stored and b"hf_token" in stored
     key = data_dir / "secrets.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
