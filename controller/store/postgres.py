@@ -27,6 +27,7 @@ from controller.store.schema import for_postgres, pending, statements
 # pg_advisory_xact_lock's key for "a Slipway write transaction" (any 64-bit number that
 # nothing else using the database takes; these are the bytes of "slipway\0").
 WRITE_LOCK = 0x736C697077617900
+BEGIN_WRITE = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
 READ_POOL_SIZE = 4
 COMMAND_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -105,9 +106,21 @@ class PostgresBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
-        async with self._write_lock, self._writer.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-            yield PostgresExecutor(conn)
+        async with self._write_lock, self._writer.acquire() as conn:
+            # BEGIN and the lock in one round trip (a simple-protocol script): it is held
+            # by every write, so each round trip in it is paid by all of them.
+            await conn.execute(BEGIN_WRITE)
+            try:
+                yield PostgresExecutor(conn)
+                await conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    await asyncio.shield(conn.execute("ROLLBACK"))
+                except Exception:
+                    # Mid-statement (cancelled) or broken: drop the connection, the server
+                    # rolls back a transaction whose connection is gone, the pool opens another.
+                    conn.terminate()
+                raise
 
     async def close(self) -> None:
         await self._readers.close()
