@@ -161,3 +161,19 @@ def test_the_cli_refuses_a_database_url_it_cannot_use(tmp_path):
         check=False,
     )
     assert done.returncode == 2 and "'mysql' is not a database this controller uses" in done.stderr, done.stderr
+
+
+def test_database_urls_are_checked_and_passwords_kept_out_of_descriptions():
+    from controller.store import BadDatabaseUrl, check_database_url
+    from controller.store.postgres import describe
+
+    assert check_database_url("sqlite:///rel.db") == "sqlite:///rel.db"
+    assert check_database_url("postgres://u@h/db") == "postgres://u@h/db"
+    for bad in ("sqlite://", "sqlite:///", "mysql://h/db", "/var/lib/slipway.db"):
+        with pytest.raises(BadDatabaseUrl):
+            check_database_url(bad)
+    assert (
+        describe("postgresql://u:hunter2@db:5432/s?sslmode=require") == "postgresql://u:***@db:5432/s?sslmode=require"
+    )
+    assert describe("postgresql://u@/s?host=/run&password=hunter2") == "postgresql://u@/s?host=/run&password=***"
+    assert describe("postgresql://u@db/s") == "postgresql://u@db/s"

@@ -42,12 +42,15 @@ def numbered(sql: str) -> str:
 
 
 def describe(url: str) -> str:
-    """The URL without its password, for logs and errors."""
+    """The URL without its password (in the authority or a `password=` option), for logs and errors."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        "password=***" if option.split("=", 1)[0] == "password" else option for option in parts.query.split("&")
+    )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class PostgresExecutor(Executor):
