@@ -60,6 +60,7 @@ class PostgresServer:
         self.root = root
         self.bin_dir = bin_dir
         self._run_as = run_as
+        self._options = ""
 
     @classmethod
     def start(cls, durable: bool = False) -> PostgresServer:
@@ -93,24 +94,20 @@ class PostgresServer:
             ]
             if not durable:
                 settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
-            options = " ".join(f"-c {setting}" for setting in settings)
-            server._run(
-                "pg_ctl",
-                "-D",
-                str(root / "data"),
-                "-l",
-                str(root / "server.log"),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                options,
-                "start",
-            )
+            server._options = " ".join(f"-c {setting}" for setting in settings)
+            server._pg_ctl("start")
         except BaseException:
             server._remove()
             raise
         return server
+
+    def _pg_ctl(self, action: str) -> None:
+        data, log = str(self.root / "data"), str(self.root / "server.log")
+        self._run("pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-m", "fast", "-o", self._options, action)
+
+    def restart(self) -> None:
+        """Stop the server (closing every connection) and start it again."""
+        self._pg_ctl("restart")
 
     def _run(self, tool: str, *args: str) -> None:
         command = [*self._run_as, str(self.bin_dir / tool), *args]

@@ -53,16 +53,33 @@ def describe(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+# What a connection that died while idle (the server restarted, a proxy dropped it) raises
+# at its next use; the pool opens a new one for the next acquire.
+CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
+ATTEMPTS = 3
+
+
 class PostgresExecutor(Executor):
     def __init__(self, conn: asyncpg.Pool | asyncpg.Connection) -> None:
         self._conn = conn
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        row = await self._conn.fetchrow(numbered(sql), *params)
+        row = await self._read(self._conn.fetchrow, sql, params)
         return tuple(row) if row is not None else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return [tuple(row) for row in await self._conn.fetch(numbered(sql), *params)]
+        return [tuple(row) for row in await self._read(self._conn.fetch, sql, params)]
+
+    async def _read(self, method: Any, sql: str, params: Sequence[Any]) -> Any:
+        """A read on the pool is tried again on another connection if its connection had
+        died (a read changes nothing); inside a transaction it is not."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await method(numbered(sql), *params)
+            except CONNECTION_LOST:
+                if not isinstance(self._conn, asyncpg.Pool) or attempt == ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         status = await self._conn.execute(numbered(sql), *params)
@@ -109,10 +126,8 @@ class PostgresBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
-        async with self._write_lock, self._writer.acquire() as conn:
-            # BEGIN and the lock in one round trip (a simple-protocol script): it is held
-            # by every write, so each round trip in it is paid by all of them.
-            await conn.execute(BEGIN_WRITE)
+        async with self._write_lock:
+            conn = await self._begin()
             try:
                 yield PostgresExecutor(conn)
                 await conn.execute("COMMIT")
@@ -122,8 +137,27 @@ class PostgresBackend(Backend):
                 except Exception:
                     # Mid-statement (cancelled) or broken: drop the connection, the server
                     # rolls back a transaction whose connection is gone, the pool opens another.
-                    conn.terminate()
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
                 raise
+            finally:
+                await self._writer.release(conn)
+
+    async def _begin(self) -> asyncpg.Connection:
+        """The writer connection with a transaction begun and the write lock held. BEGIN
+        and the lock go in one round trip (a simple-protocol script): every write waits on
+        the lock, so each round trip inside it is paid by all of them. A connection found
+        dead here had done nothing yet: it is replaced and BEGIN sent again."""
+        for attempt in range(1, ATTEMPTS + 1):
+            conn = await self._writer.acquire()
+            try:
+                await conn.execute(BEGIN_WRITE)
+                return conn
+            except BaseException as exc:
+                await self._writer.release(conn)  # a dead or interrupted one is closed, not reused
+                if not isinstance(exc, CONNECTION_LOST) or attempt == ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         await self._readers.close()
