@@ -14,7 +14,7 @@ WEB := web/dist/index.html
 WEB_SOURCES := $(shell find web/src web/index.html web/vite.config.ts web/tsconfig.json protos -type f \
 	-not -path 'web/src/gen/*' 2>/dev/null)
 
-.PHONY: setup run test generate check-generated lint clean web browser
+.PHONY: setup run test generate check-generated lint clean web browser postgres-bin
 
 setup: $(STAMP) $(BUF) $(WEB)
 
@@ -64,8 +64,17 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	@if git rev-parse --verify -q main >/dev/null; then $(BUF) breaking --against '.git#branch=main'; fi
 
-test: setup browser check-generated lint
-	$(PY) -m pytest -q
+# The tests run on SQLite and on a real PostgreSQL server that they start themselves
+# (tests/pg_server.py). Its binaries come from Debian's packages when the machine has none;
+# if they cannot be installed, the PostgreSQL half is skipped and pytest says why (-rs).
+postgres-bin:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		{ $$SUDO apt-get update && $$SUDO apt-get install -y postgresql; } || \
+		echo "make: PostgreSQL could not be installed: the tests on PostgreSQL will be skipped"; }
+
+test: setup browser check-generated lint postgres-bin
+	$(PY) -m pytest -q -rs
 
 run: setup
 	$(PY) -m slipway up --example examples/echo
@@ -83,7 +92,7 @@ bench-deps: setup
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y nghttp2-client; }
 
-bench: setup bench-deps
+bench: setup bench-deps postgres-bin
 	$(PY) bench/lifecycle.py
 	$(PY) bench/gateway.py
 	$(PY) bench/cold_start.py

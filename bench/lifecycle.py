@@ -1,4 +1,5 @@
-"""Lifecycle API benchmark: a real controller with 10,000 deployments in its SQLite file.
+"""Lifecycle API benchmark: a real controller with 10,000 deployments in its database, on
+SQLite and then on PostgreSQL (a local server this script starts), in one run.
 
     .venv/bin/python bench/lifecycle.py            # full run (~1-3 minutes on 2 cores)
     .venv/bin/python bench/lifecycle.py --quick    # smaller counts, a smoke run
@@ -6,10 +7,9 @@
 What it does (see bench/README.md):
 
 1. Seeds 10,000 inactive published deployments (100 models x 100) straight into the
-   controller's SQLite database with the controller's own store module
-   (controller.store.Store / WriteTx), *before* the controller starts, in the same data
-   directory. Pushing them through the API would start 10,000 replica processes.
-2. Starts the controller as a subprocess (`python -m slipway controller`) on a free
+   controller's database with the controller's own store module
+   (controller.store's open_store / WriteTx), *before* the controller starts. Pushing them through the API would start 10,000 replica processes.
+2. Starts the controller as a subprocess (`python -m slipway controller --database …`) on a free
    port, so the benchmark client does not share its event loop or its GIL.
 3. Measures reads (GetDeployment, ListDeployments) with those 10,000 deployments in
    the database, at concurrency 1 and 8.
@@ -49,11 +49,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from bench.common import free_port, machine_info  # noqa: E402
 from controller.domain import AutoscalingSettings, Deployment, Kind, State  # noqa: E402
 from controller.packages import PackageStore  # noqa: E402
-from controller.store import Store, new_id  # noqa: E402
+from controller.store import default_database_url, new_id, open_store  # noqa: E402
 from slipway.packaging import archive_package  # noqa: E402
 from slipway.v1 import deployment_service_pb2 as ds  # noqa: E402
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc  # noqa: E402
 from slipway.v1 import resources_pb2 as r  # noqa: E402
+from tests.pg_server import PostgresServer, Unavailable  # noqa: E402
 
 BENCH_MODEL = """
 class Model:
@@ -146,16 +147,16 @@ def write_package(root: pathlib.Path, model_name: str) -> pathlib.Path:
     return root
 
 
-async def seed(data_dir: pathlib.Path, package_dir: pathlib.Path, models: int, per_model: int) -> Seeded:
+async def seed(database: str, data_dir: pathlib.Path, package_dir: pathlib.Path, models: int, per_model: int) -> Seeded:
     """Insert inactive published deployments with the controller's own store module.
 
     Runs before the controller starts, on the same data directory, so the controller
-    opens a database that already holds them (the schema is the one Store.open migrates).
+    opens a database that already holds them (the schema is the one open_store migrates).
     The package is stored for real, so each seeded deployment could be activated.
     """
     archive, digest = archive_package(package_dir)
     PackageStore(data_dir / "packages").add(archive, digest)
-    store = await Store.open(data_dir / "controller.db")
+    store = await open_store(database)
     model_ids: list[str] = []
     deployment_ids: list[str] = []
     start = time.perf_counter()
@@ -184,6 +185,9 @@ async def seed(data_dir: pathlib.Path, package_dir: pathlib.Path, models: int, p
                 await tx.update_model(model.id, at, next_deployment_number=per_model + 1)
                 await tx.add_event(at, model.id, "", "model.created", "seeded by bench/lifecycle.py")
             model_ids.append(model.id)
+        if database.startswith("postgres"):
+            # What autovacuum does within a minute of a bulk load (the controller starts at once).
+            await store.backend.reader.execute("ANALYZE")
     finally:
         await store.close()
     return Seeded(model_ids, deployment_ids, time.perf_counter() - start)
@@ -383,7 +387,7 @@ async def bench_writes(
     )
 
 
-async def time_route_table(data_dir: pathlib.Path, rounds: int = 3) -> Figure | None:
+async def time_route_table(database: str, rounds: int = 3) -> Figure | None:
     """Cost of one full route-table rebuild (controller.routes) over the seeded database.
 
     The controller rebuilds the table gateways follow after changes; with every
@@ -394,7 +398,7 @@ async def time_route_table(data_dir: pathlib.Path, rounds: int = 3) -> Figure | 
         from controller.routes import RouteBroadcaster
     except ImportError:
         return None
-    store = await Store.open(data_dir / "controller.db")
+    store = await open_store(database)
     try:
         broadcaster = RouteBroadcaster(store, lambda: [])
         build = getattr(broadcaster, "_build", None)
@@ -420,143 +424,204 @@ async def time_route_table(data_dir: pathlib.Path, rounds: int = 3) -> Figure | 
     )
 
 
-def replica_starts(db: pathlib.Path) -> tuple[int, int]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        started = conn.execute("SELECT COUNT(*) FROM replicas").fetchone()[0]
-        running = conn.execute("SELECT COUNT(*) FROM replicas WHERE stop_time IS NULL").fetchone()[0]
-    return started, running
+async def replica_starts(database: str) -> tuple[int, int]:
+    """(replicas ever started, replicas running), read from the controller's database."""
+    store = await open_store(database)
+    try:
+        started = await store.backend.reader.fetchone("SELECT COUNT(*) FROM replicas")
+        running = await store.backend.reader.fetchone("SELECT COUNT(*) FROM replicas WHERE stop_time IS NULL")
+    finally:
+        await store.close()
+    return (started[0] if started else 0), (running[0] if running else 0)
 
 
-async def wait_replicas_stopped(stub: ds_grpc.DeploymentServiceStub, db: pathlib.Path, timeout: float) -> float:
+async def wait_replicas_stopped(database: str, timeout: float) -> float:
     """Wait until no replica process is left running (all pushed deployments settled)."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
-        if replica_starts(db)[1] == 0:
+        if (await replica_starts(database))[1] == 0:
             return time.perf_counter() - start
         await asyncio.sleep(0.2)
     return float("nan")
 
 
-def render(figures: list[Figure]) -> str:
-    """Markdown: the throughput/latency table, then the one-shot timings."""
-    timed = [f for f in figures if len(f.latencies) > 1 or f.errors]
-    once = [f for f in figures if f not in timed]
+BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def render(results: dict[str, list[Figure]]) -> str:
+    """Markdown: the throughput/latency table with a column group per backend, then the
+    one-shot timings (seconds) per backend."""
+    backends = list(results)
+    first = results[backends[0]]
+
+    def key(f: Figure) -> tuple[str, int, int]:
+        return f.op, f.count, f.concurrency
+
+    by_backend = {b: {key(f): f for f in figures} for b, figures in results.items()}
+    timed = [f for f in first if len(f.latencies) > 1 or f.errors]
+    once = [f for f in first if f not in timed]
+    names = [BACKEND_NAMES[b] for b in backends]
     lines = [
-        "| op | count | concurrency | ops/s | p50 ms | p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| op | count | concurrency | " + " | ".join(f"{n} ops/s | {n} p50 ms | {n} p99 ms" for n in names) + " |",
+        "|---|---:|---:|" + "---:|---:|---:|" * len(backends),
     ]
     for f in timed:
-        name = f.op + (f" ({f.note})" if f.note else "") + (f" [{f.errors} errors]" if f.errors else "")
-        lines.append(
-            f"| {name} | {f.count} | {f.concurrency} | {f.ops_per_second:.0f} | "
-            f"{f.percentile(50):.2f} | {f.percentile(99):.2f} |"
-        )
+        name = f.op + (f" ({f.note})" if f.note else "")
+        cells = []
+        for b in backends:
+            g = by_backend[b].get(key(f))
+            if g is None:
+                cells.append("– | – | –")
+                continue
+            errors = f" [{g.errors} errors]" if g.errors else ""
+            cells.append(f"{g.ops_per_second:.0f}{errors} | {g.percentile(50):.2f} | {g.percentile(99):.2f}")
+        lines.append(f"| {name} | {f.count} | {f.concurrency} | " + " | ".join(cells) + " |")
     if once:
-        lines += ["", "| one-shot step | items | seconds | notes |", "|---|---:|---:|---|"]
+        lines += [
+            "",
+            "| one-shot step | items | " + " | ".join(f"{n} s" for n in names) + " | notes |",
+            "|---|---:|" + "---:|" * len(backends) + "---|",
+        ]
         for f in once:
-            lines.append(f"| {f.op} | {f.count} | {f.seconds:.3f} | {f.note} |")
+            cells = [f"{by_backend[b][key(f)].seconds:.3f}" if key(f) in by_backend[b] else "–" for b in backends]
+            lines.append(f"| {f.op} | {f.count} | " + " | ".join(cells) + f" | {f.note} |")
     return "\n".join(lines)
+
+
+async def run_backend(args: argparse.Namespace, backend: str, database: str, tmp_path: pathlib.Path) -> list[Figure]:
+    """The whole benchmark against one database: seed, start the controller on it, measure."""
+    figures: list[Figure] = []
+    data_dir = tmp_path / backend / "data"
+    package_dir = write_package(tmp_path / backend / "package", "bench-push")
+    seed_package = write_package(tmp_path / backend / "seed-package", "bench-seed")
+
+    total = args.models * args.per_model
+    print(
+        f"Seeding {total} inactive deployments ({args.models} models x {args.per_model}) directly into "
+        f"{database} with controller.store (WriteTx.insert_model / insert_deployment), "
+        "before the controller starts — not through the API, which would start a replica per push.",
+        flush=True,
+    )
+    seeded = await seed(database, data_dir, seed_package, args.models, args.per_model)
+    figures.append(
+        Figure(
+            "seed via controller.store (1 tx per model)",
+            total,
+            1,
+            seeded.seconds,
+            [seeded.seconds],
+            note="not via the API",
+        )
+    )
+    print(f"  seeded in {seeded.seconds:.2f} s ({total / seeded.seconds:.0f} deployments/s)", flush=True)
+    route_figure = await time_route_table(database)
+    if route_figure is not None:
+        figures.append(route_figure)
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log_path = tmp_path / backend / "controller.log"
+    command = [
+        sys.executable,
+        "-m",
+        "slipway",
+        "controller",
+        "--port",
+        str(port),
+        # Any free HTTP port: the default 7180 may be taken by anything else on the machine.
+        "--controller-http-port",
+        "0",
+        "--data-dir",
+        str(data_dir),
+        "--database",
+        database,
+        "--log-level",
+        args.log_level,
+        # It measures the lifecycle API; what key checking costs is bench/auth.py's figure.
+        "--insecure-no-auth",
+    ]
+    print(f"Starting controller: {' '.join(command)}", flush=True)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    try:
+        ready = await wait_serving(address, process)
+        figures.append(Figure(f"controller start to SERVING ({total} deployments in DB)", 1, 1, ready, [ready]))
+        print(f"  serving after {ready:.2f} s", flush=True)
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        async with grpc.aio.insecure_channel(address, options=options) as channel:
+            stub = ds_grpc.DeploymentServiceStub(channel)
+            print(f"Reads with {total} deployments in the database:", flush=True)
+            await bench_reads(stub, seeded, args.reads, figures)
+            print("Lifecycle writes through the gRPC API:", flush=True)
+            await bench_writes(stub, seeded, args, package_dir, figures)
+            started, running = await replica_starts(database)
+            print(
+                f"  pushes started {started} replica processes; {running} still running; waiting for them to stop",
+                flush=True,
+            )
+            settle = await wait_replicas_stopped(database, timeout=60)
+            print(f"  all replicas stopped after {settle:.1f} s more", flush=True)
+    finally:
+        stop_started = time.perf_counter()
+        stop_controller(process)
+        stopped = time.perf_counter() - stop_started
+        if process.returncode not in (0, -signal.SIGTERM):
+            print(f"  ! controller exit code {process.returncode}; log tail:", file=sys.stderr)
+            print(log_path.read_text()[-3000:], file=sys.stderr)
+    print(f"  controller stopped (SIGTERM) in {stopped:.2f} s, exit code {process.returncode}", flush=True)
+    return figures
 
 
 async def main(args: argparse.Namespace) -> int:
     began = time.perf_counter()
-    figures: list[Figure] = []
+    results: dict[str, list[Figure]] = {}
+    versions = [f"SQLite {sqlite3.sqlite_version}"]
     with tempfile.TemporaryDirectory(prefix="slipway-bench-") as tmp:
         tmp_path = pathlib.Path(tmp)
-        data_dir = tmp_path / "data"
-        package_dir = write_package(tmp_path / "package", "bench-push")
-        seed_package = write_package(tmp_path / "seed-package", "bench-seed")
-
-        total = args.models * args.per_model
-        print(
-            f"Seeding {total} inactive deployments ({args.models} models x {args.per_model}) directly into "
-            f"{data_dir / 'controller.db'} with controller.store (WriteTx.insert_model / insert_deployment), "
-            "before the controller starts — not through the API, which would start a replica per push.",
-            flush=True,
-        )
-        seeded = await seed(data_dir, seed_package, args.models, args.per_model)
-        figures.append(
-            Figure(
-                "seed via controller.store (1 tx per model)",
-                total,
-                1,
-                seeded.seconds,
-                [seeded.seconds],
-                note=f"{total / seeded.seconds:.0f} rows/s, not via the API",
-            )
-        )
-        print(f"  seeded in {seeded.seconds:.2f} s ({total / seeded.seconds:.0f} deployments/s)", flush=True)
-        route_figure = await time_route_table(data_dir)
-        if route_figure is not None:
-            figures.append(route_figure)
-
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        log_path = tmp_path / "controller.log"
-        command = [
-            sys.executable,
-            "-m",
-            "slipway",
-            "controller",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            args.log_level,
-            # It measures the lifecycle API; what key checking costs is bench/auth.py's figure.
-            "--insecure-no-auth",
-        ]
-        print(f"Starting controller: {' '.join(command)}", flush=True)
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        try:
-            ready = await wait_serving(address, process)
-            figures.append(Figure(f"controller start to SERVING ({total} deployments in DB)", 1, 1, ready, [ready]))
-            print(f"  serving after {ready:.2f} s", flush=True)
-            options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-            async with grpc.aio.insecure_channel(address, options=options) as channel:
-                stub = ds_grpc.DeploymentServiceStub(channel)
-                print(f"Reads with {total} deployments in the database:", flush=True)
-                await bench_reads(stub, seeded, args.reads, figures)
-                print("Lifecycle writes through the gRPC API:", flush=True)
-                await bench_writes(stub, seeded, args, package_dir, figures)
-                started, running = replica_starts(data_dir / "controller.db")
-                print(
-                    f"  pushes started {started} replica processes; {running} still running; waiting for them to stop",
-                    flush=True,
+        for backend in args.backends:
+            print(f"=== {BACKEND_NAMES[backend]} ===", flush=True)
+            if backend == "sqlite":
+                results[backend] = await run_backend(
+                    args, backend, default_database_url(tmp_path / backend / "data"), tmp_path
                 )
-                settle = await wait_replicas_stopped(stub, data_dir / "controller.db", timeout=60)
-                print(f"  all replicas stopped after {settle:.1f} s more", flush=True)
-        finally:
-            stop_started = time.perf_counter()
-            stop_controller(process)
-            stopped = time.perf_counter() - stop_started
-            if process.returncode not in (0, -signal.SIGTERM):
-                print(f"  ! controller exit code {process.returncode}; log tail:", file=sys.stderr)
-                print(log_path.read_text()[-3000:], file=sys.stderr)
-        print(f"  controller stopped (SIGTERM) in {stopped:.2f} s, exit code {process.returncode}", flush=True)
+                continue
+            try:
+                # PostgreSQL's defaults (fsync, synchronous_commit on): what a deployment would run.
+                server = PostgresServer.start(durable=True)
+            except Unavailable as exc:
+                print(f"  PostgreSQL column skipped: {exc}", flush=True)
+                continue
+            try:
+                versions.append(server.version())
+                url = server.create_database("bench") + "".join(f"&{option}" for option in args.postgres_options)
+                results[backend] = await run_backend(args, backend, url, tmp_path)
+            finally:
+                server.stop()
+    if not results:
+        return 1
 
     elapsed = time.perf_counter() - began
+    total = args.models * args.per_model
     print()
     print("## Slipway lifecycle benchmark")
     print()
-    for line in machine_info(f"SQLite {sqlite3.sqlite_version}"):
+    for line in machine_info(", ".join(versions)):
         print(line)
     print(
-        f"- controller: subprocess `python -m slipway controller` (log level {args.log_level}); "
-        f"client: grpc.aio, one channel, in this process"
+        f"- controller: subprocess `python -m slipway controller --database …` (log level {args.log_level}); "
+        f"client: grpc.aio, one channel, in this process; backends one after the other"
     )
     print(
         f"- {total} deployments seeded directly with controller.store before the controller started "
         f"(inactive, published; {args.models} models x {args.per_model})"
     )
-    print(f"- replica processes started by the {args.pushes} pushes: {started}")
+    settings = "&".join(args.postgres_options) or "PostgreSQL's defaults (fsync, synchronous_commit on)"
+    print(f"- PostgreSQL: a local server on a Unix socket (tests/pg_server.py); settings: {settings}")
     print(f"- total run time: {elapsed:.0f} s")
     print()
-    print(render(figures))
+    print(render(results))
     return 0
 
 
@@ -571,8 +636,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=8, help="client concurrency for writes (default 8)")
     parser.add_argument("--push-concurrency", type=int, default=4, help="client concurrency for pushes (default 4)")
     parser.add_argument("--log-level", default="INFO", help="controller log level (default INFO, to a file)")
+    parser.add_argument(
+        "--backends",
+        type=lambda v: [b for b in v.split(",") if b],
+        default=["sqlite", "postgresql"],
+        help="comma-separated: sqlite, postgresql (default both, one after the other)",
+    )
+    parser.add_argument(
+        "--postgres-options",
+        type=lambda v: [o for o in v.split("&") if o],
+        default=[],
+        help="PostgreSQL settings added to the database URL, e.g. synchronous_commit=off",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run in a few seconds")
     args = parser.parse_args()
+    unknown = set(args.backends) - set(BACKEND_NAMES)
+    if unknown:
+        parser.error(f"unknown backends {sorted(unknown)}: choose from {sorted(BACKEND_NAMES)}")
     if args.quick:
         args.models, args.per_model, args.reads, args.writes, args.deletes, args.pushes = 10, 20, 100, 50, 20, 10
     return args

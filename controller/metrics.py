@@ -73,9 +73,9 @@ class ControllerMetrics:
             buckets=INTERNAL_BUCKETS,
             registry=registry,
         )
-        self.sqlite_write_seconds = Histogram(
-            "slipway_sqlite_write_seconds",
-            "SQLite write transactions, from BEGIN IMMEDIATE to COMMIT.",
+        self.database_write_seconds = Histogram(
+            "slipway_database_write_seconds",
+            "Write transactions of the lifecycle database, from BEGIN to COMMIT.",
             buckets=INTERNAL_BUCKETS,
             registry=registry,
         )

@@ -44,7 +44,7 @@ from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
 from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
-from controller.store import Store
+from controller.store import Store, default_database_url, open_store
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
@@ -87,6 +87,9 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 @dataclass
 class ControllerSettings:
     data_dir: pathlib.Path = pathlib.Path(".slipway")
+    # Where lifecycle state lives (controller/store): sqlite:///PATH or postgresql://…;
+    # empty means the embedded default, sqlite:///<data_dir>/controller.db.
+    database: str = ""
     host: str = "127.0.0.1"
     port: int = 7100
     # The HTTP port: the management API as JSON over HTTP (Connect) and its /openapi.json.
@@ -179,8 +182,9 @@ class Controller:
         replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python, data_dir)
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
-        self.store = await Store.open(data_dir / "controller.db")
-        self.store.on_write = self.metrics.sqlite_write_seconds.observe
+        self.store = await open_store(settings.database or default_database_url(data_dir))
+        log.info("state in %s", self.store.description)
+        self.store.on_write = self.metrics.database_write_seconds.observe
         self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))
         # Apart from the lifecycle database: log volume never holds up a lifecycle write.
         self.logs = await SqliteLogStore.open(data_dir / "logs.db", settings.logs.retention)

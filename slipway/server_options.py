@@ -96,6 +96,15 @@ def server_options(command: Callable) -> Callable:
             type=click.Path(file_okay=False, path_type=Path),
             default=Path(".slipway"),
         ),
+        flag(
+            "--database",
+            envvar="SLIPWAY_DATABASE",
+            default=None,
+            callback=_database_url,
+            show_default="sqlite:///<data-dir>/controller.db",
+            help="Where lifecycle state lives: sqlite:///PATH (sqlite:////absolute/path) or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DBNAME (README: Choosing the database).",
+        ),
         log_level_option,
         flag(
             "--autoscaling-time-scale",
@@ -171,6 +180,15 @@ LOG_OPTIONS = [
 ]
 
 
+def _database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from controller.store import BadDatabaseUrl, check_database_url
+
+    try:
+        return check_database_url(value) if value else None
+    except BadDatabaseUrl as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _uid_range(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     from controller.isolation import parse_uid_range
 
@@ -225,6 +243,7 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
 
     return ControllerSettings(
         data_dir=flags["data_dir"],
+        database=flags["database"] or "",
         host=flags["host"],
         port=flags["port"],
         http_port=flags["controller_http_port"],
@@ -331,10 +350,11 @@ def gateway_options(command: Callable) -> Callable:
 
 def run_until_stopped(coroutine: Any) -> None:
     from controller.isolation import ReplicaUserError
+    from controller.store import StoreOpenError
 
     try:
         asyncio.run(coroutine)
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
-    except ReplicaUserError as exc:
+    except (ReplicaUserError, StoreOpenError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import os
 import pathlib
 import textwrap
@@ -17,10 +18,12 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from pg_server import PostgresServer, Unavailable, find_bin_dir, run_sync
 
 from controller.keys import KeySettings
 from controller.reconciler import ReconcilerSettings
 from controller.server import Controller, ControllerSettings
+from controller.store import open_store
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.packaging import archive_package
 from slipway.v1 import deployment_service_pb2 as ds
@@ -218,9 +221,75 @@ def controller_settings(data_dir: pathlib.Path, **overrides) -> ControllerSettin
     )
 
 
+# --- the two store backends -----------------------------------------------------------
+#
+# Modules marked `pytestmark = pytest.mark.both_backends` run every test that starts a
+# controller (through the `database` fixture) twice: on SQLite (the embedded default, in
+# the data directory) and on PostgreSQL (one real server per test session, started here,
+# and a fresh database per test copied from a migrated template).
+
+BACKENDS = ("sqlite", "postgresql")
+TEMPLATE_DATABASE = "slipway_template"
+_database_numbers = itertools.count(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_backends: run the module's controller tests on SQLite and PostgreSQL")
+
+
+def pytest_report_header(config):
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        return "postgresql: no initdb/pg_ctl found, so tests on the PostgreSQL backend are SKIPPED"
+    return f"postgresql: {bin_dir} (both_backends tests run on SQLite and PostgreSQL)"
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("both_backends") and "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session, with the schema migrated into a template."""
+    try:
+        server = PostgresServer.start()
+    except Unavailable as exc:
+        pytest.skip(f"PostgreSQL half skipped: {exc}")
+    try:
+        server.create_database(TEMPLATE_DATABASE)
+
+        async def migrate() -> None:
+            await (await open_store(server.url(TEMPLATE_DATABASE))).close()
+
+        run_sync(migrate())
+        yield server
+    finally:
+        server.stop()
+
+
+def new_database(request: pytest.FixtureRequest, backend: str) -> str:
+    """A database URL for one controller: "" (the SQLite default in its data directory), or
+    a fresh PostgreSQL database dropped when the requesting fixture's scope ends."""
+    if backend == "sqlite":
+        return ""
+    assert backend == "postgresql", backend
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = f"test_{os.getpid()}_{next(_database_numbers)}"
+    url = server.create_database(name, template=TEMPLATE_DATABASE)
+    request.addfinalizer(lambda: server.drop_database(name))
+    return url
+
+
 @pytest.fixture
-async def controller(tmp_path):
-    running = await Controller.start(controller_settings(tmp_path / "data"))
+def database(request) -> str:
+    """The database URL of the `controller` fixture (SQLite unless parametrised)."""
+    return new_database(request, getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def controller(tmp_path, database):
+    running = await Controller.start(controller_settings(tmp_path / "data", database=database))
     yield running
     await stop_or_explain(running.stop(), "controller")
 

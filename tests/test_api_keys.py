@@ -16,7 +16,16 @@ import grpc
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
-from conftest import Api, controller_settings, error_reason, start_gateway, stop_or_explain, wait_until
+from conftest import (
+    BACKENDS,
+    Api,
+    controller_settings,
+    error_reason,
+    new_database,
+    start_gateway,
+    stop_or_explain,
+    wait_until,
+)
 from google.protobuf import duration_pb2
 
 from controller.keys import KeySettings
@@ -127,12 +136,17 @@ async def create_key(stub: ks_grpc.KeyServiceStub, scope: int, models=(), ttl: f
     return await stub.CreateKey(request)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def secured(tmp_path_factory) -> AsyncIterator[Secured]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=BACKENDS)
+async def secured(request, tmp_path_factory) -> AsyncIterator[Secured]:
+    """A controller with API keys required, on each store backend (keys live in the store)."""
     tmp = tmp_path_factory.mktemp("keys")
     # Every call comes from this host: refusals are not slowed here (FailureGuard is tested alone).
     unslowed = FailureLimits(free_failures=100_000)
-    settings = controller_settings(tmp / "data", keys=KeySettings(last_used_flush_seconds=0.1, failures=unslowed))
+    settings = controller_settings(
+        tmp / "data",
+        database=new_database(request, request.param),
+        keys=KeySettings(last_used_flush_seconds=0.1, failures=unslowed),
+    )
     controller = await Controller.start(settings)
     gateway = await start_gateway(controller, require_api_keys=True, key_failures=unslowed)
     admin_key = (tmp / "data" / "admin.key").read_text().strip()

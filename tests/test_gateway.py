@@ -18,6 +18,9 @@ from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import resources_pb2 as r
 
+# Every test that starts a controller runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_backends
+
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 
 STREAMING_MODEL = """
@@ -242,7 +245,7 @@ async def test_a_promotion_under_steady_load_fails_no_request(api: Api, gateway,
     assert answers[0] == "one" and answers[-1] == "two"
 
 
-async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tmp_path):
+async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tmp_path, database):
     from test_restart import ControllerProcess, free_port, replica_pids
 
     from gateway.server import Gateway, GatewaySettings
@@ -250,7 +253,7 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     port = free_port()
-    controller = ControllerProcess(data_dir, port)
+    controller = ControllerProcess(data_dir, port, database)
     gateway = None
     try:
         await controller.ready()
@@ -287,7 +290,7 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
             for _ in range(20):
                 assert json.loads((await call()).payload)["input"] == 1
 
-            controller = ControllerProcess(data_dir, port)
+            controller = ControllerProcess(data_dir, port, database)
             await controller.ready()
             await wait_until(lambda: gateway.follower.connected, what="the gateway to reconnect")
             late = await api.push(api.package("late"), target=ds.PUSH_TARGET_PRODUCTION)

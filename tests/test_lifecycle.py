@@ -19,6 +19,9 @@ from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import resources_pb2 as r
 
+# Every test that starts a controller runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_backends
+
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 GATED_MODEL = """
 import pathlib, time

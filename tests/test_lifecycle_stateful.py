@@ -1,5 +1,5 @@
 """Hypothesis drives random lifecycle sequences against a real controller (real
-replicas, real SQLite) and a reference model of DESIGN.md §2, checking the
+replicas, real SQLite and real PostgreSQL) and a reference model of DESIGN.md §2, checking the
 invariants after every step."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from conftest import ECHO_MODEL, controller_settings, error_reason, write_package
+from conftest import BACKENDS, ECHO_MODEL, controller_settings, error_reason, new_database, write_package
 from google.protobuf import field_mask_pb2
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -33,12 +33,12 @@ NAMES = ("blue", "green", "development", "bad name", "deployment-1")
 class ControllerThread:
     """A real controller serving from its own event loop, for synchronous Hypothesis rules."""
 
-    def __init__(self, data_dir: pathlib.Path) -> None:
+    def __init__(self, data_dir: pathlib.Path, database: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.controller = asyncio.run_coroutine_threadsafe(
-            Controller.start(controller_settings(data_dir)), self.loop
+            Controller.start(controller_settings(data_dir, database=database)), self.loop
         ).result(30)
 
     def stop(self) -> None:
@@ -74,9 +74,9 @@ def packages(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def running_controller(tmp_path_factory):
-    thread = ControllerThread(tmp_path_factory.mktemp("stateful") / "data")
+@pytest.fixture(scope="module", params=BACKENDS)
+def running_controller(request, tmp_path_factory):
+    thread = ControllerThread(tmp_path_factory.mktemp("stateful") / "data", new_database(request, request.param))
     yield thread.controller
     thread.stop()
 

@@ -118,7 +118,7 @@ async def test_replicas_calls_replica_phases_a_kill_and_a_deletion(platform):
         "slipway_grpc_server_handling_seconds_count", grpc_service=DEPLOYMENT_SERVICE, grpc_method="CreateDeployment"
     )
     assert metrics.value("slipway_reconcile_pass_seconds_count") > 0
-    assert metrics.value("slipway_sqlite_write_seconds_count") > 0
+    assert metrics.value("slipway_database_write_seconds_count") > 0
     # The replica's own metrics, asked for by the controller, with the deployment's and the replica's labels.
     (replica,) = controller.reconciler.replicas_of(deployment_id)
     on_replica = {**labels, "replica_id": replica.id}

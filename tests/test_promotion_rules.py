@@ -23,6 +23,9 @@ from controller.errors import Aborted, FailedPrecondition, NotFound
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import resources_pb2 as r
 
+# Every test that starts a controller runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_backends
+
 MODEL = Model("m1", "m", None, "d-dev", None, 1, 0.0, 0.0)
 DEPLOYMENT = Deployment(
     id="d1",

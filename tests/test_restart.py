@@ -22,6 +22,8 @@ from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
 
+# The restart test runs on SQLite and on PostgreSQL (`slipway controller --database`).
+pytestmark = pytest.mark.both_backends
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 
 
@@ -50,7 +52,7 @@ def replica_pids(data_dir: pathlib.Path, include_fork_servers: bool = False) -> 
 
 
 class ControllerProcess:
-    def __init__(self, data_dir: pathlib.Path, port: int) -> None:
+    def __init__(self, data_dir: pathlib.Path, port: int, database: str = "") -> None:
         DATA_DIRS.add(data_dir)
         self.address = f"127.0.0.1:{port}"
         self.process = subprocess.Popen(
@@ -64,6 +66,7 @@ class ControllerProcess:
                 "--data-dir",
                 str(data_dir),
                 "--insecure-no-auth",
+                *(["--database", database] if database else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(data_dir.parent / f"controller-{port}.log", "ab"),
@@ -83,9 +86,9 @@ def data_dir(tmp_path):
         os.kill(pid, signal.SIGKILL)
 
 
-async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir, tmp_path):
+async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir, tmp_path, database):
     port = free_port()
-    first = ControllerProcess(data_dir, port)
+    first = ControllerProcess(data_dir, port, database)
     try:
         await first.ready()
         async with grpc.aio.insecure_channel(first.address) as channel:
@@ -104,7 +107,7 @@ async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir,
     finally:
         first.process.kill()
 
-    second = ControllerProcess(data_dir, port)
+    second = ControllerProcess(data_dir, port, database)
     try:
         await second.ready()
         async with grpc.aio.insecure_channel(second.address) as channel:

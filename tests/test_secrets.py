@@ -24,6 +24,9 @@ from slipway.v1 import resources_pb2 as r
 from slipway.v1 import secret_service_pb2 as ss
 from slipway.v1 import secret_service_pb2_grpc as ss_grpc
 
+# Secrets live in the store: every test that starts a controller runs on SQLite and PostgreSQL.
+pytestmark = pytest.mark.both_backends
+
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 VALUE = "s3cr3t-value-4b1d"
 
@@ -43,11 +46,14 @@ class Model:
 
 
 @pytest.fixture
-async def platform(tmp_path, monkeypatch):
+async def platform(tmp_path, monkeypatch, database):
     monkeypatch.setenv("SLIPWAY_SECRET_FROM_ENV", "operator-value")
     controller = await Controller.start(
         controller_settings(
-            tmp_path / "data", replica_user="controller", secret_limits=SecretLimits(max_value_bytes=64, max_secrets=4)
+            tmp_path / "data",
+            database=database,
+            replica_user="controller",
+            secret_limits=SecretLimits(max_value_bytes=64, max_secrets=4),
         )
     )
     gateway = await start_gateway(controller)
@@ -77,7 +83,10 @@ async def test_secrets_are_write_only_encrypted_and_refused_clearly(platform):
     assert b"replaced-value" not in listed.SerializeToString()
 
     data_dir = controller.settings.data_dir
-    stored = b"".join(path.read_bytes() for path in data_dir.glob("controller.db*"))
+    rows = await controller.store.backend.reader.fetchall("SELECT name, ciphertext FROM secrets")
+    stored = b"".join(name.encode() + bytes(ciphertext) for name, ciphertext in rows)
+    if not controller.settings.database:  # SQLite: not in the file (or its WAL) either
+        stored += b"".join(path.read_bytes() for path in data_dir.glob("controller.db*"))
     assert b"replaced-value" not in stored and VALUE.encode() not in stored and b"hf_token" in stored
     key = data_dir / "secrets.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32

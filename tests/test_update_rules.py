@@ -16,6 +16,9 @@ from controller.errors import InvalidArgument
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import resources_pb2 as r
 
+# Every test that starts a controller runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.both_backends
+
 ALL_ZERO = dict.fromkeys(AUTOSCALING_FIELDS, 0)
 
 

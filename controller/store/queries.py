@@ -1,143 +1,32 @@
-"""All of the controller's SQL lives here.
-
-SQLite in WAL mode with two connections: one writer (every mutation runs in an
-explicit BEGIN IMMEDIATE transaction, serialised by a lock) and one reader, so reads
-never see a transaction that has not committed. The schema is migrated on
-`PRAGMA user_version`. Rows are never removed: deleted models and deployments keep
-their rows (with delete_time set), so IDs are never reused and usage survives.
+"""All of the controller's SQL lives here, written once for every backend
+(controller/store/backend.py): `?` placeholders, and only what SQLite and PostgreSQL
+both accept. `SqlStore` implements controller/store/interface.py's `Store`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import contextlib
 import json
-import pathlib
-import secrets
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-import aiosqlite
-
 from controller.domain import AutoscalingSettings, Deployment, Kind, Model, State
-from controller.errors import InvalidArgument
-
-MIGRATIONS: list[str] = [
-    # 1: initial schema
-    """
-    CREATE TABLE models (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        production_deployment_id TEXT,
-        development_deployment_id TEXT,
-        promoting_deployment_id TEXT,
-        next_deployment_number INTEGER NOT NULL DEFAULT 1,
-        create_time REAL NOT NULL,
-        update_time REAL NOT NULL,
-        delete_time REAL
-    );
-    CREATE UNIQUE INDEX models_live_name ON models(name) WHERE delete_time IS NULL;
-
-    CREATE TABLE deployments (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        model_id TEXT NOT NULL REFERENCES models(id),
-        name TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        active INTEGER NOT NULL,
-        autoscaling TEXT NOT NULL,
-        package_digest TEXT NOT NULL,
-        revision INTEGER NOT NULL DEFAULT 1,
-        state TEXT NOT NULL,
-        status_message TEXT NOT NULL DEFAULT '',
-        desired_replicas INTEGER NOT NULL DEFAULT 0,
-        ready_replicas INTEGER NOT NULL DEFAULT 0,
-        source_deployment_id TEXT,
-        failed_revision INTEGER,
-        create_time REAL NOT NULL,
-        update_time REAL NOT NULL,
-        delete_time REAL
-    );
-    CREATE UNIQUE INDEX deployments_live_name ON deployments(model_id, name) WHERE delete_time IS NULL;
-    CREATE INDEX deployments_by_model ON deployments(model_id, pk);
-
-    CREATE TABLE replicas (
-        id TEXT PRIMARY KEY,
-        deployment_id TEXT NOT NULL REFERENCES deployments(id),
-        revision INTEGER NOT NULL,
-        pid INTEGER,
-        port INTEGER,
-        start_time REAL NOT NULL,
-        ready_time REAL,
-        stop_time REAL
-    );
-    CREATE INDEX replicas_by_deployment ON replicas(deployment_id);
-    CREATE INDEX replicas_running ON replicas(stop_time) WHERE stop_time IS NULL;
-
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        create_time REAL NOT NULL,
-        model_id TEXT NOT NULL,
-        deployment_id TEXT NOT NULL DEFAULT '',
-        type TEXT NOT NULL,
-        message TEXT NOT NULL
-    );
-    CREATE INDEX events_by_model ON events(model_id, seq);
-    CREATE INDEX events_by_deployment ON events(deployment_id, seq);
-
-    CREATE TABLE requests (
-        request_id TEXT PRIMARY KEY,
-        method TEXT NOT NULL,
-        result TEXT NOT NULL,
-        create_time REAL NOT NULL
-    );
-
-    CREATE TABLE packages (
-        digest TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,
-        create_time REAL NOT NULL
-    );
-    """,
-    # 2: what a request_id was used for, so reusing it for a different request is refused
-    """
-    ALTER TABLE requests ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''
-    """,
-    # 3: a live-reload patch that is not (yet) the package a development deployment serves
-    """
-    ALTER TABLE deployments ADD COLUMN patched_digest TEXT;
-    ALTER TABLE deployments ADD COLUMN reload_error TEXT NOT NULL DEFAULT ''
-    """,
-    # 4: platform-managed secrets, encrypted by controller/secrets.py (the key is not in the database)
-    """
-    CREATE TABLE secrets (
-        name TEXT PRIMARY KEY,
-        ciphertext BLOB NOT NULL,
-        create_time REAL NOT NULL,
-        update_time REAL NOT NULL
-    )
-    """,
-    # 5: user API keys, by hash only (slipway/keys.py)
-    """
-    CREATE TABLE api_keys (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        scope TEXT NOT NULL,
-        model_ids TEXT NOT NULL,
-        key_sha256 BLOB NOT NULL,
-        create_time REAL NOT NULL,
-        last_used_time REAL,
-        expire_time REAL,
-        revoke_time REAL
-    )
-    """,
-]
+from controller.store.backend import Backend, Executor, Row
+from controller.store.rows import (
+    ApiKeyRow,
+    Change,
+    EventRow,
+    Page,
+    ReplicaRow,
+    RouteSnapshot,
+    SecretRow,
+    UsageRow,
+    decode_page_token,
+    encode_page_token,
+    new_id,
+)
 
 DEPLOYMENT_COLUMNS = """
     d.pk, d.id, d.model_id, d.name, d.kind, d.active, d.autoscaling, d.package_digest, d.revision,
@@ -156,118 +45,17 @@ MODEL_SELECT = """
 """
 
 
-def new_id(prefix: str) -> str:
-    """Opaque ID: a prefix and 60 random bits in lowercase base32."""
-    return prefix + base64.b32encode(secrets.token_bytes(10)).decode().lower()[:12]
-
-
-def encode_page_token(after_pk: int, query: str) -> str:
-    """A page token names the listing it continues (`query`: collection and filters)."""
-    return base64.urlsafe_b64encode(json.dumps({"after": after_pk, "query": query}).encode()).decode()
-
-
-def decode_page_token(token: str, query: str) -> int:
-    if not token:
-        return 0
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = decoded["after"]
-        if isinstance(after, int) and after >= 0 and decoded["query"] == query:
-            return after
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise InvalidArgument("INVALID_PAGE_TOKEN", f"page_token {token!r} is not one this server issued") from None
-    raise InvalidArgument(
-        "INVALID_PAGE_TOKEN", f"page_token {token!r} continues another listing (the filters must stay the same)"
-    )
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Any]
-    next_page_token: str
-
-
-@dataclass(frozen=True)
-class Change:
-    """What one committed transaction touched."""
-
-    deployments: set[str]
-    models: set[str]
-    api_keys: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class RouteSnapshot:
-    models: list[Model]
-    deployments: list[Deployment]
-    deleted_model_ids: list[str]
-    deleted_deployment_ids: list[str]
-
-
-@dataclass(frozen=True)
-class ApiKeyRow:
-    id: str
-    name: str
-    scope: str
-    model_ids: tuple[str, ...]
-    key_sha256: bytes
-    create_time: float
-    last_used_time: float | None
-    expire_time: float | None
-    revoke_time: float | None
-
-
 API_KEY_SELECT = (
     "SELECT pk, id, name, scope, model_ids, key_sha256, create_time, last_used_time, expire_time, revoke_time "
     "FROM api_keys"
 )
 
 
-def _api_key(row: sqlite3.Row | tuple) -> ApiKeyRow:
+def _api_key(row: Row) -> ApiKeyRow:
     return ApiKeyRow(row[1], row[2], row[3], tuple(json.loads(row[4])), bytes(row[5]), *row[6:10])
 
 
-@dataclass(frozen=True)
-class ReplicaRow:
-    id: str
-    deployment_id: str
-    revision: int
-    pid: int | None
-    port: int | None
-    start_time: float
-    ready_time: float | None
-    stop_time: float | None
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    model_id: str
-    deployment_id: str
-    deployment_name: str
-    replica_seconds: float
-    replica_starts: int
-    deployment_deleted: bool
-
-
-@dataclass(frozen=True)
-class SecretRow:
-    name: str
-    ciphertext: bytes
-    create_time: float
-    update_time: float
-
-
-@dataclass(frozen=True)
-class EventRow:
-    seq: int
-    create_time: float
-    model_id: str
-    deployment_id: str
-    type: str
-    message: str
-
-
-def _model(row: sqlite3.Row | tuple) -> Model:
+def _model(row: Row) -> Model:
     return Model(
         id=row[1],
         name=row[2],
@@ -282,7 +70,7 @@ def _model(row: sqlite3.Row | tuple) -> Model:
     )
 
 
-def _deployment(row: sqlite3.Row | tuple) -> Deployment:
+def _deployment(row: Row) -> Deployment:
     return Deployment(
         id=row[1],
         model_id=row[2],
@@ -324,18 +112,16 @@ def _page(rows: Sequence[Any], limit: int, convert: Callable[[Any], Any], query:
 
 
 class Reads:
-    """Queries shared by the reader connection and write transactions."""
+    """Queries shared by reads outside a transaction and write transactions."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, executor: Executor) -> None:
+        self._db = executor
 
-    async def _one(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Row | None:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            return await cur.fetchone()
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        return await self._db.fetchone(sql, tuple(params))
 
-    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[aiosqlite.Row]:
-        async with self._conn.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        return await self._db.fetchall(sql, tuple(params))
 
     async def get_model(self, id_or_name: str) -> Model | None:
         """By ID (deleted ones too), else by the name of a model that is not deleted."""
@@ -351,17 +137,20 @@ class Reads:
         return int(row[0])
 
     async def list_secrets(self) -> list[SecretRow]:
-        rows = await self._all("SELECT name, ciphertext, create_time, update_time FROM secrets ORDER BY name")
-        return [SecretRow(*row) for row in rows]
+        # Sorted here: the database's collation (PostgreSQL's is the locale's) must not decide.
+        rows = await self._all("SELECT name, ciphertext, create_time, update_time FROM secrets")
+        return sorted((SecretRow(row[0], bytes(row[1]), row[2], row[3]) for row in rows), key=lambda r: r.name)
 
     async def get_secrets(self, names: Iterable[str]) -> list[SecretRow]:
         names = list(names)
+        if not names:
+            return []
         rows = await self._all(
             f"SELECT name, ciphertext, create_time, update_time FROM secrets "
             f"WHERE name IN ({', '.join('?' for _ in names)})",
             names,
         )
-        return [SecretRow(*row) for row in rows]
+        return [SecretRow(row[0], bytes(row[1]), row[2], row[3]) for row in rows]
 
     async def get_live_model_by_name(self, name: str) -> Model | None:
         row = await self._one(f"{MODEL_SELECT} WHERE m.name = ? AND m.delete_time IS NULL", (name,))
@@ -390,26 +179,20 @@ class Reads:
         return [_deployment(r) for r in rows]
 
 
-class Store(Reads):
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
-        super().__init__(reader)
-        self._writer = writer
-        self._write_lock = asyncio.Lock()
+class SqlStore(Reads):
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend.reader)
+        self.backend = backend
         self._listeners: list[Callable[[Change], None]] = []
         # Told the seconds of every committed write transaction (BEGIN to COMMIT): metrics.
         self.on_write: Callable[[float], None] = lambda seconds: None
 
-    @classmethod
-    async def open(cls, path: pathlib.Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
-        await _migrate(writer)
-        reader = await _connect(path)
-        return cls(writer, reader)
+    @property
+    def description(self) -> str:
+        return self.backend.description
 
     async def close(self) -> None:
-        await self._conn.close()
-        await self._writer.close()
+        await self.backend.close()
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         """Called after each commit with the IDs of the deployments and models it changed."""
@@ -419,20 +202,12 @@ class Store(Reads):
         self._listeners.remove(listener)
 
     @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[WriteTx]:
-        async with self._write_lock:
-            tx = WriteTx(self._writer)
-            try:
-                # The connection's thread runs statements in order, so even if this task is
-                # cancelled mid-way the ROLLBACK below lands after whatever was queued.
-                started = time.perf_counter()
-                await self._writer.execute("BEGIN IMMEDIATE")
-                yield tx
-                await self._writer.commit()
-                self.on_write(time.perf_counter() - started)
-            except BaseException:
-                await asyncio.shield(self._writer.rollback())
-                raise
+    async def write(self) -> AsyncIterator[SqlWriteTx]:
+        async with self.backend.transaction() as executor:
+            started = time.perf_counter()
+            tx = SqlWriteTx(executor)
+            yield tx
+        self.on_write(time.perf_counter() - started)
         if tx.touched or tx.touched_models or tx.touched_api_keys:
             change = Change(tx.touched, tx.touched_models, tx.touched_api_keys)
             for listener in list(self._listeners):
@@ -591,17 +366,17 @@ class Store(Reads):
         return _page(rows, page_size, lambda r: EventRow(*r), query)
 
 
-class WriteTx(Reads):
-    """One BEGIN IMMEDIATE transaction on the writer connection."""
+class SqlWriteTx(Reads):
+    """One write transaction (serialised against every other, see controller/store/backend.py)."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        super().__init__(conn)
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor)
         self.touched: set[str] = set()
         self.touched_models: set[str] = set()
         self.touched_api_keys: set[str] = set()
 
-    async def _exec(self, sql: str, params: Iterable[Any] = ()) -> None:
-        await self._conn.execute(sql, tuple(params))
+    async def _exec(self, sql: str, params: Iterable[Any] = ()) -> int:
+        return await self._db.execute(sql, tuple(params))
 
     async def put_secret(self, name: str, ciphertext: bytes, now: float) -> None:
         await self._exec(
@@ -612,8 +387,7 @@ class WriteTx(Reads):
 
     async def delete_secret(self, name: str) -> bool:
         """Whether there was such a secret."""
-        async with self._conn.execute("DELETE FROM secrets WHERE name = ?", (name,)) as cur:
-            return cur.rowcount > 0
+        return await self._exec("DELETE FROM secrets WHERE name = ?", (name,)) > 0
 
     async def insert_model(self, name: str, now: float) -> Model:
         model_id = new_id("m")
@@ -675,7 +449,8 @@ class WriteTx(Reads):
 
     async def record_package(self, digest: str, size: int, now: float) -> None:
         await self._exec(
-            "INSERT OR IGNORE INTO packages (digest, size, create_time) VALUES (?, ?, ?)", (digest, size, now)
+            "INSERT INTO packages (digest, size, create_time) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+            (digest, size, now),
         )
 
     async def insert_api_key(self, row: ApiKeyRow) -> None:
@@ -688,7 +463,8 @@ class WriteTx(Reads):
 
     async def record_api_key_use(self, key_id: str, used_at: float) -> None:
         await self._exec(
-            "UPDATE api_keys SET last_used_time = MAX(COALESCE(last_used_time, 0), ?) WHERE id = ?", (used_at, key_id)
+            "UPDATE api_keys SET last_used_time = ? WHERE id = ? AND (last_used_time IS NULL OR last_used_time < ?)",
+            (used_at, key_id, used_at),
         )
 
     async def revoke_api_key(self, key_id: str, now: float) -> None:
@@ -707,36 +483,4 @@ class WriteTx(Reads):
         await self._exec(f"UPDATE replicas SET {assignments} WHERE id = ?", (*values.values(), replica_id))
 
 
-async def _connect(path: pathlib.Path) -> aiosqlite.Connection:
-    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in Store.write).
-    conn = await aiosqlite.connect(str(path), isolation_level=None)
-    await conn.execute("PRAGMA journal_mode = WAL")
-    await conn.execute("PRAGMA synchronous = NORMAL")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    version = row[0] if row else 0
-    if version > len(MIGRATIONS):
-        raise RuntimeError(f"database schema version {version} is newer than this controller knows ({len(MIGRATIONS)})")
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in filter(str.strip, script.split(";")):
-                await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version = {number}")
-        except BaseException:
-            await conn.rollback()
-            raise
-        await conn.commit()
-
-
-def now() -> float:
-    return time.time()
-
-
-__all__ = ["ApiKeyRow", "Change", "Store", "WriteTx", "Page", "ReplicaRow", "UsageRow", "EventRow", "new_id", "now"]
+__all__ = ["Reads", "SqlStore", "SqlWriteTx"]

@@ -1,0 +1,55 @@
+"""What the shared SQL (controller/store/queries.py) needs of a database: statements with
+`?` placeholders run on a reader, and write transactions that are serialised — one at a
+time, across every controller using the database — so that the rules checked inside a
+transaction (one production per model, one promotion in flight, names unique per model,
+request_id idempotency) hold when it commits.
+
+Two backends: controller/store/sqlite.py (the embedded default) and
+controller/store/postgres.py.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+Row = tuple[Any, ...]
+
+
+class StoreOpenError(RuntimeError):
+    """The database cannot be used (unreachable, refused, or migrated by a newer Slipway);
+    the message says which database and why."""
+
+
+class Executor(abc.ABC):
+    """Runs statements written with `?` placeholders; rows come back as tuples."""
+
+    @abc.abstractmethod
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Runs a statement; returns how many rows it changed."""
+
+
+class Backend(abc.ABC):
+    #: What the database is, for logs and errors (never a password).
+    description: str
+
+    @property
+    @abc.abstractmethod
+    def reader(self) -> Executor:
+        """Reads outside a transaction: each statement sees what has committed."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Executor]:
+        """One write transaction, serialised against every other one on the database;
+        committed when the block ends, rolled back if it raises."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
