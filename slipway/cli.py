@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from slipway import client_commands, key_commands, secret_commands
+from slipway.addresses import checked_addresses
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
@@ -60,8 +61,10 @@ class SlipwayGroup(click.Group):
     default=DEFAULT_CONTROLLER,
     show_default=True,
     show_envvar=True,
-    metavar="HOST:PORT",
-    help="Address of the controller's gRPC API.",
+    metavar="HOST:PORT[,HOST:PORT...]",
+    callback=lambda ctx, param, value: checked_addresses(value),
+    help="Address of the controller's gRPC API; several (comma-separated) are tried in order, "
+    "the next taking over when one is unreachable.",
 )
 @click.option(
     "--gateway",
