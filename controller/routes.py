@@ -284,6 +284,11 @@ class LoadTracker:
         for key in [key for key, load in self._reports.items() if load.reported_at < cutoff]:
             del self._reports[key]
 
+    def by_gateway(self, deployment_id: str) -> dict[str, GatewayLoad]:
+        """The live reports for a deployment, per gateway."""
+        self._expire(time.monotonic())
+        return {gateway_id: load for (gateway_id, d), load in self._reports.items() if d == deployment_id}
+
     def gateways(self) -> set[str]:
         """The gateways whose reports count now."""
         self._expire(time.monotonic())

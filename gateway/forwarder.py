@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections import defaultdict
@@ -29,6 +30,8 @@ INVOKE_WEBSOCKET = "/slipway.v1.ReplicaService/InvokeWebsocket"
 # A wait bounded by the caller's deadline ends this much before it, so that the answer
 # saying why reaches the caller before its deadline cancels the call.
 DEADLINE_MARGIN_SECONDS = 0.05
+
+log = logging.getLogger("slipway.gateway.forwarder")
 
 
 class ReplicaChannel:
@@ -223,7 +226,7 @@ class Forwarder:
                     if not is_retriable(error):
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
-                    self.retries += 1
+                    self._retried(deployment, channel, error)
 
     async def stream(
         self, resolve: Callable[[], rt.DeploymentRoute], request: rs.InvokeStreamRequest, timeout: float
@@ -250,7 +253,22 @@ class Forwarder:
                     if not is_retriable(error) or started:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
-                    self.retries += 1
+                    self._retried(deployment, channel, error)
+
+    def _retried(self, deployment: rt.DeploymentRoute, channel: ReplicaChannel, error: grpc.aio.AioRpcError) -> None:
+        """A request goes to another replica: counted, and logged (a retry is a safety net; many
+        of them mean replicas leave the route table too late)."""
+        self.retries += 1
+        log.info(
+            "request retried on another replica",
+            extra={
+                "fields": {
+                    "deployment_id": deployment.deployment_id,
+                    "replica": channel.address,
+                    "code": error.code().name,
+                }
+            },
+        )
 
     async def websocket(
         self,

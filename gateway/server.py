@@ -76,6 +76,11 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def new_gateway_id() -> str:
+    """Unique per gateway process (host and pid for the operator reading logs)."""
+    return f"gw-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 @dataclass
 class GatewaySettings:
     # Comma-separated controllers (`--controller host:port,host:port`): followed one at a time, in order.
@@ -83,7 +88,7 @@ class GatewaySettings:
     host: str = "127.0.0.1"
     grpc_port: int = 7200
     http_port: int = 7280
-    gateway_id: str = field(default_factory=lambda: f"gw-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    gateway_id: str = field(default_factory=lambda: new_gateway_id())
     # Longest a request waits for a ready replica (a deployment starting or waking).
     replica_wait_seconds: float = 60.0
     # Most requests that may wait for one deployment to have a ready replica; more get 429.

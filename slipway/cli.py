@@ -30,6 +30,7 @@ from slipway.server_options import (
     flag,
     gateway_options,
     gateway_settings,
+    gateway_workers_option,
     host_option,
     insecure_no_auth_option,
     log_level_option,
@@ -147,6 +148,7 @@ def controller(
     help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
 )
 @insecure_no_auth_option
+@gateway_workers_option
 @tls_options
 @click.pass_context
 def gateway(
@@ -163,9 +165,14 @@ def gateway(
     tls_cert: Path | None,
     tls_key: Path | None,
     internal_token_file: Path,
+    workers: int,
 ) -> None:
-    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca)."""
+    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca).
+
+    With --workers N, N gateway processes share both ports (SO_REUSEPORT) under a parent
+    that restarts a worker that dies."""
     from gateway.server import run_gateway
+    from gateway.workers import WorkerStartError, run_gateway_workers
     from slipway.internal_auth import TokenFileError
 
     tls = server_tls(tls_cert, tls_key)
@@ -174,9 +181,11 @@ def gateway(
     settings = gateway_settings(ctx.params, tls, controller=root["controller"], controller_ca_file=root["tls_ca"])
     settings.internal_token_file = internal_token_file
     try:
-        run_until_stopped(run_gateway(settings))
+        run_until_stopped(run_gateway_workers(settings, workers, log_level) if workers > 1 else run_gateway(settings))
     except TokenFileError as error:
         raise click.ClickException(f"{error} (set --internal-token-file)") from None
+    except WorkerStartError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: bool) -> str:

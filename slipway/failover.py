@@ -13,6 +13,7 @@ error is the caller's, as with one controller.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,11 @@ def reachable(channel: grpc.Channel, timeout: float) -> bool:
     return bool(seen) and seen[0] is grpc.ChannelConnectivity.READY
 
 
+# grpc's connectivity polling thread notices an unsubscription within 0.2 s; a channel closed
+# before that makes it raise (a traceback on stderr as the command exits).
+POLL_SETTLE_SECONDS = 0.25
+
+
 class FailoverChannel(grpc.Channel):
     def __init__(
         self, addresses: Sequence[str], make_channel: Callable[[str], grpc.Channel], connect_timeout: float = 5.0
@@ -62,6 +68,7 @@ class FailoverChannel(grpc.Channel):
         self._channels = [make_channel(address) for address in self.addresses]
         self.connect_timeout = connect_timeout
         self.current = 0
+        self._probed_at = -POLL_SETTLE_SECONDS
 
     @property
     def address(self) -> str:
@@ -74,7 +81,7 @@ class FailoverChannel(grpc.Channel):
     def any_reachable(self) -> bool:
         """Move to the first reachable controller from the current one; False if none is."""
         for index in self._order():
-            if reachable(self._channels[index], self.connect_timeout):
+            if self._reachable(index):
                 self.current = index
                 return True
         return False
@@ -84,12 +91,16 @@ class FailoverChannel(grpc.Channel):
         self.any_reachable()
         return self.current
 
+    def _reachable(self, index: int) -> bool:
+        self._probed_at = time.monotonic()
+        return reachable(self._channels[index], self.connect_timeout)
+
     def call(self, method: str, request: Any, invoke: Callable[[grpc.Channel], Any]) -> Any:
         """`invoke` on the first reachable controller, again on the next ones while that is safe."""
         error: grpc.RpcError | None = None
         safe = retry_is_safe(method, request)
         for index in self._order():
-            if not reachable(self._channels[index], self.connect_timeout):
+            if not self._reachable(index):
                 continue
             try:
                 result = invoke(self._channels[index])
@@ -133,6 +144,7 @@ class FailoverChannel(grpc.Channel):
             channel.unsubscribe(callback)
 
     def close(self) -> None:
+        time.sleep(max(0.0, self._probed_at + POLL_SETTLE_SECONDS - time.monotonic()))
         for channel in self._channels:
             channel.close()
 

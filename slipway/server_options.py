@@ -209,6 +209,18 @@ def gateway_settings(
     )
 
 
+MAX_GATEWAY_WORKERS = 64  # gateway/workers.py's MAX_WORKERS (not imported: a client command should not pay for it)
+
+gateway_workers_option = flag(
+    "--workers",
+    envvar="SLIPWAY_GATEWAY_WORKERS",
+    type=click.IntRange(min=1, max=MAX_GATEWAY_WORKERS),
+    default=1,
+    help="Gateway processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each a whole gateway; "
+    "about one per core. A worker that dies is restarted.",
+)
+
+
 def http_limit_default(name: str) -> int:
     """Imported only when a gateway starts: a client command should not pay for aiohttp."""
     from gateway.http_limits import HttpLimits
