@@ -77,6 +77,24 @@ def cpu_seconds(pid: int, thread: bool = False) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_of(pids: int | list[int], thread: bool = False) -> float:
+    """cpu_seconds summed over processes (the workers of `slipway gateway --workers N`)."""
+    return sum(cpu_seconds(pid, thread) for pid in ([pids] if isinstance(pids, int) else pids))
+
+
+def worker_pids(parent: int, count: int, timeout: float = 30.0) -> list[int]:
+    """The gateway processes that serve: the parent itself, or its `count` workers."""
+    if count == 1:
+        return [parent]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [int(p) for p in pathlib.Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        if len(children) == count:
+            return children
+        time.sleep(0.1)
+    raise RuntimeError(f"the gateway did not start {count} workers")
+
+
 def system_cpu_seconds() -> dict[str, float]:
     """Machine-wide CPU time (all cores) from the first line of /proc/stat: busy in
     processes (user+nice+system), in interrupts (irq+softirq: loopback networking runs
@@ -324,19 +342,19 @@ def sanity_checks(
 
 
 def measure(
-    target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, int], work: pathlib.Path
+    target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, list[int]], work: pathlib.Path
 ) -> Run:
     h2load(target.url, target.body, target.headers, warmup, concurrency, None, target.h1)
     run = Run(target.name, concurrency, requests, expected_bytes=requests * target.response_bytes)
     log_file = work / f"h2load-{len(list(work.glob('h2load-*')))}.log"
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    loops = {name: cpu_seconds(pids[name], thread=True) for name in ("gateway", "replica")}
+    before = {name: cpu_of(pid) for name, pid in pids.items()}
+    loops = {name: cpu_of(pids[name], thread=True) for name in ("gateway", "replica")}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     system = system_cpu_seconds()
     output = h2load(target.url, target.body, target.headers, requests, concurrency, log_file, target.h1)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-    loop_cpu = {f"{name} loop": cpu_seconds(pids[name], thread=True) - loops[name] for name in loops}
+    run.cpu = {name: cpu_of(pid) - before[name] for name, pid in pids.items()}
+    loop_cpu = {f"{name} loop": cpu_of(pids[name], thread=True) - loops[name] for name in loops}
     run.cpu["h2load"] = (after_children.ru_utime + after_children.ru_stime) - (children.ru_utime + children.ru_stime)
     system_after = system_cpu_seconds()
     run.cpu["other"] = max(0.0, system_after["process"] - system["process"] - sum(run.cpu.values()))
@@ -376,7 +394,8 @@ def fmt(value: float, digits: int = 2) -> str:
 
 def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> None:
     say()
-    say("## Gateway data-plane benchmark (examples/echo, predict_concurrency 64, one replica)")
+    workers = f", gateway --workers {args.gateway_workers}" if args.gateway_workers > 1 else ""
+    say(f"## Gateway data-plane benchmark (examples/echo, predict_concurrency 64, one replica{workers})")
     say()
     for line in gateway_machine_info():
         say(line)
@@ -498,6 +517,8 @@ def main(args: argparse.Namespace) -> int:
                 "127.0.0.1",
                 "--port",
                 str(controller_port),
+                "--controller-http-port",
+                "0",  # 7180 may be taken by anything else on the machine
                 "--data-dir",
                 str(work / "data"),
                 "--log-level",
@@ -531,6 +552,8 @@ def main(args: argparse.Namespace) -> int:
                 "--log-level",
                 args.log_level,
                 "--insecure-no-auth",
+                "--workers",
+                str(args.gateway_workers),
             ],
             cwd=REPO,
             stdout=gateway_log,
@@ -564,7 +587,8 @@ def main(args: argparse.Namespace) -> int:
             model_id,
             deployment_id,
         )
-        pids = {"gateway": gateway.pid, "replica": replica_pid, "controller": controller.pid}
+        gateways = worker_pids(gateway.pid, args.gateway_workers)
+        pids = {"gateway": gateways, "replica": [replica_pid], "controller": [controller.pid]}
         runs = []
         for target in targets:
             for concurrency, requests in ((1, args.c1_requests), (args.concurrency, args.cn_requests)):
@@ -607,6 +631,12 @@ def parse_args() -> argparse.Namespace:
         "--log-level", default="WARNING", help="controller/gateway log level (to files; default WARNING)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, h2load logs)")
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="slipway gateway --workers N (CPU figures of the gateway are summed over its workers)",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
     if args.quick:

@@ -213,8 +213,6 @@ class Gateway:
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
         self = cls(settings)
-        self._tasks.append(asyncio.create_task(self.follower.run()))
-        self._tasks.append(asyncio.create_task(self._report_load()))
 
         if not settings.require_api_keys:
             log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the gateway calls every model")
@@ -256,6 +254,9 @@ class Gateway:
         )
         await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
+        # Once both ports are ours: a gateway that cannot listen leaves nothing running.
+        self._tasks.append(asyncio.create_task(self.follower.run()))
+        self._tasks.append(asyncio.create_task(self._report_load()))
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info(

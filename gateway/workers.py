@@ -100,18 +100,18 @@ class WorkerSupervisor:
 
     async def start(self) -> None:
         settings = self.settings
-        for port in (settings.grpc_port, settings.http_port):
-            self._reserved.append(reserve_port(settings.host, port))
-        self.grpc_port, self.http_port = (s.getsockname()[1] for s in self._reserved)
-        self.settings = dataclasses.replace(
-            settings,
-            grpc_port=self.grpc_port,
-            http_port=self.http_port,
-            reuse_port=True,
-            internal_token=settings.resolved_internal_token(),
-            gateway_id="",
-        )
         try:
+            for port in (settings.grpc_port, settings.http_port):
+                self._reserved.append(reserve_port(settings.host, port))
+            self.grpc_port, self.http_port = (s.getsockname()[1] for s in self._reserved)
+            self.settings = dataclasses.replace(
+                settings,
+                grpc_port=self.grpc_port,
+                http_port=self.http_port,
+                reuse_port=True,
+                internal_token=settings.resolved_internal_token(),
+                gateway_id="",
+            )
             await asyncio.gather(*(self._spawn(worker) for worker in self.workers))
         except BaseException:
             await self.stop()

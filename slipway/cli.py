@@ -148,7 +148,7 @@ def controller(
     help="The controller's internal token (it writes <data-dir>/internal.token): the gateway's credential.",
 )
 @insecure_no_auth_option
-@gateway_workers_option
+@gateway_workers_option("--workers")
 @tls_options
 @click.pass_context
 def gateway(
@@ -197,7 +197,14 @@ def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: 
     return ""
 
 
-async def run_platform(controller_config: Any, gateway_config: Any, example: Path | None, timeout: float) -> None:
+async def run_platform(
+    controller_config: Any,
+    gateway_config: Any,
+    example: Path | None,
+    timeout: float,
+    workers: int = 1,
+    log_level: str = "INFO",
+) -> None:
     from controller.server import Controller
     from gateway.server import Gateway
     from slipway.process import wait_for_termination_signal
@@ -206,7 +213,14 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     controller_address = f"{dialable_host(controller_config.host)}:{controller_process.port}"
     gateway_config.controller_address = controller_address
     gateway_config.internal_token = controller_process.internal_token
-    gateway_process = await Gateway.start(gateway_config)
+    gateway_process: Any
+    if workers > 1:
+        from gateway.workers import WorkerSupervisor
+
+        gateway_process = WorkerSupervisor(gateway_config, workers, log_level)
+        await gateway_process.start()
+    else:
+        gateway_process = await Gateway.start(gateway_config)
     ca_file = gateway_config.controller_ca_file
     gateway_host = dialable_host(gateway_config.host)
     http = f"{'https' if ca_file else 'http'}://{gateway_host}:{gateway_process.http_port}"
@@ -258,6 +272,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
 @cli.command()
 @server_options
 @gateway_options
+@gateway_workers_option("--gateway-workers")
 @click.option(
     "--example",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -288,6 +303,7 @@ def up(
     tls_cert: Path | None,
     tls_key: Path | None,
     timeout: float,
+    gateway_workers: int,
     replica_user: str,
     replica_uid_range: tuple[int, int],
     replica_python: str | None,
@@ -308,6 +324,8 @@ def up(
             gateway_settings(flags, tls, controller="", controller_ca_file=own_ca),
             example,
             timeout,
+            gateway_workers,
+            log_level,
         )
     )
 

@@ -404,3 +404,93 @@ async def test_gateways_and_the_cli_fail_over_to_the_next_controller(tmp_path):
         for directory in (first_dir, second_dir):
             for pid in replica_pids(directory, include_fork_servers=True):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_up_runs_its_gateway_as_workers(tmp_path):
+    root = pathlib.Path(__file__).resolve().parent.parent
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "slipway",
+            "up",
+            "--example",
+            str(root / "examples" / "echo"),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            "0",
+            "--gateway-port",
+            "0",
+            "--http-port",
+            "0",
+            "--gateway-workers",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines = []
+        for line in process.stdout or ():
+            lines.append(line)
+            if line.startswith("Serving"):
+                break
+        curl = next((line for line in lines if "curl -X POST" in line), None)
+        assert curl, "".join(lines)
+        for _ in range(10):  # new connections: both workers may answer
+            answer = subprocess.run(["sh", "-c", curl.split("Or over HTTP:", 1)[1]], capture_output=True, timeout=10)
+            assert json.loads(answer.stdout) == {"echo": {"text": "hi"}}, answer
+        workers = [
+            pid
+            for pid in children(process.pid)
+            if b"gateway.workers" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 2
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        for pid in replica_pids(data_dir, include_fork_servers=True):
+            os.kill(pid, signal.SIGKILL)
+    assert not any(pathlib.Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def test_workers_refuse_a_port_another_process_listens_on(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "slipway", "gateway", "--workers", "2", "--http-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr, result.stderr
+
+
+async def test_a_single_gateway_does_not_share_a_taken_grpc_port(controller):
+    from conftest import start_gateway
+
+    first = await start_gateway(controller)
+    try:
+        settings = GatewaySettings(
+            controller_address=controller.address,
+            internal_token=controller.internal_token,
+            grpc_port=first.grpc_port,
+            http_port=0,
+            require_api_keys=False,
+        )
+        try:
+            second = await Gateway.start(settings)
+        except RuntimeError as error:
+            assert "bind" in str(error).lower(), error
+        else:
+            await second.stop()
+            pytest.fail("a second gateway shares the gRPC port of the first")
+    finally:
+        await first.stop()
