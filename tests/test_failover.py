@@ -71,21 +71,22 @@ def refusing_address():
         yield f"127.0.0.1:{held.getsockname()[1]}"
 
 
-def test_calls_skip_an_unreachable_controller_and_retry_a_lost_call_only_when_safe(refusing_address):
+@pytest.mark.parametrize("api_key", ["", "sk-test"])  # with a key, calls go through an interceptor (with_call)
+def test_calls_skip_an_unreachable_controller_and_retry_a_lost_call_only_when_safe(refusing_address, api_key):
     going, good = CountingServer(down=True), CountingServer(down=False)
     try:
         # Nothing reaches a controller that refuses connections: any call moves on.
-        with SlipwayClient(f"{refusing_address},{good.address}", api_key="") as client:
+        with SlipwayClient(f"{refusing_address},{good.address}", api_key=api_key) as client:
             assert client.delete_model("m").id == "answered-DeleteModel"
             assert good.calls == ["DeleteModel"]
 
-        with SlipwayClient(f"{going.address},{good.address}", api_key="") as client:
+        with SlipwayClient(f"{going.address},{good.address}", api_key=api_key) as client:
             # A read that reached a controller which went away under it is read from the next.
             assert client.get_model("m").id == "answered-GetModel"
             assert going.calls == ["GetModel"] and good.calls[-1] == "GetModel"
             assert isinstance(client._channel, FailoverChannel) and client._channel.address == good.address
 
-        with SlipwayClient(f"{going.address},{good.address}", api_key="") as client:
+        with SlipwayClient(f"{going.address},{good.address}", api_key=api_key) as client:
             # A mutation without a request_id may have been applied: not sent again.
             good.calls.clear()
             with pytest.raises(grpc.RpcError) as lost:
