@@ -29,6 +29,8 @@ def secure_or_insecure_aio_channel(address: str, ca: bytes | None, options: Chan
 STREAM_KEEPALIVE_OPTIONS: ChannelOptions = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # grpc 1.5x+ ends a connection on an unanswered ping after this (60 s by default), whatever keepalive_timeout says.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
 )
 # What a controller's server lets those pings be (grpc's default, one per 5 minutes on a
