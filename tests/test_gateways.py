@@ -147,6 +147,23 @@ async def ready_replicas(api: Api, deployment_id: str, count: int):
     return deployment if len(ready) == count == len(deployment.replicas) else None
 
 
+async def on_every_gateway(controller: Controller, model_id: str, production_id: str, gateways: int) -> None:
+    """Wait until the controller's table has this production and every gateway has acknowledged it."""
+    routes = controller.routes
+
+    def synced() -> bool:
+        model = routes.models.get(model_id)
+        following = routes.following()
+        return (
+            model is not None
+            and model.production_deployment_id == production_id
+            and len(following) == gateways
+            and all(version is not None and version >= routes.version for version in following.values())
+        )
+
+    await wait_until(synced, what=f"{production_id} as production on {gateways} gateways")
+
+
 async def health(replica: r.Replica) -> bool:
     """Is the replica SERVING (not yet told to drain)?"""
     async with grpc.aio.insecure_channel(replica.address) as channel:
@@ -181,6 +198,7 @@ async def test_promotion_and_scale_down_through_two_gateway_processes_fail_no_re
             api.package("m", source=MODEL.format(tag="one"), extra_config=CONFIG), ds.PUSH_TARGET_PRODUCTION
         )
         await api.wait_production(prod.model.id, prod.deployment.id)
+        await on_every_gateway(controller, prod.model.id, prod.deployment.id, 2)
         dev = await api.push(api.package("m", source=MODEL.format(tag="two"), extra_config=CONFIG))
         await api.wait_state(dev.deployment.id, r.DEPLOYMENT_STATE_ACTIVE)
         # Both follow and acknowledge: a drain waits for each of them.
@@ -275,6 +293,7 @@ async def test_workers_share_one_port_and_a_killed_worker_is_replaced(platform, 
         )
         await api.wait_production(pushed.model.id, pushed.deployment.id)
         did = pushed.deployment.id
+        await on_every_gateway(controller, pushed.model.id, did, 2)
         url = f"http://127.0.0.1:{gateway.http_port}/model/{pushed.model.id}/production/predict"
 
         async def calls(count: int) -> None:
@@ -292,7 +311,6 @@ async def test_workers_share_one_port_and_a_killed_worker_is_replaced(platform, 
                 if load.requests_total > 0
             }
 
-        await wait_until(lambda: len(controller.routes.following()) == 2, what="both workers following")
         await calls(40)
         assert await wait_until(lambda: served_by() == workers, what="both workers serving"), served_by()
 
@@ -406,7 +424,7 @@ async def test_gateways_and_the_cli_fail_over_to_the_next_controller(tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_up_runs_its_gateway_as_workers(tmp_path):
+async def test_up_runs_its_gateway_as_workers(tmp_path):
     root = pathlib.Path(__file__).resolve().parent.parent
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
@@ -440,9 +458,17 @@ def test_up_runs_its_gateway_as_workers(tmp_path):
                 break
         curl = next((line for line in lines if "curl -X POST" in line), None)
         assert curl, "".join(lines)
+
+        def answer() -> bytes:
+            return subprocess.run(
+                ["sh", "-c", curl.split("Or over HTTP:", 1)[1]], capture_output=True, timeout=10
+            ).stdout
+
+        # Each worker follows the routes on its own: wait for the development route on both.
+        hi = b'{"echo":{"text":"hi"}}'
+        await wait_until(lambda: all(answer().replace(b" ", b"") == hi for _ in range(6)), what="both workers routing")
         for _ in range(10):  # new connections: both workers may answer
-            answer = subprocess.run(["sh", "-c", curl.split("Or over HTTP:", 1)[1]], capture_output=True, timeout=10)
-            assert json.loads(answer.stdout) == {"echo": {"text": "hi"}}, answer
+            assert json.loads(answer()) == {"echo": {"text": "hi"}}
         workers = [
             pid
             for pid in children(process.pid)
