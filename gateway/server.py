@@ -26,7 +26,7 @@ from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
-from slipway.process import wait_for_termination_signal
+from slipway.process import wait_event, wait_for_termination_signal
 from slipway.tls import ServerTls, add_grpc_port, read_ca, warn_if_exposed_without_tls
 from slipway.v1 import resources_pb2
 from slipway.v1 import route_service_pb2 as rt
@@ -101,6 +101,9 @@ class GatewaySettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    # Wait (at most this long) for the route table before listening: a worker of `--workers N`
+    # (re)starting next to others must not take connections it can only answer 503. 0: listen first.
+    sync_before_listening_seconds: float = 0.0
     # Listen with SO_REUSEPORT, sharing both ports with the other workers of `--workers N`.
     # Off otherwise, so a second gateway on a taken port fails to start (grpc's own default is on).
     reuse_port: bool = False
@@ -213,7 +216,43 @@ class Gateway:
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
         self = cls(settings)
+        if settings.sync_before_listening_seconds > 0:
+            self._start_following()
+            await wait_event(self.follower.synced, settings.sync_before_listening_seconds)
+        try:
+            await self._listen()
+        except BaseException:
+            await self._stop_tasks()
+            raise
+        if not self._tasks:  # once both ports are ours: a gateway that cannot listen leaves nothing running
+            self._start_following()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "gateway listening",
+            extra={
+                "fields": {
+                    "grpc": f"{settings.host}:{self.grpc_port}",
+                    "http": f"{settings.host}:{self.http_port}",
+                    "controller": settings.controller_address,
+                    "gateway_id": settings.gateway_id,
+                    "tls": settings.tls is not None,
+                }
+            },
+        )
+        return self
 
+    def _start_following(self) -> None:
+        self._tasks.append(asyncio.create_task(self.follower.run()))
+        self._tasks.append(asyncio.create_task(self._report_load()))
+
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        settings = self.settings
         if not settings.require_api_keys:
             log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the gateway calls every model")
         self._grpc = grpc.aio.server(
@@ -254,24 +293,6 @@ class Gateway:
         )
         await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
-        # Once both ports are ours: a gateway that cannot listen leaves nothing running.
-        self._tasks.append(asyncio.create_task(self.follower.run()))
-        self._tasks.append(asyncio.create_task(self._report_load()))
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "gateway listening",
-            extra={
-                "fields": {
-                    "grpc": f"{settings.host}:{self.grpc_port}",
-                    "http": f"{settings.host}:{self.http_port}",
-                    "controller": settings.controller_address,
-                    "gateway_id": settings.gateway_id,
-                    "tls": settings.tls is not None,
-                }
-            },
-        )
-        return self
 
     async def _report_load(self) -> None:
         """To the controller the follower follows; dropped while it follows none."""
@@ -295,9 +316,7 @@ class Gateway:
         """Graceful: stop accepting, let in-flight requests finish, then close."""
         await self._health.enter_graceful_shutdown()
         await asyncio.gather(self._grpc.stop(self.settings.shutdown_grace_seconds), self._http.cleanup())
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_tasks()
         await self.forwarder.close()
         log.info("gateway stopped")
 

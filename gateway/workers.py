@@ -40,6 +40,9 @@ log = logging.getLogger("slipway.gateway.workers")
 
 MAX_WORKERS = 64
 READY = b"ready\n"
+# A worker listens once it has the route table (or after this long, the controller being away):
+# the kernel would otherwise hand it connections it can only answer 503 ROUTES_UNAVAILABLE.
+WORKER_SYNC_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class WorkerSupervisor:
                 grpc_port=self.grpc_port,
                 http_port=self.http_port,
                 reuse_port=True,
+                sync_before_listening_seconds=WORKER_SYNC_SECONDS,
                 internal_token=settings.resolved_internal_token(),
                 gateway_id="",
             )

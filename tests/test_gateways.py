@@ -152,13 +152,17 @@ async def on_every_gateway(controller: Controller, model_id: str, production_id:
     routes = controller.routes
 
     def synced() -> bool:
-        model = routes.models.get(model_id)
+        # Published versions only (the table is updated before its version is published).
+        published = [
+            delta.version
+            for delta in list(routes._history)
+            if any(m.model_id == model_id and m.production_deployment_id == production_id for m in delta.models)
+        ]
         following = routes.following()
         return (
-            model is not None
-            and model.production_deployment_id == production_id
+            bool(published)
             and len(following) == gateways
-            and all(version is not None and version >= routes.version for version in following.values())
+            and all(version is not None and version >= published[0] for version in following.values())
         )
 
     await wait_until(synced, what=f"{production_id} as production on {gateways} gateways")
