@@ -111,3 +111,43 @@ async def test_gateways_and_the_cli_fail_over_to_the_next_controller(tmp_path):
         for directory in (first_dir, second_dir):
             for pid in replica_pids(directory, include_fork_servers=True):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_gateway_leaves_a_paused_controller_for_the_next(tmp_path):
+    """SIGSTOP: the connection stays open and answers nothing. The route stream's pings
+    (every 10 s, 5 s to answer) find out; the gateway then follows the next controller."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for directory in (first_dir, second_dir):
+        directory.mkdir()
+    first = ControllerProcess(first_dir, free_port())
+    second = gateway = None
+    try:
+        await first.ready()
+        (second_dir / "internal.token").write_text((first_dir / "internal.token").read_text())
+        second = ControllerProcess(second_dir, free_port())
+        await second.ready()
+        gateway = await Gateway.start(
+            GatewaySettings(
+                controller_address=f"{first.address},{second.address}",
+                internal_token_file=first_dir / "internal.token",
+                grpc_port=0,
+                http_port=0,
+                require_api_keys=False,
+            )
+        )
+        await wait_until(lambda: gateway.follower.connected, what="following the first")
+        assert gateway.follower.controller_address == first.address
+        first.process.send_signal(signal.SIGSTOP)
+        await wait_until(
+            lambda: gateway.follower.connected and gateway.follower.controller_address == second.address,
+            timeout=40,  # 15 s by the keepalive settings; grpc's own ping timeout would be 60 s more
+            what="the gateway to follow the second controller",
+        )
+    finally:
+        if gateway is not None:
+            await gateway.stop()
+        for controller in (first, second):
+            if controller is not None:
+                controller.process.send_signal(signal.SIGCONT)
+                controller.process.kill()
+                controller.process.wait(10)
