@@ -82,6 +82,24 @@ def cpu_seconds(pid: int, thread: bool = False) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_of(pids: int | list[int], thread: bool = False) -> float:
+    """cpu_seconds summed over processes (the workers of `slipway gateway --workers N`)."""
+    return sum(cpu_seconds(pid, thread) for pid in ([pids] if isinstance(pids, int) else pids))
+
+
+def worker_pids(parent: int, count: int, timeout: float = 30.0) -> list[int]:
+    """The gateway processes that serve: the parent itself, or its `count` workers."""
+    if count == 1:
+        return [parent]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [int(p) for p in pathlib.Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        if len(children) == count:
+            return children
+        time.sleep(0.1)
+    raise RuntimeError(f"the gateway did not start {count} workers")
+
+
 def system_cpu_seconds() -> dict[str, float]:
     """Machine-wide CPU time (all cores) from the first line of /proc/stat: busy in
     processes (user+nice+system), in interrupts (irq+softirq: loopback networking runs
@@ -238,7 +256,8 @@ class Target:
     headers: list[str]
     h1: bool
     response_bytes: int  # one good response body as h2load counts DATA (gRPC frame or JSON body)
-    gateway_pid: int = 0
+    # The processes whose CPU is the gateway's (its workers, with --gateway-workers).
+    gateway_pids: tuple[int, ...] = ()
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -253,7 +272,7 @@ def sanity_checks(
     http_base: str,
     model_id: str,
     deployment_id: str,
-    gateway_pid: int,
+    gateway_pids: tuple[int, ...],
     label: str = "",
 ) -> list[Target]:
     """Write the request bodies h2load sends, and send those exact bytes once with Python
@@ -319,7 +338,7 @@ def sanity_checks(
             GRPC_HEADERS,
             False,
             5 + len(raw_predict),
-            gateway_pid,
+            gateway_pids,
         ),
         Target(
             f"gateway{label}, HTTP/1.1 POST",
@@ -328,27 +347,27 @@ def sanity_checks(
             ["-H", "content-type: application/json"],
             True,
             len(http_body),
-            gateway_pid,
+            gateway_pids,
         ),
     ]
 
 
 def measure(
-    target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, int], work: pathlib.Path
+    target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, list[int]], work: pathlib.Path
 ) -> Run:
-    if target.gateway_pid:
-        pids = {**pids, "gateway": target.gateway_pid}
+    if target.gateway_pids:
+        pids = {**pids, "gateway": list(target.gateway_pids)}
     h2load(target.url, target.body, target.headers, warmup, concurrency, None, target.h1)
     run = Run(target.name, concurrency, requests, expected_bytes=requests * target.response_bytes)
     log_file = work / f"h2load-{len(list(work.glob('h2load-*')))}.log"
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    loops = {name: cpu_seconds(pids[name], thread=True) for name in ("gateway", "replica")}
+    before = {name: cpu_of(pid) for name, pid in pids.items()}
+    loops = {name: cpu_of(pids[name], thread=True) for name in ("gateway", "replica")}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     system = system_cpu_seconds()
     output = h2load(target.url, target.body, target.headers, requests, concurrency, log_file, target.h1)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-    loop_cpu = {f"{name} loop": cpu_seconds(pids[name], thread=True) - loops[name] for name in loops}
+    run.cpu = {name: cpu_of(pid) - before[name] for name, pid in pids.items()}
+    loop_cpu = {f"{name} loop": cpu_of(pids[name], thread=True) - loops[name] for name in loops}
     run.cpu["h2load"] = (after_children.ru_utime + after_children.ru_stime) - (children.ru_utime + children.ru_stime)
     system_after = system_cpu_seconds()
     run.cpu["other"] = max(0.0, system_after["process"] - system["process"] - sum(run.cpu.values()))
@@ -388,7 +407,8 @@ def fmt(value: float, digits: int = 2) -> str:
 
 def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> None:
     say()
-    say("## Gateway data-plane benchmark (examples/echo, predict_concurrency 64, one replica)")
+    workers = f", gateway --workers {args.gateway_workers}" if args.gateway_workers > 1 else ""
+    say(f"## Gateway data-plane benchmark (examples/echo, predict_concurrency 64, one replica{workers})")
     say()
     for line in gateway_machine_info():
         say(line)
@@ -642,9 +662,8 @@ def main(args: argparse.Namespace) -> int:
                 "127.0.0.1",
                 "--port",
                 str(controller_port),
-                # Any free HTTP port (its /metrics is not measured here), not 7180, which another may hold.
                 "--controller-http-port",
-                "0",
+                "0",  # 7180 may be taken by anything else on the machine
                 "--data-dir",
                 str(work / "data"),
                 "--log-level",
@@ -659,7 +678,9 @@ def main(args: argparse.Namespace) -> int:
         wait_serving(controller_address, controller, "controller")
         gateway_log = open(work / "gateway.log", "wb")
         logs.append(work / "gateway.log")
-        gateway = start_gateway(controller_address, grpc_port, http_port, work, args, gateway_log)
+        gateway = start_gateway(
+            controller_address, grpc_port, http_port, work, args, gateway_log, "--workers", str(args.gateway_workers)
+        )
         wait_serving(f"127.0.0.1:{grpc_port}", gateway, "gateway")
         bare_log = open(work / "gateway-no-metrics.log", "wb")
         logs.append(work / "gateway-no-metrics.log")
@@ -683,6 +704,7 @@ def main(args: argparse.Namespace) -> int:
             f"replica {replica_address} pid {replica_pid}; gateway pid {gateway.pid}"
         )
 
+        gateways = worker_pids(gateway.pid, args.gateway_workers)
         targets = sanity_checks(
             work,
             replica_address,
@@ -691,7 +713,7 @@ def main(args: argparse.Namespace) -> int:
             f"http://127.0.0.1:{http_port}",
             model_id,
             deployment_id,
-            gateway.pid,
+            tuple(gateways),
         )
         bare_targets = sanity_checks(
             work,
@@ -701,10 +723,10 @@ def main(args: argparse.Namespace) -> int:
             f"http://127.0.0.1:{bare_http_port}",
             model_id,
             deployment_id,
-            bare.pid,
+            (bare.pid,),
             NO_METRICS,
         )[1:]
-        pids = {"gateway": gateway.pid, "replica": replica_pid, "controller": controller.pid}
+        pids = {"gateway": gateways, "replica": [replica_pid], "controller": [controller.pid]}
         runs = []
         direct, through = targets[0], targets[1:]
         counts = ((1, args.c1_requests), (args.concurrency, args.cn_requests))
@@ -761,6 +783,12 @@ def parse_args() -> argparse.Namespace:
         "--repeats", type=int, default=2, help="turns of each gateway path with metrics on and off (default 2)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, h2load logs)")
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="slipway gateway --workers N (CPU figures of the gateway are summed over its workers)",
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
     if args.quick:

@@ -208,12 +208,22 @@ class RouteBroadcaster:
         changed, self._acknowledged = self._acknowledged, asyncio.Event()
         changed.set()
 
-    async def subscribe(self, gateway_id: str) -> AsyncIterator[rt.WatchRoutesResponse]:
+    def following(self) -> dict[str, int | None]:
+        """The newest version each following gateway has acknowledged (None: it does not acknowledge)."""
+        return {gateway_id: applied for gateway_id, (_, applied) in self._following.items()}
+
+    async def subscribe(self, gateway_id: str, acknowledges: bool = False) -> AsyncIterator[rt.WatchRoutesResponse]:
         """The table, then its changes; the gateway counts as following while this runs
-        (one stream per gateway_id: a reconnecting gateway replaces its old stream)."""
+        (one stream per gateway_id: a reconnecting gateway replaces its old stream).
+
+        A gateway that says it `acknowledges` counts as holding version 0 until its first
+        acknowledgement: it may be about to apply a table older than a replica's removal
+        (it joined, or reconnected, while that replica was being taken out), so the drain
+        waits for it too. Others hold up nothing until they acknowledge."""
         stream = object()
         if gateway_id:
-            self._following[gateway_id] = stream, None
+            self._following[gateway_id] = stream, 0 if acknowledges else None
+            self._acknowledgements_changed()
         try:
             sent = 0
             while True:
@@ -243,7 +253,13 @@ class GatewayLoad:
 
 
 class LoadTracker:
-    """Latest load report per gateway and deployment. Reports older than `ttl` are ignored."""
+    """Latest load report per gateway and deployment, combined over gateways.
+
+    A gateway's report counts for `ttl` seconds: one that stopped reporting (it died, or
+    lost the controller) stops adding its concurrency then, and its entries are dropped.
+    The request count the autoscaler sees only grows: each report adds what its gateway
+    served since its previous one, so a gateway's report expiring is not new traffic.
+    """
 
     def __init__(
         self,
@@ -256,18 +272,47 @@ class LoadTracker:
         # Every report as it arrives (the metric history sums its answers over gateways).
         self._on_loads = on_loads
         self._reports: dict[tuple[str, str], GatewayLoad] = {}
+        self._requests: collections.Counter[str] = collections.Counter()
 
     def record(self, request: rt.ReportLoadRequest) -> None:
         now = time.monotonic()
+        self._expire(now)
         for load in request.loads:
-            self._reports[(request.gateway_id, load.deployment_id)] = GatewayLoad(
+            key = (request.gateway_id, load.deployment_id)
+            previous = self._reports.get(key)
+            self._requests[load.deployment_id] += _served_since(previous, load.requests_total)
+            self._reports[key] = GatewayLoad(
                 load.in_flight, load.queued, load.requests_total, load.average_concurrency, now
             )
         self._on_loads(request)
         self._on_report()
 
+    def _expire(self, now: float) -> None:
+        cutoff = now - self._ttl
+        for key in [key for key, load in self._reports.items() if load.reported_at < cutoff]:
+            del self._reports[key]
+
+    def by_gateway(self, deployment_id: str) -> dict[str, GatewayLoad]:
+        """The live reports for a deployment, per gateway."""
+        self._expire(time.monotonic())
+        return {gateway_id: load for (gateway_id, d), load in self._reports.items() if d == deployment_id}
+
+    def gateways(self) -> set[str]:
+        """The gateways whose reports count now."""
+        self._expire(time.monotonic())
+        return {gateway_id for gateway_id, _ in self._reports}
+
     def observe(self, deployment_id: str) -> tuple[float, int]:
-        """(average concurrency, requests so far) for a deployment, summed over live gateways."""
-        cutoff = time.monotonic() - self._ttl
-        live = [load for (_, d), load in self._reports.items() if d == deployment_id and load.reported_at >= cutoff]
-        return sum(load.average_concurrency for load in live), sum(load.requests_total for load in live)
+        """(average concurrency summed over the gateways that reported within the ttl,
+        requests all gateways have served so far)."""
+        self._expire(time.monotonic())
+        live = [load for (_, d), load in self._reports.items() if d == deployment_id]
+        return sum(load.average_concurrency for load in live), self._requests[deployment_id]
+
+
+def _served_since(previous: GatewayLoad | None, requests_total: int) -> int:
+    """Requests a gateway served since its previous report (all of them on its first one;
+    a count that went down is a gateway that restarted under the same id)."""
+    if previous is None or requests_total < previous.requests_total:
+        return requests_total
+    return requests_total - previous.requests_total

@@ -46,6 +46,7 @@ from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, t
 from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
 from controller.store import Store, default_database_url, open_store
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
+from slipway.channels import KEEPALIVE_SERVER_OPTIONS
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.process import wait_for_termination_signal
@@ -254,6 +255,7 @@ class Controller:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *KEEPALIVE_SERVER_OPTIONS,
         ]
         internal_auth = TokenInterceptor(INTERNAL_TOKEN_HEADER, self.internal_token, [ROUTE_SERVICE], "INTERNAL")
         authenticator = Authenticator(

@@ -178,7 +178,7 @@ class RouteServicer(rt_grpc.RouteServiceServicer):
         self.keys = keys
 
     async def WatchRoutes(self, request, context):
-        async for message in self.routes.subscribe(request.gateway_id):
+        async for message in self.routes.subscribe(request.gateway_id, request.acknowledges):
             yield message
 
     async def ReportLoad(self, request, context):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import random
 import sys
 import time
@@ -35,6 +36,8 @@ INVOKE_WEBSOCKET = "/slipway.v1.ReplicaService/InvokeWebsocket"
 # A wait bounded by the caller's deadline ends this much before it, so that the answer
 # saying why reaches the caller before its deadline cancels the call.
 DEADLINE_MARGIN_SECONDS = 0.05
+
+log = logging.getLogger("slipway.gateway.forwarder")
 
 
 class ReplicaChannel:
@@ -364,8 +367,7 @@ class Forwarder:
                     if not is_retriable(error):
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
-                    self.retries += 1
-                    self.loads[deployment.deployment_id].retries += 1
+                    self._retried(deployment, channel, error)
 
     @counts_streamed_answers
     async def stream(
@@ -400,8 +402,23 @@ class Forwarder:
                     if not is_retriable(error) or started:
                         raise from_replica(error, request.ByteSize()) from None
                     excluded.add(channel.address)
-                    self.retries += 1
-                    self.loads[deployment.deployment_id].retries += 1
+                    self._retried(deployment, channel, error)
+
+    def _retried(self, deployment: rt.DeploymentRoute, channel: ReplicaChannel, error: grpc.aio.AioRpcError) -> None:
+        """A request goes to another replica: counted, and logged (a retry is a safety net; many
+        of them mean replicas leave the route table too late)."""
+        self.retries += 1
+        self.loads[deployment.deployment_id].retries += 1
+        log.info(
+            "request retried on another replica",
+            extra={
+                "fields": {
+                    "deployment_id": deployment.deployment_id,
+                    "replica": channel.address,
+                    "code": error.code().name,
+                }
+            },
+        )
 
     @counts_streamed_answers
     async def websocket(

@@ -147,8 +147,10 @@ class LimitedSite(web.BaseSite):
         port: int,
         limits: HttpLimits,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner)
+        self._reuse_port = reuse_port
         self._host = host
         self._port = port
         self._limits = limits
@@ -174,6 +176,8 @@ class LimitedSite(web.BaseSite):
             self._port,
             backlog=self._backlog,
             ssl=self._ssl,
+            # Several gateway workers listen on one port (SO_REUSEPORT; the kernel spreads connections).
+            reuse_port=self._reuse_port or None,
             # A client that never completes its handshake is bounded like one that never sends headers.
             ssl_handshake_timeout=self._limits.idle_timeout_seconds if self._ssl else None,
         )

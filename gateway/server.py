@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 import uuid
@@ -25,10 +26,9 @@ from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from gateway.metrics import GatewayMetrics
 from slipway import tracing
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits
-from slipway.channels import secure_or_insecure_aio_channel
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
-from slipway.process import wait_for_termination_signal
+from slipway.process import wait_event, wait_for_termination_signal
 from slipway.tls import ServerTls, add_grpc_port, read_ca, warn_if_exposed_without_tls
 from slipway.v1 import resources_pb2
 from slipway.v1 import route_service_pb2 as rt
@@ -78,13 +78,19 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def new_gateway_id() -> str:
+    """Unique per gateway process (host and pid for the operator reading logs)."""
+    return f"gw-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 @dataclass
 class GatewaySettings:
+    # Comma-separated controllers (`--controller host:port,host:port`): followed one at a time, in order.
     controller_address: str = "127.0.0.1:7100"
     host: str = "127.0.0.1"
     grpc_port: int = 7200
     http_port: int = 7280
-    gateway_id: str = field(default_factory=lambda: f"gw-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    gateway_id: str = field(default_factory=lambda: new_gateway_id())
     # Longest a request waits for a ready replica (a deployment starting or waking).
     replica_wait_seconds: float = 60.0
     # Most requests that may wait for one deployment to have a ready replica; more get 429.
@@ -97,6 +103,12 @@ class GatewaySettings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
+    # Wait (at most this long) for the route table before listening: a worker of `--workers N`
+    # (re)starting next to others must not take connections it can only answer 503. 0: listen first.
+    sync_before_listening_seconds: float = 0.0
+    # Listen with SO_REUSEPORT, sharing both ports with the other workers of `--workers N`.
+    # Off otherwise, so a second gateway on a taken port fails to start (grpc's own default is on).
+    reuse_port: bool = False
     # Serves the gRPC and HTTP ports with TLS when set.
     tls: ServerTls | None = None
     # Verifies a controller that serves TLS (PEM CA file); plaintext to the controller when unset.
@@ -161,7 +173,6 @@ class Gateway:
         self._http: web.AppRunner
         self.http_bodies: BodyReader
         self.http_site: LimitedSite
-        self._controller = secure_or_insecure_aio_channel(settings.controller_address, controller_ca)
 
     def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
         if not self.follower.synced.is_set():
@@ -175,8 +186,15 @@ class Gateway:
     async def wake(self, deployment_id: str) -> dict:
         """Asks the controller to wake a deployment (the caller's key was checked for it when
         its target was resolved)."""
+        channel = self.follower.channel
+        if channel is None:
+            raise GatewayError(
+                grpc.StatusCode.UNAVAILABLE,
+                "CONTROLLER_UNAVAILABLE",
+                f"the gateway follows no controller now (tried {self.settings.controller_address})",
+            )
         try:
-            response = await rt_grpc.RouteServiceStub(self._controller).WakeRoute(
+            response = await rt_grpc.RouteServiceStub(channel).WakeRoute(
                 rt.WakeRouteRequest(gateway_id=self.settings.gateway_id, deployment_id=deployment_id),
                 timeout=10,
                 metadata=self._internal_metadata,
@@ -211,15 +229,50 @@ class Gateway:
         self._traced = tracing.configure(
             "slipway-gateway", settings.otlp_endpoint, {"slipway.gateway_id": settings.gateway_id}
         )
+        if settings.sync_before_listening_seconds > 0:
+            self._start_following()
+            await wait_event(self.follower.synced, settings.sync_before_listening_seconds)
+        try:
+            await self._listen()
+        except BaseException:
+            await self._stop_tasks()
+            raise
+        if not self._tasks:  # once both ports are ours: a gateway that cannot listen leaves nothing running
+            self._start_following()
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "gateway listening",
+            extra={
+                "fields": {
+                    "grpc": f"{settings.host}:{self.grpc_port}",
+                    "http": f"{settings.host}:{self.http_port}",
+                    "controller": settings.controller_address,
+                    "gateway_id": settings.gateway_id,
+                    "tls": settings.tls is not None,
+                }
+            },
+        )
+        return self
+
+    def _start_following(self) -> None:
         self._tasks.append(asyncio.create_task(self.follower.run()))
         self._tasks.append(asyncio.create_task(self._report_load()))
 
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        settings = self.settings
         if not settings.require_api_keys:
             log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the gateway calls every model")
         self._grpc = grpc.aio.server(
             options=[
                 *grpc_message_options(settings.max_request_bytes),
                 *settings.grpc_limits.server_options(settings.request_timeout_seconds),
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ],
             maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs,
             interceptors=[ApiKeyInterceptor(self.authenticator, auth.METHOD_SCOPES, OPEN_SERVICES)],
@@ -249,37 +302,28 @@ class Gateway:
         self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)
         await self._http.setup()
         ssl_context = None if settings.tls is None else settings.tls.http_context()
-        self.http_site = LimitedSite(self._http, settings.host, settings.http_port, settings.http_limits, ssl_context)
+        self.http_site = LimitedSite(
+            self._http, settings.host, settings.http_port, settings.http_limits, ssl_context, settings.reuse_port
+        )
         await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set(grpc_api.SERVICE, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "gateway listening",
-            extra={
-                "fields": {
-                    "grpc": f"{settings.host}:{self.grpc_port}",
-                    "http": f"{settings.host}:{self.http_port}",
-                    "controller": settings.controller_address,
-                    "tls": settings.tls is not None,
-                }
-            },
-        )
-        return self
 
     async def _report_load(self) -> None:
-        stub = rt_grpc.RouteServiceStub(self._controller)
+        """To the controller the follower follows; dropped while it follows none."""
         while True:
             await asyncio.sleep(self.settings.load_report_seconds)
             self.forwarder.prune()
             self.metrics.prune()
+            channel = self.follower.channel
+            if channel is None:
+                continue
             used_keys = sorted(self._used_keys)
             self._used_keys.clear()
             request = rt.ReportLoadRequest(
                 gateway_id=self.settings.gateway_id, loads=self.forwarder.load_report(), used_api_key_ids=used_keys
             )
             with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.ReportLoad(
+                await rt_grpc.RouteServiceStub(channel).ReportLoad(
                     request, timeout=self.settings.load_report_seconds, metadata=self._internal_metadata
                 )
 
@@ -287,11 +331,8 @@ class Gateway:
         """Graceful: stop accepting, let in-flight requests finish, then close."""
         await self._health.enter_graceful_shutdown()
         await asyncio.gather(self._grpc.stop(self.settings.shutdown_grace_seconds), self._http.cleanup())
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_tasks()
         await self.forwarder.close()
-        await self._controller.close()
         if self._traced:
             tracing.shutdown()
         log.info("gateway stopped")

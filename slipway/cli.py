@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from slipway import client_commands, key_commands, log_commands, secret_commands, top_command
+from slipway.addresses import checked_addresses
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
@@ -30,6 +31,7 @@ from slipway.server_options import (
     flag,
     gateway_options,
     gateway_settings,
+    gateway_workers_option,
     host_option,
     insecure_no_auth_option,
     log_level_option,
@@ -62,8 +64,10 @@ class SlipwayGroup(click.Group):
     default=DEFAULT_CONTROLLER,
     show_default=True,
     show_envvar=True,
-    metavar="HOST:PORT",
-    help="Address of the controller's gRPC API.",
+    metavar="HOST:PORT[,HOST:PORT...]",
+    callback=lambda ctx, param, value: checked_addresses(value),
+    help="Address of the controller's gRPC API; several (comma-separated) are tried in order, "
+    "the next taking over when one is unreachable.",
 )
 @click.option(
     "--gateway",
@@ -150,6 +154,7 @@ def controller(
 )
 @insecure_no_auth_option
 @otlp_endpoint_option
+@gateway_workers_option("--workers")
 @tls_options
 @click.pass_context
 def gateway(
@@ -168,9 +173,14 @@ def gateway(
     tls_cert: Path | None,
     tls_key: Path | None,
     internal_token_file: Path,
+    workers: int,
 ) -> None:
-    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca)."""
+    """Run a gateway (gRPC and HTTP) that follows the controller's routes (verified with --tls-ca).
+
+    With --workers N, N gateway processes share both ports (SO_REUSEPORT) under a parent
+    that restarts a worker that dies."""
     from gateway.server import run_gateway
+    from gateway.workers import WorkerStartError, run_gateway_workers
     from slipway.internal_auth import TokenFileError
 
     tls = server_tls(tls_cert, tls_key)
@@ -179,9 +189,11 @@ def gateway(
     settings = gateway_settings(ctx.params, tls, controller=root["controller"], controller_ca_file=root["tls_ca"])
     settings.internal_token_file = internal_token_file
     try:
-        run_until_stopped(run_gateway(settings))
+        run_until_stopped(run_gateway_workers(settings, workers, log_level) if workers > 1 else run_gateway(settings))
     except TokenFileError as error:
         raise click.ClickException(f"{error} (set --internal-token-file)") from None
+    except WorkerStartError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: bool) -> str:
@@ -193,7 +205,14 @@ def push_example(client: SlipwayClient, example: Path, timeout: float, with_ca: 
     return ""
 
 
-async def run_platform(controller_config: Any, gateway_config: Any, example: Path | None, timeout: float) -> None:
+async def run_platform(
+    controller_config: Any,
+    gateway_config: Any,
+    example: Path | None,
+    timeout: float,
+    workers: int = 1,
+    log_level: str = "INFO",
+) -> None:
     from controller.server import Controller
     from gateway.server import Gateway
     from slipway.process import wait_for_termination_signal
@@ -202,7 +221,14 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
     controller_address = f"{dialable_host(controller_config.host)}:{controller_process.port}"
     gateway_config.controller_address = controller_address
     gateway_config.internal_token = controller_process.internal_token
-    gateway_process = await Gateway.start(gateway_config)
+    gateway_process: Any
+    if workers > 1:
+        from gateway.workers import WorkerSupervisor
+
+        gateway_process = WorkerSupervisor(gateway_config, workers, log_level)
+        await gateway_process.start()
+    else:
+        gateway_process = await Gateway.start(gateway_config)
     ca_file = gateway_config.controller_ca_file
     gateway_host = dialable_host(gateway_config.host)
     http = f"{'https' if ca_file else 'http'}://{gateway_host}:{gateway_process.http_port}"
@@ -256,6 +282,7 @@ async def run_platform(controller_config: Any, gateway_config: Any, example: Pat
 @cli.command()
 @server_options
 @gateway_options
+@gateway_workers_option("--gateway-workers")
 @click.option(
     "--example",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -289,6 +316,7 @@ def up(
     tls_cert: Path | None,
     tls_key: Path | None,
     timeout: float,
+    gateway_workers: int,
     replica_user: str,
     replica_uid_range: tuple[int, int],
     replica_python: str | None,
@@ -310,6 +338,8 @@ def up(
             gateway_settings(flags, tls, controller="", controller_ca_file=own_ca),
             example,
             timeout,
+            gateway_workers,
+            log_level,
         )
     )
 

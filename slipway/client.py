@@ -30,8 +30,10 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from slipway.addresses import parse_addresses
 from slipway.channels import secure_or_insecure_channel
 from slipway.credentials import find_api_key, with_api_key
+from slipway.failover import FailoverChannel
 from slipway.packaging import archive_package
 from slipway.tls import read_ca
 from slipway.v1 import (
@@ -100,6 +102,15 @@ KEY_SCOPES: dict[str, ks.KeyScope] = {
 
 def default_controller_address() -> str:
     return os.environ.get("SLIPWAY_CONTROLLER") or DEFAULT_CONTROLLER
+
+
+def controller_channel(address: str, ca: bytes | None) -> grpc.Channel:
+    """A channel to the controller at `address`, or (a comma-separated list) to the first
+    reachable of several, failing over between them (slipway/failover.py)."""
+    addresses = parse_addresses(address)
+    if len(addresses) == 1:
+        return secure_or_insecure_channel(addresses[0], ca, CHANNEL_OPTIONS)
+    return FailoverChannel(addresses, lambda one: secure_or_insecure_channel(one, ca, CHANNEL_OPTIONS))
 
 
 def client_ca(ca_file: str | os.PathLike[str] | None) -> bytes | None:
@@ -206,7 +217,7 @@ class SlipwayClient:
         self.address = address or default_controller_address()
         self.timeout = timeout
         self.push_timeout = push_timeout
-        self._channel = channel or secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
+        self._channel = channel or controller_channel(self.address, client_ca(ca_file))
         authorized = with_api_key(self._channel, find_api_key(api_key))
         self.models = model_service_pb2_grpc.ModelServiceStub(authorized)
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(authorized)
@@ -226,6 +237,13 @@ class SlipwayClient:
 
     def wait_until_reachable(self, timeout: float = 10.0) -> None:
         try:
+            if isinstance(self._channel, FailoverChannel):
+                deadline = time.monotonic() + timeout
+                while not self._channel.any_reachable():
+                    if time.monotonic() >= deadline:
+                        raise grpc.FutureTimeoutError()
+                    time.sleep(0.1)
+                return
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             raise SlipwayError(f"controller at {self.address} is not reachable") from None
@@ -458,7 +476,9 @@ class SlipwayClient:
                     if is_serving(deployment):
                         return deployment
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                # With several controllers, one going away under the watch: watch on the next.
+                lost = err.code() == grpc.StatusCode.UNAVAILABLE and isinstance(self._channel, FailoverChannel)
+                if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED and not lost:
                     raise
             finally:
                 cast(grpc.Future, call).cancel()

@@ -293,6 +293,22 @@ def gateway_settings(
     )
 
 
+MAX_GATEWAY_WORKERS = 64  # gateway/workers.py's MAX_WORKERS (not imported: a client command should not pay for it)
+
+
+def gateway_workers_option(name: str) -> Callable:
+    """`--workers` of `slipway gateway`, `--gateway-workers` of `slipway up`."""
+    return flag(
+        name,
+        "workers" if name == "--workers" else "gateway_workers",
+        envvar="SLIPWAY_GATEWAY_WORKERS",
+        type=click.IntRange(min=1, max=MAX_GATEWAY_WORKERS),
+        default=1,
+        help="Gateway processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each a whole gateway; "
+        "about one per core. A worker that dies is restarted.",
+    )
+
+
 def http_limit_default(name: str) -> int:
     """Imported only when a gateway starts: a client command should not pay for aiohttp."""
     from gateway.http_limits import HttpLimits

@@ -272,7 +272,7 @@ def test_the_cli_passes_one_setting_to_controller_and_gateway(monkeypatch, tmp_p
 
     seen = {}
 
-    async def run_platform(controller_config, gateway_config, example, timeout):
+    async def run_platform(controller_config, gateway_config, example, timeout, *workers_and_log_level):
         seen["up"] = (controller_config.max_request_bytes, gateway_config.max_request_bytes)
 
     async def run_controller(settings):

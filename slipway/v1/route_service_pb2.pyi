@@ -9,10 +9,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WatchRoutesRequest(_message.Message):
-    __slots__ = ("gateway_id",)
+    __slots__ = ("gateway_id", "acknowledges")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGES_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
-    def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
+    acknowledges: bool
+    def __init__(self, gateway_id: _Optional[str] = ..., acknowledges: _Optional[bool] = ...) -> None: ...
 
 class WatchRoutesResponse(_message.Message):
     __slots__ = ("version", "reset", "models", "deployments", "deleted_model_ids", "deleted_deployment_ids", "api_keys")
