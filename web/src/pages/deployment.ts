@@ -4,6 +4,7 @@ import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { deployments, describe, metrics } from "../api";
 import { charts } from "../charts";
+import { EventOrder } from "../gen/slipway/v1/deployment_service_pb";
 import type { AutoscalingSettings, Deployment } from "../gen/slipway/v1/resources_pb";
 import type { Page } from "../main";
 import { signInAgain } from "../main";
@@ -97,13 +98,13 @@ export function deploymentPage(deploymentId: string): Page {
     try {
       const [{ deployment }, listed, figuresAnswer] = await Promise.all([
         deployments.getDeployment({ deploymentId }),
-        deployments.listEvents({ deploymentId, pageSize: 50 }),
+        deployments.listEvents({ deploymentId, pageSize: 50, order: EventOrder.NEWEST_FIRST }),
         metrics.getDeploymentMetrics({ deploymentId, window: create(DurationSchema, { seconds: 3600n }) }),
       ]);
       if (stopped) return;
       if (deployment) showDeployment(deployment);
       events.replaceChildren(
-        ...[...listed.events].reverse().map((e) => h("tr", {}, h("td", {}, time(e.createTime)), h("td", {}, h("code", {}, e.type)), h("td", {}, e.message))),
+        ...listed.events.map((e) => h("tr", {}, h("td", {}, time(e.createTime)), h("td", {}, h("code", {}, e.type)), h("td", {}, e.message))),
       );
       figures.update(figuresAnswer.points);
     } catch (error) {
