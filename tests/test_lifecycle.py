@@ -754,7 +754,9 @@ async def test_list_events_newest_first_pages_backwards(api: Api):
     token = ""
     while True:
         page = await api.deployments.ListEvents(
-            ds.ListEventsRequest(model_id=pushed.model.id, page_size=2, page_token=token, order=ds.EVENT_ORDER_NEWEST_FIRST)
+            ds.ListEventsRequest(
+                model_id=pushed.model.id, page_size=2, page_token=token, order=ds.EVENT_ORDER_NEWEST_FIRST
+            )
         )
         assert len(page.events) <= 2
         newest += [(e.type, e.message) for e in page.events]
@@ -773,7 +775,9 @@ async def test_list_events_newest_first_pages_backwards(api: Api):
         ds.ListEventsRequest(model_id=pushed.model.id, page_size=1, order=ds.EVENT_ORDER_NEWEST_FIRST)
     )
     await refused(
-        api.deployments.ListEvents(ds.ListEventsRequest(model_id=pushed.model.id, page_size=1, page_token=first.next_page_token)),
+        api.deployments.ListEvents(
+            ds.ListEventsRequest(model_id=pushed.model.id, page_size=1, page_token=first.next_page_token)
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_PAGE_TOKEN",
     )
