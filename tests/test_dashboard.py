@@ -334,6 +334,8 @@ class Model:
     def predict(self, model_input):
         print(f"handling {model_input['text']}")
         log.warning(f"warning for {model_input['text']}")
+        for n in range(model_input.get("lines", 0)):
+            print(f"line {n} of {model_input['text']}")
         return {"ok": True}
 """
 
@@ -407,6 +409,23 @@ async def test_deployment_page_tails_and_searches_logs(browser, platform, tmp_pa
     await page.wait_for_selector('[data-logs] li:has-text("warning for second")', timeout=WAIT_MS)
     assert "handling second" not in {line["message"] for line in await log_lines(page)}  # still warnings only
     await wait_until(lambda: controller.log_servicer.tails == 1, what="the tail reopened")
+
+    # The panel keeps at most 500 lines: a request printing 600 leaves the newest 500.
+    await page.select_option('[data-form="logs"] select[name=level]', label="All levels")
+    await page.wait_for_selector('[data-logs] li:has-text("handling second")', timeout=WAIT_MS)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"text": "many", "lines": 600}) as response:
+            assert response.status == 200
+    await page.wait_for_selector('[data-logs] li:has-text("line 599 of many")', timeout=WAIT_MS)
+    shown = [line["message"] for line in await log_lines(page)]
+    assert len(shown) == 500 and shown[-1] == "line 599 of many" and shown[0] == "line 100 of many"
+    # The build-log toggle tails the build's records instead (this package had no build step).
+    await page.check('[data-form="logs"] input[name=build]')
+    await page.wait_for_function(
+        "() => document.querySelector('[data-logs-state]').dataset.logsState === 'following'"
+        " && !document.querySelector('[data-logs] li[data-request-id]:not([data-request-id=\"\"])')",
+        timeout=WAIT_MS,
+    )
     await page.goto(f"{controller.http_url}/#/models")
     await page.wait_for_selector('[data-page="models"]', timeout=WAIT_MS)
     await wait_until(lambda: controller.log_servicer.tails == 0, what="the tail closed on leaving the page")
