@@ -50,6 +50,8 @@ CONNECT_CODES: dict[grpc.StatusCode, tuple[str, int]] = {
 }
 
 UNARY_CODECS = {"application/json": "json", "application/proto": "proto"}
+# How often a server stream checks that its client is still connected.
+STREAM_GONE_POLL = 0.5
 STREAM_CODECS = {"application/connect+json": "json", "application/connect+proto": "proto"}
 END_STREAM_FLAG = 0x02
 COMPRESSED_FLAG = 0x01
@@ -238,10 +240,12 @@ class ConnectApi:
         self._streams.add(call)
         response = web.StreamResponse(headers={"Content-Type": f"application/connect+{codec}"})
         end: dict = {}
+        watch: asyncio.Task | None = None
         try:
             # Headers go out at once, not with the first message: a watch may have nothing to
             # say for a long time, and a client waits for the headers before it goes on.
             await response.prepare(request)
+            watch = asyncio.create_task(_cancel_when_gone(request, call))
             sent = 0
             async for item in call:
                 if sent == self.limits.max_stream_messages:
@@ -263,7 +267,11 @@ class ConnectApi:
                 end["metadata"] = trailers
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if not self._closing or (current is not None and current.cancelling()):
+            if current is not None and current.cancelling():
+                raise
+            if watch is not None and watch.done():  # the client left: nobody to tell
+                return response
+            if not self._closing:
                 raise
             end = stream_error(
                 grpc.StatusCode.UNAVAILABLE,
@@ -275,6 +283,8 @@ class ConnectApi:
             return response
         finally:
             self._streams.discard(call)
+            if watch is not None:
+                watch.cancel()
         with contextlib.suppress(ConnectionResetError):
             await response.write(envelope(END_STREAM_FLAG, json.dumps(end).encode()))
             await response.write_eof()
@@ -289,6 +299,15 @@ class ConnectApi:
         await response.write(envelope(END_STREAM_FLAG, json.dumps(end).encode()))
         await response.write_eof()
         return response
+
+
+async def _cancel_when_gone(request: web.Request, call: grpc.aio.UnaryStreamCall) -> None:
+    """Ends the call when its client left. A quiet stream (a tail or a watch with nothing new)
+    writes nothing, so a write would never find out; aiohttp drops the transport when the
+    connection closes, which is checked every STREAM_GONE_POLL seconds."""
+    while request.transport is not None and not request.transport.is_closing():
+        await asyncio.sleep(STREAM_GONE_POLL)
+    call.cancel()
 
 
 def check_protocol_headers(request: web.Request) -> None:

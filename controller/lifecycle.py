@@ -253,12 +253,14 @@ class Lifecycle:
         intervals = await self.store.replica_intervals([row.deployment_id for row in page.items], since)
         return page, {d: usage.by_day(spans, since, at) for d, spans in intervals.items()}
 
-    async def list_events(self, model_id: str, deployment_id: str, size: int, token: str) -> Page:
+    async def list_events(
+        self, model_id: str, deployment_id: str, size: int, token: str, newest_first: bool = False
+    ) -> Page:
         if model_id:
             model_id = (await _find_model(self.store, model_id)).id
         if deployment_id:
             await _require_deployment(self.store, deployment_id)
-        return await self.store.list_events(model_id, deployment_id, page_size(size), token)
+        return await self.store.list_events(model_id, deployment_id, page_size(size), token, newest_first)
 
     # --- push -------------------------------------------------------------------
 

@@ -154,6 +154,7 @@ class Controller:
         self.history = MetricHistory(settings.history)
         self.keys: KeyManager
         self.logs: SqliteLogStore
+        self.log_servicer: LogServicer
         self.log_collector: LogCollector | None = None
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
@@ -283,7 +284,8 @@ class Controller:
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
-        log_service_pb2_grpc.add_LogServiceServicer_to_server(LogServicer(self.logs, self.store), self._server)
+        self.log_servicer = LogServicer(self.logs, self.store)
+        log_service_pb2_grpc.add_LogServiceServicer_to_server(self.log_servicer, self._server)
         metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
             MetricServicer(self.history, lifecycle), self._server
         )

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 
 from controller import convert
 from controller.domain import Deployment
+from controller.errors import InvalidArgument
 from controller.keys import KeyManager, require_model_access
 from controller.lifecycle import Lifecycle, page_size
 from controller.live_reload import LiveReloader
@@ -138,8 +139,14 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         )
 
     async def ListEvents(self, request, context):
+        if request.order not in (ds.EVENT_ORDER_UNSPECIFIED, ds.EVENT_ORDER_OLDEST_FIRST, ds.EVENT_ORDER_NEWEST_FIRST):
+            raise InvalidArgument("INVALID_EVENT_ORDER", f"order {request.order} is not an EventOrder")
         page = await self.lifecycle.list_events(
-            request.model_id, request.deployment_id, request.page_size, request.page_token
+            request.model_id,
+            request.deployment_id,
+            request.page_size,
+            request.page_token,
+            newest_first=request.order == ds.EVENT_ORDER_NEWEST_FIRST,
         )
         return ds.ListEventsResponse(
             events=[convert.event_to_proto(e) for e in page.items], next_page_token=page.next_page_token

@@ -21,7 +21,7 @@ import grpc
 
 from gateway.errors import GatewayError, from_replica, is_retriable, request_too_large
 from gateway.follower import RouteFollower
-from gateway.metrics import UNOBSERVED, GatewayMetrics, Observation
+from gateway.metrics import CLIENT_LEFT, GatewayMetrics, Observation
 from slipway import latency, tracing
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
@@ -30,6 +30,8 @@ from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import resources_pb2
 from slipway.v1 import route_service_pb2 as rt
 
+# The protocol label of an observation no front made (never exported).
+INTERNAL = "internal"
 INVOKE = "/slipway.v1.ReplicaService/Invoke"
 INVOKE_STREAM = "/slipway.v1.ReplicaService/InvokeStream"
 INVOKE_WEBSOCKET = "/slipway.v1.ReplicaService/InvokeWebsocket"
@@ -110,53 +112,60 @@ class LoadMeter:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def counts_answers(method: F) -> F:
-    """Counts the call's answer (status class, latency) on the deployment its target
-    resolved to (DeploymentLoad): the method gets a `resolve` that notes the deployment."""
+def observed(method: F) -> F:
+    """Gives a call its front did not observe (a websocket session, the schema route) an
+    observation of its own, counted in the deployment's load only and ended by the call's
+    outcome; a call its front observes is ended by the front, with the status the caller got."""
 
     @functools.wraps(method)
-    async def counted(self: Forwarder, resolve: Callable[[], rt.DeploymentRoute], *args: Any, **kwargs: Any) -> Any:
-        with self._answering(resolve) as answer:
-            return await method(self, answer.resolve, *args, **kwargs)
+    async def call(self: Forwarder, *args: Any, observation: Observation | None = None, **kwargs: Any) -> Any:
+        if observation is not None:
+            return await method(self, *args, observation=observation, **kwargs)
+        own = self.metrics.start(INTERNAL, exported=False)
+        with _ending(own):
+            return await method(self, *args, observation=own, **kwargs)
 
-    return cast(F, counted)
+    return cast(F, call)
 
 
-def counts_streamed_answers(method: F) -> F:
-    """counts_answers for a stream: a caller that closes it once a chunk went out had its answer."""
+def observed_stream(method: F) -> F:
+    """`observed` for a stream: a caller that closes it once a chunk went out had its answer."""
 
     @functools.wraps(method)
-    async def counted(self: Forwarder, resolve: Callable[[], rt.DeploymentRoute], *args: Any, **kwargs: Any) -> Any:
-        with self._answering(resolve) as answer:
-            async with contextlib.aclosing(method(self, answer.resolve, *args, **kwargs)) as items:
+    async def call(self: Forwarder, *args: Any, observation: Observation | None = None, **kwargs: Any) -> Any:
+        if observation is not None:
+            async with contextlib.aclosing(method(self, *args, observation=observation, **kwargs)) as items:
                 async for item in items:
-                    answer.delivering = True
+                    yield item
+            return
+        own = self.metrics.start(INTERNAL, exported=False)
+        with _ending(own):
+            async with contextlib.aclosing(method(self, *args, observation=own, **kwargs)) as items:
+                async for item in items:
                     yield item
 
-    return cast(F, counted)
+    return cast(F, call)
 
 
-class Answer:
-    """One request's outcome, counted on the deployment it was last resolved to (a request
-    whose target never resolved, an unknown or deleted one, is no deployment's answer)."""
-
-    def __init__(self, loads: defaultdict[str, LoadMeter], resolve: Callable[[], rt.DeploymentRoute]) -> None:
-        self._loads = loads
-        self._resolve = resolve
-        self._started = time.monotonic()
-        self.deployment_id = ""
-        # A stream's first chunk went out: a caller that closes the stream then has its answer
-        # (the HTTP front closes it after a complete first chunk).
-        self.delivering = False
-
-    def resolve(self) -> rt.DeploymentRoute:
-        deployment = self._resolve()
-        self.deployment_id = deployment.deployment_id
-        return deployment
-
-    def done(self, status_class: int) -> None:
-        if self.deployment_id:
-            self._loads[self.deployment_id].answer(status_class, time.monotonic() - self._started)
+@contextlib.contextmanager
+def _ending(observation: Observation) -> Iterator[None]:
+    """Ends a call's own observation by how the call ended, as the HTTP status it amounts to."""
+    try:
+        yield
+    except GatewayError as error:
+        observation.done(str(error.http_status))
+        raise
+    except GeneratorExit:
+        observation.done("200" if observation.delivered else str(CLIENT_LEFT))
+        raise
+    except asyncio.CancelledError:  # the caller went away
+        observation.done(str(CLIENT_LEFT))
+        raise
+    except Exception:
+        observation.done("500")
+        raise
+    else:
+        observation.done("200")
 
 
 class Forwarder:
@@ -172,6 +181,7 @@ class Forwarder:
         self.follower = follower
         self.metrics = metrics or GatewayMetrics(lambda: follower.index, enabled=False)
         self.metrics.watch_loads(self._load_counts)
+        self.metrics.count_answers(self._answered)
         self.replica_wait_seconds = replica_wait_seconds
         self.max_queued = max_queued
         # The largest request body forwarded (and model answer accepted: the channels' limit).
@@ -308,27 +318,6 @@ class Forwarder:
             raise error
 
     @contextlib.contextmanager
-    def _answering(self, resolve: Callable[[], rt.DeploymentRoute]) -> Iterator[Answer]:
-        """Counts the request's answer by status class and latency (DeploymentLoad)."""
-        answer = Answer(self.loads, resolve)
-        try:
-            yield answer
-        except GatewayError as error:
-            answer.done(error.http_status // 100)
-            raise
-        except GeneratorExit:
-            answer.done(2 if answer.delivering else 4)
-            raise
-        except asyncio.CancelledError:  # the caller went away (HTTP 499)
-            answer.done(4)
-            raise
-        except Exception:
-            answer.done(5)
-            raise
-        else:
-            answer.done(2)
-
-    @contextlib.contextmanager
     def _in_flight(self, deployment: rt.DeploymentRoute, channel: ReplicaChannel, retry: bool) -> Iterator[None]:
         load = self.loads[deployment.deployment_id]
         load.requests_total += 0 if retry else 1
@@ -340,17 +329,19 @@ class Forwarder:
             channel.in_flight -= 1
             load.change(in_flight=-1)
 
-    @counts_answers
+    @observed
     async def unary(
         self,
         resolve: Callable[[], rt.DeploymentRoute],
         request: rs.InvokeRequest,
         timeout: float,
         request_id: str = "",
-        observation: Observation = UNOBSERVED,
+        *,
+        observation: Observation | None = None,
     ) -> tuple[rt.DeploymentRoute, bytes]:
         """Forward one request; returns the deployment that answered and the raw InvokeResponse bytes.
         `request_id` goes to the replica (x-slipway-request-id), which stamps the model's log lines with it."""
+        assert observation is not None  # given by @observed
         self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
@@ -369,19 +360,21 @@ class Forwarder:
                     excluded.add(channel.address)
                     self._retried(deployment, channel, error)
 
-    @counts_streamed_answers
+    @observed_stream
     async def stream(
         self,
         resolve: Callable[[], rt.DeploymentRoute],
         request: rs.InvokeStreamRequest,
         timeout: float,
         request_id: str = "",
-        observation: Observation = UNOBSERVED,
+        *,
+        observation: Observation | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Forward a streaming request; yields raw InvokeStreamResponse bytes.
 
         A retry happens only before the first chunk: after that the replica has the request.
         """
+        assert observation is not None  # given by @observed
         self._check_size(request)
         deadline = time.monotonic() + timeout
         excluded: set[str] = set()
@@ -395,7 +388,7 @@ class Forwarder:
                         timeout=_remaining(deadline),
                         metadata=tracing.outgoing(_with_id(channel.metadata, request_id)),
                     ):
-                        started = True
+                        started = observation.delivered = True
                         yield chunk
                     return
                 except grpc.aio.AioRpcError as error:
@@ -420,19 +413,22 @@ class Forwarder:
             },
         )
 
-    @counts_streamed_answers
+    @observed_stream
     async def websocket(
         self,
         resolve: Callable[[], rt.DeploymentRoute],
         frames: AsyncIterator[rs.InvokeWebsocketRequest],
         timeout: float,
         request_id: str = "",
+        *,
+        observation: Observation | None = None,
     ) -> AsyncGenerator[rs.InvokeWebsocketResponse, None]:
         """A websocket session with one replica (`timeout` bounds the whole session); no
         retry, as the replica may have acted on the first frame. Counts as one request in
         flight while it lasts."""
+        assert observation is not None  # given by @observed
         deadline = time.monotonic() + timeout
-        deployment, channel = await self._acquire(resolve, deadline, set(), UNOBSERVED)
+        deployment, channel = await self._acquire(resolve, deadline, set(), observation)
         with self._in_flight(deployment, channel, retry=False):
             try:
                 async for response in channel.invoke_websocket(
@@ -440,9 +436,13 @@ class Forwarder:
                     timeout=_remaining(deadline),
                     metadata=tracing.outgoing(_with_id(channel.metadata, request_id)),
                 ):
+                    observation.delivered = True
                     yield response
             except grpc.aio.AioRpcError as error:
                 raise from_replica(error, 0) from None
+
+    def _answered(self, deployment_id: str, status_class: int, seconds: float) -> None:
+        self.loads[deployment_id].answer(status_class, seconds)
 
     def _load_counts(self) -> Iterator[tuple[str, int, int, int]]:
         for deployment_id, load in self.loads.items():

@@ -14,7 +14,7 @@ import grpc
 
 from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
-from gateway.metrics import GRPC
+from gateway.metrics import CLIENT_LEFT, GRPC
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from slipway import request_ids, tracing
 from slipway.status import refuse_undecodable_requests, rich_status
@@ -79,15 +79,15 @@ class InferenceApi:
                 rs.InvokeRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
                 request_id,
-                observation,
+                observation=observation,
             )
         except GatewayError as error:
-            observation.done(error.code.name)
+            observation.done(error.code.name, error.http_status)
             await _abort(context, error, request_id)
         except asyncio.CancelledError:
-            observation.done(CANCELLED)
+            observation.done(CANCELLED, CLIENT_LEFT)
             raise
-        observation.done(OK)
+        observation.done(OK, 200)
         return raw + _answered_by(deployment.deployment_id)
 
     async def predict_stream(self, request: inf.PredictStreamRequest, context: grpc.aio.ServicerContext):
@@ -104,17 +104,17 @@ class InferenceApi:
                 rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
                 request_id,
-                observation,
+                observation=observation,
             ):
                 yield chunk
                 observation.streamed()
         except GatewayError as error:
-            observation.done(error.code.name)
+            observation.done(error.code.name, error.http_status)
             await _abort(context, error, request_id)
         except (asyncio.CancelledError, GeneratorExit):
-            observation.done(CANCELLED)
+            observation.done(CANCELLED, CLIENT_LEFT)
             raise
-        observation.done(OK)
+        observation.done(OK, 200)
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

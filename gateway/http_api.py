@@ -25,7 +25,7 @@ from aiohttp.typedefs import Middleware
 from gateway.errors import MODEL_FAILURES, GatewayError, response_too_large
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
-from gateway.metrics import HTTP, UNOBSERVED, GatewayMetrics, Observation
+from gateway.metrics import HTTP, GatewayMetrics, Observation
 from gateway.request_id import assign_request_id, request_id_of
 from gateway.request_id import install as stamp_request_ids
 from gateway.routing import DEVELOPMENT, PRODUCTION
@@ -140,7 +140,7 @@ async def relay(
     resolve: Callable[[], rt.DeploymentRoute],
     timeout: float,
     method: str,
-    observation: Observation = UNOBSERVED,
+    observation: Observation,
 ) -> web.StreamResponse:
     """A model error after the stream has started ends the response cleanly (the error is
     in the replica's log), as Truss does; any other failure mid-stream (a stalled model,
@@ -151,7 +151,7 @@ async def relay(
         content_type=DEFAULT_CONTENT_TYPE if content_type in UNTYPED else content_type,
         method=method,
     )
-    chunks = forwarder.stream(resolve, invoke, timeout, request_id_of(request), observation)
+    chunks = forwarder.stream(resolve, invoke, timeout, request_id_of(request), observation=observation)
     try:
         first = rs.InvokeStreamResponse.FromString(await anext(chunks))
     except StopAsyncIteration:
@@ -176,6 +176,7 @@ async def relay(
         async for raw in chunks:
             await response.write(rs.InvokeStreamResponse.FromString(raw).chunk)
     except GatewayError as error:
+        observation.failed_mid_stream(error.http_status)
         if error.reason not in MODEL_FAILURES:
             # The status line is gone; ending the body without its last chunk tells the client it broke.
             if request.transport is not None:

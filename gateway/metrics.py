@@ -1,12 +1,20 @@
-"""The gateway's Prometheus metrics (README "Metrics").
+"""The gateway's per-request observation, feeding its Prometheus metrics (README "Metrics")
+and the deployment load the controller's chart history gets (`ReportLoad`).
 
-A request is observed once, by its front (HTTP `call`, gRPC `Predict`/`PredictStream`):
-`GatewayMetrics.start` gives it an Observation, the forwarder notes on it the deployment
-the request resolved to, the front ends it with the status the caller saw. The labels
-come only from the route table (model, deployment, environment) and the status, never
-from the request: a request for an unknown target is counted with empty deployment
-labels. The label children of a (deployment, environment, protocol, status) are bound
-once and kept; the series of a deployment that left the route table are removed.
+A request is observed once. Its front (HTTP `call`, gRPC `Predict`/`PredictStream`)
+starts an Observation (`GatewayMetrics.start`); the forwarder notes on it the deployment
+the request resolved to; the front ends it with the status the caller saw. `done`
+computes the elapsed time and the status class once and hands them to both: the
+Prometheus series (when metrics are on) and the load meter of the deployment (always:
+the autoscaler and the charts need it). Calls without a front observation (websocket
+sessions, the schema route) get one from the forwarder, ended by their outcome and
+counted in the load only.
+
+The Prometheus labels come only from the route table (model, deployment, environment)
+and the status, never from the request: a request for an unknown target is counted with
+empty deployment labels (and in no deployment's load). The label children of a
+(deployment, environment, protocol, status) are bound once and kept; the series of a
+deployment that left the route table are removed.
 
 In-flight requests, the wake queue and retries are the forwarder's own counts, read when
 scraped (nothing on the hot path)."""
@@ -41,17 +49,36 @@ def route_labels(index: RouteIndex, deployment: rt.DeploymentRoute | None) -> tu
     return deployment.model_id, deployment.deployment_id, environment
 
 
+def status_class(http_status: int) -> int:
+    """The load's class of an answer: 2, 4 or 5 (anything else counts as a failure)."""
+    cls = http_status // 100
+    return cls if cls in (2, 4) else 5
+
+
+# What a caller that went away is counted as (nginx's "client closed request").
+CLIENT_LEFT = 499
+# (deployment ID, status class, seconds) of one answer.
+AnswerSink = Callable[[str, int, float], None]
+
+
 class Observation:
     """One request on its way through the gateway."""
 
-    __slots__ = ("_metrics", "protocol", "started", "deployment", "first_byte")
+    __slots__ = ("_metrics", "protocol", "exported", "started", "deployment", "first_byte", "delivered", "broke")
 
-    def __init__(self, metrics: GatewayMetrics, protocol: str) -> None:
+    def __init__(self, metrics: GatewayMetrics, protocol: str, exported: bool = True) -> None:
         self._metrics = metrics
         self.protocol = protocol
+        # Counted in Prometheus too (metrics on, and a call its front observes).
+        self.exported = exported
         self.started = time.perf_counter()
         self.deployment: rt.DeploymentRoute | None = None
         self.first_byte = 0.0
+        # The forwarder handed the front a chunk of the answer.
+        self.delivered = False
+        # The HTTP status of a failure after the caller's status had gone out (a stream
+        # that broke): the load counts the failure, Prometheus the status the caller got.
+        self.broke = 0
 
     def routed(self, deployment: rt.DeploymentRoute) -> None:
         self.deployment = deployment
@@ -61,28 +88,13 @@ class Observation:
         if not self.first_byte:
             self.first_byte = time.perf_counter()
 
-    def done(self, code: str) -> None:
-        """`code`: the HTTP status (HTTP) or the gRPC code's name (gRPC) the caller got."""
-        self._metrics.record(self, code, time.perf_counter())
+    def failed_mid_stream(self, http_status: int) -> None:
+        self.broke = http_status
 
-
-class _Unobserved(Observation):
-    """Metrics off (the benchmark's baseline): observing costs nothing."""
-
-    def __init__(self) -> None:
-        pass
-
-    def routed(self, deployment: rt.DeploymentRoute) -> None:
-        pass
-
-    def streamed(self) -> None:
-        pass
-
-    def done(self, code: str) -> None:
-        pass
-
-
-UNOBSERVED = _Unobserved()
+    def done(self, code: str, http_status: int = 0) -> None:
+        """`code`: the HTTP status (HTTP) or the gRPC code's name (gRPC) the caller got;
+        `http_status`: its HTTP status (a gRPC call's by the gateway's mapping; HTTP: from `code`)."""
+        self._metrics.record(self, code, http_status or int(code), time.perf_counter())
 
 
 class GatewayMetrics:
@@ -129,17 +141,28 @@ class GatewayMetrics:
         self._series: dict[str, set[tuple[Histogram | Counter, tuple[str, ...]]]] = {}
         self._refusals: dict[str, Counter] = {}
         self._loads: Callable[[], Iterable[tuple[str, int, int, int]]] = lambda: ()
+        self._answers: AnswerSink = lambda deployment_id, cls, seconds: None
         self.registry.register(_LoadCollector(self))
 
     def watch_loads(self, loads: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:
         """(deployment ID, in flight, queued, retries) of every deployment, read when scraped."""
         self._loads = loads
 
-    def start(self, protocol: str) -> Observation:
-        return Observation(self, protocol) if self.enabled else UNOBSERVED
+    def count_answers(self, sink: AnswerSink) -> None:
+        """(deployment ID, status class, seconds) of every answer goes to `sink` (the load meters)."""
+        self._answers = sink
 
-    def record(self, observation: Observation, code: str, now: float) -> None:
+    def start(self, protocol: str, exported: bool = True) -> Observation:
+        return Observation(self, protocol, exported and self.enabled)
+
+    def record(self, observation: Observation, code: str, http_status: int, now: float) -> None:
+        elapsed = now - observation.started
         deployment = observation.deployment
+        if deployment is not None:
+            cls = status_class(observation.broke or http_status)
+            self._answers(deployment.deployment_id, cls, elapsed)
+        if not observation.exported:
+            return
         labels = route_labels(self._index(), deployment)
         key = (labels[1], labels[2], observation.protocol, code)
         bound = self._bound.get(key)
@@ -147,7 +170,7 @@ class GatewayMetrics:
             bound = self._bound[key] = self._bind(labels, observation.protocol, code)
         requests, duration, first_byte = bound
         requests.inc()
-        duration.observe(now - observation.started)
+        duration.observe(elapsed)
         if observation.first_byte:
             first_byte.observe(observation.first_byte - observation.started)
 

@@ -348,3 +348,15 @@ async def test_api_keys_apply_to_connect_calls_as_to_grpc_calls(tmp_path):
             assert (status, listed) == (200, {})
     finally:
         await stop_or_explain(running.stop(), "controller")
+
+
+async def test_a_quiet_stream_ends_when_its_client_leaves(controller, http, tmp_path):
+    """A tail with nothing to send writes nothing, so no write finds out the client left:
+    the controller notices the closed connection and ends the call (TailLogs slots are few)."""
+    created = await push(http, tmp_path, "connect-quiet", "PUSH_TARGET_PUBLISHED")
+    request = envelope({"filter": {"deploymentId": created["deployment"]["id"], "requestId": "never-used"}})
+    response = await http.post("/slipway.v1.LogService/TailLogs", data=request, headers=STREAM)
+    assert response.status == 200
+    await wait_until(lambda: controller.log_servicer.tails == 1, what="the tail to be open")
+    response.close()  # the client goes away without a word
+    await wait_until(lambda: controller.log_servicer.tails == 0, timeout=10, what="the tail ended by the controller")

@@ -20,7 +20,14 @@ from controller.dashboard import DEFAULT_DIR
 from controller.keys import ADMIN_KEY_FILE, KeySettings
 from controller.server import Controller
 from slipway.cli import cli
-from tests.conftest import ECHO_MODEL, controller_settings, start_gateway, stop_or_explain, write_package
+from tests.conftest import (
+    ECHO_MODEL,
+    controller_settings,
+    start_gateway,
+    stop_or_explain,
+    wait_until,
+    write_package,
+)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = pathlib.Path(__file__).resolve().parent.parent / ".artifacts" / "dashboard"
@@ -309,3 +316,116 @@ async def test_keys_page_creates_once_lists_and_revokes(browser, platform):
         async with http.post(call, json={}, headers=headers) as response:
             assert response.status == 401
             assert "API_KEY_REVOKED" in await response.text()
+
+
+# Prints and logs while handling a request (README "Logs": each line carries the request's ID).
+TALKING_MODEL = """
+import logging
+
+log = logging.getLogger("talker")
+
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    def load(self):
+        print("loaded the talker")
+
+    def predict(self, model_input):
+        print(f"handling {model_input['text']}")
+        log.warning(f"warning for {model_input['text']}")
+        for n in range(model_input.get("lines", 0)):
+            print(f"line {n} of {model_input['text']}")
+        return {"ok": True}
+"""
+
+
+async def log_lines(page) -> list[dict]:
+    return await page.eval_on_selector_all(
+        "[data-logs] li",
+        """items => items.map(i => ({request: i.dataset.requestId, level: i.dataset.level,
+            message: i.querySelector('.log-message').textContent}))""",
+    )
+
+
+async def test_deployment_page_tails_and_searches_logs(browser, platform, tmp_path):
+    page, (controller, gateway, key) = browser, platform
+    package = write_package(tmp_path / "talker", "talker", TALKING_MODEL)
+    await slipway(controller, key, "push", str(package), "--timeout", "60")
+    model = await model_id(platform, "talker")
+    listed = await slipway(controller, key, "deployments", "get", "--model", model, "development", "--output", "json")
+    deployment = json.loads(listed.output)["id"]
+    await page.goto(f"{controller.http_url}/#/deployment/{deployment}")
+    # The tail is open (one TailLogs call on the controller) and shows what the model printed at load.
+    await page.wait_for_selector('[data-logs] li:has-text("loaded the talker")', timeout=WAIT_MS)
+    assert controller.log_servicer.tails == 1
+
+    # Requests made now, each with its caller's ID: their lines arrive in the open panel.
+    url = f"http://127.0.0.1:{gateway.http_port}/model/{model}/development/predict"
+    async with aiohttp.ClientSession() as http:
+        for request_id, text in (("dash-first-1", "first"), ("dash-second-2", "second")):
+            async with http.post(url, json={"text": text}, headers={"X-Request-Id": request_id}) as response:
+                assert response.status == 200
+                assert response.headers["X-Slipway-Request-Id"] == request_id
+    await page.wait_for_selector('[data-logs] li[data-request-id="dash-second-2"]', timeout=WAIT_MS)
+    await page.wait_for_function(
+        "() => document.querySelectorAll('[data-logs] li[data-request-id]:not([data-request-id=\"\"])').length >= 4",
+        timeout=WAIT_MS,
+    )
+    live = await log_lines(page)
+    assert {"handling first", "warning for first", "handling second", "warning for second"} <= {
+        line["message"] for line in live
+    }
+    await shot(page, "deployment-logs")
+
+    # A request-ID search shows exactly that request's lines (and closes the tail).
+    await page.fill('[data-form="logs"] input[name=requestId]', "dash-first-1")
+    await page.click('[data-form="logs"] button[type=submit]')
+    await page.wait_for_selector('[data-logs-state="found"]', timeout=WAIT_MS)
+    found = await log_lines(page)
+    assert sorted((line["request"], line["message"]) for line in found) == [
+        ("dash-first-1", "handling first"),
+        ("dash-first-1", "warning for first"),
+    ]
+    await wait_until(lambda: controller.log_servicer.tails == 0, what="the tail closed by the search")
+    await shot(page, "deployment-logs-search")
+
+    # The level filter narrows the search.
+    await page.select_option('[data-form="logs"] select[name=level]', label="Warning and above")
+    await page.wait_for_function(
+        "() => document.querySelector('[data-logs-state]').dataset.logsState === 'found'"
+        " && document.querySelectorAll('[data-logs] li').length === 1",
+        timeout=WAIT_MS,
+    )
+    assert [(line["level"], line["message"]) for line in await log_lines(page)] == [("warning", "warning for first")]
+    # A malformed ID is refused in the page, with what an ID may hold.
+    await page.fill('[data-form="logs"] input[name=requestId]', "no spaces allowed")
+    await page.click('[data-form="logs"] button[type=submit]')
+    await page.wait_for_selector('[data-logs-state="error"]', timeout=WAIT_MS)
+    assert "1-128 characters" in await page.inner_text("[data-logs-state]")
+
+    # Back to the live tail; leaving the page closes the stream.
+    await page.click('[data-form="logs"] button[name=live]')
+    await page.wait_for_selector('[data-logs] li:has-text("warning for second")', timeout=WAIT_MS)
+    assert "handling second" not in {line["message"] for line in await log_lines(page)}  # still warnings only
+    await wait_until(lambda: controller.log_servicer.tails == 1, what="the tail reopened")
+
+    # The panel keeps at most 500 lines: a request printing 600 leaves the newest 500.
+    await page.select_option('[data-form="logs"] select[name=level]', label="All levels")
+    await page.wait_for_selector('[data-logs] li:has-text("handling second")', timeout=WAIT_MS)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"text": "many", "lines": 600}) as response:
+            assert response.status == 200
+    await page.wait_for_selector('[data-logs] li:has-text("line 599 of many")', timeout=WAIT_MS)
+    shown = [line["message"] for line in await log_lines(page)]
+    assert len(shown) == 500 and shown[-1] == "line 599 of many" and shown[0] == "line 100 of many"
+    # The build-log toggle tails the build's records instead (this package had no build step).
+    await page.check('[data-form="logs"] input[name=build]')
+    await page.wait_for_function(
+        "() => document.querySelector('[data-logs-state]').dataset.logsState === 'following'"
+        " && !document.querySelector('[data-logs] li[data-request-id]:not([data-request-id=\"\"])')",
+        timeout=WAIT_MS,
+    )
+    await page.goto(f"{controller.http_url}/#/models")
+    await page.wait_for_selector('[data-page="models"]', timeout=WAIT_MS)
+    await wait_until(lambda: controller.log_servicer.tails == 0, what="the tail closed on leaving the page")

@@ -742,3 +742,50 @@ async def test_a_crashed_replica_is_restarted(api: Api):
 
     restarted = await wait_until(replaced, what="a new replica")
     assert json.loads(await api.predict(restarted))["tag"] == "v1"
+
+
+async def test_list_events_newest_first_pages_backwards(api: Api):
+    pushed = await api.push(api.package("m"))
+    await active(api, pushed)
+    request = ds.ListEventsRequest(model_id=pushed.model.id, page_size=1000)
+    oldest = [e.create_time.ToNanoseconds() for e in (await api.deployments.ListEvents(request)).events]
+    everything = [(e.type, e.message) for e in (await api.deployments.ListEvents(request)).events]
+    assert len(everything) >= 3
+
+    # Newest first, two at a time: the same events reversed, and the token keeps the direction.
+    newest: list[tuple[str, str]] = []
+    token = ""
+    while True:
+        page = await api.deployments.ListEvents(
+            ds.ListEventsRequest(
+                model_id=pushed.model.id, page_size=2, page_token=token, order=ds.EVENT_ORDER_NEWEST_FIRST
+            )
+        )
+        assert len(page.events) <= 2
+        newest += [(e.type, e.message) for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert newest == everything[::-1]
+    assert oldest == sorted(oldest)
+    explicit = await api.deployments.ListEvents(
+        ds.ListEventsRequest(model_id=pushed.model.id, page_size=1000, order=ds.EVENT_ORDER_OLDEST_FIRST)
+    )
+    assert [(e.type, e.message) for e in explicit.events] == everything
+
+    # A token of one direction does not continue the other; an unknown order is refused.
+    first = await api.deployments.ListEvents(
+        ds.ListEventsRequest(model_id=pushed.model.id, page_size=1, order=ds.EVENT_ORDER_NEWEST_FIRST)
+    )
+    await refused(
+        api.deployments.ListEvents(
+            ds.ListEventsRequest(model_id=pushed.model.id, page_size=1, page_token=first.next_page_token)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+    )
+    await refused(
+        api.deployments.ListEvents(ds.ListEventsRequest(model_id=pushed.model.id, order=7)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_EVENT_ORDER",
+    )

@@ -107,3 +107,58 @@ async def test_counts_labels_buckets_and_a_404_after_known_traffic(api: Api, gat
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
+
+
+FAILING_ON_ASK = """
+class Model:
+    def __init__(self, **kwargs):
+        pass
+
+    def predict(self, model_input):
+        if model_input == "fail":
+            raise RuntimeError("asked to fail")
+        return model_input
+"""
+
+
+async def test_one_observation_per_request_feeds_prometheus_and_the_load(api: Api, gateway):
+    """Each answer is observed once: the load meter (ReportLoad, the chart history) gets the
+    same answers, classes and elapsed seconds as the Prometheus series."""
+    pushed = await api.push(api.package("once", source=FAILING_ON_ASK), target=ds.PUSH_TARGET_PUBLISHED)
+    deployment_id = pushed.deployment.id
+    await api.wait_state(deployment_id, ACTIVE)
+    await routable(gateway, deployment_id)
+    answers: list[tuple[str, int, float]] = []
+    loads = gateway.forwarder.loads
+
+    def sink(deployment: str, status_class: int, seconds: float) -> None:
+        answers.append((deployment, status_class, seconds))
+        loads[deployment].answer(status_class, seconds)
+
+    gateway.forwarder.metrics.count_answers(sink)
+    base = f"http://127.0.0.1:{gateway.http_port}"
+    url = f"{base}/model/{pushed.model.id}/deployment/{deployment_id}/predict"
+    async with (
+        aiohttp.ClientSession() as session,
+        grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel,
+    ):
+        for body, status in [(b'"ok"', 200)] * 3 + [(b'"fail"', 500)]:
+            async with session.post(url, data=body, headers=JSON) as response:
+                assert response.status == status
+        stub = inf_grpc.InferenceServiceStub(channel)
+        await stub.Predict(inf.PredictRequest(target=inf.Target(deployment_id=deployment_id), payload=b'"x"'))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Predict(inf.PredictRequest(target=inf.Target(deployment_id=deployment_id), payload=b'"fail"'))
+        # Not forwarded: no deployment's answer, in neither.
+        async with session.post(f"{base}/model/m_nothing/production/predict", data=b'"hi"', headers=JSON) as response:
+            assert response.status == 404
+
+    assert sorted(c for d, c, _ in answers) == [2, 2, 2, 2, 5, 5]
+    assert {d for d, _, _ in answers} == {deployment_id}
+    metrics = await scrape(f"{base}/metrics")
+    labels = {"model_id": pushed.model.id, "deployment_id": deployment_id}
+    requests = metrics.matching("slipway_inference_requests_total", **labels)
+    assert sum(requests.values()) == len(answers)
+    # The same elapsed seconds, computed once per request, went to both.
+    durations = sum(metrics.matching("slipway_inference_duration_seconds_sum", **labels).values())
+    assert durations == pytest.approx(sum(s for _, _, s in answers), rel=1e-9)

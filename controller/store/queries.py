@@ -347,11 +347,20 @@ class SqlStore(Reads):
             intervals[deployment_id].append((float(start), None if stop is None else float(stop)))
         return intervals
 
-    async def list_events(self, model_id: str, deployment_id: str, page_size: int, page_token: str) -> Page:
-        query = json.dumps(["events", model_id, deployment_id])
+    async def list_events(
+        self, model_id: str, deployment_id: str, page_size: int, page_token: str, newest_first: bool = False
+    ) -> Page:
+        """Events in `seq` order, oldest first unless `newest_first`; the token carries the direction."""
+        query = json.dumps(["events", model_id, deployment_id] + (["newest"] if newest_first else []))
         after = decode_page_token(page_token, query)
-        where = ["seq > ?"]
-        params: list[Any] = [after]
+        where: list[str] = []
+        params: list[Any] = []
+        if not newest_first:
+            where.append("seq > ?")
+            params.append(after)
+        elif after:
+            where.append("seq < ?")
+            params.append(after)
         if model_id:
             where.append("model_id = ?")
             params.append(model_id)
@@ -360,7 +369,7 @@ class SqlStore(Reads):
             params.append(deployment_id)
         rows = await self._all(
             f"SELECT seq, create_time, model_id, deployment_id, type, message FROM events "
-            f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            f"WHERE {' AND '.join(where) or 'TRUE'} ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?",
             (*params, page_size + 1),
         )
         return _page(rows, page_size, lambda r: EventRow(*r), query)

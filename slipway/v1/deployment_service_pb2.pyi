@@ -17,6 +17,12 @@ class PushTarget(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PUSH_TARGET_PUBLISHED: _ClassVar[PushTarget]
     PUSH_TARGET_PRODUCTION: _ClassVar[PushTarget]
 
+class EventOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_ORDER_UNSPECIFIED: _ClassVar[EventOrder]
+    EVENT_ORDER_OLDEST_FIRST: _ClassVar[EventOrder]
+    EVENT_ORDER_NEWEST_FIRST: _ClassVar[EventOrder]
+
 class PatchResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PATCH_RESULT_UNSPECIFIED: _ClassVar[PatchResult]
@@ -28,6 +34,9 @@ PUSH_TARGET_UNSPECIFIED: PushTarget
 PUSH_TARGET_DEVELOPMENT: PushTarget
 PUSH_TARGET_PUBLISHED: PushTarget
 PUSH_TARGET_PRODUCTION: PushTarget
+EVENT_ORDER_UNSPECIFIED: EventOrder
+EVENT_ORDER_OLDEST_FIRST: EventOrder
+EVENT_ORDER_NEWEST_FIRST: EventOrder
 PATCH_RESULT_UNSPECIFIED: PatchResult
 PATCH_RESULT_APPLIED_IN_PLACE: PatchResult
 PATCH_RESULT_RESTARTED: PatchResult
@@ -221,16 +230,18 @@ class ListUsageRecordsResponse(_message.Message):
     def __init__(self, usage_records: _Optional[_Iterable[_Union[_resources_pb2.UsageRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ("model_id", "deployment_id", "page_size", "page_token")
+    __slots__ = ("model_id", "deployment_id", "page_size", "page_token", "order")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     deployment_id: str
     page_size: int
     page_token: str
-    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    order: EventOrder
+    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[EventOrder, str]] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")

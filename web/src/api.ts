@@ -5,6 +5,7 @@ import { Code, ConnectError, createClient, type Client, type Interceptor } from 
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { DeploymentService } from "./gen/slipway/v1/deployment_service_pb";
 import { KeyService } from "./gen/slipway/v1/key_service_pb";
+import { LogService } from "./gen/slipway/v1/log_service_pb";
 import { MetricService } from "./gen/slipway/v1/metric_service_pb";
 import { ModelService } from "./gen/slipway/v1/model_service_pb";
 
@@ -45,6 +46,7 @@ export const models: Client<typeof ModelService> = createClient(ModelService, tr
 export const deployments: Client<typeof DeploymentService> = createClient(DeploymentService, transport);
 export const keys: Client<typeof KeyService> = createClient(KeyService, transport);
 export const metrics: Client<typeof MetricService> = createClient(MetricService, transport);
+export const logs: Client<typeof LogService> = createClient(LogService, transport);
 
 /** The machine-readable reason of a refusal (google.rpc.ErrorInfo, from the debug JSON the
  * controller sends with each detail). */

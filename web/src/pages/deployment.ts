@@ -1,9 +1,11 @@
 // Deployment: its settings (and the autoscaling form), its events, and charts of the last
-// hour from MetricService. Live logs (tail and request-ID search) come with LogService.
+// hour from MetricService, and its logs (a live tail and a request-ID search, logs.ts).
 import { create } from "@bufbuild/protobuf";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import { deployments, describe, metrics } from "../api";
 import { charts } from "../charts";
+import { logsPanel } from "../logs";
+import { EventOrder } from "../gen/slipway/v1/deployment_service_pb";
 import type { AutoscalingSettings, Deployment } from "../gen/slipway/v1/resources_pb";
 import type { Page } from "../main";
 import { signInAgain } from "../main";
@@ -25,6 +27,7 @@ export function deploymentPage(deploymentId: string): Page {
   const form = h("form", { class: "autoscaling", "data-form": "autoscaling" });
   const events = h("tbody");
   const figures = charts();
+  const logPanel = logsPanel(deploymentId);
   const element = h(
     "section",
     { class: "page", "data-page": "deployment" },
@@ -39,8 +42,7 @@ export function deploymentPage(deploymentId: string): Page {
     h("h2", {}, "Events"),
     h("table", { class: "events" }, h("thead", {}, h("tr", {}, h("th", {}, "Time"), h("th", {}, "Type"), h("th", {}, "Message"))), events),
     h("h2", {}, "Live logs"),
-    // Follow-up: tail and request-ID search once LogService (ListLogs/TailLogs) is merged.
-    h("p", { class: "hint", "data-followup": "logs" }, "Live logs (tail and request-ID search) arrive with the log service."),
+    logPanel.element,
   );
   let stopped = false;
   let formFor = "";
@@ -97,13 +99,13 @@ export function deploymentPage(deploymentId: string): Page {
     try {
       const [{ deployment }, listed, figuresAnswer] = await Promise.all([
         deployments.getDeployment({ deploymentId }),
-        deployments.listEvents({ deploymentId, pageSize: 50 }),
+        deployments.listEvents({ deploymentId, pageSize: 50, order: EventOrder.NEWEST_FIRST }),
         metrics.getDeploymentMetrics({ deploymentId, window: create(DurationSchema, { seconds: 3600n }) }),
       ]);
       if (stopped) return;
       if (deployment) showDeployment(deployment);
       events.replaceChildren(
-        ...[...listed.events].reverse().map((e) => h("tr", {}, h("td", {}, time(e.createTime)), h("td", {}, h("code", {}, e.type)), h("td", {}, e.message))),
+        ...listed.events.map((e) => h("tr", {}, h("td", {}, time(e.createTime)), h("td", {}, h("code", {}, e.type)), h("td", {}, e.message))),
       );
       figures.update(figuresAnswer.points);
     } catch (error) {
@@ -117,6 +119,7 @@ export function deploymentPage(deploymentId: string): Page {
     dispose() {
       stopped = true;
       window.clearInterval(timer);
+      logPanel.dispose();
     },
   };
 }
