@@ -8,10 +8,10 @@ import logging
 import os
 import pathlib
 import shutil
-import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -31,6 +31,7 @@ from controller.lifecycle import Lifecycle
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
+from controller.replica_runtime import RUNTIMES, ReplicaHandle, ReplicaRuntime, RuntimeUnavailableError
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
@@ -106,6 +107,10 @@ class ControllerSettings:
     # replicas that run as other users need one every user can read.
     replica_python: str | None = None
     secret_limits: SecretLimits = field(default_factory=SecretLimits)
+    # What runs replicas (controller/replica_runtime.py): "local" processes, or a Ray cluster
+    # at ray_address (None: the RAY_ADDRESS variable, else a cluster running on this machine, else a new one).
+    runtime: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -168,7 +173,9 @@ class Controller:
             settings.autoscaling_limits,
             on_commit=lambda: self.reconciler.poke(),
             on_wake=self._wake,
-            machine=lambda: Machine(secret_variables=secrets.available_variables()),
+            machine=lambda: Machine(
+                secret_variables=secrets.available_variables(), accelerators=settings.runtime == "ray"
+            ),
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(on_report=lambda: self.reconciler.poke())
@@ -177,17 +184,7 @@ class Controller:
             self.store,
             lifecycle,
             packages,
-            lambda on_change: LocalProcessRuntime(
-                data_dir,
-                packages.root,
-                on_change,
-                drain_seconds=settings.drain_seconds,
-                python=python,
-                fork=settings.fork_replicas,
-                max_request_bytes=settings.max_request_bytes,
-                health_check_seconds=settings.health_check_seconds,
-                sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
-            ),
+            lambda on_change: _runtime(settings, packages, on_change, python, replica_users),
             settings.reconciler,
             self.autoscaler,
             self.load,
@@ -262,6 +259,7 @@ class Controller:
                     "tls": settings.tls is not None,
                     "data_dir": str(data_dir),
                     "replica_users": _describe(replica_users),
+                    "runtime": settings.runtime,
                 }
             },
         )
@@ -327,13 +325,46 @@ class Controller:
         await self.reconciler.shutdown()
         await self.reconciler.runtime.close()
         # A replica whose start was interrupted by the shutdown has no handle to stop it.
-        for pid in self.reconciler.runtime.orphan_pids(known=set()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await self.reconciler.runtime.stop_orphans(known=set())
         await self.routes.stop()
         await self.keys.stop()
         await self.store.close()
         log.info("controller stopped")
+
+
+def _runtime(
+    settings: ControllerSettings,
+    packages: PackageStore,
+    on_change: Callable[[ReplicaHandle], None],
+    python: str,
+    replica_users: ReplicaUsers | None,
+) -> ReplicaRuntime:
+    data_dir = settings.data_dir
+    if settings.runtime == "ray":
+        from controller.ray_runtime import RayRuntime
+
+        return RayRuntime(
+            data_dir,
+            packages.root,
+            on_change,
+            address=settings.ray_address,
+            drain_seconds=settings.drain_seconds,
+            max_request_bytes=settings.max_request_bytes,
+            health_check_seconds=settings.health_check_seconds,
+        )
+    if settings.runtime != "local":
+        raise RuntimeUnavailableError(f"unknown runtime {settings.runtime!r} (one of {', '.join(RUNTIMES)})")
+    return LocalProcessRuntime(
+        data_dir,
+        packages.root,
+        on_change,
+        drain_seconds=settings.drain_seconds,
+        python=python,
+        fork=settings.fork_replicas,
+        max_request_bytes=settings.max_request_bytes,
+        health_check_seconds=settings.health_check_seconds,
+        sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
+    )
 
 
 def _describe(users: ReplicaUsers | None) -> str:

@@ -112,6 +112,21 @@ def server_options(command: Callable) -> Callable:
             default=10.0,
             help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
         ),
+        flag(
+            "--runtime",
+            envvar="SLIPWAY_RUNTIME",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            help="What runs replicas: local processes, or a Ray cluster (pip install 'slipway[ray]').",
+        ),
+        flag(
+            "--ray-address",
+            envvar="SLIPWAY_RAY_ADDRESS",
+            default=None,
+            help="The Ray cluster's address (host:port of its head) under --runtime ray; "
+            "default: RAY_ADDRESS, else a cluster on this machine, else a new local one.",
+            show_default=False,
+        ),
     ]
     return isolation_options(with_options(command, options))
 
@@ -183,6 +198,8 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
         replica_uid_range=flags["replica_uid_range"],
         replica_python=flags["replica_python"],
         health_check_seconds=flags["health_check_seconds"],
+        runtime=flags["runtime"],
+        ray_address=flags["ray_address"],
     )
 
 
@@ -259,10 +276,11 @@ def gateway_options(command: Callable) -> Callable:
 
 def run_until_stopped(coroutine: Any) -> None:
     from controller.isolation import ReplicaUserError
+    from controller.replica_runtime import RuntimeUnavailableError
 
     try:
         asyncio.run(coroutine)
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
-    except ReplicaUserError as exc:
+    except (ReplicaUserError, RuntimeUnavailableError) as exc:
         raise click.ClickException(str(exc)) from None
