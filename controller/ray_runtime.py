@@ -32,7 +32,7 @@ from controller.domain import ReplicaPhase
 from controller.isolation import ReplicaUser, Sandboxes
 from controller.ray_resources import RayResources, ray_resources, unplaceable
 from controller.ray_supervisor import ReplicaSupervisor
-from controller.replica_runtime import ReplicaHandle, RuntimeUnavailableError
+from controller.replica_runtime import RAY_MISSING, ReplicaHandle, RuntimeUnavailableError
 from controller.runtime import health_serving, load_error_of
 from replica.package import load_package_config
 from slipway.internal_auth import TokenFileError, new_token, read_token_file, write_private
@@ -44,9 +44,6 @@ STATE_WAIT_SECONDS = 5.0
 ACTOR_CALL_SECONDS = 30.0
 LOG_COPY_BYTES = 8 * 1024 * 1024
 ARCHIVES_KEPT = 32
-RAY_MISSING = (
-    "the Ray runtime needs Ray on this machine: pip install 'slipway[ray]' (and Slipway with Ray on every node)"
-)
 
 
 def namespace_for(data_dir: pathlib.Path) -> str:

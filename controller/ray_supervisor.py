@@ -161,7 +161,7 @@ class ReplicaSupervisor:
                     env=environment,
                     pass_fds=(token_read,),
                     cwd=self.root,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads of ours touch locks here)
+                    preexec_fn=_die_with_parent,
                 )
         finally:
             os.close(token_read)

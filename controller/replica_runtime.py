@@ -60,8 +60,24 @@ LOG_TAIL_BYTES = 2000
 RUNTIMES = ("local", "ray")
 
 
+RAY_MISSING = (
+    "the Ray runtime needs Ray on this machine: pip install 'slipway[ray]' (and Slipway with Ray on every node)"
+)
+
+
 class RuntimeUnavailableError(Exception):
     """The runtime asked for cannot run here (Ray not installed, its cluster unreachable)."""
+
+
+def require_runtime(name: str) -> None:
+    """Fail before anything starts when runtime `name` is unknown or cannot be imported."""
+    if name not in RUNTIMES:
+        raise RuntimeUnavailableError(f"unknown runtime {name!r} (one of {', '.join(RUNTIMES)})")
+    if name == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise RuntimeUnavailableError(RAY_MISSING) from None
 
 
 @dataclass

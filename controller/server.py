@@ -31,7 +31,7 @@ from controller.lifecycle import Lifecycle
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
-from controller.replica_runtime import RUNTIMES, ReplicaHandle, ReplicaRuntime, RuntimeUnavailableError
+from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, require_runtime
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
@@ -151,6 +151,7 @@ class Controller:
 
     @classmethod
     async def start(cls, settings: ControllerSettings) -> Controller:
+        require_runtime(settings.runtime)
         self = cls(settings)
         data_dir = settings.data_dir
         python = settings.replica_python or sys.executable
@@ -352,8 +353,6 @@ def _runtime(
             max_request_bytes=settings.max_request_bytes,
             health_check_seconds=settings.health_check_seconds,
         )
-    if settings.runtime != "local":
-        raise RuntimeUnavailableError(f"unknown runtime {settings.runtime!r} (one of {', '.join(RUNTIMES)})")
     return LocalProcessRuntime(
         data_dir,
         packages.root,

@@ -21,14 +21,14 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from controller.ray_runtime import namespace_for
-from tests.conftest import DATA_DIRS, Api, wait_until
-from tests.test_restart import free_port, pid_alive
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
+from tests.conftest import DATA_DIRS, Api, wait_until
+from tests.test_restart import free_port, pid_alive
 
 # Ray resolves a loopback address to the machine's outward one unless told to keep to this
 # host (the variable's name is Ray's; on Linux it means "single host, loopback"); set before
@@ -136,7 +136,9 @@ def node_of(data_dir: pathlib.Path, replica_id: str) -> str:
 
 
 def actor_names(data_dir: pathlib.Path) -> set[str]:
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace_for(data_dir)}
+    return {
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace_for(data_dir)
+    }
 
 
 async def start_platform(data_dir: pathlib.Path, address: str, tmp_path: pathlib.Path):
@@ -291,9 +293,11 @@ async def test_sigkill_and_restart_adopts_replicas_and_live_reload_keeps_the_pro
         controller.process.send_signal(signal.SIGKILL)
         controller.process.wait(10)
         # A replica nothing owns (its row never written): the restarted controller stops it.
-        stray = ray.remote(__import__("controller.ray_supervisor", fromlist=["x"]).ReplicaSupervisor).options(
-            name="rstray0000000", namespace=namespace_for(data_dir), lifetime="detached", num_cpus=0
-        ).remote(namespace_for(data_dir), "rstray0000000")
+        stray = (
+            ray.remote(__import__("controller.ray_supervisor", fromlist=["x"]).ReplicaSupervisor)
+            .options(name="rstray0000000", namespace=namespace_for(data_dir), lifetime="detached", num_cpus=0)
+            .remote(namespace_for(data_dir), "rstray0000000")
+        )
         ray.get(stray.status.remote(), timeout=60)
 
         controller, gateway = await start_platform(data_dir, cluster[0].address, tmp_path)
