@@ -77,14 +77,18 @@ class ForkServer:
         name: str,
         user: ReplicaUser | None = None,
         cwd: pathlib.Path | None = None,
+        die_with_server: bool = False,
     ) -> tuple[int, Coroutine[None, None, int | None]]:
-        """Fork a replica (as `user`, in `cwd`): its PID, and a coroutine that ends with its exit code."""
+        """Fork a replica (as `user`, in `cwd`): its PID, and a coroutine that ends with its exit code.
+        With `die_with_server`, the replica is killed when the server exits."""
         await self.ensure_started()
         reader, writer = await asyncio.open_unix_connection(str(self.socket))
         try:
             request: dict = {"argv": argv, "env": env, "log": str(log_path), "name": name}
             if user is not None:
                 request.update(uid=user.uid, gid=user.gid, cwd=str(cwd))
+            if die_with_server:
+                request["die_with_server"] = True
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
             pid = int(json.loads(await reader.readline())["pid"])

@@ -44,6 +44,8 @@ STATE_WAIT_SECONDS = 5.0
 ACTOR_CALL_SECONDS = 30.0
 LOG_COPY_BYTES = 8 * 1024 * 1024
 ARCHIVES_KEPT = 32
+# Names of pool actors (replica IDs start with "r"): a replica keeps the name of the actor it took.
+WARM_PREFIX = "w"
 
 
 def namespace_for(data_dir: pathlib.Path) -> str:
@@ -56,6 +58,7 @@ class RayReplicaHandle(ReplicaHandle):
     actor: Any = field(default=None, repr=False)
     runtime: RayRuntime | None = field(default=None, repr=False)
     stopping: bool = False
+    actor_name: str = ""
     _done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     async def make_package_available(self, stored: pathlib.Path) -> None:
@@ -73,6 +76,7 @@ class RayRuntime:
         packages_root: pathlib.Path,
         on_change: Callable[[ReplicaHandle], None],
         address: str | None = None,
+        warm_actors: int = 1,
         drain_seconds: float = 30.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         health_check_seconds: float = 10.0,
@@ -97,6 +101,13 @@ class RayRuntime:
         self._health_check_seconds = health_check_seconds
         self._handles: dict[str, RayReplicaHandle] = {}
         self._archives: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        # Idle actors with default resources and a started fork server, by name: a replica
+        # that fits one takes it (no actor to create, no interpreter to start).
+        self._warm_target = warm_actors
+        self._warm: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._refilling: asyncio.Task | None = None
+        # Replica ID -> actor name of replicas in once-warm actors, found by scanning (adopt).
+        self._scanned: dict[str, str] | None = None
         try:
             ray.init(
                 address=address,
@@ -113,12 +124,40 @@ class RayRuntime:
     # --- interface --------------------------------------------------------------
 
     async def prewarm(self) -> None:
-        return None
+        self._refill()
+
+    def _refill(self) -> None:
+        if self._refilling is None or self._refilling.done():
+            self._refilling = asyncio.create_task(self._fill_pool())
+
+    async def _fill_pool(self) -> None:
+        while len(self._warm) < self._warm_target:
+            name = WARM_PREFIX + new_token()[:12].lower().replace("-", "x").replace("_", "y")
+            actor = self._new_actor(name, RayResources())
+            try:
+                async with asyncio.timeout(ACTOR_CALL_SECONDS * 4):
+                    await actor.prepare.remote()
+            except asyncio.CancelledError:
+                self._ray.kill(actor)  # the runtime is closing: leave no idle actor behind
+                raise
+            except (self.ray_error, TimeoutError) as error:
+                log.warning("no warm Ray actor (%s); replicas start cold", error)
+                self._ray.kill(actor)
+                return
+            self._warm[name] = actor
 
     async def close(self) -> None:
+        if self._refilling is not None:
+            self._refilling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refilling
         for handle in self._handles.values():
             for task in handle._tasks:
                 task.cancel()
+        for actor in self._warm.values():
+            with contextlib.suppress(Exception):
+                self._ray.kill(actor)
+        self._warm.clear()
         await asyncio.to_thread(self._ray.shutdown)
 
     def helper_pids(self) -> set[int]:
@@ -161,8 +200,12 @@ class RayRuntime:
             handle._tasks.append(asyncio.create_task(self._finish(handle)))
             return handle
         write_private(self.token_file(replica_id), handle.token)
-        handle.actor = self._new_actor(replica_id, needs)
+        if needs == RayResources() and python is None and self._warm:
+            handle.actor_name, handle.actor = self._warm.popitem(last=False)
+        else:
+            handle.actor_name, handle.actor = replica_id, self._new_actor(replica_id, needs)
         spec = {
+            "replica_id": replica_id,
             "digest": package_dir.name,
             "python": python,
             "token": handle.token,
@@ -181,16 +224,16 @@ class RayRuntime:
         handle._tasks.append(asyncio.create_task(self._supervise(handle, spec, package_dir)))
         return handle
 
-    def _new_actor(self, replica_id: str, needs: RayResources) -> Any:
+    def _new_actor(self, name: str, needs: RayResources) -> Any:
         return self._actor_class.options(
-            name=replica_id,
+            name=name,
             namespace=self.namespace,
             lifetime="detached",
             max_restarts=0,
             max_concurrency=16,
             scheduling_strategy="SPREAD",
             **needs.options(),
-        ).remote(self.namespace, replica_id)
+        ).remote(self.namespace, "" if name.startswith(WARM_PREFIX) else name)
 
     async def stop(self, handle: ReplicaHandle, drain: bool = True) -> None:
         assert isinstance(handle, RayReplicaHandle)
@@ -215,8 +258,11 @@ class RayRuntime:
         self, replica_id: str, deployment_id: str, revision: int, pid: int | None, start_time: float
     ) -> ReplicaHandle | None:
         """Take over the actor a previous controller left, if it and its replica are alive."""
+        if self._scanned is None:
+            self._scanned = await self._scan()
+        name = self._scanned.get(replica_id, replica_id)
         try:
-            actor = await asyncio.to_thread(self._ray.get_actor, replica_id, self.namespace)
+            actor = await asyncio.to_thread(self._ray.get_actor, name, self.namespace)
         except ValueError:
             return None
         try:
@@ -239,7 +285,7 @@ class RayRuntime:
             adopted=True,
             token=token,
         )
-        handle.runtime, handle.actor = self, actor
+        handle.runtime, handle.actor, handle.actor_name = self, actor, name
         handle.log_path = self.log_dir / f"{replica_id}.log"
         self._handles[replica_id] = handle
         handle._tasks.append(asyncio.create_task(self._supervise(handle, None, None)))
@@ -248,7 +294,15 @@ class RayRuntime:
     async def stop_orphans(self, known: set[str]) -> int:
         """Kill the actors (and so the replicas) of this namespace that no handle owns."""
         names = await asyncio.to_thread(self._ray.util.list_named_actors)
-        doomed = [name for name in names if name not in known and name not in self._handles]
+        owners = {name: replica_id for replica_id, name in (self._scanned or {}).items()}
+        owners.update({h.actor_name: h.id for h in self._handles.values()})
+        doomed = [
+            name
+            for name in names
+            if name not in self._warm
+            and owners.get(name, name) not in known
+            and owners.get(name, name) not in self._handles
+        ]
         for name in doomed:
             log.warning("stopping orphaned replica %s (Ray actor)", name)
             with contextlib.suppress(ValueError, self.ray_error):
@@ -259,6 +313,21 @@ class RayRuntime:
                 self._ray.kill(actor)
             self.token_file(name).unlink(missing_ok=True)
         return len(doomed)
+
+    async def _scan(self) -> dict[str, str]:
+        """Replica ID -> actor name of the once-warm actors of this namespace that hold a replica."""
+        names = await asyncio.to_thread(self._ray.util.list_named_actors)
+        found: dict[str, str] = {}
+        for name in names:
+            if not name.startswith(WARM_PREFIX):
+                continue
+            with contextlib.suppress(ValueError, TimeoutError, self.ray_error):
+                actor = await asyncio.to_thread(self._ray.get_actor, name, self.namespace)
+                async with asyncio.timeout(ACTOR_CALL_SECONDS):
+                    status = await actor.status.remote()
+                if status["replica_id"]:
+                    found[status["replica_id"]] = name
+        return found
 
     # --- packages ---------------------------------------------------------------
 
@@ -307,6 +376,7 @@ class RayRuntime:
         with contextlib.suppress(Exception):
             self._ray.kill(handle.actor)
         await self._finish(handle)
+        self._refill()
 
     async def _finish(self, handle: RayReplicaHandle) -> None:
         handle.exit_time = time.time()
@@ -345,6 +415,8 @@ class RayRuntime:
                         handle.phase = ReplicaPhase.READY
                         handle.ready_time = time.time()
                         self._on_change(handle)
+                    # Only now: a new Ray worker (a second of CPU) would slow this replica's start.
+                    self._refill()
                     return
                 known = ""  # not serving yet: ask again at once
                 await asyncio.sleep(0.01)

@@ -88,17 +88,41 @@ def _die_with_parent() -> None:
 class ReplicaSupervisor:
     """An async actor: its methods run on one event loop (the thread the child is forked from)."""
 
-    def __init__(self, namespace: str, replica_id: str) -> None:
-        self.replica_id = replica_id
+    def __init__(self, namespace: str, replica_id: str = "") -> None:
         self.root = node_root(namespace)
         for name in ("packages", "run", "logs"):
             (self.root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.state_file = self.root / "run" / f"{replica_id}.json"
-        self.log_path = self.root / "logs" / f"{replica_id}.log"
+        self.replica_id = ""
+        if replica_id:
+            self._assign(replica_id)
         self.process: subprocess.Popen | None = None
+        self.pid: int | None = None
         self.exit_code: int | None = None
         self.exited = asyncio.Event()
         self.started = time.time()
+        # A warm actor (of the runtime's pool) keeps a fork server that has imported the model
+        # server, so that its replica starts in milliseconds rather than as a new interpreter.
+        self._fork_server: Any = None
+        self._preparing: asyncio.Task | None = None
+
+    def _assign(self, replica_id: str) -> None:
+        self.replica_id = replica_id
+        self.state_file = self.root / "run" / f"{replica_id}.json"
+        self.log_path = self.root / "logs" / f"{replica_id}.log"
+
+    async def prepare(self) -> None:
+        """Start this actor's own fork server (it exits when the actor dies: its lifeline)."""
+        if self._preparing is None:
+            self._preparing = asyncio.get_running_loop().create_task(self._start_fork_server())
+        await asyncio.shield(self._preparing)
+
+    async def _start_fork_server(self) -> None:
+        from controller.fork_server import ForkServer
+
+        own = pathlib.Path(tempfile.mkdtemp(prefix="fs-", dir=self.root / "run"))
+        server = ForkServer(sys.executable, own, own / "forkserver.log")
+        await server.ensure_started()
+        self._fork_server = server
 
     def _where(self) -> dict[str, Any]:
         import ray  # present on every node: this runs inside a Ray worker
@@ -117,19 +141,18 @@ class ReplicaSupervisor:
             await asyncio.to_thread(unpack_package, self.root, digest, data)
 
     async def start(self, spec: dict[str, Any], archive: list) -> dict[str, Any]:
-        """Start the replica from the stored package `spec["digest"]`; where it runs and its PID."""
-        if self.process is not None:
+        """Start the replica `spec["replica_id"]` from the stored package `spec["digest"]`;
+        where it runs and its PID."""
+        if self.pid is not None:
             return self.status_now()
+        self._assign(spec["replica_id"])
         digest = spec["digest"]
         await self.put_package(digest, archive)
         where = self._where()
-        python = spec.get("python") or sys.executable
-        if not os.access(python, os.X_OK):
+        python = spec.get("python")
+        if python and not os.access(python, os.X_OK):
             raise FileNotFoundError(f"the environment's interpreter {python} is not on node {where['node_id'][:12]}")
-        argv = [
-            python,
-            "-m",
-            "replica",
+        args = [
             "--package",
             str(self.root / "packages" / digest),
             "--state-file",
@@ -140,21 +163,39 @@ class ReplicaSupervisor:
             where["host"],
             "--packages-root",
             str(self.root / "packages"),
-            "--token-fd",
-            "{fd}",
             *spec["args"],
         ]
         self.state_file.unlink(missing_ok=True)
+        if self._preparing is not None and python is None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._preparing)
+        if self._fork_server is not None and python is None:
+            from slipway.internal_auth import REPLICA_TOKEN_ENV
+
+            self.pid, exited = await self._fork_server.spawn(
+                args,
+                {**spec["environment"], REPLICA_TOKEN_ENV: spec["token"]},
+                self.log_path,
+                self.replica_id,
+                die_with_server=True,
+            )
+            asyncio.get_running_loop().create_task(self._exit_of(exited))
+        else:
+            self._spawn([python or sys.executable, "-m", "replica", *args], spec)
+            asyncio.get_running_loop().create_task(self._reap())
+        return {**where, "pid": self.pid}
+
+    def _spawn(self, argv: list[str], spec: dict[str, Any]) -> None:
+        """A new interpreter; its token comes through an inherited pipe."""
         token_read, token_write = os.pipe()
         try:
             os.write(token_write, spec["token"].encode())
             os.close(token_write)
-            argv[argv.index("{fd}")] = str(token_read)
             environment = {**os.environ, **spec["environment"]}
             with self.log_path.open("ab") as log_file:
                 # Forked from this (the event loop's) thread: PR_SET_PDEATHSIG follows it.
                 self.process = subprocess.Popen(
-                    argv,
+                    [*argv, "--token-fd", str(token_read)],
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
@@ -165,8 +206,11 @@ class ReplicaSupervisor:
                 )
         finally:
             os.close(token_read)
-        asyncio.get_running_loop().create_task(self._reap())
-        return {**where, "pid": self.process.pid}
+        self.pid = self.process.pid
+
+    async def _exit_of(self, exited: Any) -> None:
+        self.exit_code = await exited
+        self.exited.set()
 
     async def _reap(self) -> None:
         assert self.process is not None
@@ -177,12 +221,13 @@ class ReplicaSupervisor:
 
     def status_now(self) -> dict[str, Any]:
         try:
-            state = json.loads(self.state_file.read_text())
+            state = json.loads(self.state_file.read_text()) if self.replica_id else {}
         except (OSError, ValueError):
             state = {}
         return {
             **self._where(),
-            "pid": self.process.pid if self.process is not None else None,
+            "pid": self.pid,
+            "replica_id": self.replica_id,
             "state": state,
             "exited": self.exited.is_set(),
             "exit_code": self.exit_code,
@@ -208,16 +253,18 @@ class ReplicaSupervisor:
 
     async def signal(self, drain: bool) -> None:
         """SIGTERM (the replica drains), or SIGKILL of its process group."""
-        if self.process is None or self.exited.is_set():
+        if self.pid is None or self.exited.is_set():
             return
         with contextlib.suppress(ProcessLookupError):
             if drain:
-                os.kill(self.process.pid, signal.SIGTERM)
+                os.kill(self.pid, signal.SIGTERM)
             else:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
 
     async def read_log(self, max_bytes: int) -> bytes:
         """The last `max_bytes` of the replica's log."""
+        if not self.replica_id:
+            return b""
         try:
             with self.log_path.open("rb") as f:
                 f.seek(max(0, self.log_path.stat().st_size - max_bytes))
@@ -228,5 +275,8 @@ class ReplicaSupervisor:
     async def forget(self) -> None:
         """Remove the replica's files on this node (its log has been copied to the controller)."""
         await self.signal(drain=False)
-        self.state_file.unlink(missing_ok=True)
-        self.log_path.unlink(missing_ok=True)
+        if self.replica_id:
+            self.state_file.unlink(missing_ok=True)
+            self.log_path.unlink(missing_ok=True)
+        if self._fork_server is not None:
+            await self._fork_server.stop()

@@ -129,16 +129,30 @@ class Platform:
         return await wait_until(check, timeout, f"{count} ready replicas of {deployment_id}")
 
 
+def actors(data_dir: pathlib.Path) -> dict[str, dict]:
+    """The live actors of a controller's namespace: the replica each holds (its name for an
+    idle one of the warm pool) -> its status, with the node Ray placed it on."""
+    namespace = namespace_for(data_dir)
+    found = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] != namespace:
+            continue
+        try:
+            status = ray.get(ray.get_actor(entry["name"], namespace=namespace).status.remote(), timeout=30)
+        except (ValueError, ray.exceptions.RayError):
+            continue  # gone meanwhile
+        found[status["replica_id"] or entry["name"]] = status
+    return found
+
+
 def node_of(data_dir: pathlib.Path, replica_id: str) -> str:
-    """The Ray node a replica's actor runs on, from Ray's own records of the actor."""
-    actor = ray.get_actor(replica_id, namespace=namespace_for(data_dir))
-    return ray.get(actor.status.remote(), timeout=30)["node_id"]
+    """The Ray node a replica's actor runs on (Ray's runtime context in the actor)."""
+    return actors(data_dir)[replica_id]["node_id"]
 
 
 def actor_names(data_dir: pathlib.Path) -> set[str]:
-    return {
-        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace_for(data_dir)
-    }
+    """The replicas the namespace's actors hold (idle pool actors left out)."""
+    return {name for name, status in actors(data_dir).items() if status["replica_id"]}
 
 
 async def start_platform(data_dir: pathlib.Path, address: str, tmp_path: pathlib.Path):
@@ -176,7 +190,7 @@ async def platform(cluster, tmp_path):
     finally:
         await gateway.stop()
         controller.stop()
-    assert actor_names(data_dir) == set(), "a stopped controller left replicas on the cluster"
+    assert actors(data_dir) == {}, "a stopped controller left actors on the cluster"
 
 
 async def test_push_predict_gpu_placement_and_unplaceable(platform: Platform, cluster):
@@ -244,7 +258,11 @@ async def test_spread_promotion_and_scale_down_without_a_failed_request(platform
 
 
 async def test_a_killed_replica_is_replaced_and_a_lost_node_moves_replicas(platform: Platform, cluster):
-    pushed = await platform.api.push(platform.api.package("crashy"), target=ds.PUSH_TARGET_PRODUCTION)
+    # Two CPUs each: not the warm pool's default shape, so each replica gets an actor of its
+    # own, placed by Ray's SPREAD strategy over the nodes there are when it starts.
+    pushed = await platform.api.push(
+        platform.api.package("crashy", extra_config="resources:\n  cpu: '2'\n"), target=ds.PUSH_TARGET_PRODUCTION
+    )
     [replica] = await platform.ready_replicas(pushed.deployment.id, 1)
     os.kill(replica.pid, signal.SIGKILL)
 
@@ -263,8 +281,7 @@ async def test_a_killed_replica_is_replaced_and_a_lost_node_moves_replicas(platf
     await platform.scale(pushed.deployment.id, min_replica=3, max_replica=3)
     replicas = await platform.ready_replicas(pushed.deployment.id, 3)
     on_third = [rep.id for rep in replicas if node_of(platform.data_dir, rep.id) == third.node_id]
-    if not on_third:  # SPREAD placed none there: push one replica more onto it
-        pytest.fail("no replica was placed on the third node")
+    assert on_third, "SPREAD placed no replica on the third node"
     cluster[0].remove_node(third)
     survivors = {n.node_id for n in (cluster[0].head_node, cluster[1])}
 
@@ -305,7 +322,8 @@ async def test_sigkill_and_restart_adopts_replicas_and_live_reload_keeps_the_pro
             api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
             adopted = await api.wait_state(dev.deployment.id, ACTIVE, timeout=60)
             assert [rep.pid for rep in adopted.replicas] == [rep.pid for rep in running.replicas], "not adopted"
-            await wait_until(lambda: actor_names(data_dir) == {adopted.replicas[0].id}, 30, "the stray actor gone")
+            await wait_until(lambda: "rstray0000000" not in actors(data_dir), 30, "the stray actor gone")
+            assert actor_names(data_dir) == {adopted.replicas[0].id}
 
             patched = await api.deployments.PatchDeployment(
                 ds.PatchDeploymentRequest(
@@ -328,4 +346,4 @@ async def test_sigkill_and_restart_adopts_replicas_and_live_reload_keeps_the_pro
     finally:
         await gateway.stop()
         controller.stop()
-    assert actor_names(data_dir) == set()
+    assert actors(data_dir) == {}
