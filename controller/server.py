@@ -344,6 +344,8 @@ def _runtime(
     if settings.runtime == "ray":
         from controller.ray_runtime import RayRuntime
 
+        if replica_users is not None:
+            log.warning("--runtime ray: replicas run as the Ray workers' user, not as per-model users")
         return RayRuntime(
             data_dir,
             packages.root,
