@@ -31,7 +31,7 @@ from controller.lifecycle import Lifecycle
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
-from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, require_runtime
+from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, RuntimeUnavailableError, require_runtime
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
@@ -181,27 +181,33 @@ class Controller:
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(on_report=lambda: self.reconciler.poke())
         self.store.add_listener(self.routes.on_store_change)
-        self.reconciler = Reconciler(
-            self.store,
-            lifecycle,
-            packages,
-            lambda on_change: _runtime(settings, packages, on_change, python, replica_users),
-            settings.reconciler,
-            self.autoscaler,
-            self.load,
-            on_replica_change=self.routes.on_replica_change,
-            before_stop=self._unroute,
-            builds=BuildManager(
-                settings.builds_dir or data_dir / "builds",
-                on_change=lambda: self.reconciler.poke(),
-                on_event=lifecycle.record_event,
-                python=python,
-                timeout_seconds=settings.build_timeout_seconds,
-                shared=replica_users is not None,
-            ),
-            secrets=secrets,
-            replica_users=replica_users,
-        )
+        try:
+            self.reconciler = Reconciler(
+                self.store,
+                lifecycle,
+                packages,
+                lambda on_change: _runtime(settings, packages, on_change, python, replica_users),
+                settings.reconciler,
+                self.autoscaler,
+                self.load,
+                on_replica_change=self.routes.on_replica_change,
+                before_stop=self._unroute,
+                builds=BuildManager(
+                    settings.builds_dir or data_dir / "builds",
+                    on_change=lambda: self.reconciler.poke(),
+                    on_event=lifecycle.record_event,
+                    python=python,
+                    timeout_seconds=settings.build_timeout_seconds,
+                    shared=replica_users is not None,
+                ),
+                secrets=secrets,
+                replica_users=replica_users,
+            )
+        except RuntimeUnavailableError:
+            # The runtime cannot run (its cluster unreachable): close what started, say why.
+            await self.keys.stop()
+            await self.store.close()
+            raise
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
