@@ -42,7 +42,9 @@ log = logging.getLogger("slipway.ray_runtime")
 
 STATE_WAIT_SECONDS = 5.0
 ACTOR_CALL_SECONDS = 30.0
-LOG_COPY_BYTES = 8 * 1024 * 1024
+# The controller's copy of a replica's log follows the node's this often, this much per read.
+LOG_SYNC_SECONDS = 1.0
+LOG_CHUNK_BYTES = 1024 * 1024
 ARCHIVES_KEPT = 32
 # Names of pool actors (replica IDs start with "r"): a replica keeps the name of the actor it took.
 WARM_PREFIX = "w"
@@ -355,10 +357,12 @@ class RayRuntime:
                 if handle.stopping:
                     await handle.actor.signal.remote(False)
             watcher = asyncio.create_task(self._watch_startup(handle))
+            follower = asyncio.create_task(self._follow_log(handle))
             try:
                 handle.exit_code = await handle.actor.wait_exit.remote()
             finally:
                 watcher.cancel()
+                follower.cancel()
             status = await handle.actor.status.remote()
             state = status["state"]
             if state.get("phase") == "failed" and not handle.load_error:
@@ -386,11 +390,28 @@ class RayRuntime:
         handle._done.set()
         self._on_change(handle)
 
-    async def _copy_log(self, handle: RayReplicaHandle) -> None:
-        """The replica's log onto the controller's machine (the node's copy is then removed)."""
-        data = await handle.actor.read_log.remote(LOG_COPY_BYTES)
+    async def _follow_log(self, handle: RayReplicaHandle) -> None:
+        """Keep the controller's copy of the replica's log (log_dir/<id>.log) up to date."""
+        while True:
+            with contextlib.suppress(self.ray_error):
+                await self._sync_log(handle)
+            await asyncio.sleep(LOG_SYNC_SECONDS)
+
+    async def _sync_log(self, handle: RayReplicaHandle) -> None:
+        """Append what the node's log has beyond the controller's copy (a bounded read at a time)."""
         assert handle.log_path is not None
-        await asyncio.to_thread(handle.log_path.write_bytes, data)
+        while True:
+            offset = handle.log_path.stat().st_size if handle.log_path.exists() else 0
+            data = await handle.actor.read_log_from.remote(offset, LOG_CHUNK_BYTES)
+            if not data:
+                return
+            await asyncio.to_thread(_append, handle.log_path, data)
+            if len(data) < LOG_CHUNK_BYTES:
+                return
+
+    async def _copy_log(self, handle: RayReplicaHandle) -> None:
+        """The rest of the replica's log onto the controller's machine (the node's copy is then removed)."""
+        await self._sync_log(handle)
         await handle.actor.forget.remote()
 
     async def _watch_startup(self, handle: RayReplicaHandle) -> None:
@@ -425,6 +446,11 @@ class RayRuntime:
                 handle.load_error = load_error_of(state)
                 return
             known = phase
+
+
+def _append(path: pathlib.Path, data: bytes) -> None:
+    with path.open("ab") as f:
+        f.write(data)
 
 
 def _tar(package_dir: pathlib.Path) -> bytes:

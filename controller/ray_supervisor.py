@@ -261,6 +261,17 @@ class ReplicaSupervisor:
             else:
                 os.killpg(self.pid, signal.SIGKILL)
 
+    async def read_log_from(self, offset: int, max_bytes: int) -> bytes:
+        """Up to `max_bytes` of the replica's log from byte `offset` (the controller's copy follows it)."""
+        if not self.replica_id:
+            return b""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        except OSError:
+            return b""
+
     async def read_log(self, max_bytes: int) -> bytes:
         """The last `max_bytes` of the replica's log."""
         if not self.replica_id:

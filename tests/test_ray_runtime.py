@@ -196,8 +196,11 @@ async def platform(cluster, tmp_path):
 async def test_push_predict_gpu_placement_and_unplaceable(platform: Platform, cluster):
     _, second = cluster
     pushed = await platform.api.push(platform.api.package("echo"), target=ds.PUSH_TARGET_PRODUCTION)
-    await platform.api.wait_state(pushed.deployment.id, ACTIVE, timeout=90)
+    running = await platform.api.wait_state(pushed.deployment.id, ACTIVE, timeout=90)
     assert (await platform.predict(pushed.deployment.model_id))["input"] == "hi"
+    # The replica's log, written on its node, is followed on the controller's machine.
+    log = platform.data_dir / "logs" / f"{running.replicas[0].id}.log"
+    await wait_until(lambda: log.exists() and b"model_loaded" in log.read_bytes(), 30, "the replica's log")
 
     gpu = await platform.api.push(
         platform.api.package("gpu", extra_config="resources:\n  use_gpu: true\n  cpu: 500m\n"),
