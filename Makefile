@@ -21,7 +21,7 @@ setup: $(STAMP) $(BUF) $(WEB)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
 # The buf CLI (and the Node client example's packages) come from the npm registry;
@@ -87,7 +87,7 @@ clean:
 .PHONY: bench bench-deps
 
 bench-deps: setup
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,ray,bench]'
 	@command -v h2load >/dev/null 2>&1 || { \
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update && $$SUDO apt-get install -y nghttp2-client; }

@@ -8,8 +8,10 @@
 3. Promotion reach: PromoteDeployment of an active published deployment, from its
    answer until a request by model ID through the gateway (a separate process) is
    answered by the new production; p50 and max of 20, both ways in turn.
+4. Cold start under the Ray runtime (--runtime ray) on a local two-node Ray cluster on
+   loopback (ray.cluster_utils.Cluster), beside the local runtime's (skipped without Ray).
 
-    python bench/cold_start.py [--runs 10]
+    python bench/cold_start.py [--runs 10] [--no-ray]
 """
 
 from __future__ import annotations
@@ -175,9 +177,11 @@ class Bench:
         return times
 
 
-def run(work: pathlib.Path, fork: bool, runs: int, extras: bool) -> tuple[list[float], float | None, list[float]]:
+def run(
+    work: pathlib.Path, fork: bool, runs: int, extras: bool, runtime_flags: tuple[str, ...] = ()
+) -> tuple[list[float], float | None, list[float]]:
     """Cold starts, and with `extras` the load step and the promotion reach."""
-    flags = ["--autoscaling-time-scale", TIME_SCALE, "--wake-hold-seconds", "1"] + (
+    flags = ["--autoscaling-time-scale", TIME_SCALE, "--wake-hold-seconds", "1", *runtime_flags] + (
         [] if fork else ["--no-fork-replicas"]
     )
     platform = Platform.start(work, *flags)
@@ -194,6 +198,7 @@ def run(work: pathlib.Path, fork: bool, runs: int, extras: bool) -> tuple[list[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray runtime's cold starts")
     args = parser.parse_args()
     print("# Cold start, scale-up and promotion reach\n")
     print("\n".join(machine_info()))
@@ -208,6 +213,8 @@ def main() -> None:
         ms_ = [t * 1000 for t in times]
         label = "forked from the fork server (default)" if fork else "new interpreter (--no-fork-replicas)"
         rows.append(f"| {label} | {len(ms_)} | {percentile(ms_, 0.5):.0f} | {max(ms_):.0f} |")
+    if not args.no_ray:
+        rows.append(ray_row(args.runs))
     print("| cold start: request to a scaled-to-zero deployment, until its answer | runs | p50 ms | max ms |")
     print("|---|---:|---:|---:|")
     print("\n".join(rows))
@@ -223,6 +230,37 @@ def main() -> None:
             f"ID), {len(reach_ms)} promotions: p50 {percentile(reach_ms, 0.5):.1f} ms, max {max(reach_ms):.1f} ms "
             "(includes one gateway round trip per poll)"
         )
+
+
+def ray_row(runs: int) -> str:
+    """Cold starts with replicas placed on a local two-node Ray cluster (loopback)."""
+    import os
+
+    # Keep Ray on loopback (see tests/test_ray_runtime.py); set before Ray is imported.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        return "| Ray runtime: skipped (pip install 'slipway[ray]') | 0 | - | - |"
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 4, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=4, node_ip_address="127.0.0.1")
+        cluster.wait_for_nodes()
+        with tempfile.TemporaryDirectory() as tmp:
+            times, _, _ = run(
+                pathlib.Path(tmp),
+                True,
+                runs,
+                extras=False,
+                runtime_flags=("--runtime", "ray", "--ray-address", cluster.address),
+            )
+    finally:
+        cluster.shutdown()
+    ms_ = [t * 1000 for t in times]
+    return f"| Ray runtime (--runtime ray, 2-node local cluster): actor + replica process | {len(ms_)} | {percentile(ms_, 0.5):.0f} | {max(ms_):.0f} |"
 
 
 if __name__ == "__main__":

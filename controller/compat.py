@@ -90,6 +90,8 @@ class Machine:
     memory_bytes: int = field(default_factory=lambda: _total_memory())
     # The secrets replicas can be handed, as SLIPWAY_SECRET_<NAME> variables (controller/secrets.py).
     secret_variables: frozenset[str] = frozenset()
+    # Whether replicas can be given GPUs (the Ray runtime places them on a GPU node).
+    accelerators: bool = False
 
 
 def is_empty(value: Any) -> bool:
@@ -155,12 +157,12 @@ def _check_resources(resources: Any, machine: Machine, refusals: list, warnings:
     if not isinstance(resources, Mapping):
         refusals.append(("resources", f"must be a mapping, got {type(resources).__name__}"))
         return
-    if resources.get("use_gpu") is True:
+    if resources.get("use_gpu") is True and not machine.accelerators:
         refusals.append(("resources.use_gpu", "GPUs are not supported: replicas run on the CPU"))
     accelerator = resources.get("accelerator")
     if isinstance(accelerator, Mapping):
         accelerator = accelerator.get("accelerator")
-    if not is_empty(accelerator):
+    if not is_empty(accelerator) and not machine.accelerators:
         refusals.append(("resources.accelerator", f"{accelerator!r} requested, but GPUs are not supported"))
     node_count = resources.get("node_count")
     if isinstance(node_count, int) and not isinstance(node_count, bool) and node_count > 1:

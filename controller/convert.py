@@ -11,7 +11,7 @@ from controller.domain import AUTOSCALING_FIELDS, Deployment, Kind, Model, PushT
 from controller.errors import InvalidArgument
 from controller.live_reload import PatchOutcome, PatchResult
 from controller.packages import FilePatch
-from controller.runtime import ReplicaHandle
+from controller.replica_runtime import ReplicaHandle
 from controller.store import ApiKeyRow, EventRow, UsageRow
 from slipway.keys import SCOPE_FROM_PROTO, SCOPE_TO_PROTO, Scope, display_prefix
 from slipway.v1 import deployment_service_pb2 as ds

@@ -26,7 +26,7 @@ import grpc
 from controller.domain import Deployment, ReplicaPhase
 from controller.lifecycle import Lifecycle
 from controller.packages import FilePatch
-from controller.runtime import ReplicaHandle
+from controller.replica_runtime import ReplicaHandle
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import replica_service_pb2_grpc as rs_grpc
@@ -116,8 +116,9 @@ class LiveReloader:
             await asyncio.sleep(SETTLE_POLL_SECONDS)
 
     async def _reload(self, handle: ReplicaHandle, digest: str) -> ReloadFailure | None:
-        # A replica running as its model's user loads its own copy of the package: made here.
-        await asyncio.to_thread(handle.package_path, self.lifecycle.packages.directory(digest))
+        # A replica running as its model's user loads its own copy of the package, a replica on
+        # another machine a copy on its node: made here.
+        await handle.make_package_available(self.lifecycle.packages.directory(digest))
         request = rs.ReloadRequest(package_digest=digest)
         try:
             async with grpc.aio.insecure_channel(handle.address) as channel:

@@ -11,13 +11,10 @@ any replica process that nothing owns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import os
 import pathlib
 import shutil
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -31,8 +28,8 @@ from controller.isolation import ReplicaUsers
 from controller.lifecycle import Lifecycle
 from controller.metrics import ControllerMetrics
 from controller.packages import PackageStore
+from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, exit_description
 from controller.routes import LoadTracker
-from controller.runtime import LocalProcessRuntime, ReplicaHandle, exit_description
 from controller.secrets import Secrets
 from controller.store import ReplicaRow, Store, new_id
 from replica.package import ENVIRONMENT_ENV_VAR, load_package_config
@@ -92,7 +89,7 @@ class Reconciler:
         self.settings = settings
         self.autoscaler = autoscaler
         self.load = load
-        self.runtime: LocalProcessRuntime = runtime_factory(self._on_replica_change)
+        self.runtime: ReplicaRuntime = runtime_factory(self._on_replica_change)
         self._on_replica_change_hook = on_replica_change
         # Awaited between taking a replica out of the route table and signalling it to drain.
         self.before_stop = before_stop
@@ -131,20 +128,14 @@ class Reconciler:
 
     async def adopt_existing(self) -> None:
         for row in await self.store.running_replicas():
-            handle = None
-            if row.pid:
-                handle = self.runtime.adopt(row.id, row.deployment_id, row.revision, row.pid, row.start_time)
+            handle = await self.runtime.adopt(row.id, row.deployment_id, row.revision, row.pid, row.start_time)
             if handle is None:
                 async with self.store.write() as tx:
                     await tx.update_replica(row.id, stop_time=time.time())
                 continue
             log.info("adopted replica %s (pid %s) of deployment %s", row.id, row.pid, row.deployment_id)
             self.replicas[row.id] = handle
-        known = {h.pid for h in self.replicas.values() if h.pid}
-        for pid in self.runtime.orphan_pids(known):
-            log.warning("stopping orphaned replica process %s", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await self.runtime.stop_orphans(set(self.replicas))
 
     async def reconcile_once(self) -> None:
         started = time.perf_counter()

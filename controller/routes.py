@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from controller.domain import Deployment, Model, ReplicaPhase
-from controller.runtime import ReplicaHandle
+from controller.replica_runtime import ReplicaHandle
 from controller.store import ApiKeyRow, Change, Store
 from slipway.keys import SCOPE_TO_PROTO, Scope
 from slipway.status import MAX_STATUS_MESSAGE_BYTES

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -20,167 +19,23 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.domain import ReplicaPhase
+from controller.fork_server import POLL_SECONDS, ForkServer, wait_for_pid_exit
 from controller.isolation import ReplicaUser, Sandboxes
+from controller.replica_runtime import ReplicaHandle, exit_description
 from replica.package import without_secrets
 from slipway.internal_auth import REPLICA_TOKEN_ENV, TokenFileError, new_token, read_token_file, write_private
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 
 log = logging.getLogger("slipway.runtime")
 
-POLL_SECONDS = 0.01
-ADOPTED_POLL_SECONDS = 0.2
-LOG_TAIL_BYTES = 2000
-FORKSERVER_START_SECONDS = 30.0
-
-
-@dataclass
-class ReplicaHandle:
-    id: str
-    deployment_id: str
-    revision: int
-    start_time: float
-    pid: int | None = None
-    port: int | None = None
-    phase: ReplicaPhase = ReplicaPhase.STARTING
-    exited: bool = False
-    exit_code: int | None = None
-    # The model's load error (ExceptionType: message), when the replica reported one.
-    load_error: str = ""
-    # Why the model took its replica out of service (its is_healthy() failed), when it did.
-    unhealthy: str = ""
-    log_path: pathlib.Path | None = None
-    ready_time: float | None = None
-    ready_recorded: bool = False  # the reconciler stored port and ready_time
-    exit_time: float | None = None
-    adopted: bool = False
-    package_dir: pathlib.Path | None = None  # what it was started from (None: adopted)
-    # The credential its ReplicaService demands (x-slipway-replica-token), issued at its start.
-    token: str = field(default="", repr=False)
-    # The user it runs as (None: the controller's), and where that user's package copies are.
-    user: ReplicaUser | None = None
-    sandboxes: Sandboxes | None = field(default=None, repr=False)
-    _tasks: list[asyncio.Task] = field(default_factory=list, repr=False)
-
-    def package_path(self, stored: pathlib.Path) -> pathlib.Path:
-        """Where this replica reads the stored package `stored` (its user's own copy)."""
-        if self.user is None or self.sandboxes is None:
-            return stored
-        return self.sandboxes.package(self.user, stored)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}" if self.port else ""
-
-    def log_tail(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        with self.log_path.open("rb") as f:
-            f.seek(max(0, self.log_path.stat().st_size - LOG_TAIL_BYTES))
-            return f.read().decode(errors="replace").strip()
-
-
-class ForkServer:
-    """A `python -m replica.forkserver` process for one interpreter (see replica/forkserver.py)."""
-
-    def __init__(self, python: str, run_dir: pathlib.Path, log_path: pathlib.Path) -> None:
-        self.python = python
-        self.socket = run_dir / f"forkserver-{hashlib.sha256(python.encode()).hexdigest()[:10]}.sock"
-        self.log_path = log_path
-        self.process: asyncio.subprocess.Process | None = None
-        # Write end of the server's lifeline (see replica/forkserver.py): held open for as
-        # long as this controller lives, never inherited by any child.
-        self._lifeline: int | None = None
-        self._starting = asyncio.Lock()
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None and self.process.returncode is None else None
-
-    async def ensure_started(self) -> None:
-        async with self._starting:
-            if self.pid is not None and self.socket.exists():
-                return
-            self.socket.unlink(missing_ok=True)
-            self._close_lifeline()
-            lifeline_read, self._lifeline = os.pipe()
-            try:
-                with self.log_path.open("ab") as log_file:
-                    self.process = await asyncio.create_subprocess_exec(
-                        self.python,
-                        "-m",
-                        "replica.forkserver",
-                        "--socket",
-                        str(self.socket),
-                        "--lifeline-fd",
-                        str(lifeline_read),
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=log_file,
-                        stderr=log_file,
-                        start_new_session=True,
-                        env=without_secrets(os.environ),
-                        pass_fds=(lifeline_read,),
-                    )
-            finally:
-                os.close(lifeline_read)
-            deadline = time.monotonic() + FORKSERVER_START_SECONDS
-            while not self.socket.exists():
-                if self.process.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"fork server for {self.python} did not start (see {self.log_path})")
-                await asyncio.sleep(POLL_SECONDS)
-
-    async def spawn(
-        self,
-        argv: list[str],
-        env: dict[str, str],
-        log_path: pathlib.Path,
-        name: str,
-        user: ReplicaUser | None = None,
-        cwd: pathlib.Path | None = None,
-    ) -> tuple[int, Coroutine[None, None, int | None]]:
-        """Fork a replica (as `user`, in `cwd`): its PID, and a coroutine that ends with its exit code."""
-        await self.ensure_started()
-        reader, writer = await asyncio.open_unix_connection(str(self.socket))
-        try:
-            request: dict = {"argv": argv, "env": env, "log": str(log_path), "name": name}
-            if user is not None:
-                request.update(uid=user.uid, gid=user.gid, cwd=str(cwd))
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            pid = int(json.loads(await reader.readline())["pid"])
-        except BaseException:
-            writer.close()
-            raise
-        return pid, self._exit_code(pid, reader, writer)
-
-    @staticmethod
-    async def _exit_code(pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int | None:
-        """The exit code the server reports when it reaps the replica; if the server goes
-        first, the replica lives on unreaped by us: watch its PID (exit code unknown)."""
-        try:
-            line = await reader.readline()
-        finally:
-            writer.close()
-        if line:
-            return int(json.loads(line)["exit"])
-        return await _wait_for_pid_exit(pid)
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            await self.process.wait()
-        self._close_lifeline()
-
-    def _close_lifeline(self) -> None:
-        if self._lifeline is not None:
-            os.close(self._lifeline)
-            self._lifeline = None
+# Re-exported: the handle and exit_description lived here before the interface had a module.
+__all__ = ["LocalProcessRuntime", "ReplicaHandle", "exit_description"]
 
 
 class LocalProcessRuntime:
@@ -222,6 +77,8 @@ class LocalProcessRuntime:
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
         self._fork = fork
         self._fork_servers: dict[str, ForkServer] = {}
+        # Every handle this runtime made or adopted, by replica ID (stop_orphans spares their PIDs).
+        self._handles: dict[str, ReplicaHandle] = {}
 
     def _fork_server(self, python: str) -> ForkServer:
         server = self._fork_servers.get(python)
@@ -375,13 +232,14 @@ class LocalProcessRuntime:
             exited = process.wait()
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))
         handle._tasks.append(asyncio.create_task(self._watch_exit(handle, exited)))
+        self._handles[replica_id] = handle
         return handle
 
-    def adopt(
-        self, replica_id: str, deployment_id: str, revision: int, pid: int, start_time: float
+    async def adopt(
+        self, replica_id: str, deployment_id: str, revision: int, pid: int | None, start_time: float
     ) -> ReplicaHandle | None:
         """Take over a replica left running by a previous controller, if it is still alive."""
-        if not _is_our_replica(pid, replica_id):
+        if pid is None or not _is_our_replica(pid, replica_id):
             return None
         try:
             token = read_token_file(self.token_file(replica_id))
@@ -395,8 +253,23 @@ class LocalProcessRuntime:
         if self.sandboxes is not None:
             handle.user, handle.sandboxes = _process_user(pid), self.sandboxes
         handle._tasks.append(asyncio.create_task(self._watch_startup(handle)))
-        handle._tasks.append(asyncio.create_task(self._watch_exit(handle, _wait_for_pid_exit(pid))))
+        handle._tasks.append(asyncio.create_task(self._watch_exit(handle, wait_for_pid_exit(pid))))
+        self._handles[replica_id] = handle
         return handle
+
+    async def stop_orphans(self, known: set[str]) -> int:
+        """SIGKILL replica processes of this data directory that no handle in `known` owns."""
+        owned = {int(pid) for pid in map(self._pid_of, known) if pid is not None}
+        orphans = self.orphan_pids(owned)
+        for pid in orphans:
+            log.warning("stopping orphaned replica process %s", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(orphans)
+
+    def _pid_of(self, replica_id: str) -> int | None:
+        handle = self._handles.get(replica_id)
+        return handle.pid if handle is not None and not handle.exited else None
 
     def orphan_pids(self, known: set[int]) -> list[int]:
         """Replica processes of this data directory that no handle owns."""
@@ -445,14 +318,14 @@ class LocalProcessRuntime:
                     handle.phase = ReplicaPhase.LOADING
                     self._on_change(handle)
             if state.get("phase") == "ready" and handle.port:
-                if await _health_serving(handle.address):
+                if await health_serving(handle.address):
                     if handle.phase is ReplicaPhase.LOADING:
                         handle.phase = ReplicaPhase.READY
                         handle.ready_time = time.time()
                         self._on_change(handle)
                     return
             if state.get("phase") == "failed":
-                handle.load_error = _load_error(state)
+                handle.load_error = load_error_of(state)
                 return
             await asyncio.sleep(POLL_SECONDS)
 
@@ -461,7 +334,7 @@ class LocalProcessRuntime:
         handle.exit_time = time.time()
         state = _read_state(self.state_file(handle.id))
         if state.get("phase") == "failed" and not handle.load_error:
-            handle.load_error = _load_error(state)
+            handle.load_error = load_error_of(state)
         if state.get("phase") == "unhealthy":
             handle.unhealthy = state.get("error") or "is_healthy() failed"
         handle.exited = True
@@ -472,19 +345,8 @@ class LocalProcessRuntime:
         if state_file.parent != self.run_dir:
             shutil.rmtree(state_file.parent, ignore_errors=True)
         self.token_file(handle.id).unlink(missing_ok=True)
+        self._handles.pop(handle.id, None)
         self._on_change(handle)
-
-
-def exit_description(code: int | None) -> str:
-    """How a replica ended, from its exit code (negative: the signal that killed it)."""
-    if code is None:
-        return "exited"
-    if code < 0:
-        try:
-            return f"was killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 def _as_user(user: ReplicaUser | None, home: pathlib.Path | None) -> dict:
@@ -522,7 +384,7 @@ def _read_state(path: pathlib.Path) -> dict:
         return {}
 
 
-async def _health_serving(address: str) -> bool:
+async def health_serving(address: str) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
@@ -543,41 +405,7 @@ def _is_our_replica(pid: int, replica_id: str) -> bool:
     return not zombie and (replica_id.encode() in cmdline or name == replica_id[:15])
 
 
-def _settle(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-async def _wait_for_pid_exit(pid: int) -> int | None:
-    """Exit watch for a process that is not our child (forked by a fork server, or adopted).
-
-    A pidfd becomes readable when the process exits; where there is none, poll.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    if pidfd is not None:
-        loop = asyncio.get_running_loop()
-        gone = loop.create_future()
-        loop.add_reader(pidfd, _settle, gone)
-        try:
-            await gone
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        return None
-    while True:
-        try:
-            stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-            if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-                return None
-        except OSError:
-            return None
-        await asyncio.sleep(ADOPTED_POLL_SECONDS)
-
-
-def _load_error(state: dict) -> str:
+def load_error_of(state: dict) -> str:
     """A failed replica's report: the error, then the model's own frames when it has any."""
     error = state.get("error") or "the model failed to load"
     traceback = state.get("traceback") or ""

@@ -8,10 +8,10 @@ import logging
 import os
 import pathlib
 import shutil
-import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -39,6 +39,7 @@ from controller.metrics_http import MetricsEndpoint
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
+from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, RuntimeUnavailableError, require_runtime
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
@@ -132,6 +133,10 @@ class ControllerSettings:
     history: HistorySettings = field(default_factory=HistorySettings)
     # The web dashboard served at / on the HTTP port (its built files, web/dist by default).
     dashboard: Dashboard = field(default_factory=Dashboard)
+    # What runs replicas (controller/replica_runtime.py): "local" processes, or a Ray cluster
+    # at ray_address (None: the RAY_ADDRESS variable, else a cluster running on this machine, else a new one).
+    runtime: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -178,6 +183,7 @@ class Controller:
 
     @classmethod
     async def start(cls, settings: ControllerSettings) -> Controller:
+        require_runtime(settings.runtime)
         self = cls(settings)
         data_dir = settings.data_dir
         python = settings.replica_python or sys.executable
@@ -205,7 +211,9 @@ class Controller:
             settings.autoscaling_limits,
             on_commit=lambda: self.reconciler.poke(),
             on_wake=self._wake,
-            machine=lambda: Machine(secret_variables=secrets.available_variables()),
+            machine=lambda: Machine(
+                secret_variables=secrets.available_variables(), accelerators=settings.runtime == "ray"
+            ),
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(
@@ -213,45 +221,39 @@ class Controller:
             on_loads=lambda request: record_report(self.history, request, time.time()),
         )
         self.store.add_listener(self.routes.on_store_change)
-        self.reconciler = Reconciler(
-            self.store,
-            lifecycle,
-            packages,
-            lambda on_change: LocalProcessRuntime(
-                data_dir,
-                packages.root,
-                on_change,
-                drain_seconds=settings.drain_seconds,
-                python=python,
-                fork=settings.fork_replicas,
-                max_request_bytes=settings.max_request_bytes,
-                health_check_seconds=settings.health_check_seconds,
-                log_line_bytes=settings.logs.collector.max_line_bytes,
-                log_rate_bytes=settings.logs.replica_rate_bytes,
-                otlp_endpoint=settings.otlp_endpoint,
-                sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
-            ),
-            settings.reconciler,
-            self.autoscaler,
-            self.load,
-            on_replica_change=self.routes.on_replica_change,
-            before_stop=self._unroute,
-            builds=BuildManager(
-                settings.builds_dir or data_dir / "builds",
-                on_change=lambda: self.reconciler.poke(),
-                on_event=lifecycle.record_event,
-                python=python,
-                timeout_seconds=settings.build_timeout_seconds,
-                shared=replica_users is not None,
-                on_built=lambda outcome, seconds: self.metrics.build_seconds.labels(outcome).observe(seconds),
-            ),
-            secrets=secrets,
-            replica_users=replica_users,
-            on_observed=lambda deployment_id, desired, ready: self.history.record_replicas(
-                deployment_id, desired, ready, self.load.observe(deployment_id)[0], time.time()
-            ),
-            metrics=self.metrics,
-        )
+        try:
+            self.reconciler = Reconciler(
+                self.store,
+                lifecycle,
+                packages,
+                lambda on_change: _runtime(settings, packages, on_change, python, replica_users),
+                settings.reconciler,
+                self.autoscaler,
+                self.load,
+                on_replica_change=self.routes.on_replica_change,
+                before_stop=self._unroute,
+                builds=BuildManager(
+                    settings.builds_dir or data_dir / "builds",
+                    on_change=lambda: self.reconciler.poke(),
+                    on_event=lifecycle.record_event,
+                    python=python,
+                    timeout_seconds=settings.build_timeout_seconds,
+                    shared=replica_users is not None,
+                    on_built=lambda outcome, seconds: self.metrics.build_seconds.labels(outcome).observe(seconds),
+                ),
+                secrets=secrets,
+                replica_users=replica_users,
+                on_observed=lambda deployment_id, desired, ready: self.history.record_replicas(
+                    deployment_id, desired, ready, self.load.observe(deployment_id)[0], time.time()
+                ),
+                metrics=self.metrics,
+            )
+        except RuntimeUnavailableError:
+            # The runtime cannot run (its cluster unreachable): close what started, say why.
+            await self.keys.stop()
+            await self.logs.close()
+            await self.store.close()
+            raise
         self.metrics.watch(lambda: self.reconciler.replicas.values(), self.autoscaler.panicking)
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -329,6 +331,7 @@ class Controller:
                     "tls": settings.tls is not None,
                     "data_dir": str(data_dir),
                     "replica_users": _describe(replica_users),
+                    "runtime": settings.runtime,
                 }
             },
         )
@@ -397,9 +400,7 @@ class Controller:
         await self.reconciler.shutdown()
         await self.reconciler.runtime.close()
         # A replica whose start was interrupted by the shutdown has no handle to stop it.
-        for pid in self.reconciler.runtime.orphan_pids(known=set()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await self.reconciler.runtime.stop_orphans(known=set())
         await self.routes.stop()
         await self.keys.stop()
         if self.log_collector is not None:
@@ -407,6 +408,44 @@ class Controller:
         await self.logs.close()
         await self.store.close()
         log.info("controller stopped")
+
+
+def _runtime(
+    settings: ControllerSettings,
+    packages: PackageStore,
+    on_change: Callable[[ReplicaHandle], None],
+    python: str,
+    replica_users: ReplicaUsers | None,
+) -> ReplicaRuntime:
+    data_dir = settings.data_dir
+    if settings.runtime == "ray":
+        from controller.ray_runtime import RayRuntime
+
+        if replica_users is not None:
+            log.warning("--runtime ray: replicas run as the Ray workers' user, not as per-model users")
+        return RayRuntime(
+            data_dir,
+            packages.root,
+            on_change,
+            address=settings.ray_address,
+            drain_seconds=settings.drain_seconds,
+            max_request_bytes=settings.max_request_bytes,
+            health_check_seconds=settings.health_check_seconds,
+        )
+    return LocalProcessRuntime(
+        data_dir,
+        packages.root,
+        on_change,
+        drain_seconds=settings.drain_seconds,
+        python=python,
+        fork=settings.fork_replicas,
+        max_request_bytes=settings.max_request_bytes,
+        health_check_seconds=settings.health_check_seconds,
+        log_line_bytes=settings.logs.collector.max_line_bytes,
+        log_rate_bytes=settings.logs.replica_rate_bytes,
+        otlp_endpoint=settings.otlp_endpoint,
+        sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
+    )
 
 
 def _describe(users: ReplicaUsers | None) -> str:

@@ -17,8 +17,8 @@ from controller.errors import InvalidArgument
 from controller.keys import KeyManager, require_model_access
 from controller.lifecycle import Lifecycle, page_size
 from controller.live_reload import LiveReloader
+from controller.replica_runtime import ReplicaHandle
 from controller.routes import LoadTracker, RouteBroadcaster
-from controller.runtime import ReplicaHandle
 from controller.status import map_domain_errors
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc

@@ -39,6 +39,7 @@ import traceback
 import replica.main  # noqa: F401  (the point: import everything a replica needs, once)
 
 PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
 # Blocked across fork(): CPython drops signals that reach a child before os.fork()
 # returns in it, so a replica stopped right after it was spawned would never exit.
 # Blocked, they stay pending until the child has its own handlers.
@@ -66,6 +67,12 @@ def _become_replica(request: dict, server_descriptors: list[socket.socket | sele
             else:
                 resource.close()
         os.setsid()
+        if request.get("die_with_server"):
+            # A replica of the Ray runtime's node-local server goes when the server goes (its
+            # owning actor died, or its node): killed by the kernel, or now if that already happened.
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != request["server_pid"]:
+                os._exit(1)
         for signum in (signal.SIGCHLD, *STOP_SIGNALS):
             signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending stop ends it here
@@ -142,6 +149,7 @@ class Server:
             connection.close()  # a client that went away before asking; serve the next one
             return
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        request["server_pid"] = os.getpid()
         pid = os.fork()
         if pid == 0:
             _become_replica(request, [*self.descriptors, connection, *self.waiting.values()])

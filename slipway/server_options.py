@@ -143,6 +143,21 @@ def server_options(command: Callable) -> Callable:
         ),
         *LOG_OPTIONS,
         otlp_endpoint_option,
+        flag(
+            "--runtime",
+            envvar="SLIPWAY_RUNTIME",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            help="What runs replicas: local processes, or a Ray cluster (pip install 'slipway[ray]').",
+        ),
+        flag(
+            "--ray-address",
+            envvar="SLIPWAY_RAY_ADDRESS",
+            default=None,
+            help="The Ray cluster's address (host:port of its head) under --runtime ray; "
+            "default: RAY_ADDRESS, else a cluster on this machine, else a new local one.",
+            show_default=False,
+        ),
     ]
     return isolation_options(with_options(command, options))
 
@@ -265,6 +280,8 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
             replica_rate_bytes=flags["log_rate_bytes"],
         ),
         otlp_endpoint=flags["otlp_endpoint"],
+        runtime=flags["runtime"],
+        ray_address=flags["ray_address"],
     )
 
 
@@ -366,11 +383,12 @@ def gateway_options(command: Callable) -> Callable:
 
 def run_until_stopped(coroutine: Any) -> None:
     from controller.isolation import ReplicaUserError
+    from controller.replica_runtime import RuntimeUnavailableError
     from controller.store import StoreOpenError
 
     try:
         asyncio.run(coroutine)
     except KeyboardInterrupt:
         click.echo("Stopped.", err=True)
-    except (ReplicaUserError, StoreOpenError) as exc:
+    except (ReplicaUserError, StoreOpenError, RuntimeUnavailableError) as exc:
         raise click.ClickException(str(exc)) from None

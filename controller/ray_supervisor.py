@@ -1,0 +1,293 @@
+"""The Ray actor that owns one replica on the node Ray placed it on (controller/ray_runtime.py).
+
+One named, detached actor per replica (name: the replica ID, namespace: the controller's),
+so that it outlives the controller that created it and a restarted controller finds it by
+name. The actor starts Slipway's own model server, `python -m replica`, as a child process
+(its own session) with the same contract as the local runtime's replicas: a state file
+with port and phase, SIGTERM drains, exit codes 3 (load failed) and 4 (unhealthy). The
+child dies with the actor (PR_SET_PDEATHSIG), so a lost node or a killed actor leaves no
+replica behind.
+
+Packages come from the controller through Ray's object store as tar archives and are
+unpacked once per node and digest under <tmp>/slipway-ray/<namespace>/packages/<digest>,
+which is also the replica's --packages-root (live reload loads from there by digest).
+
+This module imports no Ray at the top: the runtime wraps the class with ray.remote, and
+the nodes import it by name (Slipway is installed on every node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import io
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from typing import Any
+
+POLL_SECONDS = 0.01
+PR_SET_PDEATHSIG = 1
+DIGEST_CHARS = frozenset("0123456789abcdef")
+
+
+def node_root(namespace: str) -> pathlib.Path:
+    return pathlib.Path(tempfile.gettempdir()) / "slipway-ray" / namespace
+
+
+def unpack_package(root: pathlib.Path, digest: str, archive: bytes) -> pathlib.Path:
+    """Unpack a package archive as root/packages/<digest> (atomically: a concurrent unpack
+    of the same digest on this node wins or loses whole); modes of our own, never the archive's."""
+    if len(digest) != 64 or not set(digest) <= DIGEST_CHARS:
+        raise ValueError(f"not a package digest: {digest!r}")
+    final = root / "packages" / digest
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=final.parent))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+            for member in tar.getmembers():
+                target = (staging / member.name).resolve()
+                if not target.is_relative_to(staging.resolve()) or not (member.isfile() or member.isdir()):
+                    continue  # the controller archives its own stored package: nothing else is expected
+                if member.isdir():
+                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                with source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out)
+                target.chmod(0o600)
+        try:
+            staging.rename(final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: its own session, and SIGKILL when the actor's thread dies."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class ReplicaSupervisor:
+    """An async actor: its methods run on one event loop (the thread the child is forked from)."""
+
+    def __init__(self, namespace: str, replica_id: str = "") -> None:
+        self.root = node_root(namespace)
+        for name in ("packages", "run", "logs"):
+            (self.root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.replica_id = ""
+        if replica_id:
+            self._assign(replica_id)
+        self.process: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.exit_code: int | None = None
+        self.exited = asyncio.Event()
+        self.started = time.time()
+        # A warm actor (of the runtime's pool) keeps a fork server that has imported the model
+        # server, so that its replica starts in milliseconds rather than as a new interpreter.
+        self._fork_server: Any = None
+        self._preparing: asyncio.Task | None = None
+
+    def _assign(self, replica_id: str) -> None:
+        self.replica_id = replica_id
+        self.state_file = self.root / "run" / f"{replica_id}.json"
+        self.log_path = self.root / "logs" / f"{replica_id}.log"
+
+    async def prepare(self) -> None:
+        """Start this actor's own fork server (it exits when the actor dies: its lifeline)."""
+        if self._preparing is None:
+            self._preparing = asyncio.get_running_loop().create_task(self._start_fork_server())
+        await asyncio.shield(self._preparing)
+
+    async def _start_fork_server(self) -> None:
+        from controller.fork_server import ForkServer
+
+        own = pathlib.Path(tempfile.mkdtemp(prefix="fs-", dir=self.root / "run"))
+        server = ForkServer(sys.executable, own, own / "forkserver.log")
+        await server.ensure_started()
+        self._fork_server = server
+
+    def _where(self) -> dict[str, Any]:
+        import ray  # present on every node: this runs inside a Ray worker
+
+        context = ray.get_runtime_context()
+        return {"node_id": context.get_node_id(), "host": ray.util.get_node_ip_address()}
+
+    async def has_package(self, digest: str) -> bool:
+        return (self.root / "packages" / digest).is_dir()
+
+    async def put_package(self, digest: str, archive: list) -> None:
+        """Unpack the package unless this node has it; `archive` is [ObjectRef] of its tar
+        bytes (wrapped in a list, so Ray fetches it only when the node lacks the package)."""
+        if not (self.root / "packages" / digest).is_dir():
+            data = await archive[0]
+            await asyncio.to_thread(unpack_package, self.root, digest, data)
+
+    async def start(self, spec: dict[str, Any], archive: list) -> dict[str, Any]:
+        """Start the replica `spec["replica_id"]` from the stored package `spec["digest"]`;
+        where it runs and its PID."""
+        if self.pid is not None:
+            return self.status_now()
+        self._assign(spec["replica_id"])
+        digest = spec["digest"]
+        await self.put_package(digest, archive)
+        where = self._where()
+        python = spec.get("python")
+        if python and not os.access(python, os.X_OK):
+            raise FileNotFoundError(f"the environment's interpreter {python} is not on node {where['node_id'][:12]}")
+        args = [
+            "--package",
+            str(self.root / "packages" / digest),
+            "--state-file",
+            str(self.state_file),
+            "--replica-id",
+            self.replica_id,
+            "--host",
+            where["host"],
+            "--packages-root",
+            str(self.root / "packages"),
+            *spec["args"],
+        ]
+        self.state_file.unlink(missing_ok=True)
+        if self._preparing is not None and python is None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._preparing)
+        if self._fork_server is not None and python is None:
+            from slipway.internal_auth import REPLICA_TOKEN_ENV
+
+            self.pid, exited = await self._fork_server.spawn(
+                args,
+                {**spec["environment"], REPLICA_TOKEN_ENV: spec["token"]},
+                self.log_path,
+                self.replica_id,
+                die_with_server=True,
+            )
+            asyncio.get_running_loop().create_task(self._exit_of(exited))
+        else:
+            self._spawn([python or sys.executable, "-m", "replica", *args], spec)
+            asyncio.get_running_loop().create_task(self._reap())
+        return {**where, "pid": self.pid}
+
+    def _spawn(self, argv: list[str], spec: dict[str, Any]) -> None:
+        """A new interpreter; its token comes through an inherited pipe."""
+        token_read, token_write = os.pipe()
+        try:
+            os.write(token_write, spec["token"].encode())
+            os.close(token_write)
+            environment = {**os.environ, **spec["environment"]}
+            with self.log_path.open("ab") as log_file:
+                # Forked from this (the event loop's) thread: PR_SET_PDEATHSIG follows it.
+                self.process = subprocess.Popen(
+                    [*argv, "--token-fd", str(token_read)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    env=environment,
+                    pass_fds=(token_read,),
+                    cwd=self.root,
+                    preexec_fn=_die_with_parent,
+                )
+        finally:
+            os.close(token_read)
+        self.pid = self.process.pid
+
+    async def _exit_of(self, exited: Any) -> None:
+        self.exit_code = await exited
+        self.exited.set()
+
+    async def _reap(self) -> None:
+        assert self.process is not None
+        while self.process.poll() is None:
+            await asyncio.sleep(POLL_SECONDS * 5)
+        self.exit_code = self.process.returncode
+        self.exited.set()
+
+    def status_now(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_file.read_text()) if self.replica_id else {}
+        except (OSError, ValueError):
+            state = {}
+        return {
+            **self._where(),
+            "pid": self.pid,
+            "replica_id": self.replica_id,
+            "state": state,
+            "exited": self.exited.is_set(),
+            "exit_code": self.exit_code,
+            "actor_pid": os.getpid(),
+        }
+
+    async def status(self) -> dict[str, Any]:
+        return self.status_now()
+
+    async def wait_state(self, known: str, timeout: float) -> dict[str, Any]:
+        """The status once the replica's phase is no longer `known` (or it exited), or after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.status_now()
+            phase = status["state"].get("phase", "")
+            if phase != known or status["exited"] or time.monotonic() > deadline:
+                return status
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def wait_exit(self) -> int | None:
+        await self.exited.wait()
+        return self.exit_code
+
+    async def signal(self, drain: bool) -> None:
+        """SIGTERM (the replica drains), or SIGKILL of its process group."""
+        if self.pid is None or self.exited.is_set():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if drain:
+                os.kill(self.pid, signal.SIGTERM)
+            else:
+                os.killpg(self.pid, signal.SIGKILL)
+
+    async def read_log_from(self, offset: int, max_bytes: int) -> bytes:
+        """Up to `max_bytes` of the replica's log from byte `offset` (the controller's copy follows it)."""
+        if not self.replica_id:
+            return b""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        except OSError:
+            return b""
+
+    async def read_log(self, max_bytes: int) -> bytes:
+        """The last `max_bytes` of the replica's log."""
+        if not self.replica_id:
+            return b""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, self.log_path.stat().st_size - max_bytes))
+                return f.read(max_bytes)
+        except OSError:
+            return b""
+
+    async def forget(self) -> None:
+        """Remove the replica's files on this node (its log has been copied to the controller)."""
+        await self.signal(drain=False)
+        if self.replica_id:
+            self.state_file.unlink(missing_ok=True)
+            self.log_path.unlink(missing_ok=True)
+        if self._fork_server is not None:
+            await self._fork_server.stop()
