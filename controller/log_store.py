@@ -27,6 +27,7 @@ import aiosqlite
 
 from controller.errors import InvalidArgument
 from controller.log_records import BUILD, LogQuery, LogRecord
+from controller.store.sqlite import connect
 
 SCHEMA = [
     """
@@ -100,9 +101,9 @@ class SqliteLogStore:
     @classmethod
     async def open(cls, path: pathlib.Path, retention: Retention) -> SqliteLogStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
+        writer = await connect(path)
         await _migrate(writer)
-        reader = await _connect(path)
+        reader = await connect(path)
         store = cls(writer, reader, retention)
         async with writer.execute("SELECT COALESCE(SUM(size), 0) FROM records") as cursor:
             row = await cursor.fetchone()
@@ -324,14 +325,6 @@ def _decode_token(token: str, fingerprint: str) -> tuple[float, int] | None:
     raise InvalidArgument(
         "INVALID_PAGE_TOKEN", "page_token continues another listing (the filter and order must stay the same)"
     )
-
-
-async def _connect(path: pathlib.Path) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(str(path), isolation_level=None)
-    await conn.execute("PRAGMA journal_mode = WAL")
-    await conn.execute("PRAGMA synchronous = NORMAL")
-    await conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:

@@ -47,10 +47,10 @@ class SqliteBackend(Backend):
     @classmethod
     async def open(cls, path: pathlib.Path) -> SqliteBackend:
         path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
+        writer = await connect(path)
         try:
             await _migrate(writer, f"sqlite:///{path}")
-            reader = await _connect(path)
+            reader = await connect(path)
         except BaseException:
             await writer.close()
             raise
@@ -78,8 +78,9 @@ class SqliteBackend(Backend):
         await self._writer.close()
 
 
-async def _connect(path: pathlib.Path) -> aiosqlite.Connection:
-    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE in transaction()).
+async def connect(path: pathlib.Path) -> aiosqlite.Connection:
+    """A connection as every Slipway SQLite file is opened (WAL; the lifecycle store and logs.db)."""
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE).
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = NORMAL")
