@@ -2,8 +2,10 @@
 
 This module holds the root group and the commands that run the platform's servers
 (`controller`, `gateway`, `up`); their flags and settings are in slipway/server_options.py,
-the client commands in slipway/client_commands.py (keys and secrets in their own
-modules), their rendering in slipway/render.py.
+the client commands in slipway/push_commands.py (push, watch, init) and
+slipway/client_commands.py (models, deployments, predict, usage, events), keys, secrets,
+logs and top in their own modules, what they share in slipway/command_support.py, their
+rendering in slipway/render.py.
 
 Read commands print aligned tables for humans and `--output json` for scripts. The
 controller address comes from `--controller` or SLIPWAY_CONTROLLER. A refused call
@@ -18,10 +20,10 @@ from typing import Any
 
 import click
 
-from slipway import client_commands, key_commands, log_commands, secret_commands, top_command
+from slipway import client_commands, key_commands, log_commands, push_commands, secret_commands, top_command
 from slipway.addresses import checked_addresses
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
-from slipway.client_commands import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
+from slipway.command_support import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
 from slipway.credentials import ADMIN_KEY_FILE, find_api_key
 from slipway.dashboard_link import dashboard_link
 from slipway.packaging import read_model_name
@@ -349,9 +351,9 @@ def up(
 
 
 for command in (
-    client_commands.push,
-    client_commands.watch,
-    client_commands.init,
+    push_commands.push,
+    push_commands.watch,
+    push_commands.init,
     client_commands.models,
     client_commands.deployments,
     client_commands.usage,

@@ -7,7 +7,7 @@ import re
 import click
 
 from slipway.client import KEY_SCOPES
-from slipway.client_commands import connect, emit, output_option
+from slipway.command_support import connect, emit, output_option
 from slipway.render import KEY_COLUMNS, table
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from slipway.client_commands import connect
+from slipway.command_support import connect
 from slipway.key_commands import parse_duration
 from slipway.v1 import log_service_pb2 as ls
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from slipway.client_commands import confirm, connect, emit, output_option
+from slipway.command_support import confirm, connect, emit, output_option
 from slipway.limits import MAX_SECRET_BYTES
 from slipway.render import SECRET_COLUMNS, table
 

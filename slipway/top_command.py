@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 from prometheus_client.parser import text_string_to_metric_families
 
-from slipway.client_commands import root_api_key
+from slipway.command_support import root_api_key
 from slipway.tls import dialable_host
 
 DEFAULT_CONTROLLER_HTTP_PORT = 7180
