@@ -11,9 +11,10 @@ import pathlib
 import time
 from dataclasses import dataclass, field, replace
 
-from controller.domain import NAME_PATTERN, validate_reference
+from controller.domain import NAME_PATTERN
 from controller.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from controller.store import ApiKeyRow, Page, Store
+from controller.validation import validate_reference
 from slipway import keys
 from slipway.auth import FailureLimits, current_caller
 from slipway.internal_auth import write_private

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from controller import compat, domain, usage
+from controller import compat, domain, usage, validation
 from controller.domain import (
     DEVELOPMENT_AUTOSCALING,
     DEVELOPMENT_NAME,
@@ -99,7 +99,7 @@ def page_size(requested: int) -> int:
 async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Deployment:
     if not deployment_id:
         raise InvalidArgument("MISSING_DEPLOYMENT_ID", "deployment_id is required")
-    domain.validate_reference("deployment_id", deployment_id)
+    validation.validate_reference("deployment_id", deployment_id)
     deployment = await reads.get_deployment(deployment_id)
     if deployment is None:
         raise NotFound(
@@ -110,7 +110,7 @@ async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Dep
 
 async def _find_model(reads: WriteTx | Store, model_id: str) -> Model:
     """A model by ID, deleted ones included, or by the name of a live one."""
-    domain.validate_reference("model_id", model_id)
+    validation.validate_reference("model_id", model_id)
     model = await reads.get_model(model_id)
     if model is None:
         raise NotFound("MODEL_NOT_FOUND", f"model {model_id} does not exist", model_id=model_id)
@@ -134,7 +134,7 @@ def _check_pushed_package(
     config.yaml's) and the config warnings."""
     config = validate_package(package_dir)
     model_name = model_name or config.model_name or ""
-    domain.validate_model_name(model_name)
+    validation.validate_model_name(model_name)
     return model_name, tuple(compat.check_package(config, machine))
 
 
@@ -286,10 +286,10 @@ class Lifecycle:
                 "--deployment-name needs --publish or --promote",
             )
         if deployment_name:
-            domain.validate_deployment_name(deployment_name)
+            validation.validate_deployment_name(deployment_name)
         if model_name:
-            domain.validate_model_name(model_name)
-        metadata_json = domain.encode_metadata(metadata) if metadata else ""
+            validation.validate_model_name(model_name)
+        metadata_json = validation.encode_metadata(metadata) if metadata else ""
         check = functools.partial(_check_pushed_package, model_name=model_name, machine=self._machine())
         staged = await asyncio.to_thread(self.packages.stage, archive, sha256, check)
         digest = staged.digest
@@ -447,9 +447,9 @@ class Lifecycle:
         taken = await tx.deployment_names(model.id)
         next_number = model.next_deployment_number
         if name:
-            domain.require_unique_name(name, taken, model.id)
+            validation.require_unique_name(name, taken, model.id)
         else:
-            name, next_number = domain.default_deployment_name(next_number, taken)
+            name, next_number = validation.default_deployment_name(next_number, taken)
         production = await tx.get_deployment(model.production_deployment_id) if model.production_deployment_id else None
         autoscaling = domain.promoted_autoscaling(production, self.limits) if promote else self.limits.defaults
         deployment = domain.new_deployment(
@@ -687,14 +687,14 @@ class Lifecycle:
             # of the development deployment sends its name and fixed settings back).
             if name is not None and name != deployment.name:
                 domain.check_rename(deployment)
-                domain.validate_deployment_name(name)
+                validation.validate_deployment_name(name)
                 taken = await tx.deployment_names(deployment.model_id)
-                domain.require_unique_name(name, taken, deployment.model_id)
+                validation.require_unique_name(name, taken, deployment.model_id)
                 values["name"] = name
             settings = replace(deployment.autoscaling, **autoscaling_changes)
             if settings != deployment.autoscaling:
                 domain.check_autoscaling_change(deployment)
-                domain.validate_autoscaling(settings, self.limits)
+                validation.validate_autoscaling(settings, self.limits)
                 values["autoscaling"] = settings
             if values:
                 await tx.update_deployment(deployment.id, update_time=at, **values)
