@@ -179,8 +179,13 @@ async def test_cold_starts_from_a_wake_call_and_from_a_request(platform, tmp_pat
     await wait_until(lambda: _value(url, "slipway_deployment_replicas", {**labels, "phase": "loading"}, 1))
     loaded.touch()
     await wait_until(lambda: _value(gateway_url, "slipway_inference_in_flight", labels, 1), what="one in flight")
-    replica = (await scrape(url)).matching("slipway_replica_in_flight", **labels)
-    assert list(replica.values()) == [1], replica
+
+    async def in_the_replica() -> dict | None:
+        # The gateway counts the request before it reaches the replica: poll, not assert once.
+        replica = (await scrape(url)).matching("slipway_replica_in_flight", **labels)
+        return replica if list(replica.values()) == [1] else None
+
+    await wait_until(in_the_replica, what="the request in flight in the replica")
     answer.touch()
     await waiting
     metrics = await wait_until(lambda: _value(url, cold, labels, 2), what="the request's cold start")
