@@ -7,7 +7,8 @@ controller adopts it by name, and stops the actors nothing owns. The actor asks 
 the resources of the package's config.yaml (controller/ray_resources.py); a request no
 node could ever hold fails the start at once with a status message saying so, rather
 than waiting silently. Packages travel through Ray's object store (a tar archive put once
-per digest) and are unpacked once per node. Replica tokens are kept in the controller's
+per digest) and are unpacked once per node; so are the requirements environments the
+controller builds (controller/ray_environments.py, once per environment key). Replica tokens are kept in the controller's
 run directory, as the local runtime keeps them, so that an adopted replica is reachable.
 
 The contract it keeps is controller/replica_runtime.py's.
@@ -30,6 +31,7 @@ from typing import Any
 
 from controller.domain import ReplicaPhase
 from controller.isolation import ReplicaUser, Sandboxes
+from controller.ray_environments import ENVS_KEPT, EnvironmentShipError, pack_environment
 from controller.ray_resources import RayResources, ray_resources, unplaceable
 from controller.ray_supervisor import ReplicaSupervisor
 from controller.replica_runtime import RAY_MISSING, ReplicaHandle, RuntimeUnavailableError
@@ -103,6 +105,7 @@ class RayRuntime:
         self._health_check_seconds = health_check_seconds
         self._handles: dict[str, RayReplicaHandle] = {}
         self._archives: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._env_archives: collections.OrderedDict[str, Any] = collections.OrderedDict()
         # Idle actors with default resources and a started fork server, by name: a replica
         # that fits one takes it (no actor to create, no interpreter to start).
         self._warm_target = warm_actors
@@ -188,7 +191,7 @@ class RayRuntime:
         model_id: str = "",
     ) -> ReplicaHandle:
         """Create the replica's actor; placement, the package's transfer and the model's load follow.
-        `python` (a built environment) must exist at that path on the node. `user` is not
+        `python` (a built environment) is shipped to the node (once per node and key). `user` is not
         supported: replicas run as the Ray workers' user. `model_id` names the model in the local
         runtime's trace attributes; replicas under Ray are not traced yet."""
         handle = RayReplicaHandle(
@@ -211,7 +214,9 @@ class RayRuntime:
         spec = {
             "replica_id": replica_id,
             "digest": package_dir.name,
-            "python": python,
+            "python": None,
+            # The built environment's key (its directory's name): the node unpacks its own copy.
+            "env_key": pathlib.Path(python).parent.parent.name if python else "",
             "token": handle.token,
             "environment": environment,
             "args": [
@@ -225,7 +230,8 @@ class RayRuntime:
             ],
         }
         self._handles[replica_id] = handle
-        handle._tasks.append(asyncio.create_task(self._supervise(handle, spec, package_dir)))
+        env_dir = pathlib.Path(python).parent.parent if python else None
+        handle._tasks.append(asyncio.create_task(self._supervise(handle, spec, package_dir, env_dir)))
         return handle
 
     def _new_actor(self, name: str, needs: RayResources) -> Any:
@@ -347,14 +353,33 @@ class RayRuntime:
         self._archives.move_to_end(digest)
         return ref
 
+    async def environment_archive(self, env_dir: pathlib.Path) -> Any:
+        """The built environment as a tar archive in Ray's object store (put once per key)."""
+        key = env_dir.name
+        ref = self._env_archives.get(key)
+        if ref is None:
+            data = await asyncio.to_thread(pack_environment, env_dir)
+            ref = self._env_archives[key] = await asyncio.to_thread(self._ray.put, data)
+            while len(self._env_archives) > ENVS_KEPT:
+                self._env_archives.popitem(last=False)
+        self._env_archives.move_to_end(key)
+        return ref
+
     # --- watching ---------------------------------------------------------------
 
-    async def _supervise(self, handle: RayReplicaHandle, spec: dict | None, package_dir: pathlib.Path | None) -> None:
+    async def _supervise(
+        self,
+        handle: RayReplicaHandle,
+        spec: dict | None,
+        package_dir: pathlib.Path | None,
+        env_dir: pathlib.Path | None = None,
+    ) -> None:
         """Start (unless adopted), watch to readiness, wait for the exit, then clean up."""
         try:
             if spec is not None and package_dir is not None:
                 archive = await self.archive(package_dir)
-                started = await handle.actor.start.remote(spec, [archive])
+                environment = [await self.environment_archive(env_dir)] if env_dir is not None else None
+                started = await handle.actor.start.remote(spec, [archive], environment)
                 handle.pid, handle.host, handle.node_id = started["pid"], started["host"], started["node_id"]
                 if handle.stopping:
                     await handle.actor.signal.remote(False)
@@ -377,6 +402,9 @@ class RayRuntime:
             if isinstance(error, self._ray.exceptions.RayTaskError) and not handle.load_error:
                 handle.load_error = f"the replica could not start on its node: {error.cause}"
             log.warning("replica %s's actor is gone: %s", handle.id, type(error).__name__)
+        except EnvironmentShipError as error:
+            handle.load_error = str(error)
+            log.warning("replica %s: %s", handle.id, error)
         except asyncio.CancelledError:
             return  # the controller is closing: the replica runs on, for the next one to adopt
         with contextlib.suppress(Exception):

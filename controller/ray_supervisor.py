@@ -11,6 +11,8 @@ replica behind.
 Packages come from the controller through Ray's object store as tar archives and are
 unpacked once per node and digest under <tmp>/slipway-ray/<namespace>/packages/<digest>,
 which is also the replica's --packages-root (live reload loads from there by digest).
+Built requirements environments come the same way, once per node and environment key
+(controller/ray_environments.py).
 
 This module imports no Ray at the top: the runtime wraps the class with ray.remote, and
 the nodes import it by name (Slipway is installed on every node).
@@ -90,7 +92,7 @@ class ReplicaSupervisor:
 
     def __init__(self, namespace: str, replica_id: str = "") -> None:
         self.root = node_root(namespace)
-        for name in ("packages", "run", "logs"):
+        for name in ("packages", "run", "logs", "envs"):
             (self.root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.replica_id = ""
         if replica_id:
@@ -140,8 +142,21 @@ class ReplicaSupervisor:
             data = await archive[0]
             await asyncio.to_thread(unpack_package, self.root, digest, data)
 
-    async def start(self, spec: dict[str, Any], archive: list) -> dict[str, Any]:
-        """Start the replica `spec["replica_id"]` from the stored package `spec["digest"]`;
+    async def put_environment(self, key: str, archive: list) -> tuple[str, bool]:
+        """The interpreter of the built environment `key` on this node, and whether it had
+        to be unpacked (False: an earlier replica on this node brought it)."""
+        from controller.builds import runtime_paths
+        from controller.ray_environments import has_environment, node_env_dir, unpack_environment
+
+        if has_environment(self.root, key):
+            return str(node_env_dir(self.root, key) / "bin" / "python"), False
+        data = await archive[0]
+        env = await asyncio.to_thread(unpack_environment, self.root, key, data, runtime_paths())
+        return str(env / "bin" / "python"), True
+
+    async def start(self, spec: dict[str, Any], archive: list, environment: list | None = None) -> dict[str, Any]:
+        """Start the replica `spec["replica_id"]` from the stored package `spec["digest"]`
+        (in the built environment `spec["env_key"]`, shipped as `environment`, if any);
         where it runs and its PID."""
         if self.pid is not None:
             return self.status_now()
@@ -150,6 +165,11 @@ class ReplicaSupervisor:
         await self.put_package(digest, archive)
         where = self._where()
         python = spec.get("python")
+        if spec.get("env_key") and environment is not None:
+            python, unpacked = await self.put_environment(spec["env_key"], environment)
+            with self.log_path.open("a") as log_file:
+                how = "unpacked on this node" if unpacked else "reused: already on this node"
+                log_file.write(f"slipway: environment {spec['env_key'][:12]} {how} ({python})\n")
         if python and not os.access(python, os.X_OK):
             raise FileNotFoundError(f"the environment's interpreter {python} is not on node {where['node_id'][:12]}")
         args = [

@@ -1,5 +1,5 @@
 """The Ray runtime on a real local Ray cluster of two nodes (ray.cluster_utils.Cluster, on
-loopback; the second node declares a GPU, so a GPU request is placed there), driven through
+loopback; the second node declares two GPUs, so a GPU request is placed there), driven through
 the controller's public API and the gateway. The controller runs as a subprocess
 (`slipway controller --runtime ray`), so that it can be SIGKILLed and restarted; this test
 process is a Ray driver too, only to look at the cluster (nodes, actors, their placement).
@@ -49,7 +49,7 @@ def cluster():
         initialize_head=True,
         head_node_args={"num_cpus": 4, "node_ip_address": "127.0.0.1", "include_dashboard": False},
     )
-    second = cluster.add_node(num_cpus=4, num_gpus=1, node_ip_address="127.0.0.1")
+    second = cluster.add_node(num_cpus=4, num_gpus=2, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster, second
@@ -220,6 +220,52 @@ async def test_push_predict_gpu_placement_and_unplaceable(platform: Platform, cl
 
     failed = await wait_until(refused, 60, "the unplaceable deployment's status message")
     assert "64 CPU" in failed.status_message
+
+
+SLUGIFY_MODEL = """
+import sys
+
+from slugify import slugify
+
+
+class Model:
+    def load(self):
+        pass
+
+    def predict(self, model_input):
+        return {"slug": slugify(model_input), "prefix": sys.prefix}
+"""
+# A requirement the test environment does not have (as in tests/test_builds.py: uv's cache keeps it fast).
+ON_GPU_NODE_WITH_REQUIREMENT = "requirements: [python-slugify>=8]\nresources:\n  use_gpu: true\n  cpu: 500m\n"
+
+
+async def test_a_built_environment_is_shipped_to_the_node_once(platform: Platform, cluster):
+    _, second = cluster
+    pushed = await platform.api.push(
+        platform.api.package("slugger", source=SLUGIFY_MODEL, extra_config=ON_GPU_NODE_WITH_REQUIREMENT),
+        target=ds.PUSH_TARGET_PRODUCTION,
+    )
+    [first] = await platform.ready_replicas(pushed.deployment.id, 1, timeout=240)
+    assert node_of(platform.data_dir, first.id) == second.node_id
+    request = inf.PredictRequest(target=inf.Target(model_id=pushed.deployment.model_id), payload=b'"Hello World"')
+    answer = json.loads((await platform.inference.Predict(request, timeout=30)).payload)
+    assert answer["slug"] == "hello-world"  # the requirement, imported on node 2
+    # The node's own copy of the environment, not the controller's build directory.
+    prefix = pathlib.Path(answer["prefix"])
+    assert prefix.parent.name == "envs" and prefix.parent.parent.name == namespace_for(platform.data_dir), prefix
+    assert (platform.data_dir / "builds" / "envs" / prefix.name).is_dir()  # the same environment key
+
+    def log_of(replica_id: str) -> str:
+        path = platform.data_dir / "logs" / f"{replica_id}.log"
+        return path.read_text() if path.exists() else ""
+
+    await wait_until(lambda: "unpacked on this node" in log_of(first.id), 30, "the first replica's unpack line")
+    await platform.scale(pushed.deployment.id, min_replica=2, max_replica=2)
+    replicas = await platform.ready_replicas(pushed.deployment.id, 2, timeout=90)
+    [again] = [rep for rep in replicas if rep.id != first.id]
+    assert node_of(platform.data_dir, again.id) == second.node_id
+    await wait_until(lambda: "reused: already on this node" in log_of(again.id), 30, "the second replica's reuse line")
+    assert "unpacked on this node" not in log_of(again.id)
 
 
 async def stream(platform: Platform, model_id: str, stop: asyncio.Event, answers: list, failures: list) -> None:
