@@ -34,7 +34,7 @@ from controller.isolation import ReplicaUser, Sandboxes
 from controller.ray_environments import ENVS_KEPT, EnvironmentShipError, pack_environment
 from controller.ray_resources import RayResources, ray_resources, unplaceable
 from controller.ray_supervisor import ReplicaSupervisor
-from controller.replica_runtime import RAY_MISSING, ReplicaHandle, RuntimeUnavailableError
+from controller.replica_runtime import RAY_MISSING, ReplicaHandle, RuntimeUnavailableError, log_limit_args, tracing_args
 from controller.runtime import health_serving, load_error_of
 from replica.package import load_package_config
 from slipway.internal_auth import TokenFileError, new_token, read_token_file, write_private
@@ -84,6 +84,9 @@ class RayRuntime:
         drain_seconds: float = 30.0,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         health_check_seconds: float = 10.0,
+        log_line_bytes: int = 16 * 1024,
+        log_rate_bytes: int = 1024 * 1024,
+        otlp_endpoint: str | None = None,
     ) -> None:
         try:
             import ray
@@ -103,6 +106,8 @@ class RayRuntime:
         self._drain_seconds = drain_seconds
         self._max_request_bytes = max_request_bytes
         self._health_check_seconds = health_check_seconds
+        self._log_limits = log_limit_args(log_line_bytes, log_rate_bytes)
+        self._otlp_endpoint = otlp_endpoint
         self._handles: dict[str, RayReplicaHandle] = {}
         self._archives: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._env_archives: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -192,8 +197,8 @@ class RayRuntime:
     ) -> ReplicaHandle:
         """Create the replica's actor; placement, the package's transfer and the model's load follow.
         `python` (a built environment) is shipped to the node (once per node and key). `user` is not
-        supported: replicas run as the Ray workers' user. `model_id` names the model in the local
-        runtime's trace attributes; replicas under Ray are not traced yet."""
+        supported: replicas run as the Ray workers' user. `model_id` names the model in the
+        replica's trace attributes."""
         handle = RayReplicaHandle(
             replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir, token=new_token()
         )
@@ -226,7 +231,9 @@ class RayRuntime:
                 str(self._max_request_bytes),
                 "--health-check-seconds",
                 str(self._health_check_seconds),
+                *self._log_limits,
                 *(["--development"] if development else []),
+                *tracing_args(self._otlp_endpoint, deployment_id, model_id),
             ],
         }
         self._handles[replica_id] = handle

@@ -189,3 +189,15 @@ def exit_description(code: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def log_limit_args(line_bytes: int, rate_bytes: int) -> list[str]:
+    """The bounds of what a replica's log keeps (replica/capture.py), as its flags."""
+    return ["--log-line-bytes", str(line_bytes), "--log-rate-bytes", str(rate_bytes)]
+
+
+def tracing_args(otlp_endpoint: str | None, deployment_id: str, model_id: str) -> list[str]:
+    """The replica exports traces where the controller was told to, labelled with what it serves."""
+    if not otlp_endpoint:
+        return []
+    return ["--otlp-endpoint", otlp_endpoint, "--deployment-id", deployment_id, "--model-id", model_id]

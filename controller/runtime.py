@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controller.domain import ReplicaPhase
 from controller.fork_server import POLL_SECONDS, ForkServer, wait_for_pid_exit
 from controller.isolation import ReplicaUser, Sandboxes
-from controller.replica_runtime import ReplicaHandle, exit_description
+from controller.replica_runtime import ReplicaHandle, exit_description, log_limit_args, tracing_args
 from replica.package import without_secrets
 from slipway.internal_auth import REPLICA_TOKEN_ENV, TokenFileError, new_token, read_token_file, write_private
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
@@ -71,7 +71,7 @@ class LocalProcessRuntime:
         self._max_request_bytes = max_request_bytes
         self._health_check_seconds = health_check_seconds
         # Bounds of what a replica's log keeps (replica/capture.py).
-        self._log_limits = ["--log-line-bytes", str(log_line_bytes), "--log-rate-bytes", str(log_rate_bytes)]
+        self._log_limits = log_limit_args(log_line_bytes, log_rate_bytes)
         self._otlp_endpoint = otlp_endpoint
         self._python = python
         # With `fork`, replicas are forked from a pre-imported fork server per interpreter.
@@ -120,12 +120,6 @@ class LocalProcessRuntime:
         own.mkdir(mode=0o700)
         os.chown(own, user.uid, user.gid)
         return own
-
-    def _tracing_args(self, deployment_id: str, model_id: str) -> list[str]:
-        """The replica exports traces where the controller was told to, labelled with what it serves."""
-        if not self._otlp_endpoint:
-            return []
-        return ["--otlp-endpoint", self._otlp_endpoint, "--deployment-id", deployment_id, "--model-id", model_id]
 
     def token_file(self, replica_id: str) -> pathlib.Path:
         """The replica's token, kept (private) so that a restarted controller can adopt it."""
@@ -191,7 +185,7 @@ class LocalProcessRuntime:
             str(packages_root),
             *self._log_limits,
             *(["--development"] if development else []),
-            *self._tracing_args(deployment_id, model_id),
+            *tracing_args(self._otlp_endpoint, deployment_id, model_id),
         ]
         interpreter = python or self._python
         exited = None

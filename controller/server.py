@@ -431,6 +431,9 @@ def _runtime(
             drain_seconds=settings.drain_seconds,
             max_request_bytes=settings.max_request_bytes,
             health_check_seconds=settings.health_check_seconds,
+            log_line_bytes=settings.logs.collector.max_line_bytes,
+            log_rate_bytes=settings.logs.replica_rate_bytes,
+            otlp_endpoint=settings.otlp_endpoint,
         )
     return LocalProcessRuntime(
         data_dir,
