@@ -56,6 +56,13 @@ class WriteTx(Reads, Protocol):
     async def revoke_api_key(self, key_id: str, now: float) -> None: ...
     async def insert_replica(self, row: ReplicaRow) -> None: ...
     async def update_replica(self, replica_id: str, **values: Any) -> None: ...
+    async def take_lease(self, holder: str, now: float, duration: float, force: bool = False) -> int | None:
+        """Takes or renews the leader lease: its fencing token, or None while another holds it."""
+
+    async def lease_is(self, holder: str, token: int, now: float) -> bool:
+        """Whether `holder` still holds the leader lease with this token (the fence)."""
+
+    async def release_lease(self, holder: str) -> None: ...
 
 
 class Store(Reads, Protocol):

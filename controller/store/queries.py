@@ -14,6 +14,7 @@ from typing import Any
 
 from controller.domain import AutoscalingSettings, Deployment, Kind, Model, State
 from controller.store.backend import Backend, Executor, Row
+from controller.store.lease import LeaseQueries
 from controller.store.rows import (
     ApiKeyRow,
     Change,
@@ -366,7 +367,7 @@ class SqlStore(Reads):
         return _page(rows, page_size, lambda r: EventRow(*r), query)
 
 
-class SqlWriteTx(Reads):
+class SqlWriteTx(LeaseQueries, Reads):
     """One write transaction (serialised against every other, see controller/store/backend.py)."""
 
     def __init__(self, executor: Executor) -> None:
