@@ -190,6 +190,7 @@ class Controller:
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
         self.store = await open_store(settings.database or default_database_url(data_dir))
+        await self.store.follow_other_controllers()  # their writes reach watches and route streams
         log.info("state in %s", self.store.description)
         self.store.on_write = self.metrics.database_write_seconds.observe
         self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))

@@ -10,7 +10,9 @@ import grpc
 import pytest
 from conftest import Api, controller_settings, stop_or_explain, wait_until
 from test_restart import replica_pids
+from test_store_backends import archive, lifecycles
 
+from controller.domain import PushTarget
 from controller.leader import Leadership, LeaseLost, LeaseSettings
 from controller.server import Controller
 from controller.store import default_database_url, open_store
@@ -109,3 +111,21 @@ async def test_a_controller_that_lost_the_lease_starts_and_stops_no_replica(data
     finally:
         await rival.close()
         await stop_or_explain(controller.stop(), "controller")
+
+
+async def test_a_store_hears_the_commits_of_another_store_on_the_same_database(stores, database, tmp_path):
+    if not database:
+        pytest.skip("SQLite: one controller per database file, nothing to hear")
+    heard: list = []
+    await stores[1].follow_other_controllers()
+    stores[1].add_listener(heard.append)
+    own: list = []
+    stores[0].add_listener(own.append)
+    package, digest = archive(tmp_path, "heard")
+    pushed = await lifecycles(stores, tmp_path)[0].push(package, digest, PushTarget.DEVELOPMENT, "", "")
+    await wait_until(
+        lambda: any(pushed.deployment.id in c.deployments for c in heard), timeout=10, what="the other store to hear"
+    )
+    assert any(pushed.deployment.model_id in c.models for c in heard)
+    # The store that wrote told its listeners once, in-process, not again through the database.
+    assert sum(pushed.deployment.id in c.deployments for c in own) == 1

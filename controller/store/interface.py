@@ -78,6 +78,9 @@ class Store(Reads, Protocol):
         """Called after each commit with the IDs of the deployments and models it changed."""
 
     def remove_listener(self, listener: Callable[[Change], None]) -> None: ...
+    async def follow_other_controllers(self) -> None:
+        """From now on listeners also hear the commits of other controllers on the database."""
+
     def write(self) -> contextlib.AbstractAsyncContextManager[WriteTx]: ...
 
     async def list_models(self, page_size: int, page_token: str) -> Page: ...

@@ -16,12 +16,13 @@ import contextlib
 import functools
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
 
 from controller.store.backend import Backend, Executor, Row, StoreOpenError
+from controller.store.changes import CHANNEL
 from controller.store.schema import for_postgres, pending, statements
 
 # pg_advisory_xact_lock's key for "a Slipway write transaction" (any 64-bit number that
@@ -91,6 +92,8 @@ class PostgresExecutor(Executor):
 class PostgresBackend(Backend):
     def __init__(self, url: str, writer: asyncpg.Pool, readers: asyncpg.Pool) -> None:
         self.description = describe(url)
+        self._url = url
+        self._listener: asyncpg.Connection | None = None
         self._writer = writer
         self._readers = readers
         self._reader = PostgresExecutor(readers)
@@ -159,7 +162,23 @@ class PostgresBackend(Backend):
                     raise
         raise AssertionError("unreachable")
 
+    async def announce(self, executor: Executor, payloads: list[str]) -> None:
+        for payload in payloads:
+            await executor.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+
+    async def listen(self, on_payload: Callable[[str], None]) -> None:
+        """LISTEN on a connection of its own (notifications arrive between statements)."""
+        try:
+            conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreOpenError(f"cannot listen for changes on {self.description}: {exc}") from exc
+        await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: on_payload(payload))
+        self._listener = conn
+
     async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
         await self._readers.close()
         await self._writer.close()
 
