@@ -288,7 +288,7 @@ class Controller:
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(
-            RouteServicer(self.routes, self.load, lifecycle, self.keys), self._server
+            RouteServicer(self.routes, self.load, lifecycle, self.keys, lambda: self.leadership.leading), self._server
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
@@ -405,10 +405,8 @@ class Controller:
     async def _follow(self) -> None:
         """Deposed: stop reconciling; the replicas keep running for the new leader to adopt."""
         await self._stop_loop()
-        handles = list(self.reconciler.replicas.values())
         self.reconciler.replicas.clear()
-        for handle in handles:
-            self.routes.on_replica_change(handle)
+        await self.routes.end_streams()  # gateways move on to the new leader, keeping their tables
 
     async def _stop_loop(self) -> None:
         if self._loop_task is not None:

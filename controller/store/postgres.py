@@ -32,6 +32,10 @@ BEGIN_WRITE = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lo
 READ_POOL_SIZE = 4
 COMMAND_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
+# A controller paused (SIGSTOP) inside a write transaction would hold the write lock, and so
+# every controller's writes and the leader lease, for as long as it stays paused: the server
+# ends such a session (rolling its transaction back) once it has sat idle this long.
+IDLE_IN_TRANSACTION_MS = 2000
 _PLACEHOLDER = re.compile(r"\?")
 
 
@@ -104,7 +108,12 @@ class PostgresBackend(Backend):
         # The writer is a pool of one so that a connection the server dropped is replaced.
         try:
             writer = await asyncpg.create_pool(
-                url, min_size=1, max_size=1, command_timeout=COMMAND_TIMEOUT_SECONDS, timeout=CONNECT_TIMEOUT_SECONDS
+                url,
+                min_size=1,
+                max_size=1,
+                command_timeout=COMMAND_TIMEOUT_SECONDS,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)},
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             raise StoreOpenError(f"cannot connect to {describe(url)}: {exc}") from exc
