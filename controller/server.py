@@ -434,10 +434,12 @@ class Controller:
         await self._stop_loop()
         await self.reconciler.shutdown()
         await self.reconciler.runtime.close()
-        # A replica whose start was interrupted by the shutdown has no handle to stop it.
-        for pid in self.reconciler.runtime.orphan_pids(known=set()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # A replica whose start was interrupted by the shutdown has no handle to stop it. Only
+        # the leader's: a follower sharing the data directory must leave the leader's alone.
+        if self.leadership.leading:
+            for pid in self.reconciler.runtime.orphan_pids(known=set()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         await self.routes.stop()
         await self.keys.stop()
         if self.log_collector is not None:

@@ -24,6 +24,7 @@ from test_restart import data_dir, free_port, replica_pids  # noqa: F401  (data_
 from controller.store import open_store
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
@@ -130,6 +131,8 @@ async def test_the_leader_dies_or_pauses_and_the_other_takes_over(request, data_
             )
             await gateway.ready()
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
+                await wait_until(lambda: gateway.lines("following routes"), what="the gateway to follow routes")
+                await wait_until(lambda: _answers(channel), what="the gateway to route to the replica")
                 stream = asyncio.create_task(
                     traffic(inf_grpc.InferenceServiceStub(channel), stop, 4, results, failures)
                 )
@@ -160,9 +163,15 @@ async def test_the_leader_dies_or_pauses_and_the_other_takes_over(request, data_
                 await wait_until(lambda: len(results) > count + 50, what="traffic after the takeover")
                 stop.set()
                 await stream
-            assert failures == [], failures[:3]
+            assert failures == [], [f"{e.code()}: {e.details()}" for e in failures[:3]]
             assert replica_pids(data_dir) == set(before) | set(late_pids), "a replica was started twice or orphaned"
             assert await listed_pids(api_b, prod.deployment.id) == before
+            if how == "sigstop":
+                # The old leader, now a follower, shuts down cleanly and leaves the leader's replicas be.
+                first.process.send_signal(signal.SIGTERM)
+                assert first.process.wait(30) == 0
+                assert replica_pids(data_dir) == set(before) | set(late_pids)
+                assert await listed_pids(api_b, prod.deployment.id) == before
             print(f"takeover after {how}: {takeover:.2f} s (lease {LEASE_SECONDS} s)")
             assert takeover < LEASE_SECONDS + 5
     finally:
@@ -173,6 +182,16 @@ async def test_the_leader_dies_or_pauses_and_the_other_takes_over(request, data_
             controller.process.send_signal(signal.SIGCONT)
             controller.process.kill()
             controller.process.wait(10)
+
+
+async def _answers(channel: grpc.aio.Channel) -> bool:
+    try:
+        await inf_grpc.InferenceServiceStub(channel).Predict(
+            inf.PredictRequest(target=inf.Target(model_id="m"), payload=b"{}"), timeout=10
+        )
+    except grpc.aio.AioRpcError:
+        return False
+    return True
 
 
 async def _is(value, expected) -> bool:
