@@ -129,3 +129,19 @@ async def test_a_store_hears_the_commits_of_another_store_on_the_same_database(s
     assert any(pushed.deployment.model_id in c.models for c in heard)
     # The store that wrote told its listeners once, in-process, not again through the database.
     assert sum(pushed.deployment.id in c.deployments for c in own) == 1
+
+
+async def test_announcements_arrive_exactly_as_sent_and_only_when_committed(stores, database):
+    if not database:
+        pytest.skip("SQLite announces nothing")
+    heard: list[str] = []
+    await stores[1].backend.listen(heard.append)
+    tricky = '{"o": "x", "d": ["it\'s \\\\ a \\\\\' test; COMMIT"]}'
+    with pytest.raises(RuntimeError):
+        async with stores[0].backend.transaction() as executor:
+            await stores[0].backend.announce(executor, ["rolled back"])
+            raise RuntimeError("roll back")
+    async with stores[0].backend.transaction() as executor:
+        await stores[0].backend.announce(executor, [tricky, "second"])
+    await wait_until(lambda: len(heard) >= 2, timeout=10, what="the announcements")
+    assert heard == [tricky, "second"]

@@ -58,6 +58,17 @@ def describe(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def _literal(text: str) -> str:
+    """`text` as an escaped string constant (E'…': the same whatever standard_conforming_strings says)."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def commit_script(notices: list[str]) -> str:
+    """COMMIT, preceded by the transaction's NOTIFYs: one round trip (a simple-protocol script,
+    which takes no parameters, hence the escaped constants), paid while holding the write lock."""
+    return "".join(f"SELECT pg_notify('{CHANNEL}', {_literal(n)}); " for n in notices) + "COMMIT"
+
+
 # What a connection that died while idle (the server restarted, a proxy dropped it) raises
 # at its next use; the pool opens a new one for the next acquire.
 CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
@@ -67,6 +78,8 @@ ATTEMPTS = 3
 class PostgresExecutor(Executor):
     def __init__(self, conn: asyncpg.Pool | asyncpg.Connection) -> None:
         self._conn = conn
+        # Announcements of this transaction, sent with its COMMIT (controller/store/changes.py).
+        self.notices: list[str] = []
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         row = await self._read(self._conn.fetchrow, sql, params)
@@ -141,8 +154,9 @@ class PostgresBackend(Backend):
         async with self._write_lock:
             conn = await self._begin()
             try:
-                yield PostgresExecutor(conn)
-                await conn.execute("COMMIT")
+                executor = PostgresExecutor(conn)
+                yield executor
+                await conn.execute(commit_script(executor.notices))
             except BaseException:
                 try:
                     await asyncio.shield(conn.execute("ROLLBACK"))
@@ -172,8 +186,8 @@ class PostgresBackend(Backend):
         raise AssertionError("unreachable")
 
     async def announce(self, executor: Executor, payloads: list[str]) -> None:
-        for payload in payloads:
-            await executor.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+        assert isinstance(executor, PostgresExecutor)
+        executor.notices.extend(payloads)
 
     async def listen(self, on_payload: Callable[[str], None]) -> None:
         """LISTEN on a connection of its own (notifications arrive between statements)."""
