@@ -43,3 +43,7 @@ class PermissionDenied(SlipwayError):
 
 class ResourceExhausted(SlipwayError):
     pass
+
+
+class Unavailable(SlipwayError):
+    """Not served here now; another controller serves it (e.g. NOT_LEADER)."""

@@ -11,6 +11,7 @@ any replica process that nothing owns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import pathlib
@@ -25,13 +26,14 @@ from controller.autoscaler import Autoscaler
 from controller.builds import BuildManager, EnvironmentStatus, plural
 from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
 from controller.isolation import ReplicaUsers
+from controller.leader import Leadership, LeaseLost
 from controller.lifecycle import Lifecycle
 from controller.metrics import ControllerMetrics
 from controller.packages import PackageStore
 from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, exit_description
 from controller.routes import LoadTracker
 from controller.secrets import Secrets
-from controller.store import ReplicaRow, Store, new_id
+from controller.store import ReplicaRow, Store, WriteTx, new_id
 from replica.package import ENVIRONMENT_ENV_VAR, load_package_config
 from slipway.process import wait_event
 
@@ -76,8 +78,11 @@ class Reconciler:
         replica_users: ReplicaUsers | None = None,
         on_observed: Callable[[str, int, int], None] = lambda deployment_id, desired, ready: None,
         metrics: ControllerMetrics | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.store = store
+        # Fences every runtime action (controller/leader.py); None: unfenced (a lone controller).
+        self.leadership = leadership
         # Every pass's replica counts per deployment (desired, ready): the metric history.
         self.on_observed = on_observed
         self.metrics = metrics or ControllerMetrics()
@@ -121,6 +126,8 @@ class Reconciler:
         while True:
             try:
                 await self.reconcile_once()
+            except LeaseLost as exc:  # the leadership loop stops this loop soon
+                log.warning("reconcile pass stopped: %s", exc)
             except Exception:  # a failing pass must not stop the loop; the next one retries
                 log.exception("reconcile pass failed")
             await wait_event(self._wake, self.settings.interval_seconds)
@@ -130,12 +137,16 @@ class Reconciler:
         for row in await self.store.running_replicas():
             handle = await self.runtime.adopt(row.id, row.deployment_id, row.revision, row.pid, row.start_time)
             if handle is None:
-                async with self.store.write() as tx:
+                async with self._runtime_write() as tx:
                     await tx.update_replica(row.id, stop_time=time.time())
                 continue
             log.info("adopted replica %s (pid %s) of deployment %s", row.id, row.pid, row.deployment_id)
             self.replicas[row.id] = handle
         await self.runtime.stop_orphans(set(self.replicas))
+
+    def _runtime_write(self) -> contextlib.AbstractAsyncContextManager[WriteTx]:
+        """The transaction recording a runtime action: refused (LeaseLost) unless we lead."""
+        return self.leadership.fenced_write() if self.leadership is not None else self.store.write()
 
     async def reconcile_once(self) -> None:
         started = time.perf_counter()
@@ -308,24 +319,41 @@ class Reconciler:
         user = None
         if self.replica_users is not None:
             user = self.replica_users.for_model(await self.store.model_number(deployment.model_id))
-        handle = await self.runtime.start(
-            replica_id,
-            deployment.id,
-            deployment.revision,
-            package_dir,
-            environment,
-            python=python,
-            development=deployment.is_development,
-            user=user,
-            model_id=deployment.model_id,
-        )
-        self.replicas[replica_id] = handle
-        async with self.store.write() as tx:
+        # Recorded (fenced) before the process exists, so a controller that lost the lease
+        # starts nothing, and a successor that adopts meanwhile finds a row without a pid and
+        # counts it stopped; recorded again (fenced) with its pid once started.
+        start_time = time.time()
+        async with self._runtime_write() as tx:
             await tx.insert_replica(
-                ReplicaRow(
-                    replica_id, deployment.id, deployment.revision, handle.pid, None, handle.start_time, None, None
-                )
+                ReplicaRow(replica_id, deployment.id, deployment.revision, None, None, start_time, None, None)
             )
+        if self.leadership is not None and not self.leadership.held():
+            raise LeaseLost("the leader lease ran out while the replica was being recorded")
+        try:
+            handle = await self.runtime.start(
+                replica_id,
+                deployment.id,
+                deployment.revision,
+                package_dir,
+                environment,
+                python=python,
+                development=deployment.is_development,
+                user=user,
+                model_id=deployment.model_id,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                async with self._runtime_write() as tx:
+                    await tx.update_replica(replica_id, stop_time=time.time())
+            raise
+        try:
+            async with self._runtime_write() as tx:
+                await tx.update_replica(replica_id, pid=handle.pid, start_time=handle.start_time)
+        except LeaseLost:
+            # Lost the lease while starting it (paused, say): the process is no one's; end it.
+            await self.runtime.stop(handle, drain=False)
+            raise
+        self.replicas[replica_id] = handle
         log.info("started replica %s (pid %s) for deployment %s", replica_id, handle.pid, deployment.id)
 
     def _stop(self, handle: ReplicaHandle, drain: bool = True) -> None:
@@ -341,6 +369,12 @@ class Reconciler:
     async def _drain_and_stop(self, handle: ReplicaHandle, drain: bool) -> None:
         if self.before_stop is not None:
             await self.before_stop(handle)
+        try:
+            async with self._runtime_write():
+                pass  # the fence alone: stopping is recorded when the process has exited
+        except LeaseLost as exc:
+            log.warning("replica %s not stopped: %s", handle.id, exc)
+            return
         await self.runtime.stop(handle, drain)
 
     async def _record_exits(self) -> None:
@@ -359,12 +393,12 @@ class Reconciler:
                     )
                 elif handle.phase is not ReplicaPhase.DRAINING:
                     self._note_crash(handle)
-                async with self.store.write() as tx:
+                async with self._runtime_write() as tx:
                     await tx.update_replica(handle.id, stop_time=handle.exit_time or time.time(), port=handle.port)
             elif handle.phase is ReplicaPhase.READY and not handle.ready_recorded:
                 handle.ready_recorded = True
                 self.metrics.replica_ready(handle.deployment_id, handle.ready_time or time.time())
-                async with self.store.write() as tx:
+                async with self._runtime_write() as tx:
                     await tx.update_replica(handle.id, port=handle.port, ready_time=handle.ready_time)
 
     def _note_crash(self, handle: ReplicaHandle) -> None:

@@ -58,6 +58,7 @@ class RouteBroadcaster:
         self._store = store
         self._replicas_of = replicas_of
         self.version = 0
+        self._generation = 0  # raised by end_streams()
         self.models: dict[str, rt.ModelRoute] = {}
         self.deployments: dict[str, rt.DeploymentRoute] = {}
         self.deleted_models: set[str] = set()
@@ -208,6 +209,16 @@ class RouteBroadcaster:
         changed, self._acknowledged = self._acknowledged, asyncio.Event()
         changed.set()
 
+    def _published_or_ended(self, version: int, generation: int) -> Callable[[], bool]:
+        published = self._published_after(version)
+        return lambda: self._generation != generation or published()
+
+    async def end_streams(self) -> None:
+        """Ends every route stream (this controller stopped leading)."""
+        self._generation += 1
+        async with self._published:
+            self._published.notify_all()
+
     def following(self) -> dict[str, int | None]:
         """The newest version each following gateway has acknowledged (None: it does not acknowledge)."""
         return {gateway_id: applied for gateway_id, (_, applied) in self._following.items()}
@@ -221,6 +232,7 @@ class RouteBroadcaster:
         (it joined, or reconnected, while that replica was being taken out), so the drain
         waits for it too. Others hold up nothing until they acknowledge."""
         stream = object()
+        generation = self._generation
         if gateway_id:
             self._following[gateway_id] = stream, 0 if acknowledges else None
             self._acknowledgements_changed()
@@ -228,7 +240,9 @@ class RouteBroadcaster:
             sent = 0
             while True:
                 async with self._published:
-                    await self._published.wait_for(self._published_after(sent))
+                    await self._published.wait_for(self._published_or_ended(sent, generation))
+                    if self._generation != generation:
+                        return  # end_streams(): the gateway moves on to another controller
                     oldest = self._history[0].version if self._history else self.version + 1
                     if sent == 0 or sent + 1 < oldest:
                         messages = [self.snapshot()]

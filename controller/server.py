@@ -28,6 +28,7 @@ from controller.domain import AutoscalingLimits
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
+from controller.leader import Leadership, LeaseSettings
 from controller.lifecycle import Lifecycle
 from controller.log_collector import LogCollector, LogSettings
 from controller.log_servicer import LogServicer, SourceResolver
@@ -105,6 +106,8 @@ class ControllerSettings:
     unroute_timeout_seconds: float = 2.0
     autoscaling_limits: AutoscalingLimits = field(default_factory=AutoscalingLimits)
     reconciler: ReconcilerSettings = field(default_factory=ReconcilerSettings)
+    # The leader lease (controller/leader.py): which of several controllers runs replicas.
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
     # Python environments built for package requirements (default <data_dir>/builds).
     builds_dir: pathlib.Path | None = None
@@ -153,6 +156,7 @@ class Controller:
         self.http_port = 0
         self.store: Store
         self.reconciler: Reconciler
+        self.leadership: Leadership
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
         self.load: LoadTracker
@@ -164,6 +168,8 @@ class Controller:
         self._server: grpc.aio.Server
         self._health = health.aio.HealthServicer()
         self._loop_task: asyncio.Task | None = None
+        self._lease_task: asyncio.Task | None = None
+        self._routes_started = False
         self._loopback: grpc.aio.Channel | None = None
         self._loopback_dir: pathlib.Path | None = None
         self._http: web.AppRunner | None = None
@@ -191,6 +197,7 @@ class Controller:
         make_private(data_dir, traversable=replica_users is not None)
         from_environment = take_environment_secrets(os.environ)
         self.store = await open_store(settings.database or default_database_url(data_dir))
+        await self.store.follow_other_controllers()  # their writes reach watches and route streams
         log.info("state in %s", self.store.description)
         self.store.on_write = self.metrics.database_write_seconds.observe
         self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))
@@ -221,6 +228,7 @@ class Controller:
             on_loads=lambda request: record_report(self.history, request, time.time()),
         )
         self.store.add_listener(self.routes.on_store_change)
+        self.leadership = Leadership(self.store, settings.lease, self._lead, self._follow)
         try:
             self.reconciler = Reconciler(
                 self.store,
@@ -247,6 +255,7 @@ class Controller:
                     deployment_id, desired, ready, self.load.observe(deployment_id)[0], time.time()
                 ),
                 metrics=self.metrics,
+                leadership=self.leadership,
             )
         except RuntimeUnavailableError:
             # The runtime cannot run (its cluster unreachable): close what started, say why.
@@ -282,7 +291,7 @@ class Controller:
             DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(
-            RouteServicer(self.routes, self.load, lifecycle, self.keys), self._server
+            RouteServicer(self.routes, self.load, lifecycle, self.keys, lambda: self.leadership.leading), self._server
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
@@ -310,10 +319,14 @@ class Controller:
             settings.logs.collector,
         )
         await self.log_collector.start()
-        await self.reconciler.adopt_existing()
-        await self.reconciler.runtime.prewarm()
+        # The lone controller (or the first of several) leads at once: replicas are adopted
+        # before the first route table is published.
+        await self.leadership.step(force=self.store.description.startswith("sqlite:"))
         await self.routes.start()
-        self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
+        self._routes_started = True
+        if self.leadership.leading:
+            self._start_loop()
+        self._lease_task = asyncio.create_task(self.leadership.run())
         await self._server.start()
         try:
             await self._start_http(loopback_socket)
@@ -381,6 +394,32 @@ class Controller:
         if not await self.routes.wait_unrouted(handle.id, handle.deployment_id, self.settings.unroute_timeout_seconds):
             log.warning("replica %s drains before every gateway acknowledged its removal", handle.id)
 
+    async def _lead(self) -> None:
+        """Elected: adopt the replicas recorded as running, then reconcile and autoscale."""
+        await self.reconciler.adopt_existing()
+        for handle in list(self.reconciler.replicas.values()):
+            self.routes.on_replica_change(handle)
+        await self.reconciler.runtime.prewarm()
+        if self._routes_started:
+            self._start_loop()
+
+    def _start_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
+
+    async def _follow(self) -> None:
+        """Deposed: stop reconciling; the replicas keep running for the new leader to adopt."""
+        await self._stop_loop()
+        self.reconciler.replicas.clear()
+        await self.routes.end_streams()  # gateways move on to the new leader, keeping their tables
+
+    async def _stop_loop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+
     async def stop(self) -> None:
         """Graceful: stop taking RPCs, finish in-flight ones, drain and stop replicas."""
         await self._health.enter_graceful_shutdown()
@@ -393,19 +432,24 @@ class Controller:
                 await self._loopback.close()
             if self._loopback_dir is not None:
                 shutil.rmtree(self._loopback_dir, ignore_errors=True)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+                await self._lease_task
+        await self._stop_loop()
         await self.reconciler.shutdown()
         await self.reconciler.runtime.close()
-        # A replica whose start was interrupted by the shutdown has no handle to stop it.
-        await self.reconciler.runtime.stop_orphans(known=set())
+        # A replica whose start was interrupted by the shutdown has no handle to stop it. Only
+        # the leader's: a follower sharing the data directory must leave the leader's alone.
+        if self.leadership.leading:
+            await self.reconciler.runtime.stop_orphans(known=set())
         await self.routes.stop()
         await self.keys.stop()
         if self.log_collector is not None:
             await self.log_collector.stop()  # with the lines of the replicas that just stopped
         await self.logs.close()
+        if self._lease_task is not None:
+            await self.leadership.release()  # another controller takes over without waiting
         await self.store.close()
         log.info("controller stopped")
 

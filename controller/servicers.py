@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from controller import convert
 from controller.domain import Deployment
-from controller.errors import InvalidArgument
+from controller.errors import InvalidArgument, Unavailable
 from controller.keys import KeyManager, require_model_access
 from controller.lifecycle import Lifecycle, page_size
 from controller.live_reload import LiveReloader
@@ -178,13 +178,24 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
 
 @map_domain_errors
 class RouteServicer(rt_grpc.RouteServiceServicer):
-    def __init__(self, routes: RouteBroadcaster, load: LoadTracker, lifecycle: Lifecycle, keys: KeyManager) -> None:
+    def __init__(
+        self,
+        routes: RouteBroadcaster,
+        load: LoadTracker,
+        lifecycle: Lifecycle,
+        keys: KeyManager,
+        leading: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.routes = routes
+        # Only the leader knows the replicas (and autoscales on the loads): gateways follow it.
+        self.leading = leading
         self.load = load
         self.lifecycle = lifecycle
         self.keys = keys
 
     async def WatchRoutes(self, request, context):
+        if not self.leading():
+            raise Unavailable("NOT_LEADER", "this controller is not the leader: follow another one")
         async for message in self.routes.subscribe(request.gateway_id, request.acknowledges):
             yield message
 

@@ -21,6 +21,7 @@ from controller.errors import (
     PermissionDenied,
     ResourceExhausted,
     SlipwayError,
+    Unavailable,
 )
 from slipway.status import rich_status
 
@@ -32,6 +33,7 @@ CODES: dict[type[SlipwayError], grpc.StatusCode] = {
     Aborted: grpc.StatusCode.ABORTED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

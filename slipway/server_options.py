@@ -107,6 +107,22 @@ def server_options(command: Callable) -> Callable:
         ),
         log_level_option,
         flag(
+            "--lease-seconds",
+            envvar="SLIPWAY_LEASE_SECONDS",
+            type=click.FloatRange(min=0.2, max=600),
+            default=5.0,
+            help="How long the leader lease lasts (README: Running on more than one machine): a dead "
+            "leader is replaced within about this long.",
+        ),
+        flag(
+            "--lease-renew-seconds",
+            envvar="SLIPWAY_LEASE_RENEW_SECONDS",
+            type=click.FloatRange(min=0.05, max=300),
+            default=1.0,
+            help="How often the leader renews its lease and the other controllers try to take it; "
+            "below --lease-seconds.",
+        ),
+        flag(
             "--autoscaling-time-scale",
             envvar="SLIPWAY_AUTOSCALING_TIME_SCALE",
             type=click.FloatRange(min=0.0001),
@@ -252,11 +268,17 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
     """The controller's settings from the flags of `slipway controller` / `up` (click's params)."""
     from controller.autoscaler import AutoscalerConfig
     from controller.keys import KeySettings
+    from controller.leader import LeaseSettings
     from controller.log_collector import CollectorSettings, LogSettings
     from controller.log_store import Retention
     from controller.server import ControllerSettings
 
+    try:
+        lease = LeaseSettings(flags["lease_seconds"], flags["lease_renew_seconds"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     return ControllerSettings(
+        lease=lease,
         data_dir=flags["data_dir"],
         database=flags["database"] or "",
         host=flags["host"],

@@ -113,7 +113,14 @@ async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir,
         async with grpc.aio.insecure_channel(second.address) as channel:
             api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
             assert (await api.model("kept")).production_deployment_id == kept.deployment.id
-            adopted = await api.wait_state(kept.deployment.id, ACTIVE)
+            await api.wait_state(kept.deployment.id, ACTIVE)
+
+            # On PostgreSQL the new controller leads once the killed one's lease has expired.
+            async def listed() -> r.Deployment | None:
+                found = await api.get(kept.deployment.id)
+                return found if found.replicas else None
+
+            adopted = await wait_until(listed, timeout=30, what="the running replica to be adopted")
             assert [rep.pid for rep in adopted.replicas] == [rep.pid for rep in kept_running.replicas], "not adopted"
             assert (await api.predict(adopted)).startswith(b"{")
 

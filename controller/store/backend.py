@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Row = tuple[Any, ...]
@@ -50,6 +50,15 @@ class Backend(abc.ABC):
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Executor]:
         """One write transaction, serialised against every other one on the database;
         committed when the block ends, rolled back if it raises."""
+
+    @abc.abstractmethod
+    async def announce(self, executor: Executor, payloads: list[str]) -> None:
+        """Inside a write transaction: tells every other store on the database, when it commits
+        (controller/store/changes.py)."""
+
+    @abc.abstractmethod
+    async def listen(self, on_payload: Callable[[str], None]) -> None:
+        """From now on, calls `on_payload` with what other stores announce."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

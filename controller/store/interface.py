@@ -56,6 +56,13 @@ class WriteTx(Reads, Protocol):
     async def revoke_api_key(self, key_id: str, now: float) -> None: ...
     async def insert_replica(self, row: ReplicaRow) -> None: ...
     async def update_replica(self, replica_id: str, **values: Any) -> None: ...
+    async def take_lease(self, holder: str, now: float, duration: float, force: bool = False) -> int | None:
+        """Takes or renews the leader lease: its fencing token, or None while another holds it."""
+
+    async def lease_is(self, holder: str, token: int, now: float) -> bool:
+        """Whether `holder` still holds the leader lease with this token (the fence)."""
+
+    async def release_lease(self, holder: str) -> None: ...
 
 
 class Store(Reads, Protocol):
@@ -71,6 +78,9 @@ class Store(Reads, Protocol):
         """Called after each commit with the IDs of the deployments and models it changed."""
 
     def remove_listener(self, listener: Callable[[Change], None]) -> None: ...
+    async def follow_other_controllers(self) -> None:
+        """From now on listeners also hear the commits of other controllers on the database."""
+
     def write(self) -> contextlib.AbstractAsyncContextManager[WriteTx]: ...
 
     async def list_models(self, page_size: int, page_token: str) -> Page: ...

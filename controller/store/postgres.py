@@ -16,12 +16,13 @@ import contextlib
 import functools
 import re
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
 
 from controller.store.backend import Backend, Executor, Row, StoreOpenError
+from controller.store.changes import CHANNEL
 from controller.store.schema import for_postgres, pending, statements
 
 # pg_advisory_xact_lock's key for "a Slipway write transaction" (any 64-bit number that
@@ -31,6 +32,10 @@ BEGIN_WRITE = f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lo
 READ_POOL_SIZE = 4
 COMMAND_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
+# A controller paused (SIGSTOP) inside a write transaction would hold the write lock, and so
+# every controller's writes and the leader lease, for as long as it stays paused: the server
+# ends such a session (rolling its transaction back) once it has sat idle this long.
+IDLE_IN_TRANSACTION_MS = 2000
 _PLACEHOLDER = re.compile(r"\?")
 
 
@@ -53,6 +58,17 @@ def describe(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+def _literal(text: str) -> str:
+    """`text` as an escaped string constant (E'…': the same whatever standard_conforming_strings says)."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def commit_script(notices: list[str]) -> str:
+    """COMMIT, preceded by the transaction's NOTIFYs: one round trip (a simple-protocol script,
+    which takes no parameters, hence the escaped constants), paid while holding the write lock."""
+    return "".join(f"SELECT pg_notify('{CHANNEL}', {_literal(n)}); " for n in notices) + "COMMIT"
+
+
 # What a connection that died while idle (the server restarted, a proxy dropped it) raises
 # at its next use; the pool opens a new one for the next acquire.
 CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
@@ -62,6 +78,8 @@ ATTEMPTS = 3
 class PostgresExecutor(Executor):
     def __init__(self, conn: asyncpg.Pool | asyncpg.Connection) -> None:
         self._conn = conn
+        # Announcements of this transaction, sent with its COMMIT (controller/store/changes.py).
+        self.notices: list[str] = []
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         row = await self._read(self._conn.fetchrow, sql, params)
@@ -91,6 +109,8 @@ class PostgresExecutor(Executor):
 class PostgresBackend(Backend):
     def __init__(self, url: str, writer: asyncpg.Pool, readers: asyncpg.Pool) -> None:
         self.description = describe(url)
+        self._url = url
+        self._listener: asyncpg.Connection | None = None
         self._writer = writer
         self._readers = readers
         self._reader = PostgresExecutor(readers)
@@ -101,7 +121,12 @@ class PostgresBackend(Backend):
         # The writer is a pool of one so that a connection the server dropped is replaced.
         try:
             writer = await asyncpg.create_pool(
-                url, min_size=1, max_size=1, command_timeout=COMMAND_TIMEOUT_SECONDS, timeout=CONNECT_TIMEOUT_SECONDS
+                url,
+                min_size=1,
+                max_size=1,
+                command_timeout=COMMAND_TIMEOUT_SECONDS,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)},
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             raise StoreOpenError(f"cannot connect to {describe(url)}: {exc}") from exc
@@ -129,8 +154,9 @@ class PostgresBackend(Backend):
         async with self._write_lock:
             conn = await self._begin()
             try:
-                yield PostgresExecutor(conn)
-                await conn.execute("COMMIT")
+                executor = PostgresExecutor(conn)
+                yield executor
+                await conn.execute(commit_script(executor.notices))
             except BaseException:
                 try:
                     await asyncio.shield(conn.execute("ROLLBACK"))
@@ -159,7 +185,23 @@ class PostgresBackend(Backend):
                     raise
         raise AssertionError("unreachable")
 
+    async def announce(self, executor: Executor, payloads: list[str]) -> None:
+        assert isinstance(executor, PostgresExecutor)
+        executor.notices.extend(payloads)
+
+    async def listen(self, on_payload: Callable[[str], None]) -> None:
+        """LISTEN on a connection of its own (notifications arrive between statements)."""
+        try:
+            conn = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreOpenError(f"cannot listen for changes on {self.description}: {exc}") from exc
+        await conn.add_listener(CHANNEL, lambda _conn, _pid, _channel, payload: on_payload(payload))
+        self._listener = conn
+
     async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
         await self._readers.close()
         await self._writer.close()
 

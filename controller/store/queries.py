@@ -13,7 +13,9 @@ from dataclasses import asdict
 from typing import Any
 
 from controller.domain import AutoscalingSettings, Deployment, Kind, Model, State
+from controller.store import changes
 from controller.store.backend import Backend, Executor, Row
+from controller.store.lease import LeaseQueries
 from controller.store.rows import (
     ApiKeyRow,
     Change,
@@ -184,6 +186,7 @@ class SqlStore(Reads):
         super().__init__(backend.reader)
         self.backend = backend
         self._listeners: list[Callable[[Change], None]] = []
+        self._origin = changes.new_origin()  # what this store announces its commits as
         # Told the seconds of every committed write transaction (BEGIN to COMMIT): metrics.
         self.on_write: Callable[[float], None] = lambda seconds: None
 
@@ -201,17 +204,31 @@ class SqlStore(Reads):
     def remove_listener(self, listener: Callable[[Change], None]) -> None:
         self._listeners.remove(listener)
 
+    async def follow_other_controllers(self) -> None:
+        """Listeners hear other controllers' commits too (controller/store/changes.py)."""
+        await self.backend.listen(self._heard)
+
+    def _heard(self, payload: str) -> None:
+        change = changes.decode(payload, self._origin)
+        if change is not None:
+            self._tell(change)
+
+    def _tell(self, change: Change) -> None:
+        for listener in list(self._listeners):
+            listener(change)
+
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[SqlWriteTx]:
         async with self.backend.transaction() as executor:
             started = time.perf_counter()
             tx = SqlWriteTx(executor)
             yield tx
+            change = Change(tx.touched, tx.touched_models, tx.touched_api_keys)
+            if tx.touched or tx.touched_models or tx.touched_api_keys:
+                await self.backend.announce(executor, list(changes.encode(self._origin, change)))
         self.on_write(time.perf_counter() - started)
         if tx.touched or tx.touched_models or tx.touched_api_keys:
-            change = Change(tx.touched, tx.touched_models, tx.touched_api_keys)
-            for listener in list(self._listeners):
-                listener(change)
+            self._tell(change)
 
     # --- listings -------------------------------------------------------------
 
@@ -375,7 +392,7 @@ class SqlStore(Reads):
         return _page(rows, page_size, lambda r: EventRow(*r), query)
 
 
-class SqlWriteTx(Reads):
+class SqlWriteTx(LeaseQueries, Reads):
     """One write transaction (serialised against every other, see controller/store/backend.py)."""
 
     def __init__(self, executor: Executor) -> None:

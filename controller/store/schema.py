@@ -123,6 +123,16 @@ MIGRATIONS: list[str] = [
         revoke_time REAL
     )
     """,
+    # 6: the leader lease (controller/leader.py): one row; the token grows with every change of holder
+    """
+    CREATE TABLE leader_lease (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        expire_time REAL NOT NULL
+    );
+    INSERT INTO leader_lease (id, holder, token, expire_time) VALUES (1, '', 0, 0)
+    """,
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiosqlite
@@ -72,6 +72,12 @@ class SqliteBackend(Backend):
             except BaseException:
                 await asyncio.shield(self._writer.rollback())
                 raise
+
+    async def announce(self, executor: Executor, payloads: list[str]) -> None:
+        """Nothing: one controller uses a SQLite file (the one of its data directory)."""
+
+    async def listen(self, on_payload: Callable[[str], None]) -> None:
+        """Nothing to hear: no other controller writes to this file."""
 
     async def close(self) -> None:
         await self._reader_conn.close()
