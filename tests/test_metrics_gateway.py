@@ -8,6 +8,8 @@ import pytest
 from conftest import Api, wait_until
 from metrics_scrape import Scrape, scrape
 
+from gateway.errors import GatewayError
+from gateway.routing import PRODUCTION
 from slipway.metrics import REQUEST_BUCKETS
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
@@ -35,6 +37,13 @@ async def routable(gateway, deployment_id: str) -> None:
     )
 
 
+def _resolves(gateway, model_id: str, deployment_id: str) -> bool:
+    try:
+        return gateway.resolve(model_id, "", PRODUCTION).deployment_id == deployment_id
+    except GatewayError:
+        return False
+
+
 async def test_counts_labels_buckets_and_a_404_after_known_traffic(api: Api, gateway):
     production = await api.push(api.package("m"), target=ds.PUSH_TARGET_PRODUCTION)
     streaming = await api.push(api.package("m", source=STREAMING_MODEL), target=ds.PUSH_TARGET_PUBLISHED)
@@ -42,6 +51,10 @@ async def test_counts_labels_buckets_and_a_404_after_known_traffic(api: Api, gat
     await api.wait_production(model_id, deployment_id)
     await routable(gateway, deployment_id)
     await routable(gateway, streaming.deployment.id)
+    # The controller says production before the gateway's table does: wait for the gateway's.
+    await wait_until(
+        lambda: _resolves(gateway, model_id, deployment_id), what="the gateway to route the model's production"
+    )
     base = f"http://127.0.0.1:{gateway.http_port}"
     async with (
         aiohttp.ClientSession() as session,
