@@ -254,9 +254,11 @@ async def test_cli_finds_a_request_s_lines_and_follows_new_ones(api: Api, contro
     deployment = await talker(api)
     path = f"/model/{deployment.model_id}/deployment/{deployment.id}/predict"
     answered = await post(gateway, path, '"cli"')
-    await post(gateway, path, '"other"')
+    other = await post(gateway, path, '"other"')
     request_id = answered.headers[request_ids.RESPONSE_HEADER]
     await request_records(logs, deployment.id, request_id, 4)
+    # Both requests' lines collected before the model-wide listing below reads them.
+    await request_records(logs, deployment.id, other.headers[request_ids.RESPONSE_HEADER], 4)
     base = ["--controller", controller.address, "logs"]
     result = await asyncio.to_thread(CliRunner().invoke, cli, [*base, deployment.id, "--request-id", request_id])
     assert result.exit_code == 0, result.output
