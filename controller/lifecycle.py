@@ -31,7 +31,9 @@ from controller.domain import (
     PushTarget,
     State,
 )
-from controller.errors import InvalidArgument, NotFound
+from controller.errors import InvalidArgument
+from controller.lookups import find_model, require_deployment, require_model
+from controller.observations import Observations, switch_production
 from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
 from replica.package import CONFIG_FILENAME, load_package_config, read_requirements, validate_package
@@ -96,36 +98,6 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-async def _require_deployment(reads: WriteTx | Store, deployment_id: str) -> Deployment:
-    if not deployment_id:
-        raise InvalidArgument("MISSING_DEPLOYMENT_ID", "deployment_id is required")
-    validation.validate_reference("deployment_id", deployment_id)
-    deployment = await reads.get_deployment(deployment_id)
-    if deployment is None:
-        raise NotFound(
-            "DEPLOYMENT_NOT_FOUND", f"deployment {deployment_id} does not exist", deployment_id=deployment_id
-        )
-    return deployment
-
-
-async def _find_model(reads: WriteTx | Store, model_id: str) -> Model:
-    """A model by ID, deleted ones included, or by the name of a live one."""
-    validation.validate_reference("model_id", model_id)
-    model = await reads.get_model(model_id)
-    if model is None:
-        raise NotFound("MODEL_NOT_FOUND", f"model {model_id} does not exist", model_id=model_id)
-    return model
-
-
-async def _require_model(reads: WriteTx | Store, model_id: str) -> Model:
-    if not model_id:
-        raise InvalidArgument("MISSING_MODEL_ID", "model_id is required")
-    model = await _find_model(reads, model_id)
-    if model.delete_time is not None:
-        raise NotFound("MODEL_DELETED", f"model {model_id} was deleted", model_id=model_id)
-    return model
-
-
 def _check_pushed_package(
     package_dir: pathlib.Path, model_name: str, machine: compat.Machine
 ) -> tuple[str, tuple[str, ...]]:
@@ -170,6 +142,8 @@ class Lifecycle:
         self._on_wake = on_wake
         # What replicas are offered now (the secrets set so far among it), for push warnings.
         self._machine = machine
+        # The platform's own records of its deployments (the reconciler's, builds', reloads').
+        self.observed = Observations(store, on_commit)
 
     async def _mutate(
         self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]], *request: object
@@ -203,24 +177,24 @@ class Lifecycle:
     # --- reads ------------------------------------------------------------------
 
     async def get_model(self, model_id: str) -> Model:
-        return await _require_model(self.store, model_id)
+        return await require_model(self.store, model_id)
 
     async def list_models(self, size: int, token: str) -> Page:
         return await self.store.list_models(page_size(size), token)
 
     async def get_deployment(self, deployment_id: str) -> Deployment:
-        deployment = await _require_deployment(self.store, deployment_id)
+        deployment = await require_deployment(self.store, deployment_id)
         domain.require_not_deleted(deployment)
         return deployment
 
     async def find_deployment(self, deployment_id: str) -> Deployment:
         """A deployment, deleted ones included (their usage and history remain)."""
-        return await _require_deployment(self.store, deployment_id)
+        return await require_deployment(self.store, deployment_id)
 
     async def list_deployments(self, model_id: str, show_deleted: bool, size: int, token: str) -> Page:
         if model_id:
             # With show_deleted, a deleted model's deployments too (by its ID).
-            model = await (_find_model(self.store, model_id) if show_deleted else _require_model(self.store, model_id))
+            model = await (find_model(self.store, model_id) if show_deleted else require_model(self.store, model_id))
             model_id = model.id
         return await self.store.list_deployments(model_id, show_deleted, page_size(size), token)
 
@@ -229,7 +203,7 @@ class Lifecycle:
         if deployment_id:
             return "", [await self.get_deployment(deployment_id)]
         if model_id:
-            model_id = (await _require_model(self.store, model_id)).id
+            model_id = (await require_model(self.store, model_id)).id
         deployments, token = [], ""
         while True:
             page = await self.store.list_deployments(model_id, False, MAX_PAGE_SIZE, token)
@@ -244,7 +218,7 @@ class Lifecycle:
         """A page of usage records, and (with `days`) each one's usage by UTC day."""
         usage.check_days(days)
         if model_id:
-            model_id = (await _find_model(self.store, model_id)).id
+            model_id = (await find_model(self.store, model_id)).id
         at = now()
         page = await self.store.list_usage(model_id, page_size(size), token, at)
         if not days:
@@ -257,9 +231,9 @@ class Lifecycle:
         self, model_id: str, deployment_id: str, size: int, token: str, newest_first: bool = False
     ) -> Page:
         if model_id:
-            model_id = (await _find_model(self.store, model_id)).id
+            model_id = (await find_model(self.store, model_id)).id
         if deployment_id:
-            await _require_deployment(self.store, deployment_id)
+            await require_deployment(self.store, deployment_id)
         return await self.store.list_events(model_id, deployment_id, page_size(size), token, newest_first)
 
     # --- push -------------------------------------------------------------------
@@ -326,7 +300,7 @@ class Lifecycle:
 
     async def _push_development(self, tx: WriteTx, model: Model, digest: str, at: float) -> Deployment:
         if model.development_deployment_id:
-            current = await _require_deployment(tx, model.development_deployment_id)
+            current = await require_deployment(tx, model.development_deployment_id)
             await tx.update_deployment(
                 current.id, package_digest=digest, active=True, update_time=at, **_new_revision(current)
             )
@@ -337,14 +311,14 @@ class Lifecycle:
                 "deployment.updated",
                 f"development updated in place to revision {current.revision + 1} (package {digest[:12]})",
             )
-            return await _require_deployment(tx, current.id)
+            return await require_deployment(tx, current.id)
         deployment = domain.new_deployment(
             new_id("d"), model.id, DEVELOPMENT_NAME, Kind.DEVELOPMENT, DEVELOPMENT_AUTOSCALING, digest, at
         )
         await tx.insert_deployment(deployment)
         await tx.update_model(model.id, at, development_deployment_id=deployment.id)
         await tx.add_event(at, model.id, deployment.id, "deployment.created", "development deployment created")
-        return await _require_deployment(tx, deployment.id)
+        return await require_deployment(tx, deployment.id)
 
     async def patch_development(
         self, deployment_id: str, base_digest: str, patches: Sequence[FilePatch], request_id: str
@@ -354,7 +328,7 @@ class Lifecycle:
         Check-and-set on the base. The revision is bumped (flag) only when the patch
         changes what the loaded model depends on; otherwise the patched package is
         recorded as patched_digest, the caller reloads the running replicas in place and
-        records the outcome (record_reload).
+        records the outcome (Observations.record_reload).
         """
         seen = await self.get_deployment(deployment_id)
         domain.check_patch(seen)
@@ -371,7 +345,7 @@ class Lifecycle:
                 raise InvalidArgument("MALFORMED_PACKAGE", f"malformed package: {error}") from error
 
         async def body(tx: WriteTx, at: float) -> Result:
-            current = await _require_deployment(tx, deployment_id)
+            current = await require_deployment(tx, deployment_id)
             domain.check_patch(current)
             domain.check_patch_base(current if derived else seen, base_digest)
             assert derived is not None, "check_patch_base refuses a patch on any other base"
@@ -395,44 +369,9 @@ class Lifecycle:
             )
             for warning in warnings:
                 await tx.add_event(at, current.model_id, current.id, "deployment.config_warning", warning)
-            return Result(deployment=await _require_deployment(tx, current.id), flag=restart, warnings=warnings)
+            return Result(deployment=await require_deployment(tx, current.id), flag=restart, warnings=warnings)
 
         return await self._mutate("PatchDeployment", request_id, body, deployment_id, base_digest, patches)
-
-    async def record_reload(self, seen: Deployment, digest: str, reloaded: int, error: str) -> Deployment:
-        """The outcome of reloading the patched package `digest` of `seen` on its `reloaded`
-        replicas. Once loaded, or with no replica to load it, it becomes the package the
-        deployment serves and starts from; if it failed to load, the deployment keeps the
-        package that last loaded and says why until a later patch or push."""
-        async with self.store.write() as tx:
-            current = await _require_deployment(tx, seen.id)
-            if current.patched_digest != digest or current.revision != seen.revision:
-                return current  # settled already (a retried patch), or replaced by a push or a later patch
-            at = now()
-            if error:
-                if error != current.reload_error:
-                    await tx.update_deployment(current.id, reload_error=error)
-                    await tx.add_event(
-                        at,
-                        current.model_id,
-                        current.id,
-                        "deployment.reload_failed",
-                        f"package {digest[:12]} failed to load: {error}; "
-                        f"package {current.package_digest[:12]} keeps serving, and a replica that starts loads it",
-                    )
-            else:
-                await tx.update_deployment(
-                    current.id, package_digest=digest, patched_digest=None, reload_error="", update_time=at
-                )
-                outcome = (
-                    f"package {digest[:12]} loaded in place on {reloaded} replica(s)"
-                    if reloaded
-                    else f"no replica runs: the next one starts from package {digest[:12]}"
-                )
-                await tx.add_event(at, current.model_id, current.id, "deployment.reloaded", outcome)
-            updated = await _require_deployment(tx, current.id)
-        self._on_commit()
-        return updated
 
     async def _create_published(
         self,
@@ -472,15 +411,15 @@ class Lifecycle:
                 "model.promotion_started",
                 f"{name!r} becomes production once it is ready",
             )
-        return await _require_deployment(tx, deployment.id)
+        return await require_deployment(tx, deployment.id)
 
     # --- deployment verbs -------------------------------------------------------
 
     async def promote(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
-            deployment = await _require_deployment(tx, deployment_id)
+            deployment = await require_deployment(tx, deployment_id)
             domain.require_not_deleted(deployment)
-            model = await _require_model(tx, deployment.model_id)
+            model = await require_model(tx, deployment.model_id)
             plan = domain.plan_promotion(model, deployment)
             if plan is PromotionKind.FROM_DEVELOPMENT:
                 created = await self._create_published(
@@ -488,8 +427,8 @@ class Lifecycle:
                 )
                 return Result(deployment=created, flag=False)
             if plan is PromotionKind.IMMEDIATE:
-                await self._switch_production(tx, model, deployment, at)
-                return Result(deployment=await _require_deployment(tx, deployment.id), flag=True)
+                await switch_production(tx, model, deployment, at)
+                return Result(deployment=await require_deployment(tx, deployment.id), flag=True)
             await tx.update_model(model.id, at, promoting_deployment_id=deployment.id)
             await tx.add_event(
                 at,
@@ -498,121 +437,9 @@ class Lifecycle:
                 "model.promotion_started",
                 f"{deployment.name!r} becomes production once it is ready",
             )
-            return Result(deployment=await _require_deployment(tx, deployment.id), flag=False)
+            return Result(deployment=await require_deployment(tx, deployment.id), flag=False)
 
         return await self._mutate("PromoteDeployment", request_id, body, deployment_id)
-
-    async def _switch_production(self, tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
-        await tx.update_model(model.id, at, production_deployment_id=deployment.id, promoting_deployment_id=None)
-        former = f" (replacing {model.production_deployment_id})" if model.production_deployment_id else ""
-        await tx.add_event(
-            at,
-            model.id,
-            deployment.id,
-            "model.production_changed",
-            f"{deployment.name!r} ({deployment.id}) is now production{former}",
-        )
-
-    async def record_observed(self, seen: Deployment, state: State, message: str, desired: int, ready: int) -> None:
-        """Store the reconciler's view of a deployment and finish a promotion waiting on it.
-
-        `seen` is the record the view was computed from; if the desired state has
-        changed since, nothing is written and the next reconcile pass recomputes.
-        """
-        async with self.store.write() as tx:
-            current = await tx.get_deployment(seen.id)
-            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
-                seen.active,
-                seen.revision,
-                seen.delete_time,
-                seen.failed_revision,
-            ):
-                return
-            at = now()
-            await tx.update_deployment(
-                seen.id, state=state, status_message=message, desired_replicas=desired, ready_replicas=ready
-            )
-            if state is not current.state:
-                detail = f": {message}" if message else ""
-                await tx.add_event(
-                    at,
-                    seen.model_id,
-                    seen.id,
-                    "deployment.state_changed",
-                    f"{current.state.value} -> {state.value}{detail}",
-                )
-            model = await tx.get_model(seen.model_id)
-            if model is not None and model.promoting_deployment_id == seen.id:
-                if state in (State.ACTIVE, State.SCALED_TO_ZERO):
-                    await self._switch_production(tx, model, current, at)
-                elif state in domain.FAILED_STATES:
-                    await tx.update_model(model.id, at, promoting_deployment_id=None)
-                    await tx.add_event(
-                        at,
-                        model.id,
-                        seen.id,
-                        "model.promotion_failed",
-                        f"{current.name!r} did not become ready ({message}); production unchanged",
-                    )
-        self._on_commit()
-
-    async def record_load_failure(self, seen: Deployment, error: str) -> None:
-        """The model of `seen.revision` failed to load: no replica is started for it again."""
-        async with self.store.write() as tx:
-            current = await tx.get_deployment(seen.id)
-            if current is None or current.revision != seen.revision:
-                return
-            await tx.update_deployment(seen.id, failed_revision=seen.revision, status_message=error)
-            await tx.add_event(now(), seen.model_id, seen.id, "deployment.load_failed", error)
-        self._on_commit()
-
-    async def record_build_failure(self, seen: Deployment, error: str) -> None:
-        """The environment of `seen.revision` failed to build: BUILD_FAILED, and no build or
-        replica is tried again for this revision until it is activated or pushed again
-        (like a load failure, through failed_revision; the state tells the two apart)."""
-        async with self.store.write() as tx:
-            current = await tx.get_deployment(seen.id)
-            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
-                seen.active,
-                seen.revision,
-                seen.delete_time,
-                seen.failed_revision,
-            ):
-                return
-            at = now()
-            await tx.update_deployment(
-                seen.id,
-                failed_revision=seen.revision,
-                state=State.BUILD_FAILED,
-                status_message=error,
-                desired_replicas=0,
-                ready_replicas=0,
-            )
-            await tx.add_event(at, seen.model_id, seen.id, "deployment.build_failed", error)
-            if current.state is not State.BUILD_FAILED:
-                await tx.add_event(
-                    at,
-                    seen.model_id,
-                    seen.id,
-                    "deployment.state_changed",
-                    f"{current.state.value} -> {State.BUILD_FAILED.value}: {error.splitlines()[0] if error else ''}",
-                )
-            model = await tx.get_model(seen.model_id)
-            if model is not None and model.promoting_deployment_id == seen.id:
-                await tx.update_model(model.id, at, promoting_deployment_id=None)
-                await tx.add_event(
-                    at,
-                    model.id,
-                    seen.id,
-                    "model.promotion_failed",
-                    f"{current.name!r} did not become ready (its environment failed to build); production unchanged",
-                )
-        self._on_commit()
-
-    async def record_event(self, model_id: str, deployment_id: str, type_: str, message: str) -> None:
-        """An informative entry in the event log (for example a build's progress)."""
-        async with self.store.write() as tx:
-            await tx.add_event(now(), model_id, deployment_id, type_, message)
 
     async def _cancel_promotion_of(self, tx: WriteTx, deployment: Deployment, at: float, why: str) -> None:
         model = await tx.get_model(deployment.model_id)
@@ -622,30 +449,30 @@ class Lifecycle:
 
     async def activate(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
-            deployment = await _require_deployment(tx, deployment_id)
+            deployment = await require_deployment(tx, deployment_id)
             domain.check_activate(deployment)
             if not deployment.active or deployment.load_failed:
                 await tx.update_deployment(deployment.id, active=True, failed_revision=None, update_time=at)
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.activated", "activated")
-            return Result(deployment=await _require_deployment(tx, deployment.id))
+            return Result(deployment=await require_deployment(tx, deployment.id))
 
         return await self._mutate("ActivateDeployment", request_id, body, deployment_id)
 
     async def deactivate(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
-            deployment = await _require_deployment(tx, deployment_id)
+            deployment = await require_deployment(tx, deployment_id)
             domain.check_deactivate(deployment)
             if deployment.active:
                 await tx.update_deployment(deployment.id, active=False, update_time=at)
                 await self._cancel_promotion_of(tx, deployment, at, "the deployment was deactivated")
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.deactivated", "deactivated")
-            return Result(deployment=await _require_deployment(tx, deployment.id))
+            return Result(deployment=await require_deployment(tx, deployment.id))
 
         return await self._mutate("DeactivateDeployment", request_id, body, deployment_id)
 
     async def wake(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
-            deployment = await _require_deployment(tx, deployment_id)
+            deployment = await require_deployment(tx, deployment_id)
             domain.check_wake(deployment)
             if deployment.state is State.SCALED_TO_ZERO:
                 await tx.add_event(
@@ -659,7 +486,7 @@ class Lifecycle:
 
     async def delete_deployment(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
-            deployment = await _require_deployment(tx, deployment_id)
+            deployment = await require_deployment(tx, deployment_id)
             domain.check_delete(deployment)
             await tx.update_deployment(deployment.id, delete_time=at, update_time=at)
             await self._cancel_promotion_of(tx, deployment, at, "the deployment was deleted")
@@ -668,7 +495,7 @@ class Lifecycle:
             await tx.add_event(
                 at, deployment.model_id, deployment.id, "deployment.deleted", f"{deployment.name!r} deleted"
             )
-            return Result(deployment=await _require_deployment(tx, deployment.id))
+            return Result(deployment=await require_deployment(tx, deployment.id))
 
         return await self._mutate("DeleteDeployment", request_id, body, deployment_id)
 
@@ -680,7 +507,7 @@ class Lifecycle:
         request_id: str,
     ) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
-            deployment = await _require_deployment(tx, deployment_id)
+            deployment = await require_deployment(tx, deployment_id)
             domain.require_not_deleted(deployment)
             values: dict = {}
             # Values equal to the current ones change nothing and are accepted (a read-modify-write
@@ -700,13 +527,13 @@ class Lifecycle:
                 await tx.update_deployment(deployment.id, update_time=at, **values)
                 changes = ", ".join(sorted(values))
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.updated", f"updated {changes}")
-            return Result(deployment=await _require_deployment(tx, deployment.id))
+            return Result(deployment=await require_deployment(tx, deployment.id))
 
         return await self._mutate("UpdateDeployment", request_id, body, deployment_id, name, autoscaling_changes)
 
     async def delete_model(self, model_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
-            model = await _require_model(tx, model_id)
+            model = await require_model(tx, model_id)
             for deployment in await tx.model_deployments(model.id):
                 await tx.update_deployment(deployment.id, delete_time=at, update_time=at)
             await tx.update_model(model.id, at, delete_time=at, promoting_deployment_id=None)

@@ -2,7 +2,7 @@
 
 The patch is committed first (Lifecycle.patch_development) as the deployment's latest
 package, the base of the next patch. Then every replica running the deployment's
-revision is asked to Reload it, and the outcome is recorded (Lifecycle.record_reload):
+revision is asked to Reload it, and the outcome is recorded (Observations.record_reload):
 once it loaded (or no replica ran to load it) it becomes the deployment's
 package_digest, which a replica started later, after a scale to zero, a crash or a
 controller restart, starts from; if it failed, package_digest stays the package that
@@ -88,7 +88,7 @@ class LiveReloader:
             replicas = await self._ready_replicas(deployment)
             failures = await asyncio.gather(*(self._reload(handle, digest) for handle in replicas))
             failure = next((f for f in failures if f is not None), None)
-            deployment = await self.lifecycle.record_reload(
+            deployment = await self.lifecycle.observed.record_reload(
                 deployment, digest, len(replicas), failure.error if failure else ""
             )
         elapsed = time.monotonic() - started

@@ -224,7 +224,7 @@ class Reconciler:
                 self._stop(handle)
         failure = self._load_errors.pop(deployment.id, None)
         if failure and failure[0] == deployment.revision and not deployment.load_failed:
-            await self.lifecycle.record_load_failure(deployment, failure[1])
+            await self.lifecycle.observed.record_load_failure(deployment, failure[1])
             deployment = await self.store.get_deployment(deployment.id) or deployment
         deployment, env = await self._environment(deployment)
 
@@ -276,7 +276,7 @@ class Reconciler:
             deployment.desired_replicas,
             deployment.ready_replicas,
         ):
-            await self.lifecycle.record_observed(deployment, state, message, desired, ready)
+            await self.lifecycle.observed.record_observed(deployment, state, message, desired, ready)
 
     def _desired(self, deployment: Deployment) -> int:
         if not domain.should_run(deployment):
@@ -301,7 +301,7 @@ class Reconciler:
             return deployment, EnvironmentStatus()
         env = await self.builds.status(deployment, self.packages.directory(deployment.package_digest))
         if env.error:
-            await self.lifecycle.record_build_failure(deployment, env.error)
+            await self.lifecycle.observed.record_build_failure(deployment, env.error)
             fresh = await self.store.get_deployment(deployment.id) or deployment
             # Not recorded (the deployment changed meanwhile): start nothing, the next pass rebuilds.
             return fresh, EnvironmentStatus(building=not fresh.load_failed)

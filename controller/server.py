@@ -243,7 +243,7 @@ class Controller:
                 builds=BuildManager(
                     settings.builds_dir or data_dir / "builds",
                     on_change=lambda: self.reconciler.poke(),
-                    on_event=lifecycle.record_event,
+                    on_event=lifecycle.observed.record_event,
                     python=python,
                     timeout_seconds=settings.build_timeout_seconds,
                     shared=replica_users is not None,

@@ -1,0 +1,166 @@
+"""What the platform itself records about deployments: the reconciler's observed state,
+load and build failures, live-reload outcomes and informative events. Each write checks the
+record it was computed from is still current, so a stale observation changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from controller import domain
+from controller.domain import Deployment, Model, State
+from controller.lookups import require_deployment
+from controller.store import Store, WriteTx, now
+
+
+async def switch_production(tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
+    await tx.update_model(model.id, at, production_deployment_id=deployment.id, promoting_deployment_id=None)
+    former = f" (replacing {model.production_deployment_id})" if model.production_deployment_id else ""
+    await tx.add_event(
+        at,
+        model.id,
+        deployment.id,
+        "model.production_changed",
+        f"{deployment.name!r} ({deployment.id}) is now production{former}",
+    )
+
+
+class Observations:
+    def __init__(self, store: Store, on_commit: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self._on_commit = on_commit
+
+    async def record_reload(self, seen: Deployment, digest: str, reloaded: int, error: str) -> Deployment:
+        """The outcome of reloading the patched package `digest` of `seen` on its `reloaded`
+        replicas. Once loaded, or with no replica to load it, it becomes the package the
+        deployment serves and starts from; if it failed to load, the deployment keeps the
+        package that last loaded and says why until a later patch or push."""
+        async with self.store.write() as tx:
+            current = await require_deployment(tx, seen.id)
+            if current.patched_digest != digest or current.revision != seen.revision:
+                return current  # settled already (a retried patch), or replaced by a push or a later patch
+            at = now()
+            if error:
+                if error != current.reload_error:
+                    await tx.update_deployment(current.id, reload_error=error)
+                    await tx.add_event(
+                        at,
+                        current.model_id,
+                        current.id,
+                        "deployment.reload_failed",
+                        f"package {digest[:12]} failed to load: {error}; "
+                        f"package {current.package_digest[:12]} keeps serving, and a replica that starts loads it",
+                    )
+            else:
+                await tx.update_deployment(
+                    current.id, package_digest=digest, patched_digest=None, reload_error="", update_time=at
+                )
+                outcome = (
+                    f"package {digest[:12]} loaded in place on {reloaded} replica(s)"
+                    if reloaded
+                    else f"no replica runs: the next one starts from package {digest[:12]}"
+                )
+                await tx.add_event(at, current.model_id, current.id, "deployment.reloaded", outcome)
+            updated = await require_deployment(tx, current.id)
+        self._on_commit()
+        return updated
+
+    async def record_observed(self, seen: Deployment, state: State, message: str, desired: int, ready: int) -> None:
+        """Store the reconciler's view of a deployment and finish a promotion waiting on it.
+
+        `seen` is the record the view was computed from; if the desired state has
+        changed since, nothing is written and the next reconcile pass recomputes.
+        """
+        async with self.store.write() as tx:
+            current = await tx.get_deployment(seen.id)
+            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
+                seen.active,
+                seen.revision,
+                seen.delete_time,
+                seen.failed_revision,
+            ):
+                return
+            at = now()
+            await tx.update_deployment(
+                seen.id, state=state, status_message=message, desired_replicas=desired, ready_replicas=ready
+            )
+            if state is not current.state:
+                detail = f": {message}" if message else ""
+                await tx.add_event(
+                    at,
+                    seen.model_id,
+                    seen.id,
+                    "deployment.state_changed",
+                    f"{current.state.value} -> {state.value}{detail}",
+                )
+            model = await tx.get_model(seen.model_id)
+            if model is not None and model.promoting_deployment_id == seen.id:
+                if state in (State.ACTIVE, State.SCALED_TO_ZERO):
+                    await switch_production(tx, model, current, at)
+                elif state in domain.FAILED_STATES:
+                    await tx.update_model(model.id, at, promoting_deployment_id=None)
+                    await tx.add_event(
+                        at,
+                        model.id,
+                        seen.id,
+                        "model.promotion_failed",
+                        f"{current.name!r} did not become ready ({message}); production unchanged",
+                    )
+        self._on_commit()
+
+    async def record_load_failure(self, seen: Deployment, error: str) -> None:
+        """The model of `seen.revision` failed to load: no replica is started for it again."""
+        async with self.store.write() as tx:
+            current = await tx.get_deployment(seen.id)
+            if current is None or current.revision != seen.revision:
+                return
+            await tx.update_deployment(seen.id, failed_revision=seen.revision, status_message=error)
+            await tx.add_event(now(), seen.model_id, seen.id, "deployment.load_failed", error)
+        self._on_commit()
+
+    async def record_build_failure(self, seen: Deployment, error: str) -> None:
+        """The environment of `seen.revision` failed to build: BUILD_FAILED, and no build or
+        replica is tried again for this revision until it is activated or pushed again
+        (like a load failure, through failed_revision; the state tells the two apart)."""
+        async with self.store.write() as tx:
+            current = await tx.get_deployment(seen.id)
+            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
+                seen.active,
+                seen.revision,
+                seen.delete_time,
+                seen.failed_revision,
+            ):
+                return
+            at = now()
+            await tx.update_deployment(
+                seen.id,
+                failed_revision=seen.revision,
+                state=State.BUILD_FAILED,
+                status_message=error,
+                desired_replicas=0,
+                ready_replicas=0,
+            )
+            await tx.add_event(at, seen.model_id, seen.id, "deployment.build_failed", error)
+            if current.state is not State.BUILD_FAILED:
+                await tx.add_event(
+                    at,
+                    seen.model_id,
+                    seen.id,
+                    "deployment.state_changed",
+                    f"{current.state.value} -> {State.BUILD_FAILED.value}: {error.splitlines()[0] if error else ''}",
+                )
+            model = await tx.get_model(seen.model_id)
+            if model is not None and model.promoting_deployment_id == seen.id:
+                await tx.update_model(model.id, at, promoting_deployment_id=None)
+                await tx.add_event(
+                    at,
+                    model.id,
+                    seen.id,
+                    "model.promotion_failed",
+                    f"{current.name!r} did not become ready (its environment failed to build); production unchanged",
+                )
+        self._on_commit()
+
+    async def record_event(self, model_id: str, deployment_id: str, type_: str, message: str) -> None:
+        """An informative entry in the event log (for example a build's progress)."""
+        async with self.store.write() as tx:
+            await tx.add_event(now(), model_id, deployment_id, type_, message)
