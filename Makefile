@@ -100,3 +100,7 @@ bench: setup bench-deps postgres-bin
 	$(PY) bench/auth.py
 	$(PY) bench/proxy_floor.py
 	$(PY) bench/tls.py
+	$(PY) bench/hooks.py
+	$(PY) bench/logs.py
+	$(PY) bench/metric_history.py
+	$(PY) bench/failover.py

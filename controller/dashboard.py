@@ -41,9 +41,13 @@ class Dashboard:
     async def index(self, _request: web.Request) -> web.StreamResponse:
         page = self.directory / "index.html"
         if not page.is_file():
-            return web.Response(
+            return web.json_response(
+                _error(
+                    "UNAVAILABLE",
+                    "DASHBOARD_NOT_BUILT",
+                    f"the dashboard is not built ({page} is missing): `make setup` builds it",
+                ),
                 status=503,
-                text=f"The dashboard is not built ({page} is missing): `make setup` builds it.\n",
                 headers=SECURITY_HEADERS,
             )
         return web.FileResponse(page, headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
@@ -52,7 +56,11 @@ class Dashboard:
         name = request.match_info["name"]
         path = self.directory / "assets" / name
         if not ASSET_NAME.fullmatch(name) or name.startswith(".") or not path.is_file():
-            raise web.HTTPNotFound(text=f"no dashboard asset named {name[:128]!r}\n")
+            return web.json_response(
+                _error("NOT_FOUND", "ASSET_NOT_FOUND", f"no dashboard asset named {name[:128]!r}"),
+                status=404,
+                headers=SECURITY_HEADERS,
+            )
         headers = {
             **SECURITY_HEADERS,
             "Cache-Control": "public, max-age=31536000, immutable",  # names carry their content hash
@@ -62,3 +70,8 @@ class Dashboard:
 
     async def config(self, _request: web.Request) -> web.Response:
         return web.json_response({"gatewayHttpUrl": self.gateway_http_url}, headers={"Cache-Control": "no-cache"})
+
+
+def _error(code: str, reason: str, message: str) -> dict:
+    """The JSON error body the gateway's HTTP front answers too."""
+    return {"error": {"code": code, "reason": reason, "message": message}}

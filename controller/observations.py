@@ -24,6 +24,22 @@ async def switch_production(tx: WriteTx, model: Model, deployment: Deployment, a
     )
 
 
+def _wanted(deployment: Deployment) -> tuple:
+    """What an observation was computed against: if any of it changed since, the observation is stale."""
+    return (deployment.active, deployment.revision, deployment.delete_time, deployment.failed_revision)
+
+
+async def _fail_promotion(tx: WriteTx, model: Model, deployment: Deployment, at: float, why: str) -> None:
+    await tx.update_model(model.id, at, promoting_deployment_id=None)
+    await tx.add_event(
+        at,
+        model.id,
+        deployment.id,
+        "model.promotion_failed",
+        f"{deployment.name!r} did not become ready ({why}); production unchanged",
+    )
+
+
 class Observations:
     def __init__(self, store: Store, on_commit: Callable[[], None] = lambda: None) -> None:
         self.store = store
@@ -72,12 +88,7 @@ class Observations:
         """
         async with self.store.write() as tx:
             current = await tx.get_deployment(seen.id)
-            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
-                seen.active,
-                seen.revision,
-                seen.delete_time,
-                seen.failed_revision,
-            ):
+            if current is None or _wanted(current) != _wanted(seen):
                 return
             at = now()
             await tx.update_deployment(
@@ -97,14 +108,7 @@ class Observations:
                 if state in (State.ACTIVE, State.SCALED_TO_ZERO):
                     await switch_production(tx, model, current, at)
                 elif state in domain.FAILED_STATES:
-                    await tx.update_model(model.id, at, promoting_deployment_id=None)
-                    await tx.add_event(
-                        at,
-                        model.id,
-                        seen.id,
-                        "model.promotion_failed",
-                        f"{current.name!r} did not become ready ({message}); production unchanged",
-                    )
+                    await _fail_promotion(tx, model, current, at, message)
         self._on_commit()
 
     async def record_load_failure(self, seen: Deployment, error: str) -> None:
@@ -123,12 +127,7 @@ class Observations:
         (like a load failure, through failed_revision; the state tells the two apart)."""
         async with self.store.write() as tx:
             current = await tx.get_deployment(seen.id)
-            if current is None or (current.active, current.revision, current.delete_time, current.failed_revision) != (
-                seen.active,
-                seen.revision,
-                seen.delete_time,
-                seen.failed_revision,
-            ):
+            if current is None or _wanted(current) != _wanted(seen):
                 return
             at = now()
             await tx.update_deployment(
@@ -150,14 +149,7 @@ class Observations:
                 )
             model = await tx.get_model(seen.model_id)
             if model is not None and model.promoting_deployment_id == seen.id:
-                await tx.update_model(model.id, at, promoting_deployment_id=None)
-                await tx.add_event(
-                    at,
-                    model.id,
-                    seen.id,
-                    "model.promotion_failed",
-                    f"{current.name!r} did not become ready (its environment failed to build); production unchanged",
-                )
+                await _fail_promotion(tx, model, current, at, "its environment failed to build")
         self._on_commit()
 
     async def record_event(self, model_id: str, deployment_id: str, type_: str, message: str) -> None:

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -462,6 +463,15 @@ def _runtime(
     replica_users: ReplicaUsers | None,
 ) -> ReplicaRuntime:
     data_dir = settings.data_dir
+    # What every replica is started with, whichever runtime runs it.
+    replica_options: dict[str, Any] = {
+        "drain_seconds": settings.drain_seconds,
+        "max_request_bytes": settings.max_request_bytes,
+        "health_check_seconds": settings.health_check_seconds,
+        "log_line_bytes": settings.logs.collector.max_line_bytes,
+        "log_rate_bytes": settings.logs.replica_rate_bytes,
+        "otlp_endpoint": settings.otlp_endpoint,
+    }
     if settings.runtime == "ray":
         from controller.ray_runtime import RayRuntime
 
@@ -472,25 +482,15 @@ def _runtime(
             packages.root,
             on_change,
             address=settings.ray_address,
-            drain_seconds=settings.drain_seconds,
-            max_request_bytes=settings.max_request_bytes,
-            health_check_seconds=settings.health_check_seconds,
-            log_line_bytes=settings.logs.collector.max_line_bytes,
-            log_rate_bytes=settings.logs.replica_rate_bytes,
-            otlp_endpoint=settings.otlp_endpoint,
+            **replica_options,
         )
     return LocalProcessRuntime(
         data_dir,
         packages.root,
         on_change,
-        drain_seconds=settings.drain_seconds,
         python=python,
         fork=settings.fork_replicas,
-        max_request_bytes=settings.max_request_bytes,
-        health_check_seconds=settings.health_check_seconds,
-        log_line_bytes=settings.logs.collector.max_line_bytes,
-        log_rate_bytes=settings.logs.replica_rate_bytes,
-        otlp_endpoint=settings.otlp_endpoint,
+        **replica_options,
         sandboxes=Sandboxes(data_dir / "sandboxes") if replica_users is not None else None,
     )
 

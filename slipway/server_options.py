@@ -374,7 +374,7 @@ def gateway_options(command: Callable) -> Callable:
         flag(
             "--replica-wait",
             envvar="SLIPWAY_REPLICA_WAIT",
-            type=float,
+            type=click.FloatRange(min=0, min_open=True, max=3600),
             default=60.0,
             help="Seconds a request waits for a ready replica before 503.",
         ),
