@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import grpc
@@ -95,6 +96,11 @@ class MetricsEndpoint:
         self._replicas = replicas
         self._collector = ReplicaCollector()
         metrics.registry.register(self._collector)
+        # One scrape at a time asks the replicas (the collector holds its answers until
+        # the exposition); a scrape reuses the answers of a round that started after it
+        # arrived, so a burst of scrapes costs the replicas two rounds, not one each.
+        self._gathering = asyncio.Lock()
+        self._gather_started = float("-inf")
 
     def add_route(self, app: web.Application) -> None:
         app.router.add_get(METRICS_PATH, self.handle)
@@ -111,8 +117,12 @@ class MetricsEndpoint:
             return web.json_response(
                 error_json(code, error.message, [error_info(error.reason)]), status=status, headers=headers
             )
-        self._collector.families = merge(await self._gather())
-        return exposition(self._metrics.registry)
+        arrived = time.monotonic()
+        async with self._gathering:
+            if self._gather_started < arrived:
+                self._gather_started = time.monotonic()
+                self._collector.families = merge(await self._gather())
+            return exposition(self._metrics.registry)
 
     async def _gather(self) -> list[tuple[tuple[str, ...], bytes]]:
         asks: list[Awaitable[tuple[tuple[str, ...], bytes] | None]] = []
