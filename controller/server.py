@@ -433,17 +433,21 @@ class Controller:
                 await self._loopback.close()
             if self._loopback_dir is not None:
                 shutil.rmtree(self._loopback_dir, ignore_errors=True)
+        await self._stop_loop()
+        # The lease is renewed until the replicas are stopped: every stop is fenced, and a
+        # drain longer than the lease would otherwise be refused and leave replicas running.
+        await self.reconciler.shutdown()
+        # A replica whose start was interrupted by the shutdown has no handle to stop it (nor
+        # a warm Ray actor whose creation was): stopped while the runtime can still reach
+        # them, before it closes. Only the leader's: a follower sharing the data directory
+        # must leave the leader's alone.
+        if self.leadership.leading:
+            await self.reconciler.runtime.stop_orphans(known=set())
+        await self.reconciler.runtime.close()
         if self._lease_task is not None:
             self._lease_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lease_task
-        await self._stop_loop()
-        await self.reconciler.shutdown()
-        await self.reconciler.runtime.close()
-        # A replica whose start was interrupted by the shutdown has no handle to stop it. Only
-        # the leader's: a follower sharing the data directory must leave the leader's alone.
-        if self.leadership.leading:
-            await self.reconciler.runtime.stop_orphans(known=set())
         await self.routes.stop()
         await self.keys.stop()
         if self.log_collector is not None:
