@@ -84,7 +84,7 @@ def build_app(
             response = error_response(error)
             await response.prepare(request)
             await response.write_eof()
-            request.protocol.force_close()
+            _close_lingering(request)
             return response
         except GatewayError as error:  # the body was refused (too large)
             forwarder.metrics.refused(error.reason)
@@ -249,3 +249,19 @@ async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
         return web.json_response(
             body, status=exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"}
         )
+
+
+# How long a connection closed mid-body stays open after its answer, the client's bytes
+# still read and dropped. Closed at once with unread bytes in its buffer, the kernel
+# would reset it, and a reset can discard the answer before the client reads it.
+LINGER_SECONDS = 1.0
+
+
+def _close_lingering(request: web.Request) -> None:
+    """End a connection whose body will not be read: the answer, then FIN, then close."""
+    transport = request.transport
+    if transport is None or not transport.can_write_eof():
+        request.protocol.force_close()
+        return
+    transport.write_eof()
+    asyncio.get_running_loop().call_later(LINGER_SECONDS, request.protocol.force_close)
