@@ -39,6 +39,14 @@ def _model_route(model: Model) -> rt.ModelRoute:
         model_name=model.name,
         production_deployment_id=model.production_deployment_id or "",
         development_deployment_id=model.development_deployment_id or "",
+        environments=[
+            rt.EnvironmentRoute(
+                name="production",
+                deployments=[rt.WeightedDeployment(deployment_id=model.production_deployment_id, weight=100)],
+            )
+        ]
+        if model.production_deployment_id
+        else [],
     )
 
 

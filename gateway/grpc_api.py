@@ -61,9 +61,11 @@ class InferenceApi:
         remaining = context.time_remaining()
         return self.default_timeout if remaining is None else min(remaining, self.default_timeout)
 
-    def _resolve(self, target: inf.Target):
-        environment = DEVELOPMENT if target.environment == inf.ENVIRONMENT_DEVELOPMENT else PRODUCTION
-        return lambda: self.resolver(target.model_id, target.deployment_id, environment)
+    def _resolve(self, target: inf.Target, request_id: str):
+        environment = target.environment_name or (
+            DEVELOPMENT if target.environment == inf.ENVIRONMENT_DEVELOPMENT else PRODUCTION
+        )
+        return lambda: self.resolver(target.model_id, target.deployment_id, environment, request_id)
 
     # The two places a gRPC inference call is observed (gateway/metrics.py), by the code the caller gets.
     async def predict(self, request: inf.PredictRequest, context: grpc.aio.ServicerContext) -> bytes:
@@ -75,7 +77,7 @@ class InferenceApi:
         request_id = _request_id(context)
         try:
             deployment, raw = await self.forwarder.unary(
-                self._resolve(request.target),
+                self._resolve(request.target, request_id),
                 rs.InvokeRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
                 request_id,
@@ -100,7 +102,7 @@ class InferenceApi:
         request_id = _request_id(context)
         try:
             async for chunk in self.forwarder.stream(
-                self._resolve(request.target),
+                self._resolve(request.target, request_id),
                 rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type),
                 self._timeout(context),
                 request_id,

@@ -40,7 +40,8 @@ DEFAULT_CONTENT_TYPE = "application/json"
 NDJSON = "application/x-ndjson"
 # What curl and HTML forms send when the caller names no type: the body is meant as JSON.
 UNTYPED = ("", "application/x-www-form-urlencoded")
-Resolver = Callable[[str, str, str], rt.DeploymentRoute]
+# (model, deployment ID, environment, request ID) → the deployment that takes the request.
+Resolver = Callable[[str, str, str, str], rt.DeploymentRoute]
 
 
 def build_app(
@@ -56,7 +57,8 @@ def build_app(
         model_id = request.match_info["model_id"]
         deployment_id = request.match_info.get("deployment_id", "")
         environment = request.match_info.get("environment", PRODUCTION)
-        return lambda: resolver(model_id, deployment_id, environment)
+        request_id = request_id_of(request)
+        return lambda: resolver(model_id, deployment_id, environment, request_id)
 
     async def call(request: web.Request, method: str = "") -> web.StreamResponse:
         """Forward the request to model method `method` ("" is predict) and relay its answer;

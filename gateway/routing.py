@@ -1,8 +1,10 @@
 """Route resolution over the controller's route table (pure: no I/O).
 
-model ID (or name) → the model's production deployment; model + `development` →
-its development deployment; deployment ID → that deployment. Every miss says which
-kind of miss it is: unknown, deleted, deactivated, or no such environment. A
+model ID (or name) → the model's production deployment; model + an environment name
+→ that environment's deployment (of its two during a rolling promotion, the one the
+request ID's hash picks: gateway/traffic_split.py); model + `development` → its
+development deployment; deployment ID → that deployment. Every miss says which kind
+of miss it is: unknown, deleted, deactivated, or no such environment. A
 deployment that failed to start (and has no replica left) is refused at once rather
 than waited for: nothing will start until it is changed.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import grpc
 
+from gateway import traffic_split
 from gateway.errors import GatewayError, not_found
 from slipway.keys import SCOPE_FROM_PROTO, KeyRecord
 from slipway.v1 import resources_pb2 as r
@@ -76,7 +79,9 @@ class RouteIndex:
             raise not_found("MODEL_DELETED", f"model {model_ref} was deleted")
         raise not_found("MODEL_NOT_FOUND", f"no model {model_ref!r}")
 
-    def resolve(self, model_ref: str, deployment_id: str = "", environment: str = PRODUCTION) -> rt.DeploymentRoute:
+    def resolve(
+        self, model_ref: str, deployment_id: str = "", environment: str = PRODUCTION, request_id: str = ""
+    ) -> rt.DeploymentRoute:
         if deployment_id:
             deployment = self._deployment(deployment_id)
             if model_ref:
@@ -96,11 +101,25 @@ class RouteIndex:
                 raise not_found("NO_DEVELOPMENT_DEPLOYMENT", f"model {model_ref} has no development deployment")
             target = model.development_deployment_id
         else:
-            if not model.production_deployment_id:
-                raise not_found("NO_PRODUCTION_DEPLOYMENT", f"model {model_ref} has no production deployment")
-            target = model.production_deployment_id
+            target = self._environment_target(model, model_ref, environment, request_id)
         return self._require_servable(
             self._deployment(target), f"the {environment} deployment {target} of model {model_ref}"
+        )
+
+    @staticmethod
+    def _environment_target(model: rt.ModelRoute, model_ref: str, environment: str, request_id: str) -> str:
+        route = next((e for e in model.environments if e.name == environment), None)
+        if route is None:
+            if environment == PRODUCTION:
+                raise not_found("NO_PRODUCTION_DEPLOYMENT", f"model {model_ref} has no production deployment")
+            raise not_found("ENVIRONMENT_NOT_FOUND", f"model {model_ref} has no environment {environment[:64]!r}")
+        target = traffic_split.choose(route.deployments, request_id)
+        if target:
+            return target
+        if environment == PRODUCTION:
+            raise not_found("NO_PRODUCTION_DEPLOYMENT", f"model {model_ref} has no production deployment")
+        raise not_found(
+            "NO_DEPLOYMENT_IN_ENVIRONMENT", f"the {environment} environment of model {model_ref} has no deployment"
         )
 
     def _deployment(self, deployment_id: str) -> rt.DeploymentRoute:

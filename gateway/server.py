@@ -174,14 +174,14 @@ class Gateway:
         self.http_bodies: BodyReader
         self.http_site: LimitedSite
 
-    def resolve(self, model_ref: str, deployment_id: str, environment: str) -> rt.DeploymentRoute:
+    def resolve(self, model_ref: str, deployment_id: str, environment: str, request_id: str = "") -> rt.DeploymentRoute:
         if not self.follower.synced.is_set():
             raise GatewayError(
                 grpc.StatusCode.UNAVAILABLE,
                 "ROUTES_UNAVAILABLE",
                 f"the gateway has no route table yet (controller {self.settings.controller_address} unreachable)",
             )
-        return auth.require_model_access(self.follower.index.resolve(model_ref, deployment_id, environment))
+        return auth.require_model_access(self.follower.index.resolve(model_ref, deployment_id, environment, request_id))
 
     async def wake(self, deployment_id: str) -> dict:
         """Asks the controller to wake a deployment (the caller's key was checked for it when

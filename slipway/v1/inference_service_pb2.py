@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"slipway/v1/inference_service.proto\x12\nslipway.v1\"_\n\x06Target\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12,\n\x0b\x65nvironment\x18\x03 \x01(\x0e\x32\x17.slipway.v1.Environment\"[\n\x0ePredictRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"O\n\x0fPredictResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"a\n\x14PredictStreamRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"<\n\x15PredictStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t*c\n\x0b\x45nvironment\x12\x1b\n\x17\x45NVIRONMENT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NVIRONMENT_PRODUCTION\x10\x01\x12\x1b\n\x17\x45NVIRONMENT_DEVELOPMENT\x10\x02\x32\xae\x01\n\x10InferenceService\x12\x42\n\x07Predict\x12\x1a.slipway.v1.PredictRequest\x1a\x1b.slipway.v1.PredictResponse\x12V\n\rPredictStream\x12 .slipway.v1.PredictStreamRequest\x1a!.slipway.v1.PredictStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"slipway/v1/inference_service.proto\x12\nslipway.v1\"y\n\x06Target\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12,\n\x0b\x65nvironment\x18\x03 \x01(\x0e\x32\x17.slipway.v1.Environment\x12\x18\n\x10\x65nvironment_name\x18\x04 \x01(\t\"[\n\x0ePredictRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"O\n\x0fPredictResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"a\n\x14PredictStreamRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"<\n\x15PredictStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t*c\n\x0b\x45nvironment\x12\x1b\n\x17\x45NVIRONMENT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NVIRONMENT_PRODUCTION\x10\x01\x12\x1b\n\x17\x45NVIRONMENT_DEVELOPMENT\x10\x02\x32\xae\x01\n\x10InferenceService\x12\x42\n\x07Predict\x12\x1a.slipway.v1.PredictRequest\x1a\x1b.slipway.v1.PredictResponse\x12V\n\rPredictStream\x12 .slipway.v1.PredictStreamRequest\x1a!.slipway.v1.PredictStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slipway.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENVIRONMENT']._serialized_start=482
-  _globals['_ENVIRONMENT']._serialized_end=581
+  _globals['_ENVIRONMENT']._serialized_start=508
+  _globals['_ENVIRONMENT']._serialized_end=607
   _globals['_TARGET']._serialized_start=50
-  _globals['_TARGET']._serialized_end=145
-  _globals['_PREDICTREQUEST']._serialized_start=147
-  _globals['_PREDICTREQUEST']._serialized_end=238
-  _globals['_PREDICTRESPONSE']._serialized_start=240
-  _globals['_PREDICTRESPONSE']._serialized_end=319
-  _globals['_PREDICTSTREAMREQUEST']._serialized_start=321
-  _globals['_PREDICTSTREAMREQUEST']._serialized_end=418
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=420
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=480
-  _globals['_INFERENCESERVICE']._serialized_start=584
-  _globals['_INFERENCESERVICE']._serialized_end=758
+  _globals['_TARGET']._serialized_end=171
+  _globals['_PREDICTREQUEST']._serialized_start=173
+  _globals['_PREDICTREQUEST']._serialized_end=264
+  _globals['_PREDICTRESPONSE']._serialized_start=266
+  _globals['_PREDICTRESPONSE']._serialized_end=345
+  _globals['_PREDICTSTREAMREQUEST']._serialized_start=347
+  _globals['_PREDICTSTREAMREQUEST']._serialized_end=444
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=446
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=506
+  _globals['_INFERENCESERVICE']._serialized_start=610
+  _globals['_INFERENCESERVICE']._serialized_end=784
 # @@protoc_insertion_point(module_scope)

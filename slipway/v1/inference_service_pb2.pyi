@@ -16,14 +16,16 @@ ENVIRONMENT_PRODUCTION: Environment
 ENVIRONMENT_DEVELOPMENT: Environment
 
 class Target(_message.Message):
-    __slots__ = ("model_id", "deployment_id", "environment")
+    __slots__ = ("model_id", "deployment_id", "environment", "environment_name")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_NAME_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     deployment_id: str
     environment: Environment
-    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., environment: _Optional[_Union[Environment, str]] = ...) -> None: ...
+    environment_name: str
+    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., environment: _Optional[_Union[Environment, str]] = ..., environment_name: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("target", "payload", "content_type")

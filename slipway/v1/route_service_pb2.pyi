@@ -51,16 +51,34 @@ class ApiKeyRoute(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., key_sha256: _Optional[bytes] = ..., scope: _Optional[_Union[_key_service_pb2.KeyScope, str]] = ..., model_ids: _Optional[_Iterable[str]] = ..., expire_time: _Optional[float] = ..., revoked: _Optional[bool] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
-    __slots__ = ("model_id", "model_name", "production_deployment_id", "development_deployment_id")
+    __slots__ = ("model_id", "model_name", "production_deployment_id", "development_deployment_id", "environments")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     PRODUCTION_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DEVELOPMENT_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_name: str
     production_deployment_id: str
     development_deployment_id: str
-    def __init__(self, model_id: _Optional[str] = ..., model_name: _Optional[str] = ..., production_deployment_id: _Optional[str] = ..., development_deployment_id: _Optional[str] = ...) -> None: ...
+    environments: _containers.RepeatedCompositeFieldContainer[EnvironmentRoute]
+    def __init__(self, model_id: _Optional[str] = ..., model_name: _Optional[str] = ..., production_deployment_id: _Optional[str] = ..., development_deployment_id: _Optional[str] = ..., environments: _Optional[_Iterable[_Union[EnvironmentRoute, _Mapping]]] = ...) -> None: ...
+
+class EnvironmentRoute(_message.Message):
+    __slots__ = ("name", "deployments")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    deployments: _containers.RepeatedCompositeFieldContainer[WeightedDeployment]
+    def __init__(self, name: _Optional[str] = ..., deployments: _Optional[_Iterable[_Union[WeightedDeployment, _Mapping]]] = ...) -> None: ...
+
+class WeightedDeployment(_message.Message):
+    __slots__ = ("deployment_id", "weight")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    weight: int
+    def __init__(self, deployment_id: _Optional[str] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class DeploymentRoute(_message.Message):
     __slots__ = ("deployment_id", "model_id", "name", "active", "state", "endpoints", "status_message")
