@@ -145,7 +145,7 @@ class ReplicaSupervisor:
     async def put_environment(self, key: str, archive: list) -> tuple[str, bool]:
         """The interpreter of the built environment `key` on this node, and whether it had
         to be unpacked (False: an earlier replica on this node brought it)."""
-        from controller.builds import runtime_paths
+        from controller.environment_specs import runtime_paths
         from controller.ray_environments import has_environment, node_env_dir, unpack_environment
 
         if has_environment(self.root, key):

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 from controller import domain
 from controller.autoscaler import Autoscaler
-from controller.builds import BuildManager, EnvironmentStatus, plural
+from controller.builds import BuildManager, EnvironmentStatus
 from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
+from controller.environment_specs import plural
 from controller.isolation import ReplicaUsers
 from controller.leader import Leadership, LeaseLost
 from controller.lifecycle import Lifecycle

@@ -24,7 +24,8 @@ from click.testing import CliRunner
 from conftest import Api, controller_settings, error_reason, replica_metadata, wait_until, write_package
 
 from controller import compat
-from controller.builds import MARKER, BuildManager, normalise_requirement
+from controller.builds import MARKER, BuildManager
+from controller.environment_specs import normalise_requirement
 from controller.errors import InvalidArgument
 from controller.server import Controller
 from replica.package import load_package_config, read_requirements

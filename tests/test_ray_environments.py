@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from controller.builds import runtime_paths, uv_command
+from controller.environment_specs import runtime_paths, uv_command
 from controller.ray_environments import (
     NODE_MARKER,
     EnvironmentShipError,
