@@ -22,7 +22,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from controller.connect_api import CONNECT_CODES, error_info, error_json
+from controller.connect_protocol import CONNECT_CODES, error_info, error_json
 from controller.domain import ReplicaPhase
 from controller.metrics import ControllerMetrics
 from slipway.auth import Authenticator, grpc_code

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from google.protobuf import descriptor
 
-from controller.connect_api import CONNECT_CODES
+from controller.connect_protocol import CONNECT_CODES
 
 FD = descriptor.FieldDescriptor
 INT64_PATTERN = r"^-?[0-9]+$"
