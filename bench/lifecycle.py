@@ -164,8 +164,8 @@ async def seed(database: str, data_dir: pathlib.Path, package_dir: pathlib.Path,
         for m in range(models):
             async with store.write() as tx:
                 at = time.time()
-                await tx.record_package(digest, len(archive), at)
                 model = await tx.insert_model(f"bench-model-{m:03d}", at)
+                await tx.record_package(digest, len(archive), at)  # after the model's lock (store/locks.py)
                 for n in range(1, per_model + 1):
                     deployment = Deployment(
                         id=new_id("d"),

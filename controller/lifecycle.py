@@ -154,7 +154,7 @@ class Lifecycle:
         fingerprint = _fingerprint(method, request) if request_id else ""
         async with self.store.write() as tx:
             if request_id:
-                prior = await tx.get_request(request_id)
+                prior = await tx.claim_request(request_id, method, fingerprint, now())
                 if prior is not None:
                     prior_method, prior_fingerprint, encoded = prior
                     if prior_method != method:
@@ -170,7 +170,7 @@ class Lifecycle:
                     return _decode_result(encoded)
             result = await body(tx, now())
             if request_id:
-                await tx.save_request(request_id, method, fingerprint, _encode_result(result), now())
+                await tx.save_request(request_id, _encode_result(result))
         self._on_commit()
         return result
 
@@ -270,8 +270,8 @@ class Lifecycle:
         model_name, warnings = staged.checked
 
         async def body(tx: WriteTx, at: float) -> Result:
+            model = await tx.get_live_model_by_name(model_name)  # the model's lock first, then the package's
             await tx.record_package(digest, len(archive), at)
-            model = await tx.get_live_model_by_name(model_name)
             created = model is None
             if model is None:
                 model = await tx.insert_model(model_name, at)

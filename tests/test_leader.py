@@ -135,7 +135,7 @@ async def test_announcements_arrive_exactly_as_sent_and_only_when_committed(stor
     if not database:
         pytest.skip("SQLite announces nothing")
     heard: list[str] = []
-    await stores[1].backend.listen(heard.append)
+    await stores[1].backend.listen(heard.append, lambda: None)
     tricky = '{"o": "x", "d": ["it\'s \\\\ a \\\\\' test; COMMIT"]}'
     with pytest.raises(RuntimeError):
         async with stores[0].backend.transaction() as executor:
