@@ -204,13 +204,23 @@ class Lifecycle:
             return "", [await self.get_deployment(deployment_id)]
         if model_id:
             model_id = (await require_model(self.store, model_id)).id
+        return model_id, await self._live_deployments(model_id)
+
+    async def watch_relist(self, model_id: str, deployment_id: str) -> set[str]:
+        """The deployments a watch looks at again after a reset (`model_id` as watch_initial
+        resolved it); refuses nothing (a deleted one is shown deleted)."""
+        if deployment_id:
+            return {deployment_id}
+        return {deployment.id for deployment in await self._live_deployments(model_id)}
+
+    async def _live_deployments(self, model_id: str) -> list[Deployment]:
         deployments, token = [], ""
         while True:
             page = await self.store.list_deployments(model_id, False, MAX_PAGE_SIZE, token)
             deployments.extend(page.items)
             token = page.next_page_token
             if not token:
-                return model_id, deployments
+                return deployments
 
     async def list_usage(
         self, model_id: str, size: int, token: str, days: int = 0

@@ -47,7 +47,7 @@ from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
 from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
-from controller.store import Store, default_database_url, open_store
+from controller.store import Change, Store, default_database_url, open_store
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
 from slipway.channels import KEEPALIVE_SERVER_OPTIONS
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
@@ -201,7 +201,7 @@ class Controller:
         await self.store.follow_other_controllers()  # their writes reach watches and route streams
         log.info("state in %s", self.store.description)
         self.store.on_write = self.metrics.database_write_seconds.observe
-        self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))
+        self.store.add_listener(self._note_touched)
         # Apart from the lifecycle database: log volume never holds up a lifecycle write.
         self.logs = await SqliteLogStore.open(data_dir / "logs.db", settings.logs.retention)
         self.internal_token = issue_internal_token(data_dir)
@@ -382,6 +382,10 @@ class Controller:
         )
         await site.start()
         self.http_port = runner.addresses[0][1]
+
+    def _note_touched(self, change: Change) -> None:
+        """Deployments whose metric series the reconciler checks (a reset: every one it has)."""
+        self.metrics.touched.update(self.metrics.labels if change.reset else change.deployments)
 
     def _wake(self, deployment_id: str) -> None:
         self.metrics.woken(deployment_id)
