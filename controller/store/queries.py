@@ -259,11 +259,16 @@ class SqlStore(Reads):
 
     async def deployments_to_reconcile(self) -> list[Deployment]:
         """Deployments that should run, or still have replicas that must be stopped."""
+        # A union of two index scans (the partial index deployments_to_reconcile, whose
+        # predicate this repeats, and replicas_running), not a scan of every deployment.
         rows = await self._all(
             f"""{DEPLOYMENT_SELECT}
-            WHERE (d.delete_time IS NULL AND d.active = 1)
-               OR d.state NOT IN ('INACTIVE', 'DEPLOY_FAILED', 'BUILD_FAILED')
-               OR d.id IN (SELECT deployment_id FROM replicas WHERE stop_time IS NULL)
+            WHERE d.pk IN (
+                SELECT pk FROM deployments
+                WHERE (delete_time IS NULL AND active = 1) OR state NOT IN ('INACTIVE', 'DEPLOY_FAILED', 'BUILD_FAILED')
+                UNION
+                SELECT running.pk FROM replicas r JOIN deployments running ON running.id = r.deployment_id
+                WHERE r.stop_time IS NULL)
             ORDER BY d.pk"""
         )
         return [_deployment(r) for r in rows]
