@@ -9,17 +9,20 @@ a lock (pg_stat_activity) and, once A commits, is refused by what A wrote."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import asyncpg
 import pytest
 from conftest import wait_until
 from test_store_backends import archive, lifecycles, outcomes
 
-from controller.domain import PushTarget
+from controller import domain
+from controller.domain import AutoscalingSettings, Kind, PushTarget, State
 from controller.errors import AlreadyExists, InvalidArgument
 from controller.routes import RouteBroadcaster
-from controller.store import Change, open_store
+from controller.store import Change, new_id, open_store
 from controller.store.pg_listen import APPLICATION_NAME
+from slipway.v1 import deployment_service_pb2 as ds
 
 pytestmark = pytest.mark.both_backends
 
@@ -147,23 +150,11 @@ async def test_a_lost_listen_connection_comes_back_and_every_listener_reads_agai
     try:
         assert not (await anext(table)).deployments
         listener = follower.backend.listener  # type: ignore[attr-defined]
-        # The connection is ended while the follower is kept from listening again until the
-        # other store has written: that announcement is lost, and only a reset brings it.
-        entered, release = asyncio.Event(), asyncio.Event()
-
-        async def held() -> None:
-            entered.set()
-            await release.wait()
-
-        listener.before_relisten = held
         old_pid = listener.server_pid
         assert await listener_backend(database, old_pid) == old_pid
-        conn = await asyncpg.connect(database)
-        try:
-            assert await conn.fetchval("SELECT pg_terminate_backend($1)", old_pid)
-        finally:
-            await conn.close()
-        await asyncio.wait_for(entered.wait(), 30)
+        # The connection is ended while the follower is kept from listening again until the
+        # other store has written: that announcement is lost, and only a reset brings it.
+        _, release, _ = await terminate_listener_held(follower)
         package, digest = archive(tmp_path, "while-away")
         missed = (
             await lifecycles([writer], tmp_path)[0].push(package, digest, PushTarget.PUBLISHED, "", "")
@@ -181,3 +172,49 @@ async def test_a_lost_listen_connection_comes_back_and_every_listener_reads_agai
     finally:
         await table.aclose()
         await routes.stop()
+
+
+async def terminate_listener_held(store) -> tuple[asyncio.Event, asyncio.Event, int | None]:
+    """Ends the store's LISTEN backend and keeps it from listening again until `release`
+    is set; returns (entered: it has noticed, release, the old backend's pid)."""
+    listener = store.backend.listener
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held() -> None:
+        entered.set()
+        await release.wait()
+
+    listener.before_relisten = held
+    pid = listener.server_pid
+    conn = await asyncpg.connect(store.backend._url)
+    try:
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await conn.close()
+    await asyncio.wait_for(entered.wait(), 30)
+    return entered, release, pid
+
+
+async def test_a_watch_on_a_controller_that_lost_its_listen_connection_sees_what_it_missed(controller, api, database):
+    if not database:
+        pytest.skip("SQLite has one controller: nothing to listen for")
+    rival = await open_store(database)  # another controller's store
+    try:
+        async with rival.write() as tx:
+            model = await tx.insert_model("watched", 1.0)
+            deployment = domain.new_deployment(
+                new_id("d"), model.id, "before", Kind.PUBLISHED, AutoscalingSettings(), "0" * 64, 1.0
+            )
+            await tx.insert_deployment(replace(deployment, active=False, state=State.INACTIVE))
+        stream = api.deployments.WatchDeployments(ds.WatchDeploymentsRequest(model_id=model.id))
+        first = await asyncio.wait_for(stream.read(), 30)
+        assert first.initial and first.deployment.name == "before"
+        _, release, _ = await terminate_listener_held(controller.store)
+        async with rival.write() as tx:  # announced while nobody on the controller listens
+            await tx.update_deployment(deployment.id, name="after", update_time=2.0)
+        release.set()
+        update = await asyncio.wait_for(stream.read(), 30)
+        assert not update.initial and update.deployment.id == deployment.id and update.deployment.name == "after"
+        stream.cancel()
+    finally:
+        await rival.close()
