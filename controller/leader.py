@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from controller.errors import Unavailable
 from controller.store import Store, WriteTx
 
 log = logging.getLogger("slipway.leader")
@@ -46,8 +47,14 @@ class LeaseSettings:
             )
 
 
-class LeaseLost(RuntimeError):
-    """This controller is no longer the leader: the runtime action was not taken."""
+class LeaseLost(Unavailable):
+    """This controller is no longer the leader: the runtime action (or the leader's record)
+    was not taken. Reaching a caller (a live reload's outcome, say), it is UNAVAILABLE
+    LEASE_LOST: what the call committed before stands, so only a call with a request_id is
+    safely sent again (unlike NOT_LEADER, refused before anything was done)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("LEASE_LOST", message)
 
 
 class Leadership:

@@ -33,7 +33,7 @@ from controller.domain import (
 )
 from controller.errors import InvalidArgument
 from controller.lookups import find_model, require_deployment, require_model
-from controller.observations import Observations, switch_production
+from controller.observations import LeaderWrite, Observations, switch_production
 from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
 from replica.package import CONFIG_FILENAME, load_package_config, read_requirements, validate_package
@@ -134,6 +134,7 @@ class Lifecycle:
         on_commit: Callable[[], None] = lambda: None,
         on_wake: Callable[[str], None] = lambda deployment_id: None,
         machine: Callable[[], compat.Machine] = compat.Machine,
+        leader_write: LeaderWrite | None = None,
     ) -> None:
         self.store = store
         self.packages = packages
@@ -143,7 +144,9 @@ class Lifecycle:
         # What replicas are offered now (the secrets set so far among it), for push warnings.
         self._machine = machine
         # The platform's own records of its deployments (the reconciler's, builds', reloads').
-        self.observed = Observations(store, on_commit)
+        # Fenced by the leader lease (`leader_write`, Leadership.fenced_write) when several
+        # controllers may run: only the leader's records count.
+        self.observed = Observations(store, on_commit, leader_write)
 
     async def _mutate(
         self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]], *request: object

@@ -56,10 +56,11 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         lifecycle: Lifecycle,
         replicas_of: Callable[[str], list[ReplicaHandle]],
         live_reload: LiveReloader | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.lifecycle = lifecycle
         self.replicas_of = replicas_of
-        self.live_reload = live_reload or LiveReloader(lifecycle, replicas_of)
+        self.live_reload = live_reload or LiveReloader(lifecycle, replicas_of, leading=leading)
 
     def _proto(self, deployment: Deployment):
         return convert.deployment_to_proto(deployment, self.replicas_of(deployment.id))
