@@ -4,8 +4,9 @@ Calls go to one controller at a time, the first reachable one in list order (the
 one that answered last). A controller is reachable when its channel connects: one
 that refuses the connection, or does not connect within `connect_timeout`, is skipped
 before anything is sent, so any call moves on. A call that was sent and failed with
-UNAVAILABLE (the controller went away under it) is sent again to the next controller
-only when that is safe: a read (Get…, List…), a mutation with a `request_id` (the
+UNAVAILABLE (the controller went away under it) or DEADLINE_EXCEEDED (it did not answer
+in time: paused, say — its connection stays up) is sent again to the next controller,
+with the same timeout, only when that is safe: a read (Get…, List…), a mutation with a `request_id` (the
 controllers share one database, which applies a request_id once), or any call refused
 with reason NOT_LEADER (a follower refuses what only the leader does, a live reload,
 before doing anything). Any other call's error is the caller's, as with one controller.
@@ -124,6 +125,9 @@ class FailoverChannel(grpc.Channel):
                 result = invoke(self._channels[index])
             except grpc.RpcError as failure:
                 code = failure.code() if isinstance(failure, grpc.Call) else None
+                if code is grpc.StatusCode.DEADLINE_EXCEEDED and safe:
+                    error = failure
+                    continue
                 if code is not grpc.StatusCode.UNAVAILABLE or not (safe or _refused_by_a_follower(failure)):
                     raise
                 error = failure
