@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import pathlib
 import random
 import signal
@@ -94,6 +95,50 @@ class Figure:
         return ordered[index] * 1000
 
 
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of process `root`, its reaped children and its live descendants."""
+    ticks = 0
+    parents: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            stats[int(entry.name)] = fields
+    todo, seen = [root], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        fields = stats[pid]
+        ticks += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        todo += [child for child, parent in parents.items() if parent == pid]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """Where the CPU of a measurement went: the controller's process tree, the database
+    server's (PostgreSQL only), this client; and the machine's load average."""
+
+    controller: int = 0
+    database: int = 0
+
+    def read(self) -> tuple[float, float, float]:
+        return (
+            cpu_seconds(self.controller) if self.controller else 0.0,
+            cpu_seconds(self.database) if self.database else 0.0,
+            time.process_time(),
+        )
+
+
+METER = CpuMeter()
+
+
 async def run_load(
     op: str, count: int, concurrency: int, call: Callable[[int], Awaitable[None]], note: str = ""
 ) -> Figure:
@@ -117,14 +162,18 @@ async def run_load(
                 continue
             latencies.append(time.perf_counter() - start)
 
+    cpu_before = METER.read()
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - start
+    cpu = [(after - before) * 1000 / count for after, before in zip(METER.read(), cpu_before, strict=True)]
     figure = Figure(op, count, concurrency, seconds, latencies, errors, note)
     print(
         f"  {op:<44} n={count:<5} c={concurrency}  {figure.ops_per_second:8.1f} ops/s  "
         f"p50 {figure.percentile(50):6.2f} ms  p99 {figure.percentile(99):6.2f} ms"
-        + (f"  ({errors} errors)" if errors else ""),
+        + (f"  ({errors} errors)" if errors else "")
+        + f"\n      CPU per call: controller {cpu[0]:.2f} ms, database server {cpu[1]:.2f} ms, "
+        f"client {cpu[2]:.2f} ms; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
     return figure
@@ -164,8 +213,8 @@ async def seed(database: str, data_dir: pathlib.Path, package_dir: pathlib.Path,
         for m in range(models):
             async with store.write() as tx:
                 at = time.time()
-                await tx.record_package(digest, len(archive), at)
                 model = await tx.insert_model(f"bench-model-{m:03d}", at)
+                await tx.record_package(digest, len(archive), at)  # after the model's lock (store/locks.py)
                 for n in range(1, per_model + 1):
                     deployment = Deployment(
                         id=new_id("d"),
@@ -545,6 +594,7 @@ async def run_backend(args: argparse.Namespace, backend: str, database: str, tmp
         process = subprocess.Popen(
             command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
+    METER.controller = process.pid
     try:
         ready = await wait_serving(address, process)
         figures.append(Figure(f"controller start to SERVING ({total} deployments in DB)", 1, 1, ready, [ready]))
@@ -582,6 +632,7 @@ async def main(args: argparse.Namespace) -> int:
         tmp_path = pathlib.Path(tmp)
         for backend in args.backends:
             print(f"=== {BACKEND_NAMES[backend]} ===", flush=True)
+            METER.database = 0
             if backend == "sqlite":
                 results[backend] = await run_backend(
                     args, backend, default_database_url(tmp_path / backend / "data"), tmp_path
@@ -595,6 +646,7 @@ async def main(args: argparse.Namespace) -> int:
                 continue
             try:
                 versions.append(server.version())
+                METER.database = server.pid()
                 url = server.create_database("bench") + "".join(f"&{option}" for option in args.postgres_options)
                 results[backend] = await run_backend(args, backend, url, tmp_path)
             finally:

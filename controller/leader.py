@@ -3,11 +3,14 @@ replica runtime. Every controller serves the management API; one leads.
 
 The leader holds a lease in the database (controller/store/lease.py), renewed every
 `renew_seconds` and valid for `duration_seconds`. Taking it from a holder whose lease has
-expired raises the fencing token. Every runtime action checks, in a write transaction,
-that the lease is still ours with our token (`Leadership.fence`), and before acting also
+expired raises the fencing token. Every runtime action and every write only the leader
+makes (its replica records, controller/replica_records.py; its observations,
+controller/observations.py) checks, in its write transaction, that the lease is still
+ours with our token (`Leadership.fenced_write`), and before acting also
 that our own clock says the lease has not run out (`held`): a controller that was paused
 (SIGSTOP) past its lease finds both false when it resumes, so it never starts or stops a
-replica after another controller has taken over. On SQLite, whose file only one
+replica, nor overwrites what its successor recorded, after another controller has taken
+over. On SQLite, whose file only one
 controller uses (the one of its data directory), the controller takes the lease at start
 even from an unexpired holder (its own predecessor, killed) and so restarts without waiting.
 
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from controller.errors import Unavailable
 from controller.store import Store, WriteTx
 
 log = logging.getLogger("slipway.leader")
@@ -46,8 +50,14 @@ class LeaseSettings:
             )
 
 
-class LeaseLost(RuntimeError):
-    """This controller is no longer the leader: the runtime action was not taken."""
+class LeaseLost(Unavailable):
+    """This controller is no longer the leader: the runtime action (or the leader's record)
+    was not taken. Reaching a caller (a live reload's outcome, say), it is UNAVAILABLE
+    LEASE_LOST: what the call committed before stands, so only a call with a request_id is
+    safely sent again (unlike NOT_LEADER, refused before anything was done)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("LEASE_LOST", message)
 
 
 class Leadership:

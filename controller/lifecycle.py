@@ -33,7 +33,7 @@ from controller.domain import (
 )
 from controller.errors import InvalidArgument
 from controller.lookups import find_model, require_deployment, require_model
-from controller.observations import Observations, switch_production
+from controller.observations import LeaderWrite, Observations, switch_production
 from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
 from replica.package import CONFIG_FILENAME, load_package_config, read_requirements, validate_package
@@ -134,6 +134,7 @@ class Lifecycle:
         on_commit: Callable[[], None] = lambda: None,
         on_wake: Callable[[str], None] = lambda deployment_id: None,
         machine: Callable[[], compat.Machine] = compat.Machine,
+        leader_write: LeaderWrite | None = None,
     ) -> None:
         self.store = store
         self.packages = packages
@@ -143,7 +144,9 @@ class Lifecycle:
         # What replicas are offered now (the secrets set so far among it), for push warnings.
         self._machine = machine
         # The platform's own records of its deployments (the reconciler's, builds', reloads').
-        self.observed = Observations(store, on_commit)
+        # Fenced by the leader lease (`leader_write`, Leadership.fenced_write) when several
+        # controllers may run: only the leader's records count.
+        self.observed = Observations(store, on_commit, leader_write)
 
     async def _mutate(
         self, method: str, request_id: str, body: Callable[[WriteTx, float], Awaitable[Result]], *request: object
@@ -154,7 +157,7 @@ class Lifecycle:
         fingerprint = _fingerprint(method, request) if request_id else ""
         async with self.store.write() as tx:
             if request_id:
-                prior = await tx.get_request(request_id)
+                prior = await tx.claim_request(request_id, method, fingerprint, now())
                 if prior is not None:
                     prior_method, prior_fingerprint, encoded = prior
                     if prior_method != method:
@@ -170,7 +173,7 @@ class Lifecycle:
                     return _decode_result(encoded)
             result = await body(tx, now())
             if request_id:
-                await tx.save_request(request_id, method, fingerprint, _encode_result(result), now())
+                await tx.save_request(request_id, _encode_result(result))
         self._on_commit()
         return result
 
@@ -204,13 +207,23 @@ class Lifecycle:
             return "", [await self.get_deployment(deployment_id)]
         if model_id:
             model_id = (await require_model(self.store, model_id)).id
+        return model_id, await self._live_deployments(model_id)
+
+    async def watch_relist(self, model_id: str, deployment_id: str) -> set[str]:
+        """The deployments a watch looks at again after a reset (`model_id` as watch_initial
+        resolved it); refuses nothing (a deleted one is shown deleted)."""
+        if deployment_id:
+            return {deployment_id}
+        return {deployment.id for deployment in await self._live_deployments(model_id)}
+
+    async def _live_deployments(self, model_id: str) -> list[Deployment]:
         deployments, token = [], ""
         while True:
             page = await self.store.list_deployments(model_id, False, MAX_PAGE_SIZE, token)
             deployments.extend(page.items)
             token = page.next_page_token
             if not token:
-                return model_id, deployments
+                return deployments
 
     async def list_usage(
         self, model_id: str, size: int, token: str, days: int = 0
@@ -270,8 +283,8 @@ class Lifecycle:
         model_name, warnings = staged.checked
 
         async def body(tx: WriteTx, at: float) -> Result:
+            model = await tx.get_live_model_by_name(model_name)  # the model's lock first, then the package's
             await tx.record_package(digest, len(archive), at)
-            model = await tx.get_live_model_by_name(model_name)
             created = model is None
             if model is None:
                 model = await tx.insert_model(model_name, at)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import grpc
 
 from controller.domain import Deployment, ReplicaPhase
+from controller.errors import Unavailable
 from controller.lifecycle import Lifecycle
 from controller.packages import FilePatch
 from controller.replica_runtime import ReplicaHandle
@@ -63,9 +64,12 @@ class LiveReloader:
         lifecycle: Lifecycle,
         replicas_of: Callable[[str], list[ReplicaHandle]],
         reload_timeout_seconds: float = 600.0,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.lifecycle = lifecycle
         self.replicas_of = replicas_of
+        # Only the leader runs the replicas to reload (and records the outcome, fenced).
+        self.leading = leading
         # A replica that is still starting may take as long as a reload to be ready.
         self.reload_timeout_seconds = reload_timeout_seconds
         # Patches of one deployment are committed and reloaded in order.
@@ -75,6 +79,8 @@ class LiveReloader:
         self, deployment_id: str, base_digest: str, patches: Sequence[FilePatch], request_id: str
     ) -> PatchOutcome:
         started = time.monotonic()
+        if not self.leading():  # refused before anything is committed: safe to send elsewhere
+            raise Unavailable("NOT_LEADER", "this controller is not the leader: patch on the leader")
         async with self._locks[deployment_id]:
             committed = await self.lifecycle.patch_development(deployment_id, base_digest, patches, request_id)
             warnings = committed.warnings

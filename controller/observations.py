@@ -1,15 +1,22 @@
 """What the platform itself records about deployments: the reconciler's observed state,
 load and build failures, live-reload outcomes and informative events. Each write checks the
-record it was computed from is still current, so a stale observation changes nothing."""
+record it was computed from is still current, so a stale observation changes nothing, and
+is fenced (`leader_write`: Leadership.fenced_write): only the controller that holds the
+leader lease with its token runs replicas, so only its observations are written — a
+controller paused past its lease cannot overwrite what its successor recorded."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from controller import domain
 from controller.domain import Deployment, Model, State
 from controller.lookups import require_deployment
 from controller.store import Store, WriteTx, now
+
+# A write transaction refused (LeaseLost, nothing written) unless this controller leads.
+LeaderWrite = Callable[[], contextlib.AbstractAsyncContextManager[WriteTx]]
 
 
 async def switch_production(tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
@@ -41,16 +48,20 @@ async def _fail_promotion(tx: WriteTx, model: Model, deployment: Deployment, at:
 
 
 class Observations:
-    def __init__(self, store: Store, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, store: Store, on_commit: Callable[[], None] = lambda: None, leader_write: LeaderWrite | None = None
+    ) -> None:
         self.store = store
         self._on_commit = on_commit
+        # None: unfenced (a lone controller, or tests without leadership).
+        self._write: LeaderWrite = leader_write or store.write
 
     async def record_reload(self, seen: Deployment, digest: str, reloaded: int, error: str) -> Deployment:
         """The outcome of reloading the patched package `digest` of `seen` on its `reloaded`
         replicas. Once loaded, or with no replica to load it, it becomes the package the
         deployment serves and starts from; if it failed to load, the deployment keeps the
         package that last loaded and says why until a later patch or push."""
-        async with self.store.write() as tx:
+        async with self._write() as tx:
             current = await require_deployment(tx, seen.id)
             if current.patched_digest != digest or current.revision != seen.revision:
                 return current  # settled already (a retried patch), or replaced by a push or a later patch
@@ -86,7 +97,7 @@ class Observations:
         `seen` is the record the view was computed from; if the desired state has
         changed since, nothing is written and the next reconcile pass recomputes.
         """
-        async with self.store.write() as tx:
+        async with self._write() as tx:
             current = await tx.get_deployment(seen.id)
             if current is None or _wanted(current) != _wanted(seen):
                 return
@@ -113,7 +124,7 @@ class Observations:
 
     async def record_load_failure(self, seen: Deployment, error: str) -> None:
         """The model of `seen.revision` failed to load: no replica is started for it again."""
-        async with self.store.write() as tx:
+        async with self._write() as tx:
             current = await tx.get_deployment(seen.id)
             if current is None or current.revision != seen.revision:
                 return
@@ -125,7 +136,7 @@ class Observations:
         """The environment of `seen.revision` failed to build: BUILD_FAILED, and no build or
         replica is tried again for this revision until it is activated or pushed again
         (like a load failure, through failed_revision; the state tells the two apart)."""
-        async with self.store.write() as tx:
+        async with self._write() as tx:
             current = await tx.get_deployment(seen.id)
             if current is None or _wanted(current) != _wanted(seen):
                 return
@@ -154,5 +165,5 @@ class Observations:
 
     async def record_event(self, model_id: str, deployment_id: str, type_: str, message: str) -> None:
         """An informative entry in the event log (for example a build's progress)."""
-        async with self.store.write() as tx:
+        async with self._write() as tx:
             await tx.add_event(now(), model_id, deployment_id, type_, message)

@@ -31,10 +31,11 @@ from controller.leader import Leadership, LeaseLost
 from controller.lifecycle import Lifecycle
 from controller.metrics import ControllerMetrics
 from controller.packages import PackageStore
+from controller.replica_records import ReplicaRecords
 from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, exit_description
 from controller.routes import LoadTracker
 from controller.secrets import Secrets
-from controller.store import ReplicaRow, Store, WriteTx, new_id
+from controller.store import Store, new_id
 from replica.package import ENVIRONMENT_ENV_VAR, load_package_config
 from slipway.process import wait_event
 
@@ -84,6 +85,8 @@ class Reconciler:
         self.store = store
         # Fences every runtime action (controller/leader.py); None: unfenced (a lone controller).
         self.leadership = leadership
+        # Every replica record, fenced like the runtime action it records.
+        self.records = ReplicaRecords(store, leadership)
         # Every pass's replica counts per deployment (desired, ready): the metric history.
         self.on_observed = on_observed
         self.metrics = metrics or ControllerMetrics()
@@ -138,16 +141,16 @@ class Reconciler:
         for row in await self.store.running_replicas():
             handle = await self.runtime.adopt(row.id, row.deployment_id, row.revision, row.pid, row.start_time)
             if handle is None:
-                async with self._runtime_write() as tx:
-                    await tx.update_replica(row.id, stop_time=time.time())
+                await self.records.stopped(row.id, time.time())
                 continue
             log.info("adopted replica %s (pid %s) of deployment %s", row.id, row.pid, row.deployment_id)
             self.replicas[row.id] = handle
-        await self.runtime.stop_orphans(set(self.replicas))
+        await self.stop_orphans(set(self.replicas))
 
-    def _runtime_write(self) -> contextlib.AbstractAsyncContextManager[WriteTx]:
-        """The transaction recording a runtime action: refused (LeaseLost) unless we lead."""
-        return self.leadership.fenced_write() if self.leadership is not None else self.store.write()
+    async def stop_orphans(self, known: set[str]) -> None:
+        """Stop the replica processes that are not `known` (fenced: only the leader's to stop)."""
+        await self.records.fence()
+        await self.runtime.stop_orphans(known)
 
     async def reconcile_once(self) -> None:
         started = time.perf_counter()
@@ -157,6 +160,9 @@ class Reconciler:
             self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
     async def _pass(self) -> None:
+        if self.leadership is not None and not self.leadership.held():
+            # Resumed after a pause past the lease, say: act on nothing, read nothing stale.
+            raise LeaseLost(f"controller {self.leadership.holder}'s leader lease has run out")
         if time.monotonic() >= self._next_collection:
             self._next_collection = time.monotonic() + self.settings.garbage_interval_seconds
             try:
@@ -323,11 +329,7 @@ class Reconciler:
         # Recorded (fenced) before the process exists, so a controller that lost the lease
         # starts nothing, and a successor that adopts meanwhile finds a row without a pid and
         # counts it stopped; recorded again (fenced) with its pid once started.
-        start_time = time.time()
-        async with self._runtime_write() as tx:
-            await tx.insert_replica(
-                ReplicaRow(replica_id, deployment.id, deployment.revision, None, None, start_time, None, None)
-            )
+        await self.records.starting(replica_id, deployment.id, deployment.revision, time.time())
         if self.leadership is not None and not self.leadership.held():
             raise LeaseLost("the leader lease ran out while the replica was being recorded")
         try:
@@ -344,12 +346,10 @@ class Reconciler:
             )
         except BaseException:
             with contextlib.suppress(Exception):
-                async with self._runtime_write() as tx:
-                    await tx.update_replica(replica_id, stop_time=time.time())
+                await self.records.stopped(replica_id, time.time())
             raise
         try:
-            async with self._runtime_write() as tx:
-                await tx.update_replica(replica_id, pid=handle.pid, start_time=handle.start_time)
+            await self.records.started(replica_id, handle.pid, handle.start_time)
         except LeaseLost:
             # Lost the lease while starting it (paused, say): the process is no one's; end it.
             await self.runtime.stop(handle, drain=False)
@@ -371,8 +371,7 @@ class Reconciler:
         if self.before_stop is not None:
             await self.before_stop(handle)
         try:
-            async with self._runtime_write():
-                pass  # the fence alone: stopping is recorded when the process has exited
+            await self.records.fence()  # stopping is recorded when the process has exited
         except LeaseLost as exc:
             log.warning("replica %s not stopped: %s", handle.id, exc)
             return
@@ -394,13 +393,11 @@ class Reconciler:
                     )
                 elif handle.phase is not ReplicaPhase.DRAINING:
                     self._note_crash(handle)
-                async with self._runtime_write() as tx:
-                    await tx.update_replica(handle.id, stop_time=handle.exit_time or time.time(), port=handle.port)
+                await self.records.exited(handle.id, handle.exit_time or time.time(), handle.port)
             elif handle.phase is ReplicaPhase.READY and not handle.ready_recorded:
                 handle.ready_recorded = True
                 self.metrics.replica_ready(handle.deployment_id, handle.ready_time or time.time())
-                async with self._runtime_write() as tx:
-                    await tx.update_replica(handle.id, port=handle.port, ready_time=handle.ready_time)
+                await self.records.ready(handle.id, handle.port, handle.ready_time)
 
     def _note_crash(self, handle: ReplicaHandle) -> None:
         crash = self._crashes[handle.deployment_id]

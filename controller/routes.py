@@ -4,7 +4,9 @@ The controller keeps the table in memory and updates it incrementally: a store
 commit names the deployments and models it touched, a replica event names its
 deployment, and only those rows are re-read. Changes that arrive together are
 coalesced into one version. A new subscriber gets the whole table (reset), then
-one delta per version; a subscriber that falls too far behind gets a new reset.
+one delta per version; a subscriber that falls too far behind gets a new reset. When
+the store may have missed other controllers' changes (a reset Change: its LISTEN
+connection was lost), the whole table is read again and every subscriber gets it.
 Subscribers acknowledge the versions they have applied, so a replica can be
 drained once no gateway routes to it any more.
 """
@@ -76,6 +78,7 @@ class RouteBroadcaster:
         self._dirty_models: set[str] = set()
         self._dirty_deployments: set[str] = set()
         self._dirty_api_keys: set[str] = set()
+        self._reread_all = False
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
         # Per following gateway (gateway_id): its current stream, and the newest version it
@@ -86,14 +89,18 @@ class RouteBroadcaster:
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
+        await self._read_all()
+        self.version = 1
+        self._task = asyncio.create_task(self._run())
+
+    async def _read_all(self) -> None:
         snapshot = await self._store.route_snapshot()
+        api_keys = await self._store.all_api_keys()
         self.models = {m.id: _model_route(m) for m in snapshot.models}
         self.deployments = {d.id: self._deployment_route(d) for d in snapshot.deployments}
         self.deleted_models = set(snapshot.deleted_model_ids)
         self.deleted_deployments = set(snapshot.deleted_deployment_ids)
-        self.api_keys = {row.id: _api_key_route(row) for row in await self._store.all_api_keys()}
-        self.version = 1
-        self._task = asyncio.create_task(self._run())
+        self.api_keys = {row.id: _api_key_route(row) for row in api_keys}
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -102,6 +109,7 @@ class RouteBroadcaster:
                 await self._task
 
     def on_store_change(self, change: Change) -> None:
+        self._reread_all |= change.reset
         self._dirty_deployments |= change.deployments
         self._dirty_models |= change.models
         self._dirty_api_keys |= change.api_keys
@@ -134,20 +142,29 @@ class RouteBroadcaster:
             deployment_ids, self._dirty_deployments = self._dirty_deployments, set()
             model_ids, self._dirty_models = self._dirty_models, set()
             api_key_ids, self._dirty_api_keys = self._dirty_api_keys, set()
+            reread_all, self._reread_all = self._reread_all, False
             try:
-                delta = await self._apply(deployment_ids, model_ids, api_key_ids)
+                if reread_all:
+                    await self._read_all()
+                    delta = None
+                else:
+                    delta = await self._apply(deployment_ids, model_ids, api_key_ids)
             except Exception:
                 log.exception("could not update the route table; retrying")
                 self._dirty_deployments |= deployment_ids
                 self._dirty_models |= model_ids
                 self._dirty_api_keys |= api_key_ids
+                self._reread_all |= reread_all
                 self._dirty.set()
                 await asyncio.sleep(0.5)
                 continue
             async with self._published:
                 self.version += 1
-                delta.version = self.version
-                self._history.append(delta)
+                if delta is None:  # read afresh: every subscriber gets the whole table (no delta reaches it)
+                    self._history.clear()
+                else:
+                    delta.version = self.version
+                    self._history.append(delta)
                 self._published.notify_all()
 
     async def _apply(

@@ -29,7 +29,7 @@ from controller.domain import AutoscalingLimits
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
-from controller.leader import Leadership, LeaseSettings
+from controller.leader import Leadership, LeaseLost, LeaseSettings
 from controller.lifecycle import Lifecycle
 from controller.log_collector import LogCollector, LogSettings
 from controller.log_servicer import LogServicer, SourceResolver
@@ -47,7 +47,7 @@ from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
 from controller.secrets import KEY_FILENAME, SecretBox, SecretLimits, Secrets, take_environment_secrets
 from controller.servicers import DeploymentServicer, KeyServicer, ModelServicer, RouteServicer
-from controller.store import Store, default_database_url, open_store
+from controller.store import Change, Store, default_database_url, open_store
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard
 from slipway.channels import KEEPALIVE_SERVER_OPTIONS
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenInterceptor, issue_internal_token
@@ -201,7 +201,7 @@ class Controller:
         await self.store.follow_other_controllers()  # their writes reach watches and route streams
         log.info("state in %s", self.store.description)
         self.store.on_write = self.metrics.database_write_seconds.observe
-        self.store.add_listener(lambda change: self.metrics.touched.update(change.deployments))
+        self.store.add_listener(self._note_touched)
         # Apart from the lifecycle database: log volume never holds up a lifecycle write.
         self.logs = await SqliteLogStore.open(data_dir / "logs.db", settings.logs.retention)
         self.internal_token = issue_internal_token(data_dir)
@@ -213,6 +213,7 @@ class Controller:
         if not settings.keys.require_api_keys:
             log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the controller controls it")
         self.autoscaler = Autoscaler(settings.autoscaler)
+        self.leadership = Leadership(self.store, settings.lease, self._lead, self._follow)
         lifecycle = Lifecycle(
             self.store,
             packages,
@@ -222,6 +223,7 @@ class Controller:
             machine=lambda: Machine(
                 secret_variables=secrets.available_variables(), accelerators=settings.runtime == "ray"
             ),
+            leader_write=self.leadership.fenced_write,
         )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(
@@ -229,7 +231,6 @@ class Controller:
             on_loads=lambda request: record_report(self.history, request, time.time()),
         )
         self.store.add_listener(self.routes.on_store_change)
-        self.leadership = Leadership(self.store, settings.lease, self._lead, self._follow)
         try:
             self.reconciler = Reconciler(
                 self.store,
@@ -289,7 +290,8 @@ class Controller:
         self._server = grpc.aio.server(options=options, interceptors=interceptors)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(lifecycle), self._server)
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
-            DeploymentServicer(lifecycle, self.reconciler.replicas_of), self._server
+            DeploymentServicer(lifecycle, self.reconciler.replicas_of, leading=lambda: self.leadership.leading),
+            self._server,
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(
             RouteServicer(self.routes, self.load, lifecycle, self.keys, lambda: self.leadership.leading), self._server
@@ -383,6 +385,10 @@ class Controller:
         await site.start()
         self.http_port = runner.addresses[0][1]
 
+    def _note_touched(self, change: Change) -> None:
+        """Deployments whose metric series the reconciler checks (a reset: every one it has)."""
+        self.metrics.touched.update(self.metrics.labels if change.reset else change.deployments)
+
     def _wake(self, deployment_id: str) -> None:
         self.metrics.woken(deployment_id)
         self.autoscaler.wake(deployment_id, time.monotonic())
@@ -442,7 +448,8 @@ class Controller:
         # them, before it closes. Only the leader's: a follower sharing the data directory
         # must leave the leader's alone.
         if self.leadership.leading:
-            await self.reconciler.runtime.stop_orphans(known=set())
+            with contextlib.suppress(LeaseLost):  # then they are the new leader's
+                await self.reconciler.stop_orphans(known=set())
         await self.reconciler.runtime.close()
         if self._lease_task is not None:
             self._lease_task.cancel()

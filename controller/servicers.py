@@ -20,6 +20,7 @@ from controller.live_reload import LiveReloader
 from controller.replica_runtime import ReplicaHandle
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.status import map_domain_errors
+from controller.store import Change
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import key_service_pb2 as ks
@@ -56,10 +57,11 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         lifecycle: Lifecycle,
         replicas_of: Callable[[str], list[ReplicaHandle]],
         live_reload: LiveReloader | None = None,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.lifecycle = lifecycle
         self.replicas_of = replicas_of
-        self.live_reload = live_reload or LiveReloader(lifecycle, replicas_of)
+        self.live_reload = live_reload or LiveReloader(lifecycle, replicas_of, leading=leading)
 
     def _proto(self, deployment: Deployment):
         return convert.deployment_to_proto(deployment, self.replicas_of(deployment.id))
@@ -153,18 +155,23 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         )
 
     async def WatchDeployments(self, request, context):
-        changed: asyncio.Queue[set[str]] = asyncio.Queue()
+        changed: asyncio.Queue[Change] = asyncio.Queue()
         store = self.lifecycle.store
-        listener = lambda change: changed.put_nowait(set(change.deployments))  # noqa: E731
-        store.add_listener(listener)
+        store.add_listener(changed.put_nowait)
         try:
             model_id, initial = await self.lifecycle.watch_initial(request.model_id, request.deployment_id)
+            known = {deployment.id for deployment in initial}  # what a reset reads again
             for deployment in initial:
                 yield ds.WatchDeploymentsResponse(deployment=self._proto(deployment), initial=True)
             while True:
-                ids = await changed.get()
+                changes = [await changed.get()]
                 while not changed.empty():
-                    ids |= changed.get_nowait()
+                    changes.append(changed.get_nowait())
+                ids = set().union(*(change.deployments for change in changes))
+                if any(change.reset for change in changes):
+                    # Changes may have been missed: list again, and look again at all sent so far.
+                    ids |= known | await self.lifecycle.watch_relist(model_id, request.deployment_id)
+                known |= ids
                 for deployment_id in sorted(ids):
                     deployment = await store.get_deployment(deployment_id)
                     if deployment is None or request.deployment_id not in ("", deployment.id):
@@ -173,7 +180,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
                         continue
                     yield ds.WatchDeploymentsResponse(deployment=self._proto(deployment))
         finally:
-            store.remove_listener(listener)
+            store.remove_listener(changed.put_nowait)
 
 
 @map_domain_errors

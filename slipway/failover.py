@@ -4,10 +4,12 @@ Calls go to one controller at a time, the first reachable one in list order (the
 one that answered last). A controller is reachable when its channel connects: one
 that refuses the connection, or does not connect within `connect_timeout`, is skipped
 before anything is sent, so any call moves on. A call that was sent and failed with
-UNAVAILABLE (the controller went away under it) is sent again to the next controller
-only when that is safe: a read (Get…, List…), or a mutation with a `request_id` (the
-controllers share one database, which applies a request_id once). Any other call's
-error is the caller's, as with one controller.
+UNAVAILABLE (the controller went away under it) or DEADLINE_EXCEEDED (it did not answer
+in time: paused, say — its connection stays up) is sent again to the next controller,
+with the same timeout, only when that is safe: a read (Get…, List…), a mutation with a `request_id` (the
+controllers share one database, which applies a request_id once), or any call refused
+with reason NOT_LEADER (a follower refuses what only the leader does, a live reload,
+before doing anything). Any other call's error is the caller's, as with one controller.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 READ_ONLY_PREFIXES = ("Get", "List")
+NOT_LEADER = "NOT_LEADER"
 SETTLED = frozenset(
     {
         grpc.ChannelConnectivity.READY,
@@ -34,6 +39,20 @@ def retry_is_safe(method: str, request: Any) -> bool:
     if method.rsplit("/", 1)[-1].startswith(READ_ONLY_PREFIXES):
         return True
     return bool(getattr(request, "request_id", ""))
+
+
+def _refused_by_a_follower(failure: grpc.RpcError) -> bool:
+    """UNAVAILABLE with ErrorInfo reason NOT_LEADER: nothing was done, any call may go elsewhere."""
+    try:
+        status = rpc_status.from_call(failure)
+    except (ValueError, AttributeError):
+        return False
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason == NOT_LEADER
+    return False
 
 
 def reachable(channel: grpc.Channel, timeout: float) -> bool:
@@ -106,7 +125,10 @@ class FailoverChannel(grpc.Channel):
                 result = invoke(self._channels[index])
             except grpc.RpcError as failure:
                 code = failure.code() if isinstance(failure, grpc.Call) else None
-                if code is not grpc.StatusCode.UNAVAILABLE or not safe:
+                if code is grpc.StatusCode.DEADLINE_EXCEEDED and safe:
+                    error = failure
+                    continue
+                if code is not grpc.StatusCode.UNAVAILABLE or not (safe or _refused_by_a_follower(failure)):
                     raise
                 error = failure
                 continue

@@ -125,6 +125,10 @@ class PostgresServer:
         )
         return done.stdout.strip().replace("postgres (PostgreSQL) ", "PostgreSQL ") or "PostgreSQL (version unknown)"
 
+    def pid(self) -> int:
+        """The postmaster's process ID (its sessions are its children)."""
+        return int((self.root / "data" / "postmaster.pid").read_text().split()[0])
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.root}&port={SOCKET_PORT}"
 

@@ -4,11 +4,12 @@ has lost the lease starting and stopping no replica — on SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
 import pytest
-from conftest import Api, controller_settings, stop_or_explain, wait_until
+from conftest import ECHO_MODEL, Api, controller_settings, stop_or_explain, wait_until
 from test_restart import replica_pids
 from test_store_backends import archive, lifecycles
 
@@ -16,6 +17,8 @@ from controller.domain import PushTarget
 from controller.leader import Leadership, LeaseLost, LeaseSettings
 from controller.server import Controller
 from controller.store import default_database_url, open_store
+from slipway.client import SlipwayClient, error_reason
+from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
@@ -135,7 +138,7 @@ async def test_announcements_arrive_exactly_as_sent_and_only_when_committed(stor
     if not database:
         pytest.skip("SQLite announces nothing")
     heard: list[str] = []
-    await stores[1].backend.listen(heard.append)
+    await stores[1].backend.listen(heard.append, lambda: None)
     tricky = '{"o": "x", "d": ["it\'s \\\\ a \\\\\' test; COMMIT"]}'
     with pytest.raises(RuntimeError):
         async with stores[0].backend.transaction() as executor:
@@ -145,3 +148,34 @@ async def test_announcements_arrive_exactly_as_sent_and_only_when_committed(stor
         await stores[0].backend.announce(executor, [tricky, "second"])
     await wait_until(lambda: len(heard) >= 2, timeout=10, what="the announcements")
     assert heard == [tricky, "second"]
+
+
+async def test_a_follower_refuses_a_live_reload_before_committing_and_clients_go_to_the_leader(database, tmp_path):
+    if not database:
+        pytest.skip("SQLite: one controller per database file")
+    leader = await Controller.start(controller_settings(tmp_path / "a", database=database))
+    follower = await Controller.start(controller_settings(tmp_path / "b", database=database))
+    try:
+        assert leader.leadership.leading and not follower.leadership.leading
+        async with grpc.aio.insecure_channel(leader.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            dev = (await api.push(api.package("live"))).deployment
+            await api.wait_state(dev.id, r.DEPLOYMENT_STATE_ACTIVE)
+            base = (await api.get(dev.id)).package_digest
+        change = [ds.FilePatch(path="model/model.py", content=ECHO_MODEL.format(tag="v2").encode())]
+
+        # The follower runs no replica to reload: refused, and nothing is committed.
+        with SlipwayClient(follower.address) as client:
+            with pytest.raises(grpc.RpcError) as refused:
+                await asyncio.to_thread(client.patch_deployment, dev.id, base, change)
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE and error_reason(refused.value) == "NOT_LEADER"
+        after = await leader.store.get_deployment(dev.id)
+        assert after is not None and after.patched_digest is None and after.package_digest == base
+
+        # A client given both (the follower first) goes on to the leader, which reloads in place.
+        with SlipwayClient(f"{follower.address},{leader.address}") as client:
+            applied = await asyncio.to_thread(client.patch_deployment, dev.id, base, change)
+        assert applied.result == ds.PATCH_RESULT_APPLIED_IN_PLACE, applied
+    finally:
+        await stop_or_explain(follower.stop(), "follower")
+        await stop_or_explain(leader.stop(), "leader")

@@ -1,8 +1,8 @@
 """What the shared SQL (controller/store/queries.py) needs of a database: statements with
-`?` placeholders run on a reader, and write transactions that are serialised — one at a
-time, across every controller using the database — so that the rules checked inside a
-transaction (one production per model, one promotion in flight, names unique per model,
-request_id idempotency) hold when it commits.
+`?` placeholders run on a reader, and write transactions in which the rules checked (one
+production per model, one promotion in flight, names unique per model, request_id
+idempotency) still hold when they commit: SQLite runs them one at a time; on PostgreSQL
+they overlap, and each takes the locks controller/store/locks.py names.
 
 Two backends: controller/store/sqlite.py (the embedded default) and
 controller/store/postgres.py.
@@ -40,6 +40,8 @@ class Executor(abc.ABC):
 class Backend(abc.ABC):
     #: What the database is, for logs and errors (never a password).
     description: str
+    #: Whether write transactions run at the same time (then they take controller/store/locks.py's locks).
+    concurrent_writes: bool = False
 
     @property
     @abc.abstractmethod
@@ -51,14 +53,21 @@ class Backend(abc.ABC):
         """One write transaction, serialised against every other one on the database;
         committed when the block ends, rolled back if it raises."""
 
+    async def lock(self, executor: Executor, key: int, shared: bool = False, wait: bool = True) -> bool:
+        """Inside a write transaction: takes the lock `key` until it ends (waiting for it
+        unless not `wait`); whether it was taken. Only where writes are concurrent."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def announce(self, executor: Executor, payloads: list[str]) -> None:
         """Inside a write transaction: tells every other store on the database, when it commits
         (controller/store/changes.py)."""
 
     @abc.abstractmethod
-    async def listen(self, on_payload: Callable[[str], None]) -> None:
-        """From now on, calls `on_payload` with what other stores announce."""
+    async def listen(self, on_payload: Callable[[str], None], on_reset: Callable[[], None]) -> None:
+        """From now on, calls `on_payload` with what other stores announce, and `on_reset`
+        when announcements may have been missed (the connection listening for them was lost
+        and is back): every listener must then read again what it follows."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -32,8 +32,9 @@ class Reads(Protocol):
 
 
 class WriteTx(Reads, Protocol):
-    """One transaction: serialised against every other write to the database (by any
-    controller), committed when its block ends, rolled back if the block raises."""
+    """One transaction: isolated from every other write to the database (by any controller)
+    that touches what it touches (controller/store/locks.py), committed when its block ends,
+    rolled back if the block raises."""
 
     touched: set[str]
     touched_models: set[str]
@@ -46,10 +47,15 @@ class WriteTx(Reads, Protocol):
     async def insert_deployment(self, deployment: Deployment) -> None: ...
     async def update_deployment(self, deployment_id: str, **values: Any) -> None: ...
     async def add_event(self, now: float, model_id: str, deployment_id: str, type_: str, message: str) -> None: ...
-    async def get_request(self, request_id: str) -> tuple[str, str, str] | None:
-        """(method, fingerprint, result) of the request first made with this request_id."""
+    async def claim_request(
+        self, request_id: str, method: str, fingerprint: str, now: float
+    ) -> tuple[str, str, str] | None:
+        """Claims the request_id for this transaction, or (method, fingerprint, result) of
+        the request first made with it. Before anything else the transaction does."""
 
-    async def save_request(self, request_id: str, method: str, fingerprint: str, result: str, now: float) -> None: ...
+    async def save_request(self, request_id: str, result: str) -> None:
+        """The result of the request this transaction claimed."""
+
     async def record_package(self, digest: str, size: int, now: float) -> None: ...
     async def insert_api_key(self, row: ApiKeyRow) -> None: ...
     async def record_api_key_use(self, key_id: str, used_at: float) -> None: ...
@@ -75,7 +81,8 @@ class Store(Reads, Protocol):
 
     async def close(self) -> None: ...
     def add_listener(self, listener: Callable[[Change], None]) -> None:
-        """Called after each commit with the IDs of the deployments and models it changed."""
+        """Called after each commit with the IDs of the deployments and models it changed
+        (and with a reset Change when other controllers' changes may have been missed)."""
 
     def remove_listener(self, listener: Callable[[Change], None]) -> None: ...
     async def follow_other_controllers(self) -> None:

@@ -1,6 +1,7 @@
 """The leader lease's SQL (one row, table `leader_lease`, migration 6): who holds it, its
-fencing token, and when it expires. Run inside a write transaction, so taking, renewing,
-releasing and checking it are serialised against every other write by every controller.
+fencing token, and when it expires. Run inside a write transaction under the lease lock
+(controller/store/locks.py): taking, renewing and releasing it exclusively, checking it
+(the fence) shared — so the lease cannot change hands while a fenced write is open.
 
 The token grows by one each time the lease changes holder, never otherwise: a controller
 that checks `token = its token` in the transaction recording a runtime action knows no
@@ -19,7 +20,8 @@ class LeaseQueries:
 
     _db: Executor
 
-    async def _lease_row(self) -> Row:
+    async def _lease_row(self, exclusive: bool = False) -> Row:
+        """The lease row (`exclusive`: read to be changed in this transaction)."""
         row = await self._db.fetchone("SELECT holder, token, expire_time FROM leader_lease WHERE id = 1")
         assert row is not None, "migration 6 inserts the lease row"
         return row
@@ -27,7 +29,7 @@ class LeaseQueries:
     async def take_lease(self, holder: str, now: float, duration: float, force: bool = False) -> int | None:
         """Takes or renews the lease for `holder` until now + duration: its token, or None
         while another holder's lease has not expired (unless `force`)."""
-        current, token, expire_time = await self._lease_row()
+        current, token, expire_time = await self._lease_row(exclusive=True)
         if current != holder:
             if current and expire_time > now and not force:
                 return None

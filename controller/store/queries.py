@@ -16,6 +16,7 @@ from controller.domain import AutoscalingSettings, Deployment, Kind, Model, Stat
 from controller.store import changes
 from controller.store.backend import Backend, Executor, Row
 from controller.store.lease import LeaseQueries
+from controller.store.locks import ModelNames, Rank, TxLocks
 from controller.store.rows import (
     ApiKeyRow,
     Change,
@@ -187,6 +188,7 @@ class SqlStore(Reads):
         self.backend = backend
         self._listeners: list[Callable[[Change], None]] = []
         self._origin = changes.new_origin()  # what this store announces its commits as
+        self._names = ModelNames(backend.reader)  # for the models' locks (controller/store/locks.py)
         # Told the seconds of every committed write transaction (BEGIN to COMMIT): metrics.
         self.on_write: Callable[[float], None] = lambda seconds: None
 
@@ -206,7 +208,7 @@ class SqlStore(Reads):
 
     async def follow_other_controllers(self) -> None:
         """Listeners hear other controllers' commits too (controller/store/changes.py)."""
-        await self.backend.listen(self._heard)
+        await self.backend.listen(self._heard, lambda: self._tell(Change(set(), set(), set(), reset=True)))
 
     def _heard(self, payload: str) -> None:
         change = changes.decode(payload, self._origin)
@@ -221,7 +223,7 @@ class SqlStore(Reads):
     async def write(self) -> AsyncIterator[SqlWriteTx]:
         async with self.backend.transaction() as executor:
             started = time.perf_counter()
-            tx = SqlWriteTx(executor)
+            tx = SqlWriteTx(executor, TxLocks(self.backend, executor, self._names))
             yield tx
             change = Change(tx.touched, tx.touched_models, tx.touched_api_keys)
             if tx.touched or tx.touched_models or tx.touched_api_keys:
@@ -257,11 +259,16 @@ class SqlStore(Reads):
 
     async def deployments_to_reconcile(self) -> list[Deployment]:
         """Deployments that should run, or still have replicas that must be stopped."""
+        # A union of two index scans (the partial index deployments_to_reconcile, whose
+        # predicate this repeats, and replicas_running), not a scan of every deployment.
         rows = await self._all(
             f"""{DEPLOYMENT_SELECT}
-            WHERE (d.delete_time IS NULL AND d.active = 1)
-               OR d.state NOT IN ('INACTIVE', 'DEPLOY_FAILED', 'BUILD_FAILED')
-               OR d.id IN (SELECT deployment_id FROM replicas WHERE stop_time IS NULL)
+            WHERE d.pk IN (
+                SELECT pk FROM deployments
+                WHERE (delete_time IS NULL AND active = 1) OR state NOT IN ('INACTIVE', 'DEPLOY_FAILED', 'BUILD_FAILED')
+                UNION
+                SELECT running.pk FROM replicas r JOIN deployments running ON running.id = r.deployment_id
+                WHERE r.stop_time IS NULL)
             ORDER BY d.pk"""
         )
         return [_deployment(r) for r in rows]
@@ -294,7 +301,7 @@ class SqlStore(Reads):
     async def record_api_key_uses(self, last_used: dict[str, float]) -> None:
         """Last-use times of many keys in one transaction (not a route change)."""
         async with self.write() as tx:
-            for key_id, used_at in last_used.items():
+            for key_id, used_at in sorted(last_used.items()):
                 await tx.record_api_key_use(key_id, used_at)
 
     async def _by_ids(self, select: str, column: str, ids: Iterable[str], convert: Callable[[Any], Any]) -> list:
@@ -393,10 +400,13 @@ class SqlStore(Reads):
 
 
 class SqlWriteTx(LeaseQueries, Reads):
-    """One write transaction (serialised against every other, see controller/store/backend.py)."""
+    """One write transaction. Where writes overlap (PostgreSQL) each method first takes the
+    lock of what it names (controller/store/locks.py): the model of a model or deployment,
+    the API keys, the secrets, the lease; SQLite runs one transaction at a time."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, locks: TxLocks) -> None:
         super().__init__(executor)
+        self.locks = locks
         self.touched: set[str] = set()
         self.touched_models: set[str] = set()
         self.touched_api_keys: set[str] = set()
@@ -404,7 +414,70 @@ class SqlWriteTx(LeaseQueries, Reads):
     async def _exec(self, sql: str, params: Iterable[Any] = ()) -> int:
         return await self._db.execute(sql, tuple(params))
 
+    # --- reads under the lock of what they read -----------------------------------
+
+    async def get_model(self, id_or_name: str) -> Model | None:
+        locks = self.locks
+        if locks.active:
+            # By its ID's model name, else as a name (a push to a model that does not exist yet).
+            await locks.model(await locks.names.of_model(id_or_name) or id_or_name)
+        model = await super().get_model(id_or_name)
+        if model is not None and not locks.holds_model(model.name):
+            await locks.model(model.name)  # it committed meanwhile: locked now, so read again
+            model = await super().get_model(id_or_name)
+        return model
+
+    async def get_live_model_by_name(self, name: str) -> Model | None:
+        await self.locks.model(name)
+        return await super().get_live_model_by_name(name)
+
+    async def get_deployment(self, deployment_id: str) -> Deployment | None:
+        locks = self.locks
+        await locks.model_of_deployment(deployment_id)
+        deployment = await super().get_deployment(deployment_id)
+        if deployment is not None and locks.active:
+            name = await locks.names.of_model(deployment.model_id)
+            if name is not None and not locks.holds_model(name):
+                await locks.model(name)  # it committed meanwhile: locked now, so read again
+                deployment = await super().get_deployment(deployment_id)
+        return deployment
+
+    async def deployment_names(self, model_id: str) -> set[str]:
+        await self.locks.model_by_id(model_id)
+        return await super().deployment_names(model_id)
+
+    async def model_deployments(self, model_id: str) -> list[Deployment]:
+        await self.locks.model_by_id(model_id)
+        return await super().model_deployments(model_id)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRow | None:
+        await self.locks.take(Rank.API_KEYS, "")
+        return await super().get_api_key(key_id)
+
+    async def count_live_api_keys(self) -> int:
+        await self.locks.take(Rank.API_KEYS, "")
+        return await super().count_live_api_keys()
+
+    async def list_secrets(self) -> list[SecretRow]:
+        await self.locks.take(Rank.SECRETS, "")
+        return await super().list_secrets()
+
+    async def get_secrets(self, names: Iterable[str]) -> list[SecretRow]:
+        await self.locks.take(Rank.SECRETS, "")
+        return await super().get_secrets(names)
+
+    async def _lease_row(self, exclusive: bool = False) -> Row:
+        await self.locks.take(Rank.LEASE, "", shared=not exclusive)
+        return await super()._lease_row(exclusive)
+
+    async def _exec_lease(self, sql: str, params: tuple[Any, ...]) -> None:
+        await self.locks.take(Rank.LEASE, "")
+        await super()._exec_lease(sql, params)
+
+    # --- writes -------------------------------------------------------------------
+
     async def put_secret(self, name: str, ciphertext: bytes, now: float) -> None:
+        await self.locks.take(Rank.SECRETS, "")
         await self._exec(
             "INSERT INTO secrets (name, ciphertext, create_time, update_time) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET ciphertext = excluded.ciphertext, update_time = excluded.update_time",
@@ -413,10 +486,13 @@ class SqlWriteTx(LeaseQueries, Reads):
 
     async def delete_secret(self, name: str) -> bool:
         """Whether there was such a secret."""
+        await self.locks.take(Rank.SECRETS, "")
         return await self._exec("DELETE FROM secrets WHERE name = ?", (name,)) > 0
 
     async def insert_model(self, name: str, now: float) -> Model:
+        await self.locks.model(name)
         model_id = new_id("m")
+        self.locks.names.name_of_model.remember(model_id, name)
         await self._exec(
             "INSERT INTO models (id, name, create_time, update_time) VALUES (?, ?, ?, ?)",
             (model_id, name, now, now),
@@ -427,6 +503,7 @@ class SqlWriteTx(LeaseQueries, Reads):
         return model
 
     async def update_model(self, model_id: str, now: float, **values: Any) -> None:
+        await self.locks.model_by_id(model_id)
         assignments = ", ".join(f"{k} = ?" for k in values)
         await self._exec(
             f"UPDATE models SET {assignments}, update_time = ? WHERE id = ?", (*values.values(), now, model_id)
@@ -438,6 +515,8 @@ class SqlWriteTx(LeaseQueries, Reads):
             self.touched.update(r[0] for r in rows)
 
     async def insert_deployment(self, deployment: Deployment) -> None:
+        self.locks.names.model_of_deployment.remember(deployment.id, deployment.model_id)
+        await self.locks.model_by_id(deployment.model_id)
         values = _deployment_values(deployment)
         columns = ", ".join(values)
         placeholders = ", ".join("?" for _ in values)
@@ -445,6 +524,7 @@ class SqlWriteTx(LeaseQueries, Reads):
         self.touched.add(deployment.id)
 
     async def update_deployment(self, deployment_id: str, **values: Any) -> None:
+        await self.locks.model_of_deployment(deployment_id)
         if "autoscaling" in values:
             values["autoscaling"] = json.dumps(asdict(values["autoscaling"]), sort_keys=True)
         for key, enum_value in (("kind", Kind), ("state", State)):
@@ -457,29 +537,43 @@ class SqlWriteTx(LeaseQueries, Reads):
         self.touched.add(deployment_id)
 
     async def add_event(self, now: float, model_id: str, deployment_id: str, type_: str, message: str) -> None:
+        await self.locks.model_by_id(model_id)  # a model's events are numbered in commit order
         await self._exec(
             "INSERT INTO events (create_time, model_id, deployment_id, type, message) VALUES (?, ?, ?, ?, ?)",
             (now, model_id, deployment_id, type_, message),
         )
 
-    async def get_request(self, request_id: str) -> tuple[str, str, str] | None:
-        """(method, fingerprint, result) of the request first made with this request_id."""
-        row = await self._one("SELECT method, fingerprint, result FROM requests WHERE request_id = ?", (request_id,))
-        return (row[0], row[1], row[2]) if row else None
-
-    async def save_request(self, request_id: str, method: str, fingerprint: str, result: str, now: float) -> None:
-        await self._exec(
-            "INSERT INTO requests (request_id, method, fingerprint, result, create_time) VALUES (?, ?, ?, ?, ?)",
-            (request_id, method, fingerprint, result, now),
+    async def claim_request(
+        self, request_id: str, method: str, fingerprint: str, now: float
+    ) -> tuple[str, str, str] | None:
+        """Claims the request_id for this transaction (its row, with the result still to
+        come: save_request), or (method, fingerprint, result) of the request that first
+        made it. A transaction claiming one another has claimed waits for it to end."""
+        self.locks.note(Rank.REQUEST, request_id)
+        claimed = await self._exec(
+            "INSERT INTO requests (request_id, method, fingerprint, result, create_time) VALUES (?, ?, ?, '', ?) "
+            "ON CONFLICT (request_id) DO NOTHING",
+            (request_id, method, fingerprint, now),
         )
+        if claimed:
+            return None
+        row = await self._one("SELECT method, fingerprint, result FROM requests WHERE request_id = ?", (request_id,))
+        assert row is not None, "a request row is never removed"
+        return (row[0], row[1], row[2])
+
+    async def save_request(self, request_id: str, result: str) -> None:
+        """The result of the request this transaction claimed (claim_request)."""
+        await self._exec("UPDATE requests SET result = ? WHERE request_id = ?", (result, request_id))
 
     async def record_package(self, digest: str, size: int, now: float) -> None:
+        self.locks.note(Rank.PACKAGE, digest)
         await self._exec(
             "INSERT INTO packages (digest, size, create_time) VALUES (?, ?, ?) ON CONFLICT (digest) DO NOTHING",
             (digest, size, now),
         )
 
     async def insert_api_key(self, row: ApiKeyRow) -> None:
+        await self.locks.take(Rank.API_KEYS, "")
         await self._exec(
             "INSERT INTO api_keys (id, name, scope, model_ids, key_sha256, create_time, expire_time) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -488,12 +582,14 @@ class SqlWriteTx(LeaseQueries, Reads):
         self.touched_api_keys.add(row.id)
 
     async def record_api_key_use(self, key_id: str, used_at: float) -> None:
+        await self.locks.take(Rank.API_KEYS, "")
         await self._exec(
             "UPDATE api_keys SET last_used_time = ? WHERE id = ? AND (last_used_time IS NULL OR last_used_time < ?)",
             (used_at, key_id, used_at),
         )
 
     async def revoke_api_key(self, key_id: str, now: float) -> None:
+        await self.locks.take(Rank.API_KEYS, "")
         await self._exec("UPDATE api_keys SET revoke_time = ? WHERE id = ? AND revoke_time IS NULL", (now, key_id))
         self.touched_api_keys.add(key_id)
 

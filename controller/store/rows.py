@@ -51,11 +51,14 @@ class Page:
 
 @dataclass(frozen=True)
 class Change:
-    """What one committed transaction touched."""
+    """What one committed transaction touched; or, with `reset`, that changes may have been
+    missed (other controllers' announcements while the store was not listening): every
+    listener reads again all it follows."""
 
     deployments: set[str]
     models: set[str]
     api_keys: set[str] = field(default_factory=set)
+    reset: bool = False
 
 
 @dataclass(frozen=True)

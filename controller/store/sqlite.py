@@ -76,7 +76,7 @@ class SqliteBackend(Backend):
     async def announce(self, executor: Executor, payloads: list[str]) -> None:
         """Nothing: one controller uses a SQLite file (the one of its data directory)."""
 
-    async def listen(self, on_payload: Callable[[str], None]) -> None:
+    async def listen(self, on_payload: Callable[[str], None], on_reset: Callable[[], None]) -> None:
         """Nothing to hear: no other controller writes to this file."""
 
     async def close(self) -> None:
