@@ -108,13 +108,16 @@ class Leadership:
 
     @contextlib.asynccontextmanager
     async def fenced_write(self) -> AsyncIterator[WriteTx]:
-        """A write transaction that is refused (LeaseLost, nothing written) unless we lead."""
+        """A write transaction that is refused (LeaseLost, nothing written) unless we lead.
+        The fence is checked last, before the commit: the lease lock ranks after every other
+        lock (controller/store/locks.py), and held to the commit it keeps the lease from
+        changing hands while the writes are made."""
         if not self.held():
             self.refused += 1
             raise LeaseLost(f"controller {self.holder}'s leader lease has run out")
         async with self.store.write() as tx:
-            await self.check(tx)
             yield tx
+            await self.check(tx)
 
     async def step(self, force: bool = False) -> None:
         """Take or renew the lease, and start or stop leading accordingly."""
