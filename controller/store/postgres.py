@@ -105,6 +105,14 @@ def inline(sql: str, params: Sequence[Any]) -> str | None:
     return "".join(out)
 
 
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """What a connection goes back to its pool with: as it came. asyncpg's default resets
+    the session on every release (advisory locks, LISTENs, cursors, settings) — a round
+    trip after every read and every write — and the store's sessions keep none of those:
+    its locks end with their transaction, it LISTENs on a connection of its own, and it
+    sets nothing (a transaction still open is rolled back by asyncpg itself)."""
+
+
 # What a connection that died while idle (the server restarted, a proxy dropped it) raises
 # at its next use; the pool opens a new one for the next acquire.
 CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
@@ -230,6 +238,7 @@ class PostgresBackend(Backend):
                 max_size=WRITE_POOL_SIZE,
                 command_timeout=COMMAND_TIMEOUT_SECONDS,
                 timeout=CONNECT_TIMEOUT_SECONDS,
+                reset=_nothing_to_reset,
                 server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS)},
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
@@ -243,6 +252,7 @@ class PostgresBackend(Backend):
                 max_size=READ_POOL_SIZE,
                 command_timeout=COMMAND_TIMEOUT_SECONDS,
                 timeout=CONNECT_TIMEOUT_SECONDS,
+                reset=_nothing_to_reset,
             )
         except BaseException:
             await writers.close()
