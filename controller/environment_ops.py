@@ -95,6 +95,8 @@ class EnvironmentOps:
                 f"environment {name!r} deleted{kept}",
                 name,
             )
-            return Result(environment=replace(environment, delete_time=at, update_time=at))
+            return Result(
+                environment=replace(environment, promoting_deployment_id=None, delete_time=at, update_time=at)
+            )
 
         return await self.lifecycle._mutate("DeleteEnvironment", request_id, body, model_id, name)

@@ -9,7 +9,7 @@ import json
 
 import grpc
 import pytest
-from conftest import Api, wait_until
+from conftest import FAILING_MODEL, Api, wait_until
 from google.protobuf import field_mask_pb2
 from test_lifecycle import GATED_MODEL, active, refused, update_request
 
@@ -415,3 +415,31 @@ async def test_push_promote_into_an_environment_and_the_model_is_told_its_enviro
     staged = await active(api, pushed)
     assert json.loads(await api.predict(staged)) == {"environment": {"name": "staging"}}
     assert json.loads(await api.predict(await active(api, dev))) == {"environment": None}
+
+
+async def test_a_candidate_that_fails_to_start_leaves_the_environment_unchanged(api: Api, envs):
+    await api.push(api.package("m"))
+    await create(envs, "m", "staging")
+    good = await api.push(api.package("m", tag="good"), target=ds.PUSH_TARGET_PUBLISHED)
+    await active(api, good)
+    await promote(api, good.deployment.id, "staging")
+    from slipway.packaging import archive_package
+
+    archive, digest = archive_package(api.package("m", source=FAILING_MODEL.format(reason="no weights")))
+    broken = await api.deployments.CreateDeployment(
+        ds.CreateDeploymentRequest(
+            package_archive=archive, package_sha256=digest, target=ds.PUSH_TARGET_PRODUCTION, environment="staging"
+        )
+    )
+    await api.wait_state(broken.deployment.id, r.DEPLOYMENT_STATE_DEPLOY_FAILED)
+
+    async def over():
+        return (await get(envs, "m", "staging")).promoting_deployment_id == ""
+
+    await wait_until(over, what="the failed promotion to end")
+    assert (await get(envs, "m", "staging")).deployment_id == good.deployment.id
+    events = await api.deployments.ListEvents(
+        ds.ListEventsRequest(model_id="m", deployment_id=broken.deployment.id, environment="staging")
+    )
+    failed = [e for e in events.events if e.type == "model.promotion_failed"]
+    assert len(failed) == 1 and "staging unchanged" in failed[0].message
