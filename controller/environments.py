@@ -122,7 +122,7 @@ def require_no_promotion_in_flight(environment: Environment) -> None:
 
 def check_target(model: Model, environment: Environment, deployment: Deployment) -> None:
     """What a promotion of `deployment` into `environment` refuses beyond the deployment's own
-    state (domain.plan_promotion): the environment already has it, or it is bound elsewhere."""
+    state (domain.promotion_kind): the environment already has it, or it is bound elsewhere."""
     require_no_promotion_in_flight(environment)
     if deployment.environment == environment.name:
         if environment.is_production:
