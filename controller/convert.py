@@ -106,6 +106,8 @@ def deployment_to_proto(deployment: Deployment, replicas: Sequence[ReplicaHandle
         source_deployment_id=deployment.source_deployment_id or "",
         revision=deployment.revision,
         replicas=[replica_to_proto(h) for h in replicas if not h.exited],
+        environment=deployment.environment or "",
+        promoting_environment=deployment.promoting_environment or "",
     )
 
 
@@ -120,6 +122,7 @@ def usage_to_proto(row: UsageRow, days: Iterable[tuple[str, float, int]] = ()) -
         replica_seconds=row.replica_seconds,
         replica_starts=row.replica_starts,
         deployment_deleted=row.deployment_deleted,
+        environment=row.environment,
     )
 
 
@@ -131,6 +134,7 @@ def event_to_proto(row: EventRow) -> r.Event:
         deployment_id=row.deployment_id,
         type=row.type,
         message=row.message,
+        environment=row.environment,
     )
 
 

@@ -83,6 +83,7 @@ class AutoscalingLimits:
 class Model:
     id: str
     name: str
+    # Production's deployment and the one being promoted into production (its environment's record).
     production_deployment_id: str | None
     development_deployment_id: str | None
     promoting_deployment_id: str | None
@@ -114,6 +115,10 @@ class Deployment:
     failed_revision: int | None = None
     delete_time: float | None = None
     is_production: bool = False
+    # The environment the deployment takes the traffic of (controller/environments.py), and the
+    # one it is being promoted into; None for neither.
+    environment: str | None = None
+    promoting_environment: str | None = None
     # Live reload: the package of the latest patch while it is not package_digest (its reload
     # is under way, or failed with reload_error). package_digest stays the package that last
     # loaded, which is what a replica starts from; the patched package is the next patch's base.
@@ -164,15 +169,6 @@ def new_deployment(
     )
 
 
-def environment_name(deployment: Deployment, model: Model | None) -> str:
-    """The environment a deployment's model is told it runs in ("" for none), as Truss's
-    `environment` keyword: production is the one environment; development and other
-    published deployments are in none. A deployment being promoted starts in production,
-    as one pushed into Truss's production environment does."""
-    promoting = model is not None and model.promoting_deployment_id == deployment.id
-    return "production" if deployment.is_production or promoting else ""
-
-
 # --- rules that refuse operations -------------------------------------------------
 
 
@@ -189,6 +185,14 @@ def check_delete(deployment: Deployment) -> None:
             f"deployment {deployment.id} is the production deployment of model {deployment.model_id}: "
             "promote another deployment first, or delete the model",
             deployment_id=deployment.id,
+        )
+    if deployment.environment:
+        raise FailedPrecondition(
+            "DEPLOYMENT_IN_ENVIRONMENT",
+            f"deployment {deployment.id} is the {deployment.environment} deployment of model {deployment.model_id}: "
+            f"promote another deployment into {deployment.environment} first, or delete the environment",
+            deployment_id=deployment.id,
+            environment=deployment.environment,
         )
 
 
@@ -243,16 +247,6 @@ def require_not_failed(deployment: Deployment, consequence: str) -> None:
         )
 
 
-def require_no_promotion_in_flight(model: Model) -> None:
-    if model.promoting_deployment_id:
-        raise Aborted(
-            "PROMOTION_IN_PROGRESS",
-            f"model {model.id} is already promoting deployment {model.promoting_deployment_id}; wait for it to finish",
-            model_id=model.id,
-            deployment_id=model.promoting_deployment_id,
-        )
-
-
 # States in which a deployment's current revision cannot serve until it is pushed (or activated) again.
 FAILED_STATES = frozenset({State.DEPLOY_FAILED, State.BUILD_FAILED, State.FAILED})
 
@@ -266,15 +260,10 @@ class PromotionKind(enum.StrEnum):
     WHEN_READY = "when_ready"
 
 
-def plan_promotion(model: Model, deployment: Deployment) -> PromotionKind:
+def promotion_kind(deployment: Deployment) -> PromotionKind:
+    """How a deployment is promoted, by its own state (what the target environment refuses is
+    controller/environments.py's plan_promotion)."""
     require_not_deleted(deployment)
-    require_no_promotion_in_flight(model)
-    if deployment.is_production:
-        raise FailedPrecondition(
-            "ALREADY_PRODUCTION",
-            f"deployment {deployment.id} is already the production deployment of model {model.id}",
-            deployment_id=deployment.id,
-        )
     if not deployment.active:
         raise FailedPrecondition(
             "DEPLOYMENT_INACTIVE",
@@ -295,11 +284,6 @@ def plan_promotion(model: Model, deployment: Deployment) -> PromotionKind:
     if deployment.state in (State.ACTIVE, State.SCALED_TO_ZERO, State.UPDATING):
         return PromotionKind.IMMEDIATE
     return PromotionKind.WHEN_READY
-
-
-def promoted_autoscaling(production: Deployment | None, limits: AutoscalingLimits) -> AutoscalingSettings:
-    """A deployment created by promoting development takes production's settings, or the defaults."""
-    return production.autoscaling if production is not None else limits.defaults
 
 
 # --- desired and observed state ---------------------------------------------------

@@ -21,6 +21,7 @@ from slipway.internal_auth import write_private
 from slipway.keys import KeyRecord, Scope
 from slipway.v1 import (
     deployment_service_pb2,
+    environment_service_pb2,
     key_service_pb2,
     log_service_pb2,
     metric_service_pb2,
@@ -35,6 +36,7 @@ _DEPLOYMENTS = deployment_service_pb2.DESCRIPTOR.services_by_name["DeploymentSer
 # Full service or method name → the scope a call needs; anything not listed needs admin.
 METHOD_SCOPES: dict[str, Scope] = {
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name: Scope.DEPLOY,
+    environment_service_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name: Scope.DEPLOY,
     _DEPLOYMENTS: Scope.DEPLOY,
     f"{_DEPLOYMENTS}/WakeDeployment": Scope.INFERENCE,
     key_service_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name: Scope.ADMIN,

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from controller import compat, domain, usage, validation
+from controller import compat, domain, environments, promotion, usage, validation
 from controller.domain import (
     DEVELOPMENT_AUTOSCALING,
     DEVELOPMENT_NAME,
@@ -27,13 +27,13 @@ from controller.domain import (
     Deployment,
     Kind,
     Model,
-    PromotionKind,
     PushTarget,
     State,
 )
+from controller.environments import Environment
 from controller.errors import InvalidArgument
 from controller.lookups import find_model, require_deployment, require_model
-from controller.observations import LeaderWrite, Observations, switch_production
+from controller.observations import LeaderWrite, Observations
 from controller.packages import FilePatch, PackageStore
 from controller.store import Page, Store, WriteTx, new_id, now
 from replica.package import CONFIG_FILENAME, load_package_config, read_requirements, validate_package
@@ -53,6 +53,8 @@ class Result:
     flag: bool = False
     # CreateDeployment: config.yaml keys that are not honoured (see controller/compat.py).
     warnings: tuple[str, ...] = ()
+    # The environment calls (controller/environment_ops.py).
+    environment: Environment | None = None
 
 
 def _fingerprint(method: str, request: tuple) -> str:
@@ -75,6 +77,13 @@ def _encode_result(result: Result) -> str:
     return json.dumps(dataclasses.asdict(result), default=lambda v: v.value)
 
 
+def _decode_environment(data: dict | None) -> Environment | None:
+    if not data:
+        return None
+    settings = data["autoscaling"]
+    return Environment(**{**data, "autoscaling": AutoscalingSettings(**settings) if settings else None})
+
+
 def _decode_result(text: str) -> Result:
     data = json.loads(text)
     model = Model(**data["model"]) if data["model"] else None
@@ -89,7 +98,13 @@ def _decode_result(text: str) -> Result:
                 "autoscaling": AutoscalingSettings(**d["autoscaling"]),
             }
         )
-    return Result(model=model, deployment=deployment, flag=data["flag"], warnings=tuple(data.get("warnings") or ()))
+    return Result(
+        model=model,
+        deployment=deployment,
+        flag=data["flag"],
+        warnings=tuple(data.get("warnings") or ()),
+        environment=_decode_environment(data.get("environment")),
+    )
 
 
 def page_size(requested: int) -> int:
@@ -241,13 +256,21 @@ class Lifecycle:
         return page, {d: usage.by_day(spans, since, at) for d, spans in intervals.items()}
 
     async def list_events(
-        self, model_id: str, deployment_id: str, size: int, token: str, newest_first: bool = False
+        self,
+        model_id: str,
+        deployment_id: str,
+        size: int,
+        token: str,
+        newest_first: bool = False,
+        environment: str = "",
     ) -> Page:
         if model_id:
             model_id = (await find_model(self.store, model_id)).id
         if deployment_id:
             await require_deployment(self.store, deployment_id)
-        return await self.store.list_events(model_id, deployment_id, page_size(size), token, newest_first)
+        if environment:
+            environments.validate_name(environment)
+        return await self.store.list_events(model_id, deployment_id, page_size(size), token, newest_first, environment)
 
     # --- push -------------------------------------------------------------------
 
@@ -260,12 +283,22 @@ class Lifecycle:
         request_id: str,
         model_name: str = "",
         metadata: Mapping[str, Any] | None = None,
+        environment: str = "",
     ) -> Result:
         """`model_name`, when given, is the model pushed to whatever config.yaml says (as
         `truss push --model-name`); without it config.yaml must name the model. `metadata`
-        (`truss push --metadata`) is recorded in the deployment's event log."""
+        (`truss push --metadata`) is recorded in the deployment's event log. `environment`: the
+        one a PRODUCTION push promotes into (production when empty)."""
         if not archive:
             raise InvalidArgument("MALFORMED_PACKAGE", "package_archive is empty")
+        if environment and target is not PushTarget.PRODUCTION:
+            raise InvalidArgument(
+                "ENVIRONMENT_NEEDS_PROMOTE",
+                f"environment {environment[:64]!r} is where a promoting push goes: push with --promote "
+                "(target PUSH_TARGET_PRODUCTION) to promote into it",
+            )
+        environment = environment or environments.PRODUCTION
+        environments.validate_name(environment)
         if target is PushTarget.DEVELOPMENT and deployment_name:
             raise InvalidArgument(
                 "DEVELOPMENT_NOT_RENAMABLE",
@@ -292,10 +325,12 @@ class Lifecycle:
             if target is PushTarget.DEVELOPMENT:
                 deployment = await self._push_development(tx, model, digest, at)
             else:
+                into = None
                 if target is PushTarget.PRODUCTION:
-                    domain.require_no_promotion_in_flight(model)
-                deployment = await self._create_published(
-                    tx, model, digest, deployment_name, at, promote=target is PushTarget.PRODUCTION
+                    into = await promotion.require_environment(tx, model, environment)
+                    environments.require_no_promotion_in_flight(into)
+                deployment = await promotion.create_published(
+                    tx, model, digest, deployment_name, at, self.limits, into=into
                 )
             for warning in warnings:
                 await tx.add_event(at, model.id, deployment.id, "deployment.config_warning", warning)
@@ -306,7 +341,15 @@ class Lifecycle:
 
         try:
             return await self._mutate(
-                "CreateDeployment", request_id, body, digest, target, deployment_name, model_name, metadata_json
+                "CreateDeployment",
+                request_id,
+                body,
+                digest,
+                target,
+                deployment_name,
+                model_name,
+                metadata_json,
+                *([environment] if environment != environments.PRODUCTION else []),
             )
         finally:
             await asyncio.to_thread(self.packages.discard, staged)
@@ -386,79 +429,23 @@ class Lifecycle:
 
         return await self._mutate("PatchDeployment", request_id, body, deployment_id, base_digest, patches)
 
-    async def _create_published(
-        self,
-        tx: WriteTx,
-        model: Model,
-        digest: str,
-        name: str,
-        at: float,
-        promote: bool,
-        source: Deployment | None = None,
-    ) -> Deployment:
-        taken = await tx.deployment_names(model.id)
-        next_number = model.next_deployment_number
-        if name:
-            validation.require_unique_name(name, taken, model.id)
-        else:
-            name, next_number = validation.default_deployment_name(next_number, taken)
-        production = await tx.get_deployment(model.production_deployment_id) if model.production_deployment_id else None
-        autoscaling = domain.promoted_autoscaling(production, self.limits) if promote else self.limits.defaults
-        deployment = domain.new_deployment(
-            new_id("d"), model.id, name, Kind.PUBLISHED, autoscaling, digest, at, source.id if source else None
-        )
-        await tx.insert_deployment(deployment)
-        values: dict = {"next_deployment_number": next_number}
-        if promote:
-            values["promoting_deployment_id"] = deployment.id
-        await tx.update_model(model.id, at, **values)
-        origin = f" from development {source.id}" if source else ""
-        await tx.add_event(
-            at, model.id, deployment.id, "deployment.created", f"published deployment {name!r} created{origin}"
-        )
-        if promote:
-            await tx.add_event(
-                at,
-                model.id,
-                deployment.id,
-                "model.promotion_started",
-                f"{name!r} becomes production once it is ready",
-            )
-        return await require_deployment(tx, deployment.id)
-
     # --- deployment verbs -------------------------------------------------------
 
-    async def promote(self, deployment_id: str, request_id: str) -> Result:
+    async def promote(self, deployment_id: str, request_id: str, environment: str = "") -> Result:
+        """Into `environment` (production when empty): controller/promotion.py. `flag`: it switched."""
+        name = environment or environments.PRODUCTION
+        environments.validate_name(name)
+
         async def body(tx: WriteTx, at: float) -> Result:
             deployment = await require_deployment(tx, deployment_id)
             domain.require_not_deleted(deployment)
             model = await require_model(tx, deployment.model_id)
-            plan = domain.plan_promotion(model, deployment)
-            if plan is PromotionKind.FROM_DEVELOPMENT:
-                created = await self._create_published(
-                    tx, model, deployment.package_digest, "", at, promote=True, source=deployment
-                )
-                return Result(deployment=created, flag=False)
-            if plan is PromotionKind.IMMEDIATE:
-                await switch_production(tx, model, deployment, at)
-                return Result(deployment=await require_deployment(tx, deployment.id), flag=True)
-            await tx.update_model(model.id, at, promoting_deployment_id=deployment.id)
-            await tx.add_event(
-                at,
-                model.id,
-                deployment.id,
-                "model.promotion_started",
-                f"{deployment.name!r} becomes production once it is ready",
-            )
-            return Result(deployment=await require_deployment(tx, deployment.id), flag=False)
+            into = await promotion.require_environment(tx, model, name)
+            promoted, switched = await promotion.promote(tx, model, into, deployment, at, self.limits)
+            return Result(deployment=promoted, flag=switched)
 
-        return await self._mutate("PromoteDeployment", request_id, body, deployment_id)
-
-    async def _cancel_promotion_of(self, tx: WriteTx, deployment: Deployment, at: float, why: str) -> None:
-        model = await tx.get_model(deployment.model_id)
-        if model is not None and model.promoting_deployment_id == deployment.id:
-            await tx.update_model(model.id, at, promoting_deployment_id=None)
-            await tx.add_event(at, model.id, deployment.id, "model.promotion_cancelled", f"promotion cancelled: {why}")
+        extra = [name] if name != environments.PRODUCTION else []  # a retry from before environments matches
+        return await self._mutate("PromoteDeployment", request_id, body, deployment_id, *extra)
 
     async def activate(self, deployment_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
@@ -477,7 +464,7 @@ class Lifecycle:
             domain.check_deactivate(deployment)
             if deployment.active:
                 await tx.update_deployment(deployment.id, active=False, update_time=at)
-                await self._cancel_promotion_of(tx, deployment, at, "the deployment was deactivated")
+                await promotion.cancel_promotion_of(tx, deployment, at, "the deployment was deactivated")
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.deactivated", "deactivated")
             return Result(deployment=await require_deployment(tx, deployment.id))
 
@@ -502,7 +489,7 @@ class Lifecycle:
             deployment = await require_deployment(tx, deployment_id)
             domain.check_delete(deployment)
             await tx.update_deployment(deployment.id, delete_time=at, update_time=at)
-            await self._cancel_promotion_of(tx, deployment, at, "the deployment was deleted")
+            await promotion.cancel_promotion_of(tx, deployment, at, "the deployment was deleted")
             if deployment.is_development:
                 await tx.update_model(deployment.model_id, at, development_deployment_id=None)
             await tx.add_event(
@@ -538,6 +525,8 @@ class Lifecycle:
                 values["autoscaling"] = settings
             if values:
                 await tx.update_deployment(deployment.id, update_time=at, **values)
+                if "autoscaling" in values and deployment.environment:  # an environment's settings are its deployment's
+                    await tx.update_environment(deployment.model_id, deployment.environment, at, autoscaling=settings)
                 changes = ", ".join(sorted(values))
                 await tx.add_event(at, deployment.model_id, deployment.id, "deployment.updated", f"updated {changes}")
             return Result(deployment=await require_deployment(tx, deployment.id))
@@ -547,9 +536,12 @@ class Lifecycle:
     async def delete_model(self, model_id: str, request_id: str) -> Result:
         async def body(tx: WriteTx, at: float) -> Result:
             model = await require_model(tx, model_id)
+            for environment in await tx.model_environments(model.id):
+                if environment.promoting_deployment_id:
+                    await tx.update_environment(model.id, environment.name, at, promoting_deployment_id=None)
             for deployment in await tx.model_deployments(model.id):
                 await tx.update_deployment(deployment.id, delete_time=at, update_time=at)
-            await tx.update_model(model.id, at, delete_time=at, promoting_deployment_id=None)
+            await tx.update_model(model.id, at, delete_time=at)
             await tx.add_event(
                 at, model.id, "", "model.deleted", f"model {model.name!r} and all its deployments deleted"
             )

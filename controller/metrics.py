@@ -25,7 +25,6 @@ from slipway.metrics import (
     DEPLOYMENT_LABELS,
     DEVELOPMENT,
     INTERNAL_BUCKETS,
-    PRODUCTION,
     PUBLISHED,
     START_BUCKETS,
 )
@@ -41,8 +40,8 @@ class ReplicaLike(Protocol):
 
 
 def deployment_labels(deployment: Deployment) -> Labels:
-    if deployment.is_production:
-        environment = PRODUCTION
+    if deployment.environment:  # production, or a named environment (bounded per model)
+        environment = deployment.environment
     elif deployment.is_development:
         environment = DEVELOPMENT
     else:

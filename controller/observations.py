@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from controller import domain
-from controller.domain import Deployment, Model, State
+from controller import domain, promotion
+from controller.domain import Deployment, State
 from controller.lookups import require_deployment
 from controller.store import Store, WriteTx, now
 
@@ -19,32 +19,9 @@ from controller.store import Store, WriteTx, now
 LeaderWrite = Callable[[], contextlib.AbstractAsyncContextManager[WriteTx]]
 
 
-async def switch_production(tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
-    await tx.update_model(model.id, at, production_deployment_id=deployment.id, promoting_deployment_id=None)
-    former = f" (replacing {model.production_deployment_id})" if model.production_deployment_id else ""
-    await tx.add_event(
-        at,
-        model.id,
-        deployment.id,
-        "model.production_changed",
-        f"{deployment.name!r} ({deployment.id}) is now production{former}",
-    )
-
-
 def _wanted(deployment: Deployment) -> tuple:
     """What an observation was computed against: if any of it changed since, the observation is stale."""
     return (deployment.active, deployment.revision, deployment.delete_time, deployment.failed_revision)
-
-
-async def _fail_promotion(tx: WriteTx, model: Model, deployment: Deployment, at: float, why: str) -> None:
-    await tx.update_model(model.id, at, promoting_deployment_id=None)
-    await tx.add_event(
-        at,
-        model.id,
-        deployment.id,
-        "model.promotion_failed",
-        f"{deployment.name!r} did not become ready ({why}); production unchanged",
-    )
 
 
 class Observations:
@@ -114,12 +91,13 @@ class Observations:
                     "deployment.state_changed",
                     f"{current.state.value} -> {state.value}{detail}",
                 )
-            model = await tx.get_model(seen.model_id)
-            if model is not None and model.promoting_deployment_id == seen.id:
+            if current.promoting_environment:
                 if state in (State.ACTIVE, State.SCALED_TO_ZERO):
-                    await switch_production(tx, model, current, at)
+                    environment = await tx.get_environment(current.model_id, current.promoting_environment)
+                    assert environment is not None, "a deployment is promoted only into a live environment"
+                    await promotion.point_environment(tx, environment, current, at)
                 elif state in domain.FAILED_STATES:
-                    await _fail_promotion(tx, model, current, at, message)
+                    await promotion.fail_promotion(tx, current, at, message)
         self._on_commit()
 
     async def record_load_failure(self, seen: Deployment, error: str) -> None:
@@ -158,9 +136,7 @@ class Observations:
                     "deployment.state_changed",
                     f"{current.state.value} -> {State.BUILD_FAILED.value}: {error.splitlines()[0] if error else ''}",
                 )
-            model = await tx.get_model(seen.model_id)
-            if model is not None and model.promoting_deployment_id == seen.id:
-                await _fail_promotion(tx, model, current, at, "its environment failed to build")
+            await promotion.fail_promotion(tx, current, at, "its environment failed to build")
         self._on_commit()
 
     async def record_event(self, model_id: str, deployment_id: str, type_: str, message: str) -> None:

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from controller import domain
+from controller import domain, environments
 from controller.autoscaler import Autoscaler
 from controller.builds import BuildManager, EnvironmentStatus
 from controller.domain import Deployment, ReplicaPhase, ReplicaView, State
@@ -318,9 +318,8 @@ class Reconciler:
         replica_id = new_id("r")
         package_dir = self.packages.directory(deployment.package_digest)
         config = await asyncio.to_thread(_package_config, package_dir)
-        model = await self.store.get_model(deployment.model_id)
         environment = {
-            ENVIRONMENT_ENV_VAR: domain.environment_name(deployment, model),
+            ENVIRONMENT_ENV_VAR: environments.deployment_environment(deployment),
             **await self.secrets.environ_for(config.secret_names),
         }
         user = None

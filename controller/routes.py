@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from controller.domain import Deployment, Model, ReplicaPhase
+from controller.environments import Environment
 from controller.replica_runtime import ReplicaHandle
 from controller.store import ApiKeyRow, Change, Store
 from slipway.keys import SCOPE_TO_PROTO, Scope
@@ -35,7 +36,9 @@ COALESCE_SECONDS = 0.002
 DELTA_HISTORY = 256
 
 
-def _model_route(model: Model) -> rt.ModelRoute:
+def _model_route(model: Model, environments: list[Environment]) -> rt.ModelRoute:
+    """The model's route: production (when it has a deployment) and every named environment
+    (with or without one), each with the deployments that take its traffic."""
     return rt.ModelRoute(
         model_id=model.id,
         model_name=model.name,
@@ -43,13 +46,22 @@ def _model_route(model: Model) -> rt.ModelRoute:
         development_deployment_id=model.development_deployment_id or "",
         environments=[
             rt.EnvironmentRoute(
-                name="production",
-                deployments=[rt.WeightedDeployment(deployment_id=model.production_deployment_id, weight=100)],
+                name=e.name,
+                deployments=[rt.WeightedDeployment(deployment_id=e.deployment_id, weight=100)]
+                if e.deployment_id
+                else [],
             )
-        ]
-        if model.production_deployment_id
-        else [],
+            for e in environments
+            if e.deployment_id or not e.is_production
+        ],
     )
+
+
+def _by_model(environments: list[Environment]) -> dict[str, list[Environment]]:
+    grouped: dict[str, list[Environment]] = collections.defaultdict(list)
+    for environment in environments:
+        grouped[environment.model_id].append(environment)
+    return grouped
 
 
 def _api_key_route(row: ApiKeyRow) -> rt.ApiKeyRoute:
@@ -96,7 +108,8 @@ class RouteBroadcaster:
     async def _read_all(self) -> None:
         snapshot = await self._store.route_snapshot()
         api_keys = await self._store.all_api_keys()
-        self.models = {m.id: _model_route(m) for m in snapshot.models}
+        environments = _by_model(snapshot.environments)
+        self.models = {m.id: _model_route(m, environments[m.id]) for m in snapshot.models}
         self.deployments = {d.id: self._deployment_route(d) for d in snapshot.deployments}
         self.deleted_models = set(snapshot.deleted_model_ids)
         self.deleted_deployments = set(snapshot.deleted_deployment_ids)
@@ -171,13 +184,15 @@ class RouteBroadcaster:
         self, deployment_ids: set[str], model_ids: set[str], api_key_ids: set[str]
     ) -> rt.WatchRoutesResponse:
         delta = rt.WatchRoutesResponse()
-        for model in await self._store.models_by_id(model_ids):
+        models = await self._store.models_by_id(model_ids)
+        environments = _by_model(await self._store.environments_of(m.id for m in models if m.delete_time is None))
+        for model in models:
             if model.delete_time is not None:
                 self.models.pop(model.id, None)
                 self.deleted_models.add(model.id)
                 delta.deleted_model_ids.append(model.id)
             else:
-                route = self.models[model.id] = _model_route(model)
+                route = self.models[model.id] = _model_route(model, environments[model.id])
                 delta.models.append(route)
         for deployment in await self._store.deployments_by_id(deployment_ids):
             if deployment.deleted:

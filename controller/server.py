@@ -26,6 +26,8 @@ from controller.compat import Machine
 from controller.connect_api import ConnectApi, ConnectLimits, services_of
 from controller.dashboard import Dashboard
 from controller.domain import AutoscalingLimits
+from controller.environment_ops import EnvironmentOps
+from controller.environment_servicer import EnvironmentServicer
 from controller.files import make_private
 from controller.isolation import AUTO, DEFAULT_UID_RANGE, ReplicaUsers, Sandboxes, resolve_replica_users
 from controller.keys import INTERNAL_SERVICES, METHOD_SCOPES, KeyManager, KeySettings
@@ -58,6 +60,8 @@ from slipway.tls import ServerTls, add_grpc_port, dialable_host, warn_if_exposed
 from slipway.v1 import (
     deployment_service_pb2,
     deployment_service_pb2_grpc,
+    environment_service_pb2,
+    environment_service_pb2_grpc,
     key_service_pb2,
     key_service_pb2_grpc,
     log_service_pb2,
@@ -84,6 +88,7 @@ SERVICE_NAMES = (
     secret_service_pb2.DESCRIPTOR.services_by_name["SecretService"].full_name,
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
     metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name,
+    environment_service_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
@@ -292,6 +297,9 @@ class Controller:
         deployment_service_pb2_grpc.add_DeploymentServiceServicer_to_server(
             DeploymentServicer(lifecycle, self.reconciler.replicas_of, leading=lambda: self.leadership.leading),
             self._server,
+        )
+        environment_service_pb2_grpc.add_EnvironmentServiceServicer_to_server(
+            EnvironmentServicer(EnvironmentOps(lifecycle)), self._server
         )
         route_service_pb2_grpc.add_RouteServiceServicer_to_server(
             RouteServicer(self.routes, self.load, lifecycle, self.keys, lambda: self.leadership.leading), self._server

@@ -75,6 +75,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
             request.request_id,
             request.model_name,
             json_format.MessageToDict(request.metadata),
+            request.environment,
         )
         return ds.CreateDeploymentResponse(
             model=convert.model_to_proto(result.model),
@@ -114,7 +115,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
         return ds.DeactivateDeploymentResponse(deployment=self._proto(result.deployment))
 
     async def PromoteDeployment(self, request, context):
-        result = await self.lifecycle.promote(request.deployment_id, request.request_id)
+        result = await self.lifecycle.promote(request.deployment_id, request.request_id, request.environment)
         return ds.PromoteDeploymentResponse(deployment=self._proto(result.deployment), completed=result.flag)
 
     async def WakeDeployment(self, request, context):
@@ -149,6 +150,7 @@ class DeploymentServicer(ds_grpc.DeploymentServiceServicer):
             request.page_size,
             request.page_token,
             newest_first=request.order == ds.EVENT_ORDER_NEWEST_FIRST,
+            environment=request.environment,
         )
         return ds.ListEventsResponse(
             events=[convert.event_to_proto(e) for e in page.items], next_page_token=page.next_page_token

@@ -2,6 +2,7 @@
 
 POST /model/{model_id}/production/predict
 POST /model/{model_id}/development/predict
+POST /model/{model_id}/environments/{environment}/predict   (staging, ...; production too)
 POST /model/{model_id}/deployment/{deployment_id}/predict
 and the matching .../wake routes (Truss's other routes: gateway/truss_routes.py). The body is forwarded as it came; the model's
 output is returned as it left the replica, streamed in chunks when the model
@@ -117,11 +118,11 @@ def build_app(
 
         app.router.add_get(METRICS_PATH, scrape)
     for verb, handler, expect in (("predict", call, bodies.defer_continue), ("wake", wake_route, None)):
-        app.router.add_post(f"{ENVIRONMENT_PREFIX}/{verb}", handler, expect_handler=expect)
-        app.router.add_post(f"{DEPLOYMENT_PREFIX}/{verb}", handler, expect_handler=expect)
+        for prefix in PREFIXES:
+            app.router.add_post(f"{prefix}/{verb}", handler, expect_handler=expect)
     add_truss_routes(
         app,
-        (ENVIRONMENT_PREFIX, DEPLOYMENT_PREFIX),
+        PREFIXES,
         call,
         bodies.defer_continue,
         websocket,
@@ -130,9 +131,12 @@ def build_app(
     return app
 
 
-# The two ways a route names its deployment: by the model's environment, or by its ID.
+# The ways a route names its deployment: by the model's production or development, by any of
+# its environments by name (`staging`; production too), or by its ID.
 ENVIRONMENT_PREFIX = f"/model/{{model_id}}/{{environment:{PRODUCTION}|{DEVELOPMENT}}}"
+NAMED_ENVIRONMENT_PREFIX = "/model/{model_id}/environments/{environment}"
 DEPLOYMENT_PREFIX = "/model/{model_id}/deployment/{deployment_id}"
+PREFIXES = (ENVIRONMENT_PREFIX, NAMED_ENVIRONMENT_PREFIX, DEPLOYMENT_PREFIX)
 
 
 async def relay(

@@ -41,11 +41,13 @@ def route_labels(index: RouteIndex, deployment: rt.DeploymentRoute | None) -> tu
     if deployment is None:
         return UNROUTED
     model = index.models.get(deployment.model_id)
-    environment = (
-        environment_label(deployment.deployment_id, model.production_deployment_id, model.development_deployment_id)
-        if model is not None
-        else ""
-    )
+    if model is None:
+        return deployment.model_id, deployment.deployment_id, ""
+    # The environment whose traffic the deployment takes (production or a named one), else what it is.
+    environment = next(
+        (e.name for e in model.environments if any(d.deployment_id == deployment.deployment_id for d in e.deployments)),
+        "",
+    ) or environment_label(deployment.deployment_id, model.production_deployment_id, model.development_deployment_id)
     return deployment.model_id, deployment.deployment_id, environment
 
 

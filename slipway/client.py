@@ -41,6 +41,7 @@ from slipway.v1 import (
 )
 from slipway.v1 import (
     deployment_service_pb2_grpc,
+    environment_service_pb2_grpc,
     key_service_pb2_grpc,
     log_service_pb2_grpc,
     model_service_pb2_grpc,
@@ -223,6 +224,8 @@ class SlipwayClient:
         self.deployments = deployment_service_pb2_grpc.DeploymentServiceStub(authorized)
         self.keys = key_service_pb2_grpc.KeyServiceStub(authorized)
         self.secrets = secret_service_pb2_grpc.SecretServiceStub(authorized)
+        # EnvironmentService: used as it is (slipway/environment_commands.py).
+        self.environments = environment_service_pb2_grpc.EnvironmentServiceStub(authorized)
         # LogService: used as it is (slipway/log_commands.py).
         self.logs = log_service_pb2_grpc.LogServiceStub(authorized)
 
@@ -314,11 +317,13 @@ class SlipwayClient:
         request_id: str = "",
         model_name: str = "",
         metadata: Mapping[str, Any] | None = None,
+        environment: str = "",
     ) -> ds.CreateDeploymentResponse:
         """Archive `directory` and create (or, for development, update) a deployment.
 
         `target` is "development", "published", "production" or a PushTarget value;
-        `model_name` overrides config.yaml's (and is needed when it has none).
+        `model_name` overrides config.yaml's (and is needed when it has none); `environment`:
+        the one a "production" push is promoted into (production when empty).
         """
         archive, digest = archive_package(directory)
         request = ds.CreateDeploymentRequest(
@@ -328,6 +333,7 @@ class SlipwayClient:
             deployment_name=deployment_name,
             request_id=request_id,
             model_name=model_name,
+            environment=environment,
         )
         if metadata:
             request.metadata.update(metadata)
@@ -402,12 +408,16 @@ class SlipwayClient:
             self.deployments.DeactivateDeployment, ds.DeactivateDeploymentRequest, deployment_id, request_id
         ).deployment
 
-    def promote_deployment(self, deployment_id: str, request_id: str = "") -> ds.PromoteDeploymentResponse:
-        """The response's deployment is the one that becomes production (a new one when
-        promoting development); `completed` tells whether production already switched."""
-        return self._deployment_call(
-            self.deployments.PromoteDeployment, ds.PromoteDeploymentRequest, deployment_id, request_id
+    def promote_deployment(
+        self, deployment_id: str, request_id: str = "", environment: str = ""
+    ) -> ds.PromoteDeploymentResponse:
+        """The response's deployment is the one that becomes the environment's (production's when
+        `environment` is empty; a new one when promoting development); `completed` tells whether
+        the environment already switched."""
+        request = ds.PromoteDeploymentRequest(
+            deployment_id=deployment_id, request_id=request_id, environment=environment
         )
+        return self.deployments.PromoteDeployment(request, timeout=self.timeout)
 
     def wake_deployment(self, deployment_id: str, request_id: str = "") -> res.Deployment:
         return self._deployment_call(
@@ -486,23 +496,34 @@ class SlipwayClient:
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def wait_until_production(
-        self, model_id: str, deployment_id: str, timeout: float = 300.0, poll_interval: float = 0.25
+        self,
+        model_id: str,
+        deployment_id: str,
+        timeout: float = 300.0,
+        poll_interval: float = 0.25,
+        environment: str = "production",
     ) -> res.Model:
-        """Poll the model until `deployment_id` is its production deployment. Raises
-        DeploymentFailed when the promotion was abandoned, SlipwayError on timeout."""
+        """Poll until `deployment_id` is the deployment of `environment` (production by default).
+        Raises DeploymentFailed when the promotion was abandoned, SlipwayError on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             model = self.get_model(model_id)
-            if model.production_deployment_id == deployment_id:
+            if environment == "production":
+                arrived = model.production_deployment_id == deployment_id
+                on_its_way = model.promoting_deployment_id == deployment_id
+            else:
+                seen = self.get_deployment(deployment_id)
+                arrived, on_its_way = seen.environment == environment, seen.promoting_environment == environment
+            if arrived:
                 return model
-            if model.promoting_deployment_id != deployment_id:
+            if not on_its_way:
                 deployment = self.get_deployment(deployment_id)
                 detail = deployment.status_message or state_name(deployment.state)
                 raise DeploymentFailed(
                     deployment, f"promotion of deployment {deployment_id} did not complete: {detail}"
                 )
             if time.monotonic() >= deadline:
-                raise SlipwayError(f"timed out after {timeout:g}s waiting for {deployment_id} to become production")
+                raise SlipwayError(f"timed out after {timeout:g}s waiting for {deployment_id} to become {environment}")
             time.sleep(poll_interval)
 
     # calling a model (direct to a replica until the gateway exists)

@@ -140,23 +140,26 @@ def deployments_rename(model: str, deployment: str, new_name: str, output: str) 
 
 @deployments.command("promote")
 @deployment_options
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is production.")
+@click.option("--environment", default="production", show_default=True, help="The environment to promote into.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until it is the environment's.")
 @timeout_option
 @output_option
-def deployments_promote(model: str, deployment: str, wait: bool, timeout: float, output: str) -> None:
-    """Make a deployment production. Promoting development creates a new published deployment."""
+def deployments_promote(model: str, deployment: str, environment: str, wait: bool, timeout: float, output: str) -> None:
+    """Make a deployment production's (or --environment's). Promoting development creates a new
+    published deployment."""
     client = connect()
-    promoted = client.promote_deployment(resolve_deployment_id(client, model, deployment))
+    into = "" if environment == "production" else environment
+    promoted = client.promote_deployment(resolve_deployment_id(client, model, deployment), environment=into)
     if not promoted.completed and wait:
-        wait_for_promotion(client, promoted.deployment, timeout)
+        wait_for_promotion(client, promoted.deployment, timeout, environment)
         promoted.deployment.CopyFrom(client.get_deployment(promoted.deployment.id))
         promoted.completed = True
 
     def render(p: Any) -> str:
         d = p.deployment
         if p.completed:
-            return f"Deployment {d.name} ({d.id}) is production."
-        return f"Deployment {d.name} ({d.id}) becomes production once active (now {state_name(d.state)})."
+            return f"Deployment {d.name} ({d.id}) is {environment}."
+        return f"Deployment {d.name} ({d.id}) becomes {environment} once active (now {state_name(d.state)})."
 
     emit(output, promoted, render)
 

@@ -160,15 +160,19 @@ def progress_printer() -> Callable[[res.Deployment], None]:
     return show
 
 
-def wait_for_promotion(client: SlipwayClient, deployment: res.Deployment, timeout: float) -> res.Model:
-    """Wait until `deployment` serves (the controller switches production as it does, even
-    when it scales to zero at once) and then is its model's production deployment."""
+def wait_for_promotion(
+    client: SlipwayClient, deployment: res.Deployment, timeout: float, environment: str = "production"
+) -> res.Model:
+    """Wait until `deployment` serves (the controller switches the environment as it does, even
+    when it scales to zero at once) and then is the deployment of `environment`."""
     deadline = time.monotonic() + timeout
     try:
         client.wait_until_serving(deployment.id, timeout, on_update=progress_printer())
-        return client.wait_until_production(deployment.model_id, deployment.id, max(0.0, deadline - time.monotonic()))
+        return client.wait_until_production(
+            deployment.model_id, deployment.id, max(0.0, deadline - time.monotonic()), environment=environment
+        )
     except DeploymentFailed as err:
-        raise SlipwayError(f"promotion failed, production is unchanged: {err}") from None
+        raise SlipwayError(f"promotion failed, {environment} is unchanged: {err}") from None
 
 
 def predict_hint(model: res.Model, deployment: res.Deployment) -> str:
@@ -195,11 +199,13 @@ def push_package(
     output: str = "table",
     model_name: str = "",
     metadata: dict | None = None,
+    environment: str = "",
 ) -> None:
-    """Push, print the IDs, and with `wait` follow the deployment until it serves."""
+    """Push, print the IDs, and with `wait` follow the deployment until it serves (and, promoted,
+    until it is the deployment of `environment`, production by default)."""
     say = functools.partial(click.echo, err=output == "json")  # keep stdout for the JSON
     click.echo(f"Pushing {model_name or read_model_name(directory) or directory} as {target} ...", err=True)
-    pushed = client.push(directory, target, deployment_name, request_id, model_name, metadata)
+    pushed = client.push(directory, target, deployment_name, request_id, model_name, metadata, environment)
     model, deployment = pushed.model, pushed.deployment
     say(f"Model {model.name} ({model.id}){' (created)' if pushed.model_created else ''}")
     say(f"Deployment {deployment.name} ({deployment.id})")
@@ -207,9 +213,9 @@ def push_package(
         click.echo(f"Warning: {warning}", err=True)
     if wait:
         if target == "production":
-            model = wait_for_promotion(client, deployment, timeout)
+            model = wait_for_promotion(client, deployment, timeout, environment or "production")
             deployment = client.get_deployment(deployment.id)
-            say(f"Deployment {deployment.name} is now production.")
+            say(f"Deployment {deployment.name} is now {environment or 'production'}.")
         else:
             deployment = client.wait_until_serving(deployment.id, timeout, on_update=progress_printer())
             asleep = deployment.state == res.DEPLOYMENT_STATE_SCALED_TO_ZERO

@@ -28,7 +28,7 @@ from slipway.packaging import read_model_name
 @click.option(
     "--environment",
     default="",
-    help="Push into this environment: only 'production' exists (the same as --promote).",
+    help="Promote the pushed deployment into this environment once active (production: the same as --promote).",
 )
 @click.option(
     "--preserve-previous-production-deployment",
@@ -69,14 +69,9 @@ def push(
 
     Without options this creates or updates the model's development deployment.
     """
-    if environment:
-        if promote:
-            raise click.UsageError("--promote and --environment are mutually exclusive")
-        if environment != "production":
-            raise click.UsageError(
-                f"environment {environment!r} does not exist: the only environment is 'production' (--promote)"
-            )
+    if environment:  # implies --promote (as truss push --environment does)
         promote = True
+        environment = "" if environment == "production" else environment
     if publish and promote:
         raise click.UsageError("--publish and --promote are mutually exclusive")
     if deployment_name and not (publish or promote):
@@ -90,7 +85,17 @@ def push(
         model_name = click.prompt("config.yaml sets no model_name; what's the name of your model?")
     client = connect()
     push_package(
-        client, directory, target, deployment_name, request_id, wait, timeout, output, model_name, _metadata(metadata)
+        client,
+        directory,
+        target,
+        deployment_name,
+        request_id,
+        wait,
+        timeout,
+        output,
+        model_name,
+        _metadata(metadata),
+        environment,
     )
     if watch_changes:
         from slipway.watch import watch_package

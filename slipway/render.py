@@ -99,12 +99,14 @@ USAGE_COLUMNS: Columns = [
     ("REPLICA-SECONDS", lambda u: f"{u.replica_seconds:.1f}"),
     ("STARTS", lambda u: u.replica_starts),
     ("DELETED", lambda u: yes(u.deployment_deleted)),
+    ("ENVIRONMENT", lambda u: u.environment or "-"),
 ]
 EVENT_COLUMNS: Columns = [
     ("SEQ", lambda e: e.sequence),
     ("TIME", lambda e: timestamp(e.create_time)),
     ("MODEL", lambda e: e.model_id),
     ("DEPLOYMENT", lambda e: e.deployment_id or "-"),
+    ("ENVIRONMENT", lambda e: e.environment or "-"),
     ("TYPE", lambda e: e.type),
     ("MESSAGE", lambda e: e.message),
 ]
@@ -160,6 +162,8 @@ def deployment_details(d: res.Deployment) -> str:
             ("Name", d.name),
             ("Kind", kind_name(d.kind)),
             ("Production", yes(d.is_production)),
+            ("Environment", d.environment),
+            ("Promoting into", d.promoting_environment),
             ("Active", yes(d.active)),
             ("State", state_name(d.state)),
             ("Status", d.status_message),

@@ -35,6 +35,7 @@ from slipway.auth import FailureGuard, FailureLimits
 from slipway.cli import cli
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import environment_service_pb2 as es
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import key_service_pb2 as ks
 from slipway.v1 import key_service_pb2_grpc as ks_grpc
@@ -53,6 +54,7 @@ CONTROLLER_SERVICES = (
     ds.DESCRIPTOR.services_by_name["DeploymentService"],
     ks.DESCRIPTOR.services_by_name["KeyService"],
     ss.DESCRIPTOR.services_by_name["SecretService"],
+    es.DESCRIPTOR.services_by_name["EnvironmentService"],
 )
 # The scope each controller method needs (what METHOD_SCOPES must say).
 NEEDED = {
@@ -61,6 +63,7 @@ NEEDED = {
     "/slipway.v1.DeploymentService/WakeDeployment": "inference",
     **{f"/slipway.v1.SecretService/{m.name}": "admin" for m in CONTROLLER_SERVICES[3].methods},
     **{f"/slipway.v1.KeyService/{m.name}": "admin" for m in CONTROLLER_SERVICES[2].methods},
+    **{f"/slipway.v1.EnvironmentService/{m.name}": "deploy" for m in CONTROLLER_SERVICES[4].methods},
 }
 STREAMING = {f"/{s.full_name}/{m.name}" for s in CONTROLLER_SERVICES for m in s.methods if m.server_streaming}
 GRANTS = {

@@ -22,12 +22,16 @@ from controller.server import Controller
 from slipway.packaging import archive_package
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import environment_service_pb2 as es
+from slipway.v1 import environment_service_pb2_grpc as es_grpc
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
 
 MODEL_NAMES = ("alpha", "beta")
 NAMES = ("blue", "green", "development", "bad name", "deployment-1")
+# Promotion targets: "" is production; "staging" exists only once created.
+ENVIRONMENTS = ("", "staging")
 
 
 class ControllerThread:
@@ -64,6 +68,13 @@ class RefModel:
     development: str = ""
     deleted: bool = False
     deployments: list[str] = field(default_factory=list)
+    # Named environments: name -> the deployment in it ("" for none).
+    environments: dict[str, str] = field(default_factory=dict)
+
+    def environment_of(self, deployment_id: str) -> str:
+        if deployment_id == self.production:
+            return "production"
+        return next((name for name, d in self.environments.items() if d == deployment_id), "")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +96,7 @@ def test_lifecycle_state_machine(running_controller, packages):
     channel = grpc.insecure_channel(running_controller.address)
     deployments = ds_grpc.DeploymentServiceStub(channel)
     models = ms_grpc.ModelServiceStub(channel)
+    environments = es_grpc.EnvironmentServiceStub(channel)
     # IDs are never reused: remember every ID this controller ever handed out, across examples.
     ids_ever_seen: set[str] = set()
 
@@ -123,13 +135,25 @@ def test_lifecycle_state_machine(running_controller, packages):
             self.created_in_example.append(d.id)
 
         def wait_promotion(self, model: RefModel) -> None:
+            """Until no environment of the model (production included) has a promotion in flight."""
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                current = models.GetModel(ms.GetModelRequest(model_id=model.id)).model
-                if not current.promoting_deployment_id:
+                listed = environments.ListEnvironments(es.ListEnvironmentsRequest(model_id=model.id)).environments
+                if not any(e.promoting_deployment_id for e in listed):
                     return
                 time.sleep(0.02)
             raise AssertionError(f"promotion on {model.id} did not finish")
+
+        def land(self, model: RefModel, deployment_id: str, environment: str) -> None:
+            """The reference's point_environment: the deployment takes `environment` ("" is
+            production) and leaves the named one it was in."""
+            for name, held in model.environments.items():
+                if held == deployment_id:
+                    model.environments[name] = ""
+            if environment:
+                model.environments[environment] = deployment_id
+            else:
+                model.production = deployment_id
 
         def pick(self, data, alive_only: bool = False) -> RefDeployment | None:
             candidates = [d for d in self.deployments.values() if not (alive_only and d.deleted)]
@@ -160,20 +184,28 @@ def test_lifecycle_state_machine(running_controller, packages):
                 self.wait_promotion(model)
                 model.production = response.deployment.id
 
-        @rule(data=st.data())
-        def promote(self, data) -> None:
+        @rule(data=st.data(), environment=st.sampled_from(ENVIRONMENTS))
+        def promote(self, data, environment: str) -> None:
             target = self.pick(data)
             if target is None:
                 return
             model = self.models[target.model]
 
             def call():
-                return deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=target.id))
+                return deployments.PromoteDeployment(
+                    ds.PromoteDeploymentRequest(deployment_id=target.id, environment=environment)
+                )
 
+            now_in = model.environment_of(target.id)
             if target.deleted:
                 self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
-            elif model.production == target.id:
-                self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_PRODUCTION")
+            elif environment and environment not in model.environments:
+                self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "ENVIRONMENT_NOT_FOUND")
+            elif now_in == (environment or "production"):
+                reason = "ALREADY_IN_ENVIRONMENT" if environment else "ALREADY_PRODUCTION"
+                self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, reason)
+            elif now_in == "production":
+                self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "PRODUCTION_DEPLOYMENT_NOT_MOVABLE")
             elif not target.active:
                 self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "DEPLOYMENT_INACTIVE")
             elif target.development:
@@ -186,11 +218,46 @@ def test_lifecycle_state_machine(running_controller, packages):
                 model.deployments.append(response.deployment.id)
                 self.created_in_example.append(response.deployment.id)
                 self.wait_promotion(model)
-                model.production = response.deployment.id
+                self.land(model, response.deployment.id, environment)
             else:
                 call()
                 self.wait_promotion(model)
-                model.production = target.id
+                self.land(model, target.id, environment)
+
+        @rule(model_name=st.sampled_from(MODEL_NAMES), name=st.sampled_from(("staging", "production")))
+        def create_environment(self, model_name: str, name: str) -> None:
+            model = self.live_model(model_name)
+            if model is None:
+                return
+
+            def call():
+                return environments.CreateEnvironment(
+                    es.CreateEnvironmentRequest(model_id=model.id, environment=es.ModelEnvironment(name=name))
+                )
+
+            if name == "production":
+                self.expect_refusal(call, grpc.StatusCode.INVALID_ARGUMENT, "RESERVED_ENVIRONMENT_NAME")
+            elif name in model.environments:
+                self.expect_refusal(call, grpc.StatusCode.ALREADY_EXISTS, "ENVIRONMENT_EXISTS")
+            else:
+                assert call().environment.deployment_id == ""
+                model.environments[name] = ""
+
+        @rule(model_name=st.sampled_from(MODEL_NAMES), name=st.sampled_from(("staging", "production")))
+        def delete_environment(self, model_name: str, name: str) -> None:
+            model = self.live_model(model_name)
+            if model is None:
+                return
+
+            def call():
+                return environments.DeleteEnvironment(es.DeleteEnvironmentRequest(model_id=model.id, name=name))
+
+            if name == "production":
+                self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "PRODUCTION_ENVIRONMENT_NOT_DELETABLE")
+            elif name not in model.environments:
+                self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "ENVIRONMENT_NOT_FOUND")
+            else:
+                assert call().environment.deployment_id == model.environments.pop(name)  # it stays published
 
         @rule(data=st.data(), activate=st.booleans())
         def set_activity(self, data, activate: bool) -> None:
@@ -226,6 +293,8 @@ def test_lifecycle_state_machine(running_controller, packages):
                 self.expect_refusal(call, grpc.StatusCode.NOT_FOUND, "DEPLOYMENT_DELETED")
             elif model.production == target.id:
                 self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "PRODUCTION_NOT_DELETABLE")
+            elif model.environment_of(target.id):
+                self.expect_refusal(call, grpc.StatusCode.FAILED_PRECONDITION, "DEPLOYMENT_IN_ENVIRONMENT")
             else:
                 call()
                 target.deleted = True
@@ -300,6 +369,7 @@ def test_lifecycle_state_machine(running_controller, packages):
                 assert not deployment.HasField("delete_time")
                 assert deployment.name == ref.name
                 assert deployment.active == ref.active
+                assert deployment.environment == self.models[ref.model].environment_of(ref.id)
                 if ref.development:
                     assert deployment.name == "development"
             for ref_model in self.models.values():
@@ -313,6 +383,11 @@ def test_lifecycle_state_machine(running_controller, packages):
                 assert model.development_deployment_id == ref_model.development
                 productions = [d for d in listed if d.model_id == model.id and d.is_production]
                 assert len(productions) == (1 if ref_model.production else 0)
+                held = environments.ListEnvironments(es.ListEnvironmentsRequest(model_id=model.id)).environments
+                assert {e.name: e.deployment_id for e in held} == {
+                    "production": ref_model.production,
+                    **ref_model.environments,
+                }
             for ref in self.deployments.values():
                 if ref.deleted:
                     with pytest.raises(grpc.RpcError) as caught:

@@ -17,8 +17,8 @@ from controller.domain import (
     Model,
     PromotionKind,
     State,
-    plan_promotion,
 )
+from controller.environments import PRODUCTION, Environment, plan_promotion
 from controller.errors import Aborted, FailedPrecondition, NotFound
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import resources_pb2 as r
@@ -27,6 +27,7 @@ from slipway.v1 import resources_pb2 as r
 pytestmark = pytest.mark.both_backends
 
 MODEL = Model("m1", "m", None, "d-dev", None, 1, 0.0, 0.0)
+PRODUCTION_ENVIRONMENT = Environment("m1", PRODUCTION, None, None, None, 0.0, 0.0)
 DEPLOYMENT = Deployment(
     id="d1",
     model_id="m1",
@@ -78,7 +79,10 @@ def published(**changes) -> Deployment:
         (published(state=State.BUILD_FAILED, failed_revision=1), FAILED),
         (published(state=State.FAILED), FAILED),
         (published(active=False, state=State.INACTIVE), ("DEPLOYMENT_INACTIVE", FailedPrecondition)),
-        (published(is_production=True, state=State.ACTIVE), ("ALREADY_PRODUCTION", FailedPrecondition)),
+        (
+            published(is_production=True, environment=PRODUCTION, state=State.ACTIVE),
+            ("ALREADY_PRODUCTION", FailedPrecondition),
+        ),
         (published(delete_time=1.0), ("DEPLOYMENT_DELETED", NotFound)),
     ],
     ids=lambda value: f"{value.kind}-{value.state}" if isinstance(value, Deployment) else None,
@@ -86,19 +90,19 @@ def published(**changes) -> Deployment:
 def test_plan_promotion(deployment: Deployment, expected):
     """Failed deployments are refused alike, whatever their kind."""
     if isinstance(expected, PromotionKind):
-        assert plan_promotion(MODEL, deployment) is expected
+        assert plan_promotion(MODEL, PRODUCTION_ENVIRONMENT, deployment) is expected
         return
     reason, kind = expected
     with pytest.raises(kind) as caught:
-        plan_promotion(MODEL, deployment)
+        plan_promotion(MODEL, PRODUCTION_ENVIRONMENT, deployment)
     assert caught.value.reason == reason
     assert caught.value.metadata["deployment_id"] == deployment.id
 
 
 def test_a_promotion_in_flight_is_refused_first():
-    busy = dataclasses.replace(MODEL, promoting_deployment_id="d9")
+    busy = dataclasses.replace(PRODUCTION_ENVIRONMENT, promoting_deployment_id="d9")
     with pytest.raises(Aborted) as caught:
-        plan_promotion(busy, development(state=State.DEPLOY_FAILED, failed_revision=1))
+        plan_promotion(MODEL, busy, development(state=State.DEPLOY_FAILED, failed_revision=1))
     assert caught.value.reason == "PROMOTION_IN_PROGRESS"
 
 

@@ -78,8 +78,9 @@ async def test_one_promotion_in_flight_across_two_stores(stores, tmp_path):
         assert model is not None and model.promoting_deployment_id == ok[0].deployment.id
         # Deactivating the winner cancels its promotion; it sits out the next rounds.
         await both[round_ % 2].deactivate(ok[0].deployment.id, "")
-        candidates.remove(ok[0].deployment)
-        candidates.insert(0, ok[0].deployment)
+        winner = next(c for c in candidates if c.id == ok[0].deployment.id)  # not equal: it was promoting then
+        candidates.remove(winner)
+        candidates.insert(0, winner)
 
 
 async def test_names_stay_unique_per_model_across_two_stores(stores, tmp_path):

@@ -95,9 +95,11 @@ async def test_a_package_without_model_name_is_pushed_with_model_name(platform: 
 
 async def test_push_flags_are_checked_as_truss_push_checks_them(platform: Platform):
     package = str(platform.package("no-model-name"))
+    # An environment the model does not have is the controller's refusal (and creates nothing).
+    result = await asyncio.to_thread(platform.cli, "push", package, "--model-name", "flags", "--environment", "staging")
+    assert result.exit_code == 1 and "ENVIRONMENT_NOT_FOUND" in result.stderr, result.output
     for args, expected in [
-        (["--environment", "staging"], "environment 'staging' does not exist"),
-        (["--environment", "production", "--promote"], "mutually exclusive"),
+        (["--environment", "staging", "--publish"], "mutually exclusive"),  # --environment promotes
         (["--preserve-previous-production-deployment"], "needs --promote"),
         (["--metadata", "[1, 2]"], "must be a JSON object"),
         (["--metadata", "{nope"], "not valid JSON"),

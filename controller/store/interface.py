@@ -8,7 +8,8 @@ import contextlib
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from controller.domain import Deployment, Model
+from controller.domain import AutoscalingSettings, Deployment, Model
+from controller.environments import Environment
 from controller.store.rows import ApiKeyRow, Change, Page, ReplicaRow, RouteSnapshot, SecretRow
 
 
@@ -29,6 +30,11 @@ class Reads(Protocol):
     async def count_live_api_keys(self) -> int: ...
     async def deployment_names(self, model_id: str) -> set[str]: ...
     async def model_deployments(self, model_id: str) -> list[Deployment]: ...
+    async def get_environment(self, model_id: str, name: str) -> Environment | None:
+        """A live environment of the model (production always, until the model is deleted)."""
+
+    async def model_environments(self, model_id: str) -> list[Environment]:
+        """The model's live environments, production first (in creation order)."""
 
 
 class WriteTx(Reads, Protocol):
@@ -46,7 +52,15 @@ class WriteTx(Reads, Protocol):
     async def update_model(self, model_id: str, now: float, **values: Any) -> None: ...
     async def insert_deployment(self, deployment: Deployment) -> None: ...
     async def update_deployment(self, deployment_id: str, **values: Any) -> None: ...
-    async def add_event(self, now: float, model_id: str, deployment_id: str, type_: str, message: str) -> None: ...
+    async def add_event(
+        self, now: float, model_id: str, deployment_id: str, type_: str, message: str, environment: str = ""
+    ) -> None: ...
+    async def insert_environment(
+        self, model_id: str, name: str, autoscaling: AutoscalingSettings | None, now: float
+    ) -> None: ...
+    async def update_environment(self, model_id: str, name: str, now: float, **values: Any) -> None:
+        """`deployment_id`, `promoting_deployment_id`, `autoscaling` or `delete_time` of a live environment."""
+
     async def claim_request(
         self, request_id: str, method: str, fingerprint: str, now: float
     ) -> tuple[str, str, str] | None:
@@ -92,6 +106,10 @@ class Store(Reads, Protocol):
 
     async def list_models(self, page_size: int, page_token: str) -> Page: ...
     async def list_deployments(self, model_id: str, show_deleted: bool, page_size: int, page_token: str) -> Page: ...
+    async def list_environments(self, model_id: str, page_size: int, page_token: str) -> Page: ...
+    async def environments_of(self, model_ids: Iterable[str]) -> list[Environment]:
+        """The live environments of these models."""
+
     async def deployments_to_reconcile(self) -> list[Deployment]:
         """Deployments that should run, or still have replicas that must be stopped."""
 
@@ -116,5 +134,11 @@ class Store(Reads, Protocol):
 
     async def list_usage(self, model_id: str, page_size: int, page_token: str, now: float) -> Page: ...
     async def list_events(
-        self, model_id: str, deployment_id: str, page_size: int, page_token: str, newest_first: bool = False
+        self,
+        model_id: str,
+        deployment_id: str,
+        page_size: int,
+        page_token: str,
+        newest_first: bool = False,
+        environment: str = "",
     ) -> Page: ...

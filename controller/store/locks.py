@@ -9,6 +9,8 @@ What each rule of the store needs, and what guards it on PostgreSQL:
   names a model or one of its deployments first takes that model's lock (`pg_advisory_xact_lock`
   on a key derived from the model's name, which never changes), so the read-check-write of
   one model's rules runs as if alone. Different models' writes overlap.
+- environments (which deployment each routes to, its promotion in flight, its settings) are a
+  model's rows like its deployments: read and written under that model's lock.
 - one live model per name (a push creating it): the same lock, taken by the name before the
   model is looked up; the unique index `models_live_name` backs it.
 - a `request_id` applied once, across controllers: the transaction claims it first, by

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from controller.domain import AutoscalingSettings, Deployment, Kind, Model, State
+from controller.environments import PRODUCTION, Environment
 from controller.store import changes
 from controller.store.backend import Backend, Executor, Row
 from controller.store.lease import LeaseQueries
@@ -35,16 +36,25 @@ DEPLOYMENT_COLUMNS = """
     d.pk, d.id, d.model_id, d.name, d.kind, d.active, d.autoscaling, d.package_digest, d.revision,
     d.state, d.status_message, d.desired_replicas, d.ready_replicas, d.source_deployment_id,
     d.failed_revision, d.create_time, d.update_time, d.delete_time,
-    (m.production_deployment_id IS NOT NULL AND m.production_deployment_id = d.id) AS is_production,
-    d.patched_digest, d.reload_error
+    (SELECT e.name FROM environments e WHERE e.deployment_id = d.id AND e.delete_time IS NULL) AS environment,
+    d.patched_digest, d.reload_error,
+    (SELECT e.name FROM environments e WHERE e.promoting_deployment_id = d.id AND e.delete_time IS NULL)
 """
-DEPLOYMENT_SELECT = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments d JOIN models m ON m.id = d.model_id"
-MODEL_SELECT = """
-    SELECT m.pk, m.id, m.name, m.production_deployment_id, m.development_deployment_id,
-           m.promoting_deployment_id, m.next_deployment_number, m.create_time, m.update_time,
-           m.delete_time,
+DEPLOYMENT_SELECT = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments d"
+_PRODUCTION = (
+    "SELECT e.{} FROM environments e WHERE e.model_id = m.id AND e.name = 'production' AND e.delete_time IS NULL"
+)
+MODEL_SELECT = f"""
+    SELECT m.pk, m.id, m.name, ({_PRODUCTION.format("deployment_id")}), m.development_deployment_id,
+           ({_PRODUCTION.format("promoting_deployment_id")}), m.next_deployment_number, m.create_time,
+           m.update_time, m.delete_time,
            (SELECT COUNT(*) FROM deployments d WHERE d.model_id = m.id AND d.delete_time IS NULL)
     FROM models m
+"""
+ENVIRONMENT_SELECT = """
+    SELECT pk, model_id, name, deployment_id, promoting_deployment_id, autoscaling, create_time, update_time,
+           delete_time
+    FROM environments
 """
 
 
@@ -92,15 +102,35 @@ def _deployment(row: Row) -> Deployment:
         create_time=row[15],
         update_time=row[16],
         delete_time=row[17],
-        is_production=bool(row[18]),
+        is_production=row[18] == PRODUCTION,
+        environment=row[18],
         patched_digest=row[19],
         reload_error=row[20],
+        promoting_environment=row[21],
     )
+
+
+def _environment(row: Row) -> Environment:
+    return Environment(
+        model_id=row[1],
+        name=row[2],
+        deployment_id=row[3],
+        promoting_deployment_id=row[4],
+        autoscaling=AutoscalingSettings(**json.loads(row[5])) if row[5] else None,
+        create_time=row[6],
+        update_time=row[7],
+        delete_time=row[8],
+    )
+
+
+def _settings_json(settings: AutoscalingSettings | None) -> str | None:
+    return json.dumps(asdict(settings), sort_keys=True) if settings is not None else None
 
 
 def _deployment_values(deployment: Deployment) -> dict[str, Any]:
     values = asdict(deployment)
-    values.pop("is_production")
+    for computed in ("is_production", "environment", "promoting_environment"):
+        values.pop(computed)
     values["autoscaling"] = json.dumps(values["autoscaling"], sort_keys=True)
     values["kind"] = deployment.kind.value
     values["state"] = deployment.state.value
@@ -181,6 +211,18 @@ class Reads:
         )
         return [_deployment(r) for r in rows]
 
+    async def get_environment(self, model_id: str, name: str) -> Environment | None:
+        row = await self._one(
+            f"{ENVIRONMENT_SELECT} WHERE model_id = ? AND name = ? AND delete_time IS NULL", (model_id, name)
+        )
+        return _environment(row) if row else None
+
+    async def model_environments(self, model_id: str) -> list[Environment]:
+        rows = await self._all(
+            f"{ENVIRONMENT_SELECT} WHERE model_id = ? AND delete_time IS NULL ORDER BY pk", (model_id,)
+        )
+        return [_environment(r) for r in rows]
+
 
 class SqlStore(Reads):
     def __init__(self, backend: Backend) -> None:
@@ -257,6 +299,27 @@ class SqlStore(Reads):
         rows = await self._all(sql, (*params, page_size + 1))
         return _page(rows, page_size, _deployment, query)
 
+    async def list_environments(self, model_id: str, page_size: int, page_token: str) -> Page:
+        query = json.dumps(["environments", model_id])
+        after = decode_page_token(page_token, query)
+        rows = await self._all(
+            f"{ENVIRONMENT_SELECT} WHERE model_id = ? AND delete_time IS NULL AND pk > ? ORDER BY pk LIMIT ?",
+            (model_id, after, page_size + 1),
+        )
+        return _page(rows, page_size, _environment, query)
+
+    async def environments_of(self, model_ids: Iterable[str]) -> list[Environment]:
+        """The live environments of these models (the route table's)."""
+        ids, found = list(model_ids), []
+        for start in range(0, len(ids), 500):  # stay well under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self._all(
+                f"{ENVIRONMENT_SELECT} WHERE delete_time IS NULL AND model_id IN ({marks}) ORDER BY pk", chunk
+            )
+            found += [_environment(row) for row in rows]
+        return found
+
     async def deployments_to_reconcile(self) -> list[Deployment]:
         """Deployments that should run, or still have replicas that must be stopped."""
         # A union of two index scans (the partial index deployments_to_reconcile, whose
@@ -278,11 +341,13 @@ class SqlStore(Reads):
         deployments = await self._all(f"{DEPLOYMENT_SELECT} WHERE d.delete_time IS NULL ORDER BY d.pk")
         deleted_models = await self._all("SELECT id FROM models WHERE delete_time IS NOT NULL")
         deleted_deployments = await self._all("SELECT id FROM deployments WHERE delete_time IS NOT NULL")
+        environments = await self._all(f"{ENVIRONMENT_SELECT} WHERE delete_time IS NULL ORDER BY pk")
         return RouteSnapshot(
             [_model(m) for m in models],
             [_deployment(d) for d in deployments],
             [m[0] for m in deleted_models],
             [d[0] for d in deleted_deployments],
+            [_environment(e) for e in environments],
         )
 
     async def list_api_keys(self, show_revoked: bool, page_size: int, page_token: str) -> Page:
@@ -347,12 +412,15 @@ class SqlStore(Reads):
         rows = await self._all(
             f"""SELECT d.pk, d.model_id, d.id, d.name,
                        COALESCE(SUM(COALESCE(r.stop_time, ?) - r.start_time), 0.0),
-                       COUNT(r.id), d.delete_time IS NOT NULL
+                       COUNT(r.id), d.delete_time IS NOT NULL,
+                       (SELECT e.name FROM environments e WHERE e.deployment_id = d.id AND e.delete_time IS NULL)
                 FROM deployments d LEFT JOIN replicas r ON r.deployment_id = d.id
-                WHERE {where} GROUP BY d.pk ORDER BY d.pk LIMIT ?""",
+                WHERE {where} GROUP BY d.pk, d.model_id, d.id, d.name, d.delete_time ORDER BY d.pk LIMIT ?""",
             (*params, page_size + 1),
         )
-        return _page(rows, page_size, lambda r: UsageRow(r[1], r[2], r[3], float(r[4]), r[5], bool(r[6])), query)
+        return _page(
+            rows, page_size, lambda r: UsageRow(r[1], r[2], r[3], float(r[4]), r[5], bool(r[6]), r[7] or ""), query
+        )
 
     async def replica_intervals(
         self, deployment_ids: list[str], since: float
@@ -372,10 +440,20 @@ class SqlStore(Reads):
         return intervals
 
     async def list_events(
-        self, model_id: str, deployment_id: str, page_size: int, page_token: str, newest_first: bool = False
+        self,
+        model_id: str,
+        deployment_id: str,
+        page_size: int,
+        page_token: str,
+        newest_first: bool = False,
+        environment: str = "",
     ) -> Page:
         """Events in `seq` order, oldest first unless `newest_first`; the token carries the direction."""
-        query = json.dumps(["events", model_id, deployment_id] + (["newest"] if newest_first else []))
+        query = json.dumps(
+            ["events", model_id, deployment_id]
+            + (["newest"] if newest_first else [])
+            + ([environment] if environment else [])
+        )
         after = decode_page_token(page_token, query)
         where: list[str] = []
         params: list[Any] = []
@@ -391,8 +469,11 @@ class SqlStore(Reads):
         if deployment_id:
             where.append("deployment_id = ?")
             params.append(deployment_id)
+        if environment:
+            where.append("environment = ?")
+            params.append(environment)
         rows = await self._all(
-            f"SELECT seq, create_time, model_id, deployment_id, type, message FROM events "
+            f"SELECT seq, create_time, model_id, deployment_id, type, message, environment FROM events "
             f"WHERE {' AND '.join(where) or 'TRUE'} ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ?",
             (*params, page_size + 1),
         )
@@ -441,6 +522,14 @@ class SqlWriteTx(LeaseQueries, Reads):
                 await locks.model(name)  # it committed meanwhile: locked now, so read again
                 deployment = await super().get_deployment(deployment_id)
         return deployment
+
+    async def get_environment(self, model_id: str, name: str) -> Environment | None:
+        await self.locks.model_by_id(model_id)
+        return await super().get_environment(model_id, name)
+
+    async def model_environments(self, model_id: str) -> list[Environment]:
+        await self.locks.model_by_id(model_id)
+        return await super().model_environments(model_id)
 
     async def deployment_names(self, model_id: str) -> set[str]:
         await self.locks.model_by_id(model_id)
@@ -497,6 +586,7 @@ class SqlWriteTx(LeaseQueries, Reads):
             "INSERT INTO models (id, name, create_time, update_time) VALUES (?, ?, ?, ?)",
             (model_id, name, now, now),
         )
+        await self.insert_environment(model_id, PRODUCTION, None, now)
         self.touched_models.add(model_id)
         model = await self.get_model(model_id)
         assert model is not None
@@ -509,8 +599,7 @@ class SqlWriteTx(LeaseQueries, Reads):
             f"UPDATE models SET {assignments}, update_time = ? WHERE id = ?", (*values.values(), now, model_id)
         )
         self.touched_models.add(model_id)
-        if "production_deployment_id" in values or "delete_time" in values:
-            # Production-ness is shown on deployments, so their watchers hear of it.
+        if "delete_time" in values:
             rows = await self._all("SELECT id FROM deployments WHERE model_id = ?", (model_id,))
             self.touched.update(r[0] for r in rows)
 
@@ -536,11 +625,45 @@ class SqlWriteTx(LeaseQueries, Reads):
         await self._exec(f"UPDATE deployments SET {assignments} WHERE id = ?", (*values.values(), deployment_id))
         self.touched.add(deployment_id)
 
-    async def add_event(self, now: float, model_id: str, deployment_id: str, type_: str, message: str) -> None:
+    async def insert_environment(
+        self, model_id: str, name: str, autoscaling: AutoscalingSettings | None, now: float
+    ) -> None:
+        await self.locks.model_by_id(model_id)
+        await self._exec(
+            "INSERT INTO environments (model_id, name, autoscaling, create_time, update_time) VALUES (?, ?, ?, ?, ?)",
+            (model_id, name, _settings_json(autoscaling), now, now),
+        )
+        self.touched_models.add(model_id)
+
+    async def update_environment(self, model_id: str, name: str, now: float, **values: Any) -> None:
+        """Sets `deployment_id`, `promoting_deployment_id`, `autoscaling` or `delete_time` of the
+        live environment; the deployments it leaves or takes hear of it (their environment shows)."""
+        current = await self.get_environment(model_id, name)
+        assert current is not None, f"no environment {name} of model {model_id}"
+        if "autoscaling" in values:
+            values["autoscaling"] = _settings_json(values["autoscaling"])
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        await self._exec(
+            f"UPDATE environments SET {assignments}, update_time = ? "
+            "WHERE model_id = ? AND name = ? AND delete_time IS NULL",
+            (*values.values(), now, model_id, name),
+        )
+        self.touched_models.add(model_id)
+        for key in ("deployment_id", "promoting_deployment_id"):
+            for deployment_id in (getattr(current, key), values.get(key)):
+                if deployment_id:
+                    self.touched.add(deployment_id)
+        if "delete_time" in values:
+            self.touched.update(d for d in (current.deployment_id, current.promoting_deployment_id) if d)
+
+    async def add_event(
+        self, now: float, model_id: str, deployment_id: str, type_: str, message: str, environment: str = ""
+    ) -> None:
         await self.locks.model_by_id(model_id)  # a model's events are numbered in commit order
         await self._exec(
-            "INSERT INTO events (create_time, model_id, deployment_id, type, message) VALUES (?, ?, ?, ?, ?)",
-            (now, model_id, deployment_id, type_, message),
+            "INSERT INTO events (create_time, model_id, deployment_id, type, message, environment) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (now, model_id, deployment_id, type_, message, environment),
         )
 
     async def claim_request(

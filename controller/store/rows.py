@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.domain import Deployment, Model
+from controller.environments import Environment
 from controller.errors import InvalidArgument
 
 
@@ -67,6 +68,7 @@ class RouteSnapshot:
     deployments: list[Deployment]
     deleted_model_ids: list[str]
     deleted_deployment_ids: list[str]
+    environments: list[Environment] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class UsageRow:
     replica_seconds: float
     replica_starts: int
     deployment_deleted: bool
+    # The environment the deployment is in now ("" for none).
+    environment: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,3 +124,4 @@ class EventRow:
     deployment_id: str
     type: str
     message: str
+    environment: str = ""

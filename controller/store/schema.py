@@ -133,9 +133,40 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO leader_lease (id, holder, token, expire_time) VALUES (1, '', 0, 0)
     """,
-    # The deployments a reconcile pass looks at (after every commit), found without reading
+    # 7: environments (controller/environments.py): production, which every model has, and named
+    # ones; each routes to at most one deployment and has at most one promotion in flight. The
+    # production deployment and promotion move here from the models table (one record for every
+    # environment); autoscaling NULL means the operator's defaults. A deployment is in at most one
+    # environment (the partial unique index). Events say which environment they concern.
+    """
+    CREATE TABLE environments (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        model_id TEXT NOT NULL REFERENCES models(id),
+        name TEXT NOT NULL,
+        deployment_id TEXT REFERENCES deployments(id),
+        promoting_deployment_id TEXT REFERENCES deployments(id),
+        autoscaling TEXT,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL,
+        delete_time REAL
+    );
+    CREATE UNIQUE INDEX environments_live_name ON environments(model_id, name) WHERE delete_time IS NULL;
+    CREATE UNIQUE INDEX environments_live_deployment ON environments(deployment_id)
+        WHERE delete_time IS NULL AND deployment_id IS NOT NULL;
+    CREATE INDEX environments_promoting ON environments(promoting_deployment_id)
+        WHERE delete_time IS NULL AND promoting_deployment_id IS NOT NULL;
+    INSERT INTO environments (model_id, name, deployment_id, promoting_deployment_id, autoscaling,
+                              create_time, update_time)
+        SELECT m.id, 'production', m.production_deployment_id, m.promoting_deployment_id,
+               (SELECT d.autoscaling FROM deployments d WHERE d.id = m.production_deployment_id),
+               m.create_time, m.update_time
+        FROM models m ORDER BY m.pk;
+    ALTER TABLE models DROP COLUMN production_deployment_id;
+    ALTER TABLE models DROP COLUMN promoting_deployment_id;
+    ALTER TABLE events ADD COLUMN environment TEXT NOT NULL DEFAULT ''
+    """,
+    # 8: the deployments a reconcile pass looks at (after every commit), found without reading
     # every deployment: SqlStore.deployments_to_reconcile's predicate, word for word.
-    # (Number 10 once the migrations numbered 7-9 on other branches are merged before it.)
     """
     CREATE INDEX deployments_to_reconcile ON deployments(pk)
         WHERE (delete_time IS NULL AND active = 1) OR state NOT IN ('INACTIVE', 'DEPLOY_FAILED', 'BUILD_FAILED')

@@ -44,7 +44,7 @@ PATCH_RESULT_FAILED: PatchResult
 PATCH_RESULT_STORED: PatchResult
 
 class CreateDeploymentRequest(_message.Message):
-    __slots__ = ("package_archive", "package_sha256", "target", "deployment_name", "request_id", "model_name", "metadata")
+    __slots__ = ("package_archive", "package_sha256", "target", "deployment_name", "request_id", "model_name", "metadata", "environment")
     PACKAGE_ARCHIVE_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class CreateDeploymentRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     package_archive: bytes
     package_sha256: str
     target: PushTarget
@@ -59,7 +60,8 @@ class CreateDeploymentRequest(_message.Message):
     request_id: str
     model_name: str
     metadata: _struct_pb2.Struct
-    def __init__(self, package_archive: _Optional[bytes] = ..., package_sha256: _Optional[str] = ..., target: _Optional[_Union[PushTarget, str]] = ..., deployment_name: _Optional[str] = ..., request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    environment: str
+    def __init__(self, package_archive: _Optional[bytes] = ..., package_sha256: _Optional[str] = ..., target: _Optional[_Union[PushTarget, str]] = ..., deployment_name: _Optional[str] = ..., request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class CreateDeploymentResponse(_message.Message):
     __slots__ = ("model", "deployment", "model_created", "warnings")
@@ -164,12 +166,14 @@ class DeactivateDeploymentResponse(_message.Message):
     def __init__(self, deployment: _Optional[_Union[_resources_pb2.Deployment, _Mapping]] = ...) -> None: ...
 
 class PromoteDeploymentRequest(_message.Message):
-    __slots__ = ("deployment_id", "request_id")
+    __slots__ = ("deployment_id", "request_id", "environment")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     request_id: str
-    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    environment: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class PromoteDeploymentResponse(_message.Message):
     __slots__ = ("deployment", "completed")
@@ -230,18 +234,20 @@ class ListUsageRecordsResponse(_message.Message):
     def __init__(self, usage_records: _Optional[_Iterable[_Union[_resources_pb2.UsageRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
-    __slots__ = ("model_id", "deployment_id", "page_size", "page_token", "order")
+    __slots__ = ("model_id", "deployment_id", "page_size", "page_token", "order", "environment")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ORDER_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     deployment_id: str
     page_size: int
     page_token: str
     order: EventOrder
-    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[EventOrder, str]] = ...) -> None: ...
+    environment: str
+    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[EventOrder, str]] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class ListEventsResponse(_message.Message):
     __slots__ = ("events", "next_page_token")

@@ -102,7 +102,7 @@ class AutoscalingSettings(_message.Message):
     def __init__(self, min_replica: _Optional[int] = ..., max_replica: _Optional[int] = ..., autoscaling_window: _Optional[int] = ..., scale_down_delay: _Optional[int] = ..., concurrency_target: _Optional[int] = ..., target_utilization_percentage: _Optional[int] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("id", "model_id", "name", "kind", "is_production", "active", "state", "status_message", "autoscaling_settings", "package_digest", "desired_replicas", "ready_replicas", "create_time", "update_time", "delete_time", "source_deployment_id", "revision", "replicas")
+    __slots__ = ("id", "model_id", "name", "kind", "is_production", "active", "state", "status_message", "autoscaling_settings", "package_digest", "desired_replicas", "ready_replicas", "create_time", "update_time", "delete_time", "source_deployment_id", "revision", "replicas", "environment", "promoting_environment")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +121,8 @@ class Deployment(_message.Message):
     SOURCE_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    PROMOTING_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     model_id: str
     name: str
@@ -139,7 +141,9 @@ class Deployment(_message.Message):
     source_deployment_id: str
     revision: int
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
-    def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DeploymentKind, str]] = ..., is_production: _Optional[bool] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., status_message: _Optional[str] = ..., autoscaling_settings: _Optional[_Union[AutoscalingSettings, _Mapping]] = ..., package_digest: _Optional[str] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_deployment_id: _Optional[str] = ..., revision: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+    environment: str
+    promoting_environment: str
+    def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DeploymentKind, str]] = ..., is_production: _Optional[bool] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., status_message: _Optional[str] = ..., autoscaling_settings: _Optional[_Union[AutoscalingSettings, _Mapping]] = ..., package_digest: _Optional[str] = ..., desired_replicas: _Optional[int] = ..., ready_replicas: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_deployment_id: _Optional[str] = ..., revision: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., environment: _Optional[str] = ..., promoting_environment: _Optional[str] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("id", "address", "state", "pid", "start_time", "revision")
@@ -158,7 +162,7 @@ class Replica(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[_Union[ReplicaState, str]] = ..., pid: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class UsageRecord(_message.Message):
-    __slots__ = ("model_id", "deployment_id", "deployment_name", "replica_seconds", "replica_starts", "deployment_deleted", "days")
+    __slots__ = ("model_id", "deployment_id", "deployment_name", "replica_seconds", "replica_starts", "deployment_deleted", "days", "environment")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +170,7 @@ class UsageRecord(_message.Message):
     REPLICA_STARTS_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_DELETED_FIELD_NUMBER: _ClassVar[int]
     DAYS_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     deployment_id: str
     deployment_name: str
@@ -173,7 +178,8 @@ class UsageRecord(_message.Message):
     replica_starts: int
     deployment_deleted: bool
     days: _containers.RepeatedCompositeFieldContainer[DailyUsage]
-    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., deployment_name: _Optional[str] = ..., replica_seconds: _Optional[float] = ..., replica_starts: _Optional[int] = ..., deployment_deleted: _Optional[bool] = ..., days: _Optional[_Iterable[_Union[DailyUsage, _Mapping]]] = ...) -> None: ...
+    environment: str
+    def __init__(self, model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., deployment_name: _Optional[str] = ..., replica_seconds: _Optional[float] = ..., replica_starts: _Optional[int] = ..., deployment_deleted: _Optional[bool] = ..., days: _Optional[_Iterable[_Union[DailyUsage, _Mapping]]] = ..., environment: _Optional[str] = ...) -> None: ...
 
 class DailyUsage(_message.Message):
     __slots__ = ("date", "replica_seconds", "replica_starts")
@@ -186,17 +192,19 @@ class DailyUsage(_message.Message):
     def __init__(self, date: _Optional[str] = ..., replica_seconds: _Optional[float] = ..., replica_starts: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("sequence", "create_time", "model_id", "deployment_id", "type", "message")
+    __slots__ = ("sequence", "create_time", "model_id", "deployment_id", "type", "message", "environment")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     create_time: _timestamp_pb2.Timestamp
     model_id: str
     deployment_id: str
     type: str
     message: str
-    def __init__(self, sequence: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    environment: str
+    def __init__(self, sequence: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ..., environment: _Optional[str] = ...) -> None: ...
