@@ -3,6 +3,8 @@ controller's internal token) and WebhookSecretService (public, deploy scope)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from controller.async_queue import AsyncQueue
 from controller.convert import timestamp
 from controller.status import map_domain_errors
@@ -16,9 +18,14 @@ ROUTE_FROM_PROTO = {
     asv.ASYNC_ROUTE_DEPLOYMENT: "deployment",
 }
 ROUTE_TO_PROTO = {name: value for value, name in ROUTE_FROM_PROTO.items()}
-STATUS_TO_PROTO = {name.removeprefix("ASYNC_REQUEST_STATUS_"): value for name, value in asv.AsyncRequestStatus.items()}
+STATUS_TO_PROTO: dict[str, asv.AsyncRequestStatus] = {
+    name.removeprefix("ASYNC_REQUEST_STATUS_"): cast(asv.AsyncRequestStatus, value)
+    for name, value in asv.AsyncRequestStatus.items()
+}
 STATUS_FROM_PROTO = {value: name for name, value in STATUS_TO_PROTO.items() if value}
-WEBHOOK_TO_PROTO = {name.removeprefix("WEBHOOK_STATUS_"): value for name, value in asv.WebhookStatus.items()}
+WEBHOOK_TO_PROTO: dict[str, asv.WebhookStatus] = {
+    name.removeprefix("WEBHOOK_STATUS_"): cast(asv.WebhookStatus, value) for name, value in asv.WebhookStatus.items()
+}
 
 
 def to_proto(row: AsyncRequestRow) -> asv.AsyncRequest:

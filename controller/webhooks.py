@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -53,7 +54,7 @@ class _PinnedResolver(AbstractResolver):
         self._addresses = addresses
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
-        return [dict(a, hostname=host, port=port) for a in self._addresses]  # type: ignore[typeddict-item]
+        return [dict(a, hostname=host, port=port) for a in self._addresses]
 
     async def close(self) -> None:
         pass
@@ -160,9 +161,9 @@ class WebhookDeliverer:
         for row in due:
             task = asyncio.create_task(self._deliver(row))
             self._sending[row.id] = task
-            task.add_done_callback(lambda _t, request_id=row.id: self._done(request_id))
+            task.add_done_callback(functools.partial(self._done, row.id))
 
-    def _done(self, request_id: str) -> None:
+    def _done(self, request_id: str, _task: asyncio.Task) -> None:
         self._sending.pop(request_id, None)
         self._poke.set()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aiohttp import web
@@ -143,7 +143,7 @@ class AsyncRequests:
         return response.request
 
     async def list(
-        self, model_ref: str, status: int, page_size: int, page_token: str
+        self, model_ref: str, status: asv.AsyncRequestStatus, page_size: int, page_token: str
     ) -> asv.ListModelAsyncRequestsResponse:
         if not self.follower.synced.is_set():
             raise GatewayError(grpc.StatusCode.UNAVAILABLE, "ROUTES_UNAVAILABLE", "the gateway has no route table yet")
@@ -200,7 +200,7 @@ def add_http_routes(
     async def list_requests(request: web.Request) -> web.Response:
         query = request.query
         try:
-            status = 0
+            status: asv.AsyncRequestStatus = asv.ASYNC_REQUEST_STATUS_UNSPECIFIED
             if query.get("status"):
                 name = f"ASYNC_REQUEST_STATUS_{query['status'].upper()}"
                 if name not in asv.AsyncRequestStatus.keys():
@@ -208,7 +208,7 @@ def add_http_routes(
                         "INVALID_STATUS",
                         "status must be one of QUEUED, IN_PROGRESS, SUCCEEDED, FAILED, EXPIRED, CANCELED",
                     )
-                status = asv.AsyncRequestStatus.Value(name)
+                status = cast(asv.AsyncRequestStatus, asv.AsyncRequestStatus.Value(name))
             try:
                 page_size = int(query.get("page_size", "0"))
             except ValueError:
@@ -261,7 +261,11 @@ class AsyncGrpcApi:
 
     async def async_predict(self, request: inf.AsyncPredictRequest, context) -> inf.AsyncPredictResponse:
         target = request.target
-        environment = DEVELOPMENT if target.environment == inf.ENVIRONMENT_DEVELOPMENT else PRODUCTION
+        # A named environment (Target.environment_name, on main since the route contract) is
+        # resolved like the two built-in ones; read by name so this works before and after that merge.
+        environment = getattr(target, "environment_name", "") or (
+            DEVELOPMENT if target.environment == inf.ENVIRONMENT_DEVELOPMENT else PRODUCTION
+        )
         try:
             accepted = await self.requests.enqueue(
                 target.model_id,

@@ -70,7 +70,9 @@ async def test_sigkill_of_controller_and_replica_loses_no_async_request(data_dir
             ids = []
             for index in range(COUNT):
                 body = {"model_input": {"id": f"r{index}", "log": str(log), "sleep": 0.6}}
-                async with session.post(f"{http}/model/{deployment.model_id}/development/async_predict", json=body) as a:
+                async with session.post(
+                    f"{http}/model/{deployment.model_id}/development/async_predict", json=body
+                ) as a:
                     assert a.status == 202, await a.text()
                     ids.append((await a.json())["request_id"])
 

@@ -126,7 +126,8 @@ class AsyncRequestQueries:
         """Newest first; `status` "" for all."""
         query = json.dumps(["async_requests", model_id, status])
         before = decode_page_token(page_token, query)
-        where, params = ["model_id = ?"], [model_id]
+        where: list[str] = ["model_id = ?"]
+        params: list[Any] = [model_id]
         if before:
             where.append("pk < ?")
             params.append(before)
