@@ -355,3 +355,41 @@ def _authorize(stub, metadata) -> None:
 
 
 __all__ = ["Platform", "Receiver", "WORKER_MODEL", "asyncio"]
+
+
+async def test_cli_predict_async_wait_and_requests_commands(platform: Platform):
+    from click.testing import CliRunner
+
+    from slipway.cli import cli
+
+    await platform.deploy()
+    base = [
+        "--controller",
+        platform.controller.address,
+        "--gateway",
+        f"127.0.0.1:{platform.gateway.grpc_port}",
+        "--data-dir",
+        str(platform.tmp / "nokey"),
+    ]
+
+    async def run(*args: str):
+        return await asyncio.to_thread(CliRunner().invoke, cli, [*base, *args])
+
+    waited = await run("predict", "--async", "worker", "--deployment", "development", '{"id": "cli"}', "--wait")
+    assert waited.exit_code == 0, waited.output
+    shown = json.loads(waited.stdout)
+    assert shown["status"] == "SUCCEEDED" and shown["output"] == {"echo": "cli", "attempt": "1"}
+    queued = await run("predict", "--async", "worker", "--deployment", "development", '{"id": "q"}', "--priority", "2")
+    assert queued.exit_code == 0, queued.output
+    request_id = queued.stdout.strip()
+    got = await run("requests", "get", request_id, "--wait")
+    assert got.exit_code == 0 and json.loads(got.stdout)["request_id"] == request_id, got.output
+    listed = await run("requests", "list", "--model", "worker", "-o", "json")
+    assert [row["request_id"] for row in json.loads(listed.stdout)][0] == request_id
+    assert request_id in (await run("requests", "list", "--model", "worker")).stdout
+    cancelled = await run("requests", "cancel", request_id)
+    assert cancelled.exit_code == 1 and "ASYNC_REQUEST_NOT_QUEUED" in cancelled.output, cancelled.output
+    secret = await run("requests", "webhook-secret", "--model", "worker")
+    assert secret.exit_code == 0 and secret.stdout.startswith("whsec_"), secret.output
+    misuse = await run("predict", "worker", "{}", "--webhook", "https://example.com/h")
+    assert misuse.exit_code == 2 and "go with --async" in misuse.output
