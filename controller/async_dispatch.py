@@ -30,6 +30,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from controller import async_rules as rules
+from controller import domain
 from controller.domain import Deployment, ReplicaPhase
 from controller.leader import Leadership, LeaseLost
 from controller.replica_runtime import ReplicaHandle
@@ -140,18 +141,22 @@ class AsyncDispatcher:
         settings = self.settings
         now = time.time()
         token = self.leadership.token
-        async with self.leadership.fenced_write() as tx:
-            if token is not None and self._recovered_token != token:
-                recovered = await tx.async_requests.recover(
-                    token, settings.max_attempts, now, settings.webhook_delivery_seconds
-                )
-                if recovered:
-                    log.info("async requests interrupted by a previous leader queued again: %d", recovered)
-                self._recovered_token = token
-            await tx.async_requests.expire(now, settings.webhook_delivery_seconds)
-            if now - self._last_purge >= PURGE_SECONDS:
-                await tx.async_requests.purge(now - settings.result_retention_seconds)
-                self._last_purge = now
+        recover = token is not None and self._recovered_token != token
+        purge = now - self._last_purge >= PURGE_SECONDS
+        # An idle queue costs reads only: the write happens when there is something to change.
+        if recover or purge or await self.store.async_requests.any_expired(now):
+            async with self.leadership.fenced_write() as tx:
+                if recover and token is not None:
+                    recovered = await tx.async_requests.recover(
+                        token, settings.max_attempts, now, settings.webhook_delivery_seconds
+                    )
+                    if recovered:
+                        log.info("async requests interrupted by a previous leader queued again: %d", recovered)
+                    self._recovered_token = token
+                await tx.async_requests.expire(now, settings.webhook_delivery_seconds)
+                if purge:
+                    await tx.async_requests.purge(now - settings.result_retention_seconds)
+                    self._last_purge = now
         counts = await self.store.async_requests.load()
         self._report(counts)
         self.on_load(counts)
@@ -183,6 +188,9 @@ class AsyncDispatcher:
         self._last_report = monotonic
 
     async def _dispatch(self, deployment_id: str) -> None:
+        deployment = await self.store.get_deployment(deployment_id)
+        if deployment is None or not domain.should_run(deployment):
+            return  # deactivated, deleted or failed: its requests wait (and expire) until it runs again
         ready = [
             h for h in self.replicas_of(deployment_id) if h.phase is ReplicaPhase.READY and h.port and not h.exited
         ]
@@ -191,9 +199,6 @@ class AsyncDispatcher:
             if monotonic - self._woken.get(deployment_id, -WAKE_INTERVAL_SECONDS) >= WAKE_INTERVAL_SECONDS:
                 self._woken[deployment_id] = monotonic
                 self.wake(deployment_id)
-            return
-        deployment = await self.store.get_deployment(deployment_id)
-        if deployment is None:
             return
         try:
             concurrency = (await asyncio.to_thread(_package_config, self.package_dir(deployment))).predict_concurrency

@@ -112,15 +112,25 @@ class AsyncRequestQueries:
 
     async def load(self) -> dict[str, tuple[int, int]]:
         """(queued, in progress) per deployment that has either."""
-        rows = await self._db.fetchall(
-            "SELECT deployment_id, status, COUNT(*) FROM async_requests "
-            "WHERE status IN ('QUEUED', 'IN_PROGRESS') GROUP BY deployment_id, status"
-        )
         counts: dict[str, tuple[int, int]] = {}
-        for deployment_id, status, count in rows:
-            queued, running = counts.get(deployment_id, (0, 0))
-            counts[deployment_id] = (queued + count, running) if status == QUEUED else (queued, running + count)
+        # One query per status, each matching its partial index: finished rows are never read.
+        for status in (QUEUED, IN_PROGRESS):
+            rows = await self._db.fetchall(
+                "SELECT deployment_id, COUNT(*) FROM async_requests WHERE status = ? GROUP BY deployment_id",
+                (status,),
+            )
+            for deployment_id, count in rows:
+                queued, running = counts.get(deployment_id, (0, 0))
+                counts[deployment_id] = (queued + count, running) if status == QUEUED else (queued, running + count)
         return counts
+
+    async def any_expired(self, now: float) -> bool:
+        """Whether `expire` would change anything (so an idle queue costs no write)."""
+        row = await self._db.fetchone(
+            "SELECT 1 FROM async_requests WHERE status = 'QUEUED' AND attempts = 0 AND queue_deadline < ? LIMIT 1",
+            (now,),
+        )
+        return row is not None
 
     async def list_by_model(self, model_id: str, status: str, page_size: int, page_token: str) -> Page:
         """Newest first; `status` "" for all."""
