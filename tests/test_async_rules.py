@@ -3,6 +3,7 @@ against a real loopback receiver (controller/webhooks.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -131,4 +132,27 @@ async def test_delivery_refuses_loopback_unless_allowed_and_never_follows_a_redi
         https_only = rules.AsyncSettings(webhook_allow_private_addresses=True)
         assert "https" in await post_once(_row(f"{url}/landed"), b"{}", "whsec_k", https_only)
     finally:
+        await runner.cleanup()
+
+
+async def test_a_receiver_that_never_answers_times_out_the_attempt():
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    settings = rules.AsyncSettings(
+        webhook_allow_http=True, webhook_allow_private_addresses=True, webhook_timeout_seconds=0.3
+    )
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        assert await post_once(_row(url), b"{}", "whsec_k", settings) == "no answer within 0.3 s"
+    finally:
+        release.set()
         await runner.cleanup()
