@@ -4,9 +4,10 @@ Only the leader runs it (started when elected, cancelled when deposed: controlle
 and every change it makes to the queue is a fenced write (controller/leader.py), so a
 deposed or paused controller records nothing. One pass:
 
-1. On the first pass after an election, runs left IN_PROGRESS under another fencing token
-   (a previous leader's, killed or deposed mid-run) are queued again (or FAILED after
-   `max_attempts`): the at-least-once half of the guarantee (controller/async_rules.py).
+1. Runs left IN_PROGRESS that no task of this leader carries out — a previous leader's
+   (killed or deposed mid-run: another fencing token), or one of ours whose outcome could
+   not be recorded — are queued again (or FAILED after `max_attempts`): the at-least-once
+   half of the guarantee (controller/async_rules.py).
 2. Queued requests past their queue time are EXPIRED; finished ones past retention deleted.
 3. The queue's load (queued + running per deployment) is reported to the autoscaler as a
    gateway's would be, so a queue scales a deployment up, and wakes one scaled to zero.
@@ -106,7 +107,7 @@ class AsyncDispatcher:
         self._last_report = 0.0
         self._last_purge = 0.0
         self._woken: dict[str, float] = {}
-        self._recovered_token: int | None = None
+        self._mine: set[str] = set()  # requests a task of ours is running
 
     def poke(self) -> None:
         self._poke.set()
@@ -129,6 +130,7 @@ class AsyncDispatcher:
         """Deposed or stopping: runs in flight are abandoned, still IN_PROGRESS under this
         token, so the next leader queues them again."""
         tasks = [task for runs in self._runs.values() for task in runs]
+        self._mine.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -141,18 +143,21 @@ class AsyncDispatcher:
         settings = self.settings
         now = time.time()
         token = self.leadership.token
-        recover = token is not None and self._recovered_token != token
+        # Runs no task of ours carries out (a previous leader's, or ours whose outcome could
+        # not be recorded) go back to the queue: the at-least-once half of the guarantee.
+        orphans = [
+            run for run in await self.store.async_requests.running() if run[2] != token or run[0] not in self._mine
+        ]
         purge = now - self._last_purge >= PURGE_SECONDS
         # An idle queue costs reads only: the write happens when there is something to change.
-        if recover or purge or await self.store.async_requests.any_expired(now):
+        if orphans or purge or await self.store.async_requests.any_expired(now):
             async with self.leadership.fenced_write() as tx:
-                if recover and token is not None:
+                if orphans:
                     recovered = await tx.async_requests.recover(
-                        token, settings.max_attempts, now, settings.webhook_delivery_seconds
+                        orphans, settings.max_attempts, now, settings.webhook_delivery_seconds
                     )
                     if recovered:
-                        log.info("async requests interrupted by a previous leader queued again: %d", recovered)
-                    self._recovered_token = token
+                        log.info("async runs nobody carries out any more queued again: %d", recovered)
                 await tx.async_requests.expire(now, settings.webhook_delivery_seconds)
                 if purge:
                     await tx.async_requests.purge(now - settings.result_retention_seconds)
@@ -216,13 +221,15 @@ class AsyncDispatcher:
             replica = min(ready, key=lambda h: self._busy[h.id])
             self._busy[replica.id] += 1
             self.on_started(row)
+            self._mine.add(row.id)
             task = asyncio.create_task(self._run(row, replica))
             runs = self._runs[deployment_id]
             runs.add(task)
-            task.add_done_callback(functools.partial(self._ran, deployment_id, replica.id))
+            task.add_done_callback(functools.partial(self._ran, deployment_id, replica.id, row.id))
 
-    def _ran(self, deployment_id: str, replica_id: str, task: asyncio.Task) -> None:
+    def _ran(self, deployment_id: str, replica_id: str, request_id: str, task: asyncio.Task) -> None:
         self._runs[deployment_id].discard(task)
+        self._mine.discard(request_id)
         self._busy[replica_id] -= 1
         if self._busy[replica_id] <= 0:
             del self._busy[replica_id]
@@ -252,6 +259,9 @@ class AsyncDispatcher:
             )
         except grpc.aio.AioRpcError as error:
             outcome = None if error.code() in INTERRUPTED else self._failed(error)
+        except Exception:  # not an answer: the run is put back (and counted)
+            log.exception("async run %s could not be sent", row.id)
+            outcome = None
         else:
             if len(response.payload) > settings.max_result_bytes:
                 outcome = Outcome(

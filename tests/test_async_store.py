@@ -90,9 +90,12 @@ async def test_recovery_requeues_another_leaders_runs_and_fails_exhausted_ones(s
         await tx.async_requests.claim("d1", 2, token=1, now=NOW)
     async with store.write() as tx:  # "y" has had its attempts
         await tx.async_requests._db.execute("UPDATE async_requests SET attempts = 3 WHERE id = 'y'")
+    runs = await store.async_requests.running()
+    assert sorted(runs) == [("x", 1, 1), ("y", 3, 1)]
     async with store.write() as tx:
-        assert await tx.async_requests.recover(token=1, max_attempts=3, now=NOW, webhook_seconds=60) == 0
-        assert await tx.async_requests.recover(token=2, max_attempts=3, now=NOW, webhook_seconds=60) == 2
+        assert await tx.async_requests.recover([("x", 2, 1)], 3, NOW, 60) == 0, "not that run: left alone"
+        assert await tx.async_requests.recover(runs, max_attempts=3, now=NOW, webhook_seconds=60) == 2
+        assert await tx.async_requests.recover(runs, max_attempts=3, now=NOW, webhook_seconds=60) == 0
     x, y = await store.async_requests.get("x"), await store.async_requests.get("y")
     assert x is not None and (x.status, x.lease_token) == (QUEUED, None)
     assert y is not None and (y.status, y.error_reason) == (FAILED, "ASYNC_ATTEMPTS_EXHAUSTED")

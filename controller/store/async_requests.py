@@ -250,22 +250,38 @@ class AsyncRequestQueries:
             > 0
         )
 
-    async def recover(self, token: int, max_attempts: int, now: float, webhook_seconds: float) -> int:
-        """Runs started under another fencing token (a controller that died or was deposed
-        while they ran) are queued again, or FAILED once they have had `max_attempts`."""
-        failed = await self._db.execute(
-            f"UPDATE async_requests SET status = 'FAILED', {_FINISH}, error_code = 'ABORTED', "
-            "error_reason = 'ASYNC_ATTEMPTS_EXHAUSTED', "
-            "error_message = 'every attempt was interrupted (its replica or the controller went away)' "
-            "WHERE status = 'IN_PROGRESS' AND (lease_token IS NULL OR lease_token <> ?) AND attempts >= ?",
-            (now, now, now + webhook_seconds, token, max_attempts),
+    async def running(self) -> list[tuple[str, int, int | None]]:
+        """(id, attempts, lease token) of every IN_PROGRESS request (read by its partial index)."""
+        rows = await self._db.fetchall(
+            "SELECT id, attempts, lease_token FROM async_requests WHERE status = 'IN_PROGRESS'"
         )
-        queued = await self._db.execute(
-            "UPDATE async_requests SET status = 'QUEUED', lease_token = NULL "
-            "WHERE status = 'IN_PROGRESS' AND (lease_token IS NULL OR lease_token <> ?)",
-            (token,),
-        )
-        return failed + queued
+        return [(r[0], int(r[1]), None if r[2] is None else int(r[2])) for r in rows]
+
+    async def recover(
+        self, runs: list[tuple[str, int, int | None]], max_attempts: int, now: float, webhook_seconds: float
+    ) -> int:
+        """Runs nobody is carrying out any more (a controller that died or was deposed while
+        they ran, or a run whose outcome could not be recorded) are queued again, or FAILED
+        once they have had `max_attempts`; each only if it is still that run."""
+        changed = 0
+        for request_id, attempts, token in runs:
+            same_run = "id = ? AND status = 'IN_PROGRESS' AND attempts = ? AND " + (
+                "lease_token IS NULL" if token is None else "lease_token = ?"
+            )
+            run = (request_id, attempts) if token is None else (request_id, attempts, token)
+            if attempts >= max_attempts:
+                changed += await self._db.execute(
+                    f"UPDATE async_requests SET status = 'FAILED', {_FINISH}, error_code = 'ABORTED', "
+                    "error_reason = 'ASYNC_ATTEMPTS_EXHAUSTED', "
+                    "error_message = 'every attempt was interrupted (its replica or the controller went away)' "
+                    f"WHERE {same_run}",
+                    (now, now, now + webhook_seconds, *run),
+                )
+            else:
+                changed += await self._db.execute(
+                    f"UPDATE async_requests SET status = 'QUEUED', lease_token = NULL WHERE {same_run}", run
+                )
+        return changed
 
     async def webhook_attempted(self, row: AsyncRequestRow, status: str, next_time: float | None, error: str) -> bool:
         return (
