@@ -168,6 +168,12 @@ async def test_accepted_request_runs_and_its_result_is_stored_and_delivered_sign
             lambda: _webhook_is(platform, accepted["request_id"], "SUCCEEDED"), 10, "webhook SUCCEEDED"
         )
         assert final["webhook"]["attempts"] == 1
+    async with platform.session.get(f"{platform.controller.http_url}/metrics") as response:
+        exposition = await response.text()
+    labels = f'model_id="{model_id}"'
+    assert f'slipway_webhook_attempts_total{{{labels},outcome="delivered"}} 1.0' in exposition
+    assert f'slipway_async_queue_seconds_count{{deployment_id="{deployment.id}",{labels}}} 1.0' in exposition
+    assert "slipway_async_queue_depth" in exposition and "slipway_webhook_failures_total" in exposition
 
     # The same over gRPC, by model name: accepted, fetched, listed.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.gateway.grpc_port}") as channel:
