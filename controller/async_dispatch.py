@@ -85,7 +85,7 @@ class AsyncDispatcher:
         max_message_bytes: int,
         on_finished: Callable[[AsyncRequestRow, Outcome], None] = lambda row, outcome: None,
         on_started: Callable[[AsyncRequestRow], None] = lambda row: None,
-        on_load: Callable[[dict[str, tuple[int, int]]], None] = lambda load: None,
+        on_load: Callable[[dict[str, tuple[int, int, str]]], None] = lambda load: None,
     ) -> None:
         self.store = store
         self.leadership = leadership
@@ -165,11 +165,11 @@ class AsyncDispatcher:
         counts = await self.store.async_requests.load()
         self._report(counts)
         self.on_load(counts)
-        for deployment_id, (queued, _running) in counts.items():
+        for deployment_id, (queued, _running, _model) in counts.items():
             if queued:
                 await self._dispatch(deployment_id)
 
-    def _report(self, counts: dict[str, tuple[int, int]]) -> None:
+    def _report(self, counts: dict[str, tuple[int, int, str]]) -> None:
         """The queue's load to the autoscaler, as a gateway reports its own (at most once a
         second unless it changed; a deployment whose queue emptied is reported once at 0)."""
         monotonic = time.monotonic()
@@ -178,7 +178,7 @@ class AsyncDispatcher:
             return
         loads = []
         for deployment_id in sorted(ids):
-            queued, running = counts.get(deployment_id, (0, 0))
+            queued, running, _ = counts.get(deployment_id, (0, 0, ""))
             loads.append(
                 rt.DeploymentLoad(
                     deployment_id=deployment_id,

@@ -59,20 +59,17 @@ class AsyncMetrics:
         self.webhook_failures = Counter(
             "slipway_webhook_failures_total", "Webhook deliveries given up", ("model_id",), registry=registry
         )
-        self._models: dict[str, str] = {}
 
     def started(self, row: AsyncRequestRow) -> None:
-        self._models[row.deployment_id] = row.model_id
         self.queue_seconds.labels(row.model_id, row.deployment_id).observe(max(time.time() - row.create_time, 0.0))
 
     def finished(self, row: AsyncRequestRow, outcome: Outcome) -> None:
         self.requests.labels(row.model_id, row.deployment_id, outcome.status).inc()
 
-    def load(self, counts: dict[str, tuple[int, int]]) -> None:
+    def load(self, counts: dict[str, tuple[int, int, str]]) -> None:
         self.depth.clear()
         self.in_progress.clear()
-        for deployment_id, (queued, running) in counts.items():
-            model_id = self._models.get(deployment_id, "")
+        for deployment_id, (queued, running, model_id) in counts.items():
             self.depth.labels(model_id, deployment_id).set(queued)
             self.in_progress.labels(model_id, deployment_id).set(running)
 

@@ -68,7 +68,7 @@ async def test_claims_follow_priority_then_age_and_only_the_current_run_records(
         claimed = await tx.async_requests.claim("d1", 3, token=7, now=NOW)
     assert [c.id for c in claimed] == ["b", "d", "c"]
     assert all(c.status == IN_PROGRESS and c.attempts == 1 and c.lease_token == 7 for c in claimed)
-    assert await store.async_requests.load() == {"d1": (1, 3), "d2": (1, 0)}
+    assert await store.async_requests.load() == {"d1": (1, 3, "m1"), "d2": (1, 0, "m1")}
 
     first = claimed[0]
     stale = AsyncRequestRow(**{**first.__dict__, "lease_token": 6})

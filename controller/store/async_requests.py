@@ -110,18 +110,21 @@ class AsyncRequestQueries:
         )
         return int(row[0]) if row else 0
 
-    async def load(self) -> dict[str, tuple[int, int]]:
-        """(queued, in progress) per deployment that has either."""
-        counts: dict[str, tuple[int, int]] = {}
+    async def load(self) -> dict[str, tuple[int, int, str]]:
+        """(queued, in progress, model ID) per deployment that has either."""
+        counts: dict[str, tuple[int, int, str]] = {}
         # One query per status, each matching its partial index: finished rows are never read.
         for status in (QUEUED, IN_PROGRESS):
             rows = await self._db.fetchall(
-                "SELECT deployment_id, COUNT(*) FROM async_requests WHERE status = ? GROUP BY deployment_id",
+                "SELECT deployment_id, model_id, COUNT(*) FROM async_requests WHERE status = ? "
+                "GROUP BY deployment_id, model_id",
                 (status,),
             )
-            for deployment_id, count in rows:
-                queued, running = counts.get(deployment_id, (0, 0))
-                counts[deployment_id] = (queued + count, running) if status == QUEUED else (queued, running + count)
+            for deployment_id, model_id, count in rows:
+                queued, running, _ = counts.get(deployment_id, (0, 0, model_id))
+                counts[deployment_id] = (
+                    (queued + count, running, model_id) if status == QUEUED else (queued, running + count, model_id)
+                )
         return counts
 
     async def any_expired(self, now: float) -> bool:
