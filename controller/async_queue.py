@@ -58,6 +58,7 @@ class AsyncQueue:
         rules.check_priority(priority)
         seconds = rules.queue_seconds(max_time_in_queue_seconds, settings)
         rules.check_payload(len(payload), settings)
+        rules.check_content_type(content_type)
         if webhook_endpoint:
             rules.check_webhook_url(webhook_endpoint, settings.webhook_allow_http)
         now = time.time()

@@ -129,6 +129,17 @@ def check_payload(size: int, settings: AsyncSettings) -> None:
         )
 
 
+MAX_CONTENT_TYPE_CHARS = 255
+
+
+def check_content_type(content_type: str) -> None:
+    if len(content_type) > MAX_CONTENT_TYPE_CHARS or any(ord(c) < 0x20 or ord(c) == 0x7F for c in content_type):
+        raise InvalidArgument(
+            "INVALID_CONTENT_TYPE",
+            f"content_type must be at most {MAX_CONTENT_TYPE_CHARS} characters without control characters",
+        )
+
+
 def check_queue_length(queued: int, deployment_id: str, settings: AsyncSettings) -> None:
     if queued >= settings.max_queued_per_deployment:
         raise ResourceExhausted(

@@ -71,6 +71,10 @@ def test_webhook_url_parts_and_settings_bounds():
         rules.check_queue_length(settings.max_queued_per_deployment, "d", settings)
     with pytest.raises(InvalidArgument):
         rules.check_priority(3)
+    rules.check_content_type("application/json; charset=utf-8")
+    for bad in ("x" * 256, "text/plain\r\nX-Injected: 1"):
+        with pytest.raises(InvalidArgument):
+            rules.check_content_type(bad)
     with pytest.raises(ValueError):
         rules.AsyncSettings(min_queue_seconds=700)
 
