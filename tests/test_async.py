@@ -269,6 +269,23 @@ async def test_refusals_are_precise(platform: Platform):
         f"{platform.http}/model/{deployment.model_id}/deployment/{deployment.id}/async_predict", data=b"not json"
     ) as response:
         assert response.status == 400 and (await response.json())["error"]["reason"] == "MALFORMED_REQUEST"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.gateway.grpc_port}") as channel:
+        stub = inf_grpc.InferenceServiceStub(channel)
+        target = inf.Target(deployment_id=deployment.id)
+        calls = [
+            (stub.AsyncPredict(inf.AsyncPredictRequest(target=target, payload=b"1", priority=5)), "INVALID_PRIORITY"),
+            (
+                stub.AsyncPredict(inf.AsyncPredictRequest(target=target, payload=b"1" * 70_000)),
+                "ASYNC_PAYLOAD_TOO_LARGE",
+            ),
+            (stub.GetAsyncRequest(inf.GetAsyncRequestRequest(request_id="areq-none")), "ASYNC_REQUEST_NOT_FOUND"),
+            (stub.GetAsyncRequest(inf.GetAsyncRequestRequest(request_id="bad id")), "INVALID_REQUEST_ID"),
+            (stub.ListAsyncRequests(inf.ListAsyncRequestsRequest(model_id="nope")), "MODEL_NOT_FOUND"),
+        ]
+        for call, reason in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert error_reason(refused.value) == reason
 
 
 async def test_a_queue_wakes_a_scaled_to_zero_deployment(tmp_path):
