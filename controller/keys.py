@@ -20,6 +20,7 @@ from slipway.auth import FailureLimits, current_caller
 from slipway.internal_auth import write_private
 from slipway.keys import KeyRecord, Scope
 from slipway.v1 import (
+    async_service_pb2,
     deployment_service_pb2,
     environment_service_pb2,
     key_service_pb2,
@@ -44,9 +45,16 @@ METHOD_SCOPES: dict[str, Scope] = {
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name: Scope.DEPLOY,
     # A deployment's figures: read by those who manage it (the dashboard's charts).
     metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name: Scope.DEPLOY,
+    # The secret that signs a model's webhooks: managed by those who manage the model.
+    async_service_pb2.DESCRIPTOR.services_by_name["WebhookSecretService"].full_name: Scope.DEPLOY,
 }
 # Not user surfaces: gateways' credentials guard it (not user keys).
-INTERNAL_SERVICES = frozenset({route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name})
+INTERNAL_SERVICES = frozenset(
+    {
+        route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name,
+        async_service_pb2.DESCRIPTOR.services_by_name["AsyncQueueService"].full_name,
+    }
+)
 
 
 @dataclass

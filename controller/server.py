@@ -20,6 +20,8 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controller.async_inference import ASYNC_QUEUE_SERVICE, WEBHOOK_SECRET_SERVICE, AsyncInference
+from controller.async_rules import AsyncSettings
 from controller.autoscaler import Autoscaler, AutoscalerConfig
 from controller.builds import BuildManager
 from controller.compat import Machine
@@ -89,6 +91,8 @@ SERVICE_NAMES = (
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
     metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name,
     environment_service_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
+    ASYNC_QUEUE_SERVICE,
+    WEBHOOK_SECRET_SERVICE,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
@@ -146,6 +150,8 @@ class ControllerSettings:
     # at ray_address (None: the RAY_ADDRESS variable, else a cluster running on this machine, else a new one).
     runtime: str = "local"
     ray_address: str | None = None
+    # Async inference: queue bounds, retention, webhook rules (controller/async_rules.py).
+    async_requests: AsyncSettings = field(default_factory=AsyncSettings)
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -162,6 +168,7 @@ class Controller:
         self.http_port = 0
         self.store: Store
         self.reconciler: Reconciler
+        self.async_inference: AsyncInference
         self.leadership: Leadership
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
@@ -210,7 +217,8 @@ class Controller:
         # Apart from the lifecycle database: log volume never holds up a lifecycle write.
         self.logs = await SqliteLogStore.open(data_dir / "logs.db", settings.logs.retention)
         self.internal_token = issue_internal_token(data_dir)
-        secrets = Secrets(self.store, SecretBox(data_dir / KEY_FILENAME), from_environment, settings.secret_limits)
+        box = SecretBox(data_dir / KEY_FILENAME)
+        secrets = Secrets(self.store, box, from_environment, settings.secret_limits)
         await secrets.load()
         packages = PackageStore(data_dir / "packages", settings.package_limits)
         self.keys = KeyManager(self.store, settings.keys)
@@ -271,12 +279,26 @@ class Controller:
             await self.store.close()
             raise
         self.metrics.watch(lambda: self.reconciler.replicas.values(), self.autoscaler.panicking)
+        self.async_inference = AsyncInference(
+            self.store,
+            self.leadership,
+            settings.async_requests,
+            box,
+            self.metrics.registry,
+            self.reconciler.replicas_of,
+            lambda deployment: packages.directory(deployment.package_digest),
+            self.load,
+            self._wake,
+            settings.max_request_bytes,
+        )
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             *KEEPALIVE_SERVER_OPTIONS,
         ]
-        internal_auth = TokenInterceptor(INTERNAL_TOKEN_HEADER, self.internal_token, [ROUTE_SERVICE], "INTERNAL")
+        internal_auth = TokenInterceptor(
+            INTERNAL_TOKEN_HEADER, self.internal_token, [ROUTE_SERVICE, ASYNC_QUEUE_SERVICE], "INTERNAL"
+        )
         authenticator = Authenticator(
             lambda: self.keys.records,
             FailureGuard(settings.keys.failures),
@@ -306,6 +328,7 @@ class Controller:
         )
         key_service_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(self.keys), self._server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), self._server)
+        self.async_inference.add_to_server(self._server)
         self.log_servicer = LogServicer(self.logs, self.store)
         log_service_pb2_grpc.add_LogServiceServicer_to_server(self.log_servicer, self._server)
         metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
@@ -421,6 +444,7 @@ class Controller:
     def _start_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.create_task(self.reconciler.run(adopt=False))
+        self.async_inference.lead()
 
     async def _follow(self) -> None:
         """Deposed: stop reconciling; the replicas keep running for the new leader to adopt."""
@@ -429,6 +453,7 @@ class Controller:
         await self.routes.end_streams()  # gateways move on to the new leader, keeping their tables
 
     async def _stop_loop(self) -> None:
+        await self.async_inference.follow()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

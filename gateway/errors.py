@@ -36,6 +36,7 @@ HTTP_STATUS_BY_REASON = {
     limits.REQUEST_TOO_LARGE: 413,
     limits.RESPONSE_TOO_LARGE: 500,
     "DEPLOYMENT_FAILED": 503,
+    "ASYNC_PAYLOAD_TOO_LARGE": 413,
     "NOT_ACCEPTABLE": 406,
     # The client stopped sending its body (DEADLINE_EXCEEDED would say 504, a gateway timeout).
     "REQUEST_BODY_TIMEOUT": 408,

@@ -18,10 +18,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway import auth, grpc_api
+from gateway.async_api import AsyncGrpcApi, AsyncRequests, add_http_routes
 from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
-from gateway.http_api import build_app
+from gateway.http_api import DEPLOYMENT_PREFIX, ENVIRONMENT_PREFIX, build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from gateway.metrics import GatewayMetrics
 from slipway import tracing
@@ -163,6 +164,7 @@ class Gateway:
             enabled=settings.require_api_keys,
             on_refuse=self.metrics.refused,
         )
+        self.async_requests = AsyncRequests(self.follower, self._internal_metadata, self.resolve)
         self._wakes_sent: dict[str, float] = {}
         self._waking: set[str] = set()
         self.grpc_port = 0
@@ -278,7 +280,7 @@ class Gateway:
             interceptors=[ApiKeyInterceptor(self.authenticator, auth.METHOD_SCOPES, OPEN_SERVICES)],
         )
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
-        self._grpc.add_generic_rpc_handlers((api.handler(),))
+        self._grpc.add_generic_rpc_handlers((api.handler(), AsyncGrpcApi(self.async_requests).handler()))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection(
             (grpc_api.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
@@ -297,6 +299,7 @@ class Gateway:
             auth.http_middleware(self.authenticator),
             self.metrics,
         )
+        add_http_routes(app, self.async_requests, self.http_bodies, (ENVIRONMENT_PREFIX, DEPLOYMENT_PREFIX))
         # handler_cancellation: a client that disconnects cancels its call to the replica, so
         # the model stops (and can see it, as Truss's request.is_disconnected()).
         self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)

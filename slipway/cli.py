@@ -26,6 +26,7 @@ from slipway import (
     key_commands,
     log_commands,
     push_commands,
+    request_commands,
     secret_commands,
     top_command,
 )
@@ -370,6 +371,7 @@ for command in (
     key_commands.keys,
     secret_commands.secrets,
     environment_commands.environments,
+    request_commands.requests,
     top_command.top,
     log_commands.logs,
 ):

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from slipway import request_commands
 from slipway.client import (
     InferenceClient,
     state_name,
@@ -221,11 +222,13 @@ def events(model: str, deployment: str, limit: int | None, output: str) -> None:
     help="Call this deployment of the model instead of production ('development' for the development one).",
 )
 @click.option("--stream", is_flag=True, help="Print the chunks of a streaming model as they come.")
+@request_commands.async_options
 @timeout_option
-def predict(target: str, payload: str | None, deployment_id: str, stream: bool, timeout: float) -> None:
+def predict(target: str, payload: str | None, deployment_id: str, stream: bool, timeout: float, **queued: Any) -> None:
     """Call a model (its production deployment) or a deployment through the gateway.
 
-    JSON defaults to standard input.
+    JSON defaults to standard input. With --async the request is queued and its ID printed
+    (see `slipway requests`).
     """
     if payload is None:
         payload = sys.stdin.read()
@@ -233,6 +236,9 @@ def predict(target: str, payload: str | None, deployment_id: str, stream: bool, 
         json.loads(payload)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
+    if request_commands.wanted(queued):
+        request_commands.async_predict(target, payload, deployment_id, timeout=timeout, **queued)
+        return
     root = click.get_current_context().find_root().params
     client = InferenceClient(root["gateway"], ca_file=root["tls_ca"], api_key=root_api_key())
     try:

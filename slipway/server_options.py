@@ -158,6 +158,7 @@ def server_options(command: Callable) -> Callable:
             help="How often a replica asks a model that has is_healthy() (the first failure replaces the replica).",
         ),
         *LOG_OPTIONS,
+        *ASYNC_OPTIONS,
         otlp_endpoint_option,
         flag(
             "--runtime",
@@ -207,6 +208,53 @@ LOG_OPTIONS = [
         type=click.IntRange(min=1024, max=1024**3),
         default=1024 * 1024,
         help="Log bytes per second one replica may write (after a burst of 8 times as much); the rest is dropped and counted.",
+    ),
+]
+
+
+# Async inference (controller/async_rules.py AsyncSettings).
+ASYNC_OPTIONS = [
+    flag(
+        "--async-max-payload-bytes",
+        envvar="SLIPWAY_ASYNC_MAX_PAYLOAD_BYTES",
+        type=click.IntRange(min=1, max=256 * 1024 * 1024),
+        default=4 * 1024 * 1024,
+        help="Largest model input of one async request; a larger one is refused (413 ASYNC_PAYLOAD_TOO_LARGE).",
+    ),
+    flag(
+        "--async-max-queued",
+        envvar="SLIPWAY_ASYNC_MAX_QUEUED",
+        type=click.IntRange(min=1, max=10_000_000),
+        default=10_000,
+        help="Most queued async requests per deployment; one more is refused (429 ASYNC_QUEUE_FULL).",
+    ),
+    flag(
+        "--async-max-result-bytes",
+        envvar="SLIPWAY_ASYNC_MAX_RESULT_BYTES",
+        type=click.IntRange(min=1, max=256 * 1024 * 1024),
+        default=4 * 1024 * 1024,
+        help="Largest model answer stored; a larger one ends the request FAILED (ASYNC_RESULT_TOO_LARGE).",
+    ),
+    flag(
+        "--async-retention-seconds",
+        envvar="SLIPWAY_ASYNC_RETENTION_SECONDS",
+        type=click.FloatRange(min=60),
+        default=7 * 86400.0,
+        help="How long a finished async request and its result are kept.",
+    ),
+    flag(
+        "--webhook-allow-private-addresses",
+        envvar="SLIPWAY_WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
+        is_flag=True,
+        default=False,
+        help="Let webhooks reach loopback, private and link-local addresses (internal services).",
+    ),
+    flag(
+        "--webhook-allow-http",
+        envvar="SLIPWAY_WEBHOOK_ALLOW_HTTP",
+        is_flag=True,
+        default=False,
+        help="Accept plain http:// webhook endpoints (results then travel unencrypted).",
     ),
 ]
 
@@ -266,6 +314,7 @@ def configure_logs(log_level: str) -> None:
 
 def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
     """The controller's settings from the flags of `slipway controller` / `up` (click's params)."""
+    from controller.async_rules import AsyncSettings
     from controller.autoscaler import AutoscalerConfig
     from controller.keys import KeySettings
     from controller.leader import LeaseSettings
@@ -304,6 +353,14 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
         otlp_endpoint=flags["otlp_endpoint"],
         runtime=flags["runtime"],
         ray_address=flags["ray_address"],
+        async_requests=AsyncSettings(
+            max_payload_bytes=flags["async_max_payload_bytes"],
+            max_queued_per_deployment=flags["async_max_queued"],
+            max_result_bytes=flags["async_max_result_bytes"],
+            result_retention_seconds=flags["async_retention_seconds"],
+            webhook_allow_private_addresses=flags["webhook_allow_private_addresses"],
+            webhook_allow_http=flags["webhook_allow_http"],
+        ),
     )
 
 

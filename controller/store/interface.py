@@ -10,11 +10,15 @@ from typing import Any, Protocol
 
 from controller.domain import AutoscalingSettings, Deployment, Model
 from controller.environments import Environment
+from controller.store.async_requests import AsyncRequestQueries
 from controller.store.rows import ApiKeyRow, Change, Page, ReplicaRow, RouteSnapshot, SecretRow
 
 
 class Reads(Protocol):
     """What both a write transaction and the store outside one can read."""
+
+    # The async request queue: reads outside a transaction, changes inside one.
+    async_requests: AsyncRequestQueries
 
     async def get_model(self, id_or_name: str) -> Model | None:
         """By ID (deleted ones too), else by the name of a model that is not deleted."""

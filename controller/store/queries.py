@@ -15,6 +15,7 @@ from typing import Any
 from controller.domain import AutoscalingSettings, Deployment, Kind, Model, State
 from controller.environments import PRODUCTION, Environment
 from controller.store import changes
+from controller.store.async_requests import AsyncRequestQueries
 from controller.store.backend import Backend, Executor, Row
 from controller.store.lease import LeaseQueries
 from controller.store.locks import ModelNames, Rank, TxLocks
@@ -149,6 +150,8 @@ class Reads:
 
     def __init__(self, executor: Executor) -> None:
         self._db = executor
+        # The async request queue (controller/store/async_requests.py), on the same executor.
+        self.async_requests = AsyncRequestQueries(executor)
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         return await self._db.fetchone(sql, tuple(params))

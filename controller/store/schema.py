@@ -171,6 +171,49 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deployments_to_reconcile ON deployments(pk)
         WHERE (delete_time IS NULL AND active = 1) OR state NOT IN ('INACTIVE', 'DEPLOY_FAILED', 'BUILD_FAILED')
     """,
+    # 9: the async request queue (controller/async_queue.py) and the models' webhook secrets
+    """
+    CREATE TABLE async_requests (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        model_id TEXT NOT NULL,
+        deployment_id TEXT NOT NULL,
+        route TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        payload BLOB,
+        content_type TEXT NOT NULL,
+        create_time REAL NOT NULL,
+        queue_deadline REAL NOT NULL,
+        start_time REAL,
+        finish_time REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_token INTEGER,
+        output BLOB,
+        output_content_type TEXT NOT NULL DEFAULT '',
+        error_code TEXT NOT NULL DEFAULT '',
+        error_reason TEXT NOT NULL DEFAULT '',
+        error_message TEXT NOT NULL DEFAULT '',
+        webhook_endpoint TEXT NOT NULL DEFAULT '',
+        webhook_status TEXT NOT NULL,
+        webhook_attempts INTEGER NOT NULL DEFAULT 0,
+        webhook_next_time REAL,
+        webhook_deadline REAL,
+        webhook_error TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX async_requests_queued ON async_requests(deployment_id, priority, pk) WHERE status = 'QUEUED';
+    CREATE INDEX async_requests_running ON async_requests(deployment_id) WHERE status = 'IN_PROGRESS';
+    CREATE INDEX async_requests_webhooks ON async_requests(webhook_next_time) WHERE webhook_status = 'PENDING';
+    CREATE INDEX async_requests_by_model ON async_requests(model_id, pk);
+    CREATE INDEX async_requests_finished ON async_requests(finish_time);
+
+    CREATE TABLE webhook_secrets (
+        model_id TEXT PRIMARY KEY,
+        ciphertext BLOB NOT NULL,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL
+    )
+    """,
 ]
 
 

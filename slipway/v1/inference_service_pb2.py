@@ -22,27 +22,44 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from slipway.v1 import async_service_pb2 as slipway_dot_v1_dot_async__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"slipway/v1/inference_service.proto\x12\nslipway.v1\"y\n\x06Target\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12,\n\x0b\x65nvironment\x18\x03 \x01(\x0e\x32\x17.slipway.v1.Environment\x12\x18\n\x10\x65nvironment_name\x18\x04 \x01(\t\"[\n\x0ePredictRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"O\n\x0fPredictResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"a\n\x14PredictStreamRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"<\n\x15PredictStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t*c\n\x0b\x45nvironment\x12\x1b\n\x17\x45NVIRONMENT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NVIRONMENT_PRODUCTION\x10\x01\x12\x1b\n\x17\x45NVIRONMENT_DEVELOPMENT\x10\x02\x32\xae\x01\n\x10InferenceService\x12\x42\n\x07Predict\x12\x1a.slipway.v1.PredictRequest\x1a\x1b.slipway.v1.PredictResponse\x12V\n\rPredictStream\x12 .slipway.v1.PredictStreamRequest\x1a!.slipway.v1.PredictStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"slipway/v1/inference_service.proto\x12\nslipway.v1\x1a\x1eslipway/v1/async_service.proto\"y\n\x06Target\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\x12,\n\x0b\x65nvironment\x18\x03 \x01(\x0e\x32\x17.slipway.v1.Environment\x12\x18\n\x10\x65nvironment_name\x18\x04 \x01(\t\"[\n\x0ePredictRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"O\n\x0fPredictResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\"a\n\x14PredictStreamRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\"<\n\x15PredictStreamResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\"\xaf\x01\n\x13\x41syncPredictRequest\x12\"\n\x06target\x18\x01 \x01(\x0b\x32\x12.slipway.v1.Target\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x18\n\x10webhook_endpoint\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12!\n\x19max_time_in_queue_seconds\x18\x06 \x01(\x05\"A\n\x14\x41syncPredictResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\",\n\x16GetAsyncRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"D\n\x17GetAsyncRequestResponse\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.slipway.v1.AsyncRequest\"/\n\x19\x43\x61ncelAsyncRequestRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"G\n\x1a\x43\x61ncelAsyncRequestResponse\x12)\n\x07request\x18\x01 \x01(\x0b\x32\x18.slipway.v1.AsyncRequest\"\x83\x01\n\x18ListAsyncRequestsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x06status\x18\x04 \x01(\x0e\x32\x1e.slipway.v1.AsyncRequestStatus\"`\n\x19ListAsyncRequestsResponse\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.slipway.v1.AsyncRequest\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*c\n\x0b\x45nvironment\x12\x1b\n\x17\x45NVIRONMENT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45NVIRONMENT_PRODUCTION\x10\x01\x12\x1b\n\x17\x45NVIRONMENT_DEVELOPMENT\x10\x02\x32\xa4\x04\n\x10InferenceService\x12\x42\n\x07Predict\x12\x1a.slipway.v1.PredictRequest\x1a\x1b.slipway.v1.PredictResponse\x12V\n\rPredictStream\x12 .slipway.v1.PredictStreamRequest\x1a!.slipway.v1.PredictStreamResponse0\x01\x12Q\n\x0c\x41syncPredict\x12\x1f.slipway.v1.AsyncPredictRequest\x1a .slipway.v1.AsyncPredictResponse\x12Z\n\x0fGetAsyncRequest\x12\".slipway.v1.GetAsyncRequestRequest\x1a#.slipway.v1.GetAsyncRequestResponse\x12\x63\n\x12\x43\x61ncelAsyncRequest\x12%.slipway.v1.CancelAsyncRequestRequest\x1a&.slipway.v1.CancelAsyncRequestResponse\x12`\n\x11ListAsyncRequests\x12$.slipway.v1.ListAsyncRequestsRequest\x1a%.slipway.v1.ListAsyncRequestsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slipway.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENVIRONMENT']._serialized_start=508
-  _globals['_ENVIRONMENT']._serialized_end=607
-  _globals['_TARGET']._serialized_start=50
-  _globals['_TARGET']._serialized_end=171
-  _globals['_PREDICTREQUEST']._serialized_start=173
-  _globals['_PREDICTREQUEST']._serialized_end=264
-  _globals['_PREDICTRESPONSE']._serialized_start=266
-  _globals['_PREDICTRESPONSE']._serialized_end=345
-  _globals['_PREDICTSTREAMREQUEST']._serialized_start=347
-  _globals['_PREDICTSTREAMREQUEST']._serialized_end=444
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=446
-  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=506
-  _globals['_INFERENCESERVICE']._serialized_start=610
-  _globals['_INFERENCESERVICE']._serialized_end=784
+  _globals['_ENVIRONMENT']._serialized_start=1255
+  _globals['_ENVIRONMENT']._serialized_end=1354
+  _globals['_TARGET']._serialized_start=82
+  _globals['_TARGET']._serialized_end=203
+  _globals['_PREDICTREQUEST']._serialized_start=205
+  _globals['_PREDICTREQUEST']._serialized_end=296
+  _globals['_PREDICTRESPONSE']._serialized_start=298
+  _globals['_PREDICTRESPONSE']._serialized_end=377
+  _globals['_PREDICTSTREAMREQUEST']._serialized_start=379
+  _globals['_PREDICTSTREAMREQUEST']._serialized_end=476
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_start=478
+  _globals['_PREDICTSTREAMRESPONSE']._serialized_end=538
+  _globals['_ASYNCPREDICTREQUEST']._serialized_start=541
+  _globals['_ASYNCPREDICTREQUEST']._serialized_end=716
+  _globals['_ASYNCPREDICTRESPONSE']._serialized_start=718
+  _globals['_ASYNCPREDICTRESPONSE']._serialized_end=783
+  _globals['_GETASYNCREQUESTREQUEST']._serialized_start=785
+  _globals['_GETASYNCREQUESTREQUEST']._serialized_end=829
+  _globals['_GETASYNCREQUESTRESPONSE']._serialized_start=831
+  _globals['_GETASYNCREQUESTRESPONSE']._serialized_end=899
+  _globals['_CANCELASYNCREQUESTREQUEST']._serialized_start=901
+  _globals['_CANCELASYNCREQUESTREQUEST']._serialized_end=948
+  _globals['_CANCELASYNCREQUESTRESPONSE']._serialized_start=950
+  _globals['_CANCELASYNCREQUESTRESPONSE']._serialized_end=1021
+  _globals['_LISTASYNCREQUESTSREQUEST']._serialized_start=1024
+  _globals['_LISTASYNCREQUESTSREQUEST']._serialized_end=1155
+  _globals['_LISTASYNCREQUESTSRESPONSE']._serialized_start=1157
+  _globals['_LISTASYNCREQUESTSRESPONSE']._serialized_end=1253
+  _globals['_INFERENCESERVICE']._serialized_start=1357
+  _globals['_INFERENCESERVICE']._serialized_end=1905
 # @@protoc_insertion_point(module_scope)

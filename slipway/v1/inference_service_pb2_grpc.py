@@ -46,6 +46,26 @@ class InferenceServiceStub:
                 request_serializer=slipway_dot_v1_dot_inference__service__pb2.PredictStreamRequest.SerializeToString,
                 response_deserializer=slipway_dot_v1_dot_inference__service__pb2.PredictStreamResponse.FromString,
                 _registered_method=True)
+        self.AsyncPredict = channel.unary_unary(
+                '/slipway.v1.InferenceService/AsyncPredict',
+                request_serializer=slipway_dot_v1_dot_inference__service__pb2.AsyncPredictRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_inference__service__pb2.AsyncPredictResponse.FromString,
+                _registered_method=True)
+        self.GetAsyncRequest = channel.unary_unary(
+                '/slipway.v1.InferenceService/GetAsyncRequest',
+                request_serializer=slipway_dot_v1_dot_inference__service__pb2.GetAsyncRequestRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_inference__service__pb2.GetAsyncRequestResponse.FromString,
+                _registered_method=True)
+        self.CancelAsyncRequest = channel.unary_unary(
+                '/slipway.v1.InferenceService/CancelAsyncRequest',
+                request_serializer=slipway_dot_v1_dot_inference__service__pb2.CancelAsyncRequestRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_inference__service__pb2.CancelAsyncRequestResponse.FromString,
+                _registered_method=True)
+        self.ListAsyncRequests = channel.unary_unary(
+                '/slipway.v1.InferenceService/ListAsyncRequests',
+                request_serializer=slipway_dot_v1_dot_inference__service__pb2.ListAsyncRequestsRequest.SerializeToString,
+                response_deserializer=slipway_dot_v1_dot_inference__service__pb2.ListAsyncRequestsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -66,6 +86,36 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AsyncPredict(self, request, context):
+        """Queues the request durably and answers its ID (README "Async inference"):
+        it runs when its deployment has capacity; the result is stored, and POSTed
+        to `webhook_endpoint` when one is given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAsyncRequest(self, request, context):
+        """An async request of a model the caller's key may call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelAsyncRequest(self, request, context):
+        """Cancels a QUEUED request (FAILED_PRECONDITION ASYNC_REQUEST_NOT_QUEUED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAsyncRequests(self, request, context):
+        """A model's async requests, newest first, without their outputs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +128,26 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.PredictStream,
                     request_deserializer=slipway_dot_v1_dot_inference__service__pb2.PredictStreamRequest.FromString,
                     response_serializer=slipway_dot_v1_dot_inference__service__pb2.PredictStreamResponse.SerializeToString,
+            ),
+            'AsyncPredict': grpc.unary_unary_rpc_method_handler(
+                    servicer.AsyncPredict,
+                    request_deserializer=slipway_dot_v1_dot_inference__service__pb2.AsyncPredictRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_inference__service__pb2.AsyncPredictResponse.SerializeToString,
+            ),
+            'GetAsyncRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAsyncRequest,
+                    request_deserializer=slipway_dot_v1_dot_inference__service__pb2.GetAsyncRequestRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_inference__service__pb2.GetAsyncRequestResponse.SerializeToString,
+            ),
+            'CancelAsyncRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelAsyncRequest,
+                    request_deserializer=slipway_dot_v1_dot_inference__service__pb2.CancelAsyncRequestRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_inference__service__pb2.CancelAsyncRequestResponse.SerializeToString,
+            ),
+            'ListAsyncRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAsyncRequests,
+                    request_deserializer=slipway_dot_v1_dot_inference__service__pb2.ListAsyncRequestsRequest.FromString,
+                    response_serializer=slipway_dot_v1_dot_inference__service__pb2.ListAsyncRequestsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +206,114 @@ class InferenceService:
             '/slipway.v1.InferenceService/PredictStream',
             slipway_dot_v1_dot_inference__service__pb2.PredictStreamRequest.SerializeToString,
             slipway_dot_v1_dot_inference__service__pb2.PredictStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AsyncPredict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.InferenceService/AsyncPredict',
+            slipway_dot_v1_dot_inference__service__pb2.AsyncPredictRequest.SerializeToString,
+            slipway_dot_v1_dot_inference__service__pb2.AsyncPredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAsyncRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.InferenceService/GetAsyncRequest',
+            slipway_dot_v1_dot_inference__service__pb2.GetAsyncRequestRequest.SerializeToString,
+            slipway_dot_v1_dot_inference__service__pb2.GetAsyncRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelAsyncRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.InferenceService/CancelAsyncRequest',
+            slipway_dot_v1_dot_inference__service__pb2.CancelAsyncRequestRequest.SerializeToString,
+            slipway_dot_v1_dot_inference__service__pb2.CancelAsyncRequestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAsyncRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slipway.v1.InferenceService/ListAsyncRequests',
+            slipway_dot_v1_dot_inference__service__pb2.ListAsyncRequestsRequest.SerializeToString,
+            slipway_dot_v1_dot_inference__service__pb2.ListAsyncRequestsResponse.FromString,
             options,
             channel_credentials,
             insecure,
