@@ -95,8 +95,11 @@ _FINISH = """finish_time = ?, payload = NULL,
 
 
 class AsyncRequestQueries:
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, concurrent_writes: bool = False) -> None:
         self._db = executor
+        # Where write transactions overlap (PostgreSQL), a claim skips the rows another
+        # claim has locked instead of waiting for them and then finding them taken.
+        self._skip_locked = " FOR UPDATE SKIP LOCKED" if concurrent_writes else ""
 
     # --- reads -------------------------------------------------------------------
 
@@ -202,7 +205,7 @@ class AsyncRequestQueries:
         """Up to `count` queued requests of the deployment, lowest priority number first, then
         oldest: marked IN_PROGRESS under `token`, their attempt counted."""
         rows = await self._db.fetchall(
-            f"{SELECT} WHERE deployment_id = ? AND status = 'QUEUED' ORDER BY priority, pk LIMIT ?",
+            f"{SELECT} WHERE deployment_id = ? AND status = 'QUEUED' ORDER BY priority, pk LIMIT ?{self._skip_locked}",
             (deployment_id, count),
         )
         claimed = []

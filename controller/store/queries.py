@@ -490,6 +490,7 @@ class SqlWriteTx(LeaseQueries, Reads):
 
     def __init__(self, executor: Executor, locks: TxLocks) -> None:
         super().__init__(executor)
+        self.async_requests = AsyncRequestQueries(executor, concurrent_writes=locks.active)
         self.locks = locks
         self.touched: set[str] = set()
         self.touched_models: set[str] = set()
