@@ -136,6 +136,8 @@ async def test_load_scales_up_to_the_computed_count_then_down_in_halving_steps_t
     stop.set()
     await traffic
     await platform.api.wait_state(did, r.DEPLOYMENT_STATE_SCALED_TO_ZERO, timeout=30)
+    # The watch delivers the last change after the store has it (a race seen under load).
+    await wait_until(lambda: desired_seen and desired_seen[-1] == 0, what="the watch to see zero")
     watch.cancel()
     recorder.cancel()
     assert failures == []

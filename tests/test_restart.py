@@ -116,9 +116,9 @@ async def test_sigkill_and_restart_loses_nothing_and_leaves_no_orphans(data_dir,
             await api.wait_state(kept.deployment.id, ACTIVE)
 
             # On PostgreSQL the new controller leads once the killed one's lease has expired.
-            async def listed() -> r.Deployment | None:
+            async def listed() -> r.Deployment | None:  # READY: an adopted replica is first LOADING
                 found = await api.get(kept.deployment.id)
-                return found if found.replicas else None
+                return found if any(rep.state == r.REPLICA_STATE_READY for rep in found.replicas) else None
 
             adopted = await wait_until(listed, timeout=30, what="the running replica to be adopted")
             assert [rep.pid for rep in adopted.replicas] == [rep.pid for rep in kept_running.replicas], "not adopted"
