@@ -393,7 +393,7 @@ class Lifecycle:
         promote: bool,
         source: Deployment | None = None,
     ) -> Deployment:
-        taken = await tx.deployment_names(model.id)
+        taken = await tx.deployment_names(model.id, name or None)  # all of them to choose a default name
         next_number = model.next_deployment_number
         if name:
             validation.require_unique_name(name, taken, model.id)
@@ -525,7 +525,7 @@ class Lifecycle:
             if name is not None and name != deployment.name:
                 domain.check_rename(deployment)
                 validation.validate_deployment_name(name)
-                taken = await tx.deployment_names(deployment.model_id)
+                taken = await tx.deployment_names(deployment.model_id, name)
                 validation.require_unique_name(name, taken, deployment.model_id)
                 values["name"] = name
             settings = replace(deployment.autoscaling, **autoscaling_changes)
