@@ -515,7 +515,7 @@ class Lifecycle:
             if name is not None and name != deployment.name:
                 domain.check_rename(deployment)
                 validation.validate_deployment_name(name)
-                taken = await tx.deployment_names(deployment.model_id)
+                taken = await tx.deployment_names(deployment.model_id, name)
                 validation.require_unique_name(name, taken, deployment.model_id)
                 values["name"] = name
             settings = replace(deployment.autoscaling, **autoscaling_changes)

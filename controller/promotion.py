@@ -124,7 +124,7 @@ async def create_published(
     """A new published deployment (a push with --publish or --promote, or step 1 of promoting
     development). Promoted `into` an environment, it takes the environment's autoscaling settings
     and becomes its deployment once it is ready."""
-    taken = await tx.deployment_names(model.id)
+    taken = await tx.deployment_names(model.id, name or None)  # all of them to choose a default name
     next_number = model.next_deployment_number
     if name:
         validation.require_unique_name(name, taken, model.id)

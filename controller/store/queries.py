@@ -204,8 +204,12 @@ class Reads:
         row = await self._one("SELECT COUNT(*) FROM api_keys WHERE revoke_time IS NULL")
         return row[0] if row else 0
 
-    async def deployment_names(self, model_id: str) -> set[str]:
-        rows = await self._all("SELECT name FROM deployments WHERE model_id = ? AND delete_time IS NULL", (model_id,))
+    async def deployment_names(self, model_id: str, among: str | None = None) -> set[str]:
+        """The names of the model's live deployments (only `among`, if it is one of them)."""
+        sql = "SELECT name FROM deployments WHERE model_id = ? AND delete_time IS NULL"
+        rows = await (
+            self._all(sql, (model_id,)) if among is None else self._all(f"{sql} AND name = ?", (model_id, among))
+        )
         return {r[0] for r in rows}
 
     async def model_deployments(self, model_id: str) -> list[Deployment]:
@@ -535,9 +539,9 @@ class SqlWriteTx(LeaseQueries, Reads):
         await self.locks.model_by_id(model_id)
         return await super().model_environments(model_id)
 
-    async def deployment_names(self, model_id: str) -> set[str]:
+    async def deployment_names(self, model_id: str, among: str | None = None) -> set[str]:
         await self.locks.model_by_id(model_id)
-        return await super().deployment_names(model_id)
+        return await super().deployment_names(model_id, among)
 
     async def model_deployments(self, model_id: str) -> list[Deployment]:
         await self.locks.model_by_id(model_id)
