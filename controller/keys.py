@@ -25,6 +25,7 @@ from slipway.v1 import (
     log_service_pb2,
     metric_service_pb2,
     model_service_pb2,
+    rollout_service_pb2,
     route_service_pb2,
 )
 
@@ -42,6 +43,8 @@ METHOD_SCOPES: dict[str, Scope] = {
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name: Scope.DEPLOY,
     # A deployment's figures: read by those who manage it (the dashboard's charts).
     metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name: Scope.DEPLOY,
+    # Rolling promotions and rollbacks: managed like promotions.
+    rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name: Scope.DEPLOY,
 }
 # Not user surfaces: gateways' credentials guard it (not user keys).
 INTERNAL_SERVICES = frozenset({route_service_pb2.DESCRIPTOR.services_by_name["RouteService"].full_name})

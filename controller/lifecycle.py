@@ -427,8 +427,8 @@ class Lifecycle:
                 )
                 return Result(deployment=created, flag=False)
             if plan is PromotionKind.IMMEDIATE:
-                await switch_production(tx, model, deployment, at)
-                return Result(deployment=await require_deployment(tx, deployment.id), flag=True)
+                switched = await switch_production(tx, model, deployment, at)
+                return Result(deployment=await require_deployment(tx, deployment.id), flag=switched)
             await tx.update_model(model.id, at, promoting_deployment_id=deployment.id)
             await tx.add_event(
                 at,

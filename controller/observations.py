@@ -12,7 +12,19 @@ from controller.lookups import require_deployment
 from controller.store import Store, WriteTx, now
 
 
-async def switch_production(tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
+async def switch_production(tx: WriteTx, model: Model, deployment: Deployment, at: float) -> bool:
+    """A promotion's final step: under a rolling policy a rollout starts (controller/rollouts.py)
+    and production changes when it succeeds; otherwise the deployment becomes production at
+    once. Whether production changed now."""
+    from controller import rollouts  # rollouts switches production through set_production below
+
+    if await rollouts.begin_if_rolling(tx, model, deployment, at):
+        return False
+    await set_production(tx, model, deployment, at)
+    return True
+
+
+async def set_production(tx: WriteTx, model: Model, deployment: Deployment, at: float) -> None:
     await tx.update_model(model.id, at, production_deployment_id=deployment.id, promoting_deployment_id=None)
     former = f" (replacing {model.production_deployment_id})" if model.production_deployment_id else ""
     await tx.add_event(

@@ -19,8 +19,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from controller import rollouts
 from controller.domain import Deployment, Model, ReplicaPhase
 from controller.replica_runtime import ReplicaHandle
+from controller.rollout_rules import Rollout
 from controller.store import ApiKeyRow, Change, Store
 from slipway.keys import SCOPE_TO_PROTO, Scope
 from slipway.status import MAX_STATUS_MESSAGE_BYTES
@@ -33,20 +35,16 @@ COALESCE_SECONDS = 0.002
 DELTA_HISTORY = 256
 
 
-def _model_route(model: Model) -> rt.ModelRoute:
+def _model_route(model: Model, rollout: Rollout | None = None) -> rt.ModelRoute:
+    """The model's route: production lists its deployment, or during a rolling promotion the
+    candidate and the previous deployment with the rollout's weights (controller/rollouts.py)."""
+    production = rollouts.weighted_deployments(model, rollout)
     return rt.ModelRoute(
         model_id=model.id,
         model_name=model.name,
         production_deployment_id=model.production_deployment_id or "",
         development_deployment_id=model.development_deployment_id or "",
-        environments=[
-            rt.EnvironmentRoute(
-                name="production",
-                deployments=[rt.WeightedDeployment(deployment_id=model.production_deployment_id, weight=100)],
-            )
-        ]
-        if model.production_deployment_id
-        else [],
+        environments=[rt.EnvironmentRoute(name="production", deployments=production)] if production else [],
     )
 
 
@@ -87,7 +85,8 @@ class RouteBroadcaster:
 
     async def start(self) -> None:
         snapshot = await self._store.route_snapshot()
-        self.models = {m.id: _model_route(m) for m in snapshot.models}
+        rolling = rollouts.active_by_model(await self._store.active_rollouts())
+        self.models = {m.id: _model_route(m, rolling.get(m.id)) for m in snapshot.models}
         self.deployments = {d.id: self._deployment_route(d) for d in snapshot.deployments}
         self.deleted_models = set(snapshot.deleted_model_ids)
         self.deleted_deployments = set(snapshot.deleted_deployment_ids)
@@ -154,13 +153,14 @@ class RouteBroadcaster:
         self, deployment_ids: set[str], model_ids: set[str], api_key_ids: set[str]
     ) -> rt.WatchRoutesResponse:
         delta = rt.WatchRoutesResponse()
+        rolling = rollouts.active_by_model(await self._store.active_rollouts(model_ids)) if model_ids else {}
         for model in await self._store.models_by_id(model_ids):
             if model.delete_time is not None:
                 self.models.pop(model.id, None)
                 self.deleted_models.add(model.id)
                 delta.deleted_model_ids.append(model.id)
             else:
-                route = self.models[model.id] = _model_route(model)
+                route = self.models[model.id] = _model_route(model, rolling.get(model.id))
                 delta.models.append(route)
         for deployment in await self._store.deployments_by_id(deployment_ids):
             if deployment.deleted:

@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from controller.domain import Deployment, Model
+from controller.store.rollout_queries import RolloutReadsProtocol, RolloutWritesProtocol
 from controller.store.rows import ApiKeyRow, Change, Page, ReplicaRow, RouteSnapshot, SecretRow
 
 
-class Reads(Protocol):
+class Reads(RolloutReadsProtocol, Protocol):
     """What both a write transaction and the store outside one can read."""
 
     async def get_model(self, id_or_name: str) -> Model | None:
@@ -31,7 +32,7 @@ class Reads(Protocol):
     async def model_deployments(self, model_id: str) -> list[Deployment]: ...
 
 
-class WriteTx(Reads, Protocol):
+class WriteTx(RolloutWritesProtocol, Reads, Protocol):
     """One transaction: serialised against every other write to the database (by any
     controller), committed when its block ends, rolled back if the block raises."""
 

@@ -16,6 +16,7 @@ from controller.domain import AutoscalingSettings, Deployment, Kind, Model, Stat
 from controller.store import changes
 from controller.store.backend import Backend, Executor, Row
 from controller.store.lease import LeaseQueries
+from controller.store.rollout_queries import RolloutReads, RolloutWrites
 from controller.store.rows import (
     ApiKeyRow,
     Change,
@@ -113,7 +114,7 @@ def _page(rows: Sequence[Any], limit: int, convert: Callable[[Any], Any], query:
     return Page(items, token)
 
 
-class Reads:
+class Reads(RolloutReads):
     """Queries shared by reads outside a transaction and write transactions."""
 
     def __init__(self, executor: Executor) -> None:
@@ -392,7 +393,7 @@ class SqlStore(Reads):
         return _page(rows, page_size, lambda r: EventRow(*r), query)
 
 
-class SqlWriteTx(LeaseQueries, Reads):
+class SqlWriteTx(LeaseQueries, RolloutWrites, Reads):
     """One write transaction (serialised against every other, see controller/store/backend.py)."""
 
     def __init__(self, executor: Executor) -> None:

@@ -133,6 +133,40 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO leader_lease (id, holder, token, expire_time) VALUES (1, '', 0, 0)
     """,
+    # 7: reserved for named environments (branch `envs`, issue 16 item 1): its migration
+    # takes this place when the branches merge; until then a no-op.
+    """
+    SELECT 1
+    """,
+    # 8: rolling promotions (controller/rollouts.py): a rollout policy per model and
+    # environment, and every rollout with its state, step, weights and figures; at most one
+    # in progress per model and environment.
+    """
+    CREATE TABLE rollout_policies (
+        model_id TEXT NOT NULL REFERENCES models(id),
+        environment TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        update_time REAL NOT NULL,
+        PRIMARY KEY (model_id, environment)
+    );
+    CREATE TABLE rollouts (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        model_id TEXT NOT NULL REFERENCES models(id),
+        environment TEXT NOT NULL,
+        candidate_deployment_id TEXT NOT NULL REFERENCES deployments(id),
+        previous_deployment_id TEXT NOT NULL REFERENCES deployments(id),
+        state TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        keep_warm_until REAL,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX rollouts_one_active ON rollouts(model_id, environment) WHERE active = 1;
+    CREATE INDEX rollouts_by_model ON rollouts(model_id, environment, pk);
+    CREATE INDEX rollouts_engine ON rollouts(active, keep_warm_until)
+    """,
 ]
 
 
