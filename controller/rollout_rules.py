@@ -11,8 +11,9 @@ rollback). Before a share rises, the candidate's ready replicas must cover it.
 Each step's figures of the candidate are compared with the previous deployment's on the
 same traffic (the step's, or the whole rollout's when the step gave the previous too few
 answers, as at 100%): a breach is an error rate above the previous one's by more than
-`max_error_rate_increase` (a fraction), or a p99 above `max_p99_ratio` times the
-previous one's and above `latency_floor_seconds`, once each has `min_requests` answers.
+`max_error_rate_increase` (a fraction), or — on the same traffic only — a p99 above
+`max_p99_ratio` times the previous one's and above `latency_floor_seconds`, once each has
+`min_requests` answers.
 """
 
 from __future__ import annotations
@@ -196,9 +197,11 @@ class Breach:
     message: str
 
 
-def judge(candidate: Figures, previous: Figures, thresholds: Thresholds) -> Breach | None:
+def judge(candidate: Figures, previous: Figures, thresholds: Thresholds, same_traffic: bool = True) -> Breach | None:
     """A breach of the thresholds by the candidate compared with the previous deployment;
-    None while either has fewer than min_requests answers, or when within them."""
+    None while either has fewer than min_requests answers, or when within them. Latency is
+    compared only on the same traffic (`same_traffic`: both served the step): a candidate
+    carrying all of it (at 100%) is slower under more load, not worse."""
     if candidate.requests < thresholds.min_requests or previous.requests < thresholds.min_requests:
         return None
     figures = f"candidate {candidate.describe()}; previous {previous.describe()}"
@@ -210,7 +213,7 @@ def judge(candidate: Figures, previous: Figures, thresholds: Thresholds) -> Brea
             f"{previous.error_rate * 100:.1f}% + {thresholds.max_error_rate_increase * 100:g} points ({figures})",
         )
     p99, baseline = candidate.p99, previous.p99
-    if p99 > thresholds.latency_floor_seconds and p99 > baseline * thresholds.max_p99_ratio:
+    if same_traffic and p99 > thresholds.latency_floor_seconds and p99 > baseline * thresholds.max_p99_ratio:
         return Breach(
             "latency",
             f"p99 {p99 * 1000:.0f} ms above {thresholds.max_p99_ratio:g} x the previous deployment's "
@@ -256,11 +259,12 @@ class Rollout:
     def last_step(self) -> bool:
         return self.step_index == len(self.steps) - 1
 
-    def baseline(self) -> Figures:
-        """The previous deployment's figures the candidate's step is compared with."""
+    def baseline(self) -> tuple[Figures, bool]:
+        """The previous deployment's figures the candidate's step is compared with, and
+        whether they are of the same traffic (the step's) rather than the whole rollout's."""
         if self.previous_step.requests >= self.thresholds.min_requests:
-            return self.previous_step
-        return self.previous_total
+            return self.previous_step, True
+        return self.previous_total, False
 
 
 def replicas_for_share(base_replicas: int, percent: int, max_replica: int) -> int:

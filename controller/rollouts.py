@@ -257,7 +257,8 @@ class Rollouts:
         if why:
             return await self._return_traffic(tx, rollout, RolloutState.FAILED, "candidate_failed", why, at)
         if rollout.thresholds.auto_rollback and rollout.candidate_percent > 0:
-            breach = judge(rollout.candidate_step, rollout.baseline(), rollout.thresholds)
+            baseline, same_traffic = rollout.baseline()
+            breach = judge(rollout.candidate_step, baseline, rollout.thresholds, same_traffic)
             if breach is not None:
                 return await self._return_traffic(
                     tx,

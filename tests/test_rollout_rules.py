@@ -123,6 +123,16 @@ def test_the_rollback_decision(candidate, previous, thresholds, kind):
         assert f"({candidate.errors}/{candidate.requests})" in breach.message  # the figures that triggered it
 
 
+def test_latency_is_judged_on_the_same_traffic_only_and_errors_against_the_whole_rollout():
+    slow, fast = figures(100, 0, 0.9), figures(100, 0, 0.2)
+    assert judge(slow, fast, T, same_traffic=False) is None  # at 100% the candidate carries all the load
+    assert judge(figures(100, 30), fast, T, same_traffic=False).kind == "error_rate"
+    at_100 = rollout(previous_step=figures(5, 0), previous_total=figures(500, 0))
+    assert at_100.baseline() == (at_100.previous_total, False)
+    at_50 = rollout(previous_step=figures(80, 0), previous_total=figures(500, 0))
+    assert at_50.baseline() == (at_50.previous_step, True)
+
+
 def test_figures_from_a_gateway_report_add_up():
     one = answers((90, 5, 5), histogram(0.01, 100))
     assert (one.requests, one.errors) == (100, 5)
