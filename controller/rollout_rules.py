@@ -58,7 +58,7 @@ class Thresholds:
     auto_rollback: bool = True
     max_error_rate_increase: float = 0.02  # 2 percentage points
     max_p99_ratio: float = 2.0
-    latency_floor_seconds: float = 0.1
+    latency_floor_seconds: float = 0.25
     min_requests: int = 100
 
 

@@ -20,7 +20,15 @@ from typing import Any
 
 import click
 
-from slipway import client_commands, key_commands, log_commands, push_commands, secret_commands, top_command
+from slipway import (
+    client_commands,
+    key_commands,
+    log_commands,
+    push_commands,
+    rollout_commands,
+    secret_commands,
+    top_command,
+)
 from slipway.addresses import checked_addresses
 from slipway.client import DEFAULT_CONTROLLER, DEFAULT_GATEWAY, SlipwayClient
 from slipway.command_support import CLIENT_ERRORS, EXAMPLE_PAYLOAD, error_line, push_package, timeout_option
@@ -361,6 +369,7 @@ for command in (
     client_commands.predict,
     key_commands.keys,
     secret_commands.secrets,
+    rollout_commands.rollouts,
     top_command.top,
     log_commands.logs,
 ):

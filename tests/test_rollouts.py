@@ -108,6 +108,8 @@ def package(api: Api, tag: str, failure_rate: float = 0.0) -> pathlib.Path:
 
 
 async def set_policy(rollouts, model_id: str, *percent_and_hold, **fields) -> ro.RolloutPolicy:
+    # A p99 is judged above 1 s only: on this shared test machine a few slow answers are noise.
+    fields.setdefault("latency_floor_seconds", 1.0)
     steps = [ro.RolloutStep(percent=p, hold_seconds=h) for p, h in percent_and_hold]
     policy = ro.RolloutPolicy(model_id=model_id, mode=ro.ROLLOUT_MODE_ROLLING, steps=steps, **fields)
     paths = ["mode", "steps", *fields]
@@ -154,13 +156,10 @@ async def first_production(api: Api, gateway, session, tag: str = "one"):
     return pushed, stream
 
 
-async def test_a_healthy_rolling_promotion_follows_its_steps_and_fails_no_request(
-    api: Api, gateway, rollouts, session
-):
+async def test_a_healthy_rolling_promotion_follows_its_steps_and_fails_no_request(api: Api, gateway, rollouts, session):
     first, stream = await first_production(api, gateway, session)
     model_id = first.model.id
-    # A p99 is judged above 1 s only: on this shared test machine a few slow answers are noise.
-    await set_policy(rollouts, model_id, (10, 3), (50, 3), (100, 3), min_requests=20, latency_floor_seconds=1.0)
+    await set_policy(rollouts, model_id, (10, 3), (50, 3), (100, 3), min_requests=20)
     stream.start()
     await wait_until(lambda: len(stream.answers) > 20, what="load to start")
     second = await api.push(package(api, "two"), target=ds.PUSH_TARGET_PRODUCTION)
@@ -175,12 +174,9 @@ async def test_a_healthy_rolling_promotion_follows_its_steps_and_fails_no_reques
             what=f"the gateway to route {percent}%",
         )
         applied = time.monotonic()
-        # Every answer while the gateway routes by this step's weights (until the next step's).
-        await wait_until(
-            lambda i=index: rollouts_step_over(stream, applied, i),
-            timeout=30,
-            what=f"answers at {percent}%",
-        )
+        # The answers to requests sent in the 2 s after the gateway took this step's weights
+        # (each step holds 3 s from the controller's switch).
+        await wait_until(lambda a=applied: time.monotonic() >= a + 2.0, what=f"answers at {percent}%")
         answers = [a for a in stream.since(applied) if a.started < applied + 2.0]
         measured[percent] = (share(answers, "two"), len(answers))
     rollout = await wait_rollout(rollouts, model_id, "success", state=ro.ROLLOUT_STATE_SUCCEEDED)
@@ -197,11 +193,6 @@ async def test_a_healthy_rolling_promotion_follows_its_steps_and_fails_no_reques
     assert "rollout.started" in types and types.count("rollout.step") == 3 and "rollout.succeeded" in types
 
 
-def rollouts_step_over(stream: Stream, applied: float, index: int) -> bool:
-    """Two seconds of answers since the step's weights reached the gateway (steps hold 3 s)."""
-    return time.monotonic() >= applied + 2.0
-
-
 async def test_a_candidate_failing_30_percent_is_rolled_back_automatically(api: Api, gateway, rollouts, session):
     first, stream = await first_production(api, gateway, session)
     model_id = first.model.id
@@ -215,7 +206,9 @@ async def test_a_candidate_failing_30_percent_is_rolled_back_automatically(api: 
     await wait_until(lambda: len(stream.since(back)) >= 200, what="answers after the rollback")
     await stream.stop()
     failed = stream.failed()
-    print(f"automatic rollback: the candidate failed {len(failed)} of {len(stream.answers)} requests; {rollout.message}")
+    print(
+        f"automatic rollback: the candidate failed {len(failed)} of {len(stream.answers)} requests; {rollout.message}"
+    )
     assert rollout.trigger == "automatic" and "error rate" in rollout.message
     assert rollout.candidate_step_figures.errors > 0 and rollout.candidate_step_figures.requests >= 20
     assert f"({rollout.candidate_step_figures.errors}/{rollout.candidate_step_figures.requests})" in rollout.message
@@ -241,7 +234,7 @@ async def test_pause_holds_the_share_and_cancel_returns_all_traffic(api: Api, ga
     # Held well past the step's 2 s: still 50%, still step 1.
     await wait_until(lambda: time.monotonic() > since + 4 and len(stream.since(since)) >= 200, what="answers")
     held = await get_rollout(rollouts, model_id)
-    assert (held.state, held.step_index, held.candidate_percent) == (ro.ROLLOUT_STATE_PAUSED, 0, 50)
+    assert (held.state, held.step_index, held.candidate_percent) == (ro.ROLLOUT_STATE_PAUSED, 0, 50), held.message
     assert share(stream.since(since), "two") == pytest.approx(0.5, abs=0.1)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await api.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=first.deployment.id))
@@ -361,3 +354,32 @@ async def test_a_restarted_controller_resumes_the_rollout_where_it_was(tmp_path)
             await api.wait_state(second.deployment.id, ACTIVE)
     finally:
         await stop_or_explain(controller.stop(), "controller")
+
+
+async def test_the_cli_sets_the_policy_shows_rollouts_and_rolls_back(api: Api, controller):
+    from click.testing import CliRunner
+
+    from slipway.cli import cli
+
+    def run(*args: str):
+        return asyncio.to_thread(CliRunner().invoke, cli, ["--controller", controller.address, *args])
+
+    first = await api.push(package(api, "one"), target=ds.PUSH_TARGET_PRODUCTION)
+    model_id = first.model.id
+    await api.wait_production(model_id, first.deployment.id)
+    result = await run("rollouts", "policy", "--model", "flaky", "--mode", "rolling", "--steps", "50:1,100:1")
+    assert result.exit_code == 0, result.output
+    assert "rolling" in result.output and "50% (1 s), 100% (1 s)" in result.output
+    refused = await run("rollouts", "policy", "--model", "flaky", "--steps", "50,40,100")
+    assert refused.exit_code != 0 and "step 2 is 40%" in refused.output
+    second = await api.push(package(api, "two"), target=ds.PUSH_TARGET_PRODUCTION)
+    await api.wait_production(model_id, second.deployment.id, timeout=60)
+    shown = await run("rollouts", "get", "--model", "flaky")
+    assert shown.exit_code == 0 and "SUCCEEDED" in shown.output and second.deployment.id in shown.output
+    listed = await run("rollouts", "list", "--model", "flaky", "-o", "json")
+    assert listed.exit_code == 0 and json.loads(listed.output)[0]["state"] == "ROLLOUT_STATE_SUCCEEDED"
+    back = await run("deployments", "rollback", "--model", "flaky")
+    assert back.exit_code == 0 and first.deployment.id in back.output, back.output
+    assert (await api.model(model_id)).production_deployment_id == first.deployment.id
+    none = await run("rollouts", "cancel", "--model", "flaky")
+    assert none.exit_code != 0 and "NO_ROLLOUT_IN_PROGRESS" in none.output
