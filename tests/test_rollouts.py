@@ -383,3 +383,37 @@ async def test_the_cli_sets_the_policy_shows_rollouts_and_rolls_back(api: Api, c
     assert (await api.model(model_id)).production_deployment_id == first.deployment.id
     none = await run("rollouts", "cancel", "--model", "flaky")
     assert none.exit_code != 0 and "NO_ROLLOUT_IN_PROGRESS" in none.output
+
+
+async def test_a_deactivated_candidate_fails_the_rollout_and_complete_forces_success(api: Api, rollouts):
+    first = await api.push(package(api, "one"), target=ds.PUSH_TARGET_PRODUCTION)
+    model_id = first.model.id
+    await api.wait_production(model_id, first.deployment.id)
+    await set_policy(rollouts, model_id, (50, 600), (100, 600), min_requests=20)
+    second = await api.push(package(api, "two"), target=ds.PUSH_TARGET_PRODUCTION)
+    await wait_rollout(rollouts, model_id, "the first step", step_index=0)
+    await api.deployments.DeactivateDeployment(ds.DeactivateDeploymentRequest(deployment_id=second.deployment.id))
+    failed = await wait_rollout(rollouts, model_id, "the rollout to fail", state=ro.ROLLOUT_STATE_FAILED)
+    assert failed.trigger == "candidate_failed" and "deactivated" in failed.message
+    model = await api.model(model_id)
+    assert model.production_deployment_id == first.deployment.id and not model.promoting_deployment_id
+
+    third = await api.push(package(api, "three"), target=ds.PUSH_TARGET_PRODUCTION)
+    started = await wait_rollout(
+        rollouts, model_id, "the next rollout", step_index=0, candidate_deployment_id=third.deployment.id
+    )
+    assert started.id != failed.id and started.candidate_deployment_id == third.deployment.id
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # one promotion (and rollout) at a time
+        await api.deployments.PromoteDeployment(ds.PromoteDeploymentRequest(deployment_id=second.deployment.id))
+    assert error_reason(refused.value) in ("PROMOTION_IN_PROGRESS", "DEPLOYMENT_INACTIVE")
+    request = ro.CompleteRolloutRequest(model_id=model_id, request_id="complete-1")
+    completed = (await rollouts.CompleteRollout(request)).rollout
+    assert completed.state == ro.ROLLOUT_STATE_SUCCEEDED and completed.trigger == "user"
+    assert (await api.model(model_id)).production_deployment_id == third.deployment.id
+    again = (await rollouts.CompleteRollout(request)).rollout  # a retry gets the first answer
+    assert again == completed
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await rollouts.PauseRollout(ro.PauseRolloutRequest(model_id=model_id, request_id="complete-1"))
+    assert error_reason(refused.value) == "REQUEST_ID_REUSED"
+    listed = (await rollouts.ListRollouts(ro.ListRolloutsRequest(model_id=model_id, page_size=1))).rollouts
+    assert [r.id for r in listed] == [completed.id]
