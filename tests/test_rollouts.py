@@ -417,3 +417,37 @@ async def test_a_deactivated_candidate_fails_the_rollout_and_complete_forces_suc
     assert error_reason(refused.value) == "REQUEST_ID_REUSED"
     listed = (await rollouts.ListRollouts(ro.ListRolloutsRequest(model_id=model_id, page_size=1))).rollouts
     assert [r.id for r in listed] == [completed.id]
+
+
+async def test_a_controller_that_lost_the_lease_drives_no_rollout(tmp_path):
+    from controller.leader import LeaseLost, LeaseSettings
+    from controller.store import default_database_url, open_store
+
+    # A long lease never renewed during the test: only the fence in the database stops it.
+    settings = controller_settings(tmp_path / "data", lease=LeaseSettings(600, 300))
+    controller = await Controller.start(settings)
+    rival = await open_store(default_database_url(settings.data_dir))
+    try:
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            rollouts = ro_grpc.RolloutServiceStub(channel)
+            first = await api.push(package(api, "one"), target=ds.PUSH_TARGET_PRODUCTION)
+            model_id = first.model.id
+            await api.wait_production(model_id, first.deployment.id)
+            await set_policy(rollouts, model_id, (50, 1), (100, 1), min_requests=20)
+            await api.push(package(api, "two"), target=ds.PUSH_TARGET_PRODUCTION)
+            held = await wait_rollout(rollouts, model_id, "the first step", step_index=0)
+            async with rival.write() as tx:  # another controller takes the lease
+                assert await tx.take_lease("rival", time.time(), 600, force=True) is not None
+            with pytest.raises(LeaseLost):
+                await controller.rollouts.tick()
+            refused = controller.leadership.refused
+            over = held.step_start_time.ToSeconds() + 2.0  # its 1 s step is long over, yet:
+            await wait_until(
+                lambda: controller.leadership.refused > refused + 5 and time.time() > over, what="passes refused"
+            )
+            still = await get_rollout(rollouts, model_id)
+            assert (still.state, still.step_index, still.update_time) == (held.state, 0, held.update_time)
+    finally:
+        await rival.close()
+        await stop_or_explain(controller.stop(), "controller")
