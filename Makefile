@@ -104,3 +104,4 @@ bench: setup bench-deps postgres-bin
 	$(PY) bench/logs.py
 	$(PY) bench/metric_history.py
 	$(PY) bench/failover.py
+	$(PY) bench/rollout.py
