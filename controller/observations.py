@@ -6,19 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from controller import domain
+from controller import domain, rollout_environments
 from controller.domain import Deployment, Model, State
 from controller.lookups import require_deployment
 from controller.store import Store, WriteTx, now
 
 
 async def switch_production(tx: WriteTx, model: Model, deployment: Deployment, at: float) -> bool:
-    """A promotion's final step: under a rolling policy a rollout starts (controller/rollouts.py)
+    """A promotion's final step: under a rolling policy a rollout starts (controller/rollout_environments.py)
     and production changes when it succeeds; otherwise the deployment becomes production at
     once. Whether production changed now."""
-    from controller import rollouts  # rollouts switches production through set_production below
-
-    if await rollouts.begin_if_rolling(tx, model, deployment, at):
+    if await rollout_environments.begin_if_rolling(tx, model, deployment, at):
         return False
     await set_production(tx, model, deployment, at)
     return True

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from controller import rollouts
+from controller import rollout_environments as rollouts
 from controller.domain import Deployment, Model, ReplicaPhase
 from controller.replica_runtime import ReplicaHandle
 from controller.rollout_rules import Rollout
