@@ -243,3 +243,70 @@ def test_floors_scale_the_candidate_ahead_and_keep_the_previous_for_its_share():
     assert floors(succeeded, 10, 10, 129.0) == {"prev": 4}  # kept warm 30 s
     assert floors(succeeded, 10, 10, 130.0) == {}
     assert floors(end(at_10, RolloutState.CANCELED, "user", "", 1.0), 10, 10, 1.0) == {}
+
+
+def model(production: str | None = "prev", promoting: str | None = "cand"):
+    from controller.domain import Model
+
+    return Model("m", "m", production, None, promoting, 1, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, promoting, expected",
+    [
+        ({}, "cand", [("prev", 100)]),  # RELEASING: no traffic on the candidate yet
+        ({"state": RolloutState.RAMPING_UP, "candidate_percent": 10}, "cand", [("cand", 10), ("prev", 90)]),
+        ({"state": RolloutState.PAUSED, "candidate_percent": 50}, "cand", [("cand", 50), ("prev", 50)]),
+        ({"state": RolloutState.RAMPING_UP, "candidate_percent": 100}, "cand", [("cand", 100)]),
+        ({"state": RolloutState.RAMPING_UP, "candidate_percent": 50}, None, [("prev", 100)]),  # promotion cancelled
+        ({"state": RolloutState.CANCELED, "candidate_percent": 0}, None, [("prev", 100)]),
+    ],
+)
+def test_the_route_lists_the_candidate_first_with_the_rollouts_weights(overrides, promoting, expected):
+    from controller.rollout_environments import weighted_deployments
+
+    routed = weighted_deployments(model(promoting=promoting), rollout(**overrides))
+    assert [(d.deployment_id, d.weight) for d in routed] == expected
+    assert weighted_deployments(model(production=None, promoting=None), None) == []
+
+
+@pytest.mark.parametrize(
+    "paths, sent, reason",
+    [
+        ([], {}, "EMPTY_UPDATE"),
+        (["name"], {}, "INVALID_UPDATE_MASK"),
+        (["mode"], {"mode": 7}, "INVALID_ROLLOUT_POLICY"),
+    ],
+)
+def test_policy_update_masks_are_checked(paths, sent, reason):
+    from google.protobuf import field_mask_pb2
+
+    from controller.rollout_servicer import policy_changes
+    from slipway.v1 import rollout_service_pb2 as ro
+
+    request = ro.UpdateRolloutPolicyRequest(
+        policy=ro.RolloutPolicy(model_id="m", **sent), update_mask=field_mask_pb2.FieldMask(paths=paths)
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        policy_changes(request)
+    assert refused.value.reason == reason
+
+
+def test_a_policy_update_changes_only_what_it_names():
+    from google.protobuf import field_mask_pb2
+
+    from controller.rollout_servicer import policy_changes
+    from slipway.v1 import rollout_service_pb2 as ro
+
+    sent = ro.RolloutPolicy(
+        model_id="m", mode=ro.ROLLOUT_MODE_ROLLING, min_requests=5, max_error_rate_increase_points=4
+    )
+    apply, _ = policy_changes(ro.UpdateRolloutPolicyRequest(policy=sent))  # no mask: the non-zero fields
+    changed = apply(Policy())
+    assert changed.mode is Mode.ROLLING and changed.thresholds.min_requests == 5
+    assert changed.thresholds.max_error_rate_increase == pytest.approx(0.04)
+    assert changed.stabilization_seconds == Policy().stabilization_seconds
+    masked = ro.UpdateRolloutPolicyRequest(
+        policy=ro.RolloutPolicy(auto_rollback=False), update_mask=field_mask_pb2.FieldMask(paths=["auto_rollback"])
+    )
+    assert policy_changes(masked)[0](changed).thresholds.auto_rollback is False  # false needs its mask path
