@@ -105,3 +105,4 @@ bench: setup bench-deps postgres-bin
 	$(PY) bench/metric_history.py
 	$(PY) bench/failover.py
 	$(PY) bench/async_queue.py
+	$(PY) bench/rollout.py

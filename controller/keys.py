@@ -27,6 +27,7 @@ from slipway.v1 import (
     log_service_pb2,
     metric_service_pb2,
     model_service_pb2,
+    rollout_service_pb2,
     route_service_pb2,
 )
 
@@ -47,6 +48,8 @@ METHOD_SCOPES: dict[str, Scope] = {
     metric_service_pb2.DESCRIPTOR.services_by_name["MetricService"].full_name: Scope.DEPLOY,
     # The secret that signs a model's webhooks: managed by those who manage the model.
     async_service_pb2.DESCRIPTOR.services_by_name["WebhookSecretService"].full_name: Scope.DEPLOY,
+    # Rolling promotions and rollbacks: managed like promotions.
+    rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name: Scope.DEPLOY,
 }
 # Not user surfaces: gateways' credentials guard it (not user keys).
 INTERNAL_SERVICES = frozenset(

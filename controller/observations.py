@@ -95,7 +95,7 @@ class Observations:
                 if state in (State.ACTIVE, State.SCALED_TO_ZERO):
                     environment = await tx.get_environment(current.model_id, current.promoting_environment)
                     assert environment is not None, "a deployment is promoted only into a live environment"
-                    await promotion.point_environment(tx, environment, current, at)
+                    await promotion.finish_promotion(tx, environment, current, at)
                 elif state in domain.FAILED_STATES:
                     await promotion.fail_promotion(tx, current, at, message)
         self._on_commit()

@@ -1,16 +1,18 @@
 """Promotion into an environment (production or a named one), in one place: what a promote
 call does in its transaction, starting, failing and cancelling one in flight, and the final
-step, `point_environment`, which the reconciler's observations take too once a candidate is
+step, `finish_promotion`, which the reconciler's observations take too once a candidate is
 ready.
 
-`point_environment` is the one function that makes an environment route to a deployment. It
-switches at once; a rolling promotion replaces that switch with a traffic ramp over the same
-records (the environment's deployment and its candidate, `promoting_deployment_id`).
+`point_environment` is the one function that makes an environment route to a deployment: at
+once. A promotion's final step is `finish_promotion`: under the environment's rolling policy it
+starts a traffic ramp instead (controller/rollout_environments.py), over the same records (the
+environment's deployment and its candidate, `promoting_deployment_id`), and the rollout engine
+(controller/rollouts.py) points the environment once the ramp succeeds.
 """
 
 from __future__ import annotations
 
-from controller import domain, environments, validation
+from controller import domain, environments, rollout_environments, validation
 from controller.domain import AutoscalingLimits, Deployment, Kind, Model, PromotionKind
 from controller.environments import Environment
 from controller.errors import NotFound
@@ -70,6 +72,16 @@ async def point_environment(tx: WriteTx, environment: Environment, deployment: D
         f"{deployment.name!r} ({deployment.id}) is now {_described(environment.name)}{former}",
         environment.name,
     )
+
+
+async def finish_promotion(tx: WriteTx, environment: Environment, deployment: Deployment, at: float) -> bool:
+    """A promotion's final step, once its candidate is ready: a rollout starts under a
+    rolling policy (the environment changes when it succeeds), else the environment points at
+    the candidate now. Whether it switched now."""
+    if await rollout_environments.begin_if_rolling(tx, environment, deployment, at):
+        return False
+    await point_environment(tx, environment, deployment, at)
+    return True
 
 
 async def start_promotion(tx: WriteTx, environment: Environment, deployment: Deployment, at: float) -> None:
@@ -159,7 +171,7 @@ async def promote(
         )
         return created, False
     if plan is PromotionKind.IMMEDIATE:
-        await point_environment(tx, environment, deployment, at)
-        return await require_deployment(tx, deployment.id), True
+        switched = await finish_promotion(tx, environment, deployment, at)
+        return await require_deployment(tx, deployment.id), switched
     await start_promotion(tx, environment, deployment, at)
     return await require_deployment(tx, deployment.id), False

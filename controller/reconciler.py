@@ -81,8 +81,14 @@ class Reconciler:
         on_observed: Callable[[str, int, int], None] = lambda deployment_id, desired, ready: None,
         metrics: ControllerMetrics | None = None,
         leadership: Leadership | None = None,
+        before_pass: Callable[[], Awaitable[None]] | None = None,
+        replica_floor: Callable[[str], int] = lambda deployment_id: 0,
     ) -> None:
         self.store = store
+        # Leader work run at the start of every pass (rolling promotions' steps, controller/rollouts.py),
+        # and the replicas a deployment keeps whatever its autoscaler says (a rollout's shares).
+        self.before_pass = before_pass
+        self.replica_floor = replica_floor
         # Fences every runtime action (controller/leader.py); None: unfenced (a lone controller).
         self.leadership = leadership
         # Every replica record, fenced like the runtime action it records.
@@ -170,6 +176,8 @@ class Reconciler:
             except OSError:
                 log.exception("garbage collection failed")
         await self._record_exits()
+        if self.before_pass is not None:
+            await self.before_pass()
         deployments = await self.store.deployments_to_reconcile()
         wanted = {d.id for d in deployments}
         for deployment in deployments:
@@ -299,7 +307,8 @@ class Reconciler:
             resume_from=domain.recorded_target(deployment),
             coming_up=deployment.state in domain.COMING_UP_STATES,
         )
-        return domain.desired_replicas(deployment, target)
+        floor = min(self.replica_floor(deployment.id), deployment.autoscaling.max_replica)
+        return max(domain.desired_replicas(deployment, target), floor)
 
     async def _environment(self, deployment: Deployment) -> tuple[Deployment, EnvironmentStatus]:
         """The deployment's Python environment: ready, being built, or failed to build (then

@@ -21,9 +21,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from controller import rollout_environments as rollouts
 from controller.domain import Deployment, Model, ReplicaPhase
 from controller.environments import Environment
 from controller.replica_runtime import ReplicaHandle
+from controller.rollout_rules import Rollout
 from controller.store import ApiKeyRow, Change, Store
 from slipway.keys import SCOPE_TO_PROTO, Scope
 from slipway.status import MAX_STATUS_MESSAGE_BYTES
@@ -36,9 +38,13 @@ COALESCE_SECONDS = 0.002
 DELTA_HISTORY = 256
 
 
-def _model_route(model: Model, environments: list[Environment]) -> rt.ModelRoute:
+def _model_route(
+    model: Model, environments: list[Environment], rolling: dict[tuple[str, str], Rollout]
+) -> rt.ModelRoute:
     """The model's route: production (when it has a deployment) and every named environment
-    (with or without one), each with the deployments that take its traffic."""
+    (with or without one), each with the deployments that take its traffic — during a
+    rolling promotion the candidate and the previous one with the rollout's weights
+    (controller/rollouts.py)."""
     return rt.ModelRoute(
         model_id=model.id,
         model_name=model.name,
@@ -46,10 +52,7 @@ def _model_route(model: Model, environments: list[Environment]) -> rt.ModelRoute
         development_deployment_id=model.development_deployment_id or "",
         environments=[
             rt.EnvironmentRoute(
-                name=e.name,
-                deployments=[rt.WeightedDeployment(deployment_id=e.deployment_id, weight=100)]
-                if e.deployment_id
-                else [],
+                name=e.name, deployments=rollouts.weighted_deployments(e, rolling.get((e.model_id, e.name)))
             )
             for e in environments
             if e.deployment_id or not e.is_production
@@ -109,7 +112,8 @@ class RouteBroadcaster:
         snapshot = await self._store.route_snapshot()
         api_keys = await self._store.all_api_keys()
         environments = _by_model(snapshot.environments)
-        self.models = {m.id: _model_route(m, environments[m.id]) for m in snapshot.models}
+        rolling = rollouts.active_by_environment(await self._store.active_rollouts())
+        self.models = {m.id: _model_route(m, environments[m.id], rolling) for m in snapshot.models}
         self.deployments = {d.id: self._deployment_route(d) for d in snapshot.deployments}
         self.deleted_models = set(snapshot.deleted_model_ids)
         self.deleted_deployments = set(snapshot.deleted_deployment_ids)
@@ -186,13 +190,14 @@ class RouteBroadcaster:
         delta = rt.WatchRoutesResponse()
         models = await self._store.models_by_id(model_ids)
         environments = _by_model(await self._store.environments_of(m.id for m in models if m.delete_time is None))
+        rolling = rollouts.active_by_environment(await self._store.active_rollouts(model_ids)) if model_ids else {}
         for model in models:
             if model.delete_time is not None:
                 self.models.pop(model.id, None)
                 self.deleted_models.add(model.id)
                 delta.deleted_model_ids.append(model.id)
             else:
-                route = self.models[model.id] = _model_route(model, environments[model.id])
+                route = self.models[model.id] = _model_route(model, environments[model.id], rolling)
                 delta.models.append(route)
         for deployment in await self._store.deployments_by_id(deployment_ids):
             if deployment.deleted:

@@ -46,6 +46,8 @@ from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, RuntimeUnavailableError, require_runtime
+from controller.rollout_servicer import RolloutServicer
+from controller.rollouts import Rollouts
 from controller.routes import LoadTracker, RouteBroadcaster
 from controller.runtime import LocalProcessRuntime
 from controller.secret_servicer import SecretServicer
@@ -72,6 +74,8 @@ from slipway.v1 import (
     metric_service_pb2_grpc,
     model_service_pb2,
     model_service_pb2_grpc,
+    rollout_service_pb2,
+    rollout_service_pb2_grpc,
     route_service_pb2,
     route_service_pb2_grpc,
     secret_service_pb2,
@@ -93,6 +97,7 @@ SERVICE_NAMES = (
     environment_service_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
     ASYNC_QUEUE_SERVICE,
     WEBHOOK_SECRET_SERVICE,
+    rollout_service_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
 )
 OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME})
 
@@ -170,6 +175,7 @@ class Controller:
         self.reconciler: Reconciler
         self.async_inference: AsyncInference
         self.leadership: Leadership
+        self.rollouts: Rollouts
         self.autoscaler: Autoscaler
         self.routes: RouteBroadcaster
         self.load: LoadTracker
@@ -238,10 +244,15 @@ class Controller:
             ),
             leader_write=self.leadership.fenced_write,
         )
+        self.leadership = Leadership(self.store, settings.lease, self._lead, self._follow)
+        # Rolling promotions: their steps are leader work, run by the reconciler, fenced.
+        self.rollouts = Rollouts(
+            self.store, on_commit=lambda: self.reconciler.poke(), fenced_write=self.leadership.fenced_write
+        )
         self.routes = RouteBroadcaster(self.store, lambda deployment_id: self.reconciler.replicas_of(deployment_id))
         self.load = LoadTracker(
             on_report=lambda: self.reconciler.poke(),
-            on_loads=lambda request: record_report(self.history, request, time.time()),
+            on_loads=self._on_loads,
         )
         self.store.add_listener(self.routes.on_store_change)
         try:
@@ -271,6 +282,8 @@ class Controller:
                 ),
                 metrics=self.metrics,
                 leadership=self.leadership,
+                before_pass=self.rollouts.tick,
+                replica_floor=self.rollouts.floor,
             )
         except RuntimeUnavailableError:
             # The runtime cannot run (its cluster unreachable): close what started, say why.
@@ -334,6 +347,7 @@ class Controller:
         metric_service_pb2_grpc.add_MetricServiceServicer_to_server(
             MetricServicer(self.history, lifecycle), self._server
         )
+        rollout_service_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(self.rollouts), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -419,6 +433,11 @@ class Controller:
     def _note_touched(self, change: Change) -> None:
         """Deployments whose metric series the reconciler checks (a reset: every one it has)."""
         self.metrics.touched.update(self.metrics.labels if change.reset else change.deployments)
+
+    def _on_loads(self, request: route_service_pb2.ReportLoadRequest) -> None:
+        """A gateway's load report: the metric history's answers, and rolling promotions' figures."""
+        record_report(self.history, request, time.time())
+        self.rollouts.record_report(request)
 
     def _wake(self, deployment_id: str) -> None:
         self.metrics.woken(deployment_id)

@@ -27,6 +27,7 @@ from slipway import (
     log_commands,
     push_commands,
     request_commands,
+    rollout_commands,
     secret_commands,
     top_command,
 )
@@ -372,6 +373,7 @@ for command in (
     secret_commands.secrets,
     environment_commands.environments,
     request_commands.requests,
+    rollout_commands.rollouts,
     top_command.top,
     log_commands.logs,
 ):

@@ -45,6 +45,7 @@ from slipway.v1 import (
     key_service_pb2_grpc,
     log_service_pb2_grpc,
     model_service_pb2_grpc,
+    rollout_service_pb2_grpc,
     secret_service_pb2_grpc,
 )
 from slipway.v1 import (
@@ -228,6 +229,8 @@ class SlipwayClient:
         self.environments = environment_service_pb2_grpc.EnvironmentServiceStub(authorized)
         # LogService: used as it is (slipway/log_commands.py).
         self.logs = log_service_pb2_grpc.LogServiceStub(authorized)
+        # RolloutService: used as it is (slipway/rollout_commands.py).
+        self.rollouts = rollout_service_pb2_grpc.RolloutServiceStub(authorized)
 
     def close(self) -> None:
         self._channel.close()

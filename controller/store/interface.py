@@ -11,10 +11,11 @@ from typing import Any, Protocol
 from controller.domain import AutoscalingSettings, Deployment, Model
 from controller.environments import Environment
 from controller.store.async_requests import AsyncRequestQueries
+from controller.store.rollout_queries import RolloutReadsProtocol, RolloutWritesProtocol
 from controller.store.rows import ApiKeyRow, Change, Page, ReplicaRow, RouteSnapshot, SecretRow
 
 
-class Reads(Protocol):
+class Reads(RolloutReadsProtocol, Protocol):
     """What both a write transaction and the store outside one can read."""
 
     # The async request queue: reads outside a transaction, changes inside one.
@@ -43,7 +44,7 @@ class Reads(Protocol):
         """The model's live environments, production first (in creation order)."""
 
 
-class WriteTx(Reads, Protocol):
+class WriteTx(RolloutWritesProtocol, Reads, Protocol):
     """One transaction: isolated from every other write to the database (by any controller)
     that touches what it touches (controller/store/locks.py), committed when its block ends,
     rolled back if the block raises."""

@@ -19,6 +19,7 @@ from controller.store.async_requests import AsyncRequestQueries
 from controller.store.backend import Backend, Executor, Row
 from controller.store.lease import LeaseQueries
 from controller.store.locks import ModelNames, Rank, TxLocks
+from controller.store.rollout_queries import RolloutReads, RolloutWrites
 from controller.store.rows import (
     ApiKeyRow,
     Change,
@@ -145,7 +146,7 @@ def _page(rows: Sequence[Any], limit: int, convert: Callable[[Any], Any], query:
     return Page(items, token)
 
 
-class Reads:
+class Reads(RolloutReads):
     """Queries shared by reads outside a transaction and write transactions."""
 
     def __init__(self, executor: Executor) -> None:
@@ -487,7 +488,7 @@ class SqlStore(Reads):
         return _page(rows, page_size, lambda r: EventRow(*r), query)
 
 
-class SqlWriteTx(LeaseQueries, Reads):
+class SqlWriteTx(LeaseQueries, RolloutWrites, Reads):
     """One write transaction. Where writes overlap (PostgreSQL) each method first takes the
     lock of what it names (controller/store/locks.py): the model of a model or deployment,
     the API keys, the secrets, the lease; SQLite runs one transaction at a time."""

@@ -214,6 +214,35 @@ MIGRATIONS: list[str] = [
         update_time REAL NOT NULL
     )
     """,
+    # 10: rolling promotions (controller/rollouts.py): a rollout policy per model and
+    # environment, and every rollout with its state, step, weights and figures; at most one
+    # in progress per model and environment.
+    """
+    CREATE TABLE rollout_policies (
+        model_id TEXT NOT NULL REFERENCES models(id),
+        environment TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        update_time REAL NOT NULL,
+        PRIMARY KEY (model_id, environment)
+    );
+    CREATE TABLE rollouts (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        model_id TEXT NOT NULL REFERENCES models(id),
+        environment TEXT NOT NULL,
+        candidate_deployment_id TEXT NOT NULL REFERENCES deployments(id),
+        previous_deployment_id TEXT NOT NULL REFERENCES deployments(id),
+        state TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        keep_warm_until REAL,
+        create_time REAL NOT NULL,
+        update_time REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX rollouts_one_active ON rollouts(model_id, environment) WHERE active = 1;
+    CREATE INDEX rollouts_by_model ON rollouts(model_id, environment, pk);
+    CREATE INDEX rollouts_engine ON rollouts(active, keep_warm_until)
+    """,
 ]
 
 
