@@ -244,7 +244,6 @@ class Controller:
             ),
             leader_write=self.leadership.fenced_write,
         )
-        self.leadership = Leadership(self.store, settings.lease, self._lead, self._follow)
         # Rolling promotions: their steps are leader work, run by the reconciler, fenced.
         self.rollouts = Rollouts(
             self.store, on_commit=lambda: self.reconciler.poke(), fenced_write=self.leadership.fenced_write

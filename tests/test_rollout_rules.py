@@ -245,10 +245,10 @@ def test_floors_scale_the_candidate_ahead_and_keep_the_previous_for_its_share():
     assert floors(end(at_10, RolloutState.CANCELED, "user", "", 1.0), 10, 10, 1.0) == {}
 
 
-def model(production: str | None = "prev", promoting: str | None = "cand"):
-    from controller.domain import Model
+def environment(production: str | None = "prev", promoting: str | None = "cand"):
+    from controller.environments import Environment
 
-    return Model("m", "m", production, None, promoting, 1, 0.0, 0.0)
+    return Environment("m", "production", production, promoting, None, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -265,9 +265,9 @@ def model(production: str | None = "prev", promoting: str | None = "cand"):
 def test_the_route_lists_the_candidate_first_with_the_rollouts_weights(overrides, promoting, expected):
     from controller.rollout_environments import weighted_deployments
 
-    routed = weighted_deployments(model(promoting=promoting), rollout(**overrides))
+    routed = weighted_deployments(environment(promoting=promoting), rollout(**overrides))
     assert [(d.deployment_id, d.weight) for d in routed] == expected
-    assert weighted_deployments(model(production=None, promoting=None), None) == []
+    assert weighted_deployments(environment(production=None, promoting=None), None) == []
 
 
 @pytest.mark.parametrize(
