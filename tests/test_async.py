@@ -12,8 +12,8 @@ import grpc
 import pytest
 from aiohttp import web
 from conftest import Api, controller_settings, error_reason, start_gateway, stop_or_explain, wait_until
-from test_environments import create, promote
 from google.protobuf import field_mask_pb2
+from test_environments import create, promote
 
 from controller.async_rules import AsyncSettings, verify
 from controller.autoscaler import AutoscalerConfig
