@@ -128,6 +128,9 @@ class ReplicaSupervisor:
         self._pinned: set[tuple[str, str]] = set()
         self.user: ReplicaUser | None = None
         self.own_dir: pathlib.Path | None = None
+        # The task that sets `exited`: held here, since the event loop keeps only a weak
+        # reference to a task (Ray's own collector thread did collect an unheld one).
+        self._watching: asyncio.Task | None = None
 
     def _assign(self, replica_id: str) -> None:
         self.replica_id = replica_id
@@ -173,11 +176,17 @@ class ReplicaSupervisor:
         self._pinned.clear()
 
     async def _prune(self) -> None:
-        removed = await asyncio.to_thread(self.cache.prune)
-        if removed and self.replica_id:
+        """Keep the node's cache within its bound (a failure to is logged, never fails the start)."""
+        try:
+            removed = await asyncio.to_thread(self.cache.prune)
+        except OSError as error:
+            removed, note = [], f"slipway: node cache not pruned: {error}\n"
+        else:
+            names = ", ".join(f"{entry.kind}/{entry.name[:12]}" for entry in removed)
+            note = f"slipway: node cache over {self.cache.max_bytes} bytes: removed {names} (unused)\n"
+        if (removed or "not pruned" in note) and self.replica_id:
             with self.log_path.open("a") as log_file:
-                names = ", ".join(f"{entry.kind}/{entry.name[:12]}" for entry in removed)
-                log_file.write(f"slipway: node cache over {self.cache.max_bytes} bytes: removed {names} (unused)\n")
+                log_file.write(note)
 
     async def put_package(self, digest: str, archive: list, pinned: bool = False) -> bool:
         """Unpack the package unless this node has it; `archive` is [ObjectRef] of its tar
@@ -191,7 +200,9 @@ class ReplicaSupervisor:
             await asyncio.to_thread(unpack_package, self.root, digest, data)
             unpacked = True
         if self.user is not None:
-            await asyncio.to_thread(Sandboxes(self.root / "sandboxes").package, self.user, self.root / "packages" / digest)
+            await asyncio.to_thread(
+                Sandboxes(self.root / "sandboxes").package, self.user, self.root / "packages" / digest
+            )
         if unpacked and not pinned:
             await self._prune()  # a live reload's package: the start prunes its own
         return unpacked
@@ -266,10 +277,10 @@ class ReplicaSupervisor:
                 home,
                 die_with_server=True,
             )
-            asyncio.get_running_loop().create_task(self._exit_of(exited))
+            self._watching = asyncio.get_running_loop().create_task(self._exit_of(exited))
         else:
             self._spawn([python or sys.executable, "-m", "replica", *args], spec["token"], environment, home)
-            asyncio.get_running_loop().create_task(self._reap())
+            self._watching = asyncio.get_running_loop().create_task(self._reap())
         return {**where, "pid": self.pid}
 
     def _user_for(self, asked: dict[str, Any] | None, python: str) -> ReplicaUser | None:
@@ -278,7 +289,8 @@ class ReplicaSupervisor:
         if not asked:
             return None
         notes: list[str] = []
-        users = resolve_replica_users(asked["replica_user"], tuple(asked["uid_range"]), python, self.root, notes)
+        first, last = (int(uid) for uid in asked["uid_range"])
+        users = resolve_replica_users(asked["replica_user"], (first, last), python, self.root, notes)
         if users is None:
             with self.log_path.open("a") as log_file:
                 log_file.write(

@@ -353,7 +353,11 @@ class Controller:
                     "tls": settings.tls is not None,
                     "data_dir": str(data_dir),
                     "replica_users": _describe(replica_users)
-                    + (" (on each Ray node whose worker is root)" if settings.runtime == "ray" and replica_users else ""),
+                    + (
+                        " (on each Ray node whose worker is root)"
+                        if settings.runtime == "ray" and replica_users
+                        else ""
+                    ),
                     "runtime": settings.runtime,
                 }
             },
