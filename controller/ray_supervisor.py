@@ -260,7 +260,7 @@ class ReplicaSupervisor:
             str(packages_root),
             *spec["args"],
         ]
-        environment = {**spec["environment"], **({"HOME": str(home)} if home else {})}
+        variables = {**spec["environment"], **({"HOME": str(home)} if home else {})}
         self.state_file.unlink(missing_ok=True)
         if self._preparing is not None and python is None:
             with contextlib.suppress(Exception):
@@ -270,7 +270,7 @@ class ReplicaSupervisor:
 
             self.pid, exited = await self._fork_server.spawn(
                 args,
-                {**environment, REPLICA_TOKEN_ENV: spec["token"]},
+                {**variables, REPLICA_TOKEN_ENV: spec["token"]},
                 self.log_path,
                 self.replica_id,
                 self.user,
@@ -279,7 +279,7 @@ class ReplicaSupervisor:
             )
             self._watching = asyncio.get_running_loop().create_task(self._exit_of(exited))
         else:
-            self._spawn([python or sys.executable, "-m", "replica", *args], spec["token"], environment, home)
+            self._spawn([python or sys.executable, "-m", "replica", *args], spec["token"], variables, home)
             self._watching = asyncio.get_running_loop().create_task(self._reap())
         return {**where, "pid": self.pid}
 
@@ -317,10 +317,10 @@ class ReplicaSupervisor:
         self.own_dir, self.state_file = own, own / "state.json"
         return package, home
 
-    def _spawn(self, argv: list[str], token: str, environment: dict[str, str], home: pathlib.Path | None) -> None:
+    def _spawn(self, argv: list[str], token: str, variables: dict[str, str], home: pathlib.Path | None) -> None:
         """A new interpreter; its token comes through an inherited pipe."""
         token_read, token_write = os.pipe()
-        as_user = {}
+        as_user: dict[str, Any] = {}
         if self.user is not None:
             as_user = {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
         try:
@@ -333,7 +333,7 @@ class ReplicaSupervisor:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
-                    env={**os.environ, **environment},
+                    env={**os.environ, **variables},
                     pass_fds=(token_read,),
                     cwd=home or self.root,
                     # After the change of user (which would clear PR_SET_PDEATHSIG).
