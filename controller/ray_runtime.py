@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import pathlib
 import tarfile
 import time
@@ -97,6 +98,8 @@ class RayRuntime:
             import ray.exceptions
         except ImportError:
             raise RuntimeUnavailableError(RAY_MISSING) from None
+        # A cluster this controller starts (no address) reports no usage to Ray's servers.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self._ray = ray
         self.ray_error: type[Exception] = ray.exceptions.RayError
         self.run_dir = data_dir / "run"

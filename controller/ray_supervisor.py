@@ -108,6 +108,10 @@ class ReplicaSupervisor:
 
     def __init__(self, namespace: str, replica_id: str = "") -> None:
         self.root = node_root(namespace)
+        # <tmp>/slipway-ray: replica users pass through it to their own directories (not listable).
+        self.root.parent.mkdir(exist_ok=True)
+        if self.root.parent.stat().st_uid == os.geteuid():
+            self.root.parent.chmod(TRAVERSABLE_DIR)  # whatever the worker's umask
         for name in ("packages", "run", "logs", "envs"):
             (self.root / name).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.replica_id = ""

@@ -41,6 +41,8 @@ from tests.test_restart import free_port, pid_alive
 # host (the variable's name is Ray's; on Linux it means "single host, loopback"); set before
 # Ray is imported, and inherited by the controllers the tests start.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Ray's dashboard would try to send usage reports off this machine.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -49,6 +51,7 @@ pytestmark = pytest.mark.timeout(300)
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 READY = r.REPLICA_STATE_READY
 FIRST_UID = 260_000
+STATE_API: list[str] = []  # the cluster's dashboard (Ray's state API server), once it is up
 # The Ray workers run as this test's user: only root's change users (else replicas run as the worker's).
 ROOT = os.geteuid() == 0
 
@@ -68,8 +71,12 @@ def cluster():
     )
     second = cluster.add_node(num_cpus=4, num_gpus=2, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+    context = ray.init(address=cluster.address, log_to_driver=False)
+    # Named explicitly: without it the state API asks the cluster this machine started last
+    # (/tmp/ray), which may be another test run's.
+    STATE_API.append(f"http://{context.dashboard_url}")
     yield cluster, second
+    STATE_API.clear()
     ray.shutdown()
     cluster.shutdown()
 
@@ -170,7 +177,7 @@ def node_of(data_dir: pathlib.Path, replica_id: str) -> str:
 
     name = actors(data_dir)[replica_id]["actor_name"]
     filters = [("name", "=", name), ("ray_namespace", "=", namespace_for(data_dir)), ("state", "=", "ALIVE")]
-    [actor] = list_actors(filters=filters, raise_on_missing_output=False)
+    [actor] = list_actors(address=STATE_API[0], filters=filters, raise_on_missing_output=False)
     return actor.node_id
 
 
