@@ -238,6 +238,7 @@ def ray_row(runs: int) -> str:
 
     # Keep Ray on loopback (see tests/test_ray_runtime.py); set before Ray is imported.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # no usage reports off this machine
     try:
         from ray.cluster_utils import Cluster
     except ImportError:

@@ -19,7 +19,7 @@ from controller.store.rows import Page
 from slipway import request_ids
 
 MAX_PAGE_SIZE = 1000
-ROUTES = ("production", "development", "deployment")
+ROUTES = ("production", "development", "deployment", "environment")
 
 
 def new_async_request_id() -> str:

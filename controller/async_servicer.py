@@ -16,6 +16,7 @@ ROUTE_FROM_PROTO = {
     asv.ASYNC_ROUTE_PRODUCTION: "production",
     asv.ASYNC_ROUTE_DEVELOPMENT: "development",
     asv.ASYNC_ROUTE_DEPLOYMENT: "deployment",
+    asv.ASYNC_ROUTE_ENVIRONMENT: "environment",
 }
 ROUTE_TO_PROTO = {name: value for value, name in ROUTE_FROM_PROTO.items()}
 STATUS_TO_PROTO: dict[str, asv.AsyncRequestStatus] = {

@@ -81,7 +81,11 @@ def parse_uid_range(text: str) -> tuple[int, int]:
 
 
 def resolve_replica_users(
-    replica_user: str, uid_range: tuple[int, int], python: str, data_dir: pathlib.Path
+    replica_user: str,
+    uid_range: tuple[int, int],
+    python: str,
+    data_dir: pathlib.Path,
+    notes: list[str] | None = None,
 ) -> ReplicaUsers | None:
     """The users replicas run as; None: the controller's own.
 
@@ -90,11 +94,17 @@ def resolve_replica_users(
     and enter `data_dir`'s parents: under `auto`, replicas otherwise run as the controller's
     user (warned about loudly); asked for by name, the start is refused. Raise ReplicaUserError
     for a user that does not exist or a change of user a non-root controller cannot make.
+    `notes` gets why `auto` fell back to the controller's user, when it did.
+
+    The same rule decides on a Ray node (controller/ray_supervisor.py), where "the
+    controller" is the Ray worker that starts the replica and `data_dir` its node's cache.
     """
     if replica_user == CONTROLLER_USER:
         return None
     root = os.geteuid() == 0
     if replica_user == AUTO and not root:
+        if notes is not None:
+            notes.append(f"not running as root (uid {os.geteuid()}), so it cannot change users")
         return None
     if not root:
         raise ReplicaUserError(f"--replica-user {replica_user}: only a controller running as root can change users")
@@ -119,6 +129,8 @@ def resolve_replica_users(
     if replica_user != AUTO:
         raise ReplicaUserError(f"--replica-user {replica_user}: {problem}")
     log.warning("REPLICAS RUN AS THE CONTROLLER'S USER (root), not isolated from each other: %s", problem)
+    if notes is not None:
+        notes.append(problem)
     return None
 
 

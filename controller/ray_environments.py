@@ -4,7 +4,8 @@ The controller builds a package's environment (controller/builds.py, uv) and pac
 a tar archive, put into Ray's object store once per environment key (a hash of the
 requirements). The node's supervisor (controller/ray_supervisor.py) unpacks it once per
 node and key under <tmp>/slipway-ray/<namespace>/envs/<key>, atomically (a concurrent
-unpack wins or loses whole); later replicas on that node reuse it.
+unpack wins or loses whole); later replicas on that node reuse it, and the node's cache
+bound removes those no replica uses (controller/ray_node_cache.py).
 
 Why ship the built environment rather than rebuild it on the node: the node then needs
 neither uv nor access to the package index, the replica runs with exactly the versions
@@ -31,6 +32,8 @@ import shutil
 import sys
 import tarfile
 import tempfile
+
+from controller.files import share_read_only
 
 # An environment larger than this is not shipped (the object store holds it while replicas start).
 MAX_ENV_BYTES = 2 * 1024**3
@@ -93,6 +96,8 @@ def unpack_environment(root: pathlib.Path, key: str, archive: bytes, runtime_pat
         _relink_interpreter(staging)
         _rewrite_pth(staging, runtime_paths)
         (staging / NODE_MARKER).write_text(json.dumps({"key": key, "python": sys.version.split()[0]}))
+        # Public packages only: readable by the replica users of this node (as builds/envs/ is).
+        share_read_only(staging)
         try:
             staging.rename(final)
         except OSError:

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import pathlib
 import tarfile
 import time
@@ -30,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.domain import ReplicaPhase
-from controller.isolation import ReplicaUser, Sandboxes
+from controller.isolation import AUTO, CONTROLLER_USER, DEFAULT_UID_RANGE, ReplicaUser, Sandboxes
 from controller.ray_environments import ENVS_KEPT, EnvironmentShipError, pack_environment
+from controller.ray_node_cache import DEFAULT_NODE_CACHE_BYTES
 from controller.ray_resources import RayResources, ray_resources, unplaceable
 from controller.ray_supervisor import ReplicaSupervisor
 from controller.replica_runtime import RAY_MISSING, ReplicaHandle, RuntimeUnavailableError, log_limit_args, tracing_args
@@ -87,12 +89,17 @@ class RayRuntime:
         log_line_bytes: int = 16 * 1024,
         log_rate_bytes: int = 1024 * 1024,
         otlp_endpoint: str | None = None,
+        replica_user: str = CONTROLLER_USER,
+        uid_range: tuple[int, int] = DEFAULT_UID_RANGE,
+        node_cache_bytes: int = DEFAULT_NODE_CACHE_BYTES,
     ) -> None:
         try:
             import ray
             import ray.exceptions
         except ImportError:
             raise RuntimeUnavailableError(RAY_MISSING) from None
+        # A cluster this controller starts (no address) reports no usage to Ray's servers.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self._ray = ray
         self.ray_error: type[Exception] = ray.exceptions.RayError
         self.run_dir = data_dir / "run"
@@ -100,7 +107,12 @@ class RayRuntime:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.packages_root = packages_root
-        self.sandboxes: Sandboxes | None = None  # replicas run as the Ray workers' user
+        # Per-user package copies are the nodes' own (sandboxes/ of each node's cache, pruned there).
+        self.sandboxes: Sandboxes | None = None
+        # Whom replicas run as: decided on the node (controller/ray_supervisor.py), by --replica-user.
+        self._replica_user = replica_user
+        self._uid_range = uid_range
+        self._node_cache_bytes = node_cache_bytes
         self.namespace = namespace_for(data_dir)
         self._on_change = on_change
         self._drain_seconds = drain_seconds
@@ -196,9 +208,9 @@ class RayRuntime:
         model_id: str = "",
     ) -> ReplicaHandle:
         """Create the replica's actor; placement, the package's transfer and the model's load follow.
-        `python` (a built environment) is shipped to the node (once per node and key). `user` is not
-        supported: replicas run as the Ray workers' user. `model_id` names the model in the
-        replica's trace attributes."""
+        `python` (a built environment) is shipped to the node (once per node and key). `user` (the
+        model's, under --replica-user auto) is the one the node runs the replica as when its Ray
+        worker is root. `model_id` names the model in the replica's trace attributes."""
         handle = RayReplicaHandle(
             replica_id, deployment_id, revision, start_time=time.time(), package_dir=package_dir, token=new_token()
         )
@@ -224,6 +236,8 @@ class RayRuntime:
             "env_key": pathlib.Path(python).parent.parent.name if python else "",
             "token": handle.token,
             "environment": environment,
+            "user": self._user_spec(user),
+            "cache_bytes": self._node_cache_bytes,
             "args": [
                 "--drain-seconds",
                 str(self._drain_seconds),
@@ -240,6 +254,15 @@ class RayRuntime:
         env_dir = pathlib.Path(python).parent.parent if python else None
         handle._tasks.append(asyncio.create_task(self._supervise(handle, spec, package_dir, env_dir)))
         return handle
+
+    def _user_spec(self, user: ReplicaUser | None) -> dict[str, Any] | None:
+        """What the node needs to decide whom the replica runs as (None: its worker's user)."""
+        if self._replica_user == CONTROLLER_USER or (self._replica_user == AUTO and user is None):
+            return None
+        spec: dict[str, Any] = {"replica_user": self._replica_user, "uid_range": list(self._uid_range)}
+        if user is not None:
+            spec.update(uid=user.uid, gid=user.gid)
+        return spec
 
     def _new_actor(self, name: str, needs: RayResources) -> Any:
         return self._actor_class.options(

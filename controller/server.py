@@ -44,6 +44,7 @@ from controller.metrics import ControllerMetrics
 from controller.metrics_http import MetricsEndpoint
 from controller.openapi import openapi_document
 from controller.packages import PackageLimits, PackageStore
+from controller.ray_node_cache import DEFAULT_NODE_CACHE_BYTES
 from controller.reconciler import Reconciler, ReconcilerSettings
 from controller.replica_runtime import ReplicaHandle, ReplicaRuntime, RuntimeUnavailableError, require_runtime
 from controller.rollout_servicer import RolloutServicer
@@ -157,6 +158,9 @@ class ControllerSettings:
     ray_address: str | None = None
     # Async inference: queue bounds, retention, webhook rules (controller/async_rules.py).
     async_requests: AsyncSettings = field(default_factory=AsyncSettings)
+    # Under the Ray runtime: bytes of unpacked packages and environments each node keeps
+    # beyond those its running replicas use (controller/ray_node_cache.py).
+    ray_node_cache_bytes: int = DEFAULT_NODE_CACHE_BYTES
 
     def __post_init__(self) -> None:
         # Absolute: replicas run in directories of their own (a relative package path given
@@ -212,8 +216,12 @@ class Controller:
         self = cls(settings)
         data_dir = settings.data_dir
         python = settings.replica_python or sys.executable
-        replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python, data_dir)
-        make_private(data_dir, traversable=replica_users is not None)
+        if settings.runtime == "ray":
+            # Decided on each node, by the same rule (the Ray worker there is what changes users).
+            replica_users = ReplicaUsers(*settings.replica_uid_range) if settings.replica_user == AUTO else None
+        else:
+            replica_users = resolve_replica_users(settings.replica_user, settings.replica_uid_range, python, data_dir)
+        make_private(data_dir, traversable=replica_users is not None and settings.runtime != "ray")
         from_environment = take_environment_secrets(os.environ)
         self.store = await open_store(settings.database or default_database_url(data_dir))
         await self.store.follow_other_controllers()  # their writes reach watches and route streams
@@ -390,7 +398,12 @@ class Controller:
                     "http": self.http_url,
                     "tls": settings.tls is not None,
                     "data_dir": str(data_dir),
-                    "replica_users": _describe(replica_users),
+                    "replica_users": _describe(replica_users)
+                    + (
+                        " (on each Ray node whose worker is root)"
+                        if settings.runtime == "ray" and replica_users
+                        else ""
+                    ),
                     "runtime": settings.runtime,
                 }
             },
@@ -537,13 +550,14 @@ def _runtime(
     if settings.runtime == "ray":
         from controller.ray_runtime import RayRuntime
 
-        if replica_users is not None:
-            log.warning("--runtime ray: replicas run as the Ray workers' user, not as per-model users")
         return RayRuntime(
             data_dir,
             packages.root,
             on_change,
             address=settings.ray_address,
+            replica_user=settings.replica_user,
+            uid_range=settings.replica_uid_range,
+            node_cache_bytes=settings.ray_node_cache_bytes,
             **replica_options,
         )
     return LocalProcessRuntime(

@@ -4,7 +4,8 @@ target as for predict (so the caller's key is checked for the model, and a new k
 controller's internal AsyncQueueService and answers once it is committed.
 
 HTTP:
-  POST /model/{model_id}/production/async_predict (…/development/…, …/deployment/{id}/…)
+  POST /model/{model_id}/production/async_predict (…/development/…, …/environments/{name}/…,
+       …/deployment/{id}/…)
        {"model_input": …, "webhook_endpoint"?: "https://…", "priority"?: 0|1|2,
         "max_time_in_queue_seconds"?: 10-259200}            → 202 {"request_id", "deployment_id"}
   GET    /async_request/{request_id}                          → 200 the request (slipway/async_json.py)
@@ -117,7 +118,7 @@ class AsyncRequests:
         self, model_ref: str, deployment_id: str, environment: str, fields: dict[str, Any], content_type: str
     ) -> asv.AsyncRequest:
         deployment = self.resolver(model_ref, deployment_id, environment)  # checks the key for the model
-        route = asv.ASYNC_ROUTE_DEPLOYMENT if deployment_id else ROUTES.get(environment, asv.ASYNC_ROUTE_UNSPECIFIED)
+        route = asv.ASYNC_ROUTE_DEPLOYMENT if deployment_id else ROUTES.get(environment, asv.ASYNC_ROUTE_ENVIRONMENT)
         response = await self._call(
             "EnqueueAsyncRequest",
             asv.EnqueueAsyncRequestRequest(
@@ -261,9 +262,7 @@ class AsyncGrpcApi:
 
     async def async_predict(self, request: inf.AsyncPredictRequest, context) -> inf.AsyncPredictResponse:
         target = request.target
-        # A named environment (Target.environment_name, on main since the route contract) is
-        # resolved like the two built-in ones; read by name so this works before and after that merge.
-        environment = getattr(target, "environment_name", "") or (
+        environment = target.environment_name or (
             DEVELOPMENT if target.environment == inf.ENVIRONMENT_DEVELOPMENT else PRODUCTION
         )
         try:

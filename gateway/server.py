@@ -22,7 +22,7 @@ from gateway.async_api import AsyncGrpcApi, AsyncRequests, add_http_routes
 from gateway.errors import GatewayError, error_info_reason
 from gateway.follower import RouteFollower
 from gateway.forwarder import Forwarder
-from gateway.http_api import DEPLOYMENT_PREFIX, ENVIRONMENT_PREFIX, build_app
+from gateway.http_api import PREFIXES, build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from gateway.metrics import GatewayMetrics
 from slipway import tracing
@@ -299,7 +299,7 @@ class Gateway:
             auth.http_middleware(self.authenticator),
             self.metrics,
         )
-        add_http_routes(app, self.async_requests, self.http_bodies, (ENVIRONMENT_PREFIX, DEPLOYMENT_PREFIX))
+        add_http_routes(app, self.async_requests, self.http_bodies, PREFIXES)
         # handler_cancellation: a client that disconnects cancels its call to the replica, so
         # the model stops (and can see it, as Truss's request.is_disconnected()).
         self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)

@@ -84,6 +84,11 @@ def _become_replica(request: dict, server_descriptors: list[socket.socket | sele
         os.dup2(log, 2)
         if "uid" in request:
             _drop_privileges(request["uid"], request["gid"], request["cwd"])
+            if request.get("die_with_server"):
+                # A change of user clears the parent-death signal: set it again, as that user.
+                ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                if os.getppid() != request["server_pid"]:
+                    os._exit(1)
         os.environ.update(request.get("env", {}))
         code = replica.main.main(request["argv"])
     except SystemExit as exit_:

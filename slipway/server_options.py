@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from controller.ray_node_cache import DEFAULT_NODE_CACHE_BYTES
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.tls import ServerTls
 
@@ -174,6 +175,14 @@ def server_options(command: Callable) -> Callable:
             help="The Ray cluster's address (host:port of its head) under --runtime ray; "
             "default: RAY_ADDRESS, else a cluster on this machine, else a new local one.",
             show_default=False,
+        ),
+        flag(
+            "--ray-node-cache-bytes",
+            envvar="SLIPWAY_RAY_NODE_CACHE_BYTES",
+            type=click.IntRange(min=0, max=2**50),
+            default=DEFAULT_NODE_CACHE_BYTES,
+            help="Under --runtime ray: bytes of unpacked packages and environments a node keeps "
+            "beyond those its running replicas use (the least recently used go first).",
         ),
     ]
     return isolation_options(with_options(command, options))
@@ -361,6 +370,7 @@ def controller_settings(flags: Mapping[str, Any], tls: ServerTls | None) -> Any:
             webhook_allow_private_addresses=flags["webhook_allow_private_addresses"],
             webhook_allow_http=flags["webhook_allow_http"],
         ),
+        ray_node_cache_bytes=flags["ray_node_cache_bytes"],
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from conftest import Api, controller_settings, error_reason, start_gateway, stop_or_explain, wait_until
 from google.protobuf import field_mask_pb2
+from test_environments import create, promote
 
 from controller.async_rules import AsyncSettings, verify
 from controller.autoscaler import AutoscalerConfig
@@ -22,6 +23,7 @@ from slipway.v1 import async_service_pb2 as asv
 from slipway.v1 import async_service_pb2_grpc as asv_grpc
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
+from slipway.v1 import environment_service_pb2_grpc as es_grpc
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import key_service_pb2 as ks
@@ -199,6 +201,30 @@ async def test_accepted_request_runs_and_its_result_is_stored_and_delivered_sign
 async def _webhook_is(platform: Platform, request_id: str, status: str) -> dict | None:
     _code, body = await platform.status(request_id)
     return body if body["webhook_status"] == status else None
+
+
+async def test_a_named_environment_takes_async_requests_over_http_and_grpc(platform: Platform):
+    staged = await platform.deploy(target=ds.PUSH_TARGET_PUBLISHED)
+    await create(es_grpc.EnvironmentServiceStub(platform.api.channel), "worker", "staging")
+    assert (await promote(platform.api, staged.id, "staging")).completed
+
+    async def accepted_by_staging() -> dict | None:  # once the gateway has the table with staging's deployment
+        code, body = await platform.submit("worker", route="environments/staging", model_input={"id": "s1"})
+        return body if code == 202 else None
+
+    accepted = await wait_until(accepted_by_staging, what="staging to take an async request")
+    assert accepted["deployment_id"] == staged.id
+    done = await platform.wait_status(accepted["request_id"], "SUCCEEDED")
+    assert done["output"] == {"echo": "s1", "attempt": "1"}
+    code, refused = await platform.submit("worker", route="environments/qa", model_input={})
+    assert (code, refused["error"]["reason"]) == (404, "ENVIRONMENT_NOT_FOUND"), refused
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{platform.gateway.grpc_port}") as channel:
+        target = inf.Target(model_id="worker", environment_name="staging")
+        answer = await inf_grpc.InferenceServiceStub(channel).AsyncPredict(
+            inf.AsyncPredictRequest(target=target, payload=b'{"id": "s2"}')
+        )
+        assert answer.deployment_id == staged.id
+    assert (await platform.wait_status(answer.request_id, "SUCCEEDED"))["output"]["echo"] == "s2"
 
 
 async def test_webhook_retries_then_delivers_and_one_that_always_fails_keeps_the_result(platform: Platform):

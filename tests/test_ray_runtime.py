@@ -2,7 +2,12 @@
 loopback; the second node declares two GPUs, so a GPU request is placed there), driven through
 the controller's public API and the gateway. The controller runs as a subprocess
 (`slipway controller --runtime ray`), so that it can be SIGKILLed and restarted; this test
-process is a Ray driver too, only to look at the cluster (nodes, actors, their placement).
+process is a Ray driver too, only to look at the cluster (nodes, actors, their placement,
+which it reads through Ray's state API: the head runs Ray's dashboard, its API server).
+
+The test runs as root, and so do the nodes' Ray workers: replicas run as their model's
+user (--replica-user auto, the default). The controllers keep a node cache bound of one
+byte, so every unpack prunes whatever no running replica uses.
 
 The cluster starts once for the module (Ray takes seconds to start on two cores)."""
 
@@ -12,6 +17,7 @@ import asyncio
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +27,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from controller.ray_runtime import namespace_for
+from controller.ray_supervisor import node_root
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import inference_service_pb2 as inf
@@ -34,6 +41,8 @@ from tests.test_restart import free_port, pid_alive
 # host (the variable's name is Ray's; on Linux it means "single host, loopback"); set before
 # Ray is imported, and inherited by the controllers the tests start.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Ray's dashboard would try to send usage reports off this machine.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -41,18 +50,33 @@ pytestmark = pytest.mark.timeout(300)
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 READY = r.REPLICA_STATE_READY
+FIRST_UID = 260_000
+STATE_API: list[str] = []  # the cluster's dashboard (Ray's state API server), once it is up
+# The Ray workers run as this test's user: only root's change users (else replicas run as the worker's).
+ROOT = os.geteuid() == 0
 
 
 @pytest.fixture(scope="module")
 def cluster():
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 4, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 4,
+            "node_ip_address": "127.0.0.1",
+            # Ray's state API (ray.util.state) is served by the dashboard's API server.
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": 0,
+        },
     )
     second = cluster.add_node(num_cpus=4, num_gpus=2, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+    context = ray.init(address=cluster.address, log_to_driver=False)
+    # Named explicitly: without it the state API asks the cluster this machine started last
+    # (/tmp/ray), which may be another test run's.
+    STATE_API.append(f"http://{context.dashboard_url}")
     yield cluster, second
+    STATE_API.clear()
     ray.shutdown()
     cluster.shutdown()
 
@@ -80,8 +104,10 @@ class ControllerProcess:
                 address,
                 "--drain-seconds",
                 "5",
-                "--replica-user",
-                "controller",
+                "--replica-uid-range",
+                f"{FIRST_UID}-{FIRST_UID + 99}",
+                "--ray-node-cache-bytes",
+                "1",
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -131,7 +157,7 @@ class Platform:
 
 def actors(data_dir: pathlib.Path) -> dict[str, dict]:
     """The live actors of a controller's namespace: the replica each holds (its name for an
-    idle one of the warm pool) -> its status, with the node Ray placed it on."""
+    idle one of the warm pool) -> its status, and the actor's name."""
     namespace = namespace_for(data_dir)
     found = {}
     for entry in ray.util.list_named_actors(all_namespaces=True):
@@ -141,13 +167,24 @@ def actors(data_dir: pathlib.Path) -> dict[str, dict]:
             status = ray.get(ray.get_actor(entry["name"], namespace=namespace).status.remote(), timeout=30)
         except (ValueError, ray.exceptions.RayError):
             continue  # gone meanwhile
-        found[status["replica_id"] or entry["name"]] = status
+        found[status["replica_id"] or entry["name"]] = {**status, "actor_name": entry["name"]}
     return found
 
 
 def node_of(data_dir: pathlib.Path, replica_id: str) -> str:
-    """The Ray node a replica's actor runs on (Ray's runtime context in the actor)."""
-    return actors(data_dir)[replica_id]["node_id"]
+    """The Ray node a replica's actor runs on, as Ray's state API (the GCS's actor table) has it."""
+    from ray.util.state import list_actors
+
+    name = actors(data_dir)[replica_id]["actor_name"]
+    filters = [("name", "=", name), ("ray_namespace", "=", namespace_for(data_dir)), ("state", "=", "ALIVE")]
+    [actor] = list_actors(address=STATE_API[0], filters=filters, raise_on_missing_output=False)
+    return actor.node_id
+
+
+def uid_of(pid: int) -> int:
+    """The real uid of a process (the nodes are on this machine)."""
+    fields = dict(line.split(":", 1) for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["Uid"].split()[0])
 
 
 def actor_names(data_dir: pathlib.Path) -> set[str]:
@@ -191,6 +228,7 @@ async def platform(cluster, tmp_path):
         await gateway.stop()
         controller.stop()
     assert actors(data_dir) == {}, "a stopped controller left actors on the cluster"
+    shutil.rmtree(node_root(namespace_for(data_dir)), ignore_errors=True)
 
 
 async def test_push_predict_gpu_placement_and_unplaceable(platform: Platform, cluster):
@@ -209,6 +247,9 @@ async def test_push_predict_gpu_placement_and_unplaceable(platform: Platform, cl
     [replica] = await platform.ready_replicas(gpu.deployment.id, 1)
     assert node_of(platform.data_dir, replica.id) == second.node_id, "the GPU replica is not on the GPU node"
     assert (await platform.predict(gpu.deployment.model_id))["input"] == "hi"
+    # Each model's replicas run as the model's own user (models 1 and 2), as on the local runtime.
+    expected = [FIRST_UID, FIRST_UID + 1] if ROOT else [os.geteuid()] * 2
+    assert [uid_of(running.replicas[0].pid), uid_of(replica.pid)] == expected
 
     huge = await platform.api.push(
         platform.api.package("huge", extra_config="resources:\n  cpu: '64'\n"), target=ds.PUSH_TARGET_PRODUCTION
@@ -305,6 +346,23 @@ async def test_spread_promotion_and_scale_down_without_a_failed_request(platform
     assert failures == [], f"{len(failures)} failed requests: {failures[:3]}"
     assert {a["tag"] for a in answers} == {"v1", "v2"}
 
+    # The node cache (bound: 1 byte) keeps what running replicas use, and prunes v1 once its
+    # replicas are gone and another package is unpacked: the package and the user's copy.
+    cache = node_root(namespace_for(platform.data_dir))
+    v1, v2 = first.deployment.package_digest, second.deployment.package_digest
+    user_copy = cache / "sandboxes" / str(FIRST_UID) / v1
+    assert (cache / "packages" / v1).is_dir() and user_copy.is_dir() == ROOT
+    await platform.api.deployments.DeactivateDeployment(
+        ds.DeactivateDeploymentRequest(deployment_id=first.deployment.id)
+    )
+    v1_replicas = {rep.id for rep in replicas}
+    await wait_until(lambda: not v1_replicas & actor_names(platform.data_dir), 60, "v1's replicas gone")
+    third = await platform.api.push(platform.api.package("spread", tag="v3"))
+    await platform.api.wait_state(third.deployment.id, ACTIVE, timeout=60)
+    assert not (cache / "packages" / v1).exists() and not user_copy.exists(), "v1 not pruned"
+    for kept in (v2, third.deployment.package_digest):
+        assert (cache / "packages" / kept).is_dir(), "a running replica's package was pruned"
+
 
 async def test_a_killed_replica_is_replaced_and_a_lost_node_moves_replicas(platform: Platform, cluster):
     # Two CPUs each: not the warm pool's default shape, so each replica gets an actor of its
@@ -396,3 +454,4 @@ async def test_sigkill_and_restart_adopts_replicas_and_live_reload_keeps_the_pro
         await gateway.stop()
         controller.stop()
     assert actors(data_dir) == {}
+    shutil.rmtree(node_root(namespace_for(data_dir)), ignore_errors=True)

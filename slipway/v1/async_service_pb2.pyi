@@ -34,6 +34,7 @@ class AsyncRoute(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ASYNC_ROUTE_PRODUCTION: _ClassVar[AsyncRoute]
     ASYNC_ROUTE_DEVELOPMENT: _ClassVar[AsyncRoute]
     ASYNC_ROUTE_DEPLOYMENT: _ClassVar[AsyncRoute]
+    ASYNC_ROUTE_ENVIRONMENT: _ClassVar[AsyncRoute]
 ASYNC_REQUEST_STATUS_UNSPECIFIED: AsyncRequestStatus
 ASYNC_REQUEST_STATUS_QUEUED: AsyncRequestStatus
 ASYNC_REQUEST_STATUS_IN_PROGRESS: AsyncRequestStatus
@@ -50,6 +51,7 @@ ASYNC_ROUTE_UNSPECIFIED: AsyncRoute
 ASYNC_ROUTE_PRODUCTION: AsyncRoute
 ASYNC_ROUTE_DEVELOPMENT: AsyncRoute
 ASYNC_ROUTE_DEPLOYMENT: AsyncRoute
+ASYNC_ROUTE_ENVIRONMENT: AsyncRoute
 
 class AsyncRequest(_message.Message):
     __slots__ = ("request_id", "model_id", "deployment_id", "status", "webhook_status", "priority", "create_time", "queue_deadline", "start_time", "finish_time", "attempts", "output", "output_content_type", "error_code", "error_reason", "error_message", "webhook_endpoint", "webhook_attempts", "webhook_error", "route")
