@@ -23,7 +23,7 @@ from pg_server import PostgresServer, Unavailable, find_bin_dir, run_sync
 from controller.keys import KeySettings
 from controller.reconciler import ReconcilerSettings
 from controller.server import Controller, ControllerSettings
-from controller.store import open_store
+from controller.store import default_database_url, open_store
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.packaging import archive_package
 from slipway.v1 import deployment_service_pb2 as ds
@@ -285,6 +285,16 @@ def new_database(request: pytest.FixtureRequest, backend: str) -> str:
 def database(request) -> str:
     """The database URL of the `controller` fixture (SQLite unless parametrised)."""
     return new_database(request, getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+async def stores(database, tmp_path):
+    """Two stores on one database, as two controllers have."""
+    url = database or default_database_url(tmp_path / "shared")
+    opened = [await open_store(url), await open_store(url)]
+    yield opened
+    for store in opened:
+        await store.close()
 
 
 @pytest.fixture

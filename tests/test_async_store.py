@@ -9,7 +9,6 @@ import asyncio
 
 import pytest
 
-from controller.store import default_database_url, open_store
 from controller.store.async_requests import (
     CANCELED,
     EXPIRED,
@@ -26,15 +25,6 @@ from controller.store.async_requests import (
 
 pytestmark = pytest.mark.both_backends
 NOW = 1_000_000.0
-
-
-@pytest.fixture
-async def stores(database, tmp_path):
-    url = database or default_database_url(tmp_path / "shared")
-    opened = [await open_store(url), await open_store(url)]
-    yield opened
-    for store in opened:
-        await store.close()
 
 
 def row(request_id: str, priority: int = 0, deployment: str = "d1", webhook: str = "", deadline: float = NOW + 600):

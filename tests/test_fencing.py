@@ -21,23 +21,13 @@ from controller.lifecycle import Lifecycle
 from controller.observations import Observations
 from controller.packages import FilePatch
 from controller.replica_records import ReplicaRecords
-from controller.store import SqlStore, Store, default_database_url, open_store
+from controller.store import SqlStore, Store
 
 pytestmark = pytest.mark.both_backends
 
 
 async def _nothing() -> None:
     return None
-
-
-@pytest.fixture
-async def stores(database, tmp_path):
-    """Two stores on one database, as two controllers have."""
-    url = database or default_database_url(tmp_path / "shared")
-    opened = [await open_store(url), await open_store(url)]
-    yield opened
-    for store in opened:
-        await store.close()
 
 
 @dataclass

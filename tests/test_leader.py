@@ -34,16 +34,6 @@ def leadership(store, duration: float = 0.5, renew: float = 0.1) -> Leadership:
     return Leadership(store, LeaseSettings(duration, renew), _nothing, _nothing)
 
 
-@pytest.fixture
-async def stores(database, tmp_path):
-    """Two stores on one database, as two controllers have."""
-    url = database or default_database_url(tmp_path / "shared")
-    opened = [await open_store(url), await open_store(url)]
-    yield opened
-    for store in opened:
-        await store.close()
-
-
 async def test_one_holder_at_a_time_and_the_token_grows_with_each_change(stores):
     a, b = leadership(stores[0]), leadership(stores[1])
     assert await a.try_take() and a.held()

@@ -27,16 +27,6 @@ pytestmark = pytest.mark.both_backends
 CONTENDERS = 8
 
 
-@pytest.fixture
-async def stores(database, tmp_path):
-    """Two stores on one database, as two controllers would have."""
-    url = database or default_database_url(tmp_path / "shared")
-    opened = [await open_store(url), await open_store(url)]
-    yield opened
-    for store in opened:
-        await store.close()
-
-
 def lifecycles(stores: list[SqlStore], tmp_path: pathlib.Path) -> list[Lifecycle]:
     return [
         Lifecycle(store, PackageStore(tmp_path / f"packages{n}"), AutoscalingLimits()) for n, store in enumerate(stores)
