@@ -12,11 +12,17 @@ from controller.errors import InvalidArgument
 from controller.live_reload import PatchOutcome, PatchResult
 from controller.packages import FilePatch
 from controller.replica_runtime import ReplicaHandle
+from controller.rollout_rules import Rollout, RolloutState
 from controller.store import ApiKeyRow, EventRow, UsageRow
 from slipway.keys import SCOPE_FROM_PROTO, SCOPE_TO_PROTO, Scope, display_prefix
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import key_service_pb2 as ks
 from slipway.v1 import resources_pb2 as r
+from slipway.v1 import rollout_service_pb2 as ro
+
+ROLLOUT_STATES: dict[RolloutState, ro.RolloutState] = {
+    state: getattr(ro, f"ROLLOUT_STATE_{state.value}") for state in RolloutState
+}
 
 KINDS = {Kind.DEVELOPMENT: r.DEPLOYMENT_KIND_DEVELOPMENT, Kind.PUBLISHED: r.DEPLOYMENT_KIND_PUBLISHED}
 PUSH_TARGETS: dict[int, PushTarget] = {
@@ -61,7 +67,8 @@ def scope_from_proto(value: int) -> Scope:
     raise InvalidArgument("INVALID_KEY_SCOPE", "scope must be one of admin, deploy, inference, metrics")
 
 
-def model_to_proto(model: Model) -> r.Model:
+def model_to_proto(model: Model, rollouts: Iterable[Rollout] = ()) -> r.Model:
+    """`rollouts`: the model's rollouts in progress (shown on the model)."""
     return r.Model(
         id=model.id,
         name=model.name,
@@ -72,6 +79,19 @@ def model_to_proto(model: Model) -> r.Model:
         update_time=timestamp(model.update_time),
         delete_time=timestamp(model.delete_time),
         deployment_count=model.deployment_count,
+        rollouts=[
+            r.ModelRollout(
+                environment=rollout.environment,
+                rollout_id=rollout.id,
+                state=ROLLOUT_STATES[rollout.state],
+                candidate_deployment_id=rollout.candidate_id,
+                previous_deployment_id=rollout.previous_id,
+                candidate_percent=rollout.candidate_percent,
+                message=rollout.message,
+            )
+            for rollout in rollouts
+            if rollout.model_id == model.id
+        ],
     )
 
 

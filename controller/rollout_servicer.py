@@ -7,16 +7,14 @@ from dataclasses import replace
 
 from google.protobuf import timestamp_pb2
 
+from controller.convert import ROLLOUT_STATES
 from controller.errors import InvalidArgument
-from controller.rollout_rules import Figures, Mode, Policy, Rollout, RolloutState, Step
+from controller.rollout_rules import Figures, Mode, Policy, Rollout, Step
 from controller.rollouts import Rollouts
 from controller.status import map_domain_errors
 from slipway.v1 import rollout_service_pb2 as ro
 from slipway.v1 import rollout_service_pb2_grpc as ro_grpc
 
-STATES: dict[RolloutState, ro.RolloutState] = {
-    state: getattr(ro, f"ROLLOUT_STATE_{state.value}") for state in RolloutState
-}
 MODES = {Mode.IMMEDIATE: ro.ROLLOUT_MODE_IMMEDIATE, Mode.ROLLING: ro.ROLLOUT_MODE_ROLLING}
 MODES_FROM_PROTO = {v: k for k, v in MODES.items()}
 # The policy fields UpdateRolloutPolicy's update_mask may name.
@@ -60,7 +58,7 @@ def rollout_to_proto(rollout: Rollout) -> ro.Rollout:
         environment=rollout.environment,
         candidate_deployment_id=rollout.candidate_id,
         previous_deployment_id=rollout.previous_id,
-        state=STATES[rollout.state],
+        state=ROLLOUT_STATES[rollout.state],
         trigger=rollout.trigger,
         message=rollout.message,
         steps=steps_to_proto(rollout.steps),

@@ -37,12 +37,15 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
         self.lifecycle = lifecycle
 
     async def GetModel(self, request, context):
-        return ms.GetModelResponse(model=convert.model_to_proto(await self.lifecycle.get_model(request.model_id)))
+        model = await self.lifecycle.get_model(request.model_id)
+        rollouts = await self.lifecycle.store.active_rollouts([model.id])
+        return ms.GetModelResponse(model=convert.model_to_proto(model, rollouts))
 
     async def ListModels(self, request, context):
         page = await self.lifecycle.list_models(request.page_size, request.page_token)
+        rollouts = await self.lifecycle.store.active_rollouts([m.id for m in page.items])
         return ms.ListModelsResponse(
-            models=[convert.model_to_proto(m) for m in page.items], next_page_token=page.next_page_token
+            models=[convert.model_to_proto(m, rollouts) for m in page.items], next_page_token=page.next_page_token
         )
 
     async def DeleteModel(self, request, context):

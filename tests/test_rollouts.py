@@ -168,6 +168,14 @@ async def test_a_healthy_rolling_promotion_follows_its_steps_and_fails_no_reques
     for index, percent in enumerate((10, 50, 100)):
         rollout = await wait_rollout(rollouts, model_id, f"step {percent}%", step_index=index)
         assert rollout.candidate_percent == percent and rollout.state == ro.ROLLOUT_STATE_RAMPING_UP
+        if index == 0:  # the model shows its rollout in progress
+            (shown,) = (await api.model(model_id)).rollouts
+            assert (shown.environment, shown.candidate_deployment_id, shown.previous_deployment_id) == (
+                "production",
+                candidate,
+                first.deployment.id,
+            )
+            assert shown.state == ro.ROLLOUT_STATE_RAMPING_UP and shown.rollout_id
         weights = {candidate: percent, first.deployment.id: 100 - percent}
         await wait_until(
             lambda w=weights: routed(gateway, model_id) == {d: v for d, v in w.items() if v},
@@ -181,6 +189,7 @@ async def test_a_healthy_rolling_promotion_follows_its_steps_and_fails_no_reques
         measured[percent] = (share(answers, "two"), len(answers))
     rollout = await wait_rollout(rollouts, model_id, "success", state=ro.ROLLOUT_STATE_SUCCEEDED)
     await api.wait_production(model_id, candidate)
+    assert not (await api.model(model_id)).rollouts  # none in progress
     await stream.stop()
     print(f"healthy rollout: measured candidate shares {measured}, {len(stream.answers)} requests")
     assert stream.failed() == []

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from slipway.v1 import rollout_service_pb2 as _rollout_service_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -64,7 +65,7 @@ REPLICA_STATE_READY: ReplicaState
 REPLICA_STATE_DRAINING: ReplicaState
 
 class Model(_message.Message):
-    __slots__ = ("id", "name", "production_deployment_id", "development_deployment_id", "promoting_deployment_id", "create_time", "update_time", "delete_time", "deployment_count")
+    __slots__ = ("id", "name", "production_deployment_id", "development_deployment_id", "promoting_deployment_id", "create_time", "update_time", "delete_time", "deployment_count", "rollouts")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRODUCTION_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +75,7 @@ class Model(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     production_deployment_id: str
@@ -83,7 +85,26 @@ class Model(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     delete_time: _timestamp_pb2.Timestamp
     deployment_count: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., production_deployment_id: _Optional[str] = ..., development_deployment_id: _Optional[str] = ..., promoting_deployment_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deployment_count: _Optional[int] = ...) -> None: ...
+    rollouts: _containers.RepeatedCompositeFieldContainer[ModelRollout]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., production_deployment_id: _Optional[str] = ..., development_deployment_id: _Optional[str] = ..., promoting_deployment_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deployment_count: _Optional[int] = ..., rollouts: _Optional[_Iterable[_Union[ModelRollout, _Mapping]]] = ...) -> None: ...
+
+class ModelRollout(_message.Message):
+    __slots__ = ("environment", "rollout_id", "state", "candidate_deployment_id", "previous_deployment_id", "candidate_percent", "message")
+    ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    environment: str
+    rollout_id: str
+    state: _rollout_service_pb2.RolloutState
+    candidate_deployment_id: str
+    previous_deployment_id: str
+    candidate_percent: int
+    message: str
+    def __init__(self, environment: _Optional[str] = ..., rollout_id: _Optional[str] = ..., state: _Optional[_Union[_rollout_service_pb2.RolloutState, str]] = ..., candidate_deployment_id: _Optional[str] = ..., previous_deployment_id: _Optional[str] = ..., candidate_percent: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AutoscalingSettings(_message.Message):
     __slots__ = ("min_replica", "max_replica", "autoscaling_window", "scale_down_delay", "concurrency_target", "target_utilization_percentage")
