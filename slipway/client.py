@@ -536,11 +536,14 @@ def default_gateway_address() -> str:
     return os.environ.get("SLIPWAY_GATEWAY") or DEFAULT_GATEWAY
 
 
-def inference_target(target: str, deployment: str = "") -> inf.Target:
+def inference_target(target: str, deployment: str = "", environment: str = "") -> inf.Target:
     """`target` is a model ID or name (production), or a deployment ID on its own.
 
-    `deployment` picks a deployment of the model: an ID, or `development`.
+    `deployment` picks a deployment of the model: an ID, or `development`; `environment` one of
+    its environments by name (`staging`).
     """
+    if environment:
+        return inf.Target(model_id=target, environment_name=environment)
     if deployment == "development":
         return inf.Target(model_id=target, environment=inf.ENVIRONMENT_DEVELOPMENT)
     if deployment:
@@ -561,24 +564,38 @@ class InferenceClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _with_fallback(self, call: Callable[[inf.Target], Any], target: str, deployment: str) -> Any:
+    def _with_fallback(
+        self, call: Callable[[inf.Target], Any], target: str, deployment: str, environment: str = ""
+    ) -> Any:
         """A bare target that is not a model is tried as a deployment ID."""
         try:
-            return call(inference_target(target, deployment))
+            return call(inference_target(target, deployment, environment))
         except grpc.RpcError as err:
-            if deployment or error_reason(err) != "MODEL_NOT_FOUND":
+            if deployment or environment or error_reason(err) != "MODEL_NOT_FOUND":
                 raise
             return call(inf.Target(deployment_id=target))
 
-    def predict(self, target: str, payload: bytes | str, deployment: str = "", timeout: float | None = None) -> bytes:
+    def predict(
+        self,
+        target: str,
+        payload: bytes | str,
+        deployment: str = "",
+        timeout: float | None = None,
+        environment: str = "",
+    ) -> bytes:
         def call(t: inf.Target) -> bytes:
             request = inf.PredictRequest(target=t, payload=_payload_bytes(payload), content_type=JSON)
             return self._stub.Predict(request, timeout=timeout).payload
 
-        return self._with_fallback(call, target, deployment)
+        return self._with_fallback(call, target, deployment, environment)
 
     def predict_stream(
-        self, target: str, payload: bytes | str, deployment: str = "", timeout: float | None = None
+        self,
+        target: str,
+        payload: bytes | str,
+        deployment: str = "",
+        timeout: float | None = None,
+        environment: str = "",
     ) -> Iterator[bytes]:
         def call(t: inf.Target) -> list[bytes] | Iterator[bytes]:
             request = inf.PredictStreamRequest(target=t, payload=_payload_bytes(payload), content_type=JSON)
@@ -586,7 +603,7 @@ class InferenceClient:
             first = next(responses, None)  # surfaces a routing error here, where the fallback can see it
             return iter(()) if first is None else _chain(first.chunk, (r.chunk for r in responses))
 
-        return self._with_fallback(call, target, deployment)
+        return self._with_fallback(call, target, deployment, environment)
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -221,10 +221,15 @@ def events(model: str, deployment: str, limit: int | None, output: str) -> None:
     default="",
     help="Call this deployment of the model instead of production ('development' for the development one).",
 )
+@click.option(
+    "--environment", default="", help="Call this environment of the model (staging, ...) instead of production."
+)
 @click.option("--stream", is_flag=True, help="Print the chunks of a streaming model as they come.")
 @request_commands.async_options
 @timeout_option
-def predict(target: str, payload: str | None, deployment_id: str, stream: bool, timeout: float, **queued: Any) -> None:
+def predict(
+    target: str, payload: str | None, deployment_id: str, environment: str, stream: bool, timeout: float, **queued: Any
+) -> None:
     """Call a model (its production deployment) or a deployment through the gateway.
 
     JSON defaults to standard input. With --async the request is queued and its ID printed
@@ -236,19 +241,22 @@ def predict(target: str, payload: str | None, deployment_id: str, stream: bool, 
         json.loads(payload)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint="JSON") from None
+    if deployment_id and environment:
+        raise click.UsageError("--deployment and --environment each name the target: give one")
     if request_commands.wanted(queued):
-        request_commands.async_predict(target, payload, deployment_id, timeout=timeout, **queued)
+        request_commands.async_predict(target, payload, deployment_id, environment, timeout=timeout, **queued)
         return
     root = click.get_current_context().find_root().params
     client = InferenceClient(root["gateway"], ca_file=root["tls_ca"], api_key=root_api_key())
     try:
         if not stream:
-            click.echo(client.predict(target, payload, deployment_id, timeout).decode("utf-8", "replace"))
+            answer = client.predict(target, payload, deployment_id, timeout, environment)
+            click.echo(answer.decode("utf-8", "replace"))
             return
         sys.stdout.flush()
         out = sys.stdout.buffer
         chunk = b"\n"
-        for chunk in client.predict_stream(target, payload, deployment_id, timeout):
+        for chunk in client.predict_stream(target, payload, deployment_id, timeout, environment):
             out.write(chunk)
             out.flush()
         if not chunk.endswith(b"\n"):

@@ -85,6 +85,7 @@ def async_predict(
     target: str,
     payload: str,
     deployment: str,
+    environment: str,
     *,
     is_async: bool,
     webhook: str,
@@ -110,9 +111,9 @@ def async_predict(
         )
 
     try:
-        accepted = call(inference_target(target, deployment))
+        accepted = call(inference_target(target, deployment, environment))
     except grpc.RpcError as err:  # a bare target that is not a model is tried as a deployment ID
-        if deployment or "MODEL_NOT_FOUND" not in str(err):
+        if deployment or environment or "MODEL_NOT_FOUND" not in str(err):
             raise
         accepted = call(inf.Target(deployment_id=target))
     if not wait:

@@ -203,6 +203,27 @@ async def _webhook_is(platform: Platform, request_id: str, status: str) -> dict 
     return body if body["webhook_status"] == status else None
 
 
+def cli_of(platform: Platform):
+    """Runs `slipway ...` against the platform's controller and gateway."""
+    from click.testing import CliRunner
+
+    from slipway.cli import cli
+
+    base = [
+        "--controller",
+        platform.controller.address,
+        "--gateway",
+        f"127.0.0.1:{platform.gateway.grpc_port}",
+        "--data-dir",
+        str(platform.tmp / "nokey"),
+    ]
+
+    async def run(*args: str):
+        return await asyncio.to_thread(CliRunner().invoke, cli, [*base, *args])
+
+    return run
+
+
 async def test_a_named_environment_takes_async_requests_over_http_and_grpc(platform: Platform):
     staged = await platform.deploy(target=ds.PUSH_TARGET_PUBLISHED)
     await create(es_grpc.EnvironmentServiceStub(platform.api.channel), "worker", "staging")
@@ -225,6 +246,16 @@ async def test_a_named_environment_takes_async_requests_over_http_and_grpc(platf
         )
         assert answer.deployment_id == staged.id
     assert (await platform.wait_status(answer.request_id, "SUCCEEDED"))["output"]["echo"] == "s2"
+    # The CLI names the environment: a call, and a queued one.
+    run = cli_of(platform)
+    called = await run("predict", "worker", "--environment", "staging", '{"id": "c1"}')
+    assert called.exit_code == 0 and json.loads(called.stdout)["echo"] == "c1", called.output
+    waited = await run("predict", "--async", "worker", "--environment", "staging", '{"id": "c2"}', "--wait")
+    assert waited.exit_code == 0 and json.loads(waited.stdout)["deployment_id"] == staged.id, waited.output
+    missing = await run("predict", "worker", "--environment", "qa", "{}")
+    assert missing.exit_code == 1 and "ENVIRONMENT_NOT_FOUND" in missing.output, missing.output
+    both = await run("predict", "worker", "--environment", "staging", "--deployment", "development", "{}")
+    assert both.exit_code == 2 and "give one" in both.output
 
 
 async def test_webhook_retries_then_delivers_and_one_that_always_fails_keeps_the_result(platform: Platform):
@@ -407,23 +438,8 @@ __all__ = ["Platform", "Receiver", "WORKER_MODEL", "asyncio"]
 
 
 async def test_cli_predict_async_wait_and_requests_commands(platform: Platform):
-    from click.testing import CliRunner
-
-    from slipway.cli import cli
-
     await platform.deploy()
-    base = [
-        "--controller",
-        platform.controller.address,
-        "--gateway",
-        f"127.0.0.1:{platform.gateway.grpc_port}",
-        "--data-dir",
-        str(platform.tmp / "nokey"),
-    ]
-
-    async def run(*args: str):
-        return await asyncio.to_thread(CliRunner().invoke, cli, [*base, *args])
-
+    run = cli_of(platform)
     waited = await run("predict", "--async", "worker", "--deployment", "development", '{"id": "cli"}', "--wait")
     assert waited.exit_code == 0, waited.output
     shown = json.loads(waited.stdout)
