@@ -49,12 +49,6 @@ from slipway.v1 import (
     secret_service_pb2_grpc,
 )
 from slipway.v1 import (
-    inference_service_pb2 as inf,
-)
-from slipway.v1 import (
-    inference_service_pb2_grpc as inf_grpc,
-)
-from slipway.v1 import (
     key_service_pb2 as ks,
 )
 from slipway.v1 import (
@@ -189,7 +183,7 @@ def is_serving(deployment: res.Deployment) -> bool:
     return any(r.revision in (0, deployment.revision) for r in ready_replicas(deployment))
 
 
-def _payload_bytes(payload: bytes | str) -> bytes:
+def payload_bytes(payload: bytes | str) -> bytes:
     return payload.encode("utf-8") if isinstance(payload, str) else payload
 
 
@@ -301,7 +295,7 @@ class SlipwayClient:
     # secrets (values go in, never come out)
 
     def set_secret(self, name: str, value: bytes | str) -> ss.Secret:
-        request = ss.SetSecretRequest(name=name, value=_payload_bytes(value))
+        request = ss.SetSecretRequest(name=name, value=payload_bytes(value))
         return self.secrets.SetSecret(request, timeout=self.timeout).secret
 
     def list_secrets(self) -> list[ss.Secret]:
@@ -528,84 +522,3 @@ class SlipwayClient:
             if time.monotonic() >= deadline:
                 raise SlipwayError(f"timed out after {timeout:g}s waiting for {deployment_id} to become {environment}")
             time.sleep(poll_interval)
-
-    # calling a model (direct to a replica until the gateway exists)
-
-
-def default_gateway_address() -> str:
-    return os.environ.get("SLIPWAY_GATEWAY") or DEFAULT_GATEWAY
-
-
-def inference_target(target: str, deployment: str = "", environment: str = "") -> inf.Target:
-    """`target` is a model ID or name (production), or a deployment ID on its own.
-
-    `deployment` picks a deployment of the model: an ID, or `development`; `environment` one of
-    its environments by name (`staging`).
-    """
-    if environment:
-        return inf.Target(model_id=target, environment_name=environment)
-    if deployment == "development":
-        return inf.Target(model_id=target, environment=inf.ENVIRONMENT_DEVELOPMENT)
-    if deployment:
-        return inf.Target(model_id=target, deployment_id=deployment)
-    return inf.Target(model_id=target)
-
-
-class InferenceClient:
-    """Calls models through a gateway's InferenceService (`api_key` as for SlipwayClient)."""
-
-    def __init__(
-        self, address: str | None = None, *, ca_file: str | os.PathLike[str] | None = None, api_key: str | None = None
-    ) -> None:
-        self.address = address or default_gateway_address()
-        self._channel = secure_or_insecure_channel(self.address, client_ca(ca_file), CHANNEL_OPTIONS)
-        self._stub = inf_grpc.InferenceServiceStub(with_api_key(self._channel, find_api_key(api_key)))
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def _with_fallback(
-        self, call: Callable[[inf.Target], Any], target: str, deployment: str, environment: str = ""
-    ) -> Any:
-        """A bare target that is not a model is tried as a deployment ID."""
-        try:
-            return call(inference_target(target, deployment, environment))
-        except grpc.RpcError as err:
-            if deployment or environment or error_reason(err) != "MODEL_NOT_FOUND":
-                raise
-            return call(inf.Target(deployment_id=target))
-
-    def predict(
-        self,
-        target: str,
-        payload: bytes | str,
-        deployment: str = "",
-        timeout: float | None = None,
-        environment: str = "",
-    ) -> bytes:
-        def call(t: inf.Target) -> bytes:
-            request = inf.PredictRequest(target=t, payload=_payload_bytes(payload), content_type=JSON)
-            return self._stub.Predict(request, timeout=timeout).payload
-
-        return self._with_fallback(call, target, deployment, environment)
-
-    def predict_stream(
-        self,
-        target: str,
-        payload: bytes | str,
-        deployment: str = "",
-        timeout: float | None = None,
-        environment: str = "",
-    ) -> Iterator[bytes]:
-        def call(t: inf.Target) -> list[bytes] | Iterator[bytes]:
-            request = inf.PredictStreamRequest(target=t, payload=_payload_bytes(payload), content_type=JSON)
-            responses = self._stub.PredictStream(request, timeout=timeout)
-            first = next(responses, None)  # surfaces a routing error here, where the fallback can see it
-            return iter(()) if first is None else _chain(first.chunk, (r.chunk for r in responses))
-
-        return self._with_fallback(call, target, deployment, environment)
-
-
-def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from rest

@@ -13,10 +13,7 @@ from typing import Any
 import click
 
 from slipway import request_commands
-from slipway.client import (
-    InferenceClient,
-    state_name,
-)
+from slipway.client import state_name
 from slipway.command_support import (
     confirm,
     connect,
@@ -29,6 +26,7 @@ from slipway.command_support import (
     timeout_option,
     wait_for_promotion,
 )
+from slipway.inference_client import InferenceClient
 from slipway.render import (
     DEPLOYMENT_COLUMNS,
     EVENT_COLUMNS,

@@ -15,9 +15,10 @@ import grpc
 
 from slipway.async_json import STATUS_NAMES, proto_fields, request_json
 from slipway.channels import secure_or_insecure_channel
-from slipway.client import CHANNEL_OPTIONS, JSON, client_ca, controller_channel, inference_target
+from slipway.client import CHANNEL_OPTIONS, JSON, client_ca, controller_channel
 from slipway.command_support import root_api_key
 from slipway.credentials import with_api_key
+from slipway.inference_client import inference_target
 from slipway.v1 import async_service_pb2 as asv
 from slipway.v1 import async_service_pb2_grpc as asv_grpc
 from slipway.v1 import inference_service_pb2 as inf
