@@ -1,5 +1,5 @@
 """The controller's state: one interface (controller/store/interface.py), one set of SQL
-and migrations (queries.py, schema.py), two backends — SQLite, the embedded default
+and migrations (queries.py, reads.py, write_tx.py, schema.py), two backends — SQLite, the embedded default
 (sqlite.py), and PostgreSQL (postgres.py) — chosen by a database URL."""
 
 from __future__ import annotations

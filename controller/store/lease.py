@@ -16,7 +16,7 @@ from controller.store.backend import Executor, Row
 
 
 class LeaseQueries:
-    """Mixed into the write transaction (controller/store/queries.py's SqlWriteTx)."""
+    """Mixed into the write transaction (controller/store/write_tx.py's SqlWriteTx)."""
 
     _db: Executor
 

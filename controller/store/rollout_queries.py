@@ -88,7 +88,7 @@ class RolloutWritesProtocol(RolloutReadsProtocol, Protocol):
 
 
 class RolloutReads:
-    """Mixed into the store's reads (controller/store/queries.py's Reads)."""
+    """Mixed into the store's reads (controller/store/reads.py's Reads)."""
 
     _db: Executor
 
@@ -150,7 +150,7 @@ class RolloutReads:
 
 
 class RolloutWrites(RolloutReads):
-    """Mixed into the write transaction (controller/store/queries.py's SqlWriteTx). A model's
+    """Mixed into the write transaction (controller/store/write_tx.py's SqlWriteTx). A model's
     rollouts and policies are its rows: read and written under its lock (controller/store/locks.py),
     so the engine and a caller's pause or cancel never overwrite each other's record."""
 
