@@ -134,8 +134,15 @@ class Platform:
         self.inference = inference
 
     async def predict(self, model_id: str) -> dict:
+        """Once the gateway routes the model's production (a deployment turns ACTIVE, and becomes
+        production, before the gateway has the table that says so)."""
+        await wait_until(lambda: self.routes_production(model_id), 30, f"the gateway to route {model_id}")
         request = inf.PredictRequest(target=inf.Target(model_id=model_id), payload=b'"hi"')
         return json.loads((await self.inference.Predict(request, timeout=30)).payload)
+
+    def routes_production(self, model_id: str) -> bool:
+        model = self.gateway.follower.index.models.get(model_id)
+        return model is not None and any(e.name == "production" and e.deployments for e in model.environments)
 
     async def scale(self, deployment_id: str, **settings) -> None:
         deployment = r.Deployment(id=deployment_id)
