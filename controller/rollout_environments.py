@@ -14,7 +14,6 @@ from controller.environments import Environment
 from controller.errors import InvalidArgument
 from controller.rollout_rules import (
     ACTIVE_STATES,
-    PRODUCTION,
     UNSET_POLICY,
     Mode,
     Rollout,
@@ -30,7 +29,7 @@ from slipway.v1 import route_service_pb2 as rt
 def require_environment(environment: str) -> str:
     """The environment a caller names ("" is production): a valid name, not development
     (whether the model has it is checked with the model: promotion.require_environment)."""
-    environment = environment or PRODUCTION
+    environment = environment or environments.PRODUCTION
     if environment == environments.DEVELOPMENT:
         raise InvalidArgument(
             "ENVIRONMENT_NOT_ROLLABLE", "development is updated in place: it has no promotions to roll out"

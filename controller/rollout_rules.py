@@ -26,8 +26,6 @@ from dataclasses import dataclass, field, replace
 from controller.errors import FailedPrecondition, InvalidArgument
 from slipway import latency
 
-PRODUCTION = "production"
-
 
 class RolloutState(enum.StrEnum):
     RELEASING = "RELEASING"
