@@ -12,6 +12,8 @@ environment's deployment and its candidate, `promoting_deployment_id`), and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from controller import domain, environments, rollout_environments, validation
 from controller.domain import AutoscalingLimits, Deployment, Kind, Model, PromotionKind
 from controller.environments import Environment
@@ -97,30 +99,30 @@ async def start_promotion(tx: WriteTx, environment: Environment, deployment: Dep
     )
 
 
-async def fail_promotion(tx: WriteTx, deployment: Deployment, at: float, why: str) -> None:
-    """The candidate did not become ready: the environment is unchanged."""
+async def _end_promotion(
+    tx: WriteTx, deployment: Deployment, at: float, event: str, message: Callable[[str], str]
+) -> None:
+    """The promotion of `deployment` (if any) ends without a switch: its environment is unchanged."""
     name = deployment.promoting_environment
     if not name:
         return
     await tx.update_environment(deployment.model_id, name, at, promoting_deployment_id=None)
-    await tx.add_event(
+    await tx.add_event(at, deployment.model_id, deployment.id, event, message(name), name)
+
+
+async def fail_promotion(tx: WriteTx, deployment: Deployment, at: float, why: str) -> None:
+    """The candidate did not become ready."""
+    await _end_promotion(
+        tx,
+        deployment,
         at,
-        deployment.model_id,
-        deployment.id,
         "model.promotion_failed",
-        f"{deployment.name!r} did not become ready ({why}); {name} unchanged",
-        name,
+        lambda name: f"{deployment.name!r} did not become ready ({why}); {name} unchanged",
     )
 
 
 async def cancel_promotion_of(tx: WriteTx, deployment: Deployment, at: float, why: str) -> None:
-    name = deployment.promoting_environment
-    if not name:
-        return
-    await tx.update_environment(deployment.model_id, name, at, promoting_deployment_id=None)
-    await tx.add_event(
-        at, deployment.model_id, deployment.id, "model.promotion_cancelled", f"promotion cancelled: {why}", name
-    )
+    await _end_promotion(tx, deployment, at, "model.promotion_cancelled", lambda _: f"promotion cancelled: {why}")
 
 
 async def create_published(

@@ -41,6 +41,7 @@ from controller.leader import Leadership, LeaseLost
 from controller.store import Store
 from controller.store.async_requests import WEBHOOK_FAILED, WEBHOOK_PENDING, WEBHOOK_SUCCEEDED, AsyncRequestRow
 from slipway.async_json import request_json, webhook_body
+from slipway.process import wait_event
 
 log = logging.getLogger("slipway.webhooks")
 
@@ -144,8 +145,7 @@ class WebhookDeliverer:
                     await self._pass()
                 except Exception:
                     log.exception("webhook pass failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._poke.wait(), self.settings.dispatch_interval_seconds)
+                await wait_event(self._poke, self.settings.dispatch_interval_seconds)
         finally:
             tasks = list(self._sending.values())
             for task in tasks:

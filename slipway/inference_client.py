@@ -41,6 +41,19 @@ def inference_target(target: str, deployment: str = "", environment: str = "") -
     return inf.Target(model_id=target)
 
 
+def call_with_fallback(
+    call: Callable[[inf.Target], Any], target: str, deployment: str = "", environment: str = ""
+) -> Any:
+    """`call` on the target `inference_target` names; a bare target that is not a model is
+    tried again as a deployment ID."""
+    try:
+        return call(inference_target(target, deployment, environment))
+    except grpc.RpcError as err:
+        if deployment or environment or error_reason(err) != "MODEL_NOT_FOUND":
+            raise
+        return call(inf.Target(deployment_id=target))
+
+
 class InferenceClient:
     """Calls models through a gateway's InferenceService (`api_key` as for SlipwayClient)."""
 
@@ -54,17 +67,6 @@ class InferenceClient:
     def close(self) -> None:
         self._channel.close()
 
-    def _with_fallback(
-        self, call: Callable[[inf.Target], Any], target: str, deployment: str, environment: str = ""
-    ) -> Any:
-        """A bare target that is not a model is tried as a deployment ID."""
-        try:
-            return call(inference_target(target, deployment, environment))
-        except grpc.RpcError as err:
-            if deployment or environment or error_reason(err) != "MODEL_NOT_FOUND":
-                raise
-            return call(inf.Target(deployment_id=target))
-
     def predict(
         self,
         target: str,
@@ -77,7 +79,7 @@ class InferenceClient:
             request = inf.PredictRequest(target=t, payload=payload_bytes(payload), content_type=JSON)
             return self._stub.Predict(request, timeout=timeout).payload
 
-        return self._with_fallback(call, target, deployment, environment)
+        return call_with_fallback(call, target, deployment, environment)
 
     def predict_stream(
         self,
@@ -93,7 +95,7 @@ class InferenceClient:
             first = next(responses, None)  # surfaces a routing error here, where the fallback can see it
             return iter(()) if first is None else _chain(first.chunk, (r.chunk for r in responses))
 
-        return self._with_fallback(call, target, deployment, environment)
+        return call_with_fallback(call, target, deployment, environment)
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

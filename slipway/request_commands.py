@@ -11,14 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import grpc
 
 from slipway.async_json import STATUS_NAMES, proto_fields, request_json
 from slipway.channels import secure_or_insecure_channel
 from slipway.client import CHANNEL_OPTIONS, JSON, client_ca, controller_channel
 from slipway.command_support import root_api_key
 from slipway.credentials import with_api_key
-from slipway.inference_client import inference_target
+from slipway.inference_client import call_with_fallback
 from slipway.v1 import async_service_pb2 as asv
 from slipway.v1 import async_service_pb2_grpc as asv_grpc
 from slipway.v1 import inference_service_pb2 as inf
@@ -111,12 +110,7 @@ def async_predict(
             timeout=CALL_TIMEOUT_SECONDS,
         )
 
-    try:
-        accepted = call(inference_target(target, deployment, environment))
-    except grpc.RpcError as err:  # a bare target that is not a model is tried as a deployment ID
-        if deployment or environment or "MODEL_NOT_FOUND" not in str(err):
-            raise
-        accepted = call(inf.Target(deployment_id=target))
+    accepted = call_with_fallback(call, target, deployment, environment)
     if not wait:
         click.echo(accepted.request_id)
         return
