@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -50,6 +50,10 @@ class RouteFollower:
         self.channel: grpc.aio.Channel | None = None
         self._last_failure: str | None = None
         self._acknowledging = True  # until a controller without AckRoutes says UNIMPLEMENTED
+        # Awaited after each table is applied and before it is acknowledged: the native data
+        # plane applies the table to its proxy here, so a replica is drained only once the
+        # proxy, too, has stopped routing to it.
+        self.on_applied: Callable[[], Awaitable[None]] | None = None
 
     @property
     def controller_address(self) -> str:
@@ -91,6 +95,8 @@ class RouteFollower:
                         self.connected, self.channel = True, channel
                         log.info("following routes", extra={"fields": {"controller": address}})
                     self._apply(message)
+                    if self.on_applied is not None:
+                        await self.on_applied()
                     if self._acknowledging:
                         await self._acknowledge(stub, message.version)
             finally:

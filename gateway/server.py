@@ -120,6 +120,8 @@ class GatewaySettings:
     internal_token_file: Path | None = None
     # Traces exported over OTLP/gRPC here (slipway/tracing.py); off when unset.
     otlp_endpoint: str | None = None
+    # slipway/data_plane.py: python, native (HAProxy on the public ports), or auto.
+    data_plane: str = "python"
 
     def resolved_internal_token(self) -> str:
         if self.internal_token:

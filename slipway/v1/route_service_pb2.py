@@ -26,7 +26,7 @@ from slipway.v1 import key_service_pb2 as slipway_dot_v1_dot_key__service__pb2
 from slipway.v1 import resources_pb2 as slipway_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eslipway/v1/route_service.proto\x12\nslipway.v1\x1a\x1cslipway/v1/key_service.proto\x1a\x1aslipway/v1/resources.proto\">\n\x12WatchRoutesRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63knowledges\x18\x02 \x01(\x08\"\xf5\x01\n\x13WatchRoutesResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05reset\x18\x02 \x01(\x08\x12&\n\x06models\x18\x03 \x03(\x0b\x32\x16.slipway.v1.ModelRoute\x12\x30\n\x0b\x64\x65ployments\x18\x04 \x03(\x0b\x32\x1b.slipway.v1.DeploymentRoute\x12\x19\n\x11\x64\x65leted_model_ids\x18\x05 \x03(\t\x12\x1e\n\x16\x64\x65leted_deployment_ids\x18\x06 \x03(\t\x12)\n\x08\x61pi_keys\x18\x07 \x03(\x0b\x32\x17.slipway.v1.ApiKeyRoute\"\x8f\x01\n\x0b\x41piKeyRoute\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nkey_sha256\x18\x02 \x01(\x0c\x12#\n\x05scope\x18\x03 \x01(\x0e\x32\x14.slipway.v1.KeyScope\x12\x11\n\tmodel_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x65xpire_time\x18\x05 \x01(\x01\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\"\xab\x01\n\nModelRoute\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12 \n\x18production_deployment_id\x18\x03 \x01(\t\x12!\n\x19\x64\x65velopment_deployment_id\x18\x04 \x01(\t\x12\x32\n\x0c\x65nvironments\x18\x05 \x03(\x0b\x32\x1c.slipway.v1.EnvironmentRoute\"U\n\x10\x45nvironmentRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x1e.slipway.v1.WeightedDeployment\";\n\x12WeightedDeployment\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\xc5\x01\n\x0f\x44\x65ploymentRoute\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.slipway.v1.DeploymentState\x12\'\n\tendpoints\x18\x06 \x03(\x0b\x32\x14.slipway.v1.Endpoint\x12\x16\n\x0estatus_message\x18\x07 \x01(\t\">\n\x08\x45ndpoint\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\"l\n\x11ReportLoadRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12)\n\x05loads\x18\x02 \x03(\x0b\x32\x1a.slipway.v1.DeploymentLoad\x12\x18\n\x10used_api_key_ids\x18\x03 \x03(\t\"\xe3\x01\n\x0e\x44\x65ploymentLoad\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x11\n\tin_flight\x18\x02 \x01(\x05\x12\x16\n\x0erequests_total\x18\x03 \x01(\x03\x12\x0e\n\x06queued\x18\x04 \x01(\x05\x12\x1b\n\x13\x61verage_concurrency\x18\x05 \x01(\x01\x12\x15\n\rresponses_2xx\x18\x06 \x01(\x03\x12\x15\n\rresponses_4xx\x18\x07 \x01(\x03\x12\x15\n\rresponses_5xx\x18\x08 \x01(\x03\x12\x1d\n\x15latency_bucket_counts\x18\t \x03(\x03\"\x14\n\x12ReportLoadResponse\"7\n\x10\x41\x63kRoutesRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x13\n\x11\x41\x63kRoutesResponse\"=\n\x10WakeRouteRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\"?\n\x11WakeRouteResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.slipway.v1.DeploymentState2\xc1\x02\n\x0cRouteService\x12P\n\x0bWatchRoutes\x12\x1e.slipway.v1.WatchRoutesRequest\x1a\x1f.slipway.v1.WatchRoutesResponse0\x01\x12K\n\nReportLoad\x12\x1d.slipway.v1.ReportLoadRequest\x1a\x1e.slipway.v1.ReportLoadResponse\x12H\n\tAckRoutes\x12\x1c.slipway.v1.AckRoutesRequest\x1a\x1d.slipway.v1.AckRoutesResponse\x12H\n\tWakeRoute\x12\x1c.slipway.v1.WakeRouteRequest\x1a\x1d.slipway.v1.WakeRouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eslipway/v1/route_service.proto\x12\nslipway.v1\x1a\x1cslipway/v1/key_service.proto\x1a\x1aslipway/v1/resources.proto\">\n\x12WatchRoutesRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x63knowledges\x18\x02 \x01(\x08\"\xf5\x01\n\x13WatchRoutesResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05reset\x18\x02 \x01(\x08\x12&\n\x06models\x18\x03 \x03(\x0b\x32\x16.slipway.v1.ModelRoute\x12\x30\n\x0b\x64\x65ployments\x18\x04 \x03(\x0b\x32\x1b.slipway.v1.DeploymentRoute\x12\x19\n\x11\x64\x65leted_model_ids\x18\x05 \x03(\t\x12\x1e\n\x16\x64\x65leted_deployment_ids\x18\x06 \x03(\t\x12)\n\x08\x61pi_keys\x18\x07 \x03(\x0b\x32\x17.slipway.v1.ApiKeyRoute\"\x8f\x01\n\x0b\x41piKeyRoute\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nkey_sha256\x18\x02 \x01(\x0c\x12#\n\x05scope\x18\x03 \x01(\x0e\x32\x14.slipway.v1.KeyScope\x12\x11\n\tmodel_ids\x18\x04 \x03(\t\x12\x13\n\x0b\x65xpire_time\x18\x05 \x01(\x01\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\"\xab\x01\n\nModelRoute\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12 \n\x18production_deployment_id\x18\x03 \x01(\t\x12!\n\x19\x64\x65velopment_deployment_id\x18\x04 \x01(\t\x12\x32\n\x0c\x65nvironments\x18\x05 \x03(\x0b\x32\x1c.slipway.v1.EnvironmentRoute\"U\n\x10\x45nvironmentRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x0b\x64\x65ployments\x18\x02 \x03(\x0b\x32\x1e.slipway.v1.WeightedDeployment\";\n\x12WeightedDeployment\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\xc5\x01\n\x0f\x44\x65ploymentRoute\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.slipway.v1.DeploymentState\x12\'\n\tendpoints\x18\x06 \x03(\x0b\x32\x14.slipway.v1.Endpoint\x12\x16\n\x0estatus_message\x18\x07 \x01(\t\"T\n\x08\x45ndpoint\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12\x14\n\x0chttp_address\x18\x04 \x01(\t\"l\n\x11ReportLoadRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12)\n\x05loads\x18\x02 \x03(\x0b\x32\x1a.slipway.v1.DeploymentLoad\x12\x18\n\x10used_api_key_ids\x18\x03 \x03(\t\"\xe3\x01\n\x0e\x44\x65ploymentLoad\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x11\n\tin_flight\x18\x02 \x01(\x05\x12\x16\n\x0erequests_total\x18\x03 \x01(\x03\x12\x0e\n\x06queued\x18\x04 \x01(\x05\x12\x1b\n\x13\x61verage_concurrency\x18\x05 \x01(\x01\x12\x15\n\rresponses_2xx\x18\x06 \x01(\x03\x12\x15\n\rresponses_4xx\x18\x07 \x01(\x03\x12\x15\n\rresponses_5xx\x18\x08 \x01(\x03\x12\x1d\n\x15latency_bucket_counts\x18\t \x03(\x03\"\x14\n\x12ReportLoadResponse\"7\n\x10\x41\x63kRoutesRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\x13\n\x11\x41\x63kRoutesResponse\"=\n\x10WakeRouteRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x15\n\rdeployment_id\x18\x02 \x01(\t\"?\n\x11WakeRouteResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.slipway.v1.DeploymentState2\xc1\x02\n\x0cRouteService\x12P\n\x0bWatchRoutes\x12\x1e.slipway.v1.WatchRoutesRequest\x1a\x1f.slipway.v1.WatchRoutesResponse0\x01\x12K\n\nReportLoad\x12\x1d.slipway.v1.ReportLoadRequest\x1a\x1e.slipway.v1.ReportLoadResponse\x12H\n\tAckRoutes\x12\x1c.slipway.v1.AckRoutesRequest\x1a\x1d.slipway.v1.AckRoutesResponse\x12H\n\tWakeRoute\x12\x1c.slipway.v1.WakeRouteRequest\x1a\x1d.slipway.v1.WakeRouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,21 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENTROUTE']._serialized_start=885
   _globals['_DEPLOYMENTROUTE']._serialized_end=1082
   _globals['_ENDPOINT']._serialized_start=1084
-  _globals['_ENDPOINT']._serialized_end=1146
-  _globals['_REPORTLOADREQUEST']._serialized_start=1148
-  _globals['_REPORTLOADREQUEST']._serialized_end=1256
-  _globals['_DEPLOYMENTLOAD']._serialized_start=1259
-  _globals['_DEPLOYMENTLOAD']._serialized_end=1486
-  _globals['_REPORTLOADRESPONSE']._serialized_start=1488
-  _globals['_REPORTLOADRESPONSE']._serialized_end=1508
-  _globals['_ACKROUTESREQUEST']._serialized_start=1510
-  _globals['_ACKROUTESREQUEST']._serialized_end=1565
-  _globals['_ACKROUTESRESPONSE']._serialized_start=1567
-  _globals['_ACKROUTESRESPONSE']._serialized_end=1586
-  _globals['_WAKEROUTEREQUEST']._serialized_start=1588
-  _globals['_WAKEROUTEREQUEST']._serialized_end=1649
-  _globals['_WAKEROUTERESPONSE']._serialized_start=1651
-  _globals['_WAKEROUTERESPONSE']._serialized_end=1714
-  _globals['_ROUTESERVICE']._serialized_start=1717
-  _globals['_ROUTESERVICE']._serialized_end=2038
+  _globals['_ENDPOINT']._serialized_end=1168
+  _globals['_REPORTLOADREQUEST']._serialized_start=1170
+  _globals['_REPORTLOADREQUEST']._serialized_end=1278
+  _globals['_DEPLOYMENTLOAD']._serialized_start=1281
+  _globals['_DEPLOYMENTLOAD']._serialized_end=1508
+  _globals['_REPORTLOADRESPONSE']._serialized_start=1510
+  _globals['_REPORTLOADRESPONSE']._serialized_end=1530
+  _globals['_ACKROUTESREQUEST']._serialized_start=1532
+  _globals['_ACKROUTESREQUEST']._serialized_end=1587
+  _globals['_ACKROUTESRESPONSE']._serialized_start=1589
+  _globals['_ACKROUTESRESPONSE']._serialized_end=1608
+  _globals['_WAKEROUTEREQUEST']._serialized_start=1610
+  _globals['_WAKEROUTEREQUEST']._serialized_end=1671
+  _globals['_WAKEROUTERESPONSE']._serialized_start=1673
+  _globals['_WAKEROUTERESPONSE']._serialized_end=1736
+  _globals['_ROUTESERVICE']._serialized_start=1739
+  _globals['_ROUTESERVICE']._serialized_end=2060
 # @@protoc_insertion_point(module_scope)

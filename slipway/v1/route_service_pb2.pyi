@@ -99,14 +99,16 @@ class DeploymentRoute(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., model_id: _Optional[str] = ..., name: _Optional[str] = ..., active: _Optional[bool] = ..., state: _Optional[_Union[_resources_pb2.DeploymentState, str]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., status_message: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("replica_id", "address", "token")
+    __slots__ = ("replica_id", "address", "token", "http_address")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HTTP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     address: str
     token: str
-    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
+    http_address: str
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., token: _Optional[str] = ..., http_address: _Optional[str] = ...) -> None: ...
 
 class ReportLoadRequest(_message.Message):
     __slots__ = ("gateway_id", "loads", "used_api_key_ids")

@@ -1,0 +1,27 @@
+"""What the gateway's two data planes and the replicas agree on.
+
+`python`: the gateway process forwards every request itself. `native`: a native proxy
+(HAProxy) holds the public ports and forwards inference straight to ready replicas; the
+Python gateway behind it is the activator (scale from zero, waking) and serves every
+request the proxy does not take itself. `auto` picks native wherever the proxy is
+installed.
+
+A gRPC Predict names its target inside the message, which a proxy cannot read: the SDK
+also sends the target as metadata (the headers below), and the proxy routes by them.
+A call without them goes to the Python gateway, as before. A replica answering a
+routed call checks that the message's target agrees with itself."""
+
+from __future__ import annotations
+
+PYTHON = "python"
+NATIVE = "native"
+AUTO = "auto"
+DATA_PLANES = (AUTO, PYTHON, NATIVE)
+
+# gRPC metadata naming a Predict call's target (mirrors inference_service.proto's Target).
+MODEL_HEADER = "x-slipway-model"  # model ID or name
+ENVIRONMENT_HEADER = "x-slipway-environment"  # production, development, or a named environment
+DEPLOYMENT_HEADER = "x-slipway-deployment"  # a deployment ID
+
+# The replica's own HTTP predict route (Endpoint.http_address), which the proxy forwards to.
+REPLICA_PREDICT_PATH = "/predict"
