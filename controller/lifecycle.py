@@ -9,13 +9,10 @@ is stored in the same transaction and returned to any retry.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
-import hashlib
-import json
 import pathlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from controller import compat, domain, environments, promotion, usage, validation
@@ -23,88 +20,22 @@ from controller.domain import (
     DEVELOPMENT_AUTOSCALING,
     DEVELOPMENT_NAME,
     AutoscalingLimits,
-    AutoscalingSettings,
     Deployment,
     Kind,
     Model,
     PushTarget,
     State,
 )
-from controller.environments import Environment
 from controller.errors import InvalidArgument
 from controller.lookups import find_model, require_deployment, require_model
 from controller.observations import LeaderWrite, Observations
 from controller.packages import FilePatch, PackageStore
+from controller.request_results import Result, decode_result, encode_result, fingerprint
 from controller.store import Page, Store, WriteTx, new_id, now
 from replica.package import CONFIG_FILENAME, load_package_config, read_requirements, validate_package
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
-
-
-@dataclass(frozen=True)
-class Result:
-    """What a mutation returns (and what a retried call with the same request_id gets)."""
-
-    model: Model | None = None
-    deployment: Deployment | None = None
-    # CreateDeployment: the push created the model. PromoteDeployment: production switched.
-    # PatchDeployment: the patch bumped the revision (the replicas restart).
-    flag: bool = False
-    # CreateDeployment: config.yaml keys that are not honoured (see controller/compat.py).
-    warnings: tuple[str, ...] = ()
-    # The environment calls (controller/environment_ops.py).
-    environment: Environment | None = None
-
-
-def _fingerprint(method: str, request: tuple) -> str:
-    """What identifies a request, for telling a retry from a reuse of its request_id
-    (file contents by their hash: a patch may carry megabytes)."""
-
-    def canonical(part: object) -> object:
-        if isinstance(part, dict):
-            return sorted(part.items())
-        if isinstance(part, FilePatch):
-            return part.path, hashlib.sha256(part.content).hexdigest(), part.delete
-        if isinstance(part, (list, tuple)):
-            return [canonical(item) for item in part]
-        return part
-
-    return hashlib.sha256(repr((method, canonical(request))).encode()).hexdigest()
-
-
-def _encode_result(result: Result) -> str:
-    return json.dumps(dataclasses.asdict(result), default=lambda v: v.value)
-
-
-def _decode_environment(data: dict | None) -> Environment | None:
-    if not data:
-        return None
-    settings = data["autoscaling"]
-    return Environment(**{**data, "autoscaling": AutoscalingSettings(**settings) if settings else None})
-
-
-def _decode_result(text: str) -> Result:
-    data = json.loads(text)
-    model = Model(**data["model"]) if data["model"] else None
-    deployment = None
-    if data["deployment"]:
-        d = data["deployment"]
-        deployment = Deployment(
-            **{
-                **d,
-                "kind": Kind(d["kind"]),
-                "state": State(d["state"]),
-                "autoscaling": AutoscalingSettings(**d["autoscaling"]),
-            }
-        )
-    return Result(
-        model=model,
-        deployment=deployment,
-        flag=data["flag"],
-        warnings=tuple(data.get("warnings") or ()),
-        environment=_decode_environment(data.get("environment")),
-    )
 
 
 def page_size(requested: int) -> int:
@@ -169,10 +100,10 @@ class Lifecycle:
         """Run `body` in one write transaction. With a request_id, a retry of the same
         request (`method` and the arguments in `request`) returns the first result, and
         the same request_id with another request is refused."""
-        fingerprint = _fingerprint(method, request) if request_id else ""
+        request_fingerprint = fingerprint(method, request) if request_id else ""
         async with self.store.write() as tx:
             if request_id:
-                prior = await tx.claim_request(request_id, method, fingerprint, now())
+                prior = await tx.claim_request(request_id, method, request_fingerprint, now())
                 if prior is not None:
                     prior_method, prior_fingerprint, encoded = prior
                     if prior_method != method:
@@ -180,15 +111,15 @@ class Lifecycle:
                             "REQUEST_ID_REUSED",
                             f"request_id {request_id!r} was already used for {prior_method}, not {method}",
                         )
-                    if prior_fingerprint and prior_fingerprint != fingerprint:
+                    if prior_fingerprint and prior_fingerprint != request_fingerprint:
                         raise InvalidArgument(
                             "REQUEST_ID_REUSED",
                             f"request_id {request_id!r} was already used for a different {method} request",
                         )
-                    return _decode_result(encoded)
+                    return decode_result(encoded)
             result = await body(tx, now())
             if request_id:
-                await tx.save_request(request_id, _encode_result(result))
+                await tx.save_request(request_id, encode_result(result))
         self._on_commit()
         return result
 
