@@ -10,10 +10,11 @@ Both answer exactly as the gateway does for the same call: the same statuses, Er
 reasons and JSON error bodies (gateway/errors.py), the same HTTP answer (gateway/relay.py),
 the request ID (the caller's valid x-request-id, or a fresh one) in the trailing metadata
 or the X-Slipway-Request-Id header, the response's deployment_id, and the call bounded by
-its deadline and the request timeout. A call whose target names another deployment or
-model is refused with FAILED_PRECONDITION ROUTE_MISMATCH (HTTP 409): the proxy routed it
-by metadata the message contradicts. The environment a target names is not checked (a
-replica cannot know which of its model's environments it serves at this moment)."""
+its deadline and the request timeout. A gRPC call whose target names another deployment
+or model is refused with FAILED_PRECONDITION ROUTE_MISMATCH: the proxy routed it by
+metadata the message contradicts (an HTTP call names no target). The environment a target
+names is not checked (a replica cannot know which of its model's environments it serves
+at this moment)."""
 
 from __future__ import annotations
 
