@@ -194,7 +194,11 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 def _call_state(request: inf.PredictRequest | inf.PredictStreamRequest, context: grpc.aio.ServicerContext) -> CallState:
-    metadata = [(key, value) for key, value in context.invocation_metadata() or () if isinstance(value, str)]
+    metadata = [
+        (key, value)
+        for key, value in context.invocation_metadata() or ()
+        if isinstance(value, str) and key != REPLICA_TOKEN_HEADER  # the model never sees the credential
+    ]
     call = CallState(request.payload, [("content-type", request.content_type), *metadata])
     context.add_done_callback(lambda _: call.disconnected.set())
     return call
@@ -263,7 +267,8 @@ def build_http_app(
 
 def _http_call_state(request: web.Request, payload: bytes, made: list[CallState]) -> Callable[[], CallState]:
     def make() -> CallState:
-        call = CallState(payload, [(key.lower(), value) for key, value in request.headers.items()])
+        headers = [(key.lower(), value) for key, value in request.headers.items()]
+        call = CallState(payload, [(key, value) for key, value in headers if key != REPLICA_TOKEN_HEADER])
         made.append(call)
         return call
 

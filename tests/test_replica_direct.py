@@ -4,12 +4,26 @@ processes (controller, gateway, replicas), each answer compared with the gateway
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import signal
+import time
+import urllib.error
+import urllib.request
 
 import aiohttp
 import grpc
 import pytest
-from conftest import Api, controller_settings, error_reason, start_gateway, stop_or_explain, wait_until
+from conftest import (
+    Api,
+    controller_settings,
+    error_reason,
+    start_gateway,
+    stop_or_explain,
+    wait_until,
+    write_package,
+)
+from test_replica import TIMEOUT, TOKEN, ReplicaProcess, wait_for_file
 
 from controller.server import Controller
 from slipway.data_plane import REPLICA_PREDICT_PATH
@@ -258,3 +272,60 @@ async def test_http_predict_takes_only_the_replicas_token(served: Served):
         served.direct_url.replace("/predict", "/elsewhere"), headers=dict(served.token)
     ) as response:
         assert response.status == 404 and (await response.json())["error"]["reason"] == "NO_SUCH_ROUTE"
+
+
+DRAINED_MODEL = """
+import pathlib, time
+
+class Model:
+    def predict(self, model_input):
+        if pathlib.Path({started!r}).exists():  # calls after the first answer at once
+            return "quick"
+        pathlib.Path({started!r}).touch()
+        while not pathlib.Path({release!r}).exists():
+            time.sleep(0.01)
+        return "finished"
+"""
+
+
+def _post(url: str, token: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, data=b"{}", headers={"Content-Type": "application/json", REPLICA_TOKEN_HEADER: token}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_a_draining_replica_finishes_its_http_calls_and_refuses_new_ones(tmp_path):
+    started, release = tmp_path / "started", tmp_path / "release"
+    package = write_package(
+        tmp_path / "package",
+        "drained",
+        DRAINED_MODEL.format(started=str(started), release=str(release)),
+        "runtime:\n  predict_concurrency: 4\n",
+    )
+    replica = ReplicaProcess(package, tmp_path, ["--drain-seconds", "60", "--late-arrival-seconds", "0"], {})
+    try:
+        state = replica.wait_ready().state()
+        url = f"http://127.0.0.1:{state['http_port']}{REPLICA_PREDICT_PATH}"
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(_post, url, TOKEN)
+            wait_for_file(started)
+            replica.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + TIMEOUT
+            while (answer := _post(url, TOKEN))[0] == 200:  # until the replica has begun to drain
+                assert time.monotonic() < deadline, "the replica never refused a new call"
+            status, body = answer
+            assert status == 503 and json.loads(body)["error"] == {
+                "code": "UNAVAILABLE",
+                "reason": "REPLICA_UNAVAILABLE",
+                "message": "replica is shutting down",
+            }
+            release.touch()
+            assert in_flight.result(timeout=TIMEOUT) == (200, b'"finished"')
+        replica.assert_exits_with(0)
+    finally:
+        replica.close()
