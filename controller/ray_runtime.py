@@ -206,6 +206,7 @@ class RayRuntime:
         development: bool = False,
         user: ReplicaUser | None = None,
         model_id: str = "",
+        model_name: str = "",
     ) -> ReplicaHandle:
         """Create the replica's actor; placement, the package's transfer and the model's load follow.
         `python` (a built environment) is shipped to the node (once per node and key). `user` (the
@@ -247,7 +248,7 @@ class RayRuntime:
                 str(self._health_check_seconds),
                 *self._log_limits,
                 *(["--development"] if development else []),
-                *tracing_args(self._otlp_endpoint, deployment_id, model_id),
+                *tracing_args(self._otlp_endpoint, deployment_id, model_id, model_name),
             ],
         }
         self._handles[replica_id] = handle
@@ -484,8 +485,7 @@ class RayRuntime:
             handle.host, handle.node_id = status["host"], status["node_id"]
             if handle.pid is None:
                 handle.pid = status["pid"]
-            if state.get("port") and handle.port is None:
-                handle.port = int(state["port"])
+            if handle.observe_ports(state):
                 if handle.phase is ReplicaPhase.STARTING:
                     handle.phase = ReplicaPhase.LOADING
                     self._on_change(handle)

@@ -351,6 +351,7 @@ class Reconciler:
                 development=deployment.is_development,
                 user=user,
                 model_id=deployment.model_id,
+                model_name=await self._model_name(deployment.model_id),
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -405,7 +406,12 @@ class Reconciler:
             elif handle.phase is ReplicaPhase.READY and not handle.ready_recorded:
                 handle.ready_recorded = True
                 self.metrics.replica_ready(handle.deployment_id, handle.ready_time or time.time())
-                await self.records.ready(handle.id, handle.port, handle.ready_time)
+                await self.records.ready(handle.id, handle.port, handle.ready_time, handle.http_port)
+
+    async def _model_name(self, model_id: str) -> str:
+        """The model's name, which a replica's direct routes accept for its ID."""
+        model = await self.store.get_model(model_id)
+        return model.name if model is not None else ""
 
     def _note_crash(self, handle: ReplicaHandle) -> None:
         crash = self._crashes[handle.deployment_id]

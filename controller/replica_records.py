@@ -38,9 +38,11 @@ class ReplicaRecords:
         async with self.write() as tx:
             await tx.update_replica(replica_id, pid=pid, start_time=start_time)
 
-    async def ready(self, replica_id: str, port: int | None, ready_time: float | None) -> None:
+    async def ready(
+        self, replica_id: str, port: int | None, ready_time: float | None, http_port: int | None = None
+    ) -> None:
         async with self.write() as tx:
-            await tx.update_replica(replica_id, port=port, ready_time=ready_time)
+            await tx.update_replica(replica_id, port=port, ready_time=ready_time, http_port=http_port)
 
     async def stopped(self, replica_id: str, stop_time: float) -> None:
         async with self.write() as tx:

@@ -88,6 +88,8 @@ class ReplicaHandle:
     start_time: float
     pid: int | None = None
     port: int | None = None
+    # Its HTTP predict route's port (replica/direct.py: the native data plane forwards there).
+    http_port: int | None = None
     # Where gateways and the controller reach it (a Ray node's address under the Ray runtime).
     host: str = "127.0.0.1"
     phase: ReplicaPhase = ReplicaPhase.STARTING
@@ -126,6 +128,19 @@ class ReplicaHandle:
     def address(self) -> str:
         return f"{self.host}:{self.port}" if self.port else ""
 
+    @property
+    def http_address(self) -> str:
+        return f"{self.host}:{self.http_port}" if self.http_port else ""
+
+    def observe_ports(self, state: dict) -> bool:
+        """Take the ports a replica's state file reports; True once it first reports its gRPC one."""
+        if state.get("http_port") and self.http_port is None:
+            self.http_port = int(state["http_port"])
+        if state.get("port") and self.port is None:
+            self.port = int(state["port"])
+            return True
+        return False
+
     def log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
@@ -158,6 +173,7 @@ class ReplicaRuntime(Protocol):
         development: bool = False,
         user: ReplicaUser | None = None,
         model_id: str = "",
+        model_name: str = "",
     ) -> ReplicaHandle: ...
 
     async def stop(self, handle: ReplicaHandle, drain: bool = True) -> None: ...
@@ -196,8 +212,8 @@ def log_limit_args(line_bytes: int, rate_bytes: int) -> list[str]:
     return ["--log-line-bytes", str(line_bytes), "--log-rate-bytes", str(rate_bytes)]
 
 
-def tracing_args(otlp_endpoint: str | None, deployment_id: str, model_id: str) -> list[str]:
-    """The replica exports traces where the controller was told to, labelled with what it serves."""
-    if not otlp_endpoint:
-        return []
-    return ["--otlp-endpoint", otlp_endpoint, "--deployment-id", deployment_id, "--model-id", model_id]
+def tracing_args(otlp_endpoint: str | None, deployment_id: str, model_id: str, model_name: str = "") -> list[str]:
+    """What the replica serves (its traces are labelled with it, and its direct routes refuse
+    calls naming another target), and where it exports traces when the controller was told."""
+    identity = ["--deployment-id", deployment_id, "--model-id", model_id, "--model-name", model_name]
+    return [*identity, *(["--otlp-endpoint", otlp_endpoint] if otlp_endpoint else [])]

@@ -145,7 +145,7 @@ class RouteBroadcaster:
             state=f"DEPLOYMENT_STATE_{deployment.state.value}",
             status_message=shorten(deployment.status_message, MAX_STATUS_MESSAGE_BYTES),
             endpoints=[
-                rt.Endpoint(replica_id=h.id, address=h.address, token=h.token)
+                rt.Endpoint(replica_id=h.id, address=h.address, token=h.token, http_address=h.http_address)
                 for h in self._replicas_of(deployment.id)
                 if h.phase is ReplicaPhase.READY and not h.exited
             ],

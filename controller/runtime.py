@@ -136,6 +136,7 @@ class LocalProcessRuntime:
         development: bool = False,
         user: ReplicaUser | None = None,
         model_id: str = "",
+        model_name: str = "",
     ) -> ReplicaHandle:
         """Start a replica. `environment` is added to the controller's own, less its
         secrets (so it carries the secrets the replica may see). `python` is the
@@ -185,7 +186,7 @@ class LocalProcessRuntime:
             str(packages_root),
             *self._log_limits,
             *(["--development"] if development else []),
-            *tracing_args(self._otlp_endpoint, deployment_id, model_id),
+            *tracing_args(self._otlp_endpoint, deployment_id, model_id, model_name),
         ]
         interpreter = python or self._python
         exited = None
@@ -306,8 +307,7 @@ class LocalProcessRuntime:
         state_file = self.state_file(handle.id)
         while not handle.exited:
             state = _read_state(state_file)
-            if state.get("port") and handle.port is None:
-                handle.port = int(state["port"])
+            if handle.observe_ports(state):
                 if handle.phase is ReplicaPhase.STARTING:
                     handle.phase = ReplicaPhase.LOADING
                     self._on_change(handle)

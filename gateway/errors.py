@@ -133,12 +133,20 @@ def from_replica(error: grpc.aio.AioRpcError, request_bytes: int) -> GatewayErro
     `request_bytes`: the size of the request sent, to tell which message grpc core refused
     when it refused one as too large."""
     code = error.code()
-    details = error.details() or code.name
     info = error_info(error)
-    reason = info.reason if info is not None else ""
-    if info is not None and reason == MODEL_HTTP_ERROR:
-        detail = json.loads(details) if info.metadata.get("detail_is_json") == "true" else details
-        return ModelHttpError(code, details, int(info.metadata["http_status"]), detail)
+    reason, metadata = (info.reason, dict(info.metadata)) if info is not None else ("", {})
+    return from_status(code, error.details() or code.name, reason, metadata, request_bytes)
+
+
+def from_status(
+    code: grpc.StatusCode, details: str, reason: str, metadata: dict[str, str], request_bytes: int
+) -> GatewayError:
+    """A replica's status (its code, message, ErrorInfo reason and metadata) as the error the
+    caller gets: the gateway's for a replica's gRPC answer, and a replica's own direct fronts'
+    (replica/direct.py) for the same failure."""
+    if reason == MODEL_HTTP_ERROR:
+        detail = json.loads(details) if metadata.get("detail_is_json") == "true" else details
+        return ModelHttpError(code, details, int(metadata["http_status"]), detail)
     if not reason and code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         too_large = _GRPC_TOO_LARGE.search(details)
         if too_large is not None:

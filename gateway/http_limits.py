@@ -165,6 +165,11 @@ class LimitedSite(web.BaseSite):
         )
 
     @property
+    def port(self) -> int:
+        """The port listened on (once started: the one the kernel chose for port 0)."""
+        return self._port
+
+    @property
     def name(self) -> str:
         return f"{'https' if self._ssl else 'http'}://{self._host}:{self._port}"
 

@@ -2,7 +2,8 @@
 
 Contract with the process that spawns a replica:
 - Right after binding, before the model loads, PATH holds
-  {"pid", "port", "replica_id", "phase": "loading"}; then "ready" once the model
+  {"pid", "port", "http_port", "replica_id", "phase": "loading"} ("http_port": the HTTP
+  predict route of replica/direct.py); then "ready" once the model
   is loaded (and health is SERVING), or "failed" with "error" ("<Type>: <message>")
   and "traceback", after which the process exits with code 3. A malformed package or
   a port that cannot be bound is also "failed" (with "port": null) and code 3.
@@ -33,6 +34,7 @@ import pathlib
 import sys
 
 from replica import capture
+from replica.direct import DEFAULT_REQUEST_TIMEOUT_SECONDS
 from replica.log import Logger
 from replica.server import Options, Replica
 from slipway import tracing
@@ -60,6 +62,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--http-port", type=int, default=0, help="the HTTP predict route's port (POST /predict; 0 picks a free port)"
+    )
+    parser.add_argument(
+        "--request-timeout-seconds",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        help="longest a call on the direct routes (HTTP /predict, InferenceService) runs",
+    )
     parser.add_argument("--replica-id", default=None)
     parser.add_argument(
         "--drain-seconds", type=float, default=30.0, help="longest wait for in-flight calls on shutdown"
@@ -107,8 +118,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="log bytes per second kept, after a burst of 8 times as much (beyond: dropped and counted)",
     )
     parser.add_argument("--otlp-endpoint", default=None, help="export traces over OTLP/gRPC (http[s]://HOST:PORT)")
-    parser.add_argument("--deployment-id", default="", help="the deployment this replica serves (trace attributes)")
-    parser.add_argument("--model-id", default="", help="the model this replica serves (trace attributes)")
+    parser.add_argument(
+        "--deployment-id",
+        default="",
+        help="the deployment this replica serves (direct calls naming another are refused)",
+    )
+    parser.add_argument("--model-id", default="", help="the model this replica serves (its ID)")
+    parser.add_argument("--model-name", default="", help="the model this replica serves (its name)")
     args = parser.parse_args(argv)
     if not 256 <= args.log_line_bytes <= 1024 * 1024:
         parser.error("--log-line-bytes must be between 256 and 1048576")
@@ -121,6 +137,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
             parser.error(str(exc))
     if not 1 <= args.max_request_bytes <= LARGEST_MAX_REQUEST_BYTES:
         parser.error(f"--max-request-bytes must be between 1 and {LARGEST_MAX_REQUEST_BYTES}")
+    if not 0 <= args.http_port <= 65535:
+        parser.error("--http-port must be between 0 and 65535")
+    if not 0 < args.request_timeout_seconds <= 86400:
+        parser.error("--request-timeout-seconds must be in (0, 86400]")
     if not 0 < args.health_check_seconds <= 3600:
         parser.error("--health-check-seconds must be in (0, 3600]")
     if _listens_everywhere(args.host):
@@ -151,6 +171,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         otlp_endpoint=args.otlp_endpoint,
         deployment_id=args.deployment_id,
         model_id=args.model_id,
+        model_name=args.model_name,
+        http_port=args.http_port,
+        request_timeout_seconds=args.request_timeout_seconds,
     )
 
 

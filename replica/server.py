@@ -10,9 +10,13 @@ import time
 import traceback
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.http_limits import HttpLimits, LimitedSite
+from replica import direct
+from replica.calls import ModelCalls
 from replica.loader import describe_failure, load_model, model_traceback, prepare_process
 from replica.log import Logger
 from replica.metrics import METRICS
@@ -61,8 +65,13 @@ class Options:
     log_rate_bytes: int = 1024 * 1024
     # Traces exported over OTLP/gRPC (slipway/tracing.py), with what this replica serves.
     otlp_endpoint: str | None = None
+    # What it serves: a direct call (replica/direct.py) naming another target is refused.
     deployment_id: str = ""
     model_id: str = ""
+    model_name: str = ""
+    # The HTTP predict route's port (0 picks a free one), and the longest a direct call runs.
+    http_port: int = 0
+    request_timeout_seconds: float = direct.DEFAULT_REQUEST_TIMEOUT_SECONDS
 
 
 class Replica:
@@ -99,16 +108,28 @@ class Replica:
         except RuntimeError as exc:
             return self._fail("bind_failed", exc)
         await server.start()
+        try:
+            http = await self._start_http(servicer.calls)
+        except OSError as exc:
+            await _stop_server(server)
+            return self._fail("bind_failed", exc)
         # Before LOADING is reported: a stop signal sent once the state file says so must drain.
         self._install_signal_handlers()
         self._state.write(LOADING)
-        self._log.info("listening", host=self._options.host, port=self._state.port, model_name=config.model_name)
+        self._log.info(
+            "listening",
+            host=self._options.host,
+            port=self._state.port,
+            http_port=self._state.http_port,
+            model_name=config.model_name,
+        )
 
         predictor = await self._load(config)
         if predictor is None:
             if self._stop.is_set():
-                await self._drain(server, servicer, health_servicer)
+                await self._drain(server, servicer, health_servicer, http)
                 return EXIT_OK
+            await http.cleanup()
             await _stop_server(server)
             return EXIT_MODEL_FAILED
 
@@ -124,7 +145,7 @@ class Replica:
         checking = asyncio.create_task(self._watch_health(servicer))
         await self._stop.wait()
         checking.cancel()
-        await self._drain(server, servicer, health_servicer)
+        await self._drain(server, servicer, health_servicer, http)
         return EXIT_UNHEALTHY if self._unhealthy else EXIT_OK
 
     async def _watch_health(self, servicer: ReplicaServicer) -> None:
@@ -157,20 +178,49 @@ class Replica:
         auth = TokenInterceptor(
             REPLICA_TOKEN_HEADER,
             self._options.token,
-            [SERVICE_NAME],
+            [SERVICE_NAME, direct.SERVICE],
             "REPLICA",
             on_refused=lambda fields: self._log.warning("call_refused", **fields),
         )
         server = grpc.aio.server(options=options, interceptors=[auth])
         reload_root = self._options.packages_root if self._options.development else None
-        servicer = ReplicaServicer(self._log, self._options.max_request_bytes, reload_root)
+        calls = ModelCalls(self._log, self._options.max_request_bytes)
+        servicer = ReplicaServicer(self._log, self._options.max_request_bytes, reload_root, calls)
         replica_service_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
+        # The native data plane's gRPC route: InferenceService answered here, without the gateway.
+        server.add_generic_rpc_handlers(
+            (direct.DirectInference(calls, self._identity, self._options.request_timeout_seconds).handler(),)
+        )
         health_servicer = health.aio.HealthServicer()
         for service in ("", SERVICE_NAME):  # "" starts out SERVING otherwise
             await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, direct.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         return server, servicer, health_servicer
+
+    @property
+    def _identity(self) -> direct.Identity:
+        options = self._options
+        return direct.Identity(options.deployment_id, options.model_id, options.model_name)
+
+    async def _start_http(self, calls: ModelCalls) -> web.AppRunner:
+        """The native data plane's HTTP route (POST /predict), in this event loop; its port
+        goes in the state file beside the gRPC one."""
+        options = self._options
+        app = direct.build_http_app(calls, options.token, options.request_timeout_seconds, options.model_id)
+        # Stopped only once its calls are over (or past the drain): nothing left to wait for then.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = LimitedSite(runner, options.host, options.http_port, HttpLimits())
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._state.http_port = site.port
+        return runner
 
     async def _load(self, config: PackageConfig) -> Predictor | None:
         """The ready predictor; None if loading failed or a stop signal came first."""
@@ -206,6 +256,7 @@ class Replica:
         server: grpc.aio.Server,
         servicer: ReplicaServicer,
         health_servicer: health.aio.HealthServicer,
+        http: web.AppRunner,
     ) -> None:
         drain_seconds = self._options.drain_seconds
         self._log.info("draining", drain_seconds=drain_seconds)
@@ -220,6 +271,7 @@ class Replica:
         servicer.refuse_new_calls()
         drained = await servicer.wait_idle(drain_seconds)
         # Cancels whatever is left: health Watch streams, and predicts past the deadline.
+        await http.cleanup()
         await _stop_server(server)
         self._log.info("stopped", drained=drained)
 

@@ -10,42 +10,29 @@ under the packages root the replica was started with: never a path a caller name
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import pathlib
 import re
-import traceback
-from collections.abc import Iterator
 from typing import NoReturn
 
 import grpc
 
-from replica import codec, typed, websocket
-from replica.capture import REQUEST_ID
+from replica import codec, websocket
+from replica.calls import MODEL_METHOD_NOT_IMPLEMENTED, STREAM_STALLED, ModelCalls, Refusal
 from replica.log import Logger
 from replica.metrics import METRICS
 from replica.model_request import CallState
-from replica.predictor import ChunkStream, MethodNotImplemented, ModelError, Predictor, StreamStalled
+from replica.predictor import Predictor
 from replica.reload import ModelReloader
 from slipway import limits, request_ids, tracing
-from slipway.process import wait_event
 from slipway.status import rich_status
 from slipway.v1 import replica_service_pb2 as pb
 from slipway.v1 import replica_service_pb2_grpc as pb_grpc
 
-MODEL_METHOD_NOT_IMPLEMENTED = "MODEL_METHOD_NOT_IMPLEMENTED"
+__all__ = ["MODEL_METHOD_NOT_IMPLEMENTED", "STREAM_STALLED", "ReplicaServicer"]
 # InvokeRequest.method asking for the model's Truss schema rather than calling it.
 SCHEMA = "schema"
 NO_SCHEMA = "NO_SCHEMA"
-STREAM_STALLED = "STREAM_STALLED"
-MODEL_CALL_FAILURES = (
-    ModelError,
-    codec.ResultEncodingError,
-    typed.InputValidationError,
-    MethodNotImplemented,
-    StreamStalled,
-)
 PACKAGE_DIGEST = re.compile(r"[0-9a-f]{64}")
 INVOKE_SPAN, INVOKE_STREAM_SPAN = "slipway.v1.ReplicaService/Invoke", "slipway.v1.ReplicaService/InvokeStream"
 
@@ -56,26 +43,22 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         log: Logger,
         max_request_bytes: int = limits.DEFAULT_MAX_REQUEST_BYTES,
         reload_root: pathlib.Path | None = None,
+        calls: ModelCalls | None = None,
     ) -> None:
         self._log = log
-        self._max_bytes = max_request_bytes
+        # Shared with the replica's direct fronts (replica/direct.py).
+        self.calls = calls or ModelCalls(log, max_request_bytes)
         # The controller's packages root on a development replica; None: Reload is refused.
         self._reload_root = reload_root
-        self._predictor: Predictor | None = None
         self._reloader: ModelReloader | None = None
-        self._refusing = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        METRICS.watch_in_flight(lambda: self._in_flight)
 
     @property
     def predictor(self) -> Predictor | None:
-        return self._predictor
+        return self.calls.predictor
 
     def attach(self, predictor: Predictor) -> None:
         """Start serving predictions; until then every call is UNAVAILABLE."""
-        self._predictor = predictor
+        self.calls.predictor = predictor
 
     def enable_reload(self, reloader: ModelReloader) -> None:
         """Accept Reload calls (once the first model is loaded)."""
@@ -83,57 +66,40 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
 
     def refuse_new_calls(self) -> None:
         """Drain: calls already running finish, new ones get UNAVAILABLE."""
-        self._refusing = True
+        self.calls.refusing = True
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no predict call is in flight; False if `timeout` passed first."""
-        return await wait_event(self._idle, timeout)
+        return await self.calls.wait_idle(timeout)
 
     async def Invoke(self, request: pb.InvokeRequest, context: grpc.aio.ServicerContext) -> pb.InvokeResponse:
-        with self._tracked(context), tracing.grpc_server_span(INVOKE_SPAN, context):
-            predictor = await self._require_predictor(context)
-            if request.method == SCHEMA:
-                if predictor.schema is None:
-                    await abort_rich(context, grpc.StatusCode.NOT_FOUND, NO_SCHEMA, "No schema found")
-                return pb.InvokeResponse(payload=json.dumps(predictor.schema).encode(), content_type=codec.JSON)
-            model_input = await self._decode(request, context)
+        with self.calls.tracked(_request_id(context)), tracing.grpc_server_span(INVOKE_SPAN, context):
             try:
-                call = _call_state(request, context) if predictor.wants_request(request.method) else None
-                async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
-                    if isinstance(result, ChunkStream):
-                        payload, content_type = await self._join(result, context)
-                    else:
-                        payload, content_type = codec.encode_result(result, request.content_type)
-            except MODEL_CALL_FAILURES as exc:
-                await self._abort_model_call(context, exc)
-            await self._check_answer(len(payload), "the model's response", context)
-            return pb.InvokeResponse(payload=payload, content_type=content_type)
+                if request.method == SCHEMA:
+                    schema = self.calls.require_predictor().schema
+                    if schema is None:
+                        raise Refusal(grpc.StatusCode.NOT_FOUND, "No schema found", NO_SCHEMA)
+                    return pb.InvokeResponse(payload=json.dumps(schema).encode(), content_type=codec.JSON)
+                return await self.calls.invoke(request, lambda: _call_state(request, context))
+            except Refusal as refusal:
+                await refusal.abort(context)
 
     async def InvokeStream(self, request: pb.InvokeStreamRequest, context: grpc.aio.ServicerContext) -> None:
         """A model error mid-stream ends the call with INTERNAL after the chunks already sent
         (the HTTP front then ends its response cleanly, as Truss does)."""
-        with self._tracked(context), tracing.grpc_server_span(INVOKE_STREAM_SPAN, context):
-            predictor = await self._require_predictor(context)
-            model_input = await self._decode(request, context)
+        with self.calls.tracked(_request_id(context)), tracing.grpc_server_span(INVOKE_STREAM_SPAN, context):
             try:
-                call = _call_state(request, context) if predictor.wants_request(request.method) else None
-                async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
-                    if isinstance(result, ChunkStream):
-                        async for data, content_type in result:
-                            await self._check_answer(len(data), "a chunk of the model's stream", context)
-                            await context.write(pb.InvokeStreamResponse(chunk=data, content_type=content_type))
-                    else:
-                        data, content_type = codec.encode_result(result, request.content_type)
-                        await self._check_answer(len(data), "the model's response", context)
-                        await context.write(
-                            pb.InvokeStreamResponse(chunk=data, content_type=content_type, complete=True)
-                        )
-            except MODEL_CALL_FAILURES as exc:
-                await self._abort_model_call(context, exc)
+                async for chunk in self.calls.invoke_stream(request, lambda: _call_state(request, context)):
+                    await context.write(chunk)
+            except Refusal as refusal:
+                await refusal.abort(context)
 
     async def InvokeWebsocket(self, requests, context: grpc.aio.ServicerContext) -> None:
-        with self._tracked(context):
-            predictor = await self._require_predictor(context)
+        with self.calls.tracked(_request_id(context)):
+            try:
+                predictor = self.calls.require_predictor()
+            except Refusal as refusal:
+                await refusal.abort(context)
             if predictor.websocket is None:
                 await abort_rich(
                     context,
@@ -150,10 +116,10 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
         return pb.GetMetricsResponse(text=METRICS.text())
 
     async def Reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
-        with self._tracked():
+        with self.calls.tracked():
             package_dir = await self._stored_package(request, context)
             reloader = self._reloader
-            if self._refusing or reloader is None:
+            if self.calls.refusing or reloader is None:
                 await abort(context, grpc.StatusCode.UNAVAILABLE, "replica is not serving a model")
             outcome = await reloader.reload(package_dir)
             return pb.ReloadResponse(
@@ -192,81 +158,6 @@ class ReplicaServicer(pb_grpc.ReplicaServiceServicer):
                 f"no stored package {request.package_digest} under this replica's packages root",
             )
         return directory
-
-    @contextlib.contextmanager
-    def _tracked(self, context: grpc.aio.ServicerContext | None = None) -> Iterator[None]:
-        """Counts the call in flight; with `context`, the request ID the gateway sent
-        (x-slipway-request-id) stamps every log line written while the call runs."""
-        self._in_flight += 1
-        self._idle.clear()
-        token = REQUEST_ID.set(_request_id(context)) if context is not None else None
-        try:
-            yield
-        finally:
-            if token is not None:
-                REQUEST_ID.reset(token)
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
-
-    async def _require_predictor(self, context: grpc.aio.ServicerContext) -> Predictor:
-        if self._refusing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "replica is shutting down")
-        if self._predictor is None:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, "model is not loaded yet")
-        return self._predictor
-
-    async def _join(self, stream: ChunkStream, context: grpc.aio.ServicerContext) -> tuple[bytes, str]:
-        """A streaming model's chunks as one answer (a unary call), within the size limit."""
-        encoded, size = [], 0
-        async for data, content_type in stream:
-            size += len(data)
-            await self._check_answer(size, "the model's stream joined into one response (so far)", context)
-            encoded.append((data, content_type))
-        return codec.join_chunks(encoded)
-
-    async def _check_answer(self, size: int, what: str, context: grpc.aio.ServicerContext) -> None:
-        if size > self._max_bytes:
-            await self._abort_too_large(context, limits.RESPONSE_TOO_LARGE, what, size)
-
-    async def _abort_too_large(self, context: grpc.aio.ServicerContext, reason: str, what: str, size: int) -> NoReturn:
-        message = limits.too_large(what, size, self._max_bytes)
-        if reason == limits.RESPONSE_TOO_LARGE:
-            self._log.error("response_too_large", error=message)
-        await context.abort_with_status(rich_status(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message))
-        raise AssertionError("unreachable: context.abort_with_status raises")
-
-    async def _decode(self, request: pb.InvokeRequest | pb.InvokeStreamRequest, context: grpc.aio.ServicerContext):
-        if len(request.payload) > self._max_bytes:
-            await self._abort_too_large(context, limits.REQUEST_TOO_LARGE, "the request body", len(request.payload))
-        try:
-            return codec.decode_payload(request.payload, request.content_type)
-        except codec.PayloadError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-    async def _abort_model_call(self, context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
-        if isinstance(exc, MethodNotImplemented):
-            await abort_rich(context, grpc.StatusCode.NOT_FOUND, MODEL_METHOD_NOT_IMPLEMENTED, str(exc))
-        if isinstance(exc, StreamStalled):
-            self._log.error("stream_stalled", error=str(exc))
-            await abort_rich(context, grpc.StatusCode.DEADLINE_EXCEEDED, STREAM_STALLED, str(exc))
-        if isinstance(exc, typed.InputValidationError):
-            status = rich_status(grpc.StatusCode.INVALID_ARGUMENT, typed.INPUT_VALIDATION_FAILED, str(exc))
-            await context.abort_with_status(status)
-        cause = exc.cause if isinstance(exc, ModelError) else exc
-        answered = typed.http_exception(cause)
-        if answered is not None:  # the model chose its answer: passed on as that status, as in Truss
-            http_status, detail, detail_is_json = answered
-            self._log.info("predict_http_error", status=http_status, detail=detail)
-            metadata = {"http_status": str(http_status), "detail_is_json": "true" if detail_is_json else "false"}
-            status = rich_status(typed.grpc_code(http_status), typed.MODEL_HTTP_ERROR, detail, metadata)
-            await context.abort_with_status(status)
-        self._log.error(
-            "predict_failed",
-            error=str(exc),
-            traceback="".join(traceback.format_exception(cause)),
-        )
-        await abort(context, grpc.StatusCode.INTERNAL, str(exc))
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

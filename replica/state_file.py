@@ -23,11 +23,14 @@ class StateFile:
         self._path = path
         self._replica_id = replica_id
         self.port: int | None = None
+        # The HTTP predict route's (replica/direct.py).
+        self.http_port: int | None = None
 
     def write(self, phase: str, **extra: Any) -> None:
         state = {
             "pid": os.getpid(),
             "port": self.port,
+            "http_port": self.http_port,
             "replica_id": self._replica_id,
             "phase": phase,
             **extra,

@@ -13,6 +13,8 @@ routed call checks that the message's target agrees with itself."""
 
 from __future__ import annotations
 
+from slipway.v1 import inference_service_pb2 as inf
+
 PYTHON = "python"
 NATIVE = "native"
 AUTO = "auto"
@@ -25,3 +27,22 @@ DEPLOYMENT_HEADER = "x-slipway-deployment"  # a deployment ID
 
 # The replica's own HTTP predict route (Endpoint.http_address), which the proxy forwards to.
 REPLICA_PREDICT_PATH = "/predict"
+
+
+def routing_metadata(target: inf.Target) -> tuple[tuple[str, str], ...]:
+    """The headers above for a Predict call to `target`, as the gateway resolves it: a
+    deployment by its ID; else the model's environment (production unless named)."""
+    headers = []
+    if target.model_id:
+        headers.append((MODEL_HEADER, target.model_id))
+    if target.deployment_id:
+        headers.append((DEPLOYMENT_HEADER, target.deployment_id))
+    elif target.model_id:
+        if target.environment_name:
+            environment = target.environment_name
+        elif target.environment == inf.ENVIRONMENT_DEVELOPMENT:
+            environment = "development"
+        else:
+            environment = "production"
+        headers.append((ENVIRONMENT_HEADER, environment))
+    return tuple(headers)

@@ -1,4 +1,5 @@
-"""Calling models through a gateway's InferenceService, synchronously.
+"""Calling models through a gateway's InferenceService, synchronously. Every call also
+names its target in metadata (slipway/data_plane.py), which a native data plane routes by.
 
 from slipway.inference_client import InferenceClient
 
@@ -18,6 +19,7 @@ import grpc
 from slipway.channels import secure_or_insecure_channel
 from slipway.client import CHANNEL_OPTIONS, DEFAULT_GATEWAY, JSON, client_ca, error_reason, payload_bytes
 from slipway.credentials import find_api_key, with_api_key
+from slipway.data_plane import routing_metadata
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 
@@ -77,7 +79,7 @@ class InferenceClient:
     ) -> bytes:
         def call(t: inf.Target) -> bytes:
             request = inf.PredictRequest(target=t, payload=payload_bytes(payload), content_type=JSON)
-            return self._stub.Predict(request, timeout=timeout).payload
+            return self._stub.Predict(request, timeout=timeout, metadata=routing_metadata(t)).payload
 
         return call_with_fallback(call, target, deployment, environment)
 
@@ -91,7 +93,7 @@ class InferenceClient:
     ) -> Iterator[bytes]:
         def call(t: inf.Target) -> list[bytes] | Iterator[bytes]:
             request = inf.PredictStreamRequest(target=t, payload=payload_bytes(payload), content_type=JSON)
-            responses = self._stub.PredictStream(request, timeout=timeout)
+            responses = self._stub.PredictStream(request, timeout=timeout, metadata=routing_metadata(t))
             first = next(responses, None)  # surfaces a routing error here, where the fallback can see it
             return iter(()) if first is None else _chain(first.chunk, (r.chunk for r in responses))
 

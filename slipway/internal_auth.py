@@ -82,6 +82,18 @@ def presented(metadata: Iterable[tuple[str, str | bytes]] | None, header: str) -
     return None
 
 
+def token_refusal(header: str, token: bytes, value: str | None, kind: str) -> tuple[str, str] | None:
+    """None when `value` (what a call presented in `header`) is `token`, else the reason
+    (<KIND>_TOKEN_MISSING / <KIND>_TOKEN_INVALID) and message of its refusal."""
+    if value is None:
+        problem, message = "MISSING", f"this is an internal surface: the call needs the {header} credential"
+    elif hmac.compare_digest(value.encode(), token):
+        return None
+    else:
+        problem, message = "INVALID", f"the {header} credential is not valid here"
+    return f"{kind}_TOKEN_{problem}", message
+
+
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls to `services` that do not carry `token` in metadata key `header`
     (UNAUTHENTICATED, reason <KIND>_TOKEN_MISSING / <KIND>_TOKEN_INVALID); other services pass."""
@@ -105,13 +117,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
     def _refusal(self, value: str | None) -> tuple[grpc.Status, str] | None:
         """None for the right token, else the status to answer and its reason."""
-        if value is None:
-            problem, message = "MISSING", f"this is an internal surface: the call needs the {self._header} credential"
-        elif hmac.compare_digest(value.encode(), self._token):
+        refusal = token_refusal(self._header, self._token, value, self._kind)
+        if refusal is None:
             return None
-        else:
-            problem, message = "INVALID", f"the {self._header} credential is not valid here"
-        reason = f"{self._kind}_TOKEN_{problem}"
+        reason, message = refusal
         return rich_status(grpc.StatusCode.UNAUTHENTICATED, reason, message), reason
 
     async def intercept_service(self, continuation, handler_call_details):

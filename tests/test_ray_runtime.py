@@ -22,12 +22,15 @@ import signal
 import subprocess
 import sys
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
 from controller.ray_runtime import namespace_for
 from controller.ray_supervisor import node_root
+from slipway.data_plane import REPLICA_PREDICT_PATH
+from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import inference_service_pb2 as inf
@@ -243,6 +246,19 @@ async def test_push_predict_gpu_placement_and_unplaceable(platform: Platform, cl
     pushed = await platform.api.push(platform.api.package("echo"), target=ds.PUSH_TARGET_PRODUCTION)
     running = await platform.api.wait_state(pushed.deployment.id, ACTIVE, timeout=90)
     assert (await platform.predict(pushed.deployment.model_id))["input"] == "hi"
+    # The replica serves its own HTTP predict route on its node (the native data plane's).
+    [entry] = platform.gateway.follower.index.deployments[pushed.deployment.id].endpoints
+    assert entry.http_address.rpartition(":")[0] == entry.address.rpartition(":")[0]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://{entry.http_address}{REPLICA_PREDICT_PATH}",
+            data=b'"hi"',
+            headers={REPLICA_TOKEN_HEADER: entry.token, "Content-Type": "application/json"},
+        ) as response,
+    ):
+        answer = await response.json()
+        assert answer["input"] == "hi", answer
     # The replica's log, written on its node, is followed on the controller's machine.
     log = platform.data_dir / "logs" / f"{running.replicas[0].id}.log"
     await wait_until(lambda: log.exists() and b"model_loaded" in log.read_bytes(), 30, "the replica's log")

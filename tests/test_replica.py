@@ -194,7 +194,14 @@ def test_echo_example_reports_state_then_serves(start):
     replica = start(EXAMPLES / "echo").wait_ready()
 
     state = replica.state()
-    assert state == {"pid": replica.process.pid, "port": state["port"], "replica_id": "r-test", "phase": "ready"}
+    assert state == {
+        "pid": replica.process.pid,
+        "port": state["port"],
+        "http_port": state["http_port"],
+        "replica_id": "r-test",
+        "phase": "ready",
+    }
+    assert state["http_port"] > 0 and state["http_port"] != state["port"]
     assert replica.health(SERVICE) == health_pb2.HealthCheckResponse.SERVING
     assert replica.health("") == health_pb2.HealthCheckResponse.SERVING
     assert replica.predict_json({"text": "hi"}) == {"echo": {"text": "hi"}}

@@ -243,6 +243,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX rollouts_by_model ON rollouts(model_id, environment, pk);
     CREATE INDEX rollouts_engine ON rollouts(active, keep_warm_until)
     """,
+    # 11: a replica's HTTP predict route (replica/direct.py), which the native data plane
+    # forwards HTTP inference to, beside its gRPC port.
+    """
+    ALTER TABLE replicas ADD COLUMN http_port INTEGER
+    """,
 ]
 
 
