@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 from gateway.forwarder import LoadMeter
 from gateway.native import commands, config, desired
-from gateway.native.runtime import RuntimeApi
+from gateway.native.runtime import RuntimeApi, succeeded
 from gateway.routing import RouteIndex
 
 log = logging.getLogger("slipway.gateway.native")
@@ -242,7 +242,7 @@ class NativeDataPlane:
         async with self._lock:
             answers = await self.api.run([f"del server {backend}/{name}" for backend, name in drained])
         for key, answer in zip(drained, answers, strict=True):
-            if commands.succeeded("del server", answer) or "No such server" in answer:
+            if succeeded("del server", answer) or "No such server" in answer:
                 self.retiring.discard(key)
         await self.apply()  # a replaced server (same token) comes back; freed slots are reusable
 
@@ -273,9 +273,9 @@ class NativeDataPlane:
             for status_class, now, before in zip((2, 4, 5), counters.by_class, previous.by_class, strict=True):
                 load.answered[status_class] += max(now - before, 0)
         for deployment_id in self._native_deployments:
-            load = self._loads.get(deployment_id)
-            if load is not None:
-                load.set_native(in_flight.get(deployment_id, 0))
+            meter = self._loads.get(deployment_id)
+            if meter is not None:
+                meter.set_native(in_flight.get(deployment_id, 0))
 
 
 def _listen(host: str, port: int) -> socket.socket:
