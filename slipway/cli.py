@@ -179,6 +179,7 @@ def gateway(
     replica_wait: float,
     max_http_connections: int,
     max_buffered_request_bytes: int,
+    data_plane: str,
     no_metrics: bool,
     log_level: str,
     max_request_bytes: int,

@@ -4,14 +4,17 @@ HAProxy on its public ports, replicas."""
 from __future__ import annotations
 
 import json
+import ssl
 
 import aiohttp
 import grpc
 import pytest
 from conftest import Api, start_gateway, stop_or_explain, wait_until
+from pki import generate
 
 from gateway.native.proxy import find_haproxy
 from slipway import data_plane
+from slipway.tls import ServerTls
 from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
@@ -83,3 +86,27 @@ async def test_a_routed_grpc_call_goes_straight_to_the_replica(api: Api, native)
     await wait_until(
         lambda: native.forwarder.loads[pushed.deployment.id].native_requests >= 1, what="haproxy's count in the load"
     )
+
+
+async def test_haproxy_serves_tls_with_alpn_h2_on_both_ports(tmp_path, controller):
+    pki = generate(tmp_path)
+    gateway = await start_gateway(controller, data_plane="native", tls=ServerTls.load(pki.cert, pki.key))
+    try:
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"https://127.0.0.1:{gateway.http_port}/model/nope/production/predict", data=b"{}", ssl=context
+            ) as response,
+        ):
+            assert response.status == 404 and (await response.json())["error"]["reason"] == "MODEL_NOT_FOUND"
+        credentials = grpc.ssl_channel_credentials(pki.ca.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{gateway.grpc_port}", credentials) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await inf_grpc.InferenceServiceStub(channel).Predict(
+                    inf.PredictRequest(target=inf.Target(model_id="nope"), payload=b"{}"), timeout=10
+                )
+            assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+    finally:
+        await stop_or_explain(gateway.stop(), "gateway")
+    assert gateway.native.process.poll() is not None  # stopped with the gateway
