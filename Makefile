@@ -14,7 +14,7 @@ WEB := web/dist/index.html
 WEB_SOURCES := $(shell find web/src web/index.html web/vite.config.ts web/tsconfig.json protos -type f \
 	-not -path 'web/src/gen/*' 2>/dev/null)
 
-.PHONY: setup run test generate check-generated lint clean web browser postgres-bin
+.PHONY: setup run test generate check-generated lint clean web browser postgres-bin haproxy-bin
 
 setup: $(STAMP) $(BUF) $(WEB)
 
@@ -73,10 +73,18 @@ postgres-bin:
 		{ $$SUDO apt-get update && $$SUDO apt-get install -y postgresql; } || \
 		echo "make: PostgreSQL could not be installed: the tests on PostgreSQL will be skipped"; }
 
-test: setup browser check-generated lint postgres-bin
+# The native data plane's proxy (gateway/native/): HAProxy from Debian's packages. Without it
+# `--data-plane auto` runs the Python data plane and the native tests are skipped.
+haproxy-bin:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		{ $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends haproxy; } || \
+		echo "make: HAProxy could not be installed: the native data plane is unavailable"; }
+
+test: setup browser check-generated lint postgres-bin haproxy-bin
 	$(PY) -m pytest -q -rs
 
-run: setup
+run: setup haproxy-bin
 	$(PY) -m slipway up --example examples/echo
 
 clean:

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 
 from gateway.errors import refused_key
 from slipway import keys
-from slipway.auth import Authenticator, current_caller
+from slipway.auth import FORWARDED_FOR, Authenticator, current_caller
 from slipway.keys import AuthError, Scope
 from slipway.metrics import METRICS_PATH
 from slipway.v1 import inference_service_pb2
@@ -33,13 +33,16 @@ def require_model_access(deployment: rt.DeploymentRoute) -> rt.DeploymentRoute:
     return deployment
 
 
-def http_middleware(authenticator: Authenticator) -> Middleware:
+def http_middleware(authenticator: Authenticator, forwarded: bool = False) -> Middleware:
+    """`forwarded`: behind the native data plane's proxy, whose X-Forwarded-For names the caller."""
+
     @web.middleware
     async def authenticate(request: web.Request, handler) -> web.StreamResponse:
+        peer = (forwarded and request.headers.get(FORWARDED_FOR)) or request.remote or ""
         try:
             caller = await authenticator.check(
                 request.headers.get("Authorization"),
-                request.remote or "",
+                peer,
                 Scope.METRICS if request.path == METRICS_PATH else Scope.INFERENCE,
                 f"{request.method} {request.path}",
             )

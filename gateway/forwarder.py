@@ -67,12 +67,16 @@ class ReplicaChannel:
 
 
 class LoadMeter:
-    """One deployment's in-flight and queued requests, and their time-weighted average."""
+    """One deployment's in-flight and queued requests, and their time-weighted average. In
+    native mode (gateway/native/) HAProxy's own sessions for the deployment are added: `native`
+    (its current sessions and queue) and `native_requests` (requests it forwarded itself)."""
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.queued = 0
         self.requests_total = 0
+        self.native = 0
+        self.native_requests = 0
         # Answers since the previous report: by HTTP status class (2, 4, 5) and latency bucket.
         self.answered: dict[int, int] = {2: 0, 4: 0, 5: 0}
         self.latency = latency.empty()
@@ -82,8 +86,13 @@ class LoadMeter:
 
     def _advance(self) -> None:
         now = time.monotonic()
-        self._area += (self.in_flight + self.queued) * (now - self._last)
+        self._area += (self.in_flight + self.queued + self.native) * (now - self._last)
         self._last = now
+
+    def set_native(self, sessions: int) -> None:
+        if sessions != self.native:
+            self._advance()
+            self.native = sessions
 
     def change(self, in_flight: int = 0, queued: int = 0) -> None:
         self._advance()
@@ -104,7 +113,7 @@ class LoadMeter:
         """Average concurrency since the previous call."""
         self._advance()
         elapsed = self._last - self._since
-        average = self._area / elapsed if elapsed > 0 else float(self.in_flight + self.queued)
+        average = self._area / elapsed if elapsed > 0 else float(self.in_flight + self.queued + self.native)
         self._area, self._since = 0.0, self._last
         return average
 
@@ -446,7 +455,7 @@ class Forwarder:
 
     def _load_counts(self) -> Iterator[tuple[str, int, int, int]]:
         for deployment_id, load in self.loads.items():
-            yield deployment_id, load.in_flight, load.queued, load.retries
+            yield deployment_id, load.in_flight + load.native, load.queued, load.retries
 
     def load_report(self) -> list[rt.DeploymentLoad]:
         report = []
@@ -455,9 +464,9 @@ class Forwarder:
             report.append(
                 rt.DeploymentLoad(
                     deployment_id=deployment_id,
-                    in_flight=load.in_flight,
+                    in_flight=load.in_flight + load.native,
                     queued=load.queued,
-                    requests_total=load.requests_total,
+                    requests_total=load.requests_total + load.native_requests,
                     average_concurrency=load.take_average(),
                     responses_2xx=answered[2],
                     responses_4xx=answered[4],

@@ -25,7 +25,8 @@ from gateway.forwarder import Forwarder
 from gateway.http_api import PREFIXES, build_app
 from gateway.http_limits import BodyReader, HttpLimits, LimitedSite
 from gateway.metrics import GatewayMetrics
-from slipway import tracing
+from gateway.native.setup import native_data_plane
+from slipway import data_plane, tracing
 from slipway.auth import ApiKeyInterceptor, Authenticator, FailureGuard, FailureLimits
 from slipway.internal_auth import INTERNAL_TOKEN_HEADER, TokenFileError, read_token_file
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
@@ -122,6 +123,9 @@ class GatewaySettings:
     otlp_endpoint: str | None = None
     # slipway/data_plane.py: python, native (HAProxy on the public ports), or auto.
     data_plane: str = "python"
+    # Native data plane: deployments HAProxy can route to directly (each takes one slot pair of
+    # backends); one more stays on the Python path, logged once.
+    native_slots: int = 256
 
     def resolved_internal_token(self) -> str:
         if self.internal_token:
@@ -173,6 +177,10 @@ class Gateway:
         self.http_port = 0
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task] = []
+        # HAProxy on the public ports (gateway/native/), or None: the Python data plane.
+        self.native = native_data_plane(settings, lambda: self.follower.index, self.forwarder.loads)
+        if self.native is not None:
+            self.follower.on_applied = self.native.apply
         self._grpc: grpc.aio.Server
         self._http: web.AppRunner
         self.http_bodies: BodyReader
@@ -239,6 +247,8 @@ class Gateway:
         try:
             await self._listen()
         except BaseException:
+            if self.native is not None:
+                await self.native.stop()
             await self._stop_tasks()
             raise
         if not self._tasks:  # once both ports are ours: a gateway that cannot listen leaves nothing running
@@ -254,6 +264,7 @@ class Gateway:
                     "controller": settings.controller_address,
                     "gateway_id": settings.gateway_id,
                     "tls": settings.tls is not None,
+                    "data_plane": data_plane.PYTHON if self.native is None else data_plane.NATIVE,
                 }
             },
         )
@@ -269,7 +280,12 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _listen(self) -> None:
+        """The Python servers on the public ports; in native mode on internal loopback ports
+        (plain text, ephemeral), with HAProxy on the public ones in front of them."""
         settings = self.settings
+        native = self.native is not None
+        host = "127.0.0.1" if native else settings.host
+        tls = None if native else settings.tls
         if not settings.require_api_keys:
             log.warning("AUTHENTICATION IS OFF (--insecure-no-auth): anyone who reaches the gateway calls every model")
         self._grpc = grpc.aio.server(
@@ -279,7 +295,7 @@ class Gateway:
                 ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ],
             maximum_concurrent_rpcs=settings.grpc_limits.max_concurrent_rpcs,
-            interceptors=[ApiKeyInterceptor(self.authenticator, auth.METHOD_SCOPES, OPEN_SERVICES)],
+            interceptors=[ApiKeyInterceptor(self.authenticator, auth.METHOD_SCOPES, OPEN_SERVICES, forwarded=native)],
         )
         api = grpc_api.InferenceApi(self.forwarder, self.resolve, settings.request_timeout_seconds)
         self._grpc.add_generic_rpc_handlers((api.handler(), AsyncGrpcApi(self.async_requests).handler()))
@@ -288,7 +304,7 @@ class Gateway:
             (grpc_api.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
         warn_if_exposed_without_tls(settings.host, settings.tls, "the gateway")
-        self.grpc_port = add_grpc_port(self._grpc, f"{settings.host}:{settings.grpc_port}", settings.tls)
+        self.grpc_port = add_grpc_port(self._grpc, f"{host}:{0 if native else settings.grpc_port}", tls)
         await self._grpc.start()
 
         self.http_bodies = BodyReader(settings.http_limits, settings.max_request_bytes)
@@ -298,7 +314,7 @@ class Gateway:
             self.wake,
             settings.request_timeout_seconds,
             self.http_bodies,
-            auth.http_middleware(self.authenticator),
+            auth.http_middleware(self.authenticator, forwarded=native),
             self.metrics,
         )
         add_http_routes(app, self.async_requests, self.http_bodies, PREFIXES)
@@ -306,12 +322,20 @@ class Gateway:
         # the model stops (and can see it, as Truss's request.is_disconnected()).
         self._http = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace_seconds, handler_cancellation=True)
         await self._http.setup()
-        ssl_context = None if settings.tls is None else settings.tls.http_context()
+        ssl_context = None if tls is None else tls.http_context()
         self.http_site = LimitedSite(
-            self._http, settings.host, settings.http_port, settings.http_limits, ssl_context, settings.reuse_port
+            self._http,
+            host,
+            0 if native else settings.http_port,
+            settings.http_limits,
+            ssl_context,
+            settings.reuse_port and not native,
         )
         await self.http_site.start()
         self.http_port = self._http.addresses[0][1]
+        if self.native is not None:
+            await self.native.start(self.grpc_port, self.http_port)
+            self.grpc_port, self.http_port = self.native.grpc_port, self.native.http_port
 
     async def _report_load(self) -> None:
         """To the controller the follower follows; dropped while it follows none."""
@@ -335,8 +359,12 @@ class Gateway:
     async def stop(self) -> None:
         """Graceful: stop accepting, let in-flight requests finish, then close."""
         await self._health.enter_graceful_shutdown()
-        await asyncio.gather(self._grpc.stop(self.settings.shutdown_grace_seconds), self._http.cleanup())
-        await self._stop_tasks()
+        try:
+            if self.native is not None:  # first: its requests in flight may be on their way through Python
+                await self.native.stop()
+        finally:
+            await asyncio.gather(self._grpc.stop(self.settings.shutdown_grace_seconds), self._http.cleanup())
+            await self._stop_tasks()
         await self.forwarder.close()
         if self._traced:
             tracing.shutdown()

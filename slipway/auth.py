@@ -121,6 +121,10 @@ class Authenticator:
         return Caller(record, header or "")
 
 
+# The caller's address, as the native data plane's proxy sends it (gateway/native/).
+FORWARDED_FOR = "x-forwarded-for"
+
+
 def peer_host(peer: str) -> str:
     """`ipv4:127.0.0.1:5000` → `ipv4:127.0.0.1` (one host's connections count together)."""
     return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
@@ -139,9 +143,16 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     interceptor guards with credentials that are not user keys."""
 
     def __init__(
-        self, authenticator: Authenticator, method_scopes: Mapping[str, Scope], skipped: frozenset[str]
+        self,
+        authenticator: Authenticator,
+        method_scopes: Mapping[str, Scope],
+        skipped: frozenset[str],
+        forwarded: bool = False,
     ) -> None:
         self._authenticator = authenticator
+        # Behind the native data plane's proxy (only it reaches this server): the caller's
+        # host is the proxy's `x-forwarded-for`, not the peer.
+        self._forwarded = forwarded
         self._method_scopes = method_scopes
         self._skipped = skipped
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
@@ -157,8 +168,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         scope = required_scope(method, self._method_scopes)
 
         def check(context: grpc.aio.ServicerContext) -> Awaitable[Caller | None]:
-            header = dict(context.invocation_metadata() or ()).get(AUTHORIZATION)
-            return self._authenticator.check(header, peer_host(context.peer()), scope, method)
+            metadata = dict(context.invocation_metadata() or ())
+            peer = (self._forwarded and metadata.get(FORWARDED_FOR)) or peer_host(context.peer())
+            return self._authenticator.check(metadata.get(AUTHORIZATION), peer, scope, method)
 
         guarded = self._handlers[method] = _guarded(handler, check)
         return guarded

@@ -179,6 +179,7 @@ def gateway(
     replica_wait: float,
     max_http_connections: int,
     max_buffered_request_bytes: int,
+    data_plane: str,
     no_metrics: bool,
     log_level: str,
     max_request_bytes: int,
@@ -193,6 +194,7 @@ def gateway(
 
     With --workers N, N gateway processes share both ports (SO_REUSEPORT) under a parent
     that restarts a worker that dies."""
+    from gateway.native.setup import NativeUnavailable
     from gateway.server import run_gateway
     from gateway.workers import WorkerStartError, run_gateway_workers
     from slipway.internal_auth import TokenFileError
@@ -206,7 +208,7 @@ def gateway(
         run_until_stopped(run_gateway_workers(settings, workers, log_level) if workers > 1 else run_gateway(settings))
     except TokenFileError as error:
         raise click.ClickException(f"{error} (set --internal-token-file)") from None
-    except WorkerStartError as error:
+    except (WorkerStartError, NativeUnavailable) as error:
         raise click.ClickException(str(error)) from None
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from controller.ray_node_cache import DEFAULT_NODE_CACHE_BYTES
+from slipway import data_plane
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, LARGEST_MAX_REQUEST_BYTES
 from slipway.tls import ServerTls
 
@@ -396,6 +397,7 @@ def gateway_settings(
         tls=tls,
         controller_ca_file=controller_ca_file,
         otlp_endpoint=flags["otlp_endpoint"],
+        data_plane=flags["data_plane"],
     )
 
 
@@ -458,6 +460,15 @@ def gateway_options(command: Callable) -> Callable:
             type=click.IntRange(min=1),
             default=lambda: http_limit_default("max_buffered_body_bytes"),
             help="Request-body bytes all HTTP requests in flight may hold together; beyond, 503 GATEWAY_BUSY.",
+        ),
+        flag(
+            "--data-plane",
+            envvar="SLIPWAY_DATA_PLANE",
+            type=click.Choice(data_plane.DATA_PLANES),
+            default=data_plane.AUTO,
+            help="native: HAProxy holds the gateway's ports and forwards inference straight to ready replicas, "
+            "the Python gateway behind it for everything else (waking, refusals, other routes); python: the "
+            "Python gateway alone; auto: native where haproxy is installed (and with one worker).",
         ),
         flag(
             "--no-metrics",

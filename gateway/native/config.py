@@ -1,0 +1,211 @@
+"""haproxy.cfg for the native data plane (pure: no I/O).
+
+Two frontends on the public ports, both HTTP mode: `grpc_in` (h2, `proto h2`; TLS with ALPN h2
+when the gateway has TLS) and `http_in` (HTTP/1.1, TLS when configured). The fast path (see
+desired.py for the keys and maps) goes to slot backends `g<N>`/`h<N>`; every other request to
+`py_grpc`/`py_http`, the Python gateway on its internal loopback ports. Nothing is ever reloaded:
+servers and maps change through the runtime API only (commands.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from gateway.native import desired
+from slipway import data_plane
+from slipway.request_ids import MAX_REQUEST_ID_CHARS
+
+PREDICT_METHODS = ("/slipway.v1.InferenceService/Predict", "/slipway.v1.InferenceService/PredictStream")
+HTTP_PREDICT_PATH = r"^/model/[^/]+/(production|development|environments/[^/]+|deployment/[^/]+)/predict$"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    run_dir: str
+    grpc_bind: str  # e.g. "fd@5" (a socket the gateway bound) or "127.0.0.1:7200"
+    http_bind: str
+    python_grpc: str  # host:port of the Python gateway's internal gRPC server
+    python_http: str
+    slots: int
+    max_request_bytes: int
+    require_keys: bool
+    request_timeout_seconds: float
+    header_timeout_seconds: float  # HttpLimits.idle_timeout_seconds (a request's line and headers)
+    http_idle_seconds: float  # HttpLimits.idle_timeout_seconds
+    grpc_idle_seconds: float  # GrpcLimits.max_connection_idle_seconds
+    python_timeout_seconds: float  # a request the Python gateway holds (waits for a wake, then forwards)
+    max_http_connections: int
+    max_grpc_connections: int
+    tls_pem: str | None = None  # certificate chain and key in one PEM file
+    connect_timeout_seconds: float = 1.0
+    retries: int = 2
+    threads: int = 1
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(int(seconds * 1000), 1)}ms"
+
+
+# HAProxy's own refusals, in the gateway's shapes: (status, reason text, gRPC code, ErrorInfo-ish reason, message)
+ERRORS = (
+    (400, "Bad Request", 13, "INTERNAL", "BAD_REQUEST", "the request could not be parsed"),
+    (408, "Request Timeout", 4, "DEADLINE_EXCEEDED", "REQUEST_TIMEOUT", "the request was not received in time"),
+    (500, "Internal Server Error", 13, "INTERNAL", "PROXY_ERROR", "the proxy failed"),
+    (502, "Bad Gateway", 14, "UNAVAILABLE", "REPLICA_FAILED", "the replica answered no valid response"),
+    (503, "Service Unavailable", 14, "UNAVAILABLE", "NO_READY_REPLICA", "no replica could take the request"),
+    (504, "Gateway Timeout", 4, "DEADLINE_EXCEEDED", "REPLICA_TIMEOUT", "the replica did not answer in time"),
+)
+
+
+def error_pages() -> dict[str, bytes]:
+    """File name → raw HTTP response, for each `errorfile` (JSON for HTTP; for gRPC a
+    trailers-only answer with grpc-status, which every gRPC client reads as the call's status)."""
+    pages = {}
+    for status, text, grpc_status, code, reason, message in ERRORS:
+        body = json.dumps({"error": {"code": code, "reason": reason, "message": message}}).encode()
+        pages[f"http_{status}.http"] = (
+            f"HTTP/1.1 {status} {text}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "cache-control: no-cache\r\nconnection: close\r\n\r\n"
+        ).encode() + body
+        pages[f"grpc_{status}.http"] = (
+            "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+            f"grpc-status: {grpc_status}\r\ngrpc-message: {reason}: {message.replace(' ', '%20')}\r\n"
+            "content-length: 0\r\n\r\n"
+        ).encode()
+    return pages
+
+
+def _request_id_rules() -> list[str]:
+    valid = rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$"
+    return [
+        "http-request del-header x-slipway-replica-token",
+        'http-request set-var-fmt(txn.rid) "req-%[uuid]"',
+        f"http-request set-var(txn.rid) req.fhdr(x-request-id,1) if {{ req.fhdr(x-request-id,1) -m reg {valid} }}",
+        "http-request set-header x-request-id %[var(txn.rid)]",
+        "http-request set-header x-forwarded-for %[src]",
+        "http-after-response set-header x-slipway-request-id %[var(txn.rid)]",
+    ]
+
+
+def _choice_rules(kind: str) -> list[str]:
+    """txn.slot from txn.key: the first deployment's slot, or the second's for buckets past the
+    first's share (the request ID's CRC-32, as gateway/traffic_split.py)."""
+    first, alt = (desired.GRPC, desired.GRPC_ALT) if kind == "grpc" else (desired.HTTP, desired.HTTP_ALT)
+    return [
+        f"http-request set-var(txn.slot) var(txn.key),map_str({{dir}}/{first},{desired.NO_SLOT}) if {{ var(txn.key) -m found }}",
+        "http-request set-var(txn.bucket) var(txn.rid),crc32,mod(10000) if { var(txn.slot) -m found }",
+        f"http-request set-var(txn.share) var(txn.key),map_str_int({{dir}}/{desired.SPLIT},10000) if {{ var(txn.slot) -m found }}",
+        f"http-request set-var(txn.slot) var(txn.key),map_str({{dir}}/{alt},{desired.NO_SLOT}) "
+        "if { var(txn.slot) -m found } { var(txn.bucket),sub(txn.share) -m int ge 0 }",
+    ]
+
+
+def _key_rules(require_keys: bool) -> tuple[list[str], str]:
+    """Rules setting acl `key_ok`, and the condition to add to the fast path."""
+    if not require_keys:
+        return [], ""
+    return [
+        "acl key_form req.fhdr(authorization) -m reg -i '^(api-key|bearer) +[^ ]+$'",
+        "http-request set-var(txn.khash) req.fhdr(authorization),word(2,' '),sha2(256),hex,lower if key_form",
+        f"http-request set-var(txn.kind) var(txn.khash),map_str({{dir}}/{desired.KEYS},{desired.NO_SLOT}) "
+        "if { var(txn.khash) -m found }",
+        f'http-request set-var-fmt(txn.kmodel) "%[var(txn.khash)]/%[var(txn.key),map_str({{dir}}/{desired.MODEL},-)]" '
+        "if { var(txn.kind) -m str some }",
+        "acl key_ok var(txn.kind) -m str all",
+        f"acl key_ok var(txn.kmodel),map_str({{dir}}/{desired.KEY_MODELS},-) -m str 1",
+    ], " key_ok"
+
+
+def render(config: ProxyConfig) -> str:
+    d = config.run_dir
+    tls = f" ssl crt {config.tls_pem}" if config.tls_pem else ""
+    key_rules, key_cond = _key_rules(config.require_keys)
+    env_header, model_header = data_plane.ENVIRONMENT_HEADER, data_plane.MODEL_HEADER
+    deployment_header = data_plane.DEPLOYMENT_HEADER
+    lines = [
+        "global",
+        f"  nbthread {config.threads}",
+        f"  maxconn {config.max_http_connections + config.max_grpc_connections + 64}",
+        f"  stats socket {d}/admin.sock mode 600 level admin",
+        "  stats timeout 1h",
+        "  tune.bufsize 32768",
+        "  tune.http.maxhdr 128",
+        "",
+        "defaults",
+        "  mode http",
+        "  option http-keep-alive",
+        f"  timeout connect {_ms(config.connect_timeout_seconds)}",
+        f"  timeout server {_ms(config.request_timeout_seconds)}",
+        f"  timeout tunnel {_ms(config.request_timeout_seconds)}",
+        f"  timeout http-request {_ms(config.header_timeout_seconds)}",
+        f"  timeout http-keep-alive {_ms(config.http_idle_seconds)}",
+        f"  timeout client {_ms(config.http_idle_seconds)}",
+        "  timeout queue 1s",
+        f"  retries {config.retries}",
+        "  retry-on conn-failure empty-response",
+        "  option redispatch 1",
+        "",
+        "http-errors slipway_http",
+        *(f"  errorfile {e[0]} {d}/http_{e[0]}.http" for e in ERRORS),
+        "",
+        "http-errors slipway_grpc",
+        *(f"  errorfile {e[0]} {d}/grpc_{e[0]}.http" for e in ERRORS),
+        "",
+        "frontend grpc_in",
+        f"  bind {config.grpc_bind}{tls}{' alpn h2' if tls else ''} proto h2",
+        f"  maxconn {config.max_grpc_connections}",
+        f"  timeout client {_ms(max(config.grpc_idle_seconds, config.request_timeout_seconds))}",
+        "  errorfiles slipway_grpc",
+        *("  " + rule for rule in _request_id_rules()),
+        f"  acl predict path {' '.join(PREDICT_METHODS)}",
+        f"  acl by_deployment req.fhdr({deployment_header}) -m len gt 0",
+        f"  acl by_environment req.fhdr({env_header}) -m len gt 0",
+        f'  http-request set-var-fmt(txn.key) "/model/%[req.fhdr({model_header})]/deployment/'
+        f'%[req.fhdr({deployment_header})]" if predict by_deployment',
+        f'  http-request set-var-fmt(txn.key) "/model/%[req.fhdr({model_header})]/environments/'
+        f'%[req.fhdr({env_header})]" if predict !by_deployment by_environment',
+        f'  http-request set-var-fmt(txn.key) "/model/%[req.fhdr({model_header})]/production" '
+        "if predict !by_deployment !by_environment",
+        *("  " + rule.replace("{dir}", d) for rule in _choice_rules("grpc")),
+        *("  " + rule.replace("{dir}", d) for rule in key_rules),
+        "  acl slotted var(txn.slot) -m reg ^[0-9]+$",
+        f"  use_backend g%[var(txn.slot)] if predict slotted{key_cond}",
+        "  default_backend py_grpc",
+        "",
+        "frontend http_in",
+        f"  bind {config.http_bind}{tls}",
+        f"  maxconn {config.max_http_connections}",
+        "  errorfiles slipway_http",
+        *("  " + rule for rule in _request_id_rules()),
+        "  acl predict method POST",
+        f"  acl predict_path path_reg {HTTP_PREDICT_PATH}",
+        "  acl one_length req.hdr_cnt(content-length) eq 1",
+        f"  acl small_body req.hdr(content-length) -m int le {config.max_request_bytes}",
+        "  acl chunked req.hdr_cnt(transfer-encoding) gt 0",
+        "  http-request set-var(txn.key) path,regsub('/predict$','') if predict predict_path one_length small_body !chunked",
+        *("  " + rule.replace("{dir}", d) for rule in _choice_rules("http")),
+        *("  " + rule.replace("{dir}", d) for rule in key_rules),
+        "  acl slotted var(txn.slot) -m reg ^[0-9]+$",
+        f"  use_backend h%[var(txn.slot)] if slotted{key_cond}",
+        "  default_backend py_http",
+        "",
+        "backend py_grpc",
+        f"  timeout server {_ms(config.python_timeout_seconds)}",
+        f"  server python {config.python_grpc} proto h2",
+        "",
+        "backend py_http",
+        f"  timeout server {_ms(config.python_timeout_seconds)}",
+        f"  server python {config.python_http}",
+        "",
+    ]
+    for slot in range(config.slots):
+        for prefix, extra in (("g", []), ("h", [f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}"])):
+            lines += [
+                f"backend {prefix}{slot}",
+                "  balance leastconn",
+                "  http-send-name-header x-slipway-replica-token",
+                "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+                *extra,
+                "",
+            ]
+    return "\n".join(lines)
