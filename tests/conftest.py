@@ -240,6 +240,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "both_data_planes: run the module's gateway tests on the python and the native data plane"
     )
+    config.addinivalue_line(
+        "markers",
+        "python_plane_only(reason): in a both_data_planes module, a test of the python gateway's own "
+        "mechanism that the native plane has no counterpart of (its [native] case is skipped with the reason)",
+    )
 
 
 def pytest_report_header(config):
@@ -259,13 +264,22 @@ def pytest_report_header(config):
 def pytest_generate_tests(metafunc):
     backends = metafunc.definition.get_closest_marker("both_backends") and "database" in metafunc.fixturenames
     planes = metafunc.definition.get_closest_marker("both_data_planes") and "data_plane" in metafunc.fixturenames
+    python_only = metafunc.definition.get_closest_marker("python_plane_only")
+    if python_only is not None:
+        # Shown as a skipped [native] case with the reason, so that what the native plane does
+        # not cover stays visible in every run.
+        native = pytest.mark.skip(reason=f"python data plane only: {python_only.kwargs['reason']}")
     if backends and planes:
         # Not 2 x 2: the native plane runs on SQLite only (the store is the same under both planes).
-        metafunc.parametrize(("database", "data_plane"), BACKEND_PLANE_CASES, indirect=True, ids=BACKEND_PLANE_IDS)
+        cases = [pytest.param(*case, id=id) for case, id in zip(BACKEND_PLANE_CASES, BACKEND_PLANE_IDS, strict=True)]
+        if python_only is not None:
+            cases[-1] = pytest.param(*BACKEND_PLANE_CASES[-1], id=BACKEND_PLANE_IDS[-1], marks=native)
+        metafunc.parametrize(("database", "data_plane"), cases, indirect=True)
     elif backends:
         metafunc.parametrize("database", BACKENDS, indirect=True)
     elif planes:
-        metafunc.parametrize("data_plane", DATA_PLANES, indirect=True)
+        cases = ["python", pytest.param("native", marks=native) if python_only is not None else "native"]
+        metafunc.parametrize("data_plane", cases, indirect=True)
 
 
 # --- the two data planes -----------------------------------------------------------------
@@ -358,6 +372,12 @@ def routing_metadata(target) -> tuple[tuple[str, str], ...]:
         )
         metadata.append((data_plane.ENVIRONMENT_HEADER, environment))
     return tuple(metadata)
+
+
+def on_python_plane(gateway) -> bool:
+    """Whether a gateway forwards requests itself, so that its Python internals (body budget,
+    open connections, retry counters) see every request."""
+    return gateway.settings.data_plane == "python"
 
 
 async def wait_native_proxy(parent: int) -> list[int]:
