@@ -62,6 +62,7 @@ def pytest_generate_tests(metafunc):
             cases, ids = tuple((backend, "python") for backend in BACKENDS), BACKENDS
         metafunc.parametrize("secured", cases, indirect=True, ids=ids, scope="module")
 
+
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED

@@ -11,8 +11,8 @@ import signal
 import grpc
 import pytest
 from conftest import Api, controller_settings, routing_metadata, wait_native_proxy, wait_until
-from metrics_scrape import scrape
 from google.protobuf import field_mask_pb2
+from metrics_scrape import scrape
 
 from controller.autoscaler import AutoscalerConfig
 from controller.server import Controller

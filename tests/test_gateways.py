@@ -26,9 +26,9 @@ from conftest import (
     wait_native_proxy,
     wait_until,
 )
-from metrics_scrape import scrape
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from metrics_scrape import scrape
 from test_restart import replica_pids
 
 from controller.autoscaler import AutoscalerConfig
