@@ -29,16 +29,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import pathlib
-import re
-import resource
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -54,6 +50,33 @@ import yaml  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from bench.common import free_port, machine_info  # noqa: E402
+from bench.data_planes import (  # noqa: E402
+    LABELS,
+    autoscale,
+    cold_starts,
+    copy_example,
+    haproxy_pids,
+    native_unavailable,
+    plane_flags,
+    routing_headers,
+    routing_metadata,
+    stream_targets,
+    summary,
+)
+from bench.h2load import (  # noqa: E402, F401  (bench/proxy_floor.py takes them from here too)
+    CLOCK_TICKS,
+    Run,
+    Target,
+    cpu_of,
+    cpu_seconds,
+    fmt,
+    grpc_frame,
+    h2load,
+    measure,
+    parse_log,
+    say,
+)
+from slipway import data_plane  # noqa: E402
 from slipway.internal_auth import REPLICA_TOKEN_HEADER  # noqa: E402
 from slipway.v1 import inference_service_pb2 as inf  # noqa: E402
 from slipway.v1 import replica_service_pb2 as rs  # noqa: E402
@@ -64,27 +87,6 @@ EXPECTED_OUTPUT = {"echo": {"text": "hello"}}
 INVOKE = "/slipway.v1.ReplicaService/Invoke"
 PREDICT = "/slipway.v1.InferenceService/Predict"
 GRPC_HEADERS = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def say(line: str = "") -> None:
-    print(line, flush=True)
-
-
-# --- processes --------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int, thread: bool = False) -> float:
-    """utime + stime of a process (all its threads), or with `thread` of its main thread
-    only (the one running the asyncio event loop), in seconds."""
-    stat = pathlib.Path(f"/proc/{pid}/task/{pid}/stat" if thread else f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields from 3 (state) on
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def cpu_of(pids: int | list[int], thread: bool = False) -> float:
-    """cpu_seconds summed over processes (the workers of `slipway gateway --workers N`)."""
-    return sum(cpu_seconds(pid, thread) for pid in ([pids] if isinstance(pids, int) else pids))
 
 
 def worker_pids(parent: int, count: int, timeout: float = 30.0) -> list[int]:
@@ -98,19 +100,6 @@ def worker_pids(parent: int, count: int, timeout: float = 30.0) -> list[int]:
             return children
         time.sleep(0.1)
     raise RuntimeError(f"the gateway did not start {count} workers")
-
-
-def system_cpu_seconds() -> dict[str, float]:
-    """Machine-wide CPU time (all cores) from the first line of /proc/stat: busy in
-    processes (user+nice+system), in interrupts (irq+softirq: loopback networking runs
-    there and is charged to no process), and stolen by the hypervisor."""
-    fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
-    return {
-        "process": (user + nice + system) / CLOCK_TICKS,
-        "irq": (irq + softirq) / CLOCK_TICKS,
-        "steal": steal / CLOCK_TICKS,
-    }
 
 
 def wait_serving(address: str, process: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
@@ -153,117 +142,6 @@ def slipway(controller: str, *args: str, timeout: float = 120.0) -> str:
     return result.stdout
 
 
-# --- h2load -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Run:
-    path: str
-    concurrency: int
-    requests: int
-    seconds: float = 0.0
-    req_per_s: float = 0.0
-    p50_ms: float = math.nan
-    p99_ms: float = math.nan
-    succeeded: int = 0
-    failed: int = 0  # h2load failed + errored + timeout, plus non-2xx statuses in the log
-    non_2xx: int = 0
-    data_bytes: int = 0
-    expected_bytes: int = 0  # requests x the size of one good response body
-    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # process -> CPU seconds
-
-    @property
-    def bad_bodies(self) -> int:
-        """Responses missing from the DATA bytes: a gRPC error is HTTP 200 with no message."""
-        if not self.expected_bytes or self.data_bytes >= self.expected_bytes:
-            return 0
-        per = self.expected_bytes / self.requests
-        return math.ceil((self.expected_bytes - self.data_bytes) / per)
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not ordered:
-        return math.nan
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-def h2load(
-    url: str,
-    body: pathlib.Path,
-    headers: list[str],
-    requests: int,
-    concurrency: int,
-    log_file: pathlib.Path | None,
-    h1: bool,
-) -> str:
-    command = ["h2load", "-n", str(requests), "-c", str(concurrency), "-m", "1", "-t", "1", "-d", str(body), *headers]
-    if h1:
-        command.append("--h1")
-    if log_file is not None:
-        command += ["--log-file", str(log_file)]
-    command.append(url)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise RuntimeError(f"h2load failed ({result.returncode}): {' '.join(command)}\n{result.stdout}{result.stderr}")
-    return result.stdout
-
-
-def parse_summary(output: str, run: Run) -> None:
-    finished = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", output)
-    counts = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", output)
-    statuses = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
-    traffic = re.search(r"\((\d+)\) data", output)
-    if not (finished and counts and statuses and traffic):
-        raise RuntimeError(f"cannot parse h2load output:\n{output}")
-    run.seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
-    run.req_per_s = float(finished[3])
-    run.succeeded = int(counts[1])
-    run.failed = int(counts[2]) + int(counts[3]) + int(counts[4])
-    run.non_2xx = int(statuses[2]) + int(statuses[3]) + int(statuses[4])
-    run.data_bytes = int(traffic[1])
-
-
-def parse_log(log_file: pathlib.Path, run: Run) -> None:
-    """h2load --log-file lines: start (us since epoch), status, duration (us)."""
-    durations: list[float] = []
-    non_2xx = 0
-    for line in log_file.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) < 3:
-            continue
-        status, duration_us = int(parts[1]), int(parts[2])
-        if not 200 <= status < 300:
-            non_2xx += 1
-        durations.append(duration_us / 1000)
-    durations.sort()
-    run.p50_ms = percentile(durations, 50)
-    run.p99_ms = percentile(durations, 99)
-    run.non_2xx = max(run.non_2xx, non_2xx)
-    logged = len(durations)
-    if logged < run.requests:  # requests that never completed are not in the log
-        run.failed = max(run.failed, run.requests - logged)
-
-
-# --- the benchmark ----------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Target:
-    name: str
-    url: str
-    body: pathlib.Path
-    headers: list[str]
-    h1: bool
-    response_bytes: int  # one good response body as h2load counts DATA (gRPC frame or JSON body)
-    # The processes whose CPU is the gateway's (its workers, with --gateway-workers).
-    gateway_pids: tuple[int, ...] = ()
-
-
-def grpc_frame(message: bytes) -> bytes:
-    return b"\x00" + struct.pack(">I", len(message)) + message
-
-
 def sanity_checks(
     work: pathlib.Path,
     replica_address: str,
@@ -274,6 +152,7 @@ def sanity_checks(
     deployment_id: str,
     gateway_pids: tuple[int, ...],
     label: str = "",
+    gateway_parts: dict[str, tuple[int, ...]] | None = None,
 ) -> list[Target]:
     """Write the request bodies h2load sends, and send those exact bytes once with Python
     clients that see the gRPC status (h2load only sees HTTP status codes)."""
@@ -299,7 +178,9 @@ def sanity_checks(
         deadline = time.monotonic() + 30
         while True:  # the gateway may not have the new production route yet
             try:
-                raw_predict = call((work / "predict.bin").read_bytes()[5:], timeout=10)
+                raw_predict = call(
+                    (work / "predict.bin").read_bytes()[5:], timeout=10, metadata=routing_metadata(model_id)
+                )
                 break
             except grpc.RpcError as error:
                 if time.monotonic() > deadline:
@@ -335,10 +216,11 @@ def sanity_checks(
             f"gateway{label}, gRPC Predict",
             f"http://{gateway_grpc}{PREDICT}",
             work / "predict.bin",
-            GRPC_HEADERS,
+            [*GRPC_HEADERS, *routing_headers(model_id)],
             False,
             5 + len(raw_predict),
             gateway_pids,
+            gateway_parts or {},
         ),
         Target(
             f"gateway{label}, HTTP/1.1 POST",
@@ -348,43 +230,9 @@ def sanity_checks(
             True,
             len(http_body),
             gateway_pids,
+            gateway_parts or {},
         ),
     ]
-
-
-def measure(
-    target: Target, concurrency: int, requests: int, warmup: int, pids: dict[str, list[int]], work: pathlib.Path
-) -> Run:
-    if target.gateway_pids:
-        pids = {**pids, "gateway": list(target.gateway_pids)}
-    h2load(target.url, target.body, target.headers, warmup, concurrency, None, target.h1)
-    run = Run(target.name, concurrency, requests, expected_bytes=requests * target.response_bytes)
-    log_file = work / f"h2load-{len(list(work.glob('h2load-*')))}.log"
-    before = {name: cpu_of(pid) for name, pid in pids.items()}
-    loops = {name: cpu_of(pids[name], thread=True) for name in ("gateway", "replica")}
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    system = system_cpu_seconds()
-    output = h2load(target.url, target.body, target.headers, requests, concurrency, log_file, target.h1)
-    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run.cpu = {name: cpu_of(pid) - before[name] for name, pid in pids.items()}
-    loop_cpu = {f"{name} loop": cpu_of(pids[name], thread=True) - loops[name] for name in loops}
-    run.cpu["h2load"] = (after_children.ru_utime + after_children.ru_stime) - (children.ru_utime + children.ru_stime)
-    system_after = system_cpu_seconds()
-    run.cpu["other"] = max(0.0, system_after["process"] - system["process"] - sum(run.cpu.values()))
-    run.cpu["irq"] = system_after["irq"] - system["irq"]
-    run.cpu["steal"] = system_after["steal"] - system["steal"]
-    run.cpu.update(loop_cpu)
-    parse_summary(output, run)
-    parse_log(log_file, run)
-    bad = run.failed + run.non_2xx + run.bad_bodies
-    say(
-        f"  {target.name:<40} c={concurrency:<3} n={requests:<6} {run.req_per_s:8.1f} req/s  "
-        f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  bad {bad}"
-    )
-    return run
-
-
-# --- report -----------------------------------------------------------------------------
 
 
 def gateway_machine_info() -> list[str]:
@@ -399,10 +247,6 @@ def gateway_machine_info() -> list[str]:
         f"- load generator (h2load, 1 thread), gateway and replica (and the idle controller) share these "
         f"{len(os.sched_getaffinity(0))} cores: every figure includes that contention.",
     ]
-
-
-def fmt(value: float, digits: int = 2) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> None:
@@ -439,9 +283,9 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
         return next((r for r in runs if r.path.startswith(path_prefix) and r.concurrency == c), None)
 
     say("Added latency of the gateway at concurrency 1 (p50, vs direct gRPC to the replica; first turn):")
-    direct = run_of("direct", 1)
-    for prefix in ("gateway, gRPC", "gateway, HTTP", f"gateway{NO_METRICS}, gRPC", f"gateway{NO_METRICS}, HTTP"):
-        through = run_of(prefix, 1)
+    direct = run_of("direct replica, gRPC Invoke", 1)
+    for path in dict.fromkeys(r.path for r in runs if r.path.startswith("gateway") and r.chunks == 1):
+        through = run_of(path, 1)
         if direct and through:
             say(
                 f"- {through.path}: +{through.p50_ms - direct.p50_ms:.3f} ms "
@@ -449,7 +293,8 @@ def report(runs: list[Run], args: argparse.Namespace, total_seconds: float) -> N
             )
     say("  (the HTTP path calls the replica's InvokeStream, the gRPC paths its unary Invoke)")
     say()
-    metrics_cost(runs, direct)
+    if args.metrics_cost:
+        metrics_cost(runs, direct)
     say(
         "CPU per request (utime+stime from /proc/PID/stat around the measured run, all threads; "
         f"clock tick {1000 / CLOCK_TICKS:g} ms):"
@@ -639,21 +484,52 @@ def start_gateway(
     )
 
 
+def choose_planes(choice: str) -> list[str] | None:
+    """The data planes to measure (None: the one asked for cannot run here)."""
+    planes = [data_plane.PYTHON, data_plane.NATIVE] if choice == "all" else [choice]
+    if data_plane.NATIVE in planes and (reason := native_unavailable()) is not None:
+        if choice == data_plane.NATIVE:
+            print(f"the native data plane cannot run here: {reason}", file=sys.stderr)
+            return None
+        say(f"native data plane SKIPPED: {reason}")
+        planes.remove(data_plane.NATIVE)
+    return planes
+
+
+def push(controller: str, package: pathlib.Path, work: pathlib.Path, pin: bool = True) -> tuple[str, str, dict, str]:
+    """Push as production, with `pin` one replica pinned: (model ID, deployment ID, the replica, its token)."""
+    pushed = json.loads(slipway(controller, "push", str(package), "--promote", "--output", "json", "--timeout", "120"))
+    model_id, deployment_id = pushed["model"]["id"], pushed["deployment"]["id"]
+    if pin:
+        autoscale(controller, deployment_id, min_replica=1, max_replica=1)  # the controller's time scale is 0.01
+    deployment = json.loads(slipway(controller, "deployments", "get", deployment_id, "--output", "json"))
+    replicas = [r for r in deployment.get("replicas", []) if r.get("address")]
+    if len(replicas) != 1:
+        raise RuntimeError(f"expected one replica, got {deployment.get('replicas')}")
+    # Direct calls to the replica carry its token, as the gateway's do.
+    token = (work / "data" / "run" / f"{replicas[0]['id']}.token").read_text().strip()
+    return model_id, deployment_id, replicas[0], token
+
+
 def main(args: argparse.Namespace) -> int:
     if shutil.which("h2load") is None:
         print("h2load not found: run `make bench-deps` (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
+    planes = choose_planes(args.data_plane)
+    if not planes:
+        return 2
     started = time.monotonic()
     work = pathlib.Path(tempfile.mkdtemp(prefix="slipway-bench-gateway-"))
-    controller_port, grpc_port, http_port = free_port(), free_port(), free_port()
+    controller_port = free_port()
     controller_address = f"127.0.0.1:{controller_port}"
-    controller = gateway = bare = None
+    controller = bare = None
+    gateways: dict[str, tuple[subprocess.Popen, int, int]] = {}  # plane -> (process, gRPC port, HTTP port)
     bare_grpc_port, bare_http_port = free_port(), free_port()
-    replica_pid = 0
+    replica_pids: list[int] = []
     logs: list[pathlib.Path] = []
     ok = False
     try:
-        say(f"work dir {work}; controller :{controller_port}, gateway gRPC :{grpc_port}, HTTP :{http_port}")
+        say(f"work dir {work}; controller :{controller_port}; data planes: {', '.join(planes)}")
         controller_log = open(work / "controller.log", "wb")
         logs.append(work / "controller.log")
         controller = subprocess.Popen(
@@ -674,90 +550,145 @@ def main(args: argparse.Namespace) -> int:
                 args.log_level,
                 # The gateway's cost without keys, comparable with earlier runs; bench/auth.py adds them.
                 "--insecure-no-auth",
+                # Cold starts: a 10 s window is 0.1 s (as bench/cold_start.py); the measured
+                # deployments are pinned to one replica.
+                "--autoscaling-time-scale",
+                "0.01",
+                "--wake-hold-seconds",
+                "1",
             ],
             cwd=REPO,
             stdout=controller_log,
             stderr=subprocess.STDOUT,
         )
         wait_serving(controller_address, controller, "controller")
-        gateway_log = open(work / "gateway.log", "wb")
-        logs.append(work / "gateway.log")
-        gateway = start_gateway(
-            controller_address, grpc_port, http_port, work, args, gateway_log, "--workers", str(args.gateway_workers)
-        )
-        wait_serving(f"127.0.0.1:{grpc_port}", gateway, "gateway")
-        bare_log = open(work / "gateway-no-metrics.log", "wb")
-        logs.append(work / "gateway-no-metrics.log")
-        bare = start_gateway(controller_address, bare_grpc_port, bare_http_port, work, args, bare_log, "--no-metrics")
-        wait_serving(f"127.0.0.1:{bare_grpc_port}", bare, "gateway --no-metrics")
+        for plane in planes:
+            grpc_port, http_port = free_port(), free_port()
+            log = work / f"gateway-{plane}.log"
+            logs.append(log)
+            flags = ["--workers", str(args.gateway_workers), *plane_flags(plane)]
+            process = start_gateway(controller_address, grpc_port, http_port, work, args, open(log, "wb"), *flags)
+            gateways[plane] = (process, grpc_port, http_port)
+            wait_serving(f"127.0.0.1:{grpc_port}", process, f"{plane} gateway")
+        if args.metrics_cost:
+            bare_log = work / "gateway-no-metrics.log"
+            logs.append(bare_log)
+            bare = start_gateway(
+                controller_address, bare_grpc_port, bare_http_port, work, args, open(bare_log, "wb"), "--no-metrics"
+            )
+            wait_serving(f"127.0.0.1:{bare_grpc_port}", bare, "gateway --no-metrics")
 
-        package = make_package(work, args.predict_concurrency)
-        pushed = json.loads(
-            slipway(controller_address, "push", str(package), "--promote", "--output", "json", "--timeout", "120")
+        model_id, deployment_id, replica, replica_token = push(
+            controller_address, make_package(work, args.predict_concurrency), work
         )
-        model_id, deployment_id = pushed["model"]["id"], pushed["deployment"]["id"]
-        deployment = json.loads(slipway(controller_address, "deployments", "get", deployment_id, "--output", "json"))
-        replicas = [r for r in deployment.get("replicas", []) if r.get("address")]
-        if len(replicas) != 1:
-            raise RuntimeError(f"expected one replica, got {deployment.get('replicas')}")
-        replica_address, replica_pid = replicas[0]["address"], int(replicas[0]["pid"])
-        # Direct calls to the replica carry its token, as the gateway's do.
-        replica_token = (work / "data" / "run" / f"{replicas[0]['id']}.token").read_text().strip()
-        say(
-            f"  model {model_id}, production deployment {deployment_id} ({deployment['state']}), "
-            f"replica {replica_address} pid {replica_pid}; gateway pid {gateway.pid}"
-        )
+        replica_address, replica_pid = replica["address"], int(replica["pid"])
+        replica_pids.append(replica_pid)
+        say(f"  model {model_id}, production {deployment_id}, replica {replica_address} pid {replica_pid}")
 
-        gateways = worker_pids(gateway.pid, args.gateway_workers)
-        targets = sanity_checks(
-            work,
-            replica_address,
-            replica_token,
-            f"127.0.0.1:{grpc_port}",
-            f"http://127.0.0.1:{http_port}",
-            model_id,
-            deployment_id,
-            tuple(gateways),
-        )
-        bare_targets = sanity_checks(
-            work,
-            replica_address,
-            replica_token,
-            f"127.0.0.1:{bare_grpc_port}",
-            f"http://127.0.0.1:{bare_http_port}",
-            model_id,
-            deployment_id,
-            (bare.pid,),
-            NO_METRICS,
-        )[1:]
-        pids = {"gateway": gateways, "replica": [replica_pid], "controller": [controller.pid]}
+        # Each plane's CPU: the Python gateway (its workers), and on the native plane HAProxy's too.
+        proxies: dict[str, tuple[tuple[int, ...], dict[str, tuple[int, ...]]]] = {}
+        for plane, (process, _, _) in gateways.items():
+            python_pids = tuple(worker_pids(process.pid, args.gateway_workers))
+            if plane == data_plane.PYTHON:
+                proxies[plane] = (python_pids, {})
+            else:
+                haproxy = tuple(haproxy_pids(process.pid))
+                proxies[plane] = (python_pids + haproxy, {"haproxy": haproxy, "python gateway": python_pids})
+            say(f"  {plane} gateway pids {proxies[plane][0]}")
+        targets: dict[str, list[Target]] = {}
+        for plane, (_, grpc_port, http_port) in gateways.items():
+            targets[plane] = sanity_checks(
+                work,
+                replica_address,
+                replica_token,
+                f"127.0.0.1:{grpc_port}",
+                f"http://127.0.0.1:{http_port}",
+                model_id,
+                deployment_id,
+                proxies[plane][0],
+                LABELS[plane],
+                proxies[plane][1],
+            )
+        direct = next(iter(targets.values()))[0]
+        if args.metrics_cost:
+            targets["bare"] = sanity_checks(
+                work,
+                replica_address,
+                replica_token,
+                f"127.0.0.1:{bare_grpc_port}",
+                f"http://127.0.0.1:{bare_http_port}",
+                model_id,
+                deployment_id,
+                (bare.pid,),
+                NO_METRICS,
+            )
+        # "gateway" in the direct runs: the first plane's (idle) gateway, as before.
+        first_gateway = list(proxies[planes[0]][0])
+        pids = {"gateway": first_gateway, "replica": [replica_pid], "controller": [controller.pid]}
         runs = []
-        direct, through = targets[0], targets[1:]
         counts = ((1, args.c1_requests), (args.concurrency, args.cn_requests))
         for concurrency, requests in counts:
             runs.append(measure(direct, concurrency, requests, args.warmup, pids, work))
-        for on, off in zip(through, bare_targets, strict=True):
+        for protocol in (1, 2):  # gRPC Predict, HTTP/1.1 POST
+            group = [paths[protocol] for paths in targets.values()]
             for concurrency, requests in counts:
-                for turn in range(args.repeats):  # on, off, off, on, ...
-                    for target in (on, off) if turn % 2 == 0 else (off, on):
+                for turn in range(args.repeats):  # in turns, reversed every other, so drift falls on all
+                    for target in group if turn % 2 == 0 else group[::-1]:
                         runs.append(measure(target, concurrency, requests, args.warmup, pids, work))
-        counted = scraped_requests(f"http://127.0.0.1:{http_port}")
-        sent = sum(r.requests for r in runs if r.path.startswith("gateway,"))
-        sent += args.warmup * sum(1 for r in runs if r.path.startswith("gateway,")) + 2  # + warm-ups, sanity calls
-        say(f"  the metrics gateway's slipway_inference_requests_total: {counted:.0f} (requests sent to it: {sent})")
+
+        stream_model, _, stream_replica, stream_token = push(
+            controller_address, copy_example(work, "stream", "stream", args.predict_concurrency), work
+        )
+        replica_pids.append(int(stream_replica["pid"]))
+        streams = stream_targets(
+            work,
+            stream_replica["address"],
+            stream_token,
+            {plane: (f"127.0.0.1:{gateways[plane][1]}", *proxies[plane]) for plane in planes},
+            stream_model,
+            args.stream_chunks,
+        )
+        stream_pids = {**pids, "replica": [int(stream_replica["pid"])]}
+        for target in streams:
+            runs.append(measure(target, args.concurrency, args.stream_requests, args.concurrency, stream_pids, work))
+
+        cold: dict[str, list[float]] = {}
+        if args.cold_starts:
+            cold_model, cold_deployment, _, _ = push(
+                controller_address, copy_example(work, "echo", "cold", 8), work, pin=False
+            )
+            cold = cold_starts(
+                controller_address,
+                {plane: f"127.0.0.1:{gateways[plane][1]}" for plane in planes},
+                cold_model,
+                cold_deployment,
+                args.cold_starts,
+            )
+
+        if data_plane.PYTHON in gateways:
+            counted = scraped_requests(f"http://127.0.0.1:{gateways[data_plane.PYTHON][2]}")
+            python_runs = [r for r in runs if r.path.startswith("gateway,")]
+            sent = sum(r.requests for r in python_runs)
+            say(
+                f"  the python gateway's slipway_inference_requests_total: {counted:.0f} (measured requests sent "
+                f"to it: {sent}, plus warm-ups, sanity calls and cold starts)"
+            )
         report(runs, args, time.monotonic() - started)
+        summary(runs, planes, cold, args.concurrency)
         ok = True
         return 0
     finally:
-        stop(gateway, "gateway")
+        for plane, (process, _, _) in gateways.items():
+            stop(process, f"{plane} gateway")
         stop(bare, "gateway --no-metrics")
         stop(controller, "controller")  # it drains and stops its replicas
-        if replica_pid and pathlib.Path(f"/proc/{replica_pid}").exists():
-            with contextlib.suppress(OSError):
-                cmdline = pathlib.Path(f"/proc/{replica_pid}/cmdline").read_bytes()
-                if str(work).encode() in cmdline:  # still ours, not a reused pid
-                    say(f"  ! replica {replica_pid} outlived the controller; killing it")
-                    os.kill(replica_pid, signal.SIGKILL)
+        for pid in replica_pids:
+            if pathlib.Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(OSError):
+                    cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if str(work).encode() in cmdline:  # still ours, not a reused pid
+                        say(f"  ! replica {pid} outlived the controller; killing it")
+                        os.kill(pid, signal.SIGKILL)
         if not ok:
             for log in logs:
                 with contextlib.suppress(OSError):
@@ -784,7 +715,7 @@ def parse_args() -> argparse.Namespace:
         "--log-level", default="WARNING", help="controller/gateway log level (to files; default WARNING)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=2, help="turns of each gateway path with metrics on and off (default 2)"
+        "--repeats", type=int, default=2, help="turns of each gateway path, the planes in turns (default 2)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, h2load logs)")
     parser.add_argument(
@@ -793,10 +724,27 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="slipway gateway --workers N (CPU figures of the gateway are summed over its workers)",
     )
+    parser.add_argument(
+        "--data-plane",
+        choices=("all", data_plane.PYTHON, data_plane.NATIVE),
+        default="all",
+        help="the gateway's data planes to measure beside direct (default all: python, and native where it runs)",
+    )
+    parser.add_argument(
+        "--metrics-cost",
+        action="store_true",
+        help="also a python gateway with --no-metrics, in turns with the others: the metrics' cost",
+    )
+    parser.add_argument("--stream-requests", type=int, default=640, help="streams per streaming run (default 640)")
+    parser.add_argument("--stream-chunks", type=int, default=100, help="chunks per stream (default 100)")
+    parser.add_argument(
+        "--cold-starts", type=int, default=10, help="cold starts from zero through each plane (default 10; 0: none)"
+    )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.c1_requests, args.cn_requests, args.warmup = 300, 2000, 100
+        args.stream_requests, args.cold_starts, args.repeats = 128, 3, 1
     return args
 
 

@@ -4,10 +4,12 @@ replica subprocesses, and helpers that write model packages and poll with timeou
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
 import itertools
 import os
 import pathlib
+import shutil
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
@@ -235,18 +237,153 @@ _database_numbers = itertools.count(1)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "both_backends: run the module's controller tests on SQLite and PostgreSQL")
+    config.addinivalue_line(
+        "markers", "both_data_planes: run the module's gateway tests on the python and the native data plane"
+    )
+    config.addinivalue_line(
+        "markers",
+        "python_plane_only(reason): in a both_data_planes module, a test of the python gateway's own "
+        "mechanism that the native plane has no counterpart of (its [native] case is skipped with the reason)",
+    )
 
 
 def pytest_report_header(config):
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        return "postgresql: no initdb/pg_ctl found, so tests on the PostgreSQL backend are SKIPPED"
-    return f"postgresql: {bin_dir} (both_backends tests run on SQLite and PostgreSQL)"
+        postgresql = "postgresql: no initdb/pg_ctl found, so tests on the PostgreSQL backend are SKIPPED"
+    else:
+        postgresql = f"postgresql: {bin_dir} (both_backends tests run on SQLite and PostgreSQL)"
+    unavailable = native_unavailable()
+    if unavailable is not None:
+        native = f"native data plane: {unavailable}, so its half of the both_data_planes tests is SKIPPED"
+    else:
+        native = f"native data plane: {haproxy_binary()} (both_data_planes tests run on the python and native planes)"
+    return [postgresql, native]
 
 
 def pytest_generate_tests(metafunc):
-    if metafunc.definition.get_closest_marker("both_backends") and "database" in metafunc.fixturenames:
+    backends = metafunc.definition.get_closest_marker("both_backends") and "database" in metafunc.fixturenames
+    planes = metafunc.definition.get_closest_marker("both_data_planes") and "data_plane" in metafunc.fixturenames
+    python_only = metafunc.definition.get_closest_marker("python_plane_only")
+    if python_only is not None:
+        # Shown as a skipped [native] case with the reason, so that what the native plane does
+        # not cover stays visible in every run.
+        native = pytest.mark.skip(reason=f"python data plane only: {python_only.kwargs['reason']}")
+    if backends and planes:
+        # Not 2 x 2: the native plane runs on SQLite only (the store is the same under both planes).
+        cases = [pytest.param(*case, id=id) for case, id in zip(BACKEND_PLANE_CASES, BACKEND_PLANE_IDS, strict=True)]
+        if python_only is not None:
+            cases[-1] = pytest.param(*BACKEND_PLANE_CASES[-1], id=BACKEND_PLANE_IDS[-1], marks=native)
+        metafunc.parametrize(("database", "data_plane"), cases, indirect=True)
+    elif backends:
         metafunc.parametrize("database", BACKENDS, indirect=True)
+    elif planes:
+        cases = ["python", pytest.param("native", marks=native) if python_only is not None else "native"]
+        metafunc.parametrize("data_plane", cases, indirect=True)
+
+
+# --- the two data planes -----------------------------------------------------------------
+#
+# Modules marked `pytestmark = pytest.mark.both_data_planes` run every test that starts a
+# gateway (through the `gateway` fixture, or a starter that takes the `data_plane` fixture
+# and passes it on: `start_gateway(controller, data_plane=data_plane)`, `--data-plane` for a
+# `slipway gateway` process) twice: on the python data plane (the gateway process forwards
+# every request) and on the native one (HAProxy holds the public ports and forwards to ready
+# replicas; slipway/data_plane.py). The native half is skipped where haproxy is not installed.
+# Where a module is also `both_backends`, the cases are [sqlite], [postgresql] (both on the
+# python plane) and [native] (on SQLite).
+
+DATA_PLANES = ("python", "native")
+BACKEND_PLANE_CASES = (("sqlite", "python"), ("postgresql", "python"), ("sqlite", "native"))
+BACKEND_PLANE_IDS = ("sqlite", "postgresql", "native")
+NO_HAPROXY = "no haproxy binary (set SLIPWAY_HAPROXY or put haproxy on PATH)"
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy the native data plane runs: $SLIPWAY_HAPROXY, else haproxy on PATH."""
+    configured = os.environ.get("SLIPWAY_HAPROXY")
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("haproxy")
+
+
+def native_unavailable() -> str | None:
+    """Why the native data plane cannot run here, or None when it can."""
+    if importlib.util.find_spec("gateway.native") is None:
+        return "this tree has no native data plane (gateway/native/)"
+    if haproxy_binary() is None:
+        return NO_HAPROXY
+    return None
+
+
+def require_data_plane(plane: str) -> str:
+    """The plane, or a skip of this case when it cannot run here."""
+    assert plane in DATA_PLANES, plane
+    if plane == "native" and (reason := native_unavailable()) is not None:
+        pytest.skip(f"native data plane half skipped: {reason}")
+    return plane
+
+
+@pytest.fixture(scope="module")
+def data_plane(request) -> str:
+    """The data plane of the gateways a test starts ("python" unless parametrised). Module
+    scoped, so that a module's shared platform fixtures can take it too."""
+    return require_data_plane(getattr(request, "param", "python"))
+
+
+def data_plane_flags(plane: str) -> list[str]:
+    """`slipway gateway` flags for a plane (none for python: the default of every version)."""
+    return [] if plane == "python" else ["--data-plane", plane]
+
+
+def haproxy_processes(parent: int) -> list[int]:
+    """Pids of the haproxy processes among `parent`'s descendants."""
+    found, frontier = [], [parent]
+    while frontier:
+        pid = frontier.pop()
+        for task in pathlib.Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                children = [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            for child in children:
+                frontier.append(child)
+                try:
+                    if pathlib.Path(f"/proc/{child}/comm").read_text().strip().startswith("haproxy"):
+                        found.append(child)
+                except OSError:
+                    pass
+    return found
+
+
+def routing_metadata(target) -> tuple[tuple[str, str], ...]:
+    """The metadata the SDK sends beside a Predict's Target (slipway/data_plane.py), by which
+    the native plane routes a gRPC call without reading its message."""
+    from slipway import data_plane
+    from slipway.v1 import inference_service_pb2 as inf
+
+    metadata = []
+    if target.deployment_id:
+        metadata.append((data_plane.DEPLOYMENT_HEADER, target.deployment_id))
+    if target.model_id:
+        metadata.append((data_plane.MODEL_HEADER, target.model_id))
+        environment = target.environment_name or (
+            "development" if target.environment == inf.ENVIRONMENT_DEVELOPMENT else "production"
+        )
+        metadata.append((data_plane.ENVIRONMENT_HEADER, environment))
+    return tuple(metadata)
+
+
+def on_python_plane(gateway) -> bool:
+    """Whether a gateway forwards requests itself, so that its Python internals (body budget,
+    open connections, retry counters) see every request."""
+    return gateway.settings.data_plane == "python"
+
+
+async def wait_native_proxy(parent: int) -> list[int]:
+    """Fail unless a gateway on the native plane really runs HAProxy (under `parent`): a
+    native case that quietly served on the python plane would prove nothing."""
+    return await wait_until(lambda: haproxy_processes(parent), 10, "the native data plane's haproxy")
 
 
 @pytest.fixture(scope="session")
@@ -312,10 +449,11 @@ async def api(controller, tmp_path):
 
 async def start_gateway(controller: Controller, **overrides):
     """A gateway on port 0 following the controller, once it has the route table (without
-    API keys unless `require_api_keys=True`)."""
+    API keys unless `require_api_keys=True`; on the python data plane unless `data_plane=`)."""
     from gateway.server import Gateway, GatewaySettings
 
     overrides.setdefault("require_api_keys", False)
+    plane = require_data_plane(overrides.setdefault("data_plane", "python"))
     running = await Gateway.start(
         GatewaySettings(
             controller_address=controller.address,
@@ -329,11 +467,17 @@ async def start_gateway(controller: Controller, **overrides):
         )
     )
     await asyncio.wait_for(running.follower.synced.wait(), 10)
+    if plane == "native":
+        try:
+            await wait_native_proxy(os.getpid())
+        except AssertionError:
+            await running.stop()
+            raise
     return running
 
 
 @pytest.fixture
-async def gateway(controller):
-    running = await start_gateway(controller)
+async def gateway(controller, data_plane):
+    running = await start_gateway(controller, data_plane=data_plane)
     yield running
     await stop_or_explain(running.stop(), "gateway")

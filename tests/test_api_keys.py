@@ -17,11 +17,15 @@ import pytest
 import pytest_asyncio
 from click.testing import CliRunner
 from conftest import (
+    BACKEND_PLANE_CASES,
+    BACKEND_PLANE_IDS,
     BACKENDS,
     Api,
     controller_settings,
     error_reason,
     new_database,
+    require_data_plane,
+    routing_metadata,
     start_gateway,
     stop_or_explain,
     wait_until,
@@ -45,6 +49,19 @@ from slipway.v1 import resources_pb2 as r
 from slipway.v1 import secret_service_pb2 as ss
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def pytest_generate_tests(metafunc):
+    """Every test runs on both store backends (keys live in the store); those marked
+    `both_data_planes` check keys on the gateway's hot path, and run on the native data
+    plane too (on SQLite: tests/conftest.py)."""
+    if "secured" in metafunc.fixturenames:
+        if metafunc.definition.get_closest_marker("both_data_planes"):
+            cases, ids = BACKEND_PLANE_CASES, BACKEND_PLANE_IDS
+        else:
+            cases, ids = tuple((backend, "python") for backend in BACKENDS), BACKENDS
+        metafunc.parametrize("secured", cases, indirect=True, ids=ids, scope="module")
+
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -121,14 +138,15 @@ class Secured:
     async def predict(self, authorization: str | None, target: inf.Target, stream: bool = False):
         async with grpc.aio.insecure_channel(self.gateway_grpc) as channel:
             metadata = () if authorization is None else (("authorization", authorization),)
+            routed = routing_metadata(target)
             if stream:
                 method = "/slipway.v1.InferenceService/PredictStream"
                 request = inf.PredictStreamRequest(target=target, payload=b'"hi"').SerializeToString()
-                call = channel.unary_stream(method)(request, metadata=metadata, timeout=10)
+                call = channel.unary_stream(method)(request, metadata=metadata + routed, timeout=10)
                 return [chunk async for chunk in call]
             request = inf.PredictRequest(target=target, payload=b'"hi"').SerializeToString()
             return await channel.unary_unary("/slipway.v1.InferenceService/Predict")(
-                request, metadata=metadata, timeout=10
+                request, metadata=metadata + routed, timeout=10
             )
 
 
@@ -139,19 +157,21 @@ async def create_key(stub: ks_grpc.KeyServiceStub, scope: int, models=(), ttl: f
     return await stub.CreateKey(request)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=BACKENDS)
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def secured(request, tmp_path_factory) -> AsyncIterator[Secured]:
-    """A controller with API keys required, on each store backend (keys live in the store)."""
+    """A controller with API keys required, and a gateway, on a (store backend, data plane)."""
+    backend, plane = request.param
+    require_data_plane(plane)
     tmp = tmp_path_factory.mktemp("keys")
     # Every call comes from this host: refusals are not slowed here (FailureGuard is tested alone).
     unslowed = FailureLimits(free_failures=100_000)
     settings = controller_settings(
         tmp / "data",
-        database=new_database(request, request.param),
+        database=new_database(request, backend),
         keys=KeySettings(last_used_flush_seconds=0.1, failures=unslowed),
     )
     controller = await Controller.start(settings)
-    gateway = await start_gateway(controller, require_api_keys=True, key_failures=unslowed)
+    gateway = await start_gateway(controller, require_api_keys=True, key_failures=unslowed, data_plane=plane)
     admin_key = (tmp / "data" / "admin.key").read_text().strip()
     channel = grpc.aio.insecure_channel(controller.address)
     admin_channel = grpc.aio.insecure_channel(controller.address, interceptors=[_AioKey(admin_key)])
@@ -349,6 +369,7 @@ def http_routes(secured: Secured) -> list[str]:
     ]
 
 
+@pytest.mark.both_data_planes
 async def test_every_http_route_refuses_bad_credentials_with_401_and_www_authenticate(secured: Secured):
     cases = [
         (None, "API_KEY_MISSING"),
@@ -376,6 +397,7 @@ async def test_every_http_route_refuses_bad_credentials_with_401_and_www_authent
             assert response.status == 401 and (await response.json())["error"]["reason"] == "API_KEY_MISSING", path
 
 
+@pytest.mark.both_data_planes
 async def test_http_routes_take_inference_deploy_and_admin_keys_and_refuse_metrics_keys(secured: Secured):
     for path in http_routes(secured)[:-1]:
         status, headers, body = await secured.post(path, header(secured.keys["metrics"]))
@@ -386,6 +408,7 @@ async def test_http_routes_take_inference_deploy_and_admin_keys_and_refuse_metri
             assert status in (200, 202), (path, kind, body)
 
 
+@pytest.mark.both_data_planes
 @pytest.mark.parametrize("stream", [False, True], ids=["Predict", "PredictStream"])
 async def test_grpc_inference_refuses_bad_credentials_and_the_wrong_scope(secured: Secured, stream: bool):
     target = inf.Target(model_id=secured.model_a.model.id)
@@ -404,6 +427,7 @@ async def test_grpc_inference_refuses_bad_credentials_and_the_wrong_scope(secure
         assert await secured.predict(header(secured.keys[kind]), target, stream)
 
 
+@pytest.mark.both_data_planes
 async def test_an_inference_key_for_model_a_cannot_call_model_b_by_any_name(secured: Secured):
     limited = header(secured.keys["inference_a"])
     a, b = secured.model_a, secured.model_b
@@ -439,6 +463,7 @@ async def test_an_inference_key_for_model_a_cannot_call_model_b_by_any_name(secu
         assert (denied.value.code(), error_reason(denied.value)) == (PERMISSION_DENIED, "API_KEY_SCOPE"), target
 
 
+@pytest.mark.both_data_planes
 async def test_a_revocation_reaches_a_running_gateway_within_two_seconds(secured: Secured):
     async with grpc.aio.insecure_channel(secured.controller.address, interceptors=[_AioKey(secured.admin_key)]) as c:
         stub = ks_grpc.KeyServiceStub(c)
@@ -458,6 +483,7 @@ async def test_a_revocation_reaches_a_running_gateway_within_two_seconds(secured
     await wait_until(refused, timeout=2.0, what="the gateway to refuse the revoked key")
 
 
+@pytest.mark.both_data_planes
 async def test_a_key_used_on_the_gateway_shows_when_it_was_last_used(secured: Secured):
     path = f"/model/{secured.model_a.model.id}/production/predict"
     assert (await secured.post(path, header(secured.keys["deploy"])))[0] == 200

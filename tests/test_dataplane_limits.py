@@ -18,6 +18,7 @@ from conftest import (
     Api,
     controller_settings,
     error_reason,
+    routing_metadata,
     start_gateway,
     stop_or_explain,
     wait_until,
@@ -37,6 +38,9 @@ from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import replica_service_pb2 as rs
 from slipway.v1 import resources_pb2 as r
 from slipway.v1 import route_service_pb2 as rt
+
+# Every test that starts a gateway runs on both data planes (tests/conftest.py).
+pytestmark = pytest.mark.both_data_planes
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 MiB = 1024 * 1024
@@ -114,7 +118,7 @@ class Platform:
 
     async def grpc_predict(self, deployment_id: str, payload: bytes, timeout: float = 20) -> inf.PredictResponse:
         request = inf.PredictRequest(target=inf.Target(deployment_id=deployment_id), payload=payload)
-        return await self.stub.Predict(request, timeout=timeout)
+        return await self.stub.Predict(request, timeout=timeout, metadata=routing_metadata(request.target))
 
     async def deploy(self, model_name: str, source: str) -> ds.CreateDeploymentResponse:
         pushed = await self.api.push(self.api.package(model_name, source=source))
@@ -126,20 +130,20 @@ class Platform:
         return pushed
 
 
-async def start_platform(tmp_path, controller_limit: int | None, gateway_limit: int | None):
-    """A controller and a gateway with those limits (None: the default)."""
+async def start_platform(tmp_path, controller_limit: int | None, gateway_limit: int | None, data_plane: str):
+    """A controller and a gateway on that data plane with those limits (None: the default)."""
     controller_limits = {} if controller_limit is None else {"max_request_bytes": controller_limit}
     gateway_limits = {} if gateway_limit is None else {"max_request_bytes": gateway_limit}
     controller = await Controller.start(controller_settings(tmp_path / "data", **controller_limits))
-    return controller, await start_gateway(controller, **gateway_limits)
+    return controller, await start_gateway(controller, data_plane=data_plane, **gateway_limits)
 
 
 @pytest.fixture
-async def platform_with(tmp_path):
+async def platform_with(tmp_path, data_plane):
     started = []
 
     async def start(controller_limit: int | None = REPLICA_LIMIT, gateway_limit: int | None = GATEWAY_LIMIT):
-        controller, gateway = await start_platform(tmp_path, controller_limit, gateway_limit)
+        controller, gateway = await start_platform(tmp_path, controller_limit, gateway_limit, data_plane)
         session = aiohttp.ClientSession()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}", options=BIG_MESSAGES)
         control = grpc.aio.insecure_channel(controller.address)

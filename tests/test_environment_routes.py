@@ -9,7 +9,7 @@ import json
 import aiohttp
 import grpc
 import pytest
-from conftest import Api, error_reason, wait_until
+from conftest import Api, error_reason, routing_metadata, wait_until
 from metrics_scrape import scrape
 from test_environments import create, promote
 from test_gateway import STREAMING_MODEL
@@ -20,6 +20,9 @@ from slipway.v1 import environment_service_pb2_grpc as es_grpc
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import resources_pb2 as r
+
+# Every test that starts a gateway runs on both data planes (tests/conftest.py).
+pytestmark = pytest.mark.both_data_planes
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 JSON = {"Content-Type": "application/json"}
@@ -73,12 +76,13 @@ async def test_an_environment_is_reachable_by_name_over_http_and_grpc(api: Api, 
 
         stub = inf_grpc.InferenceServiceStub(channel)
         target = inf.Target(model_id=model_id, environment_name="staging")
-        answered = await stub.Predict(inf.PredictRequest(target=target, payload=b'"x"'), timeout=20)
+        answered = await stub.Predict(
+            inf.PredictRequest(target=target, payload=b'"x"'), timeout=20, metadata=routing_metadata(target)
+        )
         assert answered.deployment_id == staged.deployment.id
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Predict(
-                inf.PredictRequest(target=inf.Target(model_id=model_id, environment_name="nowhere")), timeout=20
-            )
+            nowhere = inf.Target(model_id=model_id, environment_name="nowhere")
+            await stub.Predict(inf.PredictRequest(target=nowhere), timeout=20, metadata=routing_metadata(nowhere))
         assert (caught.value.code(), error_reason(caught.value)) == (grpc.StatusCode.NOT_FOUND, "ENVIRONMENT_NOT_FOUND")
 
         # A streaming model in an environment streams there, over HTTP and gRPC.
@@ -91,11 +95,11 @@ async def test_an_environment_is_reachable_by_name_over_http_and_grpc(api: Api, 
                 return response.status == 200 and await response.read() == b"first;second;third"
 
         await wait_until(streams, what="qa to stream over HTTP")
+        qa = inf.Target(model_id="m", environment_name="qa")
         chunks = [
             c.chunk
             async for c in stub.PredictStream(
-                inf.PredictStreamRequest(target=inf.Target(model_id="m", environment_name="qa"), payload=b'"x"'),
-                timeout=20,
+                inf.PredictStreamRequest(target=qa, payload=b'"x"'), timeout=20, metadata=routing_metadata(qa)
             )
         ]
         assert b"".join(chunks) == b"first;second;third"

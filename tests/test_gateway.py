@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 
 import aiohttp
 import grpc
 import pytest
-from conftest import Api, error_reason, wait_until
+from conftest import Api, error_reason, routing_metadata, wait_native_proxy, wait_until
 
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES
 from slipway.v1 import deployment_service_pb2 as ds
@@ -18,8 +19,9 @@ from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import resources_pb2 as r
 
-# Every test that starts a controller runs on SQLite and on PostgreSQL (tests/conftest.py).
-pytestmark = pytest.mark.both_backends
+# Every test that starts a controller runs on SQLite and on PostgreSQL, and every test that
+# starts a gateway on the native data plane too (tests/conftest.py).
+pytestmark = [pytest.mark.both_backends, pytest.mark.both_data_planes]
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 
@@ -57,7 +59,9 @@ class Client:
         self.stub = inf_grpc.InferenceServiceStub(channel)
 
     async def grpc_predict(self, payload: bytes = b'"hi"', **target) -> inf.PredictResponse:
-        return await self.stub.Predict(inf.PredictRequest(target=inf.Target(**target), payload=payload), timeout=20)
+        # With the routing metadata the SDK sends, so that the native plane routes the call itself.
+        request = inf.PredictRequest(target=inf.Target(**target), payload=payload)
+        return await self.stub.Predict(request, timeout=20, metadata=routing_metadata(request.target))
 
     async def post(self, path: str, body: bytes = b'"hi"') -> tuple[int, object]:
         headers = {"Content-Type": "application/json"}
@@ -197,8 +201,9 @@ async def test_streaming_model_streams_over_grpc_and_http(api: Api, gateway, cli
         what="routes",
     )
 
+    target = inf.Target(deployment_id=dev.deployment.id)
     stream = client.stub.PredictStream(
-        inf.PredictStreamRequest(target=inf.Target(deployment_id=dev.deployment.id), payload=b"{}"), timeout=20
+        inf.PredictStreamRequest(target=target, payload=b"{}"), timeout=20, metadata=routing_metadata(target)
     )
     messages = stream.__aiter__()
     first = await anext(messages)
@@ -245,7 +250,7 @@ async def test_a_promotion_under_steady_load_fails_no_request(api: Api, gateway,
     assert answers[0] == "one" and answers[-1] == "two"
 
 
-async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tmp_path, database):
+async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tmp_path, database, data_plane):
     from test_restart import ControllerProcess, free_port, replica_pids
 
     from gateway.server import Gateway, GatewaySettings
@@ -265,8 +270,11 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
                 http_port=0,
                 replica_wait_seconds=5,
                 require_api_keys=False,
+                data_plane=data_plane,
             )
         )
+        if data_plane == "native":
+            await wait_native_proxy(os.getpid())
         async with (
             grpc.aio.insecure_channel(controller.address) as channel,
             grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw_channel,
@@ -280,7 +288,9 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
             await api.wait_production(pushed.model.id, pushed.deployment.id)
 
             def call():
-                return stub.Predict(inf.PredictRequest(target=inf.Target(model_id="m"), payload=b"1"), timeout=10)
+                target = inf.Target(model_id="m")
+                request = inf.PredictRequest(target=target, payload=b"1")
+                return stub.Predict(request, timeout=10, metadata=routing_metadata(target))
 
             await wait_until(lambda: succeeds(call), what="production routable")
 
@@ -297,7 +307,9 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
             await api.wait_production(late.model.id, late.deployment.id)
 
             def late_call():
-                return stub.Predict(inf.PredictRequest(target=inf.Target(model_id="late"), payload=b"2"), timeout=10)
+                target = inf.Target(model_id="late")
+                request = inf.PredictRequest(target=target, payload=b"2")
+                return stub.Predict(request, timeout=10, metadata=routing_metadata(target))
 
             answered = await wait_until(lambda: succeeds(late_call), what="routes after resync")
             assert json.loads(answered.payload)["input"] == 2
@@ -306,6 +318,4 @@ async def test_gateway_keeps_serving_while_the_controller_is_down_and_resyncs(tm
             await gateway.stop()
         controller.process.kill()
         for pid in replica_pids(data_dir, include_fork_servers=True):
-            import os
-
             os.kill(pid, signal.SIGKILL)

@@ -15,9 +15,20 @@ import sys
 import aiohttp
 import grpc
 import pytest
-from conftest import Api, controller_settings, replica_metadata, stop_or_explain, wait_until
+from conftest import (
+    Api,
+    controller_settings,
+    data_plane_flags,
+    replica_metadata,
+    routing_metadata,
+    start_gateway,
+    stop_or_explain,
+    wait_native_proxy,
+    wait_until,
+)
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from metrics_scrape import scrape
 from test_restart import replica_pids
 
 from controller.autoscaler import AutoscalerConfig
@@ -29,6 +40,12 @@ from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 from slipway.v1 import resources_pb2 as r
+
+# Gateway processes on both data planes (tests/conftest.py), but for the Python gateway's workers.
+pytestmark = pytest.mark.both_data_planes
+WORKERS_ONLY = pytest.mark.python_plane_only(
+    reason="`--workers` forks Python gateway processes that share a port; on the native plane HAProxy holds it"
+)
 
 MODEL = """
 import os, time
@@ -99,9 +116,11 @@ class GatewayProcess:
         self.http_port = int(entry["http"].rsplit(":", 1)[1])
         return entry
 
-    @property
-    def retries(self) -> int:
-        return len(self.lines("request retried on another replica"))
+    async def retries(self) -> float:
+        """Requests sent again to another replica, as the gateway's /metrics count them (on
+        the native plane the proxy's retries, mapped to the same name)."""
+        scraped = await scrape(f"http://127.0.0.1:{self.http_port}/metrics")
+        return sum(scraped.matching("slipway_inference_retries_total").values())
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -121,9 +140,8 @@ async def traffic(stub, stop: asyncio.Event, callers: int, results: list, failur
     async def caller():
         while not stop.is_set():
             try:
-                response = await stub.Predict(
-                    inf.PredictRequest(target=inf.Target(model_id="m"), payload=b"{}"), timeout=30
-                )
+                request = inf.PredictRequest(target=inf.Target(model_id="m"), payload=b"{}")
+                response = await stub.Predict(request, timeout=30, metadata=routing_metadata(request.target))
                 results.append(json.loads(response.payload))
             except grpc.aio.AioRpcError as error:
                 failures.append(error)
@@ -192,12 +210,14 @@ def start_gateways(controller: Controller, tmp_path: pathlib.Path, count: int, *
     return [GatewayProcess(controller.address, token, tmp_path / f"gateway-{i}.log", *flags) for i in range(count)]
 
 
-async def test_promotion_and_scale_down_through_two_gateway_processes_fail_no_request(platform, tmp_path):
+async def test_promotion_and_scale_down_through_two_gateway_processes_fail_no_request(platform, tmp_path, data_plane):
     controller, api = platform
-    gateways = start_gateways(controller, tmp_path, 2)
+    gateways = start_gateways(controller, tmp_path, 2, *data_plane_flags(data_plane))
     try:
         for gateway in gateways:
             await gateway.ready()
+            if data_plane == "native":
+                await wait_native_proxy(gateway.process.pid)
         prod = await api.push(
             api.package("m", source=MODEL.format(tag="one"), extra_config=CONFIG), ds.PUSH_TARGET_PRODUCTION
         )
@@ -246,7 +266,7 @@ async def test_promotion_and_scale_down_through_two_gateway_processes_fail_no_re
                     lambda: all(len(rs) > n + 20 for rs, n in zip(results, counts, strict=True)),
                     what="traffic on 3 replicas",
                 )
-                retries = [gateway.retries for gateway in gateways]
+                retries = [await gateway.retries() for gateway in gateways]
                 # The second gateway is paused: the replicas leaving the table must not drain
                 # before it has acknowledged a table without them (the first one has).
                 replicas = (await api.get(new_id)).replicas
@@ -278,14 +298,15 @@ async def test_promotion_and_scale_down_through_two_gateway_processes_fail_no_re
                 stop.set()
                 await asyncio.gather(*load)
         assert failures == [], failures[:3]
-        assert [gateway.retries for gateway in gateways] == retries, "a request reached a draining replica"
+        assert [await gateway.retries() for gateway in gateways] == retries, "a request reached a draining replica"
         assert len({result["pid"] for result in results[0] + results[1]}) >= 3
     finally:
         for gateway in gateways:
             assert gateway.stop() == 0
 
 
-async def test_workers_share_one_port_and_a_killed_worker_is_replaced(platform, tmp_path):
+@WORKERS_ONLY
+async def test_workers_share_one_port_and_a_killed_worker_is_replaced(platform, tmp_path, data_plane):
     controller, api = platform
     (gateway,) = start_gateways(controller, tmp_path, 1, "--workers", "2")
     try:
@@ -413,10 +434,8 @@ def test_workers_refuse_a_port_another_process_listens_on(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr, result.stderr
 
 
-async def test_a_single_gateway_does_not_share_a_taken_grpc_port(controller):
-    from conftest import start_gateway
-
-    first = await start_gateway(controller)
+async def test_a_single_gateway_does_not_share_a_taken_grpc_port(controller, data_plane):
+    first = await start_gateway(controller, data_plane=data_plane)
     try:
         settings = GatewaySettings(
             controller_address=controller.address,
@@ -424,6 +443,7 @@ async def test_a_single_gateway_does_not_share_a_taken_grpc_port(controller):
             grpc_port=first.grpc_port,
             http_port=0,
             require_api_keys=False,
+            data_plane=data_plane,
         )
         try:
             second = await Gateway.start(settings)

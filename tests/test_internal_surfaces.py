@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 import grpc
 import pytest
 from click.testing import CliRunner
-from conftest import ECHO_MODEL, Api, error_reason, wait_until, write_package
+from conftest import ECHO_MODEL, Api, error_reason, routing_metadata, wait_until, write_package
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.server import Controller
@@ -31,6 +31,9 @@ from slipway.v1 import replica_service_pb2_grpc as rs_grpc
 from slipway.v1 import resources_pb2 as r
 from slipway.v1 import route_service_pb2 as rt
 from slipway.v1 import route_service_pb2_grpc as rt_grpc
+
+# What the gateway forwards with, and to, runs on both data planes (tests/conftest.py).
+pytestmark = pytest.mark.both_data_planes
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 # The wire contract (not imported: these tests must also run against code that has none).
@@ -192,8 +195,9 @@ async def test_replicas_take_only_their_own_token(controller: Controller, api: A
 
     # The gateway forwards with each endpoint's token from the (authenticated) route table.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw:
+        target = inf.Target(deployment_id=second.deployment.id)
         probe = await inf_grpc.InferenceServiceStub(gw).Predict(
-            inf.PredictRequest(target=inf.Target(deployment_id=second.deployment.id), payload=b"{}"), timeout=10
+            inf.PredictRequest(target=target, payload=b"{}"), timeout=10, metadata=routing_metadata(target)
         )
     # The model sees no token: not in its environment, nor its process's initial one, nor its command line.
     assert json.loads(probe.payload) == {"env": [], "environ_has_token": False}
@@ -268,12 +272,14 @@ async def test_reload_only_on_development_and_only_stored_packages(controller: C
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as gw:
         stub = inf_grpc.InferenceServiceStub(gw)
         for _ in range(4):
+            target = inf.Target(model_id=production.model.id)
             answer = await stub.Predict(
-                inf.PredictRequest(target=inf.Target(model_id=production.model.id), payload=b"1"), timeout=10
+                inf.PredictRequest(target=target, payload=b"1"), timeout=10, metadata=routing_metadata(target)
             )
             assert json.loads(answer.payload)["tag"] == "genuine"
+        target = inf.Target(deployment_id=development.deployment.id)
         dev_answer = await stub.Predict(
-            inf.PredictRequest(target=inf.Target(deployment_id=development.deployment.id), payload=b"1"), timeout=10
+            inf.PredictRequest(target=target, payload=b"1"), timeout=10, metadata=routing_metadata(target)
         )
         assert json.loads(dev_answer.payload)["tag"] == "dev"
 

@@ -11,7 +11,7 @@ import aiohttp
 import grpc
 import pytest
 from click.testing import CliRunner
-from conftest import Api, error_reason, wait_until
+from conftest import Api, error_reason, routing_metadata, wait_until
 
 from slipway import request_ids
 from slipway.cli import cli
@@ -24,6 +24,9 @@ from slipway.v1 import resources_pb2 as r
 
 # Prints, writes to stderr and logs (at two levels) during predict, from the replica's
 # model threads; a "later" input also writes from a thread of the model's own.
+# Request IDs through a gateway hold on both data planes (tests/conftest.py).
+pytestmark = pytest.mark.both_data_planes
+
 TALKING_MODEL = """
 import logging, sys
 
@@ -138,7 +141,8 @@ async def test_grpc_answers_carry_the_request_id_in_trailing_metadata(api: Api, 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as channel:
         stub = inf_grpc.InferenceServiceStub(channel)
         target = inf.Target(deployment_id=deployment.id)
-        call = stub.Predict(inf.PredictRequest(target=target, payload=b'"grpc"'), timeout=20)
+        routed = routing_metadata(target)
+        call = stub.Predict(inf.PredictRequest(target=target, payload=b'"grpc"'), timeout=20, metadata=routed)
         await call
         request_id = dict(await call.trailing_metadata())[request_ids.METADATA_KEY]
         records = await request_records(logs, deployment.id, request_id, 4)
@@ -146,14 +150,17 @@ async def test_grpc_answers_carry_the_request_id_in_trailing_metadata(api: Api, 
 
         stream = stub.PredictStream(
             inf.PredictStreamRequest(target=target, payload=b'"streamed"'),
-            metadata=((request_ids.CALLER_METADATA_KEY, "stream-7"),),
+            metadata=((request_ids.CALLER_METADATA_KEY, "stream-7"), *routed),
             timeout=20,
         )
         assert [chunk async for chunk in stream]
         assert dict(await stream.trailing_metadata())[request_ids.METADATA_KEY] == "stream-7"
         assert (await request_records(logs, deployment.id, "stream-7", 4))[0].message == "handling streamed"
 
-        failed = stub.Predict(inf.PredictRequest(target=inf.Target(deployment_id="nope"), payload=b"1"), timeout=20)
+        nope = inf.Target(deployment_id="nope")
+        failed = stub.Predict(
+            inf.PredictRequest(target=nope, payload=b"1"), timeout=20, metadata=routing_metadata(nope)
+        )
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await failed
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import grpc
 import pytest
-from conftest import Api, wait_until
+from conftest import Api, routing_metadata, wait_until
 from metrics_scrape import Scrape, scrape
 
 from gateway.errors import GatewayError
@@ -15,6 +15,9 @@ from slipway.v1 import deployment_service_pb2 as ds
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
 from slipway.v1 import resources_pb2 as r
+
+# The documented series after known traffic hold on both data planes (tests/conftest.py).
+pytestmark = pytest.mark.both_data_planes
 
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 JSON = {"Content-Type": "application/json"}
@@ -66,12 +69,16 @@ async def test_counts_labels_buckets_and_a_404_after_known_traffic(api: Api, gat
             ) as response:
                 assert response.status == 200, await response.text()
         stub = inf_grpc.InferenceServiceStub(channel)
+        target = inf.Target(model_id=model_id)
         for _ in range(2):
-            await stub.Predict(inf.PredictRequest(target=inf.Target(model_id=model_id), payload=b'"x"'), timeout=10)
+            await stub.Predict(
+                inf.PredictRequest(target=target, payload=b'"x"'), timeout=10, metadata=routing_metadata(target)
+            )
         async with session.post(f"{base}/model/m_nothing/production/predict", data=b'"hi"', headers=JSON) as response:
             assert response.status == 404
         with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Predict(inf.PredictRequest(target=inf.Target(deployment_id="d_nothing")), timeout=10)
+            nothing = inf.Target(deployment_id="d_nothing")
+            await stub.Predict(inf.PredictRequest(target=nothing), timeout=10, metadata=routing_metadata(nothing))
         path = f"{base}/model/{model_id}/deployment/{streaming.deployment.id}/predict"
         async with session.post(path, data=b'"hi"', headers=JSON) as response:
             assert response.status == 200 and await response.read() == b"a;b"
@@ -134,6 +141,7 @@ class Model:
 """
 
 
+@pytest.mark.python_plane_only(reason="it hooks the Python forwarder's in-process observation of each request")
 async def test_one_observation_per_request_feeds_prometheus_and_the_load(api: Api, gateway):
     """Each answer is observed once: the load meter (ReportLoad, the chart history) gets the
     same answers, classes and elapsed seconds as the Prometheus series."""

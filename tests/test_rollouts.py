@@ -28,6 +28,9 @@ from slipway.v1 import rollout_service_pb2_grpc as ro_grpc
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 ACTIVE = r.DEPLOYMENT_STATE_ACTIVE
 
+# The weighted splits through a gateway run on both data planes (tests/conftest.py).
+pytestmark = pytest.mark.both_data_planes
+
 
 @dataclass
 class Answer:

@@ -30,7 +30,9 @@ from slipway.tls import ServerTls
 from slipway.v1 import model_service_pb2 as ms
 from slipway.v1 import model_service_pb2_grpc as ms_grpc
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# The tests through a gateway run on both data planes (tests/conftest.py); those of the
+# controller, or of a gateway's control side (following, warnings), take `sealed` and run once.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.both_data_planes]
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +41,19 @@ def pki(tmp_path_factory) -> Pki:
 
 
 @dataclass
-class Platform:
+class Sealed:
+    """A controller serving TLS, with one model pushed."""
+
     controller: Controller
-    gateway: Gateway
     model_id: str
     pki: Pki
+
+
+@dataclass
+class Platform(Sealed):
+    """... and a gateway serving TLS on a data plane."""
+
+    gateway: Gateway
 
     @property
     def gateway_address(self) -> str:
@@ -56,38 +66,44 @@ async def slipway(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def platform(pki, tmp_path_factory):
+async def sealed(pki, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls")
     tls = ServerTls.load(pki.cert, pki.key)
     controller = await Controller.start(controller_settings(tmp / "data", tls=tls))
-    gateway = await start_gateway(controller, tls=tls, controller_ca_file=pki.ca)
     package = write_package(tmp / "pkg", "sealed", ECHO_MODEL.format(tag="tls"))
     pushed = await slipway("--controller", controller.address, "--tls-ca", str(pki.ca), "push", str(package))
     assert pushed.exit_code == 0, pushed.output
     with SlipwayClient(controller.address, ca_file=pki.ca) as client:
         model_id = (await asyncio.to_thread(client.get_model, "sealed")).id
-    yield Platform(controller, gateway, model_id, pki)
-    await stop_or_explain(gateway.stop(), "gateway")
+    yield Sealed(controller, model_id, pki)
     await stop_or_explain(controller.stop(), "controller")
 
 
-async def test_the_cli_manages_the_platform_over_tls_with_the_ca(platform):
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def platform(sealed, data_plane):
+    tls = ServerTls.load(sealed.pki.cert, sealed.pki.key)
+    gateway = await start_gateway(sealed.controller, tls=tls, controller_ca_file=sealed.pki.ca, data_plane=data_plane)
+    yield Platform(sealed.controller, sealed.model_id, sealed.pki, gateway)
+    await stop_or_explain(gateway.stop(), "gateway")
+
+
+async def test_the_cli_manages_the_platform_over_tls_with_the_ca(sealed):
     listed = await slipway(
-        "--controller", platform.controller.address, "--tls-ca", str(platform.pki.ca), "models", "list", "-o", "json"
+        "--controller", sealed.controller.address, "--tls-ca", str(sealed.pki.ca), "models", "list", "-o", "json"
     )
     assert listed.exit_code == 0, listed.output
     assert [model["name"] for model in json.loads(listed.output)] == ["sealed"]
     # The CA from the environment, and a certificate that names localhost as well as 127.0.0.1.
     by_name = await slipway(
         "--controller",
-        f"localhost:{platform.controller.port}",
+        f"localhost:{sealed.controller.port}",
         "models",
         "get",
         "sealed",
-        env={"SLIPWAY_TLS_CA": str(platform.pki.ca)},
+        env={"SLIPWAY_TLS_CA": str(sealed.pki.ca)},
     )
     assert by_name.exit_code == 0, by_name.output
-    assert platform.model_id in by_name.output
+    assert sealed.model_id in by_name.output
 
 
 async def test_predict_over_grpc_through_a_gateway_following_its_controller_over_tls(platform):
@@ -115,31 +131,31 @@ async def test_predict_over_https_with_the_ca(platform):
         assert await response.json() == {"tag": "tls", "input": {"text": "hi"}}
 
 
-async def test_the_controllers_connect_api_serves_https_with_the_ca(platform):
-    assert platform.controller.http_url.startswith("https://")
-    context = ssl.create_default_context(cafile=platform.pki.ca)
-    url = f"{platform.controller.http_url}/slipway.v1.ModelService/GetModel"
+async def test_the_controllers_connect_api_serves_https_with_the_ca(sealed):
+    assert sealed.controller.http_url.startswith("https://")
+    context = ssl.create_default_context(cafile=sealed.pki.ca)
+    url = f"{sealed.controller.http_url}/slipway.v1.ModelService/GetModel"
     async with (
         aiohttp.ClientSession() as session,
         session.post(url, json={"modelId": "sealed"}, ssl=context) as response,
     ):
         assert response.status == 200, await response.text()
-        assert (await response.json())["model"]["id"] == platform.model_id
+        assert (await response.json())["model"]["id"] == sealed.model_id
 
 
-async def test_a_client_without_the_ca_gets_one_clear_line(platform):
-    address = platform.controller.address
+async def test_a_client_without_the_ca_gets_one_clear_line(sealed):
+    address = sealed.controller.address
     plaintext = await slipway("--controller", address, "models", "list")
     assert plaintext.exit_code == 1
     assert plaintext.output.startswith("Error: UNAVAILABLE"), plaintext.output
     assert "pass its CA certificate with --tls-ca" in plaintext.output
-    other_ca = await slipway("--controller", address, "--tls-ca", str(platform.pki.other_ca), "models", "list")
+    other_ca = await slipway("--controller", address, "--tls-ca", str(sealed.pki.other_ca), "models", "list")
     assert other_ca.exit_code == 1
     assert "not signed by the CA in --tls-ca" in other_ca.output
     for result in (plaintext, other_ca):
         assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
     with pytest.raises(grpc.RpcError) as refused:
-        with SlipwayClient(address, ca_file=platform.pki.other_ca) as client:
+        with SlipwayClient(address, ca_file=sealed.pki.other_ca) as client:
             await asyncio.to_thread(client.list_models)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
 
@@ -164,7 +180,9 @@ async def test_plaintext_to_a_tls_port_fails(platform):
 
 
 async def test_tls_to_a_plaintext_gateway_says_it_serves_no_tls(platform):
-    plaintext = await start_gateway(platform.controller, controller_ca_file=platform.pki.ca)
+    plaintext = await start_gateway(
+        platform.controller, controller_ca_file=platform.pki.ca, data_plane=platform.gateway.settings.data_plane
+    )
     try:
         result = await slipway(
             "--gateway", f"127.0.0.1:{plaintext.grpc_port}", "--tls-ca", str(platform.pki.ca), "predict", "sealed", "{}"
@@ -175,14 +193,14 @@ async def test_tls_to_a_plaintext_gateway_says_it_serves_no_tls(platform):
     assert "the server does not serve TLS" in result.output, result.output
 
 
-async def test_a_gateway_without_the_controllers_ca_logs_why_it_has_no_routes(platform, caplog):
+async def test_a_gateway_without_the_controllers_ca_logs_why_it_has_no_routes(sealed, caplog):
     from gateway.server import GatewaySettings
 
     caplog.set_level(logging.WARNING, "slipway.gateway.routes")
     gateway = await Gateway.start(
         GatewaySettings(
-            controller_address=platform.controller.address,
-            internal_token=platform.controller.internal_token,
+            controller_address=sealed.controller.address,
+            internal_token=sealed.controller.internal_token,
             grpc_port=0,
             http_port=0,
             shutdown_grace_seconds=1,
@@ -202,22 +220,22 @@ async def test_a_gateway_without_the_controllers_ca_logs_why_it_has_no_routes(pl
     assert record.fields["code"] == "UNAVAILABLE"
 
 
-async def test_listening_beyond_loopback_without_tls_is_warned(platform, tmp_path, capfd, caplog):
+async def test_listening_beyond_loopback_without_tls_is_warned(sealed, tmp_path, capfd, caplog):
     from gateway.server import GatewaySettings
 
     caplog.set_level(logging.WARNING, "slipway.tls")
     exposed = await Controller.start(controller_settings(tmp_path / "data", host="0.0.0.0", fork_replicas=False))
     await stop_or_explain(exposed.stop(), "exposed controller")
-    for tls in (None, ServerTls.load(platform.pki.cert, platform.pki.key)):
+    for tls in (None, ServerTls.load(sealed.pki.cert, sealed.pki.key)):
         gateway = await Gateway.start(
             GatewaySettings(
-                controller_address=platform.controller.address,
-                internal_token=platform.controller.internal_token,
+                controller_address=sealed.controller.address,
+                internal_token=sealed.controller.internal_token,
                 host="0.0.0.0",
                 grpc_port=0,
                 http_port=0,
                 tls=tls,
-                controller_ca_file=platform.pki.ca,
+                controller_ca_file=sealed.pki.ca,
             )
         )
         await stop_or_explain(gateway.stop(), "exposed gateway")
@@ -309,7 +327,10 @@ async def test_a_client_that_never_completes_its_tls_handshake_is_closed_like_an
 
     tls = ServerTls.load(platform.pki.cert, platform.pki.key)
     limits = HttpLimits(idle_timeout_seconds=0.3)
-    gateway = await start_gateway(platform.controller, tls=tls, controller_ca_file=platform.pki.ca, http_limits=limits)
+    plane = platform.gateway.settings.data_plane
+    gateway = await start_gateway(
+        platform.controller, tls=tls, controller_ca_file=platform.pki.ca, http_limits=limits, data_plane=plane
+    )
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.http_port)
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without a byte (asyncio's default: 60 s)
