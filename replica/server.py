@@ -112,6 +112,7 @@ class Replica:
             http = await self._start_http(servicer.calls)
         except OSError as exc:
             await _stop_server(server)
+            self._state.port = None  # as for a gRPC port that cannot be bound
             return self._fail("bind_failed", exc)
         # Before LOADING is reported: a stop signal sent once the state file says so must drain.
         self._install_signal_handlers()
