@@ -8,7 +8,9 @@ controller and gateway on free 127.0.0.1 ports with a temporary data directory, 
 a copy of examples/echo with runtime.predict_concurrency 64 as production (one
 replica), and drives three paths with h2load, the load generator (not Python):
 
-1. direct to the replica: gRPC slipway.v1.ReplicaService/Invoke;
+1. direct to the replica: gRPC slipway.v1.ReplicaService/Invoke; and the replica's own
+   routes the native data plane forwards to (replica/direct.py): HTTP/1.1 POST /predict
+   and gRPC slipway.v1.InferenceService/Predict;
 2. through the gateway over gRPC: slipway.v1.InferenceService/Predict by model ID;
 3. through the gateway over HTTP/1.1: POST /model/{id}/production/predict (JSON).
 
@@ -77,6 +79,7 @@ from bench.h2load import (  # noqa: E402, F401  (bench/proxy_floor.py takes them
     say,
 )
 from slipway import data_plane  # noqa: E402
+from slipway.data_plane import REPLICA_PREDICT_PATH  # noqa: E402
 from slipway.internal_auth import REPLICA_TOKEN_HEADER  # noqa: E402
 from slipway.v1 import inference_service_pb2 as inf  # noqa: E402
 from slipway.v1 import replica_service_pb2 as rs  # noqa: E402
@@ -231,6 +234,46 @@ def sanity_checks(
             len(http_body),
             gateway_pids,
             gateway_parts or {},
+        ),
+    ]
+
+
+def direct_route_targets(
+    work: pathlib.Path, state_file: pathlib.Path, replica_address: str, replica_token: str, deployment_id: str
+) -> list[Target]:
+    """The replica's own routes (replica/direct.py), checked once with Python clients; the
+    request bodies are the ones sanity_checks wrote."""
+    host = replica_address.rpartition(":")[0]
+    url = f"http://{host}:{json.loads(state_file.read_text())['http_port']}{REPLICA_PREDICT_PATH}"
+    headers = {"Content-Type": "application/json", REPLICA_TOKEN_HEADER: replica_token}
+    with urllib.request.urlopen(urllib.request.Request(url, data=PAYLOAD, headers=headers), timeout=10) as response:
+        http_body = response.read()
+    if json.loads(http_body) != EXPECTED_OUTPUT:
+        raise RuntimeError(f"replica HTTP answered {http_body!r}")
+    with grpc.insecure_channel(replica_address) as channel:
+        call = channel.unary_unary(PREDICT, request_serializer=None, response_deserializer=None)
+        raw_predict = call(
+            (work / "predict.bin").read_bytes()[5:], timeout=10, metadata=((REPLICA_TOKEN_HEADER, replica_token),)
+        )
+    if inf.PredictResponse.FromString(raw_predict).deployment_id != deployment_id:
+        raise RuntimeError(f"replica Predict answered {inf.PredictResponse.FromString(raw_predict)}")
+    token = ["-H", f"{REPLICA_TOKEN_HEADER}: {replica_token}"]
+    return [
+        Target(
+            "direct replica, HTTP/1.1 POST /predict",
+            url,
+            work / "predict.json",
+            ["-H", "content-type: application/json", *token],
+            True,
+            len(http_body),
+        ),
+        Target(
+            "direct replica, gRPC InferenceService/Predict",
+            f"http://{replica_address}{PREDICT}",
+            work / "predict.bin",
+            [*GRPC_HEADERS, *token],
+            False,
+            5 + len(raw_predict),
         ),
     ]
 
@@ -610,6 +653,8 @@ def main(args: argparse.Namespace) -> int:
                 proxies[plane][1],
             )
         direct = next(iter(targets.values()))[0]
+        state_file = work / "data" / "run" / f"{replica['id']}.json"
+        own_routes = direct_route_targets(work, state_file, replica_address, replica_token, deployment_id)
         if args.metrics_cost:
             targets["bare"] = sanity_checks(
                 work,
@@ -627,8 +672,9 @@ def main(args: argparse.Namespace) -> int:
         pids = {"gateway": first_gateway, "replica": [replica_pid], "controller": [controller.pid]}
         runs = []
         counts = ((1, args.c1_requests), (args.concurrency, args.cn_requests))
-        for concurrency, requests in counts:
-            runs.append(measure(direct, concurrency, requests, args.warmup, pids, work))
+        for target in (direct, *own_routes):
+            for concurrency, requests in counts:
+                runs.append(measure(target, concurrency, requests, args.warmup, pids, work))
         for protocol in (1, 2):  # gRPC Predict, HTTP/1.1 POST
             group = [paths[protocol] for paths in targets.values()]
             for concurrency, requests in counts:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -148,8 +149,11 @@ class LimitedSite(web.BaseSite):
         limits: HttpLimits,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        sock: socket.socket | None = None,
     ) -> None:
         super().__init__(runner)
+        # A socket already bound and listening (then host and port only name it).
+        self._sock = sock
         self._reuse_port = reuse_port
         self._host = host
         self._port = port
@@ -165,27 +169,29 @@ class LimitedSite(web.BaseSite):
         )
 
     @property
-    def port(self) -> int:
-        """The port listened on (once started: the one the kernel chose for port 0)."""
-        return self._port
-
-    @property
     def name(self) -> str:
         return f"{'https' if self._ssl else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
-        server = await asyncio.get_running_loop().create_server(
-            self._accept,
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            ssl=self._ssl,
-            # Several gateway workers listen on one port (SO_REUSEPORT; the kernel spreads connections).
-            reuse_port=self._reuse_port or None,
-            # A client that never completes its handshake is bounded like one that never sends headers.
-            ssl_handshake_timeout=self._limits.idle_timeout_seconds if self._ssl else None,
-        )
+        loop = asyncio.get_running_loop()
+        # A client that never completes its handshake is bounded like one that never sends headers.
+        handshake = self._limits.idle_timeout_seconds if self._ssl else None
+        if self._sock is not None:
+            server = await loop.create_server(
+                self._accept, sock=self._sock, backlog=self._backlog, ssl=self._ssl, ssl_handshake_timeout=handshake
+            )
+        else:
+            server = await loop.create_server(
+                self._accept,
+                self._host,
+                self._port,
+                backlog=self._backlog,
+                ssl=self._ssl,
+                # Several gateway workers listen on one port (SO_REUSEPORT; the kernel spreads connections).
+                reuse_port=self._reuse_port or None,
+                ssl_handshake_timeout=handshake,
+            )
         self._server = server
         self._port = server.sockets[0].getsockname()[1]  # the one asked for may be 0
 

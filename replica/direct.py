@@ -4,7 +4,7 @@ inference to without the Python gateway.
 - gRPC `slipway.v1.InferenceService/Predict` and `/PredictStream`, on the replica's gRPC
   port, behind the same credential as ReplicaService (x-slipway-replica-token).
 - HTTP `POST /predict` on the replica's own HTTP listener (`Endpoint.http_address`), the
-  credential in the x-slipway-replica-token header (401 JSON without it).
+  credential in the x-slipway-replica-token header (401 JSON without it): replica/direct_http.py.
 
 Both answer exactly as the gateway does for the same call: the same statuses, ErrorInfo
 reasons and JSON error bodies (gateway/errors.py), the same HTTP answer (gateway/relay.py),
@@ -22,29 +22,15 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
-from aiohttp import web
 
 from gateway.errors import GatewayError, from_status
-from gateway.http_limits import BodyReader, BodyTimeout, HttpLimits
-from gateway.relay import (
-    Chunks,
-    Unobserved,
-    close_lingering,
-    error_response,
-    invoke_request,
-    json_http_errors,
-    relay_chunks,
-)
-from gateway.request_id import assign_request_id, request_id_of
-from gateway.request_id import install as stamp_request_ids
 from replica.calls import ModelCalls, Refusal
 from replica.model_request import CallState
 from slipway import request_ids, tracing
-from slipway.data_plane import REPLICA_PREDICT_PATH
-from slipway.internal_auth import REPLICA_TOKEN_HEADER, token_refusal
+from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.status import MAX_METADATA_VALUE_BYTES, MAX_STATUS_MESSAGE_BYTES, refuse_undecodable_requests, rich_status
 from slipway.text import shorten
 from slipway.v1 import inference_service_pb2 as inf
@@ -87,7 +73,9 @@ def deadline_exceeded() -> GatewayError:
     return GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", DEADLINE_MESSAGE)
 
 
-async def _bounded(chunks: AsyncIterator[rs.InvokeStreamResponse], deadline: float) -> Chunks:
+async def bounded(
+    chunks: AsyncIterator[rs.InvokeStreamResponse], deadline: float
+) -> AsyncGenerator[rs.InvokeStreamResponse, None]:
     """The model's chunks, each awaited by `deadline` (loop time); failures as GatewayError."""
     async with contextlib.aclosing(chunks):  # type: ignore[type-var]
         while True:
@@ -175,8 +163,8 @@ class DirectInference:
                 self._check_target(request.target)
                 invoke = rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type)
                 chunks = self.calls.invoke_stream(invoke, lambda: _call_state(request, context))
-                async with contextlib.aclosing(_bounded(chunks, self._deadline(context))) as bounded:
-                    async for chunk in bounded:
+                async with contextlib.aclosing(bounded(chunks, self._deadline(context))) as answer:
+                    async for chunk in answer:
                         yield chunk.SerializeToString()
             except GatewayError as error:
                 await _abort(context, error, request_id)
@@ -210,66 +198,3 @@ async def _abort(context: grpc.aio.ServicerContext, error: GatewayError, request
     await context.abort(
         status.code, status.details, (*status.trailing_metadata, (request_ids.METADATA_KEY, request_id))
     )
-
-
-def build_http_app(
-    calls: ModelCalls,
-    token: str,
-    request_timeout: float,
-    model_id: str = "",
-    limits: HttpLimits | None = None,
-) -> web.Application:
-    """The replica's HTTP predict route (the native data plane's HTTP route)."""
-    bodies = BodyReader(limits or HttpLimits(), calls.max_bytes)
-    expected = token.encode()
-
-    @web.middleware
-    async def authenticate(request: web.Request, handler) -> web.StreamResponse:
-        refusal = token_refusal(REPLICA_TOKEN_HEADER, expected, request.headers.get(REPLICA_TOKEN_HEADER), "REPLICA")
-        if refusal is not None:
-            reason, message = refusal
-            calls.log.warning("call_refused", method=f"{request.method} {request.path}", reason=reason)
-            return error_response(GatewayError(grpc.StatusCode.UNAUTHENTICATED, reason, message))
-        return await handler(request)
-
-    async def predict(request: web.Request) -> web.StreamResponse:
-        with tracing.http_server_span(request, model_id), calls.tracked(request_id_of(request)):
-            calls_made: list[CallState] = []
-            try:
-                return await _predict(request, calls_made)
-            finally:
-                for call in calls_made:
-                    call.disconnected.set()
-
-    async def _predict(request: web.Request, calls_made: list[CallState]) -> web.StreamResponse:
-        deadline = asyncio.get_running_loop().time() + request_timeout
-        try:
-            async with bodies.read(request) as payload:
-                invoke = invoke_request(request, payload)
-                make_call = _http_call_state(request, payload, calls_made)
-                chunks = _bounded(calls.invoke_stream(invoke, make_call), deadline)
-                return await relay_chunks(request, chunks, calls.max_bytes, Unobserved())
-        except BodyTimeout as error:
-            # The client stopped sending: answer, and close rather than wait for the rest.
-            response = error_response(error)
-            await response.prepare(request)
-            await response.write_eof()
-            close_lingering(request)
-            return response
-        except GatewayError as error:  # the body was refused (too large)
-            return error_response(error)
-
-    app = web.Application(middlewares=[assign_request_id, json_http_errors, authenticate])
-    stamp_request_ids(app)
-    app.router.add_post(REPLICA_PREDICT_PATH, predict, expect_handler=bodies.defer_continue)
-    return app
-
-
-def _http_call_state(request: web.Request, payload: bytes, made: list[CallState]) -> Callable[[], CallState]:
-    def make() -> CallState:
-        headers = [(key.lower(), value) for key, value in request.headers.items()]
-        call = CallState(payload, [(key, value) for key, value in headers if key != REPLICA_TOKEN_HEADER])
-        made.append(call)
-        return call
-
-    return make

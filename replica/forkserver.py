@@ -36,6 +36,7 @@ import socket
 import sys
 import traceback
 
+import replica.direct_http  # noqa: F401  (its HTTP route, which a new interpreter imports while loading)
 import replica.main  # noqa: F401  (the point: import everything a replica needs, once)
 
 PR_SET_NAME = 15

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import importlib
 import pathlib
 import signal
+import socket
+import sys
 import time
 import traceback
+from typing import Any
 
 import grpc
-from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.http_limits import HttpLimits, LimitedSite
 from replica import direct
 from replica.calls import ModelCalls
 from replica.loader import describe_failure, load_model, model_traceback, prepare_process
@@ -31,6 +34,7 @@ from slipway.internal_auth import REPLICA_TOKEN_HEADER, TokenInterceptor
 from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
 
+HTTP_MODULE = "replica.direct_http"
 SERVICE_NAME = replica_service_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 EXIT_OK = 0
 EXIT_MODEL_FAILED = 3
@@ -109,10 +113,12 @@ class Replica:
             return self._fail("bind_failed", exc)
         await server.start()
         try:
-            http = await self._start_http(servicer.calls)
+            http_socket = self._bind_http()
         except OSError as exc:
             await _stop_server(server)
+            self._state.port = None  # as for a gRPC port that cannot be bound
             return self._fail("bind_failed", exc)
+        http = HttpRoute(http_socket, servicer.calls, self._options, self._log)
         # Before LOADING is reported: a stop signal sent once the state file says so must drain.
         self._install_signal_handlers()
         self._state.write(LOADING)
@@ -129,7 +135,7 @@ class Replica:
             if self._stop.is_set():
                 await self._drain(server, servicer, health_servicer, http)
                 return EXIT_OK
-            await http.cleanup()
+            await http.stop()
             await _stop_server(server)
             return EXIT_MODEL_FAILED
 
@@ -205,22 +211,23 @@ class Replica:
         options = self._options
         return direct.Identity(options.deployment_id, options.model_id, options.model_name)
 
-    async def _start_http(self, calls: ModelCalls) -> web.AppRunner:
-        """The native data plane's HTTP route (POST /predict), in this event loop; its port
-        goes in the state file beside the gRPC one."""
+    def _bind_http(self) -> socket.socket:
+        """The HTTP predict route's socket, bound and listening now (its port goes in the state
+        file beside the gRPC one); it is served once its module is imported (HttpRoute)."""
         options = self._options
-        app = direct.build_http_app(calls, options.token, options.request_timeout_seconds, options.model_id)
-        # Stopped only once its calls are over (or past the drain): nothing left to wait for then.
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = LimitedSite(runner, options.host, options.http_port, HttpLimits())
+        host = options.host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            await site.start()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, options.http_port))
+            sock.listen(1024)
+            sock.setblocking(False)
         except OSError:
-            await runner.cleanup()
+            sock.close()
             raise
-        self._state.http_port = site.port
-        return runner
+        self._state.http_port = sock.getsockname()[1]
+        return sock
 
     async def _load(self, config: PackageConfig) -> Predictor | None:
         """The ready predictor; None if loading failed or a stop signal came first."""
@@ -256,7 +263,7 @@ class Replica:
         server: grpc.aio.Server,
         servicer: ReplicaServicer,
         health_servicer: health.aio.HealthServicer,
-        http: web.AppRunner,
+        http: HttpRoute,
     ) -> None:
         drain_seconds = self._options.drain_seconds
         self._log.info("draining", drain_seconds=drain_seconds)
@@ -271,7 +278,7 @@ class Replica:
         servicer.refuse_new_calls()
         drained = await servicer.wait_idle(drain_seconds)
         # Cancels whatever is left: health Watch streams, and predicts past the deadline.
-        await http.cleanup()
+        await http.stop()
         await _stop_server(server)
         self._log.info("stopped", drained=drained)
 
@@ -292,6 +299,44 @@ class Replica:
         if not self._stop.is_set():
             self._log.info("signal_received", signal=signal.Signals(signum).name)
             self._stop.set()
+
+
+class HttpRoute:
+    """The HTTP predict route (replica/direct_http.py), served on `sock` in this event loop.
+
+    Its module (aiohttp) is imported in a thread while the model loads: a replica forked
+    from the fork server has it already, and a new interpreter does not wait for it before
+    it loads the model and serves gRPC. Connections that arrive meanwhile wait in the
+    socket's backlog."""
+
+    def __init__(self, sock: socket.socket, calls: ModelCalls, options: Options, log: Logger) -> None:
+        self._sock = sock
+        self._log = log
+        self._task = asyncio.get_running_loop().create_task(self._serve(calls, options))
+
+    async def _serve(self, calls: ModelCalls, options: Options) -> Any:
+        try:
+            if HTTP_MODULE not in sys.modules:
+                await asyncio.to_thread(importlib.import_module, HTTP_MODULE)
+            from replica import direct_http
+
+            return await direct_http.serve(
+                self._sock, calls, options.token, options.request_timeout_seconds, options.model_id
+            )
+        except Exception as exc:  # gRPC goes on serving; the proxy's HTTP calls to this replica fail
+            self._log.error("http_route_failed", error=describe_failure(exc), traceback=traceback.format_exc())
+            self._sock.close()
+            return None
+
+    async def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+        runner = None
+        with contextlib.suppress(asyncio.CancelledError):
+            runner = await self._task
+        if runner is not None:
+            await runner.cleanup()
+        self._sock.close()
 
 
 async def _stop_server(server: grpc.aio.Server) -> None:

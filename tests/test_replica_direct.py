@@ -82,8 +82,11 @@ async def served(controller, api: Api, tmp_path):
     await api.wait_production(pushed.model.id, pushed.deployment.id)
 
     def endpoint() -> rt.Endpoint | None:
+        """The replica's entry, once the gateway also routes the model's production to it."""
         route = gateway.follower.index.deployments.get(pushed.deployment.id)
-        return route.endpoints[0] if route is not None and route.endpoints else None
+        model = gateway.follower.index.models.get(pushed.model.id)
+        routed = model is not None and any(e.name == "production" and e.deployments for e in model.environments)
+        return route.endpoints[0] if routed and route is not None and route.endpoints else None
 
     try:
         entry = await wait_until(endpoint, 30, "a ready replica in the gateway's route table")
