@@ -262,3 +262,25 @@ async def test_a_grpc_call_with_routing_metadata_reaches_a_replica_and_counts_in
                 assert json.loads(answer.payload)["token"] == f"tok-{answer.deployment_id}"
     await wait_until(lambda: world.loads["A"].native_requests >= 2, timeout=5, what="haproxy's sessions in the load")
     assert world.loads["B"].native_requests >= 1
+
+
+async def grpc_answers(world: World, metadata: tuple, count: int) -> list[inf.PredictResponse]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{world.proxy.grpc_port}") as channel:
+        predict = channel.unary_unary(PREDICT, response_deserializer=inf.PredictResponse.FromString)
+        request = inf.PredictRequest(payload=b"{}").SerializeToString()
+        return [await predict(request, metadata=metadata, timeout=5) for _ in range(count)]
+
+
+async def test_a_grpc_seat_freed_by_a_replica_serves_the_next_one_with_its_token(world: World):
+    by_a = ((data_plane.DEPLOYMENT_HEADER, "A"),)
+    assert {a.deployment_id for a in await grpc_answers(world, by_a, 10)} <= {"a1", "a2"}
+    world.replicas["A"] = ["a2"]
+    await world.publish()
+    assert {a.deployment_id for a in await grpc_answers(world, by_a, 10)} == {"a2"}
+    await wait_until(lambda: not world.proxy.retiring, timeout=5, what="a1's seat to be free")
+    world.replicas["A"] = ["a2", "b1"]  # b1 takes a1's seat: another address, another token
+    await world.publish()
+    answers = await grpc_answers(world, by_a, 20)
+    assert all(json.loads(a.payload)["token"] == f"tok-{a.deployment_id}" for a in answers)
+    assert {a.deployment_id for a in answers} <= {"a2", "b1"}
+    assert world.proxy.state.seats["g" + str(world.proxy.slots.owner["A"])]["tok-b1"] in (0, 1)

@@ -40,6 +40,7 @@ class ProxyConfig:
     connect_timeout_seconds: float = 1.0
     retries: int = 2
     threads: int = 1
+    seats: int = 8  # replicas of one deployment the gRPC fast path spreads over (commands.py)
 
 
 def _ms(seconds: float) -> str:
@@ -134,6 +135,9 @@ def render(config: ProxyConfig) -> str:
         "defaults",
         "  mode http",
         "  option http-keep-alive",
+        # Connections to replicas (and to the Python gateway) are shared by all requests: an h2
+        # stream is a new HAProxy stream, which `safe` would send on a connection of its own.
+        "  http-reuse always",
         f"  timeout connect {_ms(config.connect_timeout_seconds)}",
         f"  timeout server {_ms(config.request_timeout_seconds)}",
         f"  timeout tunnel {_ms(config.request_timeout_seconds)}",
@@ -199,13 +203,44 @@ def render(config: ProxyConfig) -> str:
         "",
     ]
     for slot in range(config.slots):
-        for prefix, extra in (("g", []), ("h", [f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}"])):
-            lines += [
-                f"backend {prefix}{slot}",
-                "  balance leastconn",
-                "  http-send-name-header x-slipway-replica-token",
-                "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
-                *extra,
-                "",
-            ]
+        lines += _grpc_backend(f"g{slot}", config.seats, d)
+        lines += [
+            f"backend h{slot}",
+            "  balance leastconn",
+            "  http-send-name-header x-slipway-replica-token",
+            "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+            f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _grpc_backend(name: str, seats: int, run_dir: str) -> list[str]:
+    """Seats s0..s<seats-1>, in maintenance until a replica takes one; each request goes to the
+    seat in service with the fewest sessions (leastconn, computed here so that the seat — and so
+    the replica's token — is known before the request leaves). No redispatch: a retry elsewhere
+    would carry the wrong token; a replica leaves the table before it stops (the ACK)."""
+    lines = [
+        f"backend {name}",
+        "  balance leastconn",
+        "  no option redispatch",
+        "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+        "  http-request set-var(txn.seat) int(-1)",
+        "  http-request set-var(txn.least) int(2147483647)",
+    ]
+    for seat in range(seats):
+        server = f"{name}/s{seat}"
+        up = f"{{ srv_is_up({server}) }}"
+        lines += [
+            f"  http-request set-var(txn.diff) srv_conn({server}),sub(txn.least) if {up}",
+            f"  http-request set-var(txn.seat) int({seat}) if {up} {{ var(txn.diff) -m int lt 0 }}",
+            f"  http-request set-var(txn.least) srv_conn({server}) if {up} {{ var(txn.diff) -m int lt 0 }}",
+        ]
+    lines += [
+        f'  http-request set-var-fmt(txn.seatkey) "{name}/%[var(txn.seat)]"',
+        f"  http-request set-header x-slipway-replica-token %[var(txn.seatkey),map_str({run_dir}/{desired.TOKENS},-)]",
+        *(f"  use-server s{seat} if {{ var(txn.seat) -m int {seat} }}" for seat in range(seats)),
+        *(f"  server s{seat} 127.0.0.1:1 proto h2 disabled" for seat in range(seats)),
+        "",
+    ]
+    return lines

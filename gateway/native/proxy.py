@@ -83,7 +83,7 @@ class NativeDataPlane:
         self.grace = shutdown_grace_seconds
         self.slots = desired.Slots(base.slots)
         self.state = desired.ProxyState()
-        self.retiring: set[tuple[str, str]] = set()
+        self.retiring: dict[tuple[str, str], int] = {}  # commands.Retiring
         self.next_expiry = math.inf
         self.run_dir = ""
         self.api: RuntimeApi
@@ -208,12 +208,13 @@ class NativeDataPlane:
                     "no free native slot: the deployment stays on the Python data plane",
                     extra={"fields": {"deployment_id": deployment_id, "slots": self.slots.count}},
                 )
-            lines, retired = commands.transition(self.run_dir, self.state, target, self.retiring)
+            target = commands.target_state(self.state, target, self.retiring, self.base.seats)
+            lines, retired = commands.transition(self.run_dir, self.state, target)
             try:
                 await self.api.apply(lines)
             except Exception as error:  # noqa: BLE001 (logged; the next table or poll retries)
                 log.error("haproxy refused a route change", extra={"fields": {"error": str(error)}})
-            self.state = commands.applied(self.state, target, self.retiring)
+            self.state = target
             self.retiring.update(retired)
 
     # -- polling ---------------------------------------------------------------------------
@@ -236,14 +237,22 @@ class NativeDataPlane:
     async def _delete_drained(self, rows: list[dict[str, str]]) -> None:
         """Servers in maintenance with no session left are deleted (their slot can be reused)."""
         sessions = {(r["pxname"], r["svname"]): int(r.get("scur") or 0) for r in rows}
-        drained = [key for key in self.retiring if sessions.get(key, 0) == 0]
+        drained = [
+            (key, seat)
+            for key, seat in self.retiring.items()
+            if sessions.get((key[0], key[1] if seat < 0 else f"s{seat}"), 0) == 0
+        ]
         if not drained:
             return
+        dynamic = [key for key, seat in drained if seat < 0]
+        for key, seat in drained:
+            if seat >= 0:  # a seat is free again
+                del self.retiring[key]
         async with self._lock:
-            answers = await self.api.run([f"del server {backend}/{name}" for backend, name in drained])
-        for key, answer in zip(drained, answers, strict=True):
+            answers = await self.api.run([f"del server {backend}/{name}" for backend, name in dynamic])
+        for key, answer in zip(dynamic, answers, strict=True):
             if succeeded("del server", answer) or "No such server" in answer:
-                self.retiring.discard(key)
+                del self.retiring[key]
         await self.apply()  # a replaced server (same token) comes back; freed slots are reusable
 
     def _feed_loads(self, rows: list[dict[str, str]]) -> None:
