@@ -146,7 +146,7 @@ def render(config: ProxyConfig) -> str:
         f"  timeout client {_ms(config.http_idle_seconds)}",
         "  timeout queue 1s",
         f"  retries {config.retries}",
-        "  retry-on conn-failure empty-response",
+        "  retry-on conn-failure",  # only a request that never reached a replica is sent again
         "  option redispatch 1",
         "",
         "http-errors slipway_http",

@@ -190,32 +190,34 @@ class NativeDataPlane:
     # -- tables ----------------------------------------------------------------------------
 
     async def apply(self) -> None:
-        """Bring HAProxy to the current route table (and key expiries); see the module docstring."""
+        """Bring HAProxy to the current route table (and key expiries); see the module docstring.
+        Never raises (the route follower awaits it): a failure is logged, and the next table or
+        poll applies the state again."""
         if self.process is None or not self.run_dir:
             return
         async with self._lock:
-            busy = {slot: False for slot in range(self.slots.count)}
-            for backend, servers in self.state.servers.items():
-                if servers:
-                    busy[int(backend[1:])] = True
-            for backend, _ in self.retiring:
-                busy[int(backend[1:])] = True
-            target, unplaced, self.next_expiry = desired.desired_state(
-                self._index(), time.time(), self.slots, busy, self.base.require_keys
-            )
-            for deployment_id in unplaced:
-                log.warning(
-                    "no free native slot: the deployment stays on the Python data plane",
-                    extra={"fields": {"deployment_id": deployment_id, "slots": self.slots.count}},
-                )
-            target = commands.target_state(self.state, target, self.retiring, self.base.seats)
-            lines, retired = commands.transition(self.run_dir, self.state, target)
             try:
-                await self.api.apply(lines)
-            except Exception as error:  # noqa: BLE001 (logged; the next table or poll retries)
+                await self._apply()
+            except Exception as error:  # noqa: BLE001
                 log.error("haproxy refused a route change", extra={"fields": {"error": str(error)}})
-            self.state = target
-            self.retiring.update(retired)
+
+    async def _apply(self) -> None:
+        busy = {slot: False for slot in range(self.slots.count)}
+        for backend in [*(b for b, servers in self.state.servers.items() if servers), *(b for b, _ in self.retiring)]:
+            busy[int(backend[1:])] = True
+        wanted, unplaced, self.next_expiry = desired.desired_state(
+            self._index(), time.time(), self.slots, busy, self.base.require_keys
+        )
+        for deployment_id in unplaced:
+            log.warning(
+                "no free native slot: the deployment stays on the Python data plane",
+                extra={"fields": {"deployment_id": deployment_id, "slots": self.slots.count}},
+            )
+        target = commands.target_state(self.state, wanted, self.retiring, self.base.seats)
+        lines, retired = commands.transition(self.run_dir, self.state, target)
+        self.state = target
+        self.retiring.update(retired)
+        await self.api.apply(lines)
 
     # -- polling ---------------------------------------------------------------------------
 
@@ -231,7 +233,7 @@ class NativeDataPlane:
                 self._feed_loads(rows)
                 if time.time() >= self.next_expiry:
                     await self.apply()
-            except (OSError, asyncio.IncompleteReadError) as error:
+            except Exception as error:  # noqa: BLE001 (the poller must outlive a bad answer)
                 log.warning("haproxy stats unavailable", extra={"fields": {"error": str(error)}})
 
     async def _delete_drained(self, rows: list[dict[str, str]]) -> None:
