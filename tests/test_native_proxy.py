@@ -77,6 +77,7 @@ class World:
         self.http: dict[str, int] = {}
         self.grpc: dict[str, int] = {}
         self.closers: list = []
+        self.stoppers: dict[str, tuple] = {}
         self.loads: defaultdict[str, LoadMeter] = defaultdict(LoadMeter)
         self.index = RouteIndex()
         self.keys: list[rt.ApiKeyRoute] = []
@@ -88,7 +89,8 @@ class World:
         for name in ("a1", "a2", "b1", "python"):
             runner, self.http[name] = await http_server(name)
             server, self.grpc[name] = await grpc_server(name)
-            self.closers += [runner.cleanup, lambda server=server: server.stop(0)]
+            self.stoppers[name] = (runner.cleanup, lambda server=server: server.stop(0))
+            self.closers += self.stoppers[name]
         base = ProxyConfig(
             "", "", "", "", "", 4, 1000, require_keys, 30, 5, 5, 30, 60, 100, 100, connect_timeout_seconds=0.5
         )
@@ -284,3 +286,21 @@ async def test_a_grpc_seat_freed_by_a_replica_serves_the_next_one_with_its_token
     assert all(json.loads(a.payload)["token"] == f"tok-{a.deployment_id}" for a in answers)
     assert {a.deployment_id for a in answers} <= {"a2", "b1"}
     assert world.proxy.state.seats["g" + str(world.proxy.slots.owner["A"])]["tok-b1"] in (0, 1)
+
+
+async def test_haproxys_own_errors_keep_the_gateways_shapes(world: World):
+    for stop in world.stoppers["b1"]:
+        await stop()  # B's only replica is gone before the table says so
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{world.proxy.http_port}/model/m/deployment/B/predict",
+            data=b"{}",
+            headers={"X-Request-Id": "gone-1"},
+        ) as response,
+    ):
+        assert response.status == 503 and response.headers["x-slipway-request-id"] == "gone-1"
+        assert (await response.json())["error"]["code"] == "UNAVAILABLE"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await grpc_answers(world, ((data_plane.DEPLOYMENT_HEADER, "B"),), 1)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
