@@ -3,6 +3,7 @@ haproxy, real HTTP and gRPC servers standing as replicas and as the Python gatew
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -304,3 +305,19 @@ async def test_haproxys_own_errors_keep_the_gateways_shapes(world: World):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await grpc_answers(world, ((data_plane.DEPLOYMENT_HEADER, "B"),), 1)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_connection_past_the_limit_is_refused_as_python_refuses_it(world: World):
+    held = [await asyncio.open_connection("127.0.0.1", world.proxy.http_port) for _ in range(100)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", world.proxy.http_port)
+        writer.write(b"POST /model/m/production/predict HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+        headers = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if line)
+        body = json.loads(await reader.readexactly(int(headers["Content-Length"])))
+        assert head.startswith("HTTP/1.1 503") and body["error"]["reason"] == "TOO_MANY_CONNECTIONS"
+        assert headers["X-Slipway-Request-Id"].startswith("req-")  # the header names keep their case
+        writer.close()
+    finally:
+        for _, other in held:
+            other.close()

@@ -76,6 +76,39 @@ def error_pages() -> dict[str, bytes]:
     return pages
 
 
+# HAProxy writes HTTP/1.1 header names in lower case; these keep the case the Python gateway
+# (aiohttp) sends, for clients that compare names case-sensitively.
+HEADER_CASES = (
+    "Content-Length",
+    "Content-Type",
+    "Transfer-Encoding",
+    "Connection",
+    "Date",
+    "Server",
+    "Allow",
+    "WWW-Authenticate",
+    "Retry-After",
+    "X-Slipway-Request-Id",
+)
+
+
+def _too_many_connections(limit: int) -> str:
+    """A request on a connection beyond the HTTP connection limit: the Python gateway's 503."""
+    body = json.dumps(
+        {
+            "error": {
+                "code": "UNAVAILABLE",
+                "reason": "TOO_MANY_CONNECTIONS",
+                "message": f"the gateway already has {limit} open HTTP connections, its limit; retry later",
+            }
+        }
+    )
+    return (
+        f"http-request return status 503 content-type application/json string '{body}' "
+        f"hdr connection close if {{ fe_conn gt {limit} }}"
+    )
+
+
 def _request_id_rules() -> list[str]:
     valid = rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$"
     return [
@@ -130,6 +163,7 @@ def render(config: ProxyConfig) -> str:
         f"  stats socket {d}/admin.sock mode 600 level admin",
         "  stats timeout 1h",
         "  tune.bufsize 32768",
+        *(f"  h1-case-adjust {name.lower()} {name}" for name in HEADER_CASES),
         "  tune.http.maxhdr 128",
         "",
         "defaults",
@@ -178,9 +212,13 @@ def render(config: ProxyConfig) -> str:
         "",
         "frontend http_in",
         f"  bind {config.http_bind}{tls}",
-        f"  maxconn {config.max_http_connections}",
+        # Past the limit, a connection's request is refused as Python does (HAProxy queues
+        # connections beyond maxconn in the listen backlog rather than answering them).
+        f"  maxconn {config.max_http_connections + 64}",
+        "  option h1-case-adjust-bogus-client",
         "  errorfiles slipway_http",
         *("  " + rule for rule in _request_id_rules()),
+        "  " + _too_many_connections(config.max_http_connections),
         "  acl predict method POST",
         f"  acl predict_path path_reg {HTTP_PREDICT_PATH}",
         "  acl one_length req.hdr_cnt(content-length) eq 1",
