@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 
 import aiohttp
 import grpc
@@ -134,13 +135,13 @@ class World:
         )
         await self.proxy.apply()
 
-    async def post(self, path: str, headers: dict | None = None, body: bytes = b"{}") -> tuple[dict, dict]:
+    async def post(self, path: str, headers: dict | None = None, body: bytes = b"{}") -> tuple[dict, Mapping[str, str]]:
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"http://127.0.0.1:{self.proxy.http_port}{path}", data=body, headers=headers) as response,
         ):
             assert response.status == 200, await response.text()
-            return await response.json(), dict(response.headers)
+            return await response.json(), response.headers.copy()
 
     async def close(self) -> None:
         await self.proxy.stop()
