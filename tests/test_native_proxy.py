@@ -322,3 +322,14 @@ async def test_a_connection_past_the_limit_is_refused_as_python_refuses_it(world
     finally:
         for _, other in held:
             other.close()
+
+
+async def test_a_haproxy_that_dies_is_started_again_on_the_same_ports(world: World):
+    first = world.proxy.process
+    first.kill()
+    await wait_until(lambda: world.proxy.process is not first, timeout=10, what="a new haproxy")
+
+    async def fast_again() -> bool:
+        return (await world.post("/model/m/production/predict"))[0]["by"] in ("a1", "a2")
+
+    await wait_until(fast_again, timeout=5, what="the new haproxy to be given the route table")

@@ -93,6 +93,7 @@ class NativeDataPlane:
         self._counters: dict[str, BackendCounters] = {}
         self._native_deployments: set[str] = set()
         self.grpc_port = self.http_port = 0
+        self._sockets: list[socket.socket] = []
 
     # -- process ---------------------------------------------------------------------------
 
@@ -111,51 +112,66 @@ class NativeDataPlane:
         for name, page in config.error_pages().items():
             with open(os.path.join(self.run_dir, name), "wb") as file:
                 file.write(page)
-        sockets = [_listen(self._host, self._grpc_port), _listen(self._host, self._http_port)]
+        # Kept open while the gateway runs: a haproxy that dies is started again on the same
+        # sockets (connections wait in the backlog meanwhile).
+        self._sockets = [_listen(self._host, self._grpc_port), _listen(self._host, self._http_port)]
+        self.grpc_port, self.http_port = (s.getsockname()[1] for s in self._sockets)
+        cfg = replace(
+            self.base,
+            run_dir=self.run_dir,
+            grpc_bind=f"fd@{self._sockets[0].fileno()}",
+            http_bind=f"fd@{self._sockets[1].fileno()}",
+            python_grpc=f"127.0.0.1:{python_grpc_port}",
+            python_http=f"127.0.0.1:{python_http_port}",
+            tls_pem=tls_path,
+        )
+        with open(os.path.join(self.run_dir, "haproxy.cfg"), "w") as file:
+            file.write(config.render(cfg))
         try:
-            self.grpc_port, self.http_port = (s.getsockname()[1] for s in sockets)
-            cfg = replace(
-                self.base,
-                run_dir=self.run_dir,
-                grpc_bind=f"fd@{sockets[0].fileno()}",
-                http_bind=f"fd@{sockets[1].fileno()}",
-                python_grpc=f"127.0.0.1:{python_grpc_port}",
-                python_http=f"127.0.0.1:{python_http_port}",
-                tls_pem=tls_path,
-            )
-            path = os.path.join(self.run_dir, "haproxy.cfg")
-            with open(path, "w") as file:
-                file.write(config.render(cfg))
-            self.process = subprocess.Popen(
-                [self.haproxy, "-f", path, "-db"],
-                pass_fds=[s.fileno() for s in sockets],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent,
-            )
-            self.api = RuntimeApi(os.path.join(self.run_dir, "admin.sock"))
-            await self._wait_started()
+            await self._spawn()
         except BaseException:
             await self.stop()
             raise
-        finally:
-            for s in sockets:
-                s.close()
+        await self.apply()
+        self._poller = asyncio.create_task(self._poll())
+
+    async def _spawn(self) -> None:
+        """Start haproxy (quiet: only alerts, into haproxy.log of the run dir) and wait for its API."""
+        with open(os.path.join(self.run_dir, "haproxy.log"), "ab") as errors:
+            self.process = subprocess.Popen(
+                [self.haproxy, "-f", os.path.join(self.run_dir, "haproxy.cfg"), "-db", "-q"],
+                pass_fds=[s.fileno() for s in self._sockets],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                preexec_fn=_die_with_parent,
+            )
+        self.api = RuntimeApi(os.path.join(self.run_dir, "admin.sock"))
+        await self._wait_started()
         log.info(
             "native data plane started",
             extra={"fields": {"haproxy_pid": self.process.pid, "grpc": self.grpc_port, "http": self.http_port}},
         )
+
+    async def _restart(self) -> None:
+        """haproxy died: a new one on the same sockets, given the whole state again."""
+        assert self.process is not None
+        log.error("haproxy exited; starting it again", extra={"fields": {"code": self.process.returncode}})
+        await self.api.close()
+        async with self._lock:
+            self.state, self.retiring, self.slots = desired.ProxyState(), {}, desired.Slots(self.base.slots)
+            self._counters.clear()
+            await self._spawn()
         await self.apply()
-        self._poller = asyncio.create_task(self._poll())
 
     async def _wait_started(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + START_SECONDS
         while True:
             if self.process.poll() is not None:
-                stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise OSError(f"haproxy exited at start ({self.process.returncode}): {stderr.strip()[-2000:]}")
+                with open(os.path.join(self.run_dir, "haproxy.log"), errors="replace") as file:
+                    stderr = file.read()[-2000:]
+                raise OSError(f"haproxy exited at start ({self.process.returncode}): {stderr.strip()}")
             with contextlib.suppress(OSError):
                 await self.api.run(["show info"])
                 return
@@ -179,8 +195,9 @@ class NativeDataPlane:
             if process.poll() is None:
                 process.kill()
             await asyncio.to_thread(process.wait)
-        if process is not None and process.stderr is not None:
-            process.stderr.close()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         for deployment_id in self._native_deployments:
@@ -224,10 +241,9 @@ class NativeDataPlane:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            if self.process is not None and self.process.poll() is not None:
-                log.error("haproxy exited", extra={"fields": {"code": self.process.returncode}})
-                return
             try:
+                if self.process is not None and self.process.poll() is not None:
+                    await self._restart()
                 rows = await self.api.stats()
                 await self._delete_drained(rows)
                 self._feed_loads(rows)
