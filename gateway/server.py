@@ -125,7 +125,7 @@ class GatewaySettings:
     data_plane: str = "python"
     # Native data plane: deployments HAProxy can route to directly (each takes one slot pair of
     # backends); one more stays on the Python path, logged once.
-    native_slots: int = 256
+    native_slots: int = 64
 
     def resolved_internal_token(self) -> str:
         if self.internal_token:

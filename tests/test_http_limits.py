@@ -193,6 +193,9 @@ async def test_the_gateway_command_takes_the_connection_cap_and_body_budget(cont
     command = [sys.executable, "-m", "slipway", "--controller", controller.address, "gateway"]
     # The fixture's controller has no keys: neither has this gateway.
     flags = ["--gateway-port", "0", "--http-port", str(http_port), "--max-http-connections", "1", "--insecure-no-auth"]
+    # The Python data plane answers a connection past the cap at once, before any request
+    # (the native one answers its first request: tests/test_native_proxy.py).
+    flags += ["--data-plane", "python"]
     flags += ["--internal-token-file", str(controller.settings.data_dir / "internal.token")]
     with open(tmp_path / "gateway.log", "wb") as log:
         flags += ["--max-buffered-request-bytes", "10", *data_plane_flags(data_plane)]

@@ -9,15 +9,21 @@ import ssl
 import aiohttp
 import grpc
 import pytest
-from conftest import Api, start_gateway, stop_or_explain, wait_until
+from conftest import Api, controller_settings, start_gateway, stop_or_explain, wait_until
+from google.protobuf import field_mask_pb2
 from pki import generate
 
+from controller.autoscaler import AutoscalerConfig
+from controller.server import Controller
 from gateway.native.proxy import find_haproxy
 from slipway import data_plane
 from slipway.tls import ServerTls
 from slipway.v1 import deployment_service_pb2 as ds
+from slipway.v1 import deployment_service_pb2_grpc as ds_grpc
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import inference_service_pb2_grpc as inf_grpc
+from slipway.v1 import model_service_pb2_grpc as ms_grpc
+from slipway.v1 import resources_pb2 as r
 
 pytestmark = pytest.mark.skipif(find_haproxy() is None, reason="haproxy is not installed (make haproxy-bin)")
 
@@ -110,3 +116,39 @@ async def test_haproxy_serves_tls_with_alpn_h2_on_both_ports(tmp_path, controlle
     finally:
         await stop_or_explain(gateway.stop(), "gateway")
     assert gateway.native.process.poll() is not None  # stopped with the gateway
+
+
+async def test_a_deployment_scaled_to_zero_wakes_through_python_then_takes_the_fast_path(tmp_path):
+    settings = controller_settings(tmp_path / "data", autoscaler=AutoscalerConfig(time_scale=0.01))
+    controller = await Controller.start(settings)
+    gateway = await start_gateway(controller, data_plane="native")
+    try:
+        async with grpc.aio.insecure_channel(controller.address) as channel:
+            api = Api(channel, ds_grpc.DeploymentServiceStub(channel), ms_grpc.ModelServiceStub(channel), tmp_path)
+            pushed = await api.push(api.package("sleepy"), target=ds.PUSH_TARGET_PUBLISHED)
+            update = r.Deployment(id=pushed.deployment.id)
+            update.autoscaling_settings.scale_down_delay = 0
+            update.autoscaling_settings.autoscaling_window = 10
+            paths = ["autoscaling_settings.scale_down_delay", "autoscaling_settings.autoscaling_window"]
+            await api.deployments.UpdateDeployment(
+                ds.UpdateDeploymentRequest(deployment=update, update_mask=field_mask_pb2.FieldMask(paths=paths))
+            )
+            await api.wait_state(pushed.deployment.id, r.DEPLOYMENT_STATE_SCALED_TO_ZERO, timeout=60)
+        load = gateway.forwarder.loads[pushed.deployment.id]
+        python_before, native_before = load.requests_total, load.native_requests
+        routed = ((data_plane.DEPLOYMENT_HEADER, pushed.deployment.id),)
+        woken = await predict(gateway.grpc_port, routed, deployment_id=pushed.deployment.id)
+        assert woken.deployment_id == pushed.deployment.id  # Python (the activator) woke it and forwarded
+        assert load.requests_total == python_before + 1
+        await wait_until(
+            lambda: gateway.native.slots.owner.get(pushed.deployment.id) is not None, what="the woken deployment's slot"
+        )
+        try:
+            await predict(gateway.grpc_port, routed, deployment_id=pushed.deployment.id)
+        except grpc.aio.AioRpcError as error:  # a replica without InferenceService (before replica-direct)
+            assert error.code() is grpc.StatusCode.UNIMPLEMENTED, error
+        assert load.requests_total == python_before + 1  # not through Python
+        await wait_until(lambda: load.native_requests > native_before, what="haproxy's request in the load")
+    finally:
+        await stop_or_explain(gateway.stop(), "gateway")
+        await stop_or_explain(controller.stop(), "controller")

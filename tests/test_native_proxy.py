@@ -3,11 +3,13 @@ haproxy, real HTTP and gRPC servers standing as replicas and as the Python gatew
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 
 import aiohttp
 import grpc
@@ -77,6 +79,7 @@ class World:
         self.http: dict[str, int] = {}
         self.grpc: dict[str, int] = {}
         self.closers: list = []
+        self.stoppers: dict[str, tuple] = {}
         self.loads: defaultdict[str, LoadMeter] = defaultdict(LoadMeter)
         self.index = RouteIndex()
         self.keys: list[rt.ApiKeyRoute] = []
@@ -88,7 +91,8 @@ class World:
         for name in ("a1", "a2", "b1", "python"):
             runner, self.http[name] = await http_server(name)
             server, self.grpc[name] = await grpc_server(name)
-            self.closers += [runner.cleanup, lambda server=server: server.stop(0)]
+            self.stoppers[name] = (runner.cleanup, lambda server=server: server.stop(0))
+            self.closers += self.stoppers[name]
         base = ProxyConfig(
             "", "", "", "", "", 4, 1000, require_keys, 30, 5, 5, 30, 60, 100, 100, connect_timeout_seconds=0.5
         )
@@ -131,13 +135,13 @@ class World:
         )
         await self.proxy.apply()
 
-    async def post(self, path: str, headers: dict | None = None, body: bytes = b"{}") -> tuple[dict, dict]:
+    async def post(self, path: str, headers: dict | None = None, body: bytes = b"{}") -> tuple[dict, Mapping[str, str]]:
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"http://127.0.0.1:{self.proxy.http_port}{path}", data=body, headers=headers) as response,
         ):
             assert response.status == 200, await response.text()
-            return await response.json(), dict(response.headers)
+            return await response.json(), response.headers.copy()
 
     async def close(self) -> None:
         await self.proxy.stop()
@@ -262,3 +266,70 @@ async def test_a_grpc_call_with_routing_metadata_reaches_a_replica_and_counts_in
                 assert json.loads(answer.payload)["token"] == f"tok-{answer.deployment_id}"
     await wait_until(lambda: world.loads["A"].native_requests >= 2, timeout=5, what="haproxy's sessions in the load")
     assert world.loads["B"].native_requests >= 1
+
+
+async def grpc_answers(world: World, metadata: tuple, count: int) -> list[inf.PredictResponse]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{world.proxy.grpc_port}") as channel:
+        predict = channel.unary_unary(PREDICT, response_deserializer=inf.PredictResponse.FromString)
+        request = inf.PredictRequest(payload=b"{}").SerializeToString()
+        return [await predict(request, metadata=metadata, timeout=5) for _ in range(count)]
+
+
+async def test_a_grpc_seat_freed_by_a_replica_serves_the_next_one_with_its_token(world: World):
+    by_a = ((data_plane.DEPLOYMENT_HEADER, "A"),)
+    assert {a.deployment_id for a in await grpc_answers(world, by_a, 10)} <= {"a1", "a2"}
+    world.replicas["A"] = ["a2"]
+    await world.publish()
+    assert {a.deployment_id for a in await grpc_answers(world, by_a, 10)} == {"a2"}
+    await wait_until(lambda: not world.proxy.retiring, timeout=5, what="a1's seat to be free")
+    world.replicas["A"] = ["a2", "b1"]  # b1 takes a1's seat: another address, another token
+    await world.publish()
+    answers = await grpc_answers(world, by_a, 20)
+    assert all(json.loads(a.payload)["token"] == f"tok-{a.deployment_id}" for a in answers)
+    assert {a.deployment_id for a in answers} <= {"a2", "b1"}
+    assert world.proxy.state.seats["g" + str(world.proxy.slots.owner["A"])]["tok-b1"] in (0, 1)
+
+
+async def test_haproxys_own_errors_keep_the_gateways_shapes(world: World):
+    for stop in world.stoppers["b1"]:
+        await stop()  # B's only replica is gone before the table says so
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{world.proxy.http_port}/model/m/deployment/B/predict",
+            data=b"{}",
+            headers={"X-Request-Id": "gone-1"},
+        ) as response,
+    ):
+        assert response.status == 503 and response.headers["x-slipway-request-id"] == "gone-1"
+        assert (await response.json())["error"]["code"] == "UNAVAILABLE"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await grpc_answers(world, ((data_plane.DEPLOYMENT_HEADER, "B"),), 1)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_connection_past_the_limit_is_refused_as_python_refuses_it(world: World):
+    held = [await asyncio.open_connection("127.0.0.1", world.proxy.http_port) for _ in range(100)]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", world.proxy.http_port)
+        writer.write(b"POST /model/m/production/predict HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+        headers = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if line)
+        body = json.loads(await reader.readexactly(int(headers["Content-Length"])))
+        assert head.startswith("HTTP/1.1 503") and body["error"]["reason"] == "TOO_MANY_CONNECTIONS"
+        assert headers["X-Slipway-Request-Id"].startswith("req-")  # the header names keep their case
+        writer.close()
+    finally:
+        for _, other in held:
+            other.close()
+
+
+async def test_a_haproxy_that_dies_is_started_again_on_the_same_ports(world: World):
+    first = world.proxy.process
+    first.kill()
+    await wait_until(lambda: world.proxy.process is not first, timeout=10, what="a new haproxy")
+
+    async def fast_again() -> bool:
+        return (await world.post("/model/m/production/predict"))[0]["by"] in ("a1", "a2")
+
+    await wait_until(fast_again, timeout=5, what="the new haproxy to be given the route table")

@@ -148,44 +148,66 @@ def test_only_valid_inference_keys_are_in_the_maps():
 
 A = Server("t-a", "127.0.0.1:1")
 B = Server("t-b", "127.0.0.1:2")
+C = Server("t-c", "127.0.0.1:3")
+
+
+def maps(**contents) -> dict[str, dict[str, str]]:
+    return {**ProxyState().maps, **{f"{name}.map": value for name, value in contents.items()}}
 
 
 @pytest.mark.parametrize(
-    ("current", "target", "retiring", "expected", "retired"),
+    ("current", "wanted", "retiring", "expected", "retired"),
     [
-        (
+        (  # a gRPC replica takes the first seat; its token goes in tokens.map
             ProxyState(),
-            ProxyState(maps={**ProxyState().maps, "grpc.map": {"/k": "0"}}, servers={"g0": {"t-a": A}}),
-            set(),
-            ["add server g0/t-a 127.0.0.1:1 proto h2", "enable server g0/t-a", "add map D/grpc.map /k 0"],
-            [],
-        ),
-        (
-            ProxyState(maps={**ProxyState().maps, "grpc.map": {"/k": "0"}}, servers={"g0": {"t-a": A}}),
-            ProxyState(maps={**ProxyState().maps, "grpc.map": {"/k": "1"}}, servers={"h1": {"t-b": B}}),
-            set(),
+            ProxyState(maps=maps(grpc={"/k": "0"}), servers={"g0": {"t-a": A}}),
+            {},
             [
-                "add server h1/t-b 127.0.0.1:2",
-                "enable server h1/t-b",
-                "set map D/grpc.map /k 1",
-                "disable server g0/t-a",
+                "set server g0/s0 addr 127.0.0.1 port 1",
+                "enable server g0/s0",
+                "add map D/grpc.map /k 0",
+                "add map D/tokens.map g0/0 t-a",
             ],
-            [("g0", "t-a")],
+            {},
         ),
-        (
-            ProxyState(maps={**ProxyState().maps, "http.map": {"/k": "0"}}),
-            ProxyState(servers={"g0": {"t-a": A}}),
-            {("g0", "t-a")},  # still draining under that name: added back once deleted
+        (  # added first, then maps, then maintenance; a draining seat is not reused
+            ProxyState(
+                maps=maps(grpc={"/k": "0"}, tokens={"g0/0": "t-a"}),
+                servers={"g0": {"t-a": A}},
+                seats={"g0": {"t-a": 0}},
+            ),
+            ProxyState(maps=maps(grpc={"/k": "0"}), servers={"g0": {"t-b": B}, "h0": {"t-c": C}}),
+            {("g0", "t-old"): 1},
+            [
+                "set server g0/s2 addr 127.0.0.1 port 2",
+                "enable server g0/s2",
+                "add server h0/t-c 127.0.0.1:3" + commands.POOL,
+                "enable server h0/t-c",
+                "add map D/tokens.map g0/2 t-b",
+                "del map D/tokens.map g0/0",
+                "disable server g0/s0",
+            ],
+            {("g0", "t-a"): 0},
+        ),
+        (  # a dynamic server still draining under that name is added back once deleted
+            ProxyState(maps=maps(http={"/k": "0"})),
+            ProxyState(servers={"h0": {"t-a": A}}),
+            {("h0", "t-a"): -1},
             ["del map D/http.map /k"],
-            [],
+            {},
         ),
     ],
 )
-def test_transitions_add_first_then_maps_then_maintenance(current, target, retiring, expected, retired):
-    assert commands.transition("D", current, target, retiring) == (expected, retired)
-    after = commands.applied(current, target, retiring)
-    assert after.maps == target.maps
-    assert commands.transition("D", after, target, retiring - {("g0", "t-a")})[1] == []
+def test_transitions(current, wanted, retiring, expected, retired):
+    target = commands.target_state(current, wanted, retiring, seats=4)
+    assert commands.transition("D", current, target) == (expected, retired)
+    assert commands.transition("D", target, commands.target_state(target, wanted, retiring, seats=4)) == ([], {})
+
+
+def test_replicas_beyond_the_seats_get_none():
+    wanted = ProxyState(servers={"g0": {"t-a": A, "t-b": B, "t-c": C}})
+    target = commands.target_state(ProxyState(), wanted, {}, seats=2)
+    assert target.seats == {"g0": {"t-a": 0, "t-b": 1}} and set(target.servers["g0"]) == {"t-a", "t-b"}
 
 
 @pytest.mark.skipif(find_haproxy() is None, reason="haproxy is not installed (make haproxy-bin)")

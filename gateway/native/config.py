@@ -40,6 +40,7 @@ class ProxyConfig:
     connect_timeout_seconds: float = 1.0
     retries: int = 2
     threads: int = 1
+    seats: int = 8  # replicas of one deployment the gRPC fast path spreads over (commands.py)
 
 
 def _ms(seconds: float) -> str:
@@ -73,6 +74,39 @@ def error_pages() -> dict[str, bytes]:
             "content-length: 0\r\n\r\n"
         ).encode()
     return pages
+
+
+# HAProxy writes HTTP/1.1 header names in lower case; these keep the case the Python gateway
+# (aiohttp) sends, for clients that compare names case-sensitively.
+HEADER_CASES = (
+    "Content-Length",
+    "Content-Type",
+    "Transfer-Encoding",
+    "Connection",
+    "Date",
+    "Server",
+    "Allow",
+    "WWW-Authenticate",
+    "Retry-After",
+    "X-Slipway-Request-Id",
+)
+
+
+def _too_many_connections(limit: int) -> str:
+    """A request on a connection beyond the HTTP connection limit: the Python gateway's 503."""
+    body = json.dumps(
+        {
+            "error": {
+                "code": "UNAVAILABLE",
+                "reason": "TOO_MANY_CONNECTIONS",
+                "message": f"the gateway already has {limit} open HTTP connections, its limit; retry later",
+            }
+        }
+    )
+    return (
+        f"http-request return status 503 content-type application/json string '{body}' "
+        f"hdr connection close if {{ fe_conn gt {limit} }}"
+    )
 
 
 def _request_id_rules() -> list[str]:
@@ -129,11 +163,15 @@ def render(config: ProxyConfig) -> str:
         f"  stats socket {d}/admin.sock mode 600 level admin",
         "  stats timeout 1h",
         "  tune.bufsize 32768",
+        *(f"  h1-case-adjust {name.lower()} {name}" for name in HEADER_CASES),
         "  tune.http.maxhdr 128",
         "",
         "defaults",
         "  mode http",
         "  option http-keep-alive",
+        # Connections to replicas (and to the Python gateway) are shared by all requests: an h2
+        # stream is a new HAProxy stream, which `safe` would send on a connection of its own.
+        "  http-reuse always",
         f"  timeout connect {_ms(config.connect_timeout_seconds)}",
         f"  timeout server {_ms(config.request_timeout_seconds)}",
         f"  timeout tunnel {_ms(config.request_timeout_seconds)}",
@@ -142,7 +180,7 @@ def render(config: ProxyConfig) -> str:
         f"  timeout client {_ms(config.http_idle_seconds)}",
         "  timeout queue 1s",
         f"  retries {config.retries}",
-        "  retry-on conn-failure empty-response",
+        "  retry-on conn-failure",  # only a request that never reached a replica is sent again
         "  option redispatch 1",
         "",
         "http-errors slipway_http",
@@ -174,9 +212,13 @@ def render(config: ProxyConfig) -> str:
         "",
         "frontend http_in",
         f"  bind {config.http_bind}{tls}",
-        f"  maxconn {config.max_http_connections}",
+        # Past the limit, a connection's request is refused as Python does (HAProxy queues
+        # connections beyond maxconn in the listen backlog rather than answering them).
+        f"  maxconn {config.max_http_connections + 64}",
+        "  option h1-case-adjust-bogus-client",
         "  errorfiles slipway_http",
         *("  " + rule for rule in _request_id_rules()),
+        "  " + _too_many_connections(config.max_http_connections),
         "  acl predict method POST",
         f"  acl predict_path path_reg {HTTP_PREDICT_PATH}",
         "  acl one_length req.hdr_cnt(content-length) eq 1",
@@ -199,13 +241,44 @@ def render(config: ProxyConfig) -> str:
         "",
     ]
     for slot in range(config.slots):
-        for prefix, extra in (("g", []), ("h", [f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}"])):
-            lines += [
-                f"backend {prefix}{slot}",
-                "  balance leastconn",
-                "  http-send-name-header x-slipway-replica-token",
-                "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
-                *extra,
-                "",
-            ]
+        lines += _grpc_backend(f"g{slot}", config.seats, d)
+        lines += [
+            f"backend h{slot}",
+            "  balance leastconn",
+            "  http-send-name-header x-slipway-replica-token",
+            "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+            f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _grpc_backend(name: str, seats: int, run_dir: str) -> list[str]:
+    """Seats s0..s<seats-1>, in maintenance until a replica takes one; each request goes to the
+    seat in service with the fewest sessions (leastconn, computed here so that the seat — and so
+    the replica's token — is known before the request leaves). No redispatch: a retry elsewhere
+    would carry the wrong token; a replica leaves the table before it stops (the ACK)."""
+    lines = [
+        f"backend {name}",
+        "  balance leastconn",
+        "  no option redispatch",
+        "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+        "  http-request set-var(txn.seat) int(-1)",
+        "  http-request set-var(txn.least) int(2147483647)",
+    ]
+    for seat in range(seats):
+        server = f"{name}/s{seat}"
+        up = f"{{ srv_is_up({server}) }}"
+        lines += [
+            f"  http-request set-var(txn.diff) srv_conn({server}),sub(txn.least) if {up}",
+            f"  http-request set-var(txn.seat) int({seat}) if {up} {{ var(txn.diff) -m int lt 0 }}",
+            f"  http-request set-var(txn.least) srv_conn({server}) if {up} {{ var(txn.diff) -m int lt 0 }}",
+        ]
+    lines += [
+        f'  http-request set-var-fmt(txn.seatkey) "{name}/%[var(txn.seat)]"',
+        f"  http-request set-header x-slipway-replica-token %[var(txn.seatkey),map_str({run_dir}/{desired.TOKENS},-)]",
+        *(f"  use-server s{seat} if {{ var(txn.seat) -m int {seat} }}" for seat in range(seats)),
+        *(f"  server s{seat} 127.0.0.1:1 proto h2 disabled" for seat in range(seats)),
+        "",
+    ]
+    return lines

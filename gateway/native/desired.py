@@ -15,6 +15,7 @@ goes to the Python gateway, which waits, wakes, or refuses exactly as it does al
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -34,7 +35,8 @@ SPLIT = "split.map"  # key → buckets (of traffic_split.BUCKETS) the first depl
 MODEL = "model.map"  # key → model ID (for keys limited to some models)
 KEYS = "keys.map"  # sha256 hex of a valid inference key → "all" or "some" (limited to models)
 KEY_MODELS = "keymodels.map"  # "<sha256 hex>/<model ID>" → "1"
-MAPS = (GRPC, GRPC_ALT, HTTP, HTTP_ALT, SPLIT, MODEL, KEYS, KEY_MODELS)
+TOKENS = "tokens.map"  # "g<N>/<seat>" → the token of the replica in that seat (commands.py)
+MAPS = (GRPC, GRPC_ALT, HTTP, HTTP_ALT, SPLIT, MODEL, KEYS, KEY_MODELS, TOKENS)
 NO_SLOT = "-"  # a map value (the default) sending the request to the Python gateway
 INFERENCE_SCOPES = frozenset({Scope.ADMIN, Scope.DEPLOY, Scope.INFERENCE})
 # Characters a server name, map key or map value may hold on the runtime API (one line,
@@ -53,8 +55,10 @@ class ProxyState:
     """Everything the runtime API changes: map contents and the servers of each backend."""
 
     maps: dict[str, dict[str, str]] = field(default_factory=lambda: {name: {} for name in MAPS})
-    # backend name (g<N>, h<N>) → server name → server
+    # backend name (g<N>, h<N>) → server name (the replica's token) → server
     servers: dict[str, dict[str, Server]] = field(default_factory=dict)
+    # g<N> → token → seat: the gRPC backends' servers are pre-declared seats s0..s<K-1> (commands.py)
+    seats: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,15 +96,30 @@ def servable(deployment: rt.DeploymentRoute) -> bool:
     return deployment.active and not (deployment.state in FAILED_STATES and not deployment.endpoints)
 
 
+def ip_address(address: str) -> tuple[str, int] | None:
+    """(ip, port) of `host:port` when the host is an IP literal (HAProxy resolves no names at run time)."""
+    host, _, port = address.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        number = int(port)
+    except ValueError:
+        return None
+    return (host.strip("[]"), number) if 0 < number < 65536 else None
+
+
 def grpc_servers(deployment: rt.DeploymentRoute) -> dict[str, Server]:
-    return {e.token: Server(e.token, e.address) for e in deployment.endpoints if SAFE.fullmatch(e.token) and e.address}
+    return {
+        e.token: Server(e.token, e.address)
+        for e in deployment.endpoints
+        if SAFE.fullmatch(e.token) and ip_address(e.address)
+    }
 
 
 def http_servers(deployment: rt.DeploymentRoute) -> dict[str, Server]:
     return {
         e.token: Server(e.token, e.http_address)
         for e in deployment.endpoints
-        if SAFE.fullmatch(e.token) and e.http_address
+        if SAFE.fullmatch(e.token) and ip_address(e.http_address)
     }
 
 

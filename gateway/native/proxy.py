@@ -83,7 +83,7 @@ class NativeDataPlane:
         self.grace = shutdown_grace_seconds
         self.slots = desired.Slots(base.slots)
         self.state = desired.ProxyState()
-        self.retiring: set[tuple[str, str]] = set()
+        self.retiring: dict[tuple[str, str], int] = {}  # commands.Retiring
         self.next_expiry = math.inf
         self.run_dir = ""
         self.api: RuntimeApi
@@ -93,6 +93,7 @@ class NativeDataPlane:
         self._counters: dict[str, BackendCounters] = {}
         self._native_deployments: set[str] = set()
         self.grpc_port = self.http_port = 0
+        self._sockets: list[socket.socket] = []
 
     # -- process ---------------------------------------------------------------------------
 
@@ -111,51 +112,66 @@ class NativeDataPlane:
         for name, page in config.error_pages().items():
             with open(os.path.join(self.run_dir, name), "wb") as file:
                 file.write(page)
-        sockets = [_listen(self._host, self._grpc_port), _listen(self._host, self._http_port)]
+        # Kept open while the gateway runs: a haproxy that dies is started again on the same
+        # sockets (connections wait in the backlog meanwhile).
+        self._sockets = [_listen(self._host, self._grpc_port), _listen(self._host, self._http_port)]
+        self.grpc_port, self.http_port = (s.getsockname()[1] for s in self._sockets)
+        cfg = replace(
+            self.base,
+            run_dir=self.run_dir,
+            grpc_bind=f"fd@{self._sockets[0].fileno()}",
+            http_bind=f"fd@{self._sockets[1].fileno()}",
+            python_grpc=f"127.0.0.1:{python_grpc_port}",
+            python_http=f"127.0.0.1:{python_http_port}",
+            tls_pem=tls_path,
+        )
+        with open(os.path.join(self.run_dir, "haproxy.cfg"), "w") as file:
+            file.write(config.render(cfg))
         try:
-            self.grpc_port, self.http_port = (s.getsockname()[1] for s in sockets)
-            cfg = replace(
-                self.base,
-                run_dir=self.run_dir,
-                grpc_bind=f"fd@{sockets[0].fileno()}",
-                http_bind=f"fd@{sockets[1].fileno()}",
-                python_grpc=f"127.0.0.1:{python_grpc_port}",
-                python_http=f"127.0.0.1:{python_http_port}",
-                tls_pem=tls_path,
-            )
-            path = os.path.join(self.run_dir, "haproxy.cfg")
-            with open(path, "w") as file:
-                file.write(config.render(cfg))
-            self.process = subprocess.Popen(
-                [self.haproxy, "-f", path, "-db"],
-                pass_fds=[s.fileno() for s in sockets],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent,
-            )
-            self.api = RuntimeApi(os.path.join(self.run_dir, "admin.sock"))
-            await self._wait_started()
+            await self._spawn()
         except BaseException:
             await self.stop()
             raise
-        finally:
-            for s in sockets:
-                s.close()
+        await self.apply()
+        self._poller = asyncio.create_task(self._poll())
+
+    async def _spawn(self) -> None:
+        """Start haproxy (quiet: only alerts, into haproxy.log of the run dir) and wait for its API."""
+        with open(os.path.join(self.run_dir, "haproxy.log"), "ab") as errors:
+            self.process = subprocess.Popen(
+                [self.haproxy, "-f", os.path.join(self.run_dir, "haproxy.cfg"), "-db", "-q"],
+                pass_fds=[s.fileno() for s in self._sockets],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                preexec_fn=_die_with_parent,
+            )
+        self.api = RuntimeApi(os.path.join(self.run_dir, "admin.sock"))
+        await self._wait_started()
         log.info(
             "native data plane started",
             extra={"fields": {"haproxy_pid": self.process.pid, "grpc": self.grpc_port, "http": self.http_port}},
         )
+
+    async def _restart(self) -> None:
+        """haproxy died: a new one on the same sockets, given the whole state again."""
+        assert self.process is not None
+        log.error("haproxy exited; starting it again", extra={"fields": {"code": self.process.returncode}})
+        await self.api.close()
+        async with self._lock:
+            self.state, self.retiring, self.slots = desired.ProxyState(), {}, desired.Slots(self.base.slots)
+            self._counters.clear()
+            await self._spawn()
         await self.apply()
-        self._poller = asyncio.create_task(self._poll())
 
     async def _wait_started(self) -> None:
         assert self.process is not None
         deadline = time.monotonic() + START_SECONDS
         while True:
             if self.process.poll() is not None:
-                stderr = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise OSError(f"haproxy exited at start ({self.process.returncode}): {stderr.strip()[-2000:]}")
+                with open(os.path.join(self.run_dir, "haproxy.log"), errors="replace") as file:
+                    stderr = file.read()[-2000:]
+                raise OSError(f"haproxy exited at start ({self.process.returncode}): {stderr.strip()}")
             with contextlib.suppress(OSError):
                 await self.api.run(["show info"])
                 return
@@ -179,8 +195,9 @@ class NativeDataPlane:
             if process.poll() is None:
                 process.kill()
             await asyncio.to_thread(process.wait)
-        if process is not None and process.stderr is not None:
-            process.stderr.close()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         for deployment_id in self._native_deployments:
@@ -190,60 +207,70 @@ class NativeDataPlane:
     # -- tables ----------------------------------------------------------------------------
 
     async def apply(self) -> None:
-        """Bring HAProxy to the current route table (and key expiries); see the module docstring."""
+        """Bring HAProxy to the current route table (and key expiries); see the module docstring.
+        Never raises (the route follower awaits it): a failure is logged, and the next table or
+        poll applies the state again."""
         if self.process is None or not self.run_dir:
             return
         async with self._lock:
-            busy = {slot: False for slot in range(self.slots.count)}
-            for backend, servers in self.state.servers.items():
-                if servers:
-                    busy[int(backend[1:])] = True
-            for backend, _ in self.retiring:
-                busy[int(backend[1:])] = True
-            target, unplaced, self.next_expiry = desired.desired_state(
-                self._index(), time.time(), self.slots, busy, self.base.require_keys
-            )
-            for deployment_id in unplaced:
-                log.warning(
-                    "no free native slot: the deployment stays on the Python data plane",
-                    extra={"fields": {"deployment_id": deployment_id, "slots": self.slots.count}},
-                )
-            lines, retired = commands.transition(self.run_dir, self.state, target, self.retiring)
             try:
-                await self.api.apply(lines)
-            except Exception as error:  # noqa: BLE001 (logged; the next table or poll retries)
+                await self._apply()
+            except Exception as error:  # noqa: BLE001
                 log.error("haproxy refused a route change", extra={"fields": {"error": str(error)}})
-            self.state = commands.applied(self.state, target, self.retiring)
-            self.retiring.update(retired)
+
+    async def _apply(self) -> None:
+        busy = {slot: False for slot in range(self.slots.count)}
+        for backend in [*(b for b, servers in self.state.servers.items() if servers), *(b for b, _ in self.retiring)]:
+            busy[int(backend[1:])] = True
+        wanted, unplaced, self.next_expiry = desired.desired_state(
+            self._index(), time.time(), self.slots, busy, self.base.require_keys
+        )
+        for deployment_id in unplaced:
+            log.warning(
+                "no free native slot: the deployment stays on the Python data plane",
+                extra={"fields": {"deployment_id": deployment_id, "slots": self.slots.count}},
+            )
+        target = commands.target_state(self.state, wanted, self.retiring, self.base.seats)
+        lines, retired = commands.transition(self.run_dir, self.state, target)
+        self.state = target
+        self.retiring.update(retired)
+        await self.api.apply(lines)
 
     # -- polling ---------------------------------------------------------------------------
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(POLL_SECONDS)
-            if self.process is not None and self.process.poll() is not None:
-                log.error("haproxy exited", extra={"fields": {"code": self.process.returncode}})
-                return
             try:
+                if self.process is not None and self.process.poll() is not None:
+                    await self._restart()
                 rows = await self.api.stats()
                 await self._delete_drained(rows)
                 self._feed_loads(rows)
                 if time.time() >= self.next_expiry:
                     await self.apply()
-            except (OSError, asyncio.IncompleteReadError) as error:
+            except Exception as error:  # noqa: BLE001 (the poller must outlive a bad answer)
                 log.warning("haproxy stats unavailable", extra={"fields": {"error": str(error)}})
 
     async def _delete_drained(self, rows: list[dict[str, str]]) -> None:
         """Servers in maintenance with no session left are deleted (their slot can be reused)."""
         sessions = {(r["pxname"], r["svname"]): int(r.get("scur") or 0) for r in rows}
-        drained = [key for key in self.retiring if sessions.get(key, 0) == 0]
+        drained = [
+            (key, seat)
+            for key, seat in self.retiring.items()
+            if sessions.get((key[0], key[1] if seat < 0 else f"s{seat}"), 0) == 0
+        ]
         if not drained:
             return
+        dynamic = [key for key, seat in drained if seat < 0]
+        for key, seat in drained:
+            if seat >= 0:  # a seat is free again
+                del self.retiring[key]
         async with self._lock:
-            answers = await self.api.run([f"del server {backend}/{name}" for backend, name in drained])
-        for key, answer in zip(drained, answers, strict=True):
+            answers = await self.api.run([f"del server {backend}/{name}" for backend, name in dynamic])
+        for key, answer in zip(dynamic, answers, strict=True):
             if succeeded("del server", answer) or "No such server" in answer:
-                self.retiring.discard(key)
+                del self.retiring[key]
         await self.apply()  # a replaced server (same token) comes back; freed slots are reusable
 
     def _feed_loads(self, rows: list[dict[str, str]]) -> None:
