@@ -45,11 +45,11 @@ TARGET_COLD_P50_MS = 45.0  # today's cold start from zero (bench/cold_start.py),
 
 
 def haproxy_binary() -> str | None:
-    """The HAProxy the native plane runs: $SLIPWAY_HAPROXY, else haproxy on PATH (or /usr/sbin)."""
+    """The HAProxy the native plane runs: $SLIPWAY_HAPROXY, else haproxy on PATH."""
     configured = os.environ.get("SLIPWAY_HAPROXY")
     if configured:
         return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    return shutil.which("haproxy")
 
 
 def native_unavailable() -> str | None:
