@@ -45,11 +45,11 @@ TARGET_COLD_P50_MS = 45.0  # today's cold start from zero (bench/cold_start.py),
 
 
 def haproxy_binary() -> str | None:
-    """The HAProxy the native plane runs: $SLIPWAY_HAPROXY, else haproxy on PATH (or /usr/sbin)."""
+    """The HAProxy the native plane runs: $SLIPWAY_HAPROXY, else haproxy on PATH."""
     configured = os.environ.get("SLIPWAY_HAPROXY")
     if configured:
         return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+    return shutil.which("haproxy")
 
 
 def native_unavailable() -> str | None:
@@ -315,7 +315,7 @@ def summary(runs: list[Run], planes: list[str], cold: dict[str, list[float]], co
         f"from zero no slower than today's (~{TARGET_COLD_P50_MS:.0f} ms p50). The HTTP rows compare with direct "
         "gRPC Invoke too (the replica's own HTTP route is not measured here). Proxy CPU = every process of the "
         "path: the Python gateway (and its workers); on the native plane HAProxy's processes and the Python "
-        "gateway behind them, split here:"
+        "gateway behind them" + (", split here:" if data_plane.NATIVE in planes else ".")
     )
     for plane in planes:
         if plane == data_plane.PYTHON:

@@ -1,30 +1,32 @@
-"""Data-plane benchmark: the gateway's cost over calling a replica directly.
+"""Data-plane benchmark: each gateway data plane's cost over calling a replica directly.
 
-    .venv/bin/python bench/gateway.py            # full run (~2 minutes on 2 cores)
-    .venv/bin/python bench/gateway.py --quick    # small counts, a smoke run (~20 s)
+    .venv/bin/python bench/gateway.py                      # full run (~4 minutes on 2 cores)
+    .venv/bin/python bench/gateway.py --quick              # small counts, a smoke run (~40 s)
+    .venv/bin/python bench/gateway.py --data-plane python  # one plane: python or native (default all)
 
 Needs h2load (`make bench-deps` installs the nghttp2-client package). It starts its own
-controller and gateway on free 127.0.0.1 ports with a temporary data directory, pushes
-a copy of examples/echo with runtime.predict_concurrency 64 as production (one
-replica), and drives three paths with h2load, the load generator (not Python):
+controller and one gateway per data plane (slipway/data_plane.py; native where this tree
+and machine can run it) on free 127.0.0.1 ports with a temporary data directory, pushes
+a copy of examples/echo with runtime.predict_concurrency 64 as production (one pinned
+replica), and drives with h2load, the load generator (not Python):
 
 1. direct to the replica: gRPC slipway.v1.ReplicaService/Invoke; and the replica's own
    routes the native data plane forwards to (replica/direct.py): HTTP/1.1 POST /predict
    and gRPC slipway.v1.InferenceService/Predict;
-2. through the gateway over gRPC: slipway.v1.InferenceService/Predict by model ID;
-3. through the gateway over HTTP/1.1: POST /model/{id}/production/predict (JSON).
+2. through each plane over gRPC: slipway.v1.InferenceService/Predict by model ID, with
+   the routing metadata the SDK sends (the native plane routes by it);
+3. through each plane over HTTP/1.1: POST /model/{id}/production/predict (JSON);
 
-Paths 2 and 3 run through two gateways following the same controller: one with its
-Prometheus metrics (the default) and one started with --no-metrics, measured in turns
-(on, off, off, on, ... `--repeats` pairs) so that drift on a shared machine falls on both;
-the report gives the throughput and the p50 of each with metrics on against off.
+each at concurrency 1 and 32 (one stream per connection), a warm-up then a fixed request
+count, the planes in turns (`--repeats`). Then 32 concurrent 100-chunk gRPC streams
+(examples/stream) direct and through each plane, and cold starts from zero through each
+plane. Latency percentiles come from h2load's --log-file (per request), req/s from its
+summary. CPU per request is read from /proc/PID/stat (utime+stime) of the proxy (the
+Python gateway; on the native plane HAProxy's processes and the Python gateway) and the
+replica around each measured run. `--metrics-cost` adds a python gateway with
+--no-metrics, in turns with the others: what the metrics cost.
 
-Each at concurrency 1 and 32 (one stream per connection), a warm-up then a fixed
-request count. Latency percentiles come from h2load's --log-file (per request),
-req/s from its summary. CPU per request is read from /proc/PID/stat (utime+stime) of
-the gateway and the replica around each measured run.
-
-It prints figures only; nothing here asserts on timing.
+It prints figures, beside issue 17's targets; nothing here asserts on timing.
 """
 
 from __future__ import annotations
