@@ -144,7 +144,8 @@ class World:
             return await response.json(), response.headers.copy()
 
     async def close(self) -> None:
-        await self.proxy.stop()
+        if hasattr(self, "proxy"):
+            await self.proxy.stop()
         for close in self.closers:
             await close()
 
@@ -152,9 +153,11 @@ class World:
 @pytest.fixture
 async def world(request):
     world = World()
-    await world.start(require_keys=getattr(request, "param", False))
-    yield world
-    await world.close()
+    try:
+        await world.start(require_keys=getattr(request, "param", False))
+        yield world
+    finally:
+        await world.close()
 
 
 def key_route(key_id: str, key: str, **fields) -> rt.ApiKeyRoute:

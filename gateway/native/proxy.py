@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import math
 import os
@@ -36,7 +35,6 @@ HAPROXY_ENV = "SLIPWAY_HAPROXY"
 POLL_SECONDS = 0.1
 START_SECONDS = 10.0
 SLOT_BACKEND = re.compile(r"[gh](\d+)")
-PR_SET_PDEATHSIG = 1
 
 
 def find_haproxy() -> str | None:
@@ -47,12 +45,12 @@ def find_haproxy() -> str | None:
     return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 
 
-def _die_with_parent() -> None:  # pragma: no cover (runs in the child, before exec)
-    """haproxy gets SIGKILL when the gateway process dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
-        os._exit(1)
+def _die_with_parent(command: list[str]) -> list[str]:
+    """`command` run so that it gets SIGKILL when the gateway process dies, however it dies
+    (PR_SET_PDEATHSIG, through util-linux's setpriv: a preexec_fn would run Python in the forked
+    child of a process with gRPC's threads, which can abort it)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *command] if setpriv else command
 
 
 @dataclass
@@ -139,12 +137,11 @@ class NativeDataPlane:
         """Start haproxy (quiet: only alerts, into haproxy.log of the run dir) and wait for its API."""
         with open(os.path.join(self.run_dir, "haproxy.log"), "ab") as errors:
             self.process = subprocess.Popen(
-                [self.haproxy, "-f", os.path.join(self.run_dir, "haproxy.cfg"), "-db", "-q"],
+                _die_with_parent([self.haproxy, "-f", os.path.join(self.run_dir, "haproxy.cfg"), "-db", "-q"]),
                 pass_fds=[s.fileno() for s in self._sockets],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
-                preexec_fn=_die_with_parent,
             )
         self.api = RuntimeApi(os.path.join(self.run_dir, "admin.sock"))
         await self._wait_started()
