@@ -193,6 +193,9 @@ def render(config: ProxyConfig) -> str:
         f"  bind {config.grpc_bind}{tls}{' alpn h2' if tls else ''} proto h2",
         f"  maxconn {config.max_grpc_connections}",
         f"  timeout client {_ms(max(config.grpc_idle_seconds, config.request_timeout_seconds))}",
+        # An h2 connection with no stream open is closed (GOAWAY) after the gRPC idle time, as
+        # the Python gateway's max_connection_idle does (HAProxy 2.6 applies it to idle h2 connections).
+        f"  timeout http-keep-alive {_ms(config.grpc_idle_seconds)}",
         "  errorfiles slipway_grpc",
         *("  " + rule for rule in _request_id_rules()),
         f"  acl predict path {' '.join(PREDICT_METHODS)}",
