@@ -47,6 +47,14 @@ TLS_HINTS = (
         True,
         "the server does not serve TLS: drop --tls-ca, or start it with --tls-cert and --tls-key",
     ),
+    # A server that speaks no TLS but closes the connection rather than answering in plain text
+    # (HAProxy on the native data plane): the handshake ends with no byte from the server.
+    (
+        "Handshake read failed (Socket closed)",
+        True,
+        "the server closed the connection during the TLS handshake: the server does not serve TLS"
+        " (or drops this client): drop --tls-ca, or start it with --tls-cert and --tls-key",
+    ),
     ("not in peer certificate", True, "the server's certificate does not name the host in the address called"),
     ("Socket closed", False, "if the server serves TLS, pass its CA certificate with --tls-ca / SLIPWAY_TLS_CA"),
 )

@@ -306,6 +306,10 @@ async def test_haproxys_own_errors_keep_the_gateways_shapes(world: World):
     ):
         assert response.status == 503 and response.headers["x-slipway-request-id"] == "gone-1"
         assert (await response.json())["error"]["code"] == "UNAVAILABLE"
+    # A gRPC call its seat cannot take goes to the Python gateway (which routes it again) ...
+    (answer,) = await grpc_answers(world, ((data_plane.DEPLOYMENT_HEADER, "B"),), 1)
+    assert answer.deployment_id == "python"
+    await world.stoppers["python"][1]()  # ... and with none there either, HAProxy's own UNAVAILABLE
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await grpc_answers(world, ((data_plane.DEPLOYMENT_HEADER, "B"),), 1)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE

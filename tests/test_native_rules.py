@@ -162,15 +162,16 @@ def maps(**contents) -> dict[str, dict[str, str]]:
             ProxyState(),
             ProxyState(maps=maps(grpc={"/k": "0"}), servers={"g0": {"t-a": A}}),
             {},
-            [
+            [  # the seat is enabled only once it has both its address and its token
                 "set server g0/s0 addr 127.0.0.1 port 1",
+                "add map D/tokens.map g0/0 t-a",
                 "enable server g0/s0",
                 "add map D/grpc.map /k 0",
-                "add map D/tokens.map g0/0 t-a",
             ],
             {},
         ),
-        (  # added first, then maps, then maintenance; a draining seat is not reused
+        (  # added first, then maps, then maintenance (a leaving seat's token after it); a
+            # draining seat is not reused
             ProxyState(
                 maps=maps(grpc={"/k": "0"}, tokens={"g0/0": "t-a"}),
                 servers={"g0": {"t-a": A}},
@@ -180,12 +181,12 @@ def maps(**contents) -> dict[str, dict[str, str]]:
             {("g0", "t-old"): 1},
             [
                 "set server g0/s2 addr 127.0.0.1 port 2",
-                "enable server g0/s2",
                 "add server h0/t-c 127.0.0.1:3" + commands.POOL,
                 "enable server h0/t-c",
                 "add map D/tokens.map g0/2 t-b",
-                "del map D/tokens.map g0/0",
+                "enable server g0/s2",
                 "disable server g0/s0",
+                "del map D/tokens.map g0/0",
             ],
             {("g0", "t-a"): 0},
         ),

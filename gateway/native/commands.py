@@ -29,11 +29,16 @@ def seated(backend: str) -> bool:
     return backend.startswith("g")
 
 
-def map_commands(map_dir: str, current: Mapping[str, Mapping[str, str]], desired: Mapping[str, Mapping[str, str]]):
-    """(additions and changes, removals) for every map."""
+def map_commands(
+    map_dir: str,
+    current: Mapping[str, Mapping[str, str]],
+    desired: Mapping[str, Mapping[str, str]],
+    names: tuple[str, ...] = MAPS,
+):
+    """(additions and changes, removals) for the maps `names` (every map by default)."""
     changes: list[str] = []
     removals: list[str] = []
-    for name in MAPS:
+    for name in names:
         path = f"{map_dir}/{name}"
         before, after = current.get(name, {}), desired.get(name, {})
         for key, value in after.items():
@@ -100,6 +105,10 @@ def transition(map_dir: str, current: ProxyState, target: ProxyState) -> tuple[l
     maintenance (→ seat, or -1), to free once they have no sessions."""
     commands: list[str] = []
     retired: dict[tuple[str, str], int] = {}
+    # A seat never pairs an address with another replica's token, even for one request: it is
+    # in maintenance (freed seats are) while its address and its tokens.map entry change, and
+    # enabled only after both; a retiring seat's entry goes only after its `disable`.
+    enables: list[str] = []
     for backend, servers in target.servers.items():
         present = current.servers.get(backend, {})
         for name, server in servers.items():
@@ -111,12 +120,14 @@ def transition(map_dir: str, current: ProxyState, target: ProxyState) -> tuple[l
                 seat = target.seats[backend][name]
                 host, port = ip_address(server.address) or ("", 0)
                 commands.append(f"set server {backend}/s{seat} addr {host} port {port}")
-                commands.append(f"enable server {backend}/s{seat}")
+                enables.append(f"enable server {backend}/s{seat}")
             else:
                 commands.append(f"add server {backend}/{name} {server.address}{POOL}")
                 commands.append(f"enable server {backend}/{name}")
-    changes, removals = map_commands(map_dir, current.maps, target.maps)
-    commands += changes + removals
+    routes = tuple(name for name in MAPS if name != TOKENS)
+    token_changes, token_removals = map_commands(map_dir, current.maps, target.maps, (TOKENS,))
+    changes, removals = map_commands(map_dir, current.maps, target.maps, routes)
+    commands += token_changes + enables + changes + removals
     for backend, servers in current.servers.items():
         wanted = target.servers.get(backend, {})
         for name, server in servers.items():
@@ -128,4 +139,4 @@ def transition(map_dir: str, current: ProxyState, target: ProxyState) -> tuple[l
             elif wanted.get(name) != server:
                 commands.append(f"disable server {backend}/{name}")
                 retired[(backend, name)] = -1
-    return commands, retired
+    return commands + token_removals, retired

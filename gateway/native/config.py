@@ -193,6 +193,9 @@ def render(config: ProxyConfig) -> str:
         f"  bind {config.grpc_bind}{tls}{' alpn h2' if tls else ''} proto h2",
         f"  maxconn {config.max_grpc_connections}",
         f"  timeout client {_ms(max(config.grpc_idle_seconds, config.request_timeout_seconds))}",
+        # An h2 connection with no stream open is closed (GOAWAY) after the gRPC idle time, as
+        # the Python gateway's max_connection_idle does (HAProxy 2.6 applies it to idle h2 connections).
+        f"  timeout http-keep-alive {_ms(config.grpc_idle_seconds)}",
         "  errorfiles slipway_grpc",
         *("  " + rule for rule in _request_id_rules()),
         f"  acl predict path {' '.join(PREDICT_METHODS)}",
@@ -241,7 +244,7 @@ def render(config: ProxyConfig) -> str:
         "",
     ]
     for slot in range(config.slots):
-        lines += _grpc_backend(f"g{slot}", config.seats, d)
+        lines += _grpc_backend(f"g{slot}", config.seats, d, config.python_grpc)
         lines += [
             f"backend h{slot}",
             "  balance leastconn",
@@ -253,15 +256,24 @@ def render(config: ProxyConfig) -> str:
     return "\n".join(lines)
 
 
-def _grpc_backend(name: str, seats: int, run_dir: str) -> list[str]:
+def _grpc_backend(name: str, seats: int, run_dir: str, python_grpc: str) -> list[str]:
     """Seats s0..s<seats-1>, in maintenance until a replica takes one; each request goes to the
     seat in service with the fewest sessions (leastconn, computed here so that the seat — and so
-    the replica's token — is known before the request leaves). No redispatch: a retry elsewhere
-    would carry the wrong token; a replica leaves the table before it stops (the ACK)."""
+    the replica's token — is known before the request leaves).
+
+    The seats have weight 0: HAProxy's own balancing never picks one (it would pair a seat with
+    another seat's token), only `use-server` does. A request it cannot send to its seat — the
+    seat went into maintenance after the choice, or the replica refused the connection (killed)
+    — is redispatched at once to the backup server, the Python gateway, which routes it again
+    (such a request never reached a replica)."""
     lines = [
         f"backend {name}",
         "  balance leastconn",
-        "  no option redispatch",
+        "  option redispatch 1",
+        # Also a stream the replica's connection lost before any answer (HAProxy 2.6 knows no
+        # REFUSED_STREAM kind): sent on a connection to a replica just killed, or refused by
+        # one stopping; the Python gateway retries such a call on another replica just so.
+        "  retry-on conn-failure empty-response",
         "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
         "  http-request set-var(txn.seat) int(-1)",
         "  http-request set-var(txn.least) int(2147483647)",
@@ -278,7 +290,8 @@ def _grpc_backend(name: str, seats: int, run_dir: str) -> list[str]:
         f'  http-request set-var-fmt(txn.seatkey) "{name}/%[var(txn.seat)]"',
         f"  http-request set-header x-slipway-replica-token %[var(txn.seatkey),map_str({run_dir}/{desired.TOKENS},-)]",
         *(f"  use-server s{seat} if {{ var(txn.seat) -m int {seat} }}" for seat in range(seats)),
-        *(f"  server s{seat} 127.0.0.1:1 proto h2 disabled" for seat in range(seats)),
+        *(f"  server s{seat} 127.0.0.1:1 proto h2 disabled weight 0" for seat in range(seats)),
+        f"  server python {python_grpc} proto h2 backup",
         "",
     ]
     return lines

@@ -311,6 +311,10 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(1024)
         sock.set_inheritable(True)
+    except OSError as error:
+        sock.close()
+        # The Python plane's error (grpc's server.add_*_port raises this RuntimeError).
+        raise RuntimeError(f"Failed to bind to address {host}:{port}: {error.strerror}") from None
     except BaseException:
         sock.close()
         raise
