@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gateway.native import desired
+from gateway.native import access_log, desired
 from slipway import data_plane
 from slipway.request_ids import MAX_REQUEST_ID_CHARS
 
@@ -162,6 +162,7 @@ def render(config: ProxyConfig) -> str:
         f"  maxconn {config.max_http_connections + config.max_grpc_connections + 64}",
         f"  stats socket {d}/admin.sock mode 600 level admin",
         "  stats timeout 1h",
+        *access_log.global_lines(d),
         "  tune.bufsize 32768",
         *(f"  h1-case-adjust {name.lower()} {name}" for name in HEADER_CASES),
         "  tune.http.maxhdr 128",
@@ -194,6 +195,7 @@ def render(config: ProxyConfig) -> str:
         f"  maxconn {config.max_grpc_connections}",
         f"  timeout client {_ms(max(config.grpc_idle_seconds, config.request_timeout_seconds))}",
         "  errorfiles slipway_grpc",
+        *access_log.frontend_lines(),
         *("  " + rule for rule in _request_id_rules()),
         f"  acl predict path {' '.join(PREDICT_METHODS)}",
         f"  acl by_deployment req.fhdr({deployment_header}) -m len gt 0",
@@ -217,6 +219,7 @@ def render(config: ProxyConfig) -> str:
         f"  maxconn {config.max_http_connections + 64}",
         "  option h1-case-adjust-bogus-client",
         "  errorfiles slipway_http",
+        *access_log.frontend_lines(),
         *("  " + rule for rule in _request_id_rules()),
         "  " + _too_many_connections(config.max_http_connections),
         "  acl predict method POST",
@@ -233,10 +236,12 @@ def render(config: ProxyConfig) -> str:
         "",
         "backend py_grpc",
         f"  timeout server {_ms(config.python_timeout_seconds)}",
+        *access_log.python_backend_lines(),
         f"  server python {config.python_grpc} proto h2",
         "",
         "backend py_http",
         f"  timeout server {_ms(config.python_timeout_seconds)}",
+        *access_log.python_backend_lines(),
         f"  server python {config.python_http}",
         "",
     ]
@@ -248,6 +253,7 @@ def render(config: ProxyConfig) -> str:
             "  http-send-name-header x-slipway-replica-token",
             "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
             f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}",
+            *access_log.http_backend_lines(),
             "",
         ]
     return "\n".join(lines)
@@ -263,6 +269,7 @@ def _grpc_backend(name: str, seats: int, run_dir: str) -> list[str]:
         "  balance leastconn",
         "  no option redispatch",
         "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+        *access_log.grpc_backend_lines(),
         "  http-request set-var(txn.seat) int(-1)",
         "  http-request set-var(txn.least) int(2147483647)",
     ]

@@ -26,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from gateway.forwarder import LoadMeter
+from gateway.metrics import GatewayMetrics
 from gateway.native import commands, config, desired
+from gateway.native.access_log import AccessLog
 from gateway.native.runtime import RuntimeApi, succeeded
 from gateway.routing import RouteIndex
 
@@ -73,6 +75,7 @@ class NativeDataPlane:
         http_port: int,
         shutdown_grace_seconds: float,
         tls_pem: bytes | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.base = base
         self._tls_pem = tls_pem  # certificate chain and key, written into the run dir (0600)
@@ -94,6 +97,11 @@ class NativeDataPlane:
         self._native_deployments: set[str] = set()
         self.grpc_port = self.http_port = 0
         self._sockets: list[socket.socket] = []
+        if metrics is None:  # no Prometheus series: the answers still count in the loads
+            metrics = GatewayMetrics(index, enabled=False)
+            metrics.count_answers(lambda deployment_id, cls, seconds: loads[deployment_id].answer(cls, seconds))
+        # Fast-path requests, one log line each, recorded as the Python data plane's (access_log.py).
+        self.access_log = AccessLog(metrics, index, lambda: self.slots.owner)
 
     # -- process ---------------------------------------------------------------------------
 
@@ -101,6 +109,7 @@ class NativeDataPlane:
         """haproxy on the public ports, in front of the Python gateway's internal ones."""
         self.run_dir = tempfile.mkdtemp(prefix="slipway-haproxy-")
         os.chmod(self.run_dir, 0o700)
+        self.access_log.open(self.run_dir)
         tls_path = None
         if self._tls_pem is not None:
             tls_path = os.path.join(self.run_dir, "tls.pem")
@@ -198,6 +207,8 @@ class NativeDataPlane:
         for sock in self._sockets:
             sock.close()
         self._sockets = []
+        self.access_log.drain()
+        self.access_log.close()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         for deployment_id in self._native_deployments:
@@ -275,7 +286,8 @@ class NativeDataPlane:
 
     def _feed_loads(self, rows: list[dict[str, str]]) -> None:
         """Each slot's sessions and queue into its deployment's LoadMeter (the autoscaler's load
-        reports, scale-to-zero idleness and /metrics' in-flight count include native traffic)."""
+        reports, scale-to-zero idleness and /metrics' in-flight count include native traffic).
+        Its answers (status classes, latency buckets) come from the access log (access_log.py)."""
         owner = {slot: deployment_id for deployment_id, slot in self.slots.owner.items()}
         in_flight: dict[str, int] = {}
         for row in rows:
@@ -297,8 +309,6 @@ class NativeDataPlane:
                 in_flight.get(deployment_id, 0) + int(row.get("scur") or 0) + int(row.get("qcur") or 0)
             )
             load.native_requests += max(counters.sessions - previous.sessions, 0)
-            for status_class, now, before in zip((2, 4, 5), counters.by_class, previous.by_class, strict=True):
-                load.answered[status_class] += max(now - before, 0)
         for deployment_id in self._native_deployments:
             meter = self._loads.get(deployment_id)
             if meter is not None:
