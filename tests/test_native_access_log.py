@@ -13,7 +13,7 @@ import pytest
 
 from gateway.forwarder import LoadMeter
 from gateway.metrics import GatewayMetrics
-from gateway.native.access_log import SOCKET_NAME, AccessLog, Answer, Malformed, parse
+from gateway.native.access_log import AccessLog, Answer, Malformed, parse
 from gateway.routing import RouteIndex
 from slipway.v1 import route_service_pb2 as rt
 
@@ -70,6 +70,8 @@ def test_a_malformed_line_is_refused(raw: bytes) -> None:
 
 
 class World:
+    """An AccessLog following a stand-in for HAProxy's admin socket (a unix stream listener)."""
+
     def __init__(self, tmp_path) -> None:
         self.index = RouteIndex()
         model = rt.ModelRoute(model_id="m1", model_name="one", production_deployment_id="d1")
@@ -79,20 +81,27 @@ class World:
         self.loads: defaultdict[str, LoadMeter] = defaultdict(LoadMeter)
         self.metrics.count_answers(lambda d, cls, seconds: self.loads[d].answer(cls, seconds))
         self.log = AccessLog(self.metrics, lambda: self.index, lambda: {"d1": 0})
-        self.log.open(str(tmp_path))
-        self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sender.connect(os.path.join(tmp_path, SOCKET_NAME))
+        path = os.path.join(tmp_path, "admin.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        self.log.connect(path)
+        self.haproxy, _ = listener.accept()
+        listener.close()
+        assert self.haproxy.recv(100) == b"show events slipway_log -w -n\n"
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
 
 
-async def test_lines_on_the_socket_become_the_python_planes_series_and_load(tmp_path) -> None:
+async def test_lines_streamed_become_the_python_planes_series_and_load(tmp_path) -> None:
     world = World(tmp_path)
     labels = {"model_id": "m1", "deployment_id": "d1", "environment": "production"}
     lines = [line("h0", 200, micros=2000)] * 3 + [line("h0", 503, micros=2000), line("g0", 200, "13")]
-    for raw in [*lines, b"garbage", line("h7", 200)]:
-        world.sender.send(raw)
+    stream = b"".join(raw + b"\n" for raw in [*lines, b"garbage", line("h7", 200)])
+    world.haproxy.sendall(stream[:10])  # a line split across reads is read whole
+    world.log.drain()
+    world.haproxy.sendall(stream[10:])
     world.log.drain()
     requests = "slipway_inference_requests_total"
     assert world.value(requests, **labels, protocol="http", status_code="200", grpc_code="") == 3
@@ -106,24 +115,16 @@ async def test_lines_on_the_socket_become_the_python_planes_series_and_load(tmp_
     answered, buckets = world.loads["d1"].take_answers()
     assert answered == {2: 3, 4: 0, 5: 2} and sum(buckets) == 5
     # The loop reader picks lines up by itself too.
-    world.sender.send(line("h0", 200))
+    world.haproxy.sendall(line("h0", 200) + b"\n")
     for _ in range(200):
         if world.log.recorded == 6:
             break
         await asyncio.sleep(0.01)
     assert world.log.recorded == 6
-    world.log.close()
-
-
-async def test_a_flood_is_dropped_by_the_sender_never_queued_without_bound(tmp_path) -> None:
-    world = World(tmp_path)
-    world.sender.setblocking(False)  # as HAProxy's: a full queue fails the send, the line is lost
-    sent = 0
-    with pytest.raises(BlockingIOError):
-        while sent < 1_000_000:  # no await: the loop reader cannot run meanwhile
-            world.sender.send(line("h0", 200))
-            sent += 1
-    assert 0 < sent < 1_000_000
+    # A line longer than any HAProxy sends is dropped, not buffered; the stream's end is seen.
+    world.haproxy.sendall(b"x" * 5000)
     world.log.drain()
-    assert world.log.recorded == sent
-    world.log.close()
+    assert world.value("slipway_native_log_malformed_total") == 2
+    world.haproxy.close()
+    world.log.drain()
+    assert not world.log.connected

@@ -109,7 +109,6 @@ class NativeDataPlane:
         """haproxy on the public ports, in front of the Python gateway's internal ones."""
         self.run_dir = tempfile.mkdtemp(prefix="slipway-haproxy-")
         os.chmod(self.run_dir, 0o700)
-        self.access_log.open(self.run_dir)
         tls_path = None
         if self._tls_pem is not None:
             tls_path = os.path.join(self.run_dir, "tls.pem")
@@ -157,6 +156,7 @@ class NativeDataPlane:
             )
         self.api = RuntimeApi(os.path.join(self.run_dir, "admin.sock"))
         await self._wait_started()
+        self.access_log.connect(self.api.socket_path)  # before any route is on the fast path
         log.info(
             "native data plane started",
             extra={"fields": {"haproxy_pid": self.process.pid, "grpc": self.grpc_port, "http": self.http_port}},
@@ -255,6 +255,8 @@ class NativeDataPlane:
             try:
                 if self.process is not None and self.process.poll() is not None:
                     await self._restart()
+                if not self.access_log.connected:
+                    self.access_log.connect(self.api.socket_path)
                 rows = await self.api.stats()
                 await self._delete_drained(rows)
                 self._feed_loads(rows)
