@@ -209,7 +209,7 @@ class AccessLog:
 
     def _read(self, reads: int) -> int:
         """Up to `reads` chunks from the socket, their whole lines recorded; the chunks read."""
-        chunks = []
+        chunks: list[bytes] = []
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while self._sock is not None and len(chunks) < reads:
                 chunk = self._sock.recv(READ_BYTES)
