@@ -100,9 +100,11 @@ def build_app(
     app = web.Application(middlewares=[assign_request_id, json_http_errors, authenticate])
     stamp_request_ids(app)
     if metrics is not None and metrics.enabled:
-        registry = metrics.registry
+        registry, refreshes = metrics.registry, metrics.before_scrape
 
         async def scrape(_request: web.Request) -> web.Response:
+            for refresh in refreshes:
+                refresh()
             return exposition(registry)
 
         app.router.add_get(METRICS_PATH, scrape)

@@ -144,6 +144,8 @@ class GatewayMetrics:
         self._refusals: dict[str, Counter] = {}
         self._loads: Callable[[], Iterable[tuple[str, int, int, int]]] = lambda: ()
         self._answers: AnswerSink = lambda deployment_id, cls, seconds: None
+        # Called before a scrape answers (the native data plane reads HAProxy's log up to now).
+        self.before_scrape: list[Callable[[], None]] = []
         self.registry.register(_LoadCollector(self))
 
     def watch_loads(self, loads: Callable[[], Iterable[tuple[str, int, int, int]]]) -> None:

@@ -178,7 +178,7 @@ class Gateway:
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task] = []
         # HAProxy on the public ports (gateway/native/), or None: the Python data plane.
-        self.native = native_data_plane(settings, lambda: self.follower.index, self.forwarder.loads)
+        self.native = native_data_plane(settings, lambda: self.follower.index, self.forwarder.loads, self.metrics)
         if self.native is not None:
             self.follower.on_applied = self.native.apply
         self._grpc: grpc.aio.Server

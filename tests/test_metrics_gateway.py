@@ -141,10 +141,10 @@ class Model:
 """
 
 
-@pytest.mark.python_plane_only(reason="it hooks the Python forwarder's in-process observation of each request")
 async def test_one_observation_per_request_feeds_prometheus_and_the_load(api: Api, gateway):
     """Each answer is observed once: the load meter (ReportLoad, the chart history) gets the
-    same answers, classes and elapsed seconds as the Prometheus series."""
+    same answers, classes and elapsed seconds as the Prometheus series (on the native plane
+    too: HAProxy's log lines are recorded through the same observation, read by the scrape)."""
     pushed = await api.push(api.package("once", source=FAILING_ON_ASK), target=ds.PUSH_TARGET_PUBLISHED)
     deployment_id = pushed.deployment.id
     await api.wait_state(deployment_id, ACTIVE)
@@ -167,19 +167,28 @@ async def test_one_observation_per_request_feeds_prometheus_and_the_load(api: Ap
             async with session.post(url, data=body, headers=JSON) as response:
                 assert response.status == status
         stub = inf_grpc.InferenceServiceStub(channel)
-        await stub.Predict(inf.PredictRequest(target=inf.Target(deployment_id=deployment_id), payload=b'"x"'))
-        with pytest.raises(grpc.aio.AioRpcError):
-            await stub.Predict(inf.PredictRequest(target=inf.Target(deployment_id=deployment_id), payload=b'"fail"'))
+        target = inf.Target(deployment_id=deployment_id)
+        # With the routing metadata: on the native plane, HAProxy's fast path (gRPC error: Trailers-Only).
+        await stub.Predict(inf.PredictRequest(target=target, payload=b'"x"'), metadata=routing_metadata(target))
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Predict(inf.PredictRequest(target=target, payload=b'"fail"'), metadata=routing_metadata(target))
         # Not forwarded: no deployment's answer, in neither.
         async with session.post(f"{base}/model/m_nothing/production/predict", data=b'"hi"', headers=JSON) as response:
             assert response.status == 404
 
+    metrics = await scrape(f"{base}/metrics")
     assert sorted(c for d, c, _ in answers) == [2, 2, 2, 2, 5, 5]
     assert {d for d, _, _ in answers} == {deployment_id}
-    metrics = await scrape(f"{base}/metrics")
     labels = {"model_id": pushed.model.id, "deployment_id": deployment_id}
     requests = metrics.matching("slipway_inference_requests_total", **labels)
     assert sum(requests.values()) == len(answers)
+    grpc_codes = {"OK": 1.0, failed.value.code().name: 1.0}
+    assert metrics.matching("slipway_inference_requests_total", **labels, protocol="grpc") == {
+        frozenset(
+            {**labels, "environment": "published", "protocol": "grpc", "status_code": "", "grpc_code": code}.items()
+        ): n
+        for code, n in grpc_codes.items()
+    }
     # The same elapsed seconds, computed once per request, went to both.
     durations = sum(metrics.matching("slipway_inference_duration_seconds_sum", **labels).values())
     assert durations == pytest.approx(sum(s for _, _, s in answers), rel=1e-9)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gateway.native import desired
+from gateway.native import access_log, desired
 from slipway import data_plane
 from slipway.request_ids import MAX_REQUEST_ID_CHARS
 
@@ -166,6 +166,7 @@ def render(config: ProxyConfig) -> str:
         *(f"  h1-case-adjust {name.lower()} {name}" for name in HEADER_CASES),
         "  tune.http.maxhdr 128",
         "",
+        *access_log.ring_section(),
         "defaults",
         "  mode http",
         "  option http-keep-alive",
@@ -197,6 +198,7 @@ def render(config: ProxyConfig) -> str:
         # the Python gateway's max_connection_idle does (HAProxy 2.6 applies it to idle h2 connections).
         f"  timeout http-keep-alive {_ms(config.grpc_idle_seconds)}",
         "  errorfiles slipway_grpc",
+        *access_log.frontend_lines(),
         *("  " + rule for rule in _request_id_rules()),
         f"  acl predict path {' '.join(PREDICT_METHODS)}",
         f"  acl by_deployment req.fhdr({deployment_header}) -m len gt 0",
@@ -220,6 +222,7 @@ def render(config: ProxyConfig) -> str:
         f"  maxconn {config.max_http_connections + 64}",
         "  option h1-case-adjust-bogus-client",
         "  errorfiles slipway_http",
+        *access_log.frontend_lines(),
         *("  " + rule for rule in _request_id_rules()),
         "  " + _too_many_connections(config.max_http_connections),
         "  acl predict method POST",
@@ -236,10 +239,12 @@ def render(config: ProxyConfig) -> str:
         "",
         "backend py_grpc",
         f"  timeout server {_ms(config.python_timeout_seconds)}",
+        *access_log.python_backend_lines(),
         f"  server python {config.python_grpc} proto h2",
         "",
         "backend py_http",
         f"  timeout server {_ms(config.python_timeout_seconds)}",
+        *access_log.python_backend_lines(),
         f"  server python {config.python_http}",
         "",
     ]
@@ -251,6 +256,7 @@ def render(config: ProxyConfig) -> str:
             "  http-send-name-header x-slipway-replica-token",
             "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
             f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}",
+            *access_log.http_backend_lines(),
             "",
         ]
     return "\n".join(lines)
@@ -275,6 +281,7 @@ def _grpc_backend(name: str, seats: int, run_dir: str, python_grpc: str) -> list
         # one stopping; the Python gateway retries such a call on another replica just so.
         "  retry-on conn-failure empty-response",
         "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+        *access_log.grpc_backend_lines(),
         "  http-request set-var(txn.seat) int(-1)",
         "  http-request set-var(txn.least) int(2147483647)",
     ]

@@ -25,7 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from gateway.forwarder import LoadMeter
+from gateway.metrics import GatewayMetrics
 from gateway.native import commands, config, desired
+from gateway.native.access_log import AccessLog
 from gateway.native.runtime import RuntimeApi, succeeded
 from gateway.routing import RouteIndex
 
@@ -71,6 +73,7 @@ class NativeDataPlane:
         http_port: int,
         shutdown_grace_seconds: float,
         tls_pem: bytes | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.base = base
         self._tls_pem = tls_pem  # certificate chain and key, written into the run dir (0600)
@@ -92,6 +95,11 @@ class NativeDataPlane:
         self._native_deployments: set[str] = set()
         self.grpc_port = self.http_port = 0
         self._sockets: list[socket.socket] = []
+        if metrics is None:  # no Prometheus series: the answers still count in the loads
+            metrics = GatewayMetrics(index, enabled=False)
+            metrics.count_answers(lambda deployment_id, cls, seconds: loads[deployment_id].answer(cls, seconds))
+        # Fast-path requests, one log line each, recorded as the Python data plane's (access_log.py).
+        self.access_log = AccessLog(metrics, index, lambda: self.slots.owner)
 
     # -- process ---------------------------------------------------------------------------
 
@@ -145,6 +153,7 @@ class NativeDataPlane:
             )
         self.api = RuntimeApi(os.path.join(self.run_dir, "admin.sock"))
         await self._wait_started()
+        self.access_log.connect(self.api.socket_path)  # before any route is on the fast path
         log.info(
             "native data plane started",
             extra={"fields": {"haproxy_pid": self.process.pid, "grpc": self.grpc_port, "http": self.http_port}},
@@ -195,6 +204,8 @@ class NativeDataPlane:
         for sock in self._sockets:
             sock.close()
         self._sockets = []
+        self.access_log.drain()
+        self.access_log.close()
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         for deployment_id in self._native_deployments:
@@ -241,6 +252,8 @@ class NativeDataPlane:
             try:
                 if self.process is not None and self.process.poll() is not None:
                     await self._restart()
+                if not self.access_log.connected:
+                    self.access_log.connect(self.api.socket_path)
                 rows = await self.api.stats()
                 await self._delete_drained(rows)
                 self._feed_loads(rows)
@@ -272,7 +285,8 @@ class NativeDataPlane:
 
     def _feed_loads(self, rows: list[dict[str, str]]) -> None:
         """Each slot's sessions and queue into its deployment's LoadMeter (the autoscaler's load
-        reports, scale-to-zero idleness and /metrics' in-flight count include native traffic)."""
+        reports, scale-to-zero idleness and /metrics' in-flight count include native traffic).
+        Its answers (status classes, latency buckets) come from the access log (access_log.py)."""
         owner = {slot: deployment_id for deployment_id, slot in self.slots.owner.items()}
         in_flight: dict[str, int] = {}
         for row in rows:
@@ -294,8 +308,6 @@ class NativeDataPlane:
                 in_flight.get(deployment_id, 0) + int(row.get("scur") or 0) + int(row.get("qcur") or 0)
             )
             load.native_requests += max(counters.sessions - previous.sessions, 0)
-            for status_class, now, before in zip((2, 4, 5), counters.by_class, previous.by_class, strict=True):
-                load.answered[status_class] += max(now - before, 0)
         for deployment_id in self._native_deployments:
             meter = self._loads.get(deployment_id)
             if meter is not None:

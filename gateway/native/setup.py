@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.forwarder import LoadMeter
+from gateway.metrics import GatewayMetrics
 from gateway.native.config import ProxyConfig
 from gateway.native.proxy import HAPROXY_ENV, NativeDataPlane, find_haproxy
 from gateway.routing import RouteIndex
@@ -24,7 +25,10 @@ class NativeUnavailable(Exception):
 
 
 def native_data_plane(
-    settings: GatewaySettings, index: Callable[[], RouteIndex], loads: dict[str, LoadMeter]
+    settings: GatewaySettings,
+    index: Callable[[], RouteIndex],
+    loads: dict[str, LoadMeter],
+    metrics: GatewayMetrics | None = None,
 ) -> NativeDataPlane | None:
     """The native data plane the settings ask for, or None (the Python one). `auto` is native
     wherever haproxy is installed, and Python (said in a log line) elsewhere or with
@@ -75,4 +79,5 @@ def native_data_plane(
         settings.http_port,
         settings.shutdown_grace_seconds,
         None if tls is None else tls.certificate_chain.rstrip(b"\n") + b"\n" + tls.private_key,
+        metrics,
     )
