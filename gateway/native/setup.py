@@ -31,12 +31,18 @@ def native_data_plane(
     metrics: GatewayMetrics | None = None,
 ) -> NativeDataPlane | None:
     """The native data plane the settings ask for, or None (the Python one). `auto` is native
-    wherever haproxy is installed, and Python (said in a log line) elsewhere or with
-    `--workers N` (the workers share the ports themselves)."""
+    wherever haproxy is installed, and Python (said in a log line) elsewhere, with
+    `--workers N` (the workers share the ports themselves), or with tracing on."""
     mode = settings.data_plane
     if mode not in data_plane.DATA_PLANES:
         raise ValueError(f"unknown data plane {mode!r}: choose one of {', '.join(data_plane.DATA_PLANES)}")
     if mode == data_plane.PYTHON:
+        return None
+    if mode == data_plane.AUTO and settings.otlp_endpoint:
+        # HAProxy 2.6 makes no OpenTelemetry spans: the fast path would leave the gateway out of every trace.
+        log.info(
+            "tracing is on (--otlp-endpoint): the gateway runs the Python data plane, which makes the gateway's spans"
+        )
         return None
     haproxy = find_haproxy()
     if settings.reuse_port:
