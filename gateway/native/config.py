@@ -41,6 +41,9 @@ class ProxyConfig:
     retries: int = 2
     threads: int = 1
     seats: int = 8  # replicas of one deployment the gRPC fast path spreads over (commands.py)
+    # HttpLimits.body_idle_timeout_seconds: a client silent this long within a request (its body
+    # stalled) is disconnected, also after the Python gateway has answered it 408.
+    body_idle_seconds: float = 10.0
 
 
 def _ms(seconds: float) -> str:
@@ -216,6 +219,9 @@ def render(config: ProxyConfig) -> str:
         # connections beyond maxconn in the listen backlog rather than answering them).
         f"  maxconn {config.max_http_connections + 64}",
         "  option h1-case-adjust-bogus-client",
+        # While a request is in progress: between requests `timeout http-keep-alive` holds, and
+        # once a request is complete HAProxy stops reading (a long prediction is not cut).
+        f"  timeout client {_ms(config.body_idle_seconds)}",
         "  errorfiles slipway_http",
         *("  " + rule for rule in _request_id_rules()),
         "  " + _too_many_connections(config.max_http_connections),
