@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gateway.native import desired
 from slipway import data_plane
+from slipway.limits import GATEWAY_LIMIT_HEADER
 from slipway.request_ids import MAX_REQUEST_ID_CHARS
 
 PREDICT_METHODS = ("/slipway.v1.InferenceService/Predict", "/slipway.v1.InferenceService/PredictStream")
@@ -116,6 +117,7 @@ def _request_id_rules() -> list[str]:
     valid = rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$"
     return [
         "http-request del-header x-slipway-replica-token",
+        f"http-request del-header {GATEWAY_LIMIT_HEADER}",
         'http-request set-var-fmt(txn.rid) "req-%[uuid]"',
         f"http-request set-var(txn.rid) req.fhdr(x-request-id,1) if {{ req.fhdr(x-request-id,1) -m reg {valid} }}",
         "http-request set-header x-request-id %[var(txn.rid)]",
@@ -247,19 +249,20 @@ def render(config: ProxyConfig) -> str:
         "",
     ]
     for slot in range(config.slots):
-        lines += _grpc_backend(f"g{slot}", config.seats, d)
+        lines += _grpc_backend(f"g{slot}", config.seats, d, config.max_request_bytes)
         lines += [
             f"backend h{slot}",
             "  balance leastconn",
             "  http-send-name-header x-slipway-replica-token",
             "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+            f"  http-request set-header {GATEWAY_LIMIT_HEADER} {config.max_request_bytes}",
             f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}",
             "",
         ]
     return "\n".join(lines)
 
 
-def _grpc_backend(name: str, seats: int, run_dir: str) -> list[str]:
+def _grpc_backend(name: str, seats: int, run_dir: str, max_request_bytes: int) -> list[str]:
     """Seats s0..s<seats-1>, in maintenance until a replica takes one; each request goes to the
     seat in service with the fewest sessions (leastconn, computed here so that the seat — and so
     the replica's token — is known before the request leaves). No redispatch: a retry elsewhere
@@ -269,6 +272,8 @@ def _grpc_backend(name: str, seats: int, run_dir: str) -> list[str]:
         "  balance leastconn",
         "  no option redispatch",
         "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+        # The replica enforces the gateway's limit too (slipway/limits.py): it is not checked here.
+        f"  http-request set-header {GATEWAY_LIMIT_HEADER} {max_request_bytes}",
         "  http-request set-var(txn.seat) int(-1)",
         "  http-request set-var(txn.least) int(2147483647)",
     ]
