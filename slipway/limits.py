@@ -34,7 +34,7 @@ GATEWAY_LIMIT_HEADER = "x-slipway-gateway-max-request-bytes"
 
 def gateway_limit(value: object) -> int | None:
     """The gateway's limit from GATEWAY_LIMIT_HEADER's value (None: absent or not a size)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and 0 < len(value) <= 10:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10 and int(value) > 0:
         return min(int(value), LARGEST_MAX_REQUEST_BYTES)
     return None
 
