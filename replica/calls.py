@@ -101,11 +101,15 @@ class ModelCalls:
         return self.predictor
 
     async def invoke(
-        self, request: pb.InvokeRequest | pb.InvokeStreamRequest, call_state: CallStateFactory
+        self,
+        request: pb.InvokeRequest | pb.InvokeStreamRequest,
+        call_state: CallStateFactory,
+        gateway_limit: int | None = None,
     ) -> pb.InvokeResponse:
-        """One answer (a streaming model's chunks joined), within the size limit."""
+        """One answer (a streaming model's chunks joined), within the size limit; the request
+        within `gateway_limit` too (the native plane's gateway's, which it did not check)."""
         predictor = self.require_predictor()
-        model_input = self._decode(request)
+        model_input = self._decode(request, gateway_limit)
         try:
             call = call_state() if predictor.wants_request(request.method) else None
             async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
@@ -119,12 +123,12 @@ class ModelCalls:
         return pb.InvokeResponse(payload=payload, content_type=content_type)
 
     async def invoke_stream(
-        self, request: pb.InvokeStreamRequest, call_state: CallStateFactory
+        self, request: pb.InvokeStreamRequest, call_state: CallStateFactory, gateway_limit: int | None = None
     ) -> AsyncIterator[pb.InvokeStreamResponse]:
         """The model's chunks (a returned value: one chunk marked complete). A model error
         mid-stream raises Refusal after the chunks already yielded."""
         predictor = self.require_predictor()
-        model_input = self._decode(request)
+        model_input = self._decode(request, gateway_limit)
         try:
             call = call_state() if predictor.wants_request(request.method) else None
             async with predictor.run(model_input, codec.encode_chunk, request.method, call) as result:
@@ -153,9 +157,12 @@ class ModelCalls:
             self.log.error("response_too_large", error=message)
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, message, limits.RESPONSE_TOO_LARGE)
 
-    def _decode(self, request: pb.InvokeRequest | pb.InvokeStreamRequest) -> Any:
-        if len(request.payload) > self.max_bytes:
-            message = limits.too_large("the request body", len(request.payload), self.max_bytes)
+    def _decode(self, request: pb.InvokeRequest | pb.InvokeStreamRequest, gateway_limit: int | None) -> Any:
+        size = len(request.payload)
+        # Over both limits, the gateway's is named: on the Python plane the gateway refuses first.
+        limit = gateway_limit if gateway_limit is not None and size > gateway_limit else self.max_bytes
+        if size > limit:
+            message = limits.too_large("the request body", size, limit)
             raise Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, message, limits.REQUEST_TOO_LARGE)
         try:
             return codec.decode_payload(request.payload, request.content_type)

@@ -29,7 +29,7 @@ import grpc
 from gateway.errors import GatewayError, from_status
 from replica.calls import ModelCalls, Refusal
 from replica.model_request import CallState
-from slipway import request_ids, tracing
+from slipway import limits, request_ids, tracing
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.status import MAX_METADATA_VALUE_BYTES, MAX_STATUS_MESSAGE_BYTES, refuse_undecodable_requests, rich_status
 from slipway.text import shorten
@@ -39,6 +39,8 @@ from slipway.v1 import replica_service_pb2 as rs
 SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
 PREDICT_SPAN, PREDICT_STREAM_SPAN = f"{SERVICE}/Predict", f"{SERVICE}/PredictStream"
 ROUTE_MISMATCH = "ROUTE_MISMATCH"
+# What the proxy adds to a call, not the caller's: kept from the model.
+_PROXY_HEADERS = (REPLICA_TOKEN_HEADER, limits.GATEWAY_LIMIT_HEADER)
 # What a gRPC client is told when its call's deadline passes (grpc core's own words).
 DEADLINE_MESSAGE = "Deadline Exceeded"
 DEFAULT_REQUEST_TIMEOUT_SECONDS = 600.0  # the gateway's default request timeout
@@ -144,7 +146,9 @@ class DirectInference:
                 invoke = rs.InvokeRequest(payload=request.payload, content_type=request.content_type)
                 try:
                     async with asyncio.timeout_at(self._deadline(context)):
-                        answer = await self.calls.invoke(invoke, lambda: _call_state(request, context))
+                        answer = await self.calls.invoke(
+                            invoke, lambda: _call_state(request, context), _gateway_limit(context)
+                        )
                 except TimeoutError:
                     raise deadline_exceeded() from None
                 except Refusal as refusal:
@@ -162,7 +166,9 @@ class DirectInference:
             try:
                 self._check_target(request.target)
                 invoke = rs.InvokeStreamRequest(payload=request.payload, content_type=request.content_type)
-                chunks = self.calls.invoke_stream(invoke, lambda: _call_state(request, context))
+                chunks = self.calls.invoke_stream(
+                    invoke, lambda: _call_state(request, context), _gateway_limit(context)
+                )
                 async with contextlib.aclosing(bounded(chunks, self._deadline(context))) as answer:
                     async for chunk in answer:
                         yield chunk.SerializeToString()
@@ -181,11 +187,17 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return request_id
 
 
+def _gateway_limit(context: grpc.aio.ServicerContext) -> int | None:
+    """The limit of the gateway whose proxy forwarded the call (slipway/limits.py)."""
+    metadata = context.invocation_metadata() or ()
+    return limits.gateway_limit(next((value for key, value in metadata if key == limits.GATEWAY_LIMIT_HEADER), None))
+
+
 def _call_state(request: inf.PredictRequest | inf.PredictStreamRequest, context: grpc.aio.ServicerContext) -> CallState:
     metadata = [
         (key, value)
         for key, value in context.invocation_metadata() or ()
-        if isinstance(value, str) and key != REPLICA_TOKEN_HEADER  # the model never sees the credential
+        if isinstance(value, str) and key not in _PROXY_HEADERS  # the model never sees the credential
     ]
     call = CallState(request.payload, [("content-type", request.content_type), *metadata])
     context.add_done_callback(lambda _: call.disconnected.set())

@@ -28,6 +28,8 @@ from replica.model_request import CallState
 from slipway import tracing
 from slipway.data_plane import REPLICA_PREDICT_PATH
 from slipway.internal_auth import REPLICA_TOKEN_HEADER, token_refusal
+from slipway.limits import GATEWAY_LIMIT_HEADER
+from slipway.limits import gateway_limit as gateway_limit_of
 
 
 async def serve(sock: socket.socket, calls: ModelCalls, token: str, request_timeout: float, model_id: str = ""):
@@ -80,8 +82,11 @@ def build_http_app(
             async with bodies.read(request) as payload:
                 invoke = invoke_request(request, payload)
                 make_call = _http_call_state(request, payload, calls_made)
-                chunks = bounded(calls.invoke_stream(invoke, make_call), deadline)
-                return await relay_chunks(request, chunks, calls.max_bytes, Unobserved())
+                gateway_limit = gateway_limit_of(request.headers.get(GATEWAY_LIMIT_HEADER))
+                chunks = bounded(calls.invoke_stream(invoke, make_call, gateway_limit), deadline)
+                # A stream gathered for a JSON-only caller: bounded by the gateway's limit, as there.
+                gathered = calls.max_bytes if gateway_limit is None else gateway_limit
+                return await relay_chunks(request, chunks, gathered, Unobserved())
         except BodyTimeout as error:
             # The client stopped sending: answer, and close rather than wait for the rest.
             response = error_response(error)
@@ -101,7 +106,8 @@ def build_http_app(
 def _http_call_state(request: web.Request, payload: bytes, made: list[CallState]) -> Callable[[], CallState]:
     def make() -> CallState:
         headers = [(key.lower(), value) for key, value in request.headers.items()]
-        call = CallState(payload, [(key, value) for key, value in headers if key != REPLICA_TOKEN_HEADER])
+        proxy_headers = (REPLICA_TOKEN_HEADER, GATEWAY_LIMIT_HEADER)
+        call = CallState(payload, [(key, value) for key, value in headers if key not in proxy_headers])
         made.append(call)
         return call
 

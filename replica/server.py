@@ -31,7 +31,7 @@ from replica.state_file import FAILED, LOADING, READY, UNHEALTHY, StateFile
 from replica.threads import ModelThreads
 from slipway import tracing
 from slipway.internal_auth import REPLICA_TOKEN_HEADER, TokenInterceptor
-from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, grpc_message_options
+from slipway.limits import DEFAULT_MAX_REQUEST_BYTES, replica_receive_options
 from slipway.v1 import replica_service_pb2, replica_service_pb2_grpc
 
 HTTP_MODULE = "replica.direct_http"
@@ -180,7 +180,7 @@ class Replica:
     async def _build_server(self) -> tuple[grpc.aio.Server, ReplicaServicer, health.aio.HealthServicer]:
         # Without this, grpc sets SO_REUSEPORT and a second process could silently
         # share a fixed --port with this one.
-        options = [("grpc.so_reuseport", 0), *grpc_message_options(self._options.max_request_bytes)]
+        options = [("grpc.so_reuseport", 0), *replica_receive_options(self._options.max_request_bytes)]
         auth = TokenInterceptor(
             REPLICA_TOKEN_HEADER,
             self._options.token,

@@ -27,6 +27,29 @@ def grpc_message_options(max_request_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", length), ("grpc.max_send_message_length", length)]
 
 
+# On the native data plane's fast path the proxy tells the replica the gateway's own limit
+# (trusted: the replica token authenticates the proxy), which the replica then enforces too.
+GATEWAY_LIMIT_HEADER = "x-slipway-gateway-max-request-bytes"
+
+
+def gateway_limit(value: object) -> int | None:
+    """The gateway's limit from GATEWAY_LIMIT_HEADER's value (None: absent or not a size)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 10 and int(value) > 0:
+        return min(int(value), LARGEST_MAX_REQUEST_BYTES)
+    return None
+
+
+def replica_receive_options(max_request_bytes: int) -> list[tuple[str, int]]:
+    """A replica's grpc server options: it receives a message over its own limit up to the
+    largest gateway limit it names in a refusal (that of a gateway left at the default, or as
+    large again as its own), so that grpc core refuses only beyond that, and the replica
+    answers the rest with a rich status naming whichever limit was crossed."""
+    options = dict(grpc_message_options(max_request_bytes))
+    received = max_request_bytes + max(max_request_bytes, DEFAULT_MAX_REQUEST_BYTES) + GRPC_HEADROOM_BYTES
+    options["grpc.max_receive_message_length"] = min(received, 2**31 - 1)
+    return list(options.items())
+
+
 def too_large(what: str, size: int | None, limit: int) -> str:
     """The message of a refusal: what was too large, by how much (None: unknown), and the setting."""
     measured = "" if size is None else f" {size} bytes,"

@@ -13,6 +13,7 @@ from gateway.native import commands, config, desired
 from gateway.native.desired import ProxyState, Server, Slots
 from gateway.native.proxy import find_haproxy
 from gateway.routing import RouteIndex
+from slipway import limits
 from slipway.v1 import key_service_pb2 as ks
 from slipway.v1 import resources_pb2 as r
 from slipway.v1 import route_service_pb2 as rt
@@ -224,29 +225,52 @@ def test_the_configuration_is_valid(tmp_path, require_keys, tls):
         pki = generate(tmp_path)
         pem = str(tmp_path / "tls.pem")
         (tmp_path / "tls.pem").write_bytes(pki.cert.read_bytes() + pki.key.read_bytes())
-    rendered = config.render(
-        config.ProxyConfig(
-            str(tmp_path),
-            "127.0.0.1:1",
-            "127.0.0.1:1",
-            "127.0.0.1:1",
-            "127.0.0.1:2",
-            3,
-            1000,
-            require_keys,
-            600,
-            15,
-            15,
-            300,
-            700,
-            512,
-            1000,
-            tls_pem=pem,
-        )
+    proxy_config = config.ProxyConfig(
+        str(tmp_path),
+        "127.0.0.1:1",
+        "127.0.0.1:1",
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+        3,
+        1000,
+        require_keys,
+        600,
+        15,
+        15,
+        300,
+        700,
+        512,
+        1000,
+        tls_pem=pem,
     )
+    rendered = config.render(proxy_config)
+    (tmp_path / config.REFUSAL_SCRIPT).write_text(config.refusal_script(proxy_config))
     (tmp_path / "haproxy.cfg").write_text(rendered)
     assert ("key_ok" in rendered) is require_keys
     result = subprocess.run(
         [find_haproxy() or "", "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_fast_path_tells_the_replica_the_gateways_limit_and_no_caller_can():
+    rendered = config.render(
+        config.ProxyConfig(
+            "/run", "fd@5", "fd@6", "127.0.0.1:1", "127.0.0.1:2", 1, 2048, False, 60, 15, 15, 30, 70, 2, 9
+        )
+    )
+    sections = {block.split("\n", 1)[0]: block for block in rendered.split("\n\n")}
+    for backend in ("backend g0", "backend h0"):
+        assert f"http-request set-header {limits.GATEWAY_LIMIT_HEADER} 2048" in sections[backend]
+    for frontend in ("frontend grpc_in", "frontend http_in"):
+        assert f"http-request del-header {limits.GATEWAY_LIMIT_HEADER}" in sections[frontend]
+    # A connection past the cap is answered by the TCP frontend on the public port.
+    assert "use-service lua.refuse if { fe_conn gt 2 }" in sections["frontend http_public"]
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [("2048", 2048), (None, None), ("", None), ("-1", None), ("0", None), ("1e9", None), ("٣", None)],
+)
+def test_the_gateways_limit_is_read_only_from_a_plain_size(value, limit):
+    assert limits.gateway_limit(value) == limit

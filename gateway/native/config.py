@@ -9,10 +9,12 @@ servers and maps change through the runtime API only (commands.py)."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from gateway.native import access_log, desired
 from slipway import data_plane
+from slipway.limits import GATEWAY_LIMIT_HEADER
 from slipway.request_ids import MAX_REQUEST_ID_CHARS
 
 PREDICT_METHODS = ("/slipway.v1.InferenceService/Predict", "/slipway.v1.InferenceService/PredictStream")
@@ -41,6 +43,9 @@ class ProxyConfig:
     retries: int = 2
     threads: int = 1
     seats: int = 8  # replicas of one deployment the gRPC fast path spreads over (commands.py)
+    # HttpLimits.body_idle_timeout_seconds: a client silent this long within a request (its body
+    # stalled) is disconnected, also after the Python gateway has answered it 408.
+    body_idle_seconds: float = 10.0
 
 
 def _ms(seconds: float) -> str:
@@ -92,8 +97,13 @@ HEADER_CASES = (
 )
 
 
-def _too_many_connections(limit: int) -> str:
-    """A request on a connection beyond the HTTP connection limit: the Python gateway's 503."""
+REFUSAL_SCRIPT = "refuse.lua"  # written next to haproxy.cfg (proxy.py)
+
+
+def refusal_script(config: ProxyConfig) -> str:
+    """Lua service `refuse`: a connection beyond the HTTP connection limit is answered the
+    Python gateway's 503 at once and closed, before (and without waiting for) its request."""
+    limit = config.max_http_connections
     body = json.dumps(
         {
             "error": {
@@ -103,16 +113,64 @@ def _too_many_connections(limit: int) -> str:
             }
         }
     )
+    head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    tail = f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
     return (
-        f"http-request return status 503 content-type application/json string '{body}' "
-        f"hdr connection close if {{ fe_conn gt {limit} }}"
+        'core.register_service("refuse", "tcp", function(applet)\n'
+        f'  applet:send({_lua_string(head)} .. "X-Slipway-Request-Id: req-" .. applet.f:uuid() .. "\\r\\n" '
+        f".. {_lua_string(tail)})\n"
+        "end)\n"
     )
+
+
+def _lua_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _http_public(config: ProxyConfig, tls: str) -> list[str]:
+    """The public HTTP port: a TCP frontend that answers a connection beyond the limit itself
+    (HTTP mode only acts once a request came, and `maxconn` leaves the rest in the backlog)
+    and passes the others to `http_in` on an abstract socket, with the client's address."""
+    inner = _http_inner(config)
+    # Never the first to give up: http_in bounds every phase of a connection itself.
+    longest = max(
+        config.python_timeout_seconds,
+        config.request_timeout_seconds,
+        config.http_idle_seconds,
+        config.header_timeout_seconds,
+    )
+    return [
+        "frontend http_public",
+        "  mode tcp",
+        f"  bind {config.http_bind}{tls}",
+        f"  maxconn {config.max_http_connections + 64}",
+        # Until the hop is a tunnel (the TLS handshake, the refusal): then `timeout tunnel`.
+        f"  timeout client {_ms(config.header_timeout_seconds)}",
+        # A connection this side has closed (a refused one, or one http_in ended) is let go
+        # soon even if its client never closes it: it counts against the limit until then.
+        "  timeout client-fin 1s",
+        f"  tcp-request content use-service lua.refuse if {{ fe_conn gt {config.max_http_connections} }}",
+        "  default_backend http_hop",
+        "",
+        "backend http_hop",
+        "  mode tcp",
+        f"  timeout server {_ms(longest + 5)}",
+        f"  timeout tunnel {_ms(longest + 5)}",
+        f"  server http_in {inner} send-proxy-v2",
+        "",
+    ]
+
+
+def _http_inner(config: ProxyConfig) -> str:
+    return f"abns@{os.path.basename(config.run_dir.rstrip('/'))}-http"
 
 
 def _request_id_rules() -> list[str]:
     valid = rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$"
     return [
         "http-request del-header x-slipway-replica-token",
+        f"http-request del-header {GATEWAY_LIMIT_HEADER}",
         'http-request set-var-fmt(txn.rid) "req-%[uuid]"',
         f"http-request set-var(txn.rid) req.fhdr(x-request-id,1) if {{ req.fhdr(x-request-id,1) -m reg {valid} }}",
         "http-request set-header x-request-id %[var(txn.rid)]",
@@ -159,12 +217,14 @@ def render(config: ProxyConfig) -> str:
     lines = [
         "global",
         f"  nbthread {config.threads}",
-        f"  maxconn {config.max_http_connections + config.max_grpc_connections + 64}",
+        # An HTTP connection is two: on the public port and from there to http_in.
+        f"  maxconn {2 * config.max_http_connections + config.max_grpc_connections + 128}",
         f"  stats socket {d}/admin.sock mode 600 level admin",
         "  stats timeout 1h",
         "  tune.bufsize 32768",
         *(f"  h1-case-adjust {name.lower()} {name}" for name in HEADER_CASES),
         "  tune.http.maxhdr 128",
+        f"  lua-load {d}/{REFUSAL_SCRIPT}",
         "",
         *access_log.ring_section(),
         "defaults",
@@ -215,16 +275,17 @@ def render(config: ProxyConfig) -> str:
         f"  use_backend g%[var(txn.slot)] if predict slotted{key_cond}",
         "  default_backend py_grpc",
         "",
+        *_http_public(config, tls),
         "frontend http_in",
-        f"  bind {config.http_bind}{tls}",
-        # Past the limit, a connection's request is refused as Python does (HAProxy queues
-        # connections beyond maxconn in the listen backlog rather than answering them).
+        f"  bind {_http_inner(config)} accept-proxy",
         f"  maxconn {config.max_http_connections + 64}",
         "  option h1-case-adjust-bogus-client",
+        # While a request is in progress: between requests `timeout http-keep-alive` holds, and
+        # once a request is complete HAProxy stops reading (a long prediction is not cut).
+        f"  timeout client {_ms(config.body_idle_seconds)}",
         "  errorfiles slipway_http",
         *access_log.frontend_lines(),
         *("  " + rule for rule in _request_id_rules()),
-        "  " + _too_many_connections(config.max_http_connections),
         "  acl predict method POST",
         f"  acl predict_path path_reg {HTTP_PREDICT_PATH}",
         "  acl one_length req.hdr_cnt(content-length) eq 1",
@@ -249,12 +310,13 @@ def render(config: ProxyConfig) -> str:
         "",
     ]
     for slot in range(config.slots):
-        lines += _grpc_backend(f"g{slot}", config.seats, d, config.python_grpc)
+        lines += _grpc_backend(f"g{slot}", config.seats, d, config.python_grpc, config.max_request_bytes)
         lines += [
             f"backend h{slot}",
             "  balance leastconn",
             "  http-send-name-header x-slipway-replica-token",
             "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
+            f"  http-request set-header {GATEWAY_LIMIT_HEADER} {config.max_request_bytes}",
             f"  http-request set-path {data_plane.REPLICA_PREDICT_PATH}",
             *access_log.http_backend_lines(),
             "",
@@ -262,7 +324,7 @@ def render(config: ProxyConfig) -> str:
     return "\n".join(lines)
 
 
-def _grpc_backend(name: str, seats: int, run_dir: str, python_grpc: str) -> list[str]:
+def _grpc_backend(name: str, seats: int, run_dir: str, python_grpc: str, max_request_bytes: int) -> list[str]:
     """Seats s0..s<seats-1>, in maintenance until a replica takes one; each request goes to the
     seat in service with the fewest sessions (leastconn, computed here so that the seat — and so
     the replica's token — is known before the request leaves).
@@ -282,6 +344,8 @@ def _grpc_backend(name: str, seats: int, run_dir: str, python_grpc: str) -> list
         "  retry-on conn-failure empty-response",
         "  http-request set-header x-slipway-request-id %[var(txn.rid)]",
         *access_log.grpc_backend_lines(),
+        # The replica enforces the gateway's limit too (slipway/limits.py): it is not checked here.
+        f"  http-request set-header {GATEWAY_LIMIT_HEADER} {max_request_bytes}",
         "  http-request set-var(txn.seat) int(-1)",
         "  http-request set-var(txn.least) int(2147483647)",
     ]

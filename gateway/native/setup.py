@@ -69,6 +69,7 @@ def native_data_plane(
         request_timeout_seconds=settings.request_timeout_seconds,
         header_timeout_seconds=http.idle_timeout_seconds,
         http_idle_seconds=http.idle_timeout_seconds,
+        body_idle_seconds=http.body_idle_timeout_seconds,
         grpc_idle_seconds=grpc.max_connection_idle_seconds,
         python_timeout_seconds=settings.request_timeout_seconds + settings.replica_wait_seconds + 5,
         max_http_connections=http.max_connections,
