@@ -145,8 +145,7 @@ def _http_public(config: ProxyConfig, tls: str) -> list[str]:
         "  mode tcp",
         f"  bind {config.http_bind}{tls}",
         f"  maxconn {config.max_http_connections + 64}",
-        # Until the hop is a tunnel (the TLS handshake, the refusal): then `timeout tunnel`.
-        f"  timeout client {_ms(config.header_timeout_seconds)}",
+        f"  timeout client {_ms(longest + 5)}",
         # A connection this side has closed (a refused one, or one http_in ended) is let go
         # soon even if its client never closes it: it counts against the limit until then.
         "  timeout client-fin 1s",
