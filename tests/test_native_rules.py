@@ -225,26 +225,26 @@ def test_the_configuration_is_valid(tmp_path, require_keys, tls):
         pki = generate(tmp_path)
         pem = str(tmp_path / "tls.pem")
         (tmp_path / "tls.pem").write_bytes(pki.cert.read_bytes() + pki.key.read_bytes())
-    proxy_config = config.ProxyConfig(
-        str(tmp_path),
-        "127.0.0.1:1",
-        "127.0.0.1:1",
-        "127.0.0.1:1",
-        "127.0.0.1:2",
-        3,
-        1000,
-        require_keys,
-        600,
-        15,
-        15,
-        300,
-        700,
-        512,
-        1000,
-        tls_pem=pem,
+    rendered = config.render(
+        config.ProxyConfig(
+            str(tmp_path),
+            "127.0.0.1:1",
+            "127.0.0.1:1",
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            3,
+            1000,
+            require_keys,
+            600,
+            15,
+            15,
+            300,
+            700,
+            512,
+            1000,
+            tls_pem=pem,
+        )
     )
-    rendered = config.render(proxy_config)
-    (tmp_path / config.REFUSAL_SCRIPT).write_text(config.refusal_script(proxy_config))
     (tmp_path / "haproxy.cfg").write_text(rendered)
     assert ("key_ok" in rendered) is require_keys
     result = subprocess.run(

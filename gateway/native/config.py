@@ -9,7 +9,6 @@ servers and maps change through the runtime API only (commands.py)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 from gateway.native import access_log, desired
@@ -97,13 +96,8 @@ HEADER_CASES = (
 )
 
 
-REFUSAL_SCRIPT = "refuse.lua"  # written next to haproxy.cfg (proxy.py)
-
-
-def refusal_script(config: ProxyConfig) -> str:
-    """Lua service `refuse`: a connection beyond the HTTP connection limit is answered the
-    Python gateway's 503 at once and closed, before (and without waiting for) its request."""
-    limit = config.max_http_connections
+def _too_many_connections(limit: int) -> str:
+    """A request on a connection beyond the HTTP connection limit: the Python gateway's 503."""
     body = json.dumps(
         {
             "error": {
@@ -113,56 +107,10 @@ def refusal_script(config: ProxyConfig) -> str:
             }
         }
     )
-    head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    tail = f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
     return (
-        'core.register_service("refuse", "tcp", function(applet)\n'
-        f'  applet:send({_lua_string(head)} .. "X-Slipway-Request-Id: req-" .. applet.f:uuid() .. "\\r\\n" '
-        f".. {_lua_string(tail)})\n"
-        "end)\n"
+        f"http-request return status 503 content-type application/json string '{body}' "
+        f"hdr connection close if {{ fe_conn gt {limit} }}"
     )
-
-
-def _lua_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-def _http_public(config: ProxyConfig, tls: str) -> list[str]:
-    """The public HTTP port: a TCP frontend that answers a connection beyond the limit itself
-    (HTTP mode only acts once a request came, and `maxconn` leaves the rest in the backlog)
-    and passes the others to `http_in` on an abstract socket, with the client's address."""
-    inner = _http_inner(config)
-    # Never the first to give up: http_in bounds every phase of a connection itself.
-    longest = max(
-        config.python_timeout_seconds,
-        config.request_timeout_seconds,
-        config.http_idle_seconds,
-        config.header_timeout_seconds,
-    )
-    return [
-        "frontend http_public",
-        "  mode tcp",
-        f"  bind {config.http_bind}{tls}",
-        f"  maxconn {config.max_http_connections + 64}",
-        f"  timeout client {_ms(longest + 5)}",
-        # A connection this side has closed (a refused one, or one http_in ended) is let go
-        # soon even if its client never closes it: it counts against the limit until then.
-        "  timeout client-fin 1s",
-        f"  tcp-request content use-service lua.refuse if {{ fe_conn gt {config.max_http_connections} }}",
-        "  default_backend http_hop",
-        "",
-        "backend http_hop",
-        "  mode tcp",
-        f"  timeout server {_ms(longest + 5)}",
-        f"  timeout tunnel {_ms(longest + 5)}",
-        f"  server http_in {inner} send-proxy-v2",
-        "",
-    ]
-
-
-def _http_inner(config: ProxyConfig) -> str:
-    return f"abns@{os.path.basename(config.run_dir.rstrip('/'))}-http"
 
 
 def _request_id_rules() -> list[str]:
@@ -216,14 +164,12 @@ def render(config: ProxyConfig) -> str:
     lines = [
         "global",
         f"  nbthread {config.threads}",
-        # An HTTP connection is two: on the public port and from there to http_in.
-        f"  maxconn {2 * config.max_http_connections + config.max_grpc_connections + 128}",
+        f"  maxconn {config.max_http_connections + config.max_grpc_connections + 64}",
         f"  stats socket {d}/admin.sock mode 600 level admin",
         "  stats timeout 1h",
         "  tune.bufsize 32768",
         *(f"  h1-case-adjust {name.lower()} {name}" for name in HEADER_CASES),
         "  tune.http.maxhdr 128",
-        f"  lua-load {d}/{REFUSAL_SCRIPT}",
         "",
         *access_log.ring_section(),
         "defaults",
@@ -274,9 +220,10 @@ def render(config: ProxyConfig) -> str:
         f"  use_backend g%[var(txn.slot)] if predict slotted{key_cond}",
         "  default_backend py_grpc",
         "",
-        *_http_public(config, tls),
         "frontend http_in",
-        f"  bind {_http_inner(config)} accept-proxy",
+        f"  bind {config.http_bind}{tls}",
+        # Past the limit, a connection's request is refused as Python does (HAProxy queues
+        # connections beyond maxconn in the listen backlog rather than answering them).
         f"  maxconn {config.max_http_connections + 64}",
         "  option h1-case-adjust-bogus-client",
         # While a request is in progress: between requests `timeout http-keep-alive` holds, and
@@ -285,6 +232,7 @@ def render(config: ProxyConfig) -> str:
         "  errorfiles slipway_http",
         *access_log.frontend_lines(),
         *("  " + rule for rule in _request_id_rules()),
+        "  " + _too_many_connections(config.max_http_connections),
         "  acl predict method POST",
         f"  acl predict_path path_reg {HTTP_PREDICT_PATH}",
         "  acl one_length req.hdr_cnt(content-length) eq 1",

@@ -131,8 +131,6 @@ class NativeDataPlane:
             python_http=f"127.0.0.1:{python_http_port}",
             tls_pem=tls_path,
         )
-        with open(os.path.join(self.run_dir, config.REFUSAL_SCRIPT), "w") as file:
-            file.write(config.refusal_script(cfg))
         with open(os.path.join(self.run_dir, "haproxy.cfg"), "w") as file:
             file.write(config.render(cfg))
         try:
