@@ -264,8 +264,8 @@ def test_the_fast_path_tells_the_replica_the_gateways_limit_and_no_caller_can():
         assert f"http-request set-header {limits.GATEWAY_LIMIT_HEADER} 2048" in sections[backend]
     for frontend in ("frontend grpc_in", "frontend http_in"):
         assert f"http-request del-header {limits.GATEWAY_LIMIT_HEADER}" in sections[frontend]
-    # A connection past the cap is answered by the TCP frontend on the public port.
-    assert "use-service lua.refuse if { fe_conn gt 2 }" in sections["frontend http_public"]
+    # A request on a connection past the cap gets the Python gateway's 503.
+    assert "TOO_MANY_CONNECTIONS" in sections["frontend http_in"]
 
 
 @pytest.mark.parametrize(
