@@ -17,13 +17,14 @@ from gateway.forwarder import Forwarder
 from gateway.metrics import CLIENT_LEFT, GRPC
 from gateway.routing import DEVELOPMENT, PRODUCTION
 from slipway import request_ids, tracing
-from slipway.status import refuse_undecodable_requests, rich_status
+from slipway.data_plane import INFERENCE_SERVICE, inference_handler
+from slipway.status import rich_status
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
 
 OK = grpc.StatusCode.OK.name
 CANCELLED = grpc.StatusCode.CANCELLED.name
-SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
+SERVICE = INFERENCE_SERVICE
 PREDICT_SPAN, PREDICT_STREAM_SPAN = f"{SERVICE}/Predict", f"{SERVICE}/PredictStream"
 
 
@@ -39,23 +40,7 @@ class InferenceApi:
         self.default_timeout = default_timeout
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Predict": refuse_undecodable_requests(
-                    grpc.unary_unary_rpc_method_handler(
-                        self.predict, request_deserializer=inf.PredictRequest.FromString, response_serializer=bytes
-                    )
-                ),
-                "PredictStream": refuse_undecodable_requests(
-                    grpc.unary_stream_rpc_method_handler(
-                        self.predict_stream,
-                        request_deserializer=inf.PredictStreamRequest.FromString,
-                        response_serializer=bytes,
-                    )
-                ),
-            },
-        )
+        return inference_handler(self.predict, self.predict_stream)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()

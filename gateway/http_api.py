@@ -21,7 +21,7 @@ from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
 from gateway.http_limits import BodyReader, BodyTimeout
 from gateway.metrics import HTTP, GatewayMetrics, Observation
-from gateway.relay import close_lingering, error_response, invoke_request, json_http_errors, parsed, relay_chunks
+from gateway.relay import error_response, invoke_request, json_http_errors, parsed, relay_chunks, stalled_body_response
 from gateway.request_id import assign_request_id, request_id_of
 from gateway.request_id import install as stamp_request_ids
 from gateway.routing import DEVELOPMENT, PRODUCTION
@@ -72,12 +72,7 @@ def build_app(
                 return await relay(request, payload, forwarder, target(request), timeout, method, observation)
         except BodyTimeout as error:
             forwarder.metrics.refused(error.reason)
-            # The client stopped sending: answer, and close rather than wait for the rest.
-            response = error_response(error)
-            await response.prepare(request)
-            await response.write_eof()
-            close_lingering(request)
-            return response
+            return await stalled_body_response(request, error)
         except GatewayError as error:  # the body was refused (too large)
             forwarder.metrics.refused(error.reason)
             return error_response(error)

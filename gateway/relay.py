@@ -178,6 +178,15 @@ async def json_http_errors(request: web.Request, handler) -> web.StreamResponse:
 LINGER_SECONDS = 1.0
 
 
+async def stalled_body_response(request: web.Request, error: GatewayError) -> web.StreamResponse:
+    """The client stopped sending its body: answer, and close rather than wait for the rest."""
+    response = error_response(error)
+    await response.prepare(request)
+    await response.write_eof()
+    close_lingering(request)
+    return response
+
+
 def close_lingering(request: web.Request) -> None:
     """End a connection whose body will not be read: the answer, then FIN, then close."""
     transport = request.transport

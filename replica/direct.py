@@ -30,13 +30,14 @@ from gateway.errors import GatewayError, from_status
 from replica.calls import ModelCalls, Refusal
 from replica.model_request import CallState
 from slipway import limits, request_ids, tracing
+from slipway.data_plane import INFERENCE_SERVICE, inference_handler
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
-from slipway.status import MAX_METADATA_VALUE_BYTES, MAX_STATUS_MESSAGE_BYTES, refuse_undecodable_requests, rich_status
+from slipway.status import MAX_METADATA_VALUE_BYTES, MAX_STATUS_MESSAGE_BYTES, rich_status
 from slipway.text import shorten
 from slipway.v1 import inference_service_pb2 as inf
 from slipway.v1 import replica_service_pb2 as rs
 
-SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
+SERVICE = INFERENCE_SERVICE
 PREDICT_SPAN, PREDICT_STREAM_SPAN = f"{SERVICE}/Predict", f"{SERVICE}/PredictStream"
 ROUTE_MISMATCH = "ROUTE_MISMATCH"
 # What the proxy adds to a call, not the caller's: kept from the model.
@@ -107,23 +108,7 @@ class DirectInference:
         self.request_timeout = request_timeout
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "Predict": refuse_undecodable_requests(
-                    grpc.unary_unary_rpc_method_handler(
-                        self.predict, request_deserializer=inf.PredictRequest.FromString, response_serializer=bytes
-                    )
-                ),
-                "PredictStream": refuse_undecodable_requests(
-                    grpc.unary_stream_rpc_method_handler(
-                        self.predict_stream,
-                        request_deserializer=inf.PredictStreamRequest.FromString,
-                        response_serializer=bytes,
-                    )
-                ),
-            },
-        )
+        return inference_handler(self.predict, self.predict_stream)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()

@@ -14,11 +14,11 @@ from gateway.errors import GatewayError
 from gateway.http_limits import BodyReader, BodyTimeout, HttpLimits, LimitedSite
 from gateway.relay import (
     Unobserved,
-    close_lingering,
     error_response,
     invoke_request,
     json_http_errors,
     relay_chunks,
+    stalled_body_response,
 )
 from gateway.request_id import assign_request_id, request_id_of
 from gateway.request_id import install as stamp_request_ids
@@ -88,12 +88,7 @@ def build_http_app(
                 gathered = calls.max_bytes if gateway_limit is None else gateway_limit
                 return await relay_chunks(request, chunks, gathered, Unobserved())
         except BodyTimeout as error:
-            # The client stopped sending: answer, and close rather than wait for the rest.
-            response = error_response(error)
-            await response.prepare(request)
-            await response.write_eof()
-            close_lingering(request)
-            return response
+            return await stalled_body_response(request, error)
         except GatewayError as error:  # the body was refused (too large)
             return error_response(error)
 

@@ -13,7 +13,14 @@ routed call checks that the message's target agrees with itself."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import grpc
+
+from slipway.status import refuse_undecodable_requests
 from slipway.v1 import inference_service_pb2 as inf
+
+INFERENCE_SERVICE = inf.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 PYTHON = "python"
 NATIVE = "native"
@@ -46,3 +53,23 @@ def routing_metadata(target: inf.Target) -> tuple[tuple[str, str], ...]:
             environment = "production"
         headers.append((ENVIRONMENT_HEADER, environment))
     return tuple(headers)
+
+
+def inference_handler(predict: Callable, predict_stream: Callable) -> grpc.GenericRpcHandler:
+    """InferenceService's Predict and PredictStream, answered as raw bytes: by the gateway, and
+    by a replica for the calls the native proxy forwards to it."""
+    return grpc.method_handlers_generic_handler(
+        INFERENCE_SERVICE,
+        {
+            "Predict": refuse_undecodable_requests(
+                grpc.unary_unary_rpc_method_handler(
+                    predict, request_deserializer=inf.PredictRequest.FromString, response_serializer=bytes
+                )
+            ),
+            "PredictStream": refuse_undecodable_requests(
+                grpc.unary_stream_rpc_method_handler(
+                    predict_stream, request_deserializer=inf.PredictStreamRequest.FromString, response_serializer=bytes
+                )
+            ),
+        },
+    )

@@ -4,12 +4,10 @@ replica subprocesses, and helpers that write model packages and poll with timeou
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import itertools
 import os
 import pathlib
-import shutil
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +24,7 @@ from controller.keys import KeySettings
 from controller.reconciler import ReconcilerSettings
 from controller.server import Controller, ControllerSettings
 from controller.store import default_database_url, open_store
+from gateway.native.proxy import find_haproxy
 from slipway.internal_auth import REPLICA_TOKEN_HEADER
 from slipway.packaging import archive_package
 from slipway.v1 import deployment_service_pb2 as ds
@@ -257,7 +256,7 @@ def pytest_report_header(config):
     if unavailable is not None:
         native = f"native data plane: {unavailable}, so its half of the both_data_planes tests is SKIPPED"
     else:
-        native = f"native data plane: {haproxy_binary()} (both_data_planes tests run on the python and native planes)"
+        native = f"native data plane: {find_haproxy()} (both_data_planes tests run on the python and native planes)"
     return [postgresql, native]
 
 
@@ -299,21 +298,9 @@ BACKEND_PLANE_IDS = ("sqlite", "postgresql", "native")
 NO_HAPROXY = "no haproxy binary (set SLIPWAY_HAPROXY or put haproxy on PATH)"
 
 
-def haproxy_binary() -> str | None:
-    """The HAProxy the native data plane runs: $SLIPWAY_HAPROXY, else haproxy on PATH."""
-    configured = os.environ.get("SLIPWAY_HAPROXY")
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("haproxy")
-
-
 def native_unavailable() -> str | None:
     """Why the native data plane cannot run here, or None when it can."""
-    if importlib.util.find_spec("gateway.native") is None:
-        return "this tree has no native data plane (gateway/native/)"
-    if haproxy_binary() is None:
-        return NO_HAPROXY
-    return None
+    return None if find_haproxy() else NO_HAPROXY
 
 
 def require_data_plane(plane: str) -> str:
