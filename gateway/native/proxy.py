@@ -28,7 +28,7 @@ from gateway.forwarder import LoadMeter
 from gateway.metrics import GatewayMetrics
 from gateway.native import commands, config, desired
 from gateway.native.access_log import AccessLog
-from gateway.native.runtime import RuntimeApi, succeeded
+from gateway.native.runtime import BACKENDS, SERVERS, RuntimeApi, succeeded
 from gateway.routing import RouteIndex
 
 log = logging.getLogger("slipway.gateway.native")
@@ -254,9 +254,11 @@ class NativeDataPlane:
                     await self._restart()
                 if not self.access_log.connected:
                     self.access_log.connect(self.api.socket_path)
-                rows = await self.api.stats()
-                await self._delete_drained(rows)
-                self._feed_loads(rows)
+                # Backends only (two rows a slot), ten times a second: the servers' rows (eight
+                # seats a slot) are read only while a server waits to be deleted.
+                self._feed_loads(await self.api.stats(BACKENDS))
+                if self.retiring:
+                    await self._delete_drained(await self.api.stats(SERVERS))
                 if time.time() >= self.next_expiry:
                     await self.apply()
             except Exception as error:  # noqa: BLE001 (the poller must outlive a bad answer)

@@ -13,6 +13,10 @@ PROMPT = b"\n> "
 OK_ANSWERS = {"add server": "New server registered.", "del server": "Server deleted."}
 
 
+# `show stat`'s row kinds (its type bitfield): frontends 1, backends 2, servers 4.
+BACKENDS, SERVERS = 2, 4
+
+
 class RuntimeError_(Exception):
     """A command HAProxy refused."""
 
@@ -57,9 +61,9 @@ class RuntimeApi:
         if failures:
             raise RuntimeError_("; ".join(failures[:5]))
 
-    async def stats(self) -> list[dict[str, str]]:
-        """`show stat`: one row per frontend, backend and server (CSV with a `# ` header)."""
-        (answer,) = await self.run(["show stat"])
+    async def stats(self, kinds: int) -> list[dict[str, str]]:
+        """`show stat` of the rows of `kinds` (BACKENDS, SERVERS; CSV with a `# ` header)."""
+        (answer,) = await self.run([f"show stat -1 {kinds} -1"])
         text = answer.removeprefix("# ")
         return list(csv.DictReader(io.StringIO(text)))
 
