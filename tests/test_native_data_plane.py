@@ -81,13 +81,8 @@ async def test_a_routed_grpc_call_goes_straight_to_the_replica(api: Api, native)
     await wait_until(lambda: native.native.slots.owner.get(pushed.deployment.id) is not None, what="a slot")
     before = native.forwarder.loads[pushed.deployment.id].requests_total
     routed = ((data_plane.MODEL_HEADER, "m"), (data_plane.ENVIRONMENT_HEADER, "production"))
-    try:
-        answer = await predict(native.grpc_port, routed, model_id="m")
-        assert answer.deployment_id == pushed.deployment.id  # a replica serving InferenceService itself
-    except grpc.aio.AioRpcError as error:
-        # Until replicas serve InferenceService (branch replica-direct), the replica's own
-        # server answers UNIMPLEMENTED: the call reached it, not the Python gateway.
-        assert error.code() is grpc.StatusCode.UNIMPLEMENTED, error
+    answer = await predict(native.grpc_port, routed, model_id="m")
+    assert answer.deployment_id == pushed.deployment.id  # the replica answering InferenceService itself
     assert native.forwarder.loads[pushed.deployment.id].requests_total == before
     await wait_until(
         lambda: native.forwarder.loads[pushed.deployment.id].native_requests >= 1, what="haproxy's count in the load"
