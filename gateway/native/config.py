@@ -227,8 +227,9 @@ def render(config: ProxyConfig) -> str:
         f"  maxconn {config.max_http_connections + 64}",
         "  option h1-case-adjust-bogus-client",
         # While a request is in progress: between requests `timeout http-keep-alive` holds, and
-        # once a request is complete HAProxy stops reading (a long prediction is not cut).
-        f"  timeout client {_ms(config.body_idle_seconds)}",
+        # once a request is complete HAProxy stops reading (a long prediction is not cut). It also
+        # bounds a TLS handshake (HAProxy 2.6 has no handshake timeout): no longer than the idle time.
+        f"  timeout client {_ms(min(config.body_idle_seconds, config.http_idle_seconds))}",
         "  errorfiles slipway_http",
         *access_log.frontend_lines(),
         *("  " + rule for rule in _request_id_rules()),
